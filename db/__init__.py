@@ -1,0 +1,1 @@
+"""Database layer: schema (models.py), engine and sessions, Alembic migrations."""

@@ -1,0 +1,211 @@
+"""A decoder-only GPT in one file (GPT-2 architecture, nanoGPT style), with a KV cache for generation.
+
+The layout is GPT-2's (learned positions, pre-LayerNorm, GELU MLP, biases, tied embeddings) so
+Hugging Face GPT-2 checkpoints import and export one-to-one (see `hf_gpt2.py`). Attention uses
+`scaled_dot_product_attention`, which picks a fused kernel on both CPU and GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50304   # embedding rows; >= tokenizer.vocab_size, rounded up to 64 for speed
+    block_size: int = 1024    # longest context the model can see
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True         # GPT-2 has biases in Linear and LayerNorm
+    tie_weights: bool = True  # lm_head shares the token embedding matrix
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GPTConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# Model shapes, from "runs on a laptop CPU in seconds" to GPT-2 small. vocab_size is set from the tokenizer.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=128),
+    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
+    "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
+}
+
+
+def padded_vocab_size(tokenizer_vocab_size: int, multiple: int = 64) -> int:
+    """Round the vocabulary up: matmuls with a dimension divisible by 64 run faster."""
+    return ((tokenizer_vocab_size + multiple - 1) // multiple) * multiple
+
+
+def config_from_preset(preset: str, tokenizer_vocab_size: int, **overrides) -> GPTConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    return GPTConfig(vocab_size=padded_vocab_size(tokenizer_vocab_size), **values)
+
+
+class KVCache:
+    """Preallocated keys/values for every layer: (layers, batch, heads, max_len, head_dim).
+
+    Writing into a fixed buffer avoids the re-allocation that concatenating caches costs each step.
+    `expand(n)` turns a batch-1 cache (one prefilled prompt) into n copies for sampling n completions.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype):
+        head_dim = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, max_len, head_dim)
+        self.keys = torch.empty(shape, device=device, dtype=dtype)
+        self.values = torch.empty(shape, device=device, dtype=dtype)
+        self.length = 0  # positions filled so far
+
+    @property
+    def max_len(self) -> int:
+        return self.keys.shape[3]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's k, v for `layer` and return all keys/values up to and including them."""
+        T = k.shape[2]
+        end = self.length + T
+        self.keys[layer, :, :, self.length:end] = k
+        self.values[layer, :, :, self.length:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def advance(self, steps: int) -> None:
+        self.length += steps
+
+    def expand(self, batch_size: int) -> None:
+        self.keys = self.keys.expand(-1, batch_size, -1, -1, -1).contiguous()
+        self.values = self.values.expand(-1, batch_size, -1, -1, -1).contiguous()
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None, layer: int) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        past = 0
+        if kv_cache is not None:
+            past = kv_cache.length
+            k, v = kv_cache.update(layer, k, v)
+        dropout = self.dropout if self.training else 0.0
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        elif T == 1:  # one new token attends to everything before it: no mask needed
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        else:  # a chunk after a cached prefix: query i sees keys up to past + i
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's GELU
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None, layer: int) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.ln_1(x), kv_cache, layer))
+        return x + self.dropout(self.mlp(self.ln_2(x)))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the init of projections into the residual stream by 1/sqrt(2 * n_layer).
+        for name, param in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                kv_cache: KVCache | None = None, ignore_index: int = -100):
+        """Logits for every position; with `targets`, also the mean cross-entropy over targets != ignore_index.
+
+        With a `kv_cache`, `idx` holds only the new tokens; the cache supplies the past and is advanced.
+        """
+        B, T = idx.shape
+        start = kv_cache.length if kv_cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+        positions = torch.arange(start, start + T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(positions))
+        for layer, block in enumerate(self.blocks):
+            x = block(x, kv_cache, layer)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        x = self.ln_f(x)
+        if targets is None:
+            return self.lm_head(x), None
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                               ignore_index=ignore_index)
+        return logits, loss
+
+    # ------------------------------------------------------------------ accounting
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; by default without position embeddings (they cost no matmul FLOPs)."""
+        total = sum(p.numel() for p in self.parameters())
+        return total - self.wpe.weight.numel() if non_embedding else total
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token: 6N for the matmuls plus the attention scores (PaLM appendix B)."""
+        cfg = self.config
+        T = seq_len or cfg.block_size
+        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        param = self.wte.weight
+        return KVCache(self.config, batch_size, max_len or self.config.block_size, param.device, param.dtype)
