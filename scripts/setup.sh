@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything LLM Workbench needs into ./.venv (idempotent; safe to run again).
+#   scripts/setup.sh          runtime only
+#   scripts/setup.sh --dev    + test tools, the Hugging Face peer, Playwright and Debian's chromium
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEV=0
+[[ "${1:-}" == "--dev" ]] && DEV=1
+PYTHON="${PYTHON:-python3}"
+
+if [[ ! -x .venv/bin/python ]]; then
+    "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+
+# Torch first, pinned to the CPU build these machines install offline; a GPU box can install a
+# CUDA build of the same range beforehand and this step leaves it alone.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    "${PIP[@]}" "torch==2.13.0"
+fi
+
+if [[ $DEV == 1 ]]; then
+    "${PIP[@]}" -e ".[dev]"
+    # Browser tests drive Debian's chromium through Playwright (no browser download is possible).
+    if [[ ! -x /usr/bin/chromium ]]; then
+        SUDO=""; [[ $(id -u) != 0 ]] && SUDO="sudo"
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+    fi
+else
+    "${PIP[@]}" -e .
+fi
+echo "setup done: $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')"
