@@ -12,7 +12,22 @@ import enum
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, Boolean, DateTime, Enum, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -20,15 +35,59 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend.
+
+    PostgreSQL keeps the offset (``timestamptz``); SQLite has no such type and would silently
+    drop it, storing the wall-clock time of whatever zone the value came in and returning a
+    naive datetime. That makes ``heartbeat_at < utcnow()`` raise ``TypeError`` on SQLite only,
+    and makes stored values from different zones incomparable. So values are converted to UTC
+    before they are stored (naive input is taken to be UTC already) and always come back aware.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Optional[datetime], dialect: Dialect) -> Optional[datetime]:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: Optional[datetime], dialect: Dialect) -> Optional[datetime]:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+# Deterministic constraint names: Alembic batch mode on SQLite can only drop or alter a
+# constraint it can name, and the migrations (which spell every name out) must agree with
+# what `create_all` produces from these models.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime()}
 
 
 def _enum(cls: type[enum.Enum]) -> Enum:
     # Store the enum's value (e.g. "queued"), not its Python name, as a plain string column:
-    # readable in SQL and no database-specific ENUM type to migrate.
+    # readable in SQL and no database-specific ENUM type to migrate. The CHECK constraint makes
+    # the database itself refuse other strings (raw SQL, other clients), not only the ORM;
+    # name=None lets the naming convention call it ck_<table>_<column>. Adding a member later
+    # therefore needs a migration that rewrites that CHECK.
     return Enum(cls, values_callable=lambda e: [m.value for m in e], native_enum=False,
-                length=32, validate_strings=True)
+                length=32, validate_strings=True, create_constraint=True, name=None)
 
 
 class Role(str, enum.Enum):
@@ -182,7 +241,7 @@ class Prompt(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     text: Mapped[str] = mapped_column(Text)
-    dataset_id: Mapped[Optional[int]] = mapped_column(ForeignKey("datasets.id"))
+    dataset_id: Mapped[Optional[int]] = mapped_column(ForeignKey("datasets.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -190,7 +249,7 @@ class Completion(Base):
     __tablename__ = "completions"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"))
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
     model_id: Mapped[Optional[int]] = mapped_column(ForeignKey("models.id"))
     job_id: Mapped[Optional[int]] = mapped_column(ForeignKey("jobs.id"))
     text: Mapped[str] = mapped_column(Text)
@@ -202,13 +261,17 @@ class Completion(Base):
 
 class Comparison(Base):
     __tablename__ = "comparisons"
+    __table_args__ = (
+        # A completion compared with itself is no preference at all.
+        CheckConstraint("completion_a_id <> completion_b_id", name="ck_comparisons_distinct_completions"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"))
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
     completion_a_id: Mapped[int] = mapped_column(ForeignKey("completions.id"))
     completion_b_id: Mapped[int] = mapped_column(ForeignKey("completions.id"))
     label: Mapped[Label] = mapped_column(_enum(Label))
-    annotator_id: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id"))
+    annotator_id: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id"), index=True)  # per-annotator progress
     source: Mapped[str] = mapped_column(String(16), default="label")  # label | arena
     time_spent_s: Mapped[Optional[float]] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

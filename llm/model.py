@@ -170,10 +170,12 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None, ignore_index: int = -100):
+                kv_cache: KVCache | None = None, ignore_index: int = -100, last_logits_only: bool = False):
         """Logits for every position; with `targets`, also the mean cross-entropy over targets != ignore_index.
 
         With a `kv_cache`, `idx` holds only the new tokens; the cache supplies the past and is advanced.
+        `last_logits_only` (no targets): logits for the last position only, shape (B, 1, vocab). Generation
+        needs nothing else, and skipping the (T, vocab) head matmul makes a long prompt's prefill ~2x cheaper.
         """
         B, T = idx.shape
         start = kv_cache.length if kv_cache is not None else 0
@@ -187,7 +189,7 @@ class GPT(nn.Module):
             kv_cache.advance(T)
         x = self.ln_f(x)
         if targets is None:
-            return self.lm_head(x), None
+            return self.lm_head(x[:, -1:] if last_logits_only else x), None
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=ignore_index)

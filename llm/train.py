@@ -1,0 +1,438 @@
+"""The one training loop: pretraining, SFT (full or LoRA), reward modelling and DPO all run through `train`.
+
+What differs between those jobs is an `Objective` (how a batch becomes a loss, how to evaluate) and a
+batch source (where batches come from); everything else lives here once: AdamW with decoupled weight
+decay on matrices only, linear warmup + cosine decay, gradient accumulation, clipping, bf16 autocast
+on GPUs, tokens/s and MFU, metrics to `metrics.jsonl` and to a callback, cooperative stopping, and
+checkpoints that resume exactly.
+
+Resuming exactly: the checkpoint holds the trainable weights, the optimizer state, the step, every
+RNG (torch, numpy, python, CUDA) and the batch source's state. The learning rate is a pure function of
+the step, so there is no scheduler state. On the CPU in float32 the loss after resuming equals the
+uninterrupted run's bit for bit (tests/test_train.py checks it).
+
+Checkpoint layout, `<out_dir>/checkpoint/` (written to `checkpoint.tmp/`, then renamed):
+  weights.safetensors  trainable parameters + persistent buffers (a LoRA run stores only the adapter)
+  state.pt             optimizer, step, RNG and batch states: tensors and plain Python values only,
+                       read back with torch.load(weights_only=True), which unpickles nothing else
+  checkpoint.json      step and config, for people and tools
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol
+
+import numpy as np
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from llm.device import autocast_context, mfu, peak_flops, pick_device, resolve_dtype
+
+CHECKPOINT_DIR = "checkpoint"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    batch_size: int = 16          # sequences per micro-batch
+    block_size: int = 128         # tokens per sequence
+    grad_accum: int = 1           # micro-batches per optimizer step (effective batch = batch_size * grad_accum)
+    lr: float = 1e-3
+    min_lr: float | None = None   # where the cosine ends; None means lr / 10
+    warmup: int = 100             # steps of linear warmup from 0 to lr
+    weight_decay: float = 0.1     # applied to matrices only (not biases, LayerNorm gains)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0        # max global gradient norm; 0 disables clipping
+    eval_every: int = 250         # steps between evaluations (also at the end); 0 = only at the end
+    eval_batches: int = 20        # batches per evaluation
+    log_every: int = 10           # steps between progress lines / metrics records
+    checkpoint_every: int = 500   # steps between checkpoints (also at the end and on stop); 0 = never between
+    seed: int = 1337
+    device: str = "auto"          # "auto" | "cpu" | "cuda"
+    compile: bool | str = "auto"  # torch.compile: "auto" = on CUDA only (on the CPU it costs more than it saves)
+    dtype: str = "auto"           # autocast dtype: "auto" = bf16 on CUDA, float32 on the CPU
+    peak_flops: float | None = None  # FLOP/s for MFU; None = the GPU's data sheet or a measured matmul
+
+    def __post_init__(self):
+        for name in ("max_steps", "batch_size", "block_size", "grad_accum", "log_every", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup", "eval_every", "checkpoint_every", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+    @property
+    def final_lr(self) -> float:
+        return self.lr / 10 if self.min_lr is None else self.min_lr
+
+
+class Objective(Protocol):
+    """How a batch becomes a loss. Implementations may also define `evaluate(model) -> dict`
+    (called in eval mode under no_grad, e.g. returning {"val_loss", "val_bpb"})."""
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict]:
+        """The scalar loss to minimise and extra metrics (tensors or floats, averaged over micro-batches)."""
+
+    def tokens_in(self, batch: Any) -> int:
+        """Tokens this batch trains on, for tokens/s and MFU."""
+
+
+class BatchSource(Protocol):
+    """Where batches come from; its state is saved in checkpoints (tensors and plain values only)."""
+
+    def next_batch(self) -> Any: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+# ----------------------------------------------------------------------------- pieces of the loop
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Learning rate for optimizer step `step` (1-based): linear warmup to lr, then cosine to min_lr."""
+    warmup = min(config.warmup, config.max_steps)
+    if step <= warmup:
+        return config.lr * step / warmup
+    progress = min((step - warmup) / (config.max_steps - warmup), 1.0)  # (0, 1]: reaches min_lr at max_steps
+    return config.final_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (config.lr - config.final_lr)
+
+
+def make_optimizer(params: list[nn.Parameter], config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW that decays matrices (embeddings, linear weights) but not biases or norm gains (nanoGPT)."""
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise ValueError("there are no trainable parameters")
+    # The fused CUDA kernel updates every tensor in one launch; on the CPU the default foreach is used.
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2),
+                             fused=True if device.type == "cuda" else None)
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    """Move the tensors of a batch (a tensor, or tuples/lists/dicts of them) to `device`."""
+    if isinstance(batch, torch.Tensor):
+        if device.type == "cuda":  # pinned memory lets the copy overlap with compute
+            return batch.pin_memory().to(device, non_blocking=True)
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {key: move_to(value, device) for key, value in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(move_to(value, device) for value in batch)
+    return batch
+
+
+def should_compile(config: TrainConfig, device: torch.device) -> bool:
+    setting = str(config.compile).lower()
+    if setting == "auto":
+        return device.type == "cuda"
+    if setting in ("true", "1", "on", "yes"):
+        return True
+    if setting in ("false", "0", "off", "no"):
+        return False
+    raise ValueError(f"compile must be 'auto', true or false, got {config.compile!r}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def _as_float(value) -> float:
+    return value.item() if isinstance(value, torch.Tensor) else float(value)
+
+
+def format_progress(record: dict, max_steps: int) -> str:
+    """One line a person can read: `step 120/500 | loss 3.2100 | val_bpb 1.520 | 8,400 tok/s | MFU 41.0%`."""
+    parts = [f"step {record['step']}/{max_steps}", f"loss {record['loss']:.4f}"]
+    parts += [f"{key} {value:.4f}" for key, value in record.items()
+              if key.startswith("val_") and isinstance(value, float)]
+    parts.append(f"{record['tokens_per_s']:,.0f} tok/s")
+    if record.get("mfu") is not None:
+        parts.append(f"MFU {100 * record['mfu']:.1f}%")
+    return " | ".join(parts)
+
+
+# ----------------------------------------------------------------------------- metrics file
+
+class MetricsLog:
+    """`metrics.jsonl`: one JSON object per log step, appended as training goes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past `step`: after a resume those steps run again and must not appear twice."""
+        if not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def checkpoint_dir(out_dir: str | os.PathLike) -> Path | None:
+    """The complete checkpoint under out_dir, or None. A crash between the two renames in
+    `save_checkpoint` leaves only `checkpoint.old`, which is then the latest complete one."""
+    for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old"):
+        path = Path(out_dir) / name
+        if (path / "checkpoint.json").is_file():
+            return path
+    return None
+
+
+def _trainable_state(model: nn.Module, params: list[nn.Parameter]) -> dict[str, torch.Tensor]:
+    """Trainable parameters by name (a tied weight once) plus persistent buffers; frozen weights are
+    left out because they come back from wherever the caller built the model (e.g. the base model)."""
+    wanted = {id(p) for p in params}
+    tensors = {name: p for name, p in model.named_parameters() if id(p) in wanted}
+    if len(tensors) != len(wanted):
+        raise ValueError("trainable_params must be parameters of the model being trained")
+    all_param_names = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    for name, value in model.state_dict().items():
+        if name not in all_param_names:
+            tensors[name] = value
+    return tensors
+
+
+def _rng_states(device: torch.device) -> dict:
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+              # numpy arrays are not on the weights_only allow-list, so the key array travels as a tensor
+              "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                        "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)}}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _restore_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(out_dir: Path, model: nn.Module, params: list[nn.Parameter],
+                    optimizer: torch.optim.Optimizer, batches: BatchSource, step: int,
+                    tokens_seen: int, config: TrainConfig, device: torch.device) -> Path:
+    """Write the resumable state to `checkpoint.tmp/`, then swap it in with renames."""
+    final = out_dir / CHECKPOINT_DIR
+    tmp = out_dir / (CHECKPOINT_DIR + ".tmp")
+    old = out_dir / (CHECKPOINT_DIR + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tensors = {name: t.detach().cpu().contiguous() for name, t in _trainable_state(model, params).items()}
+    save_file(tensors, str(tmp / "weights.safetensors"))
+    torch.save({"step": step, "tokens_seen": tokens_seen, "optimizer": optimizer.state_dict(),
+                "batches": batches.state_dict(), "rng": _rng_states(device)}, tmp / "state.pt")
+    (tmp / "checkpoint.json").write_text(json.dumps({"step": step, "config": asdict(config)}, indent=2))
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, model: nn.Module, params: list[nn.Parameter],
+                    optimizer: torch.optim.Optimizer, batches: BatchSource) -> dict:
+    """Restore weights, optimizer, RNGs and data position; returns {"step", "tokens_seen"}."""
+    tensors = load_file(str(path / "weights.safetensors"), device="cpu")
+    expected = _trainable_state(model, params).keys()
+    try:
+        _, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as error:  # shape mismatch: another preset, another vocabulary
+        raise ValueError(f"the checkpoint in {path} was written for a different model ({error}); "
+                         f"start fresh with resume=False or use another output directory") from error
+    missing = sorted(set(expected) - set(tensors))
+    if unexpected or missing:
+        raise ValueError(f"the checkpoint in {path} does not match this model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}; start fresh with resume=False or another output directory")
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
+    batches.load_state_dict(state["batches"])
+    _restore_rng_states(state["rng"])
+    return {"step": int(state["step"]), "tokens_seen": int(state["tokens_seen"])}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train(model: nn.Module, objective: Objective, batches: BatchSource, config: TrainConfig,
+          out_dir: str | os.PathLike, *,
+          on_metrics: Callable[[dict], None] | None = None,
+          should_stop: Callable[[], bool] | None = None,
+          trainable_params: Iterable[nn.Parameter] | None = None,
+          flops_per_token: float | None = None,
+          save_model_fn: Callable[[nn.Module, Path], Any] | None = None,
+          resume: bool = True,
+          log: Callable[[str], None] = print) -> dict:
+    """Train `model` on `objective` for config.max_steps optimizer steps; returns a result dict.
+
+    trainable_params: what the optimizer updates and the checkpoint stores (default: every parameter
+        with requires_grad; LoRA passes the adapter's).
+    flops_per_token: training FLOPs per token for MFU (default: model.flops_per_token(block_size) if the
+        model has it, else MFU is not reported).
+    save_model_fn(model, out_dir): writes the final model when training finishes (pretraining:
+        llm.checkpoint.save_model; LoRA: the adapter). Not called when stopped early.
+    resume: continue from `out_dir/checkpoint/` when there is one.
+
+    Result: {"stopped", "step", "loss", "tokens_seen", "out_dir"} plus the last evaluation's metrics.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(config.device)
+    precision = resolve_dtype(device, config.dtype)
+    seed_everything(config.seed)
+    model.to(device)
+    model.train()
+    params = list(trainable_params) if trainable_params is not None else [
+        p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, config, device)
+    metrics = MetricsLog(out_dir / METRICS_FILE)
+    evaluate = getattr(objective, "evaluate", None)
+
+    # Pick up where a previous run left off: same weights, moments, RNGs, data position.
+    step, tokens_seen = 0, 0
+    previous = checkpoint_dir(out_dir) if resume else None
+    if previous is not None:
+        restored = load_checkpoint(previous, model, params, optimizer, batches)
+        step, tokens_seen = restored["step"], restored["tokens_seen"]
+        metrics.truncate_after(step)
+        log(f"resumed from {previous} at step {step}")
+    else:
+        metrics.clear()
+
+    forward_model = torch.compile(model) if should_compile(config, device) else model
+    if flops_per_token is None and hasattr(model, "flops_per_token"):
+        flops_per_token = model.flops_per_token(config.block_size)
+    peak = (config.peak_flops or peak_flops(device)) if flops_per_token else None
+    n_params = sum(p.numel() for p in params)
+    log(f"training {n_params:,} parameters on {device} ({str(precision).removeprefix('torch.')}), "
+        f"{config.batch_size * config.grad_accum * config.block_size:,} tokens per step, "
+        f"steps {step + 1}..{config.max_steps}")
+
+    def run_evaluation() -> dict:
+        model.eval()
+        with torch.no_grad(), autocast_context(device, precision):
+            results = {key: _as_float(value) for key, value in evaluate(model).items()}
+        model.train()
+        return results
+
+    def save(step_: int) -> None:
+        save_checkpoint(out_dir, model, params, optimizer, batches, step_, tokens_seen, config, device)
+
+    last_loss: torch.Tensor | None = None
+    eval_metrics: dict = {}
+    interval_start, interval_tokens, interval_overhead = time.perf_counter(), 0, 0.0
+    while step < config.max_steps:
+        # One optimizer step over grad_accum micro-batches; the lr follows the schedule, not a scheduler.
+        lr = lr_at(step + 1, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step_loss = torch.zeros((), device=device)
+        step_extras: dict[str, Any] = {}
+        for _ in range(config.grad_accum):
+            batch = move_to(batches.next_batch(), device)
+            with autocast_context(device, precision):
+                loss, extras = objective.loss(forward_model, batch)
+            # Dividing by grad_accum makes the summed gradients equal those of one big batch.
+            (loss / config.grad_accum).backward()
+            step_loss += loss.detach().float() / config.grad_accum
+            for key, value in extras.items():
+                value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
+                step_extras[key] = step_extras.get(key, 0.0) + value / config.grad_accum
+            tokens = objective.tokens_in(batch)
+            interval_tokens += tokens
+            tokens_seen += tokens
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip) if config.grad_clip > 0 else None
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        last_loss = step_loss
+
+        # Log (and evaluate) every few steps; reading the loss is what makes a GPU wait, so not every step.
+        is_last = step == config.max_steps
+        is_eval_step = evaluate is not None and (is_last or (config.eval_every and step % config.eval_every == 0))
+        if is_eval_step or is_last or step == 1 or step % config.log_every == 0:
+            loss_value = step_loss.item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"the loss became {loss_value} at step {step}; lower the learning "
+                                         f"rate or check the data")
+            seconds = max(time.perf_counter() - interval_start - interval_overhead, 1e-9)
+            tokens_per_s = interval_tokens / seconds
+            record = {"step": step, "loss": loss_value, "lr": lr, "tokens_per_s": tokens_per_s,
+                      "mfu": mfu(flops_per_token, tokens_per_s, peak) if peak else None,
+                      "progress": step / config.max_steps, "tokens": tokens_seen}
+            if grad_norm is not None:
+                record["grad_norm"] = grad_norm.item()
+            record.update({key: _as_float(value) for key, value in step_extras.items()})
+            if is_eval_step:
+                eval_metrics = run_evaluation()
+                record.update(eval_metrics)
+            metrics.append(record)
+            if on_metrics is not None:
+                on_metrics(record)
+            log(format_progress(record, config.max_steps))
+            interval_start, interval_tokens, interval_overhead = time.perf_counter(), 0, 0.0
+
+        saved = False
+        if is_last or (config.checkpoint_every and step % config.checkpoint_every == 0):
+            started = time.perf_counter()
+            save(step)
+            saved = True
+            interval_overhead += time.perf_counter() - started
+
+        # Cooperative cancellation: the job's flag is read between steps, and the run stays resumable.
+        if should_stop is not None and should_stop():
+            if not saved:
+                save(step)
+            log(f"stopped at step {step}; checkpoint saved in {out_dir / CHECKPOINT_DIR}")
+            return {"stopped": True, "step": step, "loss": last_loss.item(), "tokens_seen": tokens_seen,
+                    "out_dir": str(out_dir), **eval_metrics}
+
+    if last_loss is None:  # resumed a run that had already finished: report it again, train nothing
+        records = metrics.read()
+        final_loss = records[-1]["loss"] if records else None
+        eval_metrics = run_evaluation() if evaluate is not None else {}
+    else:
+        final_loss = last_loss.item()
+    if save_model_fn is not None:
+        save_model_fn(model, out_dir)
+    return {"stopped": False, "step": step, "loss": final_loss, "tokens_seen": tokens_seen,
+            "out_dir": str(out_dir), **eval_metrics}

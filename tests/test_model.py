@@ -1,0 +1,136 @@
+"""The GPT model: causality, KV cache == full recompute, context limit, weight tying, FLOP accounting."""
+
+import pytest
+import torch
+
+from llm.checkpoint import load_model, save_model
+from llm.generate import SamplingSettings, generate_tokens
+from llm.model import GPT, GPTConfig
+
+CONFIG = GPTConfig(vocab_size=96, block_size=32, n_layer=2, n_head=2, n_embd=32)
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(CONFIG).eval()
+
+
+def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, CONFIG.vocab_size, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def test_changing_a_future_token_never_changes_earlier_logits(model):
+    ids = random_ids(2, 20)
+    logits, _ = model(ids)
+    for position in (0, 7, 19):
+        changed = ids.clone()
+        changed[:, position] = (changed[:, position] + 1) % CONFIG.vocab_size
+        changed_logits, _ = model(changed)
+        torch.testing.assert_close(changed_logits[:, :position], logits[:, :position], rtol=0, atol=1e-6)
+        # ...while the changed position itself does see the change (the test can fail).
+        assert not torch.allclose(changed_logits[:, position], logits[:, position], atol=1e-4)
+
+
+@torch.no_grad()
+def test_kv_cache_logits_equal_full_recompute_for_prefill_single_steps_and_chunks(model):
+    ids = random_ids(3, 24, seed=1)
+    full, _ = model(ids)
+    cache = model.new_kv_cache(3, 24)
+    pieces = [(0, 9), (9, 10), (10, 11), (11, 12), (12, 17), (17, 18), (18, 24)]  # prefill, steps, chunks
+    for start, end in pieces:
+        logits, _ = model(ids[:, start:end], kv_cache=cache)
+        assert cache.length == end
+        torch.testing.assert_close(logits, full[:, start:end], rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_last_logits_only_is_the_last_row_of_the_full_logits(model):
+    ids = random_ids(2, 12, seed=4)
+    full, _ = model(ids)
+    last, _ = model(ids, last_logits_only=True)
+    assert last.shape == (2, 1, CONFIG.vocab_size)
+    torch.testing.assert_close(last, full[:, -1:], rtol=1e-5, atol=1e-5)
+    cache = model.new_kv_cache(2, 12)
+    model(ids[:, :7], kv_cache=cache, last_logits_only=True)
+    chunk, _ = model(ids[:, 7:], kv_cache=cache, last_logits_only=True)
+    torch.testing.assert_close(chunk, full[:, -1:], rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_expanded_cache_continues_each_copy_like_the_original(model):
+    ids = random_ids(1, 10, seed=2)
+    cache = model.new_kv_cache(1, 12)
+    model(ids, kv_cache=cache)
+    cache.expand(3)
+    next_ids = torch.tensor([[1], [2], [3]])
+    logits, _ = model(next_ids, kv_cache=cache)
+    for row in range(3):
+        reference, _ = model(torch.cat([ids, next_ids[row:row + 1]], dim=1))
+        torch.testing.assert_close(logits[row, -1], reference[0, -1], rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_greedy_generation_with_kv_cache_equals_greedy_without_cache(model):
+    prompt = random_ids(1, 5, seed=3)[0].tolist()
+    new_tokens = 20
+    # Reference: recompute the whole sequence at every step, no cache.
+    sequence = list(prompt)
+    for _ in range(new_tokens):
+        logits, _ = model(torch.tensor([sequence]))
+        sequence.append(int(logits[0, -1].argmax()))
+    settings = SamplingSettings(max_new_tokens=new_tokens, temperature=0.0)
+    cached = [int(step[0]) for step in generate_tokens(model, prompt, settings)]
+    assert cached == sequence[len(prompt):]
+    assert len(set(cached)) > 1  # a degenerate constant output would make the comparison weak
+
+
+def test_more_tokens_than_block_size_is_an_error(model):
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        model(random_ids(1, CONFIG.block_size + 1))
+    cache = model.new_kv_cache(1, CONFIG.block_size + 4)
+    with torch.no_grad():
+        model(random_ids(1, CONFIG.block_size), kv_cache=cache)  # exactly full is fine
+        with pytest.raises(ValueError, match="exceeds block_size"):
+            model(random_ids(1, 1), kv_cache=cache)
+
+
+def test_tied_weights_are_one_tensor_trained_together_and_survive_save_load(tmp_path):
+    torch.manual_seed(0)
+    tied = GPT(CONFIG)
+    assert tied.lm_head.weight is tied.wte.weight
+    untied = GPT(GPTConfig(**{**CONFIG.to_dict(), "tie_weights": False}))
+    assert untied.lm_head.weight is not untied.wte.weight
+    assert untied.num_params(non_embedding=False) == tied.num_params(non_embedding=False) + CONFIG.vocab_size * CONFIG.n_embd
+
+    # The loss gradient reaches the shared matrix through both the input and the output side.
+    ids = random_ids(2, 8)
+    _, loss = tied(ids, targets=ids)
+    loss.backward()
+    assert tied.wte.weight.grad is not None and tied.wte.weight.grad.abs().sum() > 0
+
+    save_model(tied, tmp_path, "gpt2")
+    loaded, _ = load_model(tmp_path)
+    assert loaded.lm_head.weight is loaded.wte.weight
+    torch.testing.assert_close(loaded.wte.weight, tied.wte.weight, rtol=0, atol=0)
+
+
+def test_flops_per_token_matches_counted_matmul_flops_of_a_training_step():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=4, n_embd=64)
+    model = GPT(config)
+    ids = torch.randint(0, config.vocab_size, (2, config.block_size))
+    counter = FlopCounterMode(display=False)
+    # The math backend spells attention as matmuls the counter sees (CPU flash attention is not counted).
+    with sdpa_kernel(SDPBackend.MATH), counter:
+        _, loss = model(ids, targets=ids)
+        loss.backward()
+    counted_per_token = counter.get_total_flops() / ids.numel()
+    estimate = model.flops_per_token()
+    # 6N counts biases and LayerNorm parameters, which do no matmul work: a few percent high at most.
+    assert counted_per_token <= estimate <= 1.05 * counted_per_token, (estimate, counted_per_token)
+    # The attention term grows with the sequence length.
+    assert model.flops_per_token(seq_len=64) - model.flops_per_token(seq_len=32) == 12 * 2 * 64 * 32

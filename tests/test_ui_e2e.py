@@ -1,0 +1,373 @@
+"""The browser UI end to end: `workbench serve` in a subprocess, driven by headless Chromium.
+
+log in as admin → upload a corpus (and see a malformed one refused with its line number) →
+submit a tiny pretrain job → watch it succeed in Jobs with a loss curve drawn → reload the page
+and find the job still there → chat with the new model and see the reply stream in.
+
+Also writes docs/screenshot.png (the Jobs tab with the loss curve) for the README.
+
+Chromium is the Debian package (/usr/bin/chromium; `playwright install` needs the internet).
+Set WORKBENCH_E2E_URL=http://host:port (and WORKBENCH_E2E_PASSWORD) to drive a server that is
+already running instead of starting one (handy while working on the UI).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("WORKBENCH_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+ADMIN_PASSWORD = "e2e-" + os.urandom(6).hex()
+SERVER_START_TIMEOUT_S = 180
+JOB_TIMEOUT_S = 420
+SCREENSHOT = REPO / "docs" / "screenshot.png"
+
+
+# ----------------------------------------------------------------------------- test data
+
+SUBJECTS = ["The old miller", "A young painter", "The village baker", "Our neighbour", "The river",
+            "A quiet student", "The ship's captain", "My grandmother", "The small dog", "The gardener"]
+VERBS = ["walked", "looked", "waited", "worked", "sang", "listened", "wandered", "talked", "rested", "smiled"]
+PLACES = ["by the window", "near the bridge", "in the market", "under the tall trees", "along the shore",
+          "at the edge of town", "behind the old mill", "in the warm kitchen", "on the hill", "beside the road"]
+TAILS = ["while the rain kept falling.", "until the evening light was gone.", "and nobody said a word.",
+         "because the morning was cold.", "as the bells rang in the distance.", "and thought about the summer.",
+         "with a basket of bread and apples.", "before the market closed for the day."]
+
+
+def make_corpus(path: Path, documents: int = 200, seed: int = 7) -> list[str]:
+    """~200 short English-like paragraphs separated by blank lines (+ two exact duplicates)."""
+    rng = random.Random(seed)
+    paragraphs = []
+    for _ in range(documents):
+        sentences = [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(PLACES)} {rng.choice(TAILS)}"
+                     for _ in range(rng.randint(2, 5))]
+        paragraphs.append(" ".join(sentences))
+    paragraphs += paragraphs[:2]  # duplicates the upload should report as removed
+    path.write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")
+    return paragraphs
+
+
+# ----------------------------------------------------------------------------- the server
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def processes_with_env(marker: str) -> list[int]:
+    """Pids of processes whose environment contains `marker` (our unique data dir): the server's family."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, PermissionError):
+            continue
+    return found
+
+
+class Server:
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log_path = data_dir.parent / "serve.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WORKBENCH_")}
+        env.update(WORKBENCH_DATA_DIR=str(data_dir), WORKBENCH_ADMIN_PASSWORD=ADMIN_PASSWORD,
+                   WORKBENCH_DEVICE="cpu", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+        self.marker = f"WORKBENCH_DATA_DIR={data_dir}"
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "web.cli", "serve", "--port", str(self.port), "--data-dir", str(data_dir)],
+            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"workbench serve exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"workbench serve not ready after {SERVER_START_TIMEOUT_S}s:\n{self.log()[-4000:]}")
+
+    def stop(self) -> list[int]:
+        """SIGTERM, wait, then SIGKILL the group; returns pids of the family that had to be killed."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=45)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        # The worker and Redis run in their own sessions; serve stops them, and they die with it
+        # (PDEATHSIG). Give them a moment, then kill whatever still carries our data dir.
+        deadline = time.monotonic() + 20
+        leftovers = processes_with_env(self.marker)
+        while leftovers and time.monotonic() < deadline:
+            time.sleep(0.5)
+            leftovers = processes_with_env(self.marker)
+        for pid in leftovers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+        return leftovers
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    external = os.environ.get("WORKBENCH_E2E_URL")
+    if external:
+        yield type("External", (), {"url": external.rstrip("/") + "/",
+                                    "password": os.environ.get("WORKBENCH_E2E_PASSWORD", ""), "log": lambda self: ""})()
+        return
+    root = tmp_path_factory.mktemp("ui-e2e")
+    srv = Server(root / "data")
+    srv.password = ADMIN_PASSWORD
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        leftovers = srv.stop()
+        assert not leftovers, f"processes left behind after the server stopped: {leftovers}"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM} (apt-get install chromium, or set WORKBENCH_CHROMIUM)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+# ----------------------------------------------------------------------------- page helpers
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).first.click()
+
+
+def fill_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Tab")  # commit (Gradio's Number fires change on blur/enter)
+
+
+def text_of(page, selector: str) -> str:
+    return page.locator(selector).first.inner_text()
+
+
+def log_in(page, url: str, password: str) -> None:
+    page.goto(url)
+    page.get_by_label("username").fill("admin")
+    page.get_by_label("password").fill(password)
+    page.get_by_role("button", name="Login").click()
+    page.locator("#wb-whoami").filter(has_text="admin").wait_for(timeout=60_000)
+
+
+# ----------------------------------------------------------------------------- the flow
+
+def test_upload_pretrain_jobs_chat(server, browser, tmp_path):
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    context = browser.new_context(viewport={"width": 1440, "height": 1100})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    console_errors: list[str] = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    try:
+        # --- log in; the header names the user and the role
+        log_in(page, server.url, server.password)
+        header = text_of(page, "#wb-whoami")
+        assert "admin" in header and "log out" in header
+        timings["login"] = time.monotonic() - t0
+
+        # --- a malformed corpus is refused with the file, the line and the problem
+        bad = tmp_path / "broken.jsonl"
+        bad.write_text('{"text": "a fine document"}\n{"text": oops}\n', encoding="utf-8")
+        open_tab(page, "Datasets")
+        page.locator("#ds-file input[type=file]").set_input_files(str(bad))
+        page.locator("#ds-upload").click()
+        message = page.locator("#ds-message .wb-msg-error")
+        message.wait_for(timeout=60_000)
+        error_text = message.inner_text()
+        assert "broken.jsonl" in error_text and "line 2" in error_text, error_text
+        # clear the file (the ✕ of the file component) before the good upload
+        page.locator("#ds-file input[type=file]").set_input_files([])
+
+        # --- a good corpus: stats, preview, histogram, and the table
+        t = time.monotonic()
+        corpus = tmp_path / "village_stories.txt"
+        paragraphs = make_corpus(corpus)
+        page.locator("#ds-file input[type=file]").set_input_files(str(corpus))
+        page.locator("#ds-name input, #ds-name textarea").first.fill("village stories")
+        page.locator("#ds-upload").click()
+        page.locator("#ds-message .wb-msg-ok").wait_for(timeout=60_000)
+        ok_text = text_of(page, "#ds-message")
+        assert "village stories" in ok_text and "200 documents" in ok_text, ok_text
+        stats = text_of(page, "#ds-stats")
+        assert "DUPLICATES REMOVED" in stats.upper() and "2" in stats
+        assert paragraphs[0][:40] in text_of(page, "#ds-preview")
+        page.locator("#ds-histogram img, #ds-histogram svg, #ds-histogram canvas").first.wait_for()
+        assert "village stories" in text_of(page, "#ds-table")
+        timings["upload"] = time.monotonic() - t
+
+        # --- the pretrain form: a live estimate, then submit
+        t = time.monotonic()
+        open_tab(page, "Train")
+        page.locator("#pt-estimate-cards").wait_for()
+        before = text_of(page, "#pt-estimate")
+        fill_number(page, "pt-max-steps", 40)
+        fill_number(page, "pt-batch-size", 8)
+        fill_number(page, "pt-block-size", 64)
+        fill_number(page, "pt-warmup", 5)
+        fill_number(page, "pt-eval-every", 20)
+        fill_number(page, "pt-checkpoint-every", 20)
+        page.wait_for_function(
+            "(before) => { const e = document.querySelector('#pt-estimate'); return e && e.innerText !== before; }",
+            arg=before, timeout=30_000)
+        estimate = text_of(page, "#pt-estimate")
+        assert re.search(r"PARAMETERS\s*[\d.]+[KM]", estimate.upper()), estimate
+        assert "ESTIMATED TIME" in estimate.upper()
+        assert "village stories" in text_of(page, "#pt-dataset")
+        page.locator("#pt-name input, #pt-name textarea").first.fill("village-tiny")
+        page.locator("#pt-submit").click()
+        page.locator("#pt-result .wb-msg-ok").wait_for()
+        job_id = int(re.search(r"Job #(\d+)", text_of(page, "#pt-result")).group(1))
+        timings["submit"] = time.monotonic() - t
+
+        # --- Jobs: the page switched there; the job runs to success and the loss curve is drawn
+        t = time.monotonic()
+        page.locator(f"#jobs-queue tr[data-job='{job_id}']").wait_for()
+        page.locator(f"#jobs-detail-header .wb-job-head").filter(has_text=f"Job #{job_id}").wait_for()
+        seen_running = False
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        status = None
+        while time.monotonic() < deadline:
+            status = page.locator("#jobs-detail-header .wb-job-head").first.get_attribute("data-status")
+            seen_running = seen_running or status == "running"
+            if status in ("succeeded", "failed", "cancelled"):
+                break
+            page.wait_for_timeout(1000)
+        assert status == "succeeded", (f"job {job_id} ended {status}:\n{text_of(page, '#jobs-error')}\n"
+                                       f"{page.locator('#jobs-logs textarea').input_value()}\n{server.log()[-3000:]}")
+        timings["job"] = time.monotonic() - t
+        expect_plot_drawn(page, "#jobs-loss-plot")
+        metrics = text_of(page, "#jobs-metrics").upper()
+        assert "TOKENS/S" in metrics and "MFU" in metrics
+        assert "100%" in text_of(page, f"#jobs-queue tr[data-job='{job_id}']")
+        logs = page.locator("#jobs-logs textarea").input_value()
+        assert "step" in logs, logs
+        page.locator("#jobs-loss-plot").scroll_into_view_if_needed()
+        page.evaluate("window.scrollTo(0, 0)")
+        page.wait_for_timeout(800)  # let the plot's entry animation finish
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=False)
+
+        # --- a reload keeps everything: the job, its status and its curve come from the database
+        t = time.monotonic()
+        page.reload()
+        page.locator("#wb-whoami").filter(has_text="admin").wait_for()
+        open_tab(page, "Jobs")
+        page.locator(f"#jobs-queue tr[data-job='{job_id}']").wait_for()
+        page.locator("#jobs-detail-header .wb-job-head[data-status='succeeded']").filter(
+            has_text=f"Job #{job_id}").wait_for()
+        expect_plot_drawn(page, "#jobs-loss-plot")
+        timings["reload"] = time.monotonic() - t
+
+        # --- chat with the new model: the reply streams (its text grows over several updates)
+        t = time.monotonic()
+        open_tab(page, "Chat")
+        page.locator("#chat-model").filter(has_text="village-tiny").wait_for()
+        page.locator("#chat-stop-at-end input[type=checkbox]").uncheck()
+        fill_number(page, "chat-max-tokens", 60)
+        fill_number(page, "chat-seed", 3)
+        page.evaluate(STREAM_RECORDER_JS)
+        page.locator("#chat-input textarea, #chat-input input").first.fill("The old miller walked")
+        page.locator("#chat-send").click()
+        page.locator("#chat-speed").filter(has_text="tokens in").wait_for(timeout=120_000)
+        lengths = page.evaluate("window.__botLengths")
+        final = page.evaluate("window.__botText()")
+        distinct = sorted(set(n for n in lengths if n > 0))
+        assert len(final) > 20, final
+        assert len(distinct) >= 3, f"the reply did not stream: lengths seen {lengths}"
+        assert lengths == sorted(lengths) or distinct[-1] == len(final)
+        timings["chat"] = time.monotonic() - t
+    except Exception:
+        page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+        print("failure screenshot:", tmp_path / "failure.png")
+        raise
+    finally:
+        timings["total"] = time.monotonic() - t0
+        print("UI e2e timings (s):", {k: round(v, 1) for k, v in timings.items()})
+        context.close()
+    assert not [e for e in console_errors if "Failed to load resource" not in e], console_errors
+
+
+# Records the length of the latest bot message every time the chat's DOM changes.
+STREAM_RECORDER_JS = """
+() => {
+  window.__botText = () => {
+    const bots = document.querySelectorAll('#chat-bot .message.bot, #chat-bot [data-testid="bot"]');
+    return bots.length ? bots[bots.length - 1].innerText.trim() : '';
+  };
+  window.__botLengths = [];
+  const observer = new MutationObserver(() => { window.__botLengths.push(window.__botText().length); });
+  observer.observe(document.querySelector('#chat-bot'), {subtree: true, childList: true, characterData: true});
+}
+"""
+
+
+def expect_plot_drawn(page, selector: str) -> None:
+    """The vega line plot rendered marks: an SVG path or a canvas with non-blank pixels."""
+    page.wait_for_function(
+        """(sel) => {
+          const root = document.querySelector(sel);
+          if (!root) return false;
+          const paths = root.querySelectorAll('svg path.mark-line, svg g.mark-line path, svg .role-mark path');
+          if (paths.length) return true;
+          for (const c of root.querySelectorAll('canvas')) {
+            if (!c.width || !c.height) continue;
+            const ctx = c.getContext('2d');
+            if (!ctx) continue;
+            const d = ctx.getImageData(0, 0, c.width, c.height).data;
+            let painted = 0;
+            for (let i = 3; i < d.length; i += 4 * 7) if (d[i] > 0) painted++;
+            if (painted > 50) return true;
+          }
+          return false;
+        }""", arg=selector, timeout=30_000)

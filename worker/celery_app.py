@@ -1,0 +1,151 @@
+"""The Celery application and its one task, `run_job`, configured from the workbench settings.
+
+The database is the source of truth for job state; a message carries only a job id and means
+"a job is waiting: a worker slot should claim one". On arrival the worker claims the *best*
+queued job (highest priority, then oldest; see `worker.jobs.claim_next_job`), which is not
+necessarily the message's own id, so jobs run in priority-then-submission order whatever order
+the broker delivers messages in, and a message with no queued job left is a harmless no-op.
+
+Configuration follows Celery's advice for long, idempotent jobs:
+  - `task_acks_late` + `task_reject_on_worker_lost`: a message is acknowledged only after the
+    job function returns, so a worker lost mid-job does not lose the work. Our job function is
+    idempotent and resumable (it claims from the database and training resumes from its
+    checkpoint), which is what late acks require.
+  - `worker_prefetch_multiplier = 1`: a worker reserves one message per slot, never a backlog
+    that other idle workers could have run.
+  - JSON only, and no result backend: results live in the database.
+
+The app is configured lazily: `app.add_defaults` receives a function that reads
+`get_settings()` only when the configuration is first needed, so WORKBENCH_* variables set by
+tests or by `workbench serve` before that moment are honoured. `configure(app, settings)` sets
+it explicitly (the worker's start, or a test that points it at another broker) and drops
+pooled broker connections so the new URL takes effect.
+
+Nothing here imports torch or touches CUDA: the web process imports this module to enqueue.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from celery.signals import worker_shutting_down
+
+from db.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+# Where jobs go unless configured otherwise: the first name of WORKBENCH_WORKER_QUEUES (default
+# "default"). Every process of one install shares that variable, so the web process, the reaper and
+# the workers agree; a worker's --queues must include it to run jobs. A dedicated GPU box may list
+# more queues after it ("default,gpu"); per-kind routing would need a queue per job kind.
+DEFAULT_QUEUE = "default"
+RUN_JOB_TASK = "workbench.run_job"
+
+# Used only when WORKBENCH_BROKER_URL is empty and nobody configured a broker: the embedded Redis
+# of `workbench serve` sets WORKBENCH_BROKER_URL for its children, so this is the local default.
+FALLBACK_BROKER_URL = "redis://127.0.0.1:6379/0"
+
+
+def celery_config(settings: Settings) -> dict:
+    """The Celery settings for `settings` (new-style lowercase names)."""
+    return {
+        "broker_url": settings.broker_url or FALLBACK_BROKER_URL,
+        # Retry the first connection too (Celery 6 stops doing so by default): a worker started
+        # alongside its broker (docker compose, serve) must not die because Redis is a second late.
+        "broker_connection_retry_on_startup": True,
+        # No results: the jobs table holds status, errors and outputs.
+        "result_backend": None,
+        "task_ignore_result": True,
+        # Late acks + reject when the worker process is lost: at-least-once delivery. Safe because
+        # run_job is idempotent (it claims atomically from the DB; training resumes from checkpoints).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One message per worker slot: a long training job must not sit on a reserved backlog.
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": settings.worker_queues[0] if settings.worker_queues else DEFAULT_QUEUE,
+        # JSON only: a pickle message could run arbitrary code in the worker.
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "enable_utc": True,
+        "timezone": "UTC",
+        # A Redis blip must not abort an hour of training: the job keeps running and its state is in
+        # the database. (Celery 6 will default to True; we keep the documented current behaviour.)
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # Publishing gives up after a few quick retries so a web request never hangs on a dead
+        # broker; the job stays queued in the DB and is re-sent by requeue_orphans / the reaper.
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {"max_retries": 3, "interval_start": 0,
+                                      "interval_step": 0.5, "interval_max": 1},
+        # Workers log through Celery's logger; job output goes to the JobLog table.
+        "worker_hijack_root_logger": True,
+    }
+
+
+app = Celery("workbench")
+# Lazy: evaluated at the first read of app.conf, not at import.
+app.add_defaults(lambda: celery_config(get_settings()))
+
+
+def job_queue(celery_app: Celery | None = None) -> str:
+    """The queue this process sends run_job messages to."""
+    return (celery_app or app).conf.task_default_queue
+
+
+def configure(celery_app: Celery = app, settings: Settings | None = None) -> Celery:
+    """(Re)configure `celery_app` from `settings` (default: the environment now).
+
+    Safe to call more than once: pooled broker connections are dropped, so sending after a
+    reconfiguration goes to the new broker.
+    """
+    settings = settings or get_settings()
+    celery_app.conf.update(celery_config(settings))
+    # Connections and producers are pooled per app; forget them so the new URL is used.
+    celery_app.close()
+    amqp = celery_app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
+    return celery_app
+
+
+def ensure_configured(celery_app: Celery = app) -> Celery:
+    """Reconfigure if the environment now names another broker or job queue than the app uses.
+
+    Called before sending, so a process whose WORKBENCH_BROKER_URL changed after the app was first
+    configured (serve starting its embedded Redis, a test pointing at its own queue) sends to the
+    broker the environment names. Cheap: `get_settings()` only reads environment variables.
+    """
+    wanted = celery_config(get_settings())
+    conf = celery_app.conf
+    if conf.broker_url != wanted["broker_url"] or conf.task_default_queue != wanted["task_default_queue"]:
+        configure(celery_app)
+    return celery_app
+
+
+@app.task(name=RUN_JOB_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_job(self, job_id: int) -> int | None:
+    """Claim the best queued job and run it to the end; returns the id of the job run, or None.
+
+    `job_id` is the job whose submission sent this message. It is only a hint (logged); the
+    claim is made from the database, so priorities hold and duplicates are no-ops.
+    """
+    # Imported here so the web process, which only sends this task, never imports torch.
+    from worker.runner import run_next_job
+
+    worker_host = self.request.hostname or None
+    return run_next_job(worker_host=worker_host, message_job_id=job_id)
+
+
+@worker_shutting_down.connect
+def _stop_running_job_on_worker_shutdown(sig=None, how=None, exitcode=None, **kwargs) -> None:
+    """On a warm shutdown (SIGTERM, Ctrl+C) ask the running job to checkpoint and stop.
+
+    Celery sends this signal from the worker's MainProcess; with the solo pool (what GPU workers
+    use) the job runs there too, so the flag reaches it and the job goes back to the queue with a
+    fresh checkpoint instead of the worker waiting for a training run to finish. With the prefork
+    pool the child keeps running to the end (a warm shutdown's usual meaning).
+    """
+    from worker import heartbeat
+
+    heartbeat.request_worker_shutdown()

@@ -1,0 +1,81 @@
+"""Start a worker: `run_worker()` for `workbench worker`, and `python -m worker.main`.
+
+A worker consumes `run_job` messages from its queues and runs one job per slot. GPU workers use
+the solo pool with concurrency 1, one worker process per GPU (set CUDA_VISIBLE_DEVICES per
+process): training saturates a GPU on its own, the solo pool runs the job in the main process
+(so a warm shutdown can ask it to checkpoint and stop, see `worker.celery_app`), and nothing is
+forked after CUDA might have been initialised. CPU-only jobs (prepare, train_tokenizer) may use
+`--pool prefork --concurrency N`.
+
+Each worker also runs the reaper thread (see reaper.py), so jobs of a worker killed with
+`kill -9` are requeued by any surviving worker, even when `serve` is not running.
+
+    python -m worker.main --queues default --concurrency 1 --pool solo --loglevel info
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from collections.abc import Iterable, Sequence
+
+from db.settings import get_settings
+from worker.celery_app import app, configure
+
+
+def worker_argv(queues: str | Iterable[str] = "default", concurrency: int = 1, pool: str = "solo",
+                loglevel: str = "info", hostname: str | None = None) -> list[str]:
+    """The `celery worker` command line for these options."""
+    queue_list = queues if isinstance(queues, str) else ",".join(queues)
+    # A unique node name per process: two workers on one machine (or a restarted one while the old
+    # one's entry lingers) must not collide.
+    hostname = hostname or f"workbench-{os.getpid()}@{socket.gethostname()}"
+    return [
+        "worker",
+        f"--loglevel={loglevel.upper()}",
+        f"--queues={queue_list}",
+        f"--concurrency={int(concurrency)}",
+        f"--pool={pool}",
+        f"--hostname={hostname}",
+        # Gossip, mingle and event heartbeats coordinate Celery workers with each other; our jobs
+        # coordinate through the database, so they would only add broker traffic and start-up delay.
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+
+
+def run_worker(queues: str | Iterable[str] = "default", concurrency: int = 1, pool: str = "solo",
+               loglevel: str = "info", hostname: str | None = None) -> None:
+    """Run a Celery worker in this process until it is stopped (blocks). Starts the reaper thread."""
+    from worker.reaper import start_reaper_thread
+
+    settings = get_settings()
+    if not settings.broker_url:
+        raise SystemExit("WORKBENCH_BROKER_URL is not set: a worker needs the broker URL of the running "
+                         "`workbench serve` (printed at its start) or of your Redis, e.g. redis://localhost:6379/0")
+    configure(app, settings)
+    reaper = start_reaper_thread(settings)
+    try:
+        app.worker_main(worker_argv(queues, concurrency, pool, loglevel, hostname))
+    finally:
+        reaper.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(prog="python -m worker.main", description="Run a workbench job worker.")
+    parser.add_argument("--queues", default=",".join(settings.worker_queues),
+                        help="comma-separated queues to consume (default: WORKBENCH_WORKER_QUEUES or 'default')")
+    parser.add_argument("--concurrency", type=int, default=1, help="job slots (default 1; keep 1 per GPU)")
+    parser.add_argument("--pool", default="solo", choices=("solo", "prefork", "threads"),
+                        help="Celery pool (default solo: what GPU workers need)")
+    parser.add_argument("--loglevel", default="info")
+    parser.add_argument("--hostname", default=None, help="Celery node name (default workbench-<pid>@<host>)")
+    args = parser.parse_args(argv)
+    run_worker(args.queues, args.concurrency, args.pool, args.loglevel, args.hostname)
+
+
+if __name__ == "__main__":
+    main()
