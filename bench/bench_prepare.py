@@ -10,7 +10,8 @@ median of the repeats, 2 threads everywhere:
   tiktoken (numpy)  `encode_to_numpy` per document in 2 threads, in memory: the raw encoder
             `prepare` uses, so prepare / this is the cost of everything prepare adds.
 Throughput counts the same content tokens for all three (prepare's <|endoftext|> separators are
-not counted). Peak memory: the RSS high-water mark (VmHWM) of a fresh child process that loads
+not counted). CPU seconds of the process (all threads) are reported too: on a shared, loaded
+machine they are far steadier than wall time. Peak memory: the RSS high-water mark (VmHWM) of a fresh child process that loads
 the tokenizer and runs one prepare, plus the tracemalloc peak of what prepare itself allocates (see measure_prepare_memory).
 
 Run: `python -m bench.bench_prepare [--quick]`.
@@ -25,6 +26,7 @@ import resource
 import shutil
 import sys
 import tempfile
+import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -144,10 +146,22 @@ def run(quick: bool = False) -> dict:
         def encode_half_to_numpy(texts):
             return [encoding.encode_to_numpy(text, disallowed_special=()) for text in texts]
 
+        cpu_times: dict[str, list[float]] = {}
+
+        def with_cpu_time(name, fn):
+            # CPU seconds of the whole process (all threads): far steadier than wall time on a
+            # shared machine, though blind to how well the work overlaps.
+            def timed():
+                start = time.process_time()
+                fn()
+                cpu_times.setdefault(name, []).append(time.process_time() - start)
+            return timed
+
         times = interleaved({
-            "prepare": run_prepare,
-            "tiktoken": lambda: encoding.encode_ordinary_batch(documents, num_threads=THREADS),
-            "tiktoken_numpy": lambda: list(pool.map(encode_half_to_numpy, halves)),
+            "prepare": with_cpu_time("prepare", run_prepare),
+            "tiktoken": with_cpu_time("tiktoken",
+                                      lambda: encoding.encode_ordinary_batch(documents, num_threads=THREADS)),
+            "tiktoken_numpy": with_cpu_time("tiktoken_numpy", lambda: list(pool.map(encode_half_to_numpy, halves))),
         }, repeats=repeats, warmup=1)
         pool.shutdown()
         memory = run_json_subprocess("bench.bench_prepare", "measure_prepare_memory",
@@ -171,6 +185,9 @@ def run(quick: bool = False) -> dict:
         "tiktoken_numpy_tokens_per_s": content_tokens / seconds["tiktoken_numpy"],
         "prepare_vs_tiktoken": ratio(seconds["tiktoken"], seconds["prepare"]),
         "prepare_vs_tiktoken_numpy": ratio(seconds["tiktoken_numpy"], seconds["prepare"]),
+        "prepare_cpu_s": median(cpu_times["prepare"][1:]),  # [1:]: drop the warm-up call
+        "tiktoken_cpu_s": median(cpu_times["tiktoken"][1:]),
+        "prepare_vs_tiktoken_cpu": ratio(median(cpu_times["tiktoken"][1:]), median(cpu_times["prepare"][1:])),
         "prepare_peak_rss_mb": round(memory["peak_rss_mb"], 1),
         "rss_before_prepare_mb": round(memory["rss_before_mb"], 1),
         "prepare_tracemalloc_peak_mb": round(memory["traced_peak_mb"], 1),
@@ -185,6 +202,8 @@ def run(quick: bool = False) -> dict:
         ("tiktoken encode_to_numpy", result["tiktoken_numpy_s"], result["tiktoken_numpy_tokens_per_s"],
          result["prepare_vs_tiktoken_numpy"]),
     ], headers=("prepare bench", "median s", "tokens/s", "prepare speed / this"))
+    print(f"CPU seconds (all threads): prepare {result['prepare_cpu_s']:.3f}, tiktoken {result['tiktoken_cpu_s']:.3f}"
+          f" -> prepare_vs_tiktoken_cpu {result['prepare_vs_tiktoken_cpu']:.3f}")
     print(f"corpus {result['corpus_mb']} MB, {result['documents']:,} documents, {content_tokens:,} tokens;"
           f" prepare peak RSS {result['prepare_peak_rss_mb']} MB"
           f" (RSS {result['rss_before_prepare_mb']} MB before it; tracemalloc peak of prepare"

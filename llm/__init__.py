@@ -1,1 +1,4 @@
-"""LLM Workbench core: tokenizers, the GPT model, data preparation, training, evaluation, generation.\n\nKnows nothing of the web app, the queue or the database."""
+"""LLM Workbench core: tokenizers, the GPT model, data preparation, training, evaluation, generation.
+
+Knows nothing of the web app, the queue or the database: usable on its own from Python or the CLI.
+"""

@@ -96,13 +96,15 @@ def sample_next(logits: torch.Tensor, settings: SamplingSettings,
     """
     if settings.greedy:
         return logits.argmax(dim=-1)
-    # float32: a bf16/fp16 model's logits are too coarse for softmax over ~50k tokens.
-    scaled = logits.float() / settings.temperature
     candidate_ids = None  # when set, `scaled` holds only those candidates' logits, most likely first
-    if settings.top_k is not None and settings.top_k < scaled.shape[-1]:
-        # Sampling among the k candidates (not masking the full vocabulary) keeps the rest of the
-        # work at size k instead of the vocabulary size.
-        scaled, candidate_ids = torch.topk(scaled, settings.top_k, dim=-1)
+    if settings.top_k is not None and settings.top_k < logits.shape[-1]:
+        # Temperature does not change the order, so pick the k candidates first: everything after
+        # (scaling, softmax, noise) then works on k values instead of the whole vocabulary.
+        logits, candidate_ids = torch.topk(logits, settings.top_k, dim=-1)
+    # float32: a bf16/fp16 model's logits are too coarse for softmax over ~50k tokens.
+    scaled = logits.float()
+    if settings.temperature != 1.0:
+        scaled = scaled / settings.temperature
     if settings.top_p is not None and settings.top_p < 1.0:
         if candidate_ids is None:
             scaled, candidate_ids = torch.sort(scaled, dim=-1, descending=True)

@@ -138,7 +138,7 @@ def import_hf_gpt2(hf_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Pat
 
     state = {}
     for ours, (hf, transpose) in names.items():
-        tensor = hf_weights[hf].float()
+        tensor = hf_weights.pop(hf).float()  # popped: a large checkpoint is not held twice
         state[ours] = tensor.t().contiguous() if transpose else tensor
     wte = state["wte.weight"]
     if hf_lm_head is not None and not torch.equal(hf_lm_head.float(), wte):

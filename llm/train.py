@@ -335,8 +335,10 @@ def train(model: nn.Module, objective: Objective, batches: BatchSource, config: 
         step, tokens_seen = restored["step"], restored["tokens_seen"]
         metrics.truncate_after(step)
         log(f"resumed from {previous} at step {step}")
-    else:
+    else:  # a fresh start: forget an earlier run's records and checkpoints so nothing stale is resumed later
         metrics.clear()
+        for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old", CHECKPOINT_DIR + ".tmp"):
+            shutil.rmtree(out_dir / name, ignore_errors=True)
 
     forward_model = torch.compile(model) if should_compile(config, device) else model
     if flops_per_token is None and hasattr(model, "flops_per_token"):
@@ -419,7 +421,8 @@ def train(model: nn.Module, objective: Objective, batches: BatchSource, config: 
             interval_overhead += time.perf_counter() - started
 
         # Cooperative cancellation: the job's flag is read between steps, and the run stays resumable.
-        if should_stop is not None and should_stop():
+        # After the last step there is nothing left to cancel: the run finishes normally.
+        if should_stop is not None and not is_last and should_stop():
             if not saved:
                 save(step)
             log(f"stopped at step {step}; checkpoint saved in {out_dir / CHECKPOINT_DIR}")

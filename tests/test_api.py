@@ -100,6 +100,17 @@ def test_health_needs_no_login_and_checks_the_database(client: TestClient):
     assert response.json() == {"status": "ok", "database": "ok"}
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_health_reports_an_unreachable_database(api_settings: Settings):
+    # Port 1 on localhost: nothing listens there, so the connection is refused at once.
+    broken = dataclasses.replace(api_settings, database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    with TestClient(create_app(broken)) as client:
+        response = client.get("/api/health")
+    assert response.status_code == 503
+    assert response.json()["status"] == "error"
+    assert "OperationalError" in response.json()["database"]
+
+
 @pytest.mark.parametrize("method, path", [
     ("GET", "/api/datasets"), ("POST", "/api/datasets"), ("GET", "/api/datasets/1"),
     ("GET", "/api/jobs"), ("POST", "/api/jobs"), ("GET", "/api/jobs/1"), ("GET", "/api/jobs/1/metrics"),

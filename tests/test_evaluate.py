@@ -64,6 +64,7 @@ def test_bits_per_byte_formula():
         bits_per_byte(1.0, 0)
 
 
+@pytest.mark.slow  # loading the GPT-2 vocabulary takes a few seconds
 def test_bpb_of_a_uniform_model_on_known_text_matches_hand_computation(tmp_path):
     gpt2 = get_tokenizer("gpt2")
     assert gpt2.encode("Hello world") == [15496, 995]

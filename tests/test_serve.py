@@ -28,8 +28,6 @@ START_TIMEOUT_S = 120.0
 JOB_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 60.0
 
-pytestmark = pytest.mark.slow
-
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -131,6 +129,23 @@ def admin_password(output: str) -> str:
     pytest.fail(f"no admin password printed:\n{output}")
 
 
+@pytest.mark.parametrize("argv, expected", [
+    ([], ["serve", "worker", "prepare", "pretrain", "generate", "import-gpt2", "bench"]),
+    (["serve"], ["--host", "--port", "--data-dir", "--no-worker"]),
+    (["worker"], ["--queues", "--concurrency", "--pool"]),
+])
+def test_workbench_help(capsys: pytest.CaptureFixture, argv: list[str], expected: list[str]):
+    from web.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    for word in expected:
+        assert word in help_text
+
+
+@pytest.mark.slow
 def test_serve_runs_a_job_and_leaves_no_process_behind(tmp_path: Path):
     data_dir = tmp_path / "data"
     server = Server(data_dir)

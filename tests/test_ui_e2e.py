@@ -227,7 +227,7 @@ def test_upload_pretrain_jobs_chat(server, browser, tmp_path):
         error_text = message.inner_text()
         assert "broken.jsonl" in error_text and "line 2" in error_text, error_text
         # clear the file (the ✕ of the file component) before the good upload
-        page.locator("#ds-file input[type=file]").set_input_files([])
+        page.locator("#ds-file button[aria-label='Clear']").click()
 
         # --- a good corpus: stats, preview, histogram, and the table
         t = time.monotonic()
@@ -242,7 +242,7 @@ def test_upload_pretrain_jobs_chat(server, browser, tmp_path):
         stats = text_of(page, "#ds-stats")
         assert "DUPLICATES REMOVED" in stats.upper() and "2" in stats
         assert paragraphs[0][:40] in text_of(page, "#ds-preview")
-        page.locator("#ds-histogram img, #ds-histogram svg, #ds-histogram canvas").first.wait_for()
+        page.locator("#ds-histogram [data-testid=matplotlib] img").wait_for()
         assert "village stories" in text_of(page, "#ds-table")
         timings["upload"] = time.monotonic() - t
 
@@ -263,7 +263,7 @@ def test_upload_pretrain_jobs_chat(server, browser, tmp_path):
         estimate = text_of(page, "#pt-estimate")
         assert re.search(r"PARAMETERS\s*[\d.]+[KM]", estimate.upper()), estimate
         assert "ESTIMATED TIME" in estimate.upper()
-        assert "village stories" in text_of(page, "#pt-dataset")
+        assert "village stories" in page.locator("#pt-dataset input").input_value()
         page.locator("#pt-name input, #pt-name textarea").first.fill("village-tiny")
         page.locator("#pt-submit").click()
         page.locator("#pt-result .wb-msg-ok").wait_for()
@@ -312,7 +312,8 @@ def test_upload_pretrain_jobs_chat(server, browser, tmp_path):
         # --- chat with the new model: the reply streams (its text grows over several updates)
         t = time.monotonic()
         open_tab(page, "Chat")
-        page.locator("#chat-model").filter(has_text="village-tiny").wait_for()
+        page.wait_for_function(
+            "() => (document.querySelector('#chat-model input') || {}).value?.includes('village-tiny')")
         page.locator("#chat-stop-at-end input[type=checkbox]").uncheck()
         fill_number(page, "chat-max-tokens", 60)
         fill_number(page, "chat-seed", 3)

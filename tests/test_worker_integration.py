@@ -143,6 +143,19 @@ def dataset(workbench_env, session) -> Dataset:
     return row
 
 
+@pytest.fixture
+def small_tokenizer(workbench_env, dataset) -> str:
+    """A 320-token BPE trained on the test corpus; with it a tiny-model step is ~10x cheaper than
+    with GPT-2's 50k vocabulary (whose output layer dominates), so long runs stay short."""
+    from llm.corpus import iter_documents
+    from llm.tokenizer import train_tokenizer
+
+    name = "tiny-bpe"
+    train_tokenizer(iter_documents(workbench_env.data_dir / dataset.path), 320,
+                    workbench_env.tokenizers_dir / name, name)
+    return name
+
+
 # ----------------------------------------------------------------------------- helpers
 
 def job_snapshot(session: Session, job_id: int) -> Job:
@@ -250,7 +263,8 @@ def test_jobs_run_in_priority_order_and_failures_are_readable(broker, workbench_
 
     # Submitted before any worker runs, lowest priority first: messages arrive in that order,
     # yet the jobs must run best-first.
-    low = jobs.submit_job(session, "prepare", {"dataset_id": dataset.id}, priority=-1)
+    low = jobs.submit_job(session, "train_tokenizer", {"dataset_id": dataset.id, "vocab_size": 300,
+                                                       "name": "bpe-300"}, priority=-1)
     broken = jobs.submit_job(session, "prepare", {"dataset_id": empty.id}, priority=0)
     high = jobs.submit_job(session, "prepare", {"dataset_id": dataset.id, "val_fraction": 0.1}, priority=5)
     worker = start_worker()
@@ -259,6 +273,9 @@ def test_jobs_run_in_priority_order_and_failures_are_readable(broker, workbench_
     low, broken, high = (job_snapshot(session, job.id) for job in (low, broken, high))
     assert high.started_at < broken.started_at < low.started_at
     assert (high.status, low.status, broken.status) == (JobStatus.succeeded, JobStatus.succeeded, JobStatus.failed)
+    assert (workbench_env.tokenizers_dir / "bpe-300" / "tokenizer.json").is_file()
+    stats = json.loads((workbench_env.data_dir / f"datasets/{dataset.id}/prepared/gpt2/stats.json").read_text())
+    assert stats["val_fraction"] == 0.1
 
     # The error is a sentence for people; the traceback is in the job log, not in `error`.
     assert "no document" in broken.error.lower() and "Traceback" not in broken.error
@@ -269,10 +286,11 @@ def test_jobs_run_in_priority_order_and_failures_are_readable(broker, workbench_
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("broker", ["embedded"], indirect=True)
 def test_cancel_stops_a_running_job_and_keeps_its_checkpoint(broker, workbench_env, session, dataset,
-                                                             start_worker):
+                                                             small_tokenizer, start_worker):
     worker = start_worker(WORKBENCH_HEARTBEAT_SECONDS="0.5", WORKBENCH_STALE_AFTER_SECONDS="30")
     job = jobs.submit_job(session, "pretrain", {"dataset_id": dataset.id, "max_steps": 5000, "log_every": 1,
-                                                "checkpoint_every": 0, "eval_every": 0, **TINY_RUN})
+                                                "checkpoint_every": 0, "eval_every": 0,
+                                                **TINY_RUN, "tokenizer": small_tokenizer})
     wait_for(lambda: bool(loss_steps(session, job.id)), 180, "the first training step", session, job.id, [worker])
     cancel_sent = time.monotonic()
     assert jobs.request_cancel(session, job.id).cancel_requested
@@ -292,12 +310,13 @@ def test_cancel_stops_a_running_job_and_keeps_its_checkpoint(broker, workbench_e
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 @pytest.mark.parametrize("broker", ["redis6379"], indirect=True)
 def test_a_job_of_a_killed_worker_resumes_from_its_checkpoint(broker, workbench_env, session, dataset,
-                                                              start_worker):
+                                                              small_tokenizer, start_worker):
     fast_reaping = {"WORKBENCH_HEARTBEAT_SECONDS": "1", "WORKBENCH_STALE_AFTER_SECONDS": "3"}
     first = start_worker(**fast_reaping)
     max_steps = 150
     job = jobs.submit_job(session, "pretrain", {"dataset_id": dataset.id, "max_steps": max_steps, "log_every": 1,
-                                                "checkpoint_every": 10, "eval_every": 0, **TINY_RUN})
+                                                "checkpoint_every": 10, "eval_every": 0,
+                                                **TINY_RUN, "tokenizer": small_tokenizer})
     run_dir = workbench_env.data_dir / f"runs/{job.id}"
     wait_for(lambda: (checkpoint_step(run_dir) or 0) >= 10, 180, "a checkpoint", session, job.id, [first])
     first.kill_hard()
@@ -325,3 +344,29 @@ def test_a_job_of_a_killed_worker_resumes_from_its_checkpoint(broker, workbench_
     # replaced by the resumed attempt's, and step 1 was not trained twice.
     assert loss_steps(session, job.id) == list(range(1, max_steps + 1))
     assert len(session.scalars(select(Model).where(Model.job_id == job.id)).all()) == 1
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("broker", ["embedded"], indirect=True)
+def test_a_warm_shutdown_requeues_the_running_job_with_a_checkpoint(broker, workbench_env, session, dataset,
+                                                                    small_tokenizer, start_worker):
+    first = start_worker()
+    max_steps = 200
+    job = jobs.submit_job(session, "pretrain", {"dataset_id": dataset.id, "max_steps": max_steps, "log_every": 1,
+                                                "checkpoint_every": 0, "eval_every": 0,
+                                                **TINY_RUN, "tokenizer": small_tokenizer})
+    wait_for(lambda: bool(loss_steps(session, job.id)), 180, "the first training step", session, job.id, [first])
+    os.kill(first.pid, signal.SIGTERM)  # what `docker stop` or systemd sends on a restart
+    first.process.wait(timeout=60)
+    stopped = job_snapshot(session, job.id)
+    assert stopped.status == JobStatus.queued, stopped.error
+    stopped_at = checkpoint_step(workbench_env.data_dir / stopped.run_dir)
+    assert stopped_at is not None and stopped_at < max_steps
+    assert any("the worker is shutting down, so the job was requeued" in line for line in job_log(session, job.id))
+
+    second = start_worker()
+    done = wait_for_status(session, job.id, {JobStatus.succeeded, JobStatus.failed}, 240, [second])
+    assert done.status == JobStatus.succeeded, done.error
+    assert done.attempts == 2
+    assert f"resuming from the checkpoint at step {stopped_at}" in job_log(session, job.id)
+    assert loss_steps(session, job.id) == list(range(1, max_steps + 1))

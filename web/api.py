@@ -23,6 +23,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from db.session import SessionLocal
 from db.settings import Settings, safe_join
 from web import services
 from web.auth import CurrentUser, WriterUser, get_app_settings, get_db_session
@@ -109,10 +110,15 @@ upload_router = APIRouter(prefix="/api", responses=ERROR_RESPONSES, route_class=
 
 
 @router.get("/health", response_model=HealthOut, tags=["health"], responses={503: {"model": HealthOut}})
-def health(session: DbSession) -> Any:
-    """Liveness + database check; no authentication, for load balancers and `serve` start-up."""
+def health(settings: AppSettings) -> Any:
+    """Liveness + database check; no authentication, for load balancers and `serve` start-up.
+
+    The session is opened inside the check (not through the request dependency) so that a
+    database that cannot even be connected to answers 503 with the reason, not a 500.
+    """
     try:
-        session.execute(text("SELECT 1"))
+        with SessionLocal(settings.database_url) as session:
+            session.execute(text("SELECT 1"))
     except Exception as error:  # any driver error means "not healthy"; say which
         return JSONResponse(status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
                             content={"status": "error", "database": f"{type(error).__name__}: {error}"[:300]})

@@ -26,10 +26,13 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 def _cmd_worker(args: argparse.Namespace) -> None:
     if args.data_dir:
         os.environ["WORKBENCH_DATA_DIR"] = os.path.abspath(args.data_dir)
+    from db.settings import get_settings
     from worker.main import run_worker
 
-    queues = args.queues.split(",") if args.queues else None
-    run_worker(queues=queues, concurrency=args.concurrency, pool=args.pool, loglevel=args.loglevel)
+    # Options left out keep run_worker's defaults (solo pool, one slot: what a GPU worker needs).
+    options = {"concurrency": args.concurrency, "pool": args.pool}
+    queues = args.queues.split(",") if args.queues else list(get_settings().worker_queues)
+    run_worker(queues=queues, loglevel=args.loglevel, **{k: v for k, v in options.items() if v is not None})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,9 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker = subparsers.add_parser("worker", help="run a job worker", description=text)
     worker.add_argument("--queues", help="comma-separated queues to consume (default $WORKBENCH_WORKER_QUEUES "
                                          "or 'default')")
-    worker.add_argument("--concurrency", type=int, help="jobs at once (default: the worker's own choice)")
+    worker.add_argument("--concurrency", type=int, help="jobs at once (default 1)")
     worker.add_argument("--pool", choices=["prefork", "solo", "threads"],
-                        help="Celery pool; 'solo' for a GPU worker (one job, one CUDA context)")
+                        help="Celery pool (default solo: one job in the worker process, what a GPU needs; "
+                             "prefork with --concurrency N for CPU-only jobs)")
     worker.add_argument("--loglevel", default="info", help="debug | info | warning | error")
     worker.add_argument("--data-dir", help="data directory (default $WORKBENCH_DATA_DIR)")
     worker.set_defaults(func=_cmd_worker)

@@ -91,6 +91,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, data_dir: str | os.PathLike
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin at INFO: noise at every start
     if data_dir is not None:
         # Set before anything reads the settings; children inherit it.
         os.environ["WORKBENCH_DATA_DIR"] = str(Path(data_dir).expanduser().resolve())

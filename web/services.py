@@ -23,7 +23,6 @@ import shutil
 import statistics
 import uuid
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
@@ -88,13 +87,6 @@ def _reading(session: Session | None) -> Iterator[Session]:
         yield own
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    # SQLite hands timezone-aware columns back naive; everything we store is UTC, so say so.
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment
-
-
 def _enum_value(value: Any) -> Any:
     return getattr(value, "value", value)
 
@@ -150,7 +142,7 @@ def dataset_to_dict(dataset: Dataset) -> dict:
         "size_bytes": dataset.size_bytes,
         "stats": dataset.stats or {},
         "owner_id": dataset.owner_id,
-        "created_at": _utc(dataset.created_at),
+        "created_at": dataset.created_at,
     }
 
 
@@ -263,7 +255,7 @@ def store_dataset_upload(session: Session, settings: Settings, source_path: str 
             # Left over from a database that was reset while the data dir was kept: never mix the two.
             shutil.rmtree(final_dir)
         os.replace(staging, final_dir)
-        dataset.path = str(Path("datasets") / str(dataset.id) / f"original.{extension}")
+        dataset.path = f"datasets/{dataset.id}/original.{extension}"  # relative to the data dir, POSIX form
         session.commit()
     except BaseException:
         session.rollback()
@@ -303,10 +295,10 @@ def _job_summary(job: Job, owner_name: str | None = None) -> dict:
         "priority": job.priority,
         "progress": job.progress or 0.0,
         "params": job.params or {},
-        "created_at": _utc(job.created_at),
-        "started_at": _utc(job.started_at),
-        "finished_at": _utc(job.finished_at),
-        "heartbeat_at": _utc(job.heartbeat_at),
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "heartbeat_at": job.heartbeat_at,
         "error": job.error,
         "worker_host": job.worker_host,
         "attempts": job.attempts,
@@ -416,7 +408,7 @@ def job_logs(job_id: int, after_id: int = 0, limit: int = 1000, session: Session
         _get_job(s, job_id)
         query = (select(JobLog).where(JobLog.job_id == job_id, JobLog.id > after_id)
                  .order_by(JobLog.id).limit(max(1, min(int(limit), 10000))))
-        return [{"id": row.id, "created_at": _utc(row.created_at), "line": row.line} for row in s.scalars(query)]
+        return [{"id": row.id, "created_at": row.created_at, "line": row.line} for row in s.scalars(query)]
 
 
 def cancel_job(session: Session, job_id: int, user: User | int | str | None = None) -> dict:
@@ -463,7 +455,7 @@ def model_to_dict(model: Model) -> dict:
         "job_id": model.job_id,
         "config": model.config or {},
         "owner_id": model.owner_id,
-        "created_at": _utc(model.created_at),
+        "created_at": model.created_at,
     }
 
 
@@ -483,6 +475,24 @@ def list_models(kind: str | None = None, session: Session | None = None) -> list
 # The estimate reports the factor it used so the UI can show it.
 ASSUMED_UTILISATION = {"cpu": 0.3, "cuda": 0.4}
 _DEFAULT_TRAIN = {"batch_size": 16, "block_size": None, "grad_accum": 1, "max_steps": 1000}
+
+
+_PEAK_FLOPS_CACHE: dict[str, float] = {}
+
+
+def _estimate_peak_flops(device_type: str) -> float:
+    """Peak FLOP/s for estimates, measured once per process.
+
+    GPUs: the data-sheet number when known (`llm.device.peak_flops`). CPUs: a 1024 x 1024 float32
+    matmul, which reaches the same FLOP/s as llm.device's 2048 one within a few percent here but
+    costs a fraction of a second instead of seconds, so the first estimate in the UI stays quick.
+    """
+    if device_type not in _PEAK_FLOPS_CACHE:
+        from llm.device import measure_matmul_peak_flops, peak_flops
+
+        _PEAK_FLOPS_CACHE[device_type] = (peak_flops(device_type) if device_type == "cuda"
+                                          else measure_matmul_peak_flops("cpu", size=1024))
+    return _PEAK_FLOPS_CACHE[device_type]
 
 
 def _train_defaults() -> dict:
@@ -518,7 +528,6 @@ def estimate_pretrain(params: dict, data_dir: str | os.PathLike | None = None) -
     """
     import torch
 
-    from llm.device import peak_flops
     from llm.model import GPT, config_from_preset
 
     defaults = _train_defaults()
@@ -550,7 +559,7 @@ def estimate_pretrain(params: dict, data_dir: str | os.PathLike | None = None) -
     device = str(params.get("device") or "auto")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     device_type = "cuda" if use_cuda and torch.cuda.is_available() else "cpu"
-    peak = peak_flops(device_type)
+    peak = _estimate_peak_flops(device_type)
     utilisation = ASSUMED_UTILISATION[device_type]
     max_steps = values["max_steps"] or 0
     est_seconds = flops_per_token * tokens_per_step * max_steps / (peak * utilisation)

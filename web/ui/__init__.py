@@ -80,7 +80,7 @@ def header_html(user: dict | None) -> str:
     return (
         '<div class="wb-header" style="display:flex;align-items:center;justify-content:space-between;'
         'padding:6px 4px 2px 4px">'
-        f'<div style="font-size:22px;font-weight:700">🧪 {TITLE} '
+        f'<div style="font-size:22px;font-weight:700">{TITLE} '
         '<span style="font-size:13px;font-weight:400;opacity:.65">data → tokenizer → pretrain → chat</span></div>'
         f'<div id="wb-whoami" style="font-size:14px">{who}</div></div>'
     )

@@ -222,8 +222,7 @@ def histogram_figure(summary: Mapping[str, Any] | None, title: str = "Document l
         notes = [f"{key} {field(summary, key):,.0f}" for key in ("min", "median", "mean", "max")
                  if isinstance(field(summary, key), (int, float))]
         if notes:
-            ax.text(0.99, 0.95, " · ".join(notes), ha="right", va="top", transform=ax.transAxes, fontsize=8,
-                    color="#475569")
+            title = f"{title}\n{' · '.join(notes)}"
     ax.set_title(title, fontsize=10)
     ax.set_ylabel("documents", fontsize=9)
     ax.tick_params(labelsize=8)

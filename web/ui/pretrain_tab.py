@@ -186,8 +186,10 @@ def build(settings) -> PretrainTab:
     gr.on([preset.change, tokenizer.change, max_steps.change, batch_size.change, block_size.change],
           do_estimate, inputs, estimate, trigger_mode="always_last", show_progress="hidden")
 
-    def do_submit(*args, request: gr.Request):
-        params = form_params(values_of(args))
+    def do_submit(dataset_id, tokenizer_name, preset_name, model_name, steps, batch, block, lr_value, warmup_steps,
+                  eval_steps, checkpoint_steps, seed_value, request: gr.Request):
+        params = form_params(values_of([dataset_id, tokenizer_name, preset_name, model_name, steps, batch, block,
+                                        lr_value, warmup_steps, eval_steps, checkpoint_steps, seed_value]))
         user = current_user(settings, request)
         if not can_write(user):
             return message_html(f"Your role ({user['role']}) cannot submit jobs.", "error"), None
