@@ -46,6 +46,11 @@ RUN_JOB_TASK = "workbench.run_job"
 # of `workbench serve` sets WORKBENCH_BROKER_URL for its children, so this is the local default.
 FALLBACK_BROKER_URL = "redis://127.0.0.1:6379/0"
 
+# When the database is down, a message is retried this often for about an hour before it is
+# dropped (the job stays queued in the database; requeue_orphans re-sends it at the next start).
+CLAIM_RETRY_DELAY_S = 10
+CLAIM_MAX_RETRIES = 360
+
 
 def celery_config(settings: Settings) -> dict:
     """The Celery settings for `settings` (new-style lowercase names)."""
@@ -131,10 +136,19 @@ def run_job(self, job_id: int) -> int | None:
     claim is made from the database, so priorities hold and duplicates are no-ops.
     """
     # Imported here so the web process, which only sends this task, never imports torch.
+    from sqlalchemy.exc import OperationalError
+
     from worker.runner import run_next_job
 
     worker_host = self.request.hostname or None
-    return run_next_job(worker_host=worker_host, message_job_id=job_id)
+    try:
+        return run_next_job(worker_host=worker_host, message_job_id=job_id)
+    except OperationalError as error:
+        # Only the claim can raise this (a job's own errors are recorded on the job): the database
+        # is unreachable. Acknowledging now would lose the message, so Celery re-sends it later.
+        logger.warning("database unavailable while claiming a job; retrying in %ss: %s",
+                       CLAIM_RETRY_DELAY_S, error.orig)
+        raise self.retry(exc=error, countdown=CLAIM_RETRY_DELAY_S, max_retries=CLAIM_MAX_RETRIES)
 
 
 @worker_shutting_down.connect

@@ -434,12 +434,13 @@ def claim_next_job(session: Session, worker_host: str | None = None,
     """
     for attempt in range(CLAIM_ATTEMPTS):
         try:
-            job = _try_claim(session, worker_host, kinds)
-            return job
+            return _try_claim(session, worker_host, kinds)
         except OperationalError as error:
             # SQLite: "database is locked" when another writer holds the lock past busy_timeout, or
             # a read transaction could not be upgraded. Start a fresh transaction and try again.
             session.rollback()
+            if attempt == CLAIM_ATTEMPTS - 1:
+                raise  # the database is unreachable: the caller retries the message later
             logger.info("claim attempt %s failed (%s); retrying", attempt + 1, error.orig)
             time.sleep(0.05 * (attempt + 1))
     return None
