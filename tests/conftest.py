@@ -379,7 +379,8 @@ def job_queue(workbench_env: Settings, redis_url: str) -> Iterator[str]:
         finally:
             client = redis.Redis.from_url(redis_url)
             try:
-                client.delete(queue)
+                # The queue and kombu's routing-table entries for it (small, but never reused).
+                client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
             finally:
                 client.close()
     configure(app)

@@ -266,8 +266,11 @@ def test_upload_pretrain_jobs_chat(server, browser, tmp_path):
         assert "village stories" in page.locator("#pt-dataset input").input_value()
         page.locator("#pt-name input, #pt-name textarea").first.fill("village-tiny")
         page.locator("#pt-submit").click()
-        page.locator("#pt-result .wb-msg-ok").wait_for()
-        job_id = int(re.search(r"Job #(\d+)", text_of(page, "#pt-result")).group(1))
+        # On success the page switches to the Jobs tab by itself (the message stays in the form).
+        result = page.locator("#pt-result .wb-msg-ok")
+        result.wait_for(state="attached")
+        job_id = int(re.search(r"Job #(\d+)", result.text_content()).group(1))
+        page.get_by_role("tab", name="Jobs", exact=True).and_(page.locator("[aria-selected=true]")).wait_for()
         timings["submit"] = time.monotonic() - t
 
         # --- Jobs: the page switched there; the job runs to success and the loss curve is drawn
