@@ -38,25 +38,41 @@ def time_median(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> 
     return median(times), times
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
-                gc_between: bool = True) -> dict[str, list[float]]:
+def interleaved_runs(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
+                     gc_between: bool = True) -> dict[str, dict[str, list[float]]]:
     """Time several functions interleaved: round r runs them in order, round r+1 in reverse order.
 
     Alternating the order cancels the "who runs right after whom" bias (caches, CPU boost, a neighbour's
-    burst of load). Returns every timing per name; compare with `median`.
+    burst of load). Returns, per name, the wall times ("wall") and this process's CPU times ("cpu",
+    all threads; less sensitive to other processes' load than wall time) of every timed call.
     """
     names = list(fns)
     for _ in range(warmup):
         for name in names:
             fns[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
+    runs: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in names}
     for r in range(repeats):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
             if gc_between:
                 gc.collect()
-            times[name].append(time_once(fns[name]))
-    return times
+            cpu_start, wall_start = time.process_time(), time.perf_counter()
+            fns[name]()
+            runs[name]["wall"].append(time.perf_counter() - wall_start)
+            runs[name]["cpu"].append(time.process_time() - cpu_start)
+    return runs
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
+                gc_between: bool = True) -> dict[str, list[float]]:
+    """Like `interleaved_runs`, but only the wall times: {name: [seconds of each timed call]}."""
+    runs = interleaved_runs(fns, repeats=repeats, warmup=warmup, gc_between=gc_between)
+    return {name: run["wall"] for name, run in runs.items()}
+
+
+def paired_speedup(base: list[float], other: list[float]) -> float:
+    """Median over rounds of base[i] / other[i]: how many times faster `other` is, round by round."""
+    return median(b / o for b, o in zip(base, other))
 
 
 def ratio(numerator: float, denominator: float) -> float:

@@ -27,8 +27,8 @@ import torch.nn as nn
 
 # Finished samples keep being decoded (the batch stays rectangular) but their outputs read as this.
 FINISHED = -1
-# Added to the seed per sample index; an odd 64-bit constant (the golden ratio) spreads the
-# sub-seeds of nearby seeds far apart, so runs with seeds 0, 1, 2... never share a sample.
+# Added to the seed per sample index. A large odd 64-bit constant (2^64 / golden ratio) spreads the
+# sub-seeds far apart, so runs seeded 0, 1, 2... do not share samples (as seed + index would).
 _SEED_STRIDE = 0x9E3779B97F4A7C15
 
 

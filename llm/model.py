@@ -55,6 +55,60 @@ def config_from_preset(preset: str, tokenizer_vocab_size: int, **overrides) -> G
     return GPTConfig(vocab_size=padded_vocab_size(tokenizer_vocab_size), **values)
 
 
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean cross-entropy of (N, V) logits against (N,) targets, skipping targets == ignore_index.
+
+    The same value and gradient as `F.cross_entropy(logits.float(), targets)`, computed in float32, but
+    cheaper for a large vocabulary on the CPU: rows are processed a cache-sized chunk at a time and only
+    one float per row (its log-sum-exp) is kept for the backward pass, instead of a (N, V) log-softmax, a
+    zero-filled (N, V) gradient and (under bf16 autocast) a float32 copy of the logits.
+    Under `torch.compile` the plain PyTorch expression is used: the compiler fuses it itself.
+    """
+    if torch.compiler.is_compiling() or logits.device.type != "cpu":
+        return F.cross_entropy(logits.float(), targets, ignore_index=ignore_index)
+    return _ChunkedCrossEntropy.apply(logits, targets, ignore_index)
+
+
+_CE_CHUNK_BYTES = 1 << 21  # ~2 MiB of float32 logits per chunk: stays in the L2/L3 caches
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
+        N, V = logits.shape
+        rows = max(1, _CE_CHUNK_BYTES // (4 * V))
+        lse = torch.empty(N, dtype=torch.float32, device=logits.device)
+        for i in range(0, N, rows):
+            torch.logsumexp(logits[i:i + rows].float(), dim=1, out=lse[i:i + rows])
+        valid = targets != ignore_index
+        safe = targets.masked_fill(~valid, 0)
+        target_logits = logits.gather(1, safe.unsqueeze(1)).squeeze(1).float()
+        count = valid.sum()
+        loss = torch.where(valid, lse - target_logits, 0.0).sum() / count  # 0/0 = nan, as F.cross_entropy
+        ctx.save_for_backward(logits, lse, safe, valid, count)
+        ctx.rows = rows
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        logits, lse, safe, valid, count = ctx.saved_tensors
+        rows = ctx.rows
+        # d loss / d logits = (softmax - one_hot(target)) / count on valid rows, 0 on ignored rows.
+        weight = valid.float() * (grad_loss.float() / count.clamp(min=1))
+        grad = torch.empty_like(logits)
+        for i in range(0, logits.shape[0], rows):
+            chunk = slice(i, i + rows)
+            if logits.dtype == torch.float32:
+                probs = torch.sub(logits[chunk], lse[chunk, None], out=grad[chunk])
+            else:
+                probs = logits[chunk].float().sub_(lse[chunk, None])
+            probs.exp_().mul_(weight[chunk, None])
+            probs.scatter_add_(1, safe[chunk, None], -weight[chunk, None])
+            if probs.data_ptr() != grad[chunk].data_ptr():
+                grad[chunk].copy_(probs)
+        return grad, None, None
+
+
 class KVCache:
     """Preallocated keys/values for every layer: (layers, batch, heads, max_len, head_dim).
 
@@ -191,8 +245,7 @@ class GPT(nn.Module):
         if targets is None:
             return self.lm_head(x[:, -1:] if last_logits_only else x), None
         logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                               ignore_index=ignore_index)
+        loss = cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index)
         return logits, loss
 
     # ------------------------------------------------------------------ accounting

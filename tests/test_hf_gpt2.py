@@ -61,6 +61,23 @@ def test_import_gives_the_same_logits_as_transformers(hf_dir, imported_dir):
     torch.testing.assert_close(wte[HF_VOCAB:], mean.expand(50304 - HF_VOCAB, -1))
 
 
+def test_original_openai_layout_without_prefix_and_with_mask_buffers_imports(hf_dir, imported_dir, tmp_path):
+    # The openai-community/gpt2 files were saved from GPT2Model: no "transformer." prefix, no
+    # lm_head, and the causal-mask buffers "h.N.attn.bias" stored as weights.
+    from safetensors.torch import save_file
+
+    hf = write_hf_dir(tmp_path / "openai", n_layer=2, n_embd=64, n_positions=128)
+    state = {name.removeprefix("transformer."): t for name, t in load_file(str(hf_dir / "model.safetensors")).items()
+             if name != "lm_head.weight"}
+    for layer in range(2):
+        state[f"h.{layer}.attn.bias"] = torch.tril(torch.ones(1, 1, 128, 128))
+    save_file(state, str(hf / "model.safetensors"), metadata={"format": "pt"})
+    model, _ = load_model(import_hf_gpt2(hf, tmp_path / "ours"))
+    reference, _ = load_model(imported_dir)
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+
+
 def test_export_loads_in_transformers_with_the_same_logits(hf_dir, imported_dir, tmp_path):
     out = export_hf_gpt2(imported_dir, tmp_path / "exported")
     config = json.loads((out / "config.json").read_text())

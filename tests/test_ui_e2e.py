@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -208,7 +207,8 @@ def test_upload_pretrain_jobs_chat(server, browser, tmp_path):
     page = context.new_page()
     page.set_default_timeout(60_000)
     console_errors: list[str] = []
-    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    page.on("console", lambda m: console_errors.append(f"{time.monotonic() - t0:.1f}s {m.text}")
+            if m.type == "error" else None)
     try:
         # --- log in; the header names the user and the role
         log_in(page, server.url, server.password)
@@ -276,7 +276,7 @@ def test_upload_pretrain_jobs_chat(server, browser, tmp_path):
         # --- Jobs: the page switched there; the job runs to success and the loss curve is drawn
         t = time.monotonic()
         page.locator(f"#jobs-queue tr[data-job='{job_id}']").wait_for()
-        page.locator(f"#jobs-detail-header .wb-job-head").filter(has_text=f"Job #{job_id}").wait_for()
+        page.locator("#jobs-detail-header .wb-job-head").filter(has_text=f"Job #{job_id}").wait_for()
         seen_running = False
         deadline = time.monotonic() + JOB_TIMEOUT_S
         status = None
@@ -331,6 +331,31 @@ def test_upload_pretrain_jobs_chat(server, browser, tmp_path):
         assert len(distinct) >= 3, f"the reply did not stream: lengths seen {lengths}"
         assert lengths == sorted(lengths) or distinct[-1] == len(final)
         timings["chat"] = time.monotonic() - t
+
+        # --- cancel and resume from the Jobs tab: a long job stopped while it runs, queued again
+        t = time.monotonic()
+        open_tab(page, "Train")
+        fill_number(page, "pt-max-steps", 100_000)
+        page.locator("#pt-name input, #pt-name textarea").first.fill("to-cancel")
+        page.locator("#pt-submit").click()
+        page.wait_for_function(
+            """(first) => { const m = /Job #(\\d+)/.exec(document.querySelector('#pt-result')?.textContent || '');
+                            return m && Number(m[1]) !== first; }""", arg=job_id)
+        second = int(re.search(r"Job #(\d+)", page.locator("#pt-result").text_content()).group(1))
+        head = page.locator("#jobs-detail-header .wb-job-head").filter(has_text=f"Job #{second}")
+        head.and_(page.locator("[data-status=running]")).wait_for(timeout=120_000)
+        page.locator("#jobs-cancel").click()
+        page.locator("#jobs-action .wb-msg-ok").filter(has_text="Cancellation requested").wait_for()
+        head.and_(page.locator("[data-status=cancelled]")).wait_for(timeout=120_000)
+        page.locator("#jobs-resume:not([disabled])").click()
+        page.locator("#jobs-action .wb-msg-ok").filter(has_text="queued again").wait_for()
+        head.and_(page.locator("[data-status=queued], [data-status=running]")).wait_for()
+        page.locator("#jobs-cancel:not([disabled])").click()
+        head.and_(page.locator("[data-status=cancelled]")).wait_for(timeout=120_000)
+        # clicking a row of the queue selects that job
+        page.locator(f"#jobs-queue tr[data-job='{job_id}']").click()
+        page.locator("#jobs-detail-header .wb-job-head").filter(has_text=f"Job #{job_id}").wait_for()
+        timings["cancel_resume"] = time.monotonic() - t
     except Exception:
         page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
         print("failure screenshot:", tmp_path / "failure.png")

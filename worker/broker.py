@@ -171,6 +171,9 @@ def start_embedded_redis(data_dir: str | os.PathLike, port: int | None = None) -
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             preexec_fn=_die_with_parent_preexec(),
             close_fds=True,
+            # Its own session: Ctrl-C in a terminal must not kill Redis before the worker has
+            # stopped (serve stops Redis last); PDEATHSIG still ends it if serve itself dies.
+            start_new_session=True,
         )
         if _wait_until_ready(process, chosen_port, time.monotonic() + START_TIMEOUT_S):
             logger.info("embedded redis-server pid %s on 127.0.0.1:%s", process.pid, chosen_port)

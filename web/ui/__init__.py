@@ -107,7 +107,7 @@ def build_ui(settings) -> gr.Blocks:
         def on_load(request: gr.Request):
             return header_html(current_user(settings, request))
 
-        blocks.load(on_load, None, header, queue=False)
+        blocks.load(on_load, None, header, queue=False, api_visibility="private")
         # Each tab refreshes what other tabs may have changed when it is opened (new datasets for
         # the pretrain form, new models for chat), and the jobs timer runs only while Jobs is open.
         datasets.wire(blocks, datasets_page)

@@ -49,7 +49,8 @@ def model_info_html(model: dict | None) -> str:
            else "answers in the chat format (<|im_start|>…<|im_end|>)")
     job = f" · trained by job #{field(model, 'job_id')}" if field(model, "job_id") else ""
     return (f'<div style="font-size:13px;line-height:1.5"><b>{html.escape(str(field(model, "name")))}</b> '
-            f'<span style="opacity:.7">({html.escape(str(kind))}, tokenizer {html.escape(str(field(model, "tokenizer")))}'
+            f'<span style="opacity:.7">({html.escape(str(kind))}, '
+            f'tokenizer {html.escape(str(field(model, "tokenizer")))}'
             f'{job})</span><br>{html.escape(shape)}<br><i>{html.escape(how)}</i></div>')
 
 
@@ -112,8 +113,8 @@ class ChatTab:
     info: gr.HTML
 
     def wire(self, blocks: gr.Blocks, page: gr.Tab) -> None:
-        blocks.load(self.refresh_models, [self.model], [self.model, self.info])
-        page.select(self.refresh_models, [self.model], [self.model, self.info])
+        blocks.load(self.refresh_models, [self.model], [self.model, self.info], api_visibility="private")
+        page.select(self.refresh_models, [self.model], [self.model, self.info], api_visibility="private")
 
     def refresh_models(self, current):
         from web import services
@@ -240,14 +241,16 @@ def build(settings) -> ChatTab:
         yield history, f'<div style="font-size:12px;opacity:.7">{html.escape(note)}</div>'
 
     sampling = [model, temperature, top_k, top_p, max_tokens, seed, stop_at_end]
-    submit_event = prompt.submit(add_user_message, [prompt, chatbot], [prompt, chatbot], queue=False).then(
+    submit_event = prompt.submit(add_user_message, [prompt, chatbot], [prompt, chatbot], queue=False,
+                                 api_visibility="private").then(
         respond, [chatbot] + sampling, [chatbot, speed], concurrency_limit=2, concurrency_id="chat",
-        show_progress="hidden")
-    send_event = send.click(add_user_message, [prompt, chatbot], [prompt, chatbot], queue=False).then(
+        show_progress="hidden", api_visibility="private")
+    send_event = send.click(add_user_message, [prompt, chatbot], [prompt, chatbot], queue=False,
+                            api_visibility="private").then(
         respond, [chatbot] + sampling, [chatbot, speed], concurrency_limit=2, concurrency_id="chat",
-        show_progress="hidden")
+        show_progress="hidden", api_visibility="private")
     stop.click(None, None, None, cancels=[submit_event, send_event])
-    clear.click(lambda: ([], ""), None, [chatbot, speed], queue=False)
+    clear.click(lambda: ([], ""), None, [chatbot, speed], queue=False, api_visibility="private")
 
     tab = ChatTab(settings=settings, model=model, info=info)
 
@@ -256,6 +259,6 @@ def build(settings) -> ChatTab:
             models = services.list_models(session=session)
         return model_info_html(next((m for m in models if m["id"] == model_id), None))
 
-    model.change(on_model_change, [model], [info], queue=False)
-    reload_models.click(tab.refresh_models, [model], [model, info], queue=False)
+    model.change(on_model_change, [model], [info], queue=False, api_visibility="private")
+    reload_models.click(tab.refresh_models, [model], [model, info], queue=False, api_visibility="private")
     return tab

@@ -77,8 +77,8 @@ class DatasetsTab:
     refresh_outputs: list
 
     def wire(self, blocks: gr.Blocks, page: gr.Tab) -> None:
-        blocks.load(self.refresh, None, self.table, queue=False)
-        page.select(self.refresh, None, self.table, queue=False)
+        blocks.load(self.refresh, None, self.table, queue=False, api_visibility="private")
+        page.select(self.refresh, None, self.table, queue=False, api_visibility="private")
 
     def refresh(self) -> pd.DataFrame:
         from web import services
@@ -141,7 +141,7 @@ def build(settings) -> DatasetsTab:
         return message_html(text + ".", "ok"), c, p, h, datasets_frame(datasets)
 
     submit.click(do_upload, [upload, name, kind], [message, cards, preview, histogram, table],
-                 concurrency_limit=2)
+                 concurrency_limit=2, api_visibility="private")
 
     def show_selected(frame: pd.DataFrame, evt: gr.SelectData):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
@@ -156,5 +156,5 @@ def build(settings) -> DatasetsTab:
             return message_html(error_text(error), "error"), gr.skip(), gr.skip()
         return summary_outputs(info)
 
-    table.select(show_selected, [table], [cards, preview, histogram])
+    table.select(show_selected, [table], [cards, preview, histogram], api_visibility="private")
     return DatasetsTab(settings=settings, table=table, refresh_outputs=[table])

@@ -65,7 +65,8 @@ def detail_header_html(detail: dict) -> str:
     if detail.get("output_model_id"):
         bits.append(f"→ model #{detail['output_model_id']} (open it in Chat)")
     return (
-        f'<div class="wb-job-head" data-status="{html.escape(status)}" style="display:flex;flex-direction:column;gap:6px">'
+        f'<div class="wb-job-head" data-status="{html.escape(status)}" '
+        'style="display:flex;flex-direction:column;gap:6px">'
         f'<div style="display:flex;align-items:center;gap:10px;font-size:18px;font-weight:650">'
         f'Job #{detail["id"]} · {html.escape(str(detail.get("kind")))} {status_badge_html(status)}</div>'
         f'{progress_bar_html(detail.get("progress"), status)}'
@@ -102,6 +103,16 @@ def empty_plot() -> pd.DataFrame:
     return metrics_frame([], {})
 
 
+def plot_update(frame: pd.DataFrame, max_steps: Any = None) -> gr.LinePlot:
+    """A LinePlot update: hidden while there are no points (vega draws an empty frame with infinite
+    axes), and an x axis spanning the whole run so the curve fills in as training goes."""
+    if frame.empty:
+        return gr.LinePlot(value=frame, visible=False)
+    last = int(frame["step"].max())
+    end = max(last, int(max_steps)) if isinstance(max_steps, (int, float)) and max_steps > 0 else last
+    return gr.LinePlot(value=frame, visible=True, x_lim=[0, max(end, 1)])
+
+
 # ----------------------------------------------------------------------------- the tab
 
 @dataclass
@@ -115,8 +126,9 @@ class JobsTab:
 
     def wire(self, blocks: gr.Blocks, page: gr.Tab) -> None:
         # First paint on page load, then on every tick; opening the tab refreshes at once.
-        blocks.load(self.refresh_fn, self.refresh_inputs, self.refresh_outputs, show_progress="hidden")
-        page.select(self.refresh_fn, self.refresh_inputs, self.refresh_outputs, show_progress="hidden")
+        for event in (blocks.load, page.select):
+            event(self.refresh_fn, self.refresh_inputs, self.refresh_outputs, show_progress="hidden",
+                  api_visibility="private")
 
     def on_job(self, job_id_component: gr.Component) -> tuple:
         """(fn, inputs, outputs) for `.then(...)`: select `job_id` and refresh (used after a submit)."""
@@ -148,10 +160,11 @@ def build(settings) -> JobsTab:
     header = gr.HTML(elem_id="jobs-detail-header")
     cards = gr.HTML(elem_id="jobs-metrics")
     with gr.Row():
-        loss_plot = gr.LinePlot(empty_plot(), x="step", y="value", color="series", title="Loss",
+        loss_plot = gr.LinePlot(empty_plot(), x="step", y="value", color="series", title="Loss", visible=False,
                                 y_title="cross-entropy", x_title="step", height=280, elem_id="jobs-loss-plot",
                                 show_label=False, color_title="")
-        bpb_plot = gr.LinePlot(empty_plot(), x="step", y="value", color="series", title="Validation bits per byte",
+        bpb_plot = gr.LinePlot(empty_plot(), x="step", y="value", color="series", visible=False,
+                               title="Validation bits per byte",
                                y_title="bits/byte", x_title="step", height=280, elem_id="jobs-bpb-plot",
                                show_label=False, color_title="")
     error = gr.HTML(elem_id="jobs-error")
@@ -164,8 +177,9 @@ def build(settings) -> JobsTab:
     outputs = [selected, seen, queue, picker, header, cards, loss_plot, bpb_plot, error, logs, params, cancel,
                resume]
 
-    def refresh(selected_id, seen_state, request: gr.Request = None):
+    def refresh(selected_id, seen_state, request: gr.Request = None, explicit: bool = False):
         seen_state = dict(seen_state or {})
+        requested = selected_id
         with db_session(settings) as session:
             jobs = services.list_jobs(limit=QUEUE_LIMIT, session=session)
             ids = [j["id"] for j in jobs]
@@ -211,7 +225,7 @@ def build(settings) -> JobsTab:
         if detail is None:
             if seen_state.get("job") is not None or "detail" not in seen_state:
                 out.update(header=message_html("No job selected.", "info") if ids else "", cards="",
-                           loss=empty_plot(), bpb=empty_plot(), error="", logs="", params="",
+                           loss=plot_update(empty_plot()), bpb=plot_update(empty_plot()), error="", logs="", params="",
                            cancel=gr.Button(interactive=False), resume=gr.Button(interactive=False))
             seen_state.update(job=None, detail="none", metrics=None, log_id=0, logs=[], final_metrics=False,
                               logs_sent=False)
@@ -239,8 +253,9 @@ def build(settings) -> JobsTab:
                 signature = json.dumps(metrics_signature(metrics), default=str)
                 if signature != seen_state.get("metrics"):
                     seen_state["metrics"] = signature
-                    out["loss"] = metrics_frame(metrics, LOSS_SERIES)
-                    out["bpb"] = metrics_frame(metrics, BPB_SERIES)
+                    max_steps = (detail.get("params") or {}).get("max_steps")
+                    out["loss"] = plot_update(metrics_frame(metrics, LOSS_SERIES), max_steps)
+                    out["bpb"] = plot_update(metrics_frame(metrics, BPB_SERIES), max_steps)
                 seen_state["final_metrics"] = status in ("succeeded", "failed", "cancelled")
             if new_logs or not seen_state.get("logs_sent"):
                 lines = (seen_state.get("logs") or []) + [row["line"] for row in new_logs]
@@ -250,7 +265,10 @@ def build(settings) -> JobsTab:
                     seen_state["log_id"] = new_logs[-1]["id"]
                 seen_state["logs_sent"] = True
                 out["logs"] = "\n".join(lines)
-        return (selected_id, seen_state, out["queue"], out["picker"], out["header"], out["cards"], out["loss"],
+        # A tick writes the selection back only when it had to change it (none yet, or deleted): a tick
+        # that started before someone picked another job must not put the old one back.
+        selected_out = selected_id if (explicit or selected_id != requested) else gr.skip()
+        return (selected_out, seen_state, out["queue"], out["picker"], out["header"], out["cards"], out["loss"],
                 out["bpb"], out["error"], out["logs"], out["params"], out["cancel"], out["resume"])
 
     def select_job(job_id, seen_state, request: gr.Request = None):
@@ -259,7 +277,7 @@ def build(settings) -> JobsTab:
         state.pop("queue", None)
         state["job"] = None  # force a full redraw of the detail for the new job
         state["logs_sent"] = False
-        return refresh(job_id, state, request)
+        return refresh(job_id, state, request, explicit=True)
 
     def select_from_row(seen_state, evt: gr.EventData, request: gr.Request = None):
         job_id = getattr(evt, "job_id", None)
@@ -269,9 +287,9 @@ def build(settings) -> JobsTab:
 
     tick_inputs = [selected, seen]
     timer.tick(refresh, tick_inputs, outputs, show_progress="hidden", concurrency_limit=8,
-               trigger_mode="always_last")
-    picker.input(select_job, [picker, seen], outputs, show_progress="hidden")
-    queue.click(select_from_row, [seen], outputs, show_progress="hidden")
+               trigger_mode="always_last", api_visibility="private")
+    picker.input(select_job, [picker, seen], outputs, show_progress="hidden", api_visibility="private")
+    queue.click(select_from_row, [seen], outputs, show_progress="hidden", api_visibility="private")
 
     def do_action(kind: str):
         def run(job_id, seen_state, request: gr.Request):
@@ -292,8 +310,9 @@ def build(settings) -> JobsTab:
             return (message_html(done.format(id=job_id), "ok"),) + refresh(job_id, state, request)
         return run
 
-    cancel.click(do_action("cancel"), [selected, seen], [action] + outputs, show_progress="hidden")
-    resume.click(do_action("resume"), [selected, seen], [action] + outputs, show_progress="hidden")
+    for button, kind in ((cancel, "cancel"), (resume, "resume")):
+        button.click(do_action(kind), [selected, seen], [action] + outputs, show_progress="hidden",
+                     api_visibility="private")
 
     return JobsTab(settings=settings, timer=timer, selected=selected, refresh_fn=select_job,
                    refresh_inputs=tick_inputs, refresh_outputs=outputs)

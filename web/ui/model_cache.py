@@ -1,29 +1,32 @@
-"""A small LRU cache of loaded models for the Chat tab.
+"""A small LRU cache of loaded models for the Chat tab, and the web process's torch threads.
 
 Where chat generation runs — decision
 -------------------------------------
-Chat generation runs **in the web process, on CPU** (DESIGN.md allows the web process or a
-dedicated inference worker, "decide with measurements"). Reasons:
+Chat generation runs **in the web process, on the CPU** (DESIGN.md allows the web process or a
+dedicated inference worker, "decide with measurements"). Measured on this project's 2-core
+build VM with another process training at the same time (the normal case: the worker is busy),
+GPT-2 tokenizer, KV cache, top-k 50, one torch thread, `stream_text`:
 
-* The models this workbench trains by default are small: the `tiny` preset is ~3.3M
-  parameters with the GPT-2 vocabulary (almost all of it the embedding), `small` ~30M. Loading one from
-  safetensors takes well under a second and sampling with the KV cache runs at hundreds of
-  tokens/s (tiny) and tens of tokens/s (small) on one CPU core (see the numbers in
-  `tests/test_ui_units.py::test_generation_speed_note`... measured by hand and quoted in the
-  report / README). That is faster than people read, so a queue round-trip through Celery
-  would only add latency and a streaming channel (Redis pub/sub) we do not need yet.
-* Streaming is natural here: the Gradio handler is a generator yielding text deltas from
-  `llm.generate.stream_text` straight to the browser.
-* Training stays on the worker: the web process never trains.
+    preset      params   load    first token   tokens/s
+    tiny         3.3M    0.10 s      6 ms        310
+    small       30.0M    0.8 s      33 ms         37
+    gpt2-124m  123.7M    2.4 s     143 ms         12
 
-Limits that keep it safe: at most `WORKBENCH_CHAT_CACHE_SIZE` (default 2) models stay in
-memory (least recently used evicted), loads are serialised per model so ten browser tabs
-asking for the same model load it once, and a model whose weights file changed on disk
-(re-exported, resumed) is reloaded. When people start chatting with GPT-2-small-sized models
-on a shared box, move generation to an inference worker; this module's `get()` is the seam.
+People read about 5–10 tokens a second, so every preset streams faster than it is read, and the
+first token arrives in well under a second once the model is cached. A queue round-trip to a
+Celery inference worker would add latency and a streaming channel (Redis pub/sub) and buy
+nothing at these sizes; training, which does need isolation, already runs in the worker.
 
-The cache is keyed by the model directory plus the weights file's mtime/size, so the same
-model row always maps to the same entry and a rewritten checkpoint is never served stale.
+Threads: with the default (one intra-op thread per core) the same runs were 2–4× *slower*
+(tiny 135 tokens/s, small 16) because a decoding step is many tiny ops that fight the training
+process for the two cores. So the web process uses `WORKBENCH_CHAT_THREADS` torch threads
+(default 1) and each concurrent chat takes at most one core (the Chat tab allows 2 at once).
+
+Limits that keep it safe: at most `WORKBENCH_CHAT_CACHE_SIZE` models (default 2) stay loaded, least
+recently used evicted; loads are serialised per model, so ten browser tabs asking for the same
+model load it once; a model whose weights changed on disk (re-trained, resumed) is reloaded.
+When bigger models or many simultaneous chatters arrive, move generation to an inference
+worker: `ModelCache.get()` is the seam.
 """
 
 from __future__ import annotations
@@ -39,10 +42,37 @@ DEFAULT_CAPACITY = 2
 Loader = Callable[[Path], tuple[Any, Any]]
 
 
+_threads_configured = False
+
+
+def configure_chat_threads() -> int:
+    """Limit the web process's torch intra-op threads for decoding (WORKBENCH_CHAT_THREADS, default 1).
+
+    `torch.set_num_threads` is process-wide, and `web.services.estimate_pretrain` measures this
+    process's matmul peak (once, cached) to estimate training time on the worker's full thread
+    count. So that peak is measured first, with the default threads, before the limit applies.
+    """
+    global _threads_configured
+    import torch
+
+    threads = max(1, int(os.environ.get("WORKBENCH_CHAT_THREADS", "1") or 1))
+    if not _threads_configured:
+        _threads_configured = True
+        try:
+            from llm.device import peak_flops
+
+            peak_flops("cpu")
+        except Exception:  # the estimate is a nicety; chat must not fail because of it
+            pass
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def _default_loader(data_dir: str | os.PathLike | None) -> Loader:
     def load(model_dir: Path) -> tuple[Any, Any]:
         from llm.checkpoint import load_model
 
+        configure_chat_threads()
         return load_model(model_dir, device="cpu", data_dir=data_dir)
 
     return load

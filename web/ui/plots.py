@@ -271,7 +271,8 @@ def progress_bar_html(progress: float | None, status: str = "running", label: st
     stripes = " wb-bar-live" if status == "running" else ""
     return (
         f'<div class="wb-bar" role="progressbar" aria-valuemin="0" aria-valuemax="100" aria-valuenow="{pct}" '
-        f'style="position:relative;height:16px;min-width:90px;border-radius:8px;background:rgba(100,116,139,.18);overflow:hidden">'
+        'style="position:relative;height:16px;min-width:90px;border-radius:8px;'
+        'background:rgba(100,116,139,.18);overflow:hidden">'
         f'<div class="wb-bar-fill{stripes}" style="width:{pct}%;height:100%;background:{color};border-radius:8px;'
         f'transition:width .6s ease"></div>'
         f'<span style="position:absolute;inset:0;display:flex;align-items:center;justify-content:center;'
@@ -287,6 +288,13 @@ def status_badge_html(status: Any) -> str:
             f'{html.escape(status)}</span>')
 
 
+def _owner_name(owner: Any) -> str | None:
+    """services.list_jobs gives the owner's name; an ORM row gives a User."""
+    if owner is None or isinstance(owner, str):
+        return owner
+    return field(owner, "name")
+
+
 def job_row(job: Any) -> dict[str, Any]:
     """Normalise a job (ORM row or dict from web.services) into the fields the queue shows."""
     status = str(enum_value(field(job, "status")) or "queued")
@@ -296,7 +304,7 @@ def job_row(job: Any) -> dict[str, Any]:
         "kind": str(enum_value(field(job, "kind")) or ""),
         "status": status,
         "progress": float(field(job, "progress") or 0.0),
-        "owner": field(job, "owner_name") or field(field(job, "owner"), "name") or "",
+        "owner": _owner_name(field(job, "owner")) or field(job, "owner_name") or "",
         "created": created.strftime("%Y-%m-%d %H:%M") if created else "",
         "elapsed": elapsed_seconds(field(job, "started_at"), field(job, "finished_at"))
         if field(job, "started_at") else None,
@@ -331,7 +339,8 @@ def stat_cards_html(cards: Sequence[tuple[str, str]]) -> str:
     items = "".join(
         f'<div class="wb-card" style="flex:1 1 110px;padding:8px 12px;border-radius:10px;'
         f'border:1px solid var(--border-color-primary,#e5e7eb);background:var(--block-background-fill,#fff)">'
-        f'<div style="font-size:11px;text-transform:uppercase;letter-spacing:.04em;opacity:.65">{html.escape(label)}</div>'
+        '<div style="font-size:11px;text-transform:uppercase;letter-spacing:.04em;opacity:.65">'
+        f'{html.escape(label)}</div>'
         f'<div class="wb-card-value" style="font-size:18px;font-weight:650">{html.escape(value)}</div></div>'
         for label, value in cards
     )
@@ -354,10 +363,11 @@ def message_html(text: str, kind: str = "info") -> str:
 
 # Scoped CSS for the jobs table (gr.HTML css_template scopes it to the component).
 JOBS_TABLE_CSS = """
-table.wb-jobs { width: 100%; border-collapse: collapse; font-size: 13px; }
-table.wb-jobs th { text-align: left; font-weight: 600; opacity: .7; padding: 6px 8px;
-  border-bottom: 1px solid var(--border-color-primary, #e5e7eb); }
-table.wb-jobs td { padding: 6px 8px; border-bottom: 1px solid var(--border-color-primary, #eee); vertical-align: middle; }
+table.wb-jobs { width: 100%; border-collapse: collapse; font-size: 13px; border: none; margin: 0; }
+table.wb-jobs tr, table.wb-jobs thead, table.wb-jobs tbody { border: none; }
+table.wb-jobs th, table.wb-jobs td { border: none; border-bottom: 1px solid var(--border-color-primary, #e5e7eb);
+  padding: 6px 8px; vertical-align: middle; background: transparent; }
+table.wb-jobs th { text-align: left; font-weight: 600; opacity: .7; }
 table.wb-jobs tr.wb-job-row { cursor: pointer; }
 table.wb-jobs tr.wb-job-row:hover { background: rgba(99,102,241,.07); }
 table.wb-jobs tr.wb-selected { background: rgba(99,102,241,.14); }

@@ -104,9 +104,10 @@ class PretrainTab:
     estimate: tuple  # (handler, inputs, output) for the first estimate when the page opens
 
     def wire(self, blocks: gr.Blocks, page: gr.Tab) -> None:
-        blocks.load(self.refresh_choices, [self.dataset, self.tokenizer], [self.dataset, self.tokenizer])
-        blocks.load(*self.estimate, show_progress="hidden")
-        page.select(self.refresh_choices, [self.dataset, self.tokenizer], [self.dataset, self.tokenizer])
+        dropdowns = [self.dataset, self.tokenizer]
+        blocks.load(self.refresh_choices, dropdowns, dropdowns, api_visibility="private")
+        blocks.load(*self.estimate, show_progress="hidden", api_visibility="private")
+        page.select(self.refresh_choices, dropdowns, dropdowns, api_visibility="private")
 
     def refresh_choices(self, current_dataset, current_tokenizer):
         from llm.tokenizer import list_tokenizers
@@ -129,7 +130,9 @@ class PretrainTab:
                 return gr.skip()
             return gr.Tabs(selected=jobs_tab_id)
 
-        self.submit_event.success(jump, [self.job_id], [tabs]).then(*on_job(self.job_id))
+        # Select the job first, then switch: opening the tab refreshes it with the new selection.
+        self.submit_event.success(*on_job(self.job_id), api_visibility="private").then(
+            jump, [self.job_id], [tabs], api_visibility="private")
 
 
 def build(settings) -> PretrainTab:
@@ -140,28 +143,27 @@ def build(settings) -> PretrainTab:
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=420):
             with gr.Row():
-                dataset = gr.Dropdown(label="Dataset", choices=[], elem_id="pt-dataset",
-                                      info="an uploaded text corpus")
+                dataset = gr.Dropdown(label="Dataset (text corpus)", choices=[], elem_id="pt-dataset")
                 tokenizer = gr.Dropdown(label="Tokenizer", choices=[(DEFAULTS["tokenizer"], DEFAULTS["tokenizer"])],
                                         value=DEFAULTS["tokenizer"], elem_id="pt-tokenizer")
-                preset = gr.Dropdown(label="Model preset", choices=presets(), value=DEFAULTS["preset"],
-                                     elem_id="pt-preset", info="tiny: CPU, seconds per step")
+                preset = gr.Dropdown(label="Model preset (tiny: CPU-sized)", choices=presets(),
+                                     value=DEFAULTS["preset"], elem_id="pt-preset")
             with gr.Row():
-                max_steps = gr.Number(DEFAULTS["max_steps"], label="Max steps", precision=0, minimum=1,
+                max_steps = gr.Number(DEFAULTS["max_steps"], label="Max steps", precision=0,
                                       elem_id="pt-max-steps")
-                batch_size = gr.Number(DEFAULTS["batch_size"], label="Batch size", precision=0, minimum=1,
+                batch_size = gr.Number(DEFAULTS["batch_size"], label="Batch size", precision=0,
                                        elem_id="pt-batch-size")
-                block_size = gr.Number(DEFAULTS["block_size"], label="Block size (context)", precision=0, minimum=8,
+                block_size = gr.Number(DEFAULTS["block_size"], label="Block size (context)", precision=0,
                                        elem_id="pt-block-size")
                 lr = gr.Number(DEFAULTS["lr"], label="Learning rate", elem_id="pt-lr")
             with gr.Row():
-                warmup = gr.Number(DEFAULTS["warmup"], label="Warmup steps", precision=0, minimum=0,
+                warmup = gr.Number(DEFAULTS["warmup"], label="Warmup steps", precision=0,
                                    elem_id="pt-warmup")
-                eval_every = gr.Number(DEFAULTS["eval_every"], label="Eval every", precision=0, minimum=0,
-                                       elem_id="pt-eval-every", info="0 = only at the end")
+                eval_every = gr.Number(DEFAULTS["eval_every"], label="Eval every (0 = at the end)", precision=0,
+                                       elem_id="pt-eval-every")
                 checkpoint_every = gr.Number(DEFAULTS["checkpoint_every"], label="Checkpoint every", precision=0,
-                                             minimum=0, elem_id="pt-checkpoint-every")
-                seed = gr.Number(DEFAULTS["seed"], label="Seed", precision=0, minimum=0, elem_id="pt-seed")
+                                             elem_id="pt-checkpoint-every")
+                seed = gr.Number(DEFAULTS["seed"], label="Seed", precision=0, elem_id="pt-seed")
             name = gr.Textbox(label="Model name (optional)", placeholder="pretrain-<job id>", elem_id="pt-name")
         with gr.Column(scale=2, min_width=300):
             gr.Markdown("#### Size and time")
@@ -184,7 +186,7 @@ def build(settings) -> PretrainTab:
             return estimate_html(None, error_text(error))
 
     gr.on([preset.change, tokenizer.change, max_steps.change, batch_size.change, block_size.change],
-          do_estimate, inputs, estimate, trigger_mode="always_last", show_progress="hidden")
+          do_estimate, inputs, estimate, trigger_mode="always_last", show_progress="hidden", api_visibility="private")
 
     def do_submit(dataset_id, tokenizer_name, preset_name, model_name, steps, batch, block, lr_value, warmup_steps,
                   eval_steps, checkpoint_steps, seed_value, request: gr.Request):
@@ -204,6 +206,6 @@ def build(settings) -> PretrainTab:
             return message_html(f"Not submitted — {error_text(error)}", "error"), None
         return message_html(f"Job #{new_id} queued. Follow it in the Jobs tab.", "ok"), new_id
 
-    submit_event = submit.click(do_submit, inputs, [result, job_id], concurrency_limit=2)
+    submit_event = submit.click(do_submit, inputs, [result, job_id], concurrency_limit=2, api_visibility="private")
     return PretrainTab(settings=settings, dataset=dataset, tokenizer=tokenizer, submit_event=submit_event,
                        job_id=job_id, estimate=(do_estimate, inputs, estimate))

@@ -1,0 +1,356 @@
+"""Training-step benchmark: our GPT (llm/model.py) against Hugging Face `GPT2LMHeadModel`.
+
+Both models get identical dimensions (n_layer/n_head/n_embd/n_positions, vocab 50304, dropout 0),
+the same token batch, the same loss (mean next-token cross-entropy over the same targets: HF gets
+`shift_labels`, so it scores exactly the positions we score) and the same AdamW (lr 6e-4,
+betas 0.9/0.95, eps 1e-8, weight decay 0.1 on matrices only, `fused=True`: the implementation the HF
+Trainer defaults to on torch >= 2.8). One timed step = forward + backward + optimizer step + zero_grad.
+
+Every variant is built in the same process and the timed steps are interleaved round by round
+(A B C, C B A, A B C, ...), so a neighbour's burst of load hits all of them alike; figures are medians.
+A large float32 `torch.mm` is one of the interleaved "variants", so the matmul peak that training
+FLOP/s are compared with is measured under the same conditions.
+
+Peak memory is the RSS high-water mark (`resource.getrusage`) of a fresh subprocess per variant that
+imports torch + transformers, builds one model and runs three training steps; `*_peak_rss_mb` is the
+whole process, `*_train_rss_mb` the growth over the process right before the model was built.
+
+Run on its own: `python -m bench.bench_train [--quick]`, or with ad-hoc variants:
+`python -m bench.bench_train --variants ours:fp32,ours:bf16:compile,hf-sdpa:fp32 --shape tiny --repeats 9`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from bench.common import (current_rss_bytes, interleaved_runs, machine_info, median, peak_rss_bytes,
+                          print_figures, print_table, run_json_subprocess)
+
+THREADS = 2
+VOCAB = 50304
+SHAPES = {  # name -> (preset, batch, sequence length)
+    "tiny": ("tiny", 8, 128),
+    "124m": ("gpt2-124m", 1, 1024),
+}
+ADAMW = dict(lr=6e-4, betas=(0.9, 0.95), eps=1e-8)
+WEIGHT_DECAY = 0.1
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of running a training step. Spelled `impl:dtype[:compile][:opt=fused|foreach|forloop]`.
+
+    impl: `ours`, `ours-ref` (our model with the loss spelled `F.cross_entropy(logits.float())`, the
+    reference for llm.model.cross_entropy), `hf-sdpa` or `hf-eager` (HF's attn_implementation); dtype: `fp32` or `bf16`
+    (bf16 = `torch.autocast("cpu", torch.bfloat16)` around the forward pass, master weights float32).
+    """
+    impl: str
+    dtype: str = "fp32"
+    compile: bool = False
+    opt: str = "fused"
+
+    @classmethod
+    def parse(cls, spec: str) -> "Variant":
+        parts = spec.split(":")
+        impl, dtype, compile_, opt = parts[0], "fp32", False, "fused"
+        for part in parts[1:]:
+            if part in ("fp32", "bf16"):
+                dtype = part
+            elif part == "compile":
+                compile_ = True
+            elif part.startswith("opt="):
+                opt = part[4:]
+            else:
+                raise ValueError(f"unknown variant part {part!r} in {spec!r}")
+        if impl not in ("ours", "ours-ref", "hf-sdpa", "hf-eager") or opt not in ("fused", "foreach", "forloop"):
+            raise ValueError(f"bad variant {spec!r}")
+        return cls(impl, dtype, compile_, opt)
+
+    @property
+    def name(self) -> str:
+        return ":".join([self.impl, self.dtype] + (["compile"] if self.compile else [])
+                        + ([f"opt={self.opt}"] if self.opt != "fused" else []))
+
+
+def _config(preset: str):
+    from llm.model import PRESETS, GPTConfig
+    return GPTConfig(vocab_size=VOCAB, dropout=0.0, **PRESETS[preset])
+
+
+def build_model(impl: str, preset: str, seed: int = 0) -> torch.nn.Module:
+    cfg = _config(preset)
+    torch.manual_seed(seed)
+    if impl in ("ours", "ours-ref"):
+        from llm.model import GPT
+        model = GPT(cfg)
+    else:
+        import transformers
+        transformers.logging.set_verbosity_error()
+        from transformers import GPT2Config, GPT2LMHeadModel
+        hf_config = GPT2Config(vocab_size=VOCAB, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+                               n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
+                               attn_pdrop=0.0, attn_implementation=impl.split("-", 1)[1])
+        model = GPT2LMHeadModel(hf_config)
+        assert model.config._attn_implementation == impl.split("-", 1)[1]
+    return model.train()
+
+
+def make_optimizer(model: torch.nn.Module, opt: str) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    kind = {"fused": dict(fused=True), "foreach": dict(foreach=True), "forloop": dict(foreach=False)}[opt]
+    return torch.optim.AdamW(groups, **ADAMW, **kind)
+
+
+def make_batch(preset: str, batch: int, seq: int, seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed batch: inputs and their next tokens (ids < 50257, GPT-2's real vocabulary)."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, 50257, (batch, seq + 1), generator=gen)
+    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+
+
+def make_step(variant: Variant, preset: str, batch: int, seq: int):
+    """(step function returning the loss tensor, model) for one variant."""
+    model = build_model(variant.impl, preset)
+    optimizer = make_optimizer(model, variant.opt)
+    forward = torch.compile(model) if variant.compile else model
+    x, y = make_batch(preset, batch, seq)
+    bf16 = variant.dtype == "bf16"
+
+    if variant.impl == "ours":
+        def loss_fn():
+            return forward(x, y)[1]
+    elif variant.impl == "ours-ref":  # the textbook loss: F.cross_entropy over float32 logits
+        def loss_fn():
+            logits = forward(x)[0]
+            return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+    else:
+        def loss_fn():
+            return forward(input_ids=x, labels=y, shift_labels=y).loss
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return step, model
+
+
+def flops_per_token(preset: str, seq: int) -> float:
+    """Training FLOPs per token of the shape (6N + attention), from our model's accounting."""
+    from llm.model import GPT
+    with torch.device("meta"):
+        model = GPT(_config(preset))
+    return float(model.flops_per_token(seq))
+
+
+# ----------------------------------------------------------------------------- measurements
+
+def measure(variants: list[Variant], shape: str, repeats: int, warmup: int, matmul: bool = True,
+            log=print) -> dict:
+    """Interleaved timing of the variants (plus fp32/bf16 matmul probes); returns raw and median figures."""
+    preset, batch, seq = SHAPES[shape]
+    fns, first_step_s = {}, {}
+    for variant in variants:
+        gc.collect()
+        step, _model = make_step(variant, preset, batch, seq)
+        start = time.perf_counter()
+        step()  # the first step: compile (if any), optimizer state allocation
+        first_step_s[variant.name] = time.perf_counter() - start
+        fns[variant.name] = step
+        log(f"  [{shape}] built {variant.name}: first step {first_step_s[variant.name]:.1f}s")
+    size = 2048
+    if matmul:
+        mats = {dt: (torch.randn(size, size, dtype=dt), torch.randn(size, size, dtype=dt))
+                for dt in (torch.float32, torch.bfloat16)}
+        fns["matmul_fp32"] = lambda: torch.mm(*mats[torch.float32])
+        fns["matmul_bf16"] = lambda: torch.mm(*mats[torch.bfloat16])
+    runs = interleaved_runs(fns, repeats=repeats, warmup=warmup)
+    result = {"shape": shape, "preset": preset, "batch": batch, "seq": seq, "tokens_per_step": batch * seq,
+              "flops_per_token": flops_per_token(preset, seq), "runs": runs, "first_step_s": first_step_s}
+    for name, timing in runs.items():
+        result.setdefault("median_s", {})[name] = median(timing["wall"])
+        result.setdefault("median_cpu_s", {})[name] = median(timing["cpu"])
+    if matmul:
+        result["matmul_fp32_flops"] = 2 * size ** 3 / result["median_s"]["matmul_fp32"]
+        result["matmul_bf16_flops"] = 2 * size ** 3 / result["median_s"]["matmul_bf16"]
+    for variant in variants:
+        seconds = result["median_s"][variant.name]
+        # Compile time = what the first step cost beyond a normal (warm) step plus its warm-up steps.
+        result.setdefault("tokens_per_s", {})[variant.name] = batch * seq / seconds
+        if variant.compile:
+            result.setdefault("compile_s", {})[variant.name] = first_step_s[variant.name] - seconds
+    return result
+
+
+def memory_probe(spec: str, shape: str, steps: int = 3) -> dict:
+    """Run in a fresh process: peak RSS of building one model and running `steps` training steps."""
+    torch.set_num_threads(THREADS)
+    import transformers  # noqa: F401  (both variants pay the same import cost)
+    preset, batch, seq = SHAPES[shape]
+    gc.collect()
+    before = current_rss_bytes()
+    step, _model = make_step(Variant.parse(spec), preset, batch, seq)
+    for _ in range(steps):
+        step()
+    peak = peak_rss_bytes()
+    return {"peak_rss_mb": peak / 2 ** 20, "train_rss_mb": (peak - before) / 2 ** 20}
+
+
+def memory(spec: str, shape: str) -> dict:
+    try:
+        return run_json_subprocess("bench.bench_train", "memory_probe", {"spec": spec, "shape": shape})
+    except Exception as exc:  # a figure we could not take is reported, not fatal
+        return {"error": str(exc)[-500:]}
+
+
+def bf16_loss_check(steps: int, preset: str = "tiny", batch: int = 8, seq: int = 128) -> dict:
+    """Train the same model from the same init on the same batches in float32 and in bf16 autocast.
+
+    Returns the two final losses (mean of the last 5 steps) and the largest per-step |difference|.
+    The batches come from a tiny synthetic "language" (repeated random phrases) so the loss falls.
+    """
+    gen = torch.Generator().manual_seed(7)
+    phrases = torch.randint(0, 50257, (64, 16), generator=gen)
+    stream = phrases[torch.randint(0, 64, (4096,), generator=gen)].flatten()
+    losses = {}
+    for dtype in ("fp32", "bf16"):
+        model = build_model("ours", preset, seed=3)
+        optimizer = make_optimizer(model, "fused")
+        batch_gen = torch.Generator().manual_seed(11)
+        curve = []
+        for _ in range(steps):
+            starts = torch.randint(0, stream.numel() - seq - 1, (batch,), generator=batch_gen)
+            chunk = torch.stack([stream[s:s + seq + 1] for s in starts.tolist()])
+            with torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext():
+                _, loss = model(chunk[:, :-1], chunk[:, 1:])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            curve.append(loss.item())
+        losses[dtype] = curve
+    diffs = [abs(a - b) for a, b in zip(losses["fp32"], losses["bf16"])]
+    tail = min(5, steps)
+    return {"bf16_check_steps": steps,
+            "bf16_check_loss_first": losses["fp32"][0],
+            "bf16_check_loss_fp32": sum(losses["fp32"][-tail:]) / tail,
+            "bf16_check_loss_bf16": sum(losses["bf16"][-tail:]) / tail,
+            "bf16_check_max_abs_diff": max(diffs)}
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+# What "ours-best" means: the fastest configuration of our training step that llm/train.py offers
+# (TrainConfig dtype="bf16", compile=True) with the fused AdamW. "hf-best" is the fastest HF
+# configuration measured (attn implementation x precision), also with the fused AdamW.
+OURS_FP32 = "ours:fp32"
+OURS_BEST = "ours:bf16:compile"
+
+
+def run(quick: bool = False, log=print) -> dict:
+    torch.set_num_threads(THREADS)
+    # A fresh inductor cache, so compile_s is the honest cold-start cost (later runs of a real job reuse it).
+    cache = tempfile.mkdtemp(prefix="bench-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+    figures: dict = {**{f"machine_{k}": v for k, v in machine_info().items()}}
+    plan = {
+        # shape: (variants, timed repeats, warm-up steps after the first)
+        "tiny": (["ours:fp32", "ours:bf16", "ours:bf16:compile", "hf-sdpa:fp32", "hf-eager:fp32", "hf-sdpa:bf16"],
+                 9 if quick else 21, 1),
+        "124m": (["ours:fp32", "ours:bf16:compile", "hf-sdpa:fp32", "hf-sdpa:bf16"]
+                 + ([] if quick else ["ours:bf16", "hf-eager:fp32"]),
+                 3 if quick else 7, 1),
+    }
+    results = {}
+    for shape, (specs, repeats, warmup) in plan.items():
+        log(f"bench_train: {shape} shape, {len(specs)} variants, {repeats} interleaved repeats")
+        results[shape] = res = measure([Variant.parse(s) for s in specs], shape, repeats, warmup, log=log)
+        tps = res["tokens_per_s"]
+        suffix = "" if shape == "124m" else "_tiny"
+        hf_fp32 = max((s for s in specs if s.startswith("hf") and s.endswith("fp32")), key=tps.get)
+        hf_best = max((s for s in specs if s.startswith("hf")), key=tps.get)
+        ours_best = max((s for s in specs if s.startswith("ours")), key=tps.get)
+        for spec in specs:
+            figures[f"train_tokens_per_s{suffix}[{spec}]"] = tps[spec]
+            figures[f"train_step_s{suffix}[{spec}]"] = res["median_s"][spec]
+        for spec, seconds in res.get("compile_s", {}).items():
+            figures[f"train_compile_s{suffix}[{spec}]"] = seconds
+        figures[f"train_hf_attn{suffix}"] = hf_fp32.split(":")[0][3:]
+        figures[f"train_hf_best{suffix}"] = hf_best
+        figures[f"train_ours_best{suffix}"] = ours_best
+        figures[f"train_tokens_per_s_ours{suffix}"] = tps[OURS_BEST]
+        figures[f"train_tokens_per_s_hf{suffix}"] = tps[hf_best]
+        # ours-best vs HF-best: the headline ratio.
+        figures[f"train_vs_hf{suffix}"] = tps[OURS_BEST] / tps[hf_best]
+        # Equal precision: float32 vs float32, both eager, both fused AdamW.
+        figures[f"train_vs_hf_fp32{suffix}"] = tps[OURS_FP32] / tps[hf_fp32]
+        figures[f"train_vs_hf_bf16{suffix}"] = tps[OURS_BEST] / tps["hf-sdpa:bf16"]
+        fpt = res["flops_per_token"]
+        figures[f"flops_per_token{suffix}"] = fpt
+        figures[f"matmul_fp32_flops{suffix}"] = res["matmul_fp32_flops"]
+        figures[f"matmul_bf16_flops{suffix}"] = res["matmul_bf16_flops"]
+        figures[f"train_flops{suffix}[{OURS_BEST}]"] = fpt * tps[OURS_BEST]
+        figures[f"train_flops{suffix}[{OURS_FP32}]"] = fpt * tps[OURS_FP32]
+        figures[f"train_flops_vs_matmul_peak{suffix}"] = fpt * tps[OURS_BEST] / res["matmul_fp32_flops"]
+        figures[f"train_flops_vs_matmul_peak_fp32{suffix}"] = fpt * tps[OURS_FP32] / res["matmul_fp32_flops"]
+        figures[f"train_flops_vs_bf16_matmul_peak{suffix}"] = fpt * tps[OURS_BEST] / res["matmul_bf16_flops"]
+        # Memory: one fresh process per variant.
+        for spec in sorted({OURS_FP32, OURS_BEST, hf_fp32, hf_best}):
+            if quick and shape == "tiny" and spec not in (OURS_BEST, hf_best):
+                continue
+            mem = memory(spec, shape)
+            for key, value in mem.items():
+                figures[f"train_{key}{suffix}[{spec}]"] = value
+    check = bf16_loss_check(steps=20 if quick else 60)
+    figures.update({f"train_{k}": v for k, v in check.items()})
+    figures["train_raw"] = {shape: {k: v for k, v in res.items()} for shape, res in results.items()}
+    return figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--variants", help="comma-separated variant specs: run only these (ad hoc)")
+    parser.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--warmup", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(THREADS)
+    if not args.variants:
+        figures = run(quick=args.quick)
+        print_figures(figures, "bench_train")
+        return
+    variants = [Variant.parse(s) for s in args.variants.split(",")]
+    res = measure(variants, args.shape, args.repeats, args.warmup)
+    base = variants[0].name
+    rows = []
+    for name, timing in res["runs"].items():
+        wall, cpu = timing["wall"], timing["cpu"]
+        paired = median([b / a for a, b in zip(wall, res["runs"][base]["wall"])])
+        rows.append((name, median(wall), res["tokens_per_s"].get(name, float("nan")),
+                     median(res["runs"][base]["wall"]) / median(wall), paired,
+                     min(res["runs"][base]["wall"]) / min(wall), median(cpu),
+                     median(res["runs"][base]["cpu"]) / median(cpu), res["first_step_s"].get(name, float("nan"))))
+    print_table(rows, headers=("variant", "median_s", "tok/s", f"speed vs {base}", "paired", "min-ratio",
+                               "cpu_s", "cpu-ratio", "first_s"))
+    print(f"matmul fp32 {res['matmul_fp32_flops'] / 1e9:.1f} GFLOP/s, bf16 {res['matmul_bf16_flops'] / 1e9:.1f}; "
+          f"flops/token {res['flops_per_token']:.4g}")
+    for name in res["runs"]:
+        print(name, "wall", [round(t, 3) for t in res["runs"][name]["wall"]])
+
+
+if __name__ == "__main__":
+    main()
