@@ -22,6 +22,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -132,12 +133,14 @@ def fit_to_context(prompt_ids: Sequence[int], max_new_tokens: int, block_size: i
 @torch.inference_mode()
 def generate_tokens(model: nn.Module, prompt_ids: Sequence[int], settings: SamplingSettings,
                     num_samples: int = 1, stop_ids: Iterable[int] | None = None,
-                    vocab_size: int | None = None) -> Iterator[torch.Tensor]:
+                    vocab_size: int | None = None,
+                    banned_ids: Iterable[int] | None = None) -> Iterator[torch.Tensor]:
     """Yield each step's new ids, a (num_samples,) tensor, until every sample stopped or the length ran out.
 
     `stop_ids`: a sample that emits one of these is finished; that step still yields the stop id,
     later steps yield FINISHED (-1) for it. `vocab_size`: sample only ids below it (the embedding is
-    padded past the tokenizer's vocabulary, and those ids decode to nothing).
+    padded past the tokenizer's vocabulary, and those ids decode to nothing). `banned_ids`: ids never
+    sampled (holes inside a tokenizer's id range, such as cl100k's unused ids, which cannot be decoded).
     """
     if not prompt_ids:
         raise ValueError("generate_tokens needs at least one prompt token (use <|endoftext|> to start a document)")
@@ -150,6 +153,11 @@ def generate_tokens(model: nn.Module, prompt_ids: Sequence[int], settings: Sampl
     generators = make_generators(settings, num_samples, device)
     stop = torch.tensor(sorted(set(stop_ids or ())), dtype=torch.long, device=device)
     check_stop = stop.numel() > 0
+    banned = torch.tensor(sorted(set(banned_ids or ())), dtype=torch.long, device=device)
+
+    def next_token_logits(logits: torch.Tensor) -> torch.Tensor:
+        last = logits[:, -1, :vocab_size]
+        return last.index_fill(-1, banned, float("-inf")) if banned.numel() else last
 
     was_training = model.training
     model.eval()  # no dropout while sampling; restored when the generator ends or is closed
@@ -159,7 +167,7 @@ def generate_tokens(model: nn.Module, prompt_ids: Sequence[int], settings: Sampl
         prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
         # Prefill once, with batch 1; only the last position's logits are needed (skips a (P, vocab) matmul).
         logits, _ = model(prompt, kv_cache=cache, last_logits_only=True)
-        last_logits = logits[:, -1, :vocab_size]
+        last_logits = next_token_logits(logits)
         if num_samples > 1:
             cache.expand(num_samples)               # every sample continues from the same prompt
             last_logits = last_logits.expand(num_samples, -1)
@@ -177,7 +185,7 @@ def generate_tokens(model: nn.Module, prompt_ids: Sequence[int], settings: Sampl
                 return
             # Finished samples are fed too: dropping rows would mean re-packing the cache each time.
             logits, _ = model(next_ids.view(num_samples, 1), kv_cache=cache, last_logits_only=True)
-            last_logits = logits[:, -1, :vocab_size]
+            last_logits = next_token_logits(logits)
     finally:
         model.train(was_training)
 
@@ -187,6 +195,12 @@ def _prompt_ids(tokenizer, prompt: str | Sequence[int]) -> list[int]:
     An empty prompt starts a fresh document: <|endoftext|> is what separates documents in training."""
     ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
     return ids or [tokenizer.eot_id]
+
+
+def _undecodable_ids(tokenizer) -> list[int]:
+    """Ids below vocab_size that are neither a token nor a special (cl100k has 16): tiktoken cannot decode them."""
+    specials = tokenizer.special_ids
+    return [i for i in np.flatnonzero(tokenizer.token_bytes() == 0).tolist() if i not in specials]
 
 
 def _stop_ids(tokenizer, settings: SamplingSettings, stop_ids: Iterable[int] | None) -> set[int]:
@@ -203,7 +217,7 @@ def generate_text(model: nn.Module, tokenizer, prompt: str | Sequence[int], sett
     completions: list[list[int]] = [[] for _ in range(num_samples)]
     done = [False] * num_samples
     for step_ids in generate_tokens(model, _prompt_ids(tokenizer, prompt), settings, num_samples,
-                                    stops, tokenizer.vocab_size):
+                                    stops, tokenizer.vocab_size, _undecodable_ids(tokenizer)):
         for sample, token in enumerate(step_ids.tolist()):
             if done[sample]:
                 continue
@@ -226,7 +240,7 @@ def stream_text(model: nn.Module, tokenizer, prompt: str | Sequence[int], settin
     stops = _stop_ids(tokenizer, settings, stop_ids)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for step_ids in generate_tokens(model, _prompt_ids(tokenizer, prompt), settings, 1, stops,
-                                    tokenizer.vocab_size):
+                                    tokenizer.vocab_size, _undecodable_ids(tokenizer)):
         token = int(step_ids[0])
         if token in stops:
             break

@@ -193,6 +193,21 @@ def test_only_tokenizer_ids_are_sampled(model, tokenizer):
     assert generate_text(boosted, tokenizer, [1], settings)  # decodes without a KeyError
 
 
+def test_ids_the_tokenizer_cannot_decode_are_never_sampled():
+    # cl100k has unused ids inside its range (100256, 100261-100275); tiktoken raises on them.
+    cl100k = get_tokenizer("cl100k")
+    torch.manual_seed(0)
+    small = GPT(GPTConfig(vocab_size=padded_vocab_size(cl100k.vocab_size), block_size=16, n_layer=1, n_head=1, n_embd=8))
+    hole = 100256
+    with pytest.raises(KeyError):
+        cl100k.decode([hole])
+    boosted = Recorder(small.eval(), prompt_length=1, script=[hole] * 4)
+    settings = SamplingSettings(max_new_tokens=4, seed=0)
+    assert hole in torch.cat(list(generate_tokens(boosted, [1], settings, vocab_size=cl100k.vocab_size))).tolist()
+    texts = generate_text(boosted, cl100k, [1], settings) + ["".join(stream_text(boosted, cl100k, [1], settings))]
+    assert all(text for text in texts)  # decoded without a KeyError: the hole was never drawn
+
+
 def test_generation_leaves_no_inference_mode_and_restores_training_mode(model):
     model.train()
     try:

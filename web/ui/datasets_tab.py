@@ -74,10 +74,11 @@ def summary_outputs(dataset: dict | None) -> tuple[str, pd.DataFrame, Any]:
 class DatasetsTab:
     settings: Any
     table: gr.Dataframe
-    refresh_outputs: list
+    summary: list  # [cards, preview, histogram]
 
     def wire(self, blocks: gr.Blocks, page: gr.Tab) -> None:
-        blocks.load(self.refresh, None, self.table, queue=False, api_visibility="private")
+        # On page load the newest dataset's summary is shown, so the page is never a blank form.
+        blocks.load(self.first_paint, None, [self.table] + self.summary, api_visibility="private")
         page.select(self.refresh, None, self.table, queue=False, api_visibility="private")
 
     def refresh(self) -> pd.DataFrame:
@@ -85,6 +86,13 @@ class DatasetsTab:
 
         with db_session(self.settings) as session:
             return datasets_frame(services.list_datasets(session=session))
+
+    def first_paint(self):
+        from web import services
+
+        with db_session(self.settings) as session:
+            datasets = services.list_datasets(session=session)
+        return (datasets_frame(datasets), *summary_outputs(datasets[0] if datasets else None))
 
 
 def build(settings) -> DatasetsTab:
@@ -157,4 +165,4 @@ def build(settings) -> DatasetsTab:
         return summary_outputs(info)
 
     table.select(show_selected, [table], [cards, preview, histogram], api_visibility="private")
-    return DatasetsTab(settings=settings, table=table, refresh_outputs=[table])
+    return DatasetsTab(settings=settings, table=table, summary=[cards, preview, histogram])

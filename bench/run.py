@@ -1,0 +1,91 @@
+"""Run the benchmarks (train, generate, prepare), print one table of every figure, then one JSON line.
+
+    python -m bench.run [--quick] [--only train,generate,prepare]
+    workbench bench [--quick] [--only ...]
+
+Each benchmark is a module `bench.bench_<name>` with `run(quick: bool = False) -> dict` of figures;
+they are imported only when they run. The last line printed is a JSON object with every scalar
+figure (the headline ratios `train_vs_hf`, `generate_vs_hf`, `generate_samples_vs_hf`,
+`prepare_vs_tiktoken`, `train_flops_vs_matmul_peak` always present, null where a benchmark did not run
+or failed), so scripts can read `... | tail -1`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import sys
+import time
+import traceback
+
+from bench.common import print_figures
+
+BENCHMARKS = ("train", "generate", "prepare")  # the order they run in
+HEADLINE = ("train_vs_hf", "generate_vs_hf", "generate_samples_vs_hf", "prepare_vs_tiktoken",
+            "train_flops_vs_matmul_peak")
+
+
+def _scalar(value):
+    """A JSON-safe scalar: floats rounded to 6 significant digits, NaN/inf as null; None for containers."""
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return float(f"{value:.6g}") if math.isfinite(value) else None
+    try:  # numpy / torch scalars
+        return _scalar(value.item())
+    except (AttributeError, ValueError, TypeError):
+        return None
+
+
+def _parse_only(text: str | None) -> list[str]:
+    if not text:
+        return list(BENCHMARKS)
+    names = [name.strip().removeprefix("bench_") for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in BENCHMARKS]
+    if unknown:
+        raise SystemExit(f"bench: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    return [name for name in BENCHMARKS if name in names]  # always in the canonical order
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="workbench bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller inputs and fewer repeats (minutes, not tens)")
+    parser.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    args = parser.parse_args(argv)
+    selected = _parse_only(args.only)
+
+    figures: dict = {"bench_quick": args.quick, "bench_ran": ",".join(selected)}
+    failed: list[str] = []
+    for name in selected:
+        print(f"== bench_{name}{' (quick)' if args.quick else ''}", flush=True)
+        start = time.perf_counter()
+        try:
+            module = importlib.import_module(f"bench.bench_{name}")
+            result = module.run(quick=args.quick)
+        except Exception as exc:  # one broken benchmark must not hide the others' figures
+            traceback.print_exc()
+            failed.append(name)
+            figures[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+            continue
+        finally:
+            figures[f"bench_{name}_seconds"] = time.perf_counter() - start
+        for key, value in result.items():
+            if key in figures and figures[key] != value and not key.startswith("machine_"):
+                key = f"{name}_{key}"  # two benchmarks used one name: keep both
+            figures[key] = value
+        sys.stdout.flush()
+
+    scalars = {key: _scalar(value) for key, value in figures.items() if not isinstance(value, (dict, list, tuple))}
+    for key in HEADLINE:
+        scalars.setdefault(key, None)
+    print_figures(scalars, "all figures")
+    print(json.dumps(scalars, sort_keys=True), flush=True)
+    if failed:
+        raise SystemExit(1)
+    return figures
+
+
+if __name__ == "__main__":
+    main()
