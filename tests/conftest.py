@@ -290,6 +290,18 @@ def workbench_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url:
     return settings
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Train tiny models on one intra-op thread: with two cores shared by the test worker
+    subprocesses, spinning OpenMP threads make tiny steps many times slower, not faster."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------------------------------
 # Redis
 # ---------------------------------------------------------------------------------------------

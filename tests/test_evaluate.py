@@ -16,13 +16,7 @@ from llm.model import GPT, config_from_preset
 from llm.tokenizer import get_tokenizer, train_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two cores shared with other jobs: several spinning intra-op threads make tiny models slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_prepared(directory, tokenizer, train_docs, val_docs, tokenizer_name=None):

@@ -24,13 +24,7 @@ VOCAB = 512
 PERIOD = 61  # a prime, so windows start at every phase of the cycle
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two cores shared with other jobs: several spinning intra-op threads make tiny models slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
