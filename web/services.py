@@ -467,6 +467,15 @@ def list_models(kind: str | None = None, session: Session | None = None) -> list
         return [model_to_dict(m) for m in s.scalars(query)]
 
 
+def model_dir(settings: Settings, model_id: int, session: Session | None = None) -> tuple[Path, dict]:
+    """The directory holding a model's files (inside the data dir) and the model as a dict."""
+    with _reading(session) as s:
+        model = s.get(Model, model_id)
+        if model is None:
+            raise NotFound(f"model {model_id} does not exist")
+        return safe_join(settings.data_dir, model.path), model_to_dict(model)
+
+
 # ----------------------------------------------------------------------------- estimates
 
 # Share of the peak matmul FLOP/s a training step really achieves. Small models spend much of a

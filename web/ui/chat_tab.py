@@ -128,18 +128,6 @@ class ChatTab:
         return gr.Dropdown(choices=choices, value=value), model_info_html(info)
 
 
-def _model_dir(settings, session, model_id: int):
-    """Where a model's files are: data_dir / Model.path (services.list_models omits the path)."""
-    from db.models import Model
-    from db.settings import safe_join
-
-    row = session.get(Model, model_id)
-    if row is None:
-        raise LookupError(f"model {model_id} does not exist")
-    return safe_join(settings.data_dir, row.path), {"kind": row.kind.value if hasattr(row.kind, "value")
-                                                    else row.kind, "name": row.name}
-
-
 def build(settings) -> ChatTab:
     from web import services
     from web.ui.model_cache import shared_cache
@@ -200,7 +188,7 @@ def build(settings) -> ChatTab:
         try:
             settings_ = sampling_settings(max_new, temp, k, p, seed_value, stop_flag)
             with db_session(settings) as session:
-                model_dir, meta = _model_dir(settings, session, int(model_id))
+                model_dir, meta = services.model_dir(settings, int(model_id), session=session)
             started = time.perf_counter()
             loaded_before = cache.loads
             model_obj, tokenizer = cache.get(model_dir)
