@@ -117,7 +117,18 @@ def machine_info() -> dict:
 # ---------------------------------------------------------------------------- memory
 
 def peak_rss_bytes() -> int:
-    """High-water resident set size of this process (Linux reports ru_maxrss in KiB)."""
+    """High-water resident set size of this process (VmHWM on Linux).
+
+    Not `ru_maxrss`: Linux carries it across fork + exec, so a subprocess started by a big parent
+    reports the parent's size. VmHWM belongs to the process's own address space.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 

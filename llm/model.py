@@ -69,22 +69,29 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
     return _ChunkedCrossEntropy.apply(logits, targets, ignore_index)
 
 
-_CE_CHUNK_BYTES = 1 << 21  # ~2 MiB of float32 logits per chunk: stays in the L2/L3 caches
+# Rows per chunk, as bytes of float32 logits. bf16 logits go through a float32 temporary that must stay in
+# the caches (small chunks); float32 ones are written straight into the gradient, so bigger chunks (fewer
+# ops, hence fewer thread barriers, which a loaded machine makes expensive) cost nothing.
+_CE_CHUNK_BYTES = {torch.float32: 32 << 20}
+_CE_CHUNK_BYTES_DEFAULT = 4 << 20
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
         N, V = logits.shape
-        rows = max(1, _CE_CHUNK_BYTES // (4 * V))
-        lse = torch.empty(N, dtype=torch.float32, device=logits.device)
-        for i in range(0, N, rows):
-            torch.logsumexp(logits[i:i + rows].float(), dim=1, out=lse[i:i + rows])
+        rows = max(1, _CE_CHUNK_BYTES.get(logits.dtype, _CE_CHUNK_BYTES_DEFAULT) // (4 * V))
         valid = targets != ignore_index
-        safe = targets.masked_fill(~valid, 0)
-        target_logits = logits.gather(1, safe.unsqueeze(1)).squeeze(1).float()
+        safe = targets.masked_fill(~valid, 0).unsqueeze(1)
+        lse = torch.empty(N, dtype=torch.float32, device=logits.device)
+        target_logprob = torch.empty(N, dtype=torch.float32, device=logits.device)
+        for i in range(0, N, rows):
+            chunk = slice(i, i + rows)
+            logprobs = torch.log_softmax(logits[chunk], dim=1, dtype=torch.float32)  # one pass, in cache
+            target_logprob[chunk] = logprobs.gather(1, safe[chunk]).squeeze(1)
+            lse[chunk] = logits[chunk, 0].float() - logprobs[:, 0]  # log-sum-exp of each row
         count = valid.sum()
-        loss = torch.where(valid, lse - target_logits, 0.0).sum() / count  # 0/0 = nan, as F.cross_entropy
+        loss = -torch.where(valid, target_logprob, 0.0).sum() / count  # 0/0 = nan, as F.cross_entropy
         ctx.save_for_backward(logits, lse, safe, valid, count)
         ctx.rows = rows
         return loss
@@ -93,18 +100,23 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss: torch.Tensor):
         logits, lse, safe, valid, count = ctx.saved_tensors
         rows = ctx.rows
-        # d loss / d logits = (softmax - one_hot(target)) / count on valid rows, 0 on ignored rows.
-        weight = valid.float() * (grad_loss.float() / count.clamp(min=1))
+        # d loss / d logits = w * (softmax - one_hot(target)), w = grad / count on valid rows, 0 on ignored
+        # ones; w * softmax = exp(logit - (lse - log w)), so the scaling folds into the exponent.
+        weight = valid.float() * (grad_loss.float().abs() / count.clamp(min=1))
+        shift = (lse - weight.log()).unsqueeze(1)  # +inf on ignored rows: exp(-inf) = 0
+        weight = weight.unsqueeze(1)
+        negative = bool(grad_loss < 0)
         grad = torch.empty_like(logits)
         for i in range(0, logits.shape[0], rows):
             chunk = slice(i, i + rows)
             if logits.dtype == torch.float32:
-                probs = torch.sub(logits[chunk], lse[chunk, None], out=grad[chunk])
+                probs = torch.sub(logits[chunk], shift[chunk], out=grad[chunk]).exp_()
             else:
-                probs = logits[chunk].float().sub_(lse[chunk, None])
-            probs.exp_().mul_(weight[chunk, None])
-            probs.scatter_add_(1, safe[chunk, None], -weight[chunk, None])
-            if probs.data_ptr() != grad[chunk].data_ptr():
+                probs = torch.sub(logits[chunk], shift[chunk]).exp_()  # float32 (type promotion)
+            probs.scatter_add_(1, safe[chunk], -weight[chunk])
+            if negative:
+                probs.neg_()
+            if logits.dtype != torch.float32:
                 grad[chunk].copy_(probs)
         return grad, None, None
 
