@@ -296,6 +296,8 @@ def _shape_figures(res: dict, specs: list[str], suffix: str) -> dict:
         # ours-best vs HF-best (the headline), and the same as the median of round-by-round ratios.
         f"train_vs_hf{suffix}": tps[ours_best] / tps[hf_best],
         f"train_vs_hf_paired{suffix}": paired_speedup(runs[hf_best]["wall"], runs[ours_best]["wall"]),
+        # ours-best vs HF in its default precision (float32: HF Trainer's default, bf16=False), best attention.
+        f"train_vs_hf_default{suffix}": tps[ours_best] / tps[hf_fp32],
         # Equal precision, both eager: float32 vs float32 and bf16 autocast vs bf16 autocast.
         f"train_vs_hf_fp32{suffix}": tps[OURS_FP32] / tps[hf_fp32],
         f"train_vs_hf_bf16{suffix}": tps["ours:bf16"] / tps[hf_bf16],

@@ -1,6 +1,6 @@
 """Run the benchmarks (train, generate, prepare), print one table of every figure, then one JSON line.
 
-    python -m bench.run [--quick] [--only train,generate,prepare]
+    python -m bench.run [--quick] [--only train,generate,prepare]   (--only platform: the web-app benchmark)
     workbench bench [--quick] [--only ...]
 
 Each benchmark is a module `bench.bench_<name>` with `run(quick: bool = False) -> dict` of figures;
@@ -22,7 +22,8 @@ import traceback
 
 from bench.common import print_figures
 
-BENCHMARKS = ("train", "generate", "prepare")  # the order they run in
+BENCHMARKS = ("train", "generate", "prepare")  # what runs by default, in this order
+OPTIONAL = ("platform",)  # only with --only (starts the web app and a worker)
 HEADLINE = ("train_vs_hf", "generate_vs_hf", "generate_samples_vs_hf", "prepare_vs_tiktoken",
             "train_flops_vs_matmul_peak")
 
@@ -43,16 +44,18 @@ def _parse_only(text: str | None) -> list[str]:
     if not text:
         return list(BENCHMARKS)
     names = [name.strip().removeprefix("bench_") for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in BENCHMARKS]
+    known = BENCHMARKS + OPTIONAL
+    unknown = [name for name in names if name not in known]
     if unknown:
-        raise SystemExit(f"bench: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
-    return [name for name in BENCHMARKS if name in names]  # always in the canonical order
+        raise SystemExit(f"bench: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    return [name for name in known if name in names]  # always in the canonical order
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="workbench bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller inputs and fewer repeats (minutes, not tens)")
-    parser.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    parser.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)} "
+                                       f"(default: all of them; also: {','.join(OPTIONAL)})")
     args = parser.parse_args(argv)
     selected = _parse_only(args.only)
 
