@@ -44,6 +44,7 @@ SHAPES = {  # name -> (preset, batch, sequence length)
 }
 ADAMW = dict(lr=6e-4, betas=(0.9, 0.95), eps=1e-8)
 WEIGHT_DECAY = 0.1
+PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
 @dataclass(frozen=True)
@@ -285,6 +286,7 @@ def _shape_figures(res: dict, specs: list[str], suffix: str) -> dict:
         f[f"train_tokens_per_s{suffix}[{spec}]"] = tps[spec]
         f[f"train_step_s{suffix}[{spec}]"] = res["median_s"][spec]
         f[f"train_step_cpu_s{suffix}[{spec}]"] = res["median_cpu_s"][spec]
+        f[f"train_page_faults_mb{suffix}[{spec}]"] = median(runs[spec]["faults"]) * PAGE_MB
     for spec, seconds in res.get("compile_s", {}).items():
         f[f"train_compile_s{suffix}[{spec}]"] = seconds
     f.update({
@@ -371,9 +373,10 @@ def main(argv: list[str] | None = None) -> None:
         rows.append((name, median(wall), res["tokens_per_s"].get(name, float("nan")),
                      median(res["runs"][base]["wall"]) / median(wall), paired,
                      min(res["runs"][base]["wall"]) / min(wall), median(cpu),
-                     median(res["runs"][base]["cpu"]) / median(cpu), res["first_step_s"].get(name, float("nan"))))
+                     median(res["runs"][base]["cpu"]) / median(cpu), median(timing["faults"]) * PAGE_MB,
+                     res["first_step_s"].get(name, float("nan"))))
     print_table(rows, headers=("variant", "median_s", "tok/s", f"speed vs {base}", "paired", "min-ratio",
-                               "cpu_s", "cpu-ratio", "first_s"))
+                               "cpu_s", "cpu-ratio", "faulted_MB", "first_s"))
     print(f"matmul fp32 {res['matmul_fp32_flops'] / 1e9:.1f} GFLOP/s, bf16 {res['matmul_bf16_flops'] / 1e9:.1f}; "
           f"flops/token {res['flops_per_token']:.4g}")
     for name in res["runs"]:

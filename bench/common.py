@@ -43,23 +43,26 @@ def interleaved_runs(fns: dict[str, Callable[[], object]], repeats: int = 5, war
     """Time several functions interleaved: round r runs them in order, round r+1 in reverse order.
 
     Alternating the order cancels the "who runs right after whom" bias (caches, CPU boost, a neighbour's
-    burst of load). Returns, per name, the wall times ("wall") and this process's CPU times ("cpu",
-    all threads; less sensitive to other processes' load than wall time) of every timed call.
+    burst of load). Returns, per name, the wall times ("wall"), this process's CPU times ("cpu", all
+    threads; less sensitive to other processes' load than wall time) and minor page faults ("faults":
+    fresh memory the kernel had to map and zero) of every timed call.
     """
     names = list(fns)
     for _ in range(warmup):
         for name in names:
             fns[name]()
-    runs: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in names}
+    runs: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": [], "faults": []} for name in names}
     for r in range(repeats):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
             if gc_between:
                 gc.collect()
+            faults_start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             cpu_start, wall_start = time.process_time(), time.perf_counter()
             fns[name]()
             runs[name]["wall"].append(time.perf_counter() - wall_start)
             runs[name]["cpu"].append(time.process_time() - cpu_start)
+            runs[name]["faults"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_start)
     return runs
 
 

@@ -263,7 +263,10 @@ def test_upload_pretrain_jobs_chat(server, browser, tmp_path):
         estimate = text_of(page, "#pt-estimate")
         assert re.search(r"PARAMETERS\s*[\d.]+[KM]", estimate.upper()), estimate
         assert "ESTIMATED TIME" in estimate.upper()
-        assert "village stories" in page.locator("#pt-dataset input").input_value()
+        # The dropdowns are refreshed when the tab opens; under load that answer can come after the estimate's.
+        page.wait_for_function(
+            "() => { const e = document.querySelector('#pt-dataset input');"
+            " return e && e.value.includes('village stories'); }", timeout=30_000)
         page.locator("#pt-name input, #pt-name textarea").first.fill("village-tiny")
         page.locator("#pt-submit").click()
         # On success the page switches to the Jobs tab by itself (the message stays in the form).
