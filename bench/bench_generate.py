@@ -12,8 +12,6 @@ Run: `python -m bench.bench_generate [--quick]`.
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,11 +123,10 @@ def run(quick: bool = False) -> dict:
     return figures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a small model and short run")
-    args = parser.parse_args()
-    print(json.dumps(run(quick=args.quick), indent=2))
+def main(argv: list[str] | None = None) -> dict:
+    from bench.common import command_line
+
+    return command_line(run, __doc__.splitlines()[0], "a small model and short run", argv)
 
 
 if __name__ == "__main__":

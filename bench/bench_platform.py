@@ -20,8 +20,6 @@ Run: `python -m bench.bench_platform [--quick]`.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import signal
 import socket
@@ -222,12 +220,9 @@ def run(quick: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5 jobs and 100 list requests")
-    args = parser.parse_args(argv)
-    result = run(quick=args.quick)
-    print(json.dumps(result))
-    return result
+    from bench.common import command_line
+
+    return command_line(run, __doc__.splitlines()[0], "5 jobs and 100 list requests", argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Run: `python -m bench.bench_prepare [--quick]`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import resource
@@ -212,12 +211,9 @@ def run(quick: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 MB corpus, 3 repeats")
-    args = parser.parse_args(argv)
-    result = run(quick=args.quick)
-    print(json.dumps(result))
-    return result
+    from bench.common import command_line
+
+    return command_line(run, __doc__.splitlines()[0], "2 MB corpus, 3 repeats", argv)
 
 
 if __name__ == "__main__":

@@ -204,3 +204,15 @@ def print_figures(figures: dict, title: str | None = None, file=None) -> None:
         print(f"\n== {title}", file=file or sys.stdout)
     print_table(sorted(((k, v) for k, v in figures.items() if not isinstance(v, (dict, list))),
                        key=lambda kv: kv[0]), headers=("figure", "value"), file=file)
+
+
+def command_line(run, description: str, quick_help: str, argv: list[str] | None = None) -> dict:
+    """The `python -m bench.bench_<name> [--quick]` entry point every benchmark shares:
+    run it, print its figures as one JSON line, return them."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    result = run(quick=parser.parse_args(argv).quick)
+    print(json.dumps(result, default=str))
+    return result

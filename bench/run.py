@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="smaller inputs and fewer repeats (minutes, not tens)")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)} "
                                        f"(default: all of them; also: {','.join(OPTIONAL)})")
+    parser.add_argument("--json-out", metavar="FILE",
+                        help="also write every figure, raw timings included, to FILE as JSON")
     args = parser.parse_args(argv)
     selected = _parse_only(args.only)
 
@@ -83,6 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
     scalars = {key: _scalar(value) for key, value in figures.items() if not isinstance(value, (dict, list, tuple))}
     for key in HEADLINE:
         scalars.setdefault(key, None)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(figures, f, indent=1, sort_keys=True, default=_scalar)
     print_figures(scalars, "all figures")
     print(json.dumps(scalars, sort_keys=True), flush=True)
     if failed:
