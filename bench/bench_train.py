@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib
 import os
 import tempfile
 import time
@@ -201,7 +202,7 @@ def measure(variants: list[Variant], shape: str, repeats: int, warmup: int, matm
 def memory_probe(spec: str, shape: str, steps: int = 3) -> dict:
     """Run in a fresh process: peak RSS of building one model and running `steps` training steps."""
     torch.set_num_threads(THREADS)
-    import transformers  # noqa: F401  (both variants pay the same import cost)
+    importlib.import_module("transformers")  # both sides' processes pay the same import cost
     preset, batch, seq = SHAPES[shape]
     gc.collect()
     before = current_rss_bytes()

@@ -120,9 +120,10 @@ def make_optimizer(params: list[nn.Parameter], config: TrainConfig, device: torc
     groups = [g for g in groups if g["params"]]
     if not groups:
         raise ValueError("there are no trainable parameters")
-    # The fused CUDA kernel updates every tensor in one launch; on the CPU the default foreach is used.
+    # The fused kernel updates every tensor in one pass, on CUDA and on the CPU alike (measured on the
+    # 124M shape on 2 CPU cores: the optimizer step 0.44 s -> 0.09 s; bench/README.md).
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2),
-                             fused=True if device.type == "cuda" else None)
+                             fused=device.type in ("cuda", "cpu"))
 
 
 def move_to(batch: Any, device: torch.device) -> Any:
