@@ -4,7 +4,8 @@ log in as admin → upload a corpus (and see a malformed one refused with its li
 submit a tiny pretrain job → watch it succeed in Jobs with a loss curve drawn → reload the page
 and find the job still there → chat with the new model and see the reply stream in.
 
-Also writes docs/screenshot.png (the Jobs tab with the loss curve) for the README.
+With WORKBENCH_UPDATE_SCREENSHOT=1 it also rewrites docs/screenshot.png (the Jobs tab with the loss
+curve) for the README; otherwise the screenshot goes to the test's temporary directory.
 
 Chromium is the Debian package (/usr/bin/chromium; `playwright install` needs the internet).
 Set WORKBENCH_E2E_URL=http://host:port (and WORKBENCH_E2E_PASSWORD) to drive a server that is
@@ -302,7 +303,9 @@ def test_upload_pretrain_jobs_chat(server, browser, tmp_path):
         page.evaluate("window.scrollTo(0, 0)")
         page.wait_for_timeout(800)  # let the plot's entry animation finish
         SCREENSHOT.parent.mkdir(exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT), full_page=False)
+        screenshot = SCREENSHOT if os.environ.get("WORKBENCH_UPDATE_SCREENSHOT") == "1" else tmp_path / "jobs.png"
+        page.screenshot(path=str(screenshot), full_page=False)
+        assert screenshot.stat().st_size > 10_000
 
         # --- a reload keeps everything: the job, its status and its curve come from the database
         t = time.monotonic()
