@@ -29,15 +29,20 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def atomic_save_safetensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    """`save_file` through a temporary file + rename, like `atomic_write_text`."""
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
 def save_model(model: GPT, out_dir: str | os.PathLike, tokenizer_name: str, extra: dict | None = None) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if model.config.tie_weights:
         state.pop("lm_head.weight", None)  # the same tensor as wte.weight
-    tmp_weights = out_dir / (WEIGHTS_FILE + ".tmp")
-    save_file(state, str(tmp_weights))
-    os.replace(tmp_weights, out_dir / WEIGHTS_FILE)
+    atomic_save_safetensors(state, out_dir / WEIGHTS_FILE)
     config = {"model": model.config.to_dict(), "tokenizer": tokenizer_name, **(extra or {})}
     atomic_write_text(out_dir / CONFIG_FILE, json.dumps(config, indent=2))
     return out_dir

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from llm.checkpoint import WEIGHTS_FILE, atomic_write_text, read_config, save_model
+from llm.checkpoint import WEIGHTS_FILE, atomic_save_safetensors, atomic_write_text, read_config, save_model
 from llm.model import GPT, GPTConfig, padded_vocab_size
 from llm.tokenizer import get_tokenizer
 
@@ -222,8 +221,6 @@ def export_hf_gpt2(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
         "dtype": str(state["wte.weight"].dtype).removeprefix("torch."),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp_weights = out_dir / (WEIGHTS_FILE + ".tmp")
-    save_file(hf_state, str(tmp_weights), metadata={"format": "pt"})  # HF checks the "pt" format tag
-    os.replace(tmp_weights, out_dir / WEIGHTS_FILE)
+    atomic_save_safetensors(hf_state, out_dir / WEIGHTS_FILE, metadata={"format": "pt"})  # HF checks the tag
     atomic_write_text(out_dir / "config.json", json.dumps(hf_config, indent=2))
     return out_dir

@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from llm.checkpoint import atomic_write_text
 from llm.device import autocast_context, mfu, peak_flops, pick_device, resolve_dtype
 
 CHECKPOINT_DIR = "checkpoint"
@@ -188,9 +189,7 @@ class MetricsLog:
             return
         kept = [line for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line)["step"] <= step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def append(self, record: dict) -> None:
         with open(self.path, "a") as f:

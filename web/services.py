@@ -411,35 +411,32 @@ def job_logs(job_id: int, after_id: int = 0, limit: int = 1000, session: Session
         return [{"id": row.id, "created_at": row.created_at, "line": row.line} for row in s.scalars(query)]
 
 
-def cancel_job(session: Session, job_id: int, user: User | int | str | None = None) -> dict:
-    """Cancel a job: a queued one never starts, a running one checkpoints and stops at its next step."""
-    from worker.jobs import JobNotFoundError, JobStateError, request_cancel
+def _change_job_state(session: Session, job_id: int, user, action: str, transition) -> dict:
+    """Run a worker.jobs state transition for a writer, mapping its errors to the service's."""
+    from worker.jobs import JobNotFoundError, JobStateError
 
-    actor = resolve_user(session, user)
-    require_writer(actor, "cancel jobs")
+    require_writer(resolve_user(session, user), action)
     try:
-        request_cancel(session, job_id)
+        transition(session, job_id)
     except JobNotFoundError:
         raise NotFound(f"job {job_id} does not exist") from None
     except JobStateError as error:
         raise Conflict(str(error)) from None
     return get_job_detail(job_id, session=session)
+
+
+def cancel_job(session: Session, job_id: int, user: User | int | str | None = None) -> dict:
+    """Cancel a job: a queued one never starts, a running one checkpoints and stops at its next step."""
+    from worker.jobs import request_cancel
+
+    return _change_job_state(session, job_id, user, "cancel jobs", request_cancel)
 
 
 def resume_job(session: Session, job_id: int, user: User | int | str | None = None) -> dict:
     """Queue a failed or cancelled job again (and enqueue it); it continues from its last checkpoint."""
-    from worker.jobs import JobNotFoundError, JobStateError
     from worker.jobs import resume_job as queue_again
 
-    actor = resolve_user(session, user)
-    require_writer(actor, "resume jobs")
-    try:
-        queue_again(session, job_id)
-    except JobNotFoundError:
-        raise NotFound(f"job {job_id} does not exist") from None
-    except JobStateError as error:
-        raise Conflict(str(error)) from None
-    return get_job_detail(job_id, session=session)
+    return _change_job_state(session, job_id, user, "resume jobs", queue_again)
 
 
 # ----------------------------------------------------------------------------- models
