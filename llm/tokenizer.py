@@ -19,6 +19,7 @@ import base64
 import json
 import os
 import re
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -77,15 +78,16 @@ class Tokenizer:
 
     def token_bytes(self) -> np.ndarray:
         """Bytes of UTF-8 text each id stands for (0 for specials): the denominator of bits-per-byte."""
-        return _token_byte_lengths(self.name, self.encoding)
+        return _token_byte_lengths(self.encoding)
 
 
-_BYTE_LENGTH_CACHE: dict[tuple[str, int], np.ndarray] = {}
+# Keyed by the Encoding object itself: two trained tokenizers may share a name (in different data dirs)
+# and a vocabulary size, but never an Encoding; the built-in encodings are cached singletons.
+_BYTE_LENGTH_CACHE: "weakref.WeakKeyDictionary[tiktoken.Encoding, np.ndarray]" = weakref.WeakKeyDictionary()
 
 
-def _token_byte_lengths(name: str, encoding: tiktoken.Encoding) -> np.ndarray:
-    key = (name, encoding.n_vocab)
-    if key not in _BYTE_LENGTH_CACHE:
+def _token_byte_lengths(encoding: tiktoken.Encoding) -> np.ndarray:
+    if encoding not in _BYTE_LENGTH_CACHE:
         specials = {encoding.encode_single_token(t) for t in encoding.special_tokens_set}
         lengths = np.zeros(encoding.n_vocab, dtype=np.int32)
         for token_id in range(encoding.n_vocab):
@@ -95,8 +97,8 @@ def _token_byte_lengths(name: str, encoding: tiktoken.Encoding) -> np.ndarray:
                 lengths[token_id] = len(encoding.decode_single_token_bytes(token_id))
             except KeyError:  # holes in a vocabulary (cl100k has a few unused ids)
                 lengths[token_id] = 0
-        _BYTE_LENGTH_CACHE[key] = lengths
-    return _BYTE_LENGTH_CACHE[key]
+        _BYTE_LENGTH_CACHE[encoding] = lengths
+    return _BYTE_LENGTH_CACHE[encoding]
 
 
 def _with_chat_specials(name: str, pat_str: str, mergeable_ranks: dict[bytes, int],
