@@ -121,6 +121,36 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         return grad, None, None
 
 
+# Decoding multiplies 1-4 rows by every weight matrix. For so few rows on the CPU, MKL's routine for
+# x @ W^T (what F.linear calls) streams W from memory at ~10 GB/s, while the same dot products spelled
+# W @ x^T stream it at ~30 GB/s (measured on the 50304 x 384 head: F.linear 7.9 ms for 1 row, 18.7 ms for 2; W @ x^T 2.3 ms for 2). A single
+# row is padded to two because MKL's one-column routine (gemv) is the slow one again.
+_FEW_ROWS = 16
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)`, computed as (W @ x^T)^T when x has at most 16 rows of float32 on the CPU.
+
+    Same float32 dot products, summed in a different order; the layout of everything else is unchanged.
+    """
+    rows = x.numel() // x.shape[-1] if x.numel() else 0
+    if (not 0 < rows <= _FEW_ROWS or x.device.type != "cpu" or x.dtype != torch.float32
+            or weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu")):
+        return F.linear(x, weight, bias)
+    flat = x.reshape(rows, x.shape[-1])
+    if rows == 1:
+        flat = flat.expand(2, -1).contiguous()
+    out = torch.mm(weight, flat.t()) if bias is None else torch.addmm(bias.unsqueeze(1), weight, flat.t())
+    return out[:, :rows].t().reshape(*x.shape[:-1], weight.shape[0])
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state dict) whose forward is `linear` above: fast decoding on the CPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
 class KVCache:
     """Preallocated keys/values for every layer: (layers, batch, heads, max_len, head_dim).
 
@@ -160,8 +190,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         assert config.n_embd % config.n_head == 0
         self.n_head = config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None, layer: int) -> torch.Tensor:
@@ -187,8 +217,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's GELU
@@ -217,7 +247,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)

@@ -5,7 +5,7 @@ import torch
 
 from llm.checkpoint import load_model, save_model
 from llm.generate import SamplingSettings, generate_tokens
-from llm.model import GPT, GPTConfig
+from llm.model import GPT, GPTConfig, Linear, linear
 
 CONFIG = GPTConfig(vocab_size=96, block_size=32, n_layer=2, n_head=2, n_embd=32)
 
@@ -134,3 +134,31 @@ def test_flops_per_token_matches_counted_matmul_flops_of_a_training_step():
     assert counted_per_token <= estimate <= 1.05 * counted_per_token, (estimate, counted_per_token)
     # The attention term grows with the sequence length.
     assert model.flops_per_token(seq_len=64) - model.flops_per_token(seq_len=32) == 12 * 2 * 64 * 32
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 16, 17, 40])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_few_rows_linear_equals_f_linear_values_and_gradients(rows, with_bias):
+    # rows <= 16 take the (W @ x^T)^T path, more rows plain F.linear: both must give F.linear's answer.
+    generator = torch.Generator().manual_seed(rows)
+    weight = torch.randn(300, 48, generator=generator, requires_grad=True)
+    bias = torch.randn(300, generator=generator, requires_grad=True) if with_bias else None
+    x = torch.randn(1, rows, 48, generator=generator, requires_grad=True)
+    out = linear(x, weight, bias)
+    expected = torch.nn.functional.linear(x, weight, bias)
+    assert out.shape == expected.shape == (1, rows, 300)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    upstream = torch.randn(out.shape, generator=generator)
+    grads = torch.autograd.grad(out, [x, weight], upstream)
+    expected_grads = torch.autograd.grad(expected, [x, weight], upstream)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_module_keeps_nn_linear_state_dict_and_falls_back_under_bf16_autocast():
+    layer = Linear(8, 4)
+    assert isinstance(layer, torch.nn.Linear) and set(layer.state_dict()) == {"weight", "bias"}
+    x = torch.randn(2, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16  # autocast's F.linear, not the float32 few-rows path
+    assert layer(x).dtype == torch.float32
