@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from llm.checkpoint import load_model, save_model
 from llm.generate import SamplingSettings, generate_tokens
@@ -162,3 +163,52 @@ def test_linear_module_keeps_nn_linear_state_dict_and_falls_back_under_bf16_auto
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert layer(x).dtype == torch.bfloat16  # autocast's F.linear, not the float32 few-rows path
     assert layer(x).dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("grad_scale", [1.0, -2.5])
+def test_chunked_cross_entropy_equals_f_cross_entropy_value_and_gradient(dtype, grad_scale):
+    from llm.model import cross_entropy
+
+    generator = torch.Generator().manual_seed(0)
+    # Enough rows for several chunks, a vocabulary that is not a power of two, and two ignored targets.
+    logits = (torch.randn(70, 5003, generator=generator) * 3).to(dtype)
+    targets = torch.randint(0, 5003, (70,), generator=generator)
+    targets[[3, 41]] = -100
+    ours_input = logits.clone().requires_grad_(True)
+    reference_input = logits.clone().requires_grad_(True)
+    ours = cross_entropy(ours_input, targets)
+    reference = F.cross_entropy(reference_input.float(), targets, ignore_index=-100)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    (ours * grad_scale).backward()
+    (reference * grad_scale).backward()
+    tolerance = dict(rtol=1e-5, atol=1e-7) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-5)
+    torch.testing.assert_close(ours_input.grad, reference_input.grad, **tolerance)
+    assert ours_input.grad[3].abs().max() == 0  # ignored rows get no gradient
+
+
+def test_chunked_cross_entropy_with_every_target_ignored_is_nan_like_f_cross_entropy():
+    from llm.model import cross_entropy
+
+    logits = torch.randn(4, 10, requires_grad=True)
+    assert torch.isnan(cross_entropy(logits, torch.full((4,), -100)))
+
+
+def test_another_reader_of_the_logits_gets_their_values_or_fails_loudly_never_silently_wrong():
+    from llm.model import cross_entropy
+
+    inputs, targets = torch.randn(5, 8), torch.randint(0, 16, (5,))
+    weight = torch.randn(8, 16, requires_grad=True)
+
+    def weight_grad(loss_fn, ce):
+        weight.grad = None
+        loss_fn(inputs @ weight, ce).backward()
+        return weight.grad
+
+    # An extra term built after the loss: autograd runs its backward first, while the logits are intact.
+    after = lambda logits, ce: ce(logits, targets) + logits.pow(2).mean()
+    torch.testing.assert_close(weight_grad(after, cross_entropy), weight_grad(after, F.cross_entropy))
+    # Built before the loss, it would read the logits after they became the gradient: an error, not a wrong answer.
+    before = lambda logits, ce: logits.pow(2).mean() + ce(logits, targets)
+    with pytest.raises(RuntimeError, match="inplace"):
+        weight_grad(before, cross_entropy)
