@@ -24,10 +24,13 @@ def _cmd_tokenizers(args) -> None:
 
 def _cmd_train_tokenizer(args) -> None:
     from llm.corpus import iter_documents
+    from llm.prepare import tqdm_progress
     from llm.tokenizer import train_tokenizer
 
     out = Path(args.out)
-    tokenizer = train_tokenizer(iter_documents(args.data), args.vocab_size, out, name=args.name or out.name)
+    with tqdm_progress("reading the corpus") as progress:
+        tokenizer = train_tokenizer(iter_documents(args.data), args.vocab_size, out, name=args.name or out.name,
+                                    on_progress=progress)
     sample = "Hello world! Tokenizers turn text into tokens."
     print(f"trained {tokenizer.name}: {tokenizer.vocab_size} ids (incl. specials) -> {out}")
     print(f"example: {sample!r} -> {len(tokenizer.encode(sample))} tokens")

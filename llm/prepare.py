@@ -188,14 +188,21 @@ def _replace_directory(tmp_dir: Path, out_dir: Path) -> None:
 
 # ----------------------------------------------------------------------------- the job
 
+class _Stopped(Exception):
+    """Raised inside `prepare` when should_stop() says yes, to unwind through the cleanup."""
+
+
 def prepare(data_path: str | os.PathLike, tokenizer_name: str, out_dir: str | os.PathLike,
             val_fraction: float = 0.05, seed: int = 0, data_dir: str | os.PathLike | None = None,
             on_progress: ProgressCallback | None = None, num_threads: int | None = None,
-            scrub_pii: bool = False) -> dict:
+            scrub_pii: bool = False, should_stop: Callable[[], bool] | None = None) -> dict:
     """Clean, split and tokenise the corpus at `data_path` into `out_dir`; return stats.json's content.
 
     `on_progress(done_documents, total)` is called after every chunk with total=None (a
     streamed corpus has no known length), and once at the end with total == done.
+    `should_stop()` is asked after every chunk; when it says yes, the partial output is deleted
+    (`out_dir` keeps what it had) and the result is {"stopped": True, "documents": done}. Preparing
+    is deterministic, so "resuming" a stopped run means running it again.
     Raises CorpusError for a malformed corpus or one with no document left after cleaning.
     """
     if not 0.0 <= val_fraction < 1.0:
@@ -226,6 +233,10 @@ def prepare(data_path: str | os.PathLike, tokenizer_name: str, out_dir: str | os
                     done += _write_chunk(*in_flight, seed_key, val_fraction, train, val)
                     if on_progress is not None:
                         on_progress(done, None)
+                    if should_stop is not None and should_stop():
+                        for future in submitted[1]:
+                            future.cancel()
+                        raise _Stopped
                 in_flight = submitted
             if in_flight is not None:
                 done += _write_chunk(*in_flight, seed_key, val_fraction, train, val)
@@ -245,6 +256,9 @@ def prepare(data_path: str | os.PathLike, tokenizer_name: str, out_dir: str | os
             "val_fraction": val_fraction, "seed": seed, "scrub_pii": scrub_pii,
         }
         (tmp_dir / "stats.json").write_text(json.dumps(stats, indent=2))
+    except _Stopped:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        return {"stopped": True, "documents": done}
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise

@@ -23,7 +23,7 @@ import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import tiktoken
@@ -166,10 +166,14 @@ def list_tokenizers(data_dir: str | os.PathLike | None = None) -> list[dict]:
 # ----------------------------------------------------------------------------- trained tokenizers
 
 def train_tokenizer(texts: Iterator[str], vocab_size: int, out_dir: str | os.PathLike,
-                    name: str | None = None) -> Tokenizer:
+                    name: str | None = None, on_progress: Callable[[int, None], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> Tokenizer | None:
     """Train a byte-level BPE with rustbpe and save it to `out_dir` in tiktoken's format.
 
     `vocab_size` counts the base vocabulary (256 bytes + merges); the chat specials come on top.
+    While rustbpe reads the texts, `on_progress(texts_read, None)` and `should_stop()` are called every
+    1,000 texts; a stop returns None and writes nothing. (The merge phase that follows is one rustbpe call:
+    it cannot be interrupted, and is the quick part for corpora of this tool's sizes.)
     """
     import rustbpe
 
@@ -181,7 +185,10 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int, out_dir: str | os.Pat
         raise ValueError(f"invalid tokenizer name {name!r}: use letters, digits, '.', '_' or '-'"
                          f" and not a built-in name")
     trainer = rustbpe.Tokenizer()
-    trainer.train_from_iterator(texts, vocab_size, pattern=TRAINED_PATTERN)
+    try:
+        trainer.train_from_iterator(_watched(texts, on_progress, should_stop), vocab_size, pattern=TRAINED_PATTERN)
+    except _TrainingStopped:
+        return None
     ranks = {bytes(token): rank for token, rank in trainer.get_mergeable_ranks()}
     encoding = _with_chat_specials(name, trainer.get_pattern(), ranks, {})
     tokenizer = Tokenizer(name, encoding)
@@ -200,6 +207,20 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int, out_dir: str | os.Pat
         shutil.rmtree(out_dir)
     tmp_dir.rename(out_dir)
     return tokenizer
+
+
+class _TrainingStopped(Exception):
+    """Raised from the text iterator when should_stop() says yes; rustbpe passes it back up."""
+
+
+def _watched(texts: Iterator[str], on_progress, should_stop, every: int = 1000) -> Iterator[str]:
+    for count, text in enumerate(texts, 1):
+        yield text
+        if count % every == 0:
+            if on_progress is not None:
+                on_progress(count, None)
+            if should_stop is not None and should_stop():
+                raise _TrainingStopped
 
 
 def load_trained_tokenizer(directory: str | os.PathLike) -> Tokenizer:

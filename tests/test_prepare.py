@@ -135,6 +135,27 @@ def test_many_chunks_with_small_chunk_size(tmp_path, gpt2, monkeypatch):
     assert all(total is None for _, total in calls[:-1])
 
 
+def test_should_stop_discards_the_partial_output_and_keeps_the_previous_one(tmp_path, gpt2, monkeypatch):
+    monkeypatch.setattr(prepare_module, "DOCUMENTS_PER_CHUNK", 7)
+    corpus = write_jsonl(tmp_path / "c.jsonl", TEXTS)
+    out_dir = tmp_path / "out"
+    before = prepare(write_jsonl(tmp_path / "old.jsonl", TEXTS[:5]), "gpt2", out_dir)
+    asked = []
+
+    def stop_on_third_question():
+        asked.append(True)
+        return len(asked) == 3
+
+    result = prepare(corpus, "gpt2", out_dir, should_stop=stop_on_third_question)
+    assert result == {"stopped": True, "documents": 21}  # three chunks of 7 were written, then it stopped
+    assert json.loads((out_dir / "stats.json").read_text()) == before  # the earlier output is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "old.jsonl", "out"]
+    # never asked to stop: a normal run, asked once per chunk boundary
+    asked.clear()
+    stats = prepare(corpus, "gpt2", out_dir, should_stop=lambda: asked.append(True) and False)
+    assert stats["documents"] == 60 and "stopped" not in stats and len(asked) == 8
+
+
 def test_scrub_pii_removes_emails_from_the_token_files(tmp_path, gpt2):
     texts = ["contact jane.doe@example.com or +1 555-123-4567 please"]
     stats = prepare(write_jsonl(tmp_path / "c.jsonl", texts), "gpt2", tmp_path / "out", scrub_pii=True)

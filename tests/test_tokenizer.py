@@ -91,6 +91,19 @@ def test_trained_tokenizer_saves_in_tiktoken_format_and_loads_back(tmp_path):
     assert names == ["gpt2", "cl100k", "tiny-bpe"]
 
 
+def test_train_tokenizer_reports_progress_and_a_stop_writes_nothing(tmp_path):
+    calls = []
+    out = tmp_path / "tokenizers" / "stopped"
+    result = train_tokenizer(iter(_corpus(2500)), vocab_size=300, out_dir=out,
+                             on_progress=lambda done, total: calls.append(done), should_stop=lambda: len(calls) == 2)
+    assert result is None and calls == [1000, 2000]
+    assert not (tmp_path / "tokenizers").exists() or not any((tmp_path / "tokenizers").iterdir())
+    calls.clear()
+    trained = train_tokenizer(iter(_corpus(2500)), vocab_size=300, out_dir=out,
+                              on_progress=lambda done, total: calls.append(done), should_stop=lambda: False)
+    assert calls == [1000, 2000] and (out / "tokenizer.json").is_file() and trained.vocab_size > 300
+
+
 def test_bad_tokenizer_names_and_sizes_are_refused(tmp_path):
     with pytest.raises(ValueError, match="vocab_size"):
         train_tokenizer(iter(_corpus(10)), vocab_size=100, out_dir=tmp_path / "x")

@@ -168,8 +168,10 @@ def corpus_path(ctx: JobContext) -> Path:
     return path
 
 
-def ensure_prepared(ctx: JobContext, tokenizer: str, *, force: bool = False, **prepare_options) -> Path:
-    """Token files of the job's dataset for `tokenizer`, preparing them unless cached (or `force`)."""
+def ensure_prepared(ctx: JobContext, tokenizer: str, *, force: bool = False, **prepare_options) -> Path | None:
+    """Token files of the job's dataset for `tokenizer`, preparing them unless cached (or `force`).
+
+    None if the job was cancelled while preparing (nothing half-written is left)."""
     from llm.prepare import prepare
 
     out_dir = prepared_dir_for(ctx.settings, ctx.dataset.id, tokenizer)
@@ -179,7 +181,9 @@ def ensure_prepared(ctx: JobContext, tokenizer: str, *, force: bool = False, **p
             return out_dir
         ctx.log(f"preparing dataset {ctx.dataset.id} with tokenizer {tokenizer}")
         stats = prepare(corpus_path(ctx), tokenizer, out_dir, data_dir=ctx.data_dir,
-                        on_progress=ctx.on_progress, **prepare_options)
+                        on_progress=ctx.on_progress, should_stop=ctx.should_stop, **prepare_options)
+        if stats.get("stopped"):
+            return None
         ctx.log(f"prepared {stats['documents']:,} documents, {stats['tokens']:,} tokens "
                 f"(train {stats['train']['tokens']:,}, val {stats['val']['tokens']:,}; "
                 f"{stats['duplicates_removed']:,} duplicates removed)")
@@ -206,6 +210,8 @@ def run_pretrain(ctx: JobContext) -> Outcome:
 
     params = ctx.params
     prepared = ensure_prepared(ctx, params["tokenizer"])
+    if prepared is None:
+        return Outcome(stopped=True, summary="stopped while preparing the data")
 
     # Resuming: steps after the checkpoint run again, so their metrics from the lost attempt go
     # (the same thing llm.train does to metrics.jsonl). A fresh run starts with none.
@@ -253,6 +259,8 @@ def run_prepare(ctx: JobContext) -> Outcome:
     options = {name: params[name] for name in ("val_fraction", "seed", "scrub_pii") if name in params}
     # An explicit prepare job always re-prepares: that is why someone asked for it.
     out_dir = ensure_prepared(ctx, params["tokenizer"], force=True, **options)
+    if out_dir is None:
+        return Outcome(stopped=True, summary="stopped while preparing; nothing was written")
     stats = json.loads((out_dir / "stats.json").read_text())
     ctx.log("stats " + json.dumps({key: stats[key] for key in
                                    ("documents", "tokens", "bytes", "bytes_per_token", "duplicates_removed",
@@ -269,8 +277,10 @@ def run_train_tokenizer(ctx: JobContext) -> Outcome:
     if (out_dir / "tokenizer.json").is_file():
         raise ValueError(f"a tokenizer named {params['name']!r} already exists")
     ctx.log(f"training a BPE tokenizer with {params['vocab_size']:,} tokens on dataset {ctx.dataset.id}")
-    # rustbpe trains in one call: a cancel takes effect only after it returns.
-    tokenizer = train_tokenizer(iter_documents(corpus_path(ctx)), params["vocab_size"], out_dir, params["name"])
+    tokenizer = train_tokenizer(iter_documents(corpus_path(ctx)), params["vocab_size"], out_dir, params["name"],
+                                on_progress=ctx.on_progress, should_stop=ctx.should_stop)
+    if tokenizer is None:
+        return Outcome(stopped=True, summary="stopped while reading the corpus; nothing was written")
     return Outcome(summary=f"tokenizer {tokenizer.name!r}: {tokenizer.vocab_size:,} tokens "
                            f"(including special tokens)")
 
