@@ -121,8 +121,9 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
 
 # Decoding multiplies 1-4 rows by every weight matrix. For so few rows on the CPU, MKL's routine for
 # x @ W^T (what F.linear calls) streams W from memory at ~10 GB/s, while the same dot products spelled
-# W @ x^T stream it at ~30 GB/s (measured on the 50304 x 384 head: F.linear 7.9 ms for 1 row, 18.7 ms for 2; W @ x^T 2.3 ms for 2). A single
-# row is padded to two because MKL's one-column routine (gemv) is the slow one again.
+# W @ x^T stream it at ~30 GB/s (measured on the 50304 x 384 head: F.linear 7.9 ms for 1 row and 18.7 ms
+# for 2, W @ x^T 2.3 ms for 2). A single row is padded to two because MKL's one-column routine (gemv) is
+# the slow one again. See bench/README.md (bench_generate) for the end-to-end effect.
 _FEW_ROWS = 16
 
 
@@ -270,6 +271,8 @@ class GPT(nn.Module):
         With a `kv_cache`, `idx` holds only the new tokens; the cache supplies the past and is advanced.
         `last_logits_only` (no targets): logits for the last position only, shape (B, 1, vocab). Generation
         needs nothing else, and skipping the (T, vocab) head matmul makes a long prompt's prefill ~2x cheaper.
+        With `targets` on the CPU, backward turns the returned logits into their gradient (see `cross_entropy`):
+        read them before calling backward.
         """
         B, T = idx.shape
         start = kv_cache.length if kv_cache is not None else 0
