@@ -123,17 +123,23 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
 # x @ W^T (what F.linear calls) streams W from memory at ~10 GB/s, while the same dot products spelled
 # W @ x^T stream it at ~30 GB/s (measured on the 50304 x 384 head: F.linear 7.9 ms for 1 row and 18.7 ms
 # for 2, W @ x^T 2.3 ms for 2). A single row is padded to two because MKL's one-column routine (gemv) is
-# the slow one again. See bench/README.md (bench_generate) for the end-to-end effect.
-_FEW_ROWS = 16
+# the slow one again. Past ~8 rows (a short prompt's prefill) F.linear wins again. See bench/README.md
+# (bench_generate) for the end-to-end effect.
+_FEW_ROWS = 8
+# ...but not for one row of a narrow input (measured: widths 64 and 256 lose, 384 and 768 win): there
+# F.linear's one-row routine is the faster one (the tiny preset's 50304 x 64 head: 0.3 ms, vs 0.8 ms padded
+# to two rows; its greedy decoding 1185 vs 628 tokens/s).
+_MIN_PADDED_WIDTH = 384
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`, computed as (W @ x^T)^T when x has at most 16 rows of float32 on the CPU.
+    """`F.linear(x, weight, bias)`, computed as (W @ x^T)^T for 2-8 rows of float32 on the CPU (1 row if wide).
 
     Same float32 dot products, summed in a different order; the layout of everything else is unchanged.
     """
     rows = x.numel() // x.shape[-1] if x.numel() else 0
-    if (not 0 < rows <= _FEW_ROWS or x.device.type != "cpu" or x.dtype != torch.float32
+    if (not 0 < rows <= _FEW_ROWS or (rows == 1 and x.shape[-1] < _MIN_PADDED_WIDTH)
+            or x.device.type != "cpu" or x.dtype != torch.float32
             or weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu")):
         return F.linear(x, weight, bias)
     flat = x.reshape(rows, x.shape[-1])

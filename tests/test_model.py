@@ -137,14 +137,14 @@ def test_flops_per_token_matches_counted_matmul_flops_of_a_training_step():
     assert model.flops_per_token(seq_len=64) - model.flops_per_token(seq_len=32) == 12 * 2 * 64 * 32
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 16, 17, 40])
+@pytest.mark.parametrize("rows, width", [(1, 48), (1, 400), (2, 48), (3, 400), (8, 48), (9, 400), (40, 48)])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_few_rows_linear_equals_f_linear_values_and_gradients(rows, with_bias):
-    # rows <= 16 take the (W @ x^T)^T path, more rows plain F.linear: both must give F.linear's answer.
+def test_few_rows_linear_equals_f_linear_values_and_gradients(rows, width, with_bias):
+    # 2-8 rows (and 1 wide row) take the (W @ x^T)^T path, the rest plain F.linear: all give F.linear's answer.
     generator = torch.Generator().manual_seed(rows)
-    weight = torch.randn(300, 48, generator=generator, requires_grad=True)
+    weight = torch.randn(300, width, generator=generator, requires_grad=True)
     bias = torch.randn(300, generator=generator, requires_grad=True) if with_bias else None
-    x = torch.randn(1, rows, 48, generator=generator, requires_grad=True)
+    x = torch.randn(1, rows, width, generator=generator, requires_grad=True)
     out = linear(x, weight, bias)
     expected = torch.nn.functional.linear(x, weight, bias)
     assert out.shape == expected.shape == (1, rows, 300)
