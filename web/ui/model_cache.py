@@ -12,6 +12,10 @@ GPT-2 tokenizer, KV cache, top-k 50, one torch thread, `stream_text`:
     small       30.0M    0.8 s      33 ms         37
     gpt2-124m  123.7M    2.4 s     143 ms         12
 
+Re-measured after decoding got its few-row linears (llm/model.py `linear`), same setup, random weights,
+64 new tokens: tiny 470–970, small 77–79, gpt2-124m 17–19 tokens/s (the previous code in the same run:
+650, 50, 17).
+
 People read about 5–10 tokens a second, so every preset streams faster than it is read, and the
 first token arrives in well under a second once the model is cached. A queue round-trip to a
 Celery inference worker would add latency and a streaming channel (Redis pub/sub) and buy
