@@ -25,12 +25,11 @@ import resource
 import shutil
 import sys
 import tempfile
-import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.common import current_rss_bytes, interleaved, median, print_table, ratio, run_json_subprocess
+from bench.common import current_rss_bytes, interleaved_runs, median, print_table, ratio, run_json_subprocess
 from llm.prepare import prepare
 from llm.tokenizer import get_tokenizer
 
@@ -145,22 +144,10 @@ def run(quick: bool = False) -> dict:
         def encode_half_to_numpy(texts):
             return [encoding.encode_to_numpy(text, disallowed_special=()) for text in texts]
 
-        cpu_times: dict[str, list[float]] = {}
-
-        def with_cpu_time(name, fn):
-            # CPU seconds of the whole process (all threads): far steadier than wall time on a
-            # shared machine, though blind to how well the work overlaps.
-            def timed():
-                start = time.process_time()
-                fn()
-                cpu_times.setdefault(name, []).append(time.process_time() - start)
-            return timed
-
-        times = interleaved({
-            "prepare": with_cpu_time("prepare", run_prepare),
-            "tiktoken": with_cpu_time("tiktoken",
-                                      lambda: encoding.encode_ordinary_batch(documents, num_threads=THREADS)),
-            "tiktoken_numpy": with_cpu_time("tiktoken_numpy", lambda: list(pool.map(encode_half_to_numpy, halves))),
+        runs = interleaved_runs({
+            "prepare": run_prepare,
+            "tiktoken": lambda: encoding.encode_ordinary_batch(documents, num_threads=THREADS),
+            "tiktoken_numpy": lambda: list(pool.map(encode_half_to_numpy, halves)),
         }, repeats=repeats, warmup=1)
         pool.shutdown()
         memory = run_json_subprocess("bench.bench_prepare", "measure_prepare_memory",
@@ -169,7 +156,11 @@ def run(quick: bool = False) -> dict:
         corpus_mb = corpus_path.stat().st_size / 1e6
         shutil.rmtree(out_dir, ignore_errors=True)
 
+    times = {name: run["wall"] for name, run in runs.items()}
     seconds = {name: median(values) for name, values in times.items()}
+    # CPU seconds of the whole process (all threads): far steadier than wall time on a shared machine,
+    # though blind to how well the work overlaps.
+    cpu_seconds = {name: median(run["cpu"]) for name, run in runs.items()}
     result = {
         "corpus_mb": round(corpus_mb, 2),
         "documents": stats["documents"],
@@ -184,9 +175,9 @@ def run(quick: bool = False) -> dict:
         "tiktoken_numpy_tokens_per_s": content_tokens / seconds["tiktoken_numpy"],
         "prepare_vs_tiktoken": ratio(seconds["tiktoken"], seconds["prepare"]),
         "prepare_vs_tiktoken_numpy": ratio(seconds["tiktoken_numpy"], seconds["prepare"]),
-        "prepare_cpu_s": median(cpu_times["prepare"][1:]),  # [1:]: drop the warm-up call
-        "tiktoken_cpu_s": median(cpu_times["tiktoken"][1:]),
-        "prepare_vs_tiktoken_cpu": ratio(median(cpu_times["tiktoken"][1:]), median(cpu_times["prepare"][1:])),
+        "prepare_cpu_s": cpu_seconds["prepare"],
+        "tiktoken_cpu_s": cpu_seconds["tiktoken"],
+        "prepare_vs_tiktoken_cpu": ratio(cpu_seconds["tiktoken"], cpu_seconds["prepare"]),
         "prepare_peak_rss_mb": round(memory["peak_rss_mb"], 1),
         "rss_before_prepare_mb": round(memory["rss_before_mb"], 1),
         "prepare_tracemalloc_peak_mb": round(memory["traced_peak_mb"], 1),

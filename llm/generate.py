@@ -203,6 +203,13 @@ def _undecodable_ids(tokenizer) -> list[int]:
     return [i for i in np.flatnonzero(tokenizer.token_bytes() == 0).tolist() if i not in specials]
 
 
+def _token_steps(model: nn.Module, tokenizer, prompt: str | Sequence[int], settings: SamplingSettings,
+                 num_samples: int, stops: set[int]) -> Iterator[torch.Tensor]:
+    """`generate_tokens` for a tokenizer: its vocabulary bounds what is sampled, undecodable ids never are."""
+    return generate_tokens(model, _prompt_ids(tokenizer, prompt), settings, num_samples, stops,
+                           tokenizer.vocab_size, _undecodable_ids(tokenizer))
+
+
 def _stop_ids(tokenizer, settings: SamplingSettings, stop_ids: Iterable[int] | None) -> set[int]:
     ids = set(stop_ids or ())
     if settings.stop_at_end_of_text:
@@ -216,8 +223,7 @@ def generate_text(model: nn.Module, tokenizer, prompt: str | Sequence[int], sett
     stops = _stop_ids(tokenizer, settings, stop_ids)
     completions: list[list[int]] = [[] for _ in range(num_samples)]
     done = [False] * num_samples
-    for step_ids in generate_tokens(model, _prompt_ids(tokenizer, prompt), settings, num_samples,
-                                    stops, tokenizer.vocab_size, _undecodable_ids(tokenizer)):
+    for step_ids in _token_steps(model, tokenizer, prompt, settings, num_samples, stops):
         for sample, token in enumerate(step_ids.tolist()):
             if done[sample]:
                 continue
@@ -239,8 +245,7 @@ def stream_text(model: nn.Module, tokenizer, prompt: str | Sequence[int], settin
     """
     stops = _stop_ids(tokenizer, settings, stop_ids)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    for step_ids in generate_tokens(model, _prompt_ids(tokenizer, prompt), settings, 1, stops,
-                                    tokenizer.vocab_size, _undecodable_ids(tokenizer)):
+    for step_ids in _token_steps(model, tokenizer, prompt, settings, 1, stops):
         token = int(step_ids[0])
         if token in stops:
             break

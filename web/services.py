@@ -486,8 +486,9 @@ _DEFAULT_TRAIN = {"batch_size": 16, "block_size": None, "grad_accum": 1, "max_st
 _PEAK_FLOPS_CACHE: dict[str, float] = {}
 
 
-def _estimate_peak_flops(device_type: str) -> float:
-    """Peak FLOP/s for estimates, measured once per process.
+def estimate_peak_flops(device_type: str) -> float:
+    """Peak FLOP/s for estimates, measured once per process (the Chat tab measures it before it limits
+    this process's torch threads, see web.ui.model_cache).
 
     GPUs: the data-sheet number when known (`llm.device.peak_flops`). CPUs: a 1024 x 1024 float32
     matmul, which reaches the same FLOP/s as llm.device's 2048 one within a few percent here but
@@ -529,7 +530,7 @@ def estimate_pretrain(params: dict, data_dir: str | os.PathLike | None = None) -
     - tokens_per_step = batch_size * block_size * grad_accum.
     - est_seconds = flops_per_token * tokens_per_step * max_steps / (peak FLOP/s * utilisation), where
       flops_per_token is the model's own 6N + attention count, the peak is this machine's measured
-      matmul FLOP/s (`llm.device.peak_flops`, measured once per process) or a GPU's data-sheet peak,
+      matmul FLOP/s (`estimate_peak_flops`, measured once per process) or a GPU's data-sheet peak,
       and utilisation is ASSUMED_UTILISATION (see above). Data loading and evaluation are not counted.
     """
     import torch
@@ -565,7 +566,7 @@ def estimate_pretrain(params: dict, data_dir: str | os.PathLike | None = None) -
     device = str(params.get("device") or "auto")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     device_type = "cuda" if use_cuda and torch.cuda.is_available() else "cpu"
-    peak = _estimate_peak_flops(device_type)
+    peak = estimate_peak_flops(device_type)
     utilisation = ASSUMED_UTILISATION[device_type]
     max_steps = values["max_steps"] or 0
     est_seconds = flops_per_token * tokens_per_step * max_steps / (peak * utilisation)

@@ -53,8 +53,9 @@ def configure_chat_threads() -> int:
     """Limit the web process's torch intra-op threads for decoding (WORKBENCH_CHAT_THREADS, default 1).
 
     `torch.set_num_threads` is process-wide, and `web.services.estimate_pretrain` measures this
-    process's matmul peak (once, cached) to estimate training time on the worker's full thread
-    count. So that peak is measured first, with the default threads, before the limit applies.
+    process's matmul peak (once, cached: `web.services.estimate_peak_flops`) to estimate training time
+    on the worker's full thread count. So that peak is measured first, with the default threads, before
+    the limit applies.
     """
     global _threads_configured
     import torch
@@ -63,9 +64,9 @@ def configure_chat_threads() -> int:
     if not _threads_configured:
         _threads_configured = True
         try:
-            from llm.device import peak_flops
+            from web.services import estimate_peak_flops
 
-            peak_flops("cpu")
+            estimate_peak_flops("cpu")
         except Exception:  # the estimate is a nicety; chat must not fail because of it
             pass
         torch.set_num_threads(threads)
