@@ -9,6 +9,8 @@ queue message carries only a job id. Changes to this file need an Alembic migrat
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 from datetime import datetime, timezone
 from typing import Any, Optional
 
@@ -27,6 +29,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -73,6 +76,10 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+# Every id column is an SQL INTEGER: 32 bits signed on PostgreSQL. Requests bound ids by this
+# (web/api/ids.py, web/schemas.py) so a larger number is a 422 naming the field, not a driver error.
+SQL_INTEGER_MAX = 2**31 - 1
 
 
 class Base(DeclarativeBase):
@@ -134,10 +141,11 @@ class ModelKind(str, enum.Enum):
 
 
 class Label(str, enum.Enum):
-    a = "a"
-    b = "b"
+    a = "a"                # completion_a is better
+    b = "b"                # completion_b is better
     tie = "tie"
     both_bad = "both_bad"
+    skip = "skip"          # the labeler passed: counts towards nobody's overlap, never shown to them again
 
 
 class User(Base):
@@ -148,10 +156,14 @@ class User(Base):
     role: Mapped[Role] = mapped_column(_enum(Role))
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)  # cannot log in; their labels stay
 
 
 class Dataset(Base):
     __tablename__ = "datasets"
+    # One dataset per file and kind, whoever uploads it (two identical uploads at once: the second is told
+    # the first's dataset). NULL for datasets stored before files were hashed, and NULLs never collide.
+    __table_args__ = (Index("ix_datasets_content_sha256_kind", "content_sha256", "kind", unique=True),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -163,6 +175,8 @@ class Dataset(Base):
     stats: Mapped[dict[str, Any]] = mapped_column(default=dict)
     owner_id: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # SHA-256 of the stored file: the same file uploaded again is offered as the existing dataset.
+    content_sha256: Mapped[Optional[str]] = mapped_column(String(64))
 
     owner: Mapped[Optional[User]] = relationship()
 
@@ -180,6 +194,9 @@ class Model(Base):
     job_id: Mapped[Optional[int]] = mapped_column(ForeignKey("jobs.id", use_alter=True))  # producing job
     owner_id: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    # Offered in the chat arena (admins take a model out of it; it stays usable everywhere else).
+    in_arena: Mapped[bool] = mapped_column(Boolean, default=True)
 
     parent: Mapped[Optional["Model"]] = relationship(remote_side=[id])
 
@@ -207,11 +224,32 @@ class Job(Base):
     input_model_id: Mapped[Optional[int]] = mapped_column(ForeignKey("models.id"))
     output_model_id: Mapped[Optional[int]] = mapped_column(ForeignKey("models.id"))
     owner_id: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id"))
+    name: Mapped[Optional[str]] = mapped_column(String(200))  # a label people give a job; None shows the kind
+    # False when resuming cannot help (the kernel killed it for memory, its settings cannot work):
+    # the UI then offers no Resume, only a new job with other settings.
+    resumable: Mapped[bool] = mapped_column(Boolean, default=True)
 
     dataset: Mapped[Optional[Dataset]] = relationship()
     input_model: Mapped[Optional[Model]] = relationship(foreign_keys=[input_model_id])
     output_model: Mapped[Optional[Model]] = relationship(foreign_keys=[output_model_id])
     owner: Mapped[Optional[User]] = relationship()
+
+
+class JobEvent(Base):
+    """Who changed a job's state and when: submitted, cancel requested, resumed, renamed, deleted by a
+    person (user_id), or started, requeued, finished by the system (user_id None)."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    user_id: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id"))
+    action: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[Optional[str]] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    user: Mapped[Optional[User]] = relationship()
 
 
 class Metric(Base):
@@ -236,13 +274,26 @@ class JobLog(Base):
     line: Mapped[str] = mapped_column(Text)
 
 
+def prompt_key_sha256(text: str, messages: list[dict[str, Any]] | None) -> str:
+    """What makes two prompts the same one: SHA-256 of the text and the conversation (canonical JSON).
+    A hash, because a unique index cannot hold long texts (PostgreSQL's btree entries stop at ~2.7 KB)."""
+    canonical = json.dumps([text, messages], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 class Prompt(Base):
     __tablename__ = "prompts"
+    # A dataset's prompt is stored once, even when two generate jobs on a new dataset insert it at once.
+    __table_args__ = (UniqueConstraint("dataset_id", "key_sha256"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     text: Mapped[str] = mapped_column(Text)
     dataset_id: Mapped[Optional[int]] = mapped_column(ForeignKey("datasets.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The conversation so far when the prompt is a chat ([{role, content}, ...]); None: `text` is one user turn.
+    messages: Mapped[Optional[list[dict[str, Any]]]] = mapped_column(JSON)
+    # prompt_key_sha256(text, messages) for a dataset's prompts; None for prompts of no dataset (the arena's).
+    key_sha256: Mapped[Optional[str]] = mapped_column(String(64))
 
 
 class Completion(Base):
@@ -253,10 +304,63 @@ class Completion(Base):
     model_id: Mapped[Optional[int]] = mapped_column(ForeignKey("models.id"))
     job_id: Mapped[Optional[int]] = mapped_column(ForeignKey("jobs.id"))
     text: Mapped[str] = mapped_column(Text)
-    sampling: Mapped[dict[str, Any]] = mapped_column(default=dict)  # temperature, top_k, top_p, seed, ...
+    sampling: Mapped[dict[str, Any]] = mapped_column(default=dict)  # temperature, top_k, top_p, max_new_tokens
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    seed: Mapped[Optional[int]] = mapped_column(Integer)  # with `sampling` and the model: regenerates it exactly
+    token_count: Mapped[Optional[int]] = mapped_column(Integer)
 
     prompt: Mapped[Prompt] = relationship()
+
+
+class LabelingProject(Base):
+    """Pairs of candidate answers for people to compare: drawn from generate jobs, each wanted `overlap`
+    times (by different labelers), with guidelines and who may label."""
+
+    __tablename__ = "labeling_projects"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    guidelines: Mapped[str] = mapped_column(Text, default="")          # Markdown
+    source_job_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    pairing: Mapped[str] = mapped_column(String(16), default="all")    # all | random
+    pairs_per_prompt: Mapped[Optional[int]] = mapped_column(Integer)   # for "random"
+    overlap: Mapped[int] = mapped_column(Integer, default=1)           # labels wanted per pair
+    labeler_ids: Mapped[Optional[list[int]]] = mapped_column(JSON)     # None: every labeler
+    owner_id: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LabelingPair(Base):
+    """Two completions of one prompt in a project; `label_count` (non-skip labels) never exceeds the overlap."""
+
+    __tablename__ = "labeling_pairs"
+    __table_args__ = (
+        UniqueConstraint("project_id", "completion_a_id", "completion_b_id"),
+        Index("ix_labeling_pairs_queue", "project_id", "label_count", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("labeling_projects.id", ondelete="CASCADE"))
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"))
+    completion_a_id: Mapped[int] = mapped_column(ForeignKey("completions.id"))
+    completion_b_id: Mapped[int] = mapped_column(ForeignKey("completions.id"))
+    label_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class LabelingAssignment(Base):
+    """A pair handed to a labeler and not yet labeled: it holds one of the pair's overlap slots until it
+    expires (so two labelers at once are not both given a pair's last slot), and fixes which completion
+    that labeler sees on the left."""
+
+    __tablename__ = "labeling_assignments"
+    __table_args__ = (UniqueConstraint("pair_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pair_id: Mapped[int] = mapped_column(ForeignKey("labeling_pairs.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    swapped: Mapped[bool] = mapped_column(Boolean, default=False)  # completion_b shown on the left
+    expires_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Comparison(Base):
@@ -264,6 +368,8 @@ class Comparison(Base):
     __table_args__ = (
         # A completion compared with itself is no preference at all.
         CheckConstraint("completion_a_id <> completion_b_id", name="ck_comparisons_distinct_completions"),
+        # One label per labeler per pair: a double click or a retried request stores one row.
+        UniqueConstraint("pair_id", "annotator_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -272,6 +378,11 @@ class Comparison(Base):
     completion_b_id: Mapped[int] = mapped_column(ForeignKey("completions.id"))
     label: Mapped[Label] = mapped_column(_enum(Label))
     annotator_id: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id"), index=True)  # per-annotator progress
-    source: Mapped[str] = mapped_column(String(16), default="label")  # label | arena
+    source: Mapped[str] = mapped_column(String(16), default="label")  # label | upload | arena
     time_spent_s: Mapped[Optional[float]] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    pair_id: Mapped[Optional[int]] = mapped_column(ForeignKey("labeling_pairs.id", ondelete="CASCADE"), index=True)
+    # True when completion_b was shown on the left (per labeler, random): the label is stored un-swapped.
+    swapped: Mapped[bool] = mapped_column(Boolean, default=False)
+    note: Mapped[Optional[str]] = mapped_column(Text)
+    idempotency_key: Mapped[Optional[str]] = mapped_column(String(64), unique=True)

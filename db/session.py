@@ -37,9 +37,12 @@ from db.settings import get_settings, normalize_database_url
 # Long enough for a writer to wait out a checkpoint or a burst of metric inserts from other
 # workers; SQLite allows one writer at a time and WAL makes readers never wait.
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+# How long a web request waits for another writer's lock before it is answered 503.
+WEB_LOCK_TIMEOUT_SECONDS = 5
 
-_engines: dict[tuple[str, int], Engine] = {}
-_sessionmakers: dict[tuple[str, int], sessionmaker[Session]] = {}
+_EngineKey = tuple[str, int, "float | None"]  # (url, pid, lock timeout)
+_engines: dict[_EngineKey, Engine] = {}
+_sessionmakers: dict[_EngineKey, sessionmaker[Session]] = {}
 _lock = threading.Lock()
 
 
@@ -53,9 +56,14 @@ def create_workbench_engine(
     *,
     sqlite_foreign_keys: bool = True,
     poolclass: type[Pool] | None = None,
+    lock_timeout_seconds: float | None = None,
     **engine_kwargs: Any,
 ) -> Engine:
     """A new, uncached engine configured the workbench way. Most code wants `get_engine`.
+
+    ``lock_timeout_seconds``: how long a statement waits for another transaction's lock before it
+    fails (SQLite "database is locked", PostgreSQL lock_not_available); None: SQLite's 30 s default,
+    PostgreSQL's (wait as long as it takes).
 
     ``sqlite_foreign_keys=False`` exists for migrations: Alembic's batch mode rebuilds a SQLite
     table by copy-and-drop, and with foreign keys on, the DROP would cascade-delete rows of
@@ -70,7 +78,8 @@ def create_workbench_engine(
     if parsed.get_backend_name() == "sqlite":
         in_memory = parsed.database in (None, "", ":memory:")
         connect_args = kwargs.setdefault("connect_args", {})
-        connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_SECONDS)
+        busy_timeout = SQLITE_BUSY_TIMEOUT_SECONDS if lock_timeout_seconds is None else lock_timeout_seconds
+        connect_args.setdefault("timeout", busy_timeout)
         if in_memory:
             # Every new connection to :memory: is a new, empty database; share one.
             kwargs.setdefault("poolclass", StaticPool)
@@ -78,8 +87,14 @@ def create_workbench_engine(
         else:
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, **kwargs)
-        _install_sqlite_pragmas(engine, foreign_keys=sqlite_foreign_keys, wal=not in_memory)
+        _install_sqlite_pragmas(engine, foreign_keys=sqlite_foreign_keys, wal=not in_memory,
+                                busy_timeout_seconds=busy_timeout)
         return engine
+
+    if lock_timeout_seconds is not None and parsed.get_backend_name() == "postgresql":
+        options = f"-c lock_timeout={int(lock_timeout_seconds * 1000)}"
+        connect_args = kwargs.setdefault("connect_args", {})
+        connect_args["options"] = f"{connect_args['options']} {options}" if connect_args.get("options") else options
 
     # Connections in the pool can be dead after a database restart or an idle-timeout on a
     # proxy; a cheap ping on checkout replaces them instead of failing the request.
@@ -87,39 +102,46 @@ def create_workbench_engine(
     return create_engine(url, **kwargs)
 
 
-def get_engine(url: str | None = None) -> Engine:
-    """The engine for ``url`` (default: `database_url()`) in this process, created on first use."""
+def _engine_key(url: str | None, lock_timeout_seconds: float | None) -> _EngineKey:
     url = normalize_database_url(url or database_url())
-    key = (url, os.getpid())
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        lock_timeout_seconds = None  # one shared in-memory database: a second engine would be another one
+    return (url, os.getpid(), lock_timeout_seconds)
+
+
+def get_engine(url: str | None = None, *, lock_timeout_seconds: float | None = None) -> Engine:
+    """The engine for ``url`` (default: `database_url()`) in this process, created on first use."""
+    key = _engine_key(url, lock_timeout_seconds)
     engine = _engines.get(key)
     if engine is None:
         with _lock:
             engine = _engines.get(key)
             if engine is None:
-                engine = create_workbench_engine(url)
+                engine = create_workbench_engine(key[0], lock_timeout_seconds=key[2])
                 _engines[key] = engine
     return engine
 
 
-def get_sessionmaker(url: str | None = None) -> sessionmaker[Session]:
+def get_sessionmaker(url: str | None = None, *, lock_timeout_seconds: float | None = None) -> sessionmaker[Session]:
     """The session factory bound to `get_engine(url)`; ``expire_on_commit=False``.
 
     Objects stay readable after commit (a web handler returns a row it just saved; a worker
     reads ``job.params`` after committing ``status=running``) without a surprise reload.
     """
-    url = normalize_database_url(url or database_url())
-    key = (url, os.getpid())
+    key = _engine_key(url, lock_timeout_seconds)
     factory = _sessionmakers.get(key)
     if factory is None:
-        engine = get_engine(url)
+        engine = get_engine(key[0], lock_timeout_seconds=key[2])
         with _lock:
             factory = _sessionmakers.setdefault(key, sessionmaker(bind=engine, expire_on_commit=False))
     return factory
 
 
-def SessionLocal(url: str | None = None) -> Session:  # noqa: N802 - the conventional name for "a new session"
-    """A new session on this process's engine for ``url``; the caller commits and closes it."""
-    return get_sessionmaker(url)()
+def SessionLocal(url: str | None = None, *, lock_timeout_seconds: float | None = None) -> Session:  # noqa: N802
+    """A new session on this process's engine for ``url``; the caller commits and closes it.
+    (The name is the conventional one for "a new session".)"""
+    return get_sessionmaker(url, lock_timeout_seconds=lock_timeout_seconds)()
 
 
 @contextmanager
@@ -142,7 +164,7 @@ def dispose_engines() -> None:
     For tests that drop a database, and for shutdown; the next `get_engine` starts afresh.
     """
     with _lock:
-        engines = [engine for (_, pid), engine in _engines.items() if pid == os.getpid()]
+        engines = [engine for (_, pid, _), engine in _engines.items() if pid == os.getpid()]
         _engines.clear()
         _sessionmakers.clear()
     for engine in engines:
@@ -165,13 +187,13 @@ def _forget_engines_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_engines_after_fork)
 
 
-def _install_sqlite_pragmas(engine: Engine, *, foreign_keys: bool, wal: bool) -> None:
+def _install_sqlite_pragmas(engine: Engine, *, foreign_keys: bool, wal: bool, busy_timeout_seconds: float) -> None:
     @event.listens_for(engine, "connect")
     def _set_sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
         cursor = dbapi_connection.cursor()
         try:
             # busy_timeout first: switching to WAL itself may have to wait for another writer.
-            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_seconds * 1000)}")
             if wal:
                 # WAL lets readers (the web UI) run while a worker writes; it is stored in the
                 # file, so this is a no-op after the first connection.

@@ -13,8 +13,12 @@ tests can change a variable with ``monkeypatch.setenv`` and see it at once.
 | `WORKBENCH_MAX_UPLOAD_MB` | `200` | Largest dataset upload accepted, in megabytes (MiB). |
 | `WORKBENCH_HEARTBEAT_SECONDS` | `5` | How often a worker stamps `jobs.heartbeat_at` on a running job. |
 | `WORKBENCH_STALE_AFTER_SECONDS` | `60` | A running job whose heartbeat is older than this is taken as lost and requeued. Must be greater than the heartbeat interval. |
+| `WORKBENCH_RESEND_AFTER_SECONDS` | `30` | A job queued this long that no worker has claimed and whose message is not waiting in the broker (lost with a restarted Redis) is sent again by the reaper. |
 | `WORKBENCH_WORKER_QUEUES` | `default` | Comma-separated Celery queues a worker consumes, e.g. `gpu,default`. |
+| `WORKBENCH_IMPORT_DIR` | `<data dir>/import` | The only directory from which an admin may import a Hugging Face GPT-2 model (Models tab): each sub-directory holding `config.json` + `model.safetensors` is offered; no other path on the server can be named. |
 | `WORKBENCH_DEVICE` | `auto` | Torch device for jobs: `auto` (CUDA, then MPS, then CPU), `cpu`, `cuda`, `cuda:1`, `mps`. |
+| `WORKBENCH_ALLOWED_ORIGINS` | *(empty)* | Comma-separated origins (`https://tools.example.com`) other than the app's own that browsers may send credentialed and state-changing requests from. Empty: same origin only. |
+| `WORKBENCH_SECURE_COOKIES` | `false` | `true` marks every cookie `Secure` (for a TLS proxy that does not send `X-Forwarded-Proto: https`; with that header, or on https, cookies are `Secure` anyway). |
 
 Paths built from ids (``runs/<job id>``, ``datasets/<dataset id>``) go through `safe_join`,
 which refuses anything that would land outside its base directory. File names a user supplies
@@ -35,8 +39,12 @@ DEFAULT_DATA_DIR = "./workbench-data"
 DEFAULT_MAX_UPLOAD_MB = 200
 DEFAULT_HEARTBEAT_SECONDS = 5.0
 DEFAULT_STALE_AFTER_SECONDS = 60.0
+DEFAULT_RESEND_AFTER_SECONDS = 30.0
 DEFAULT_WORKER_QUEUES = ("default",)
 DEFAULT_DEVICE = "auto"
+
+# An origin as browsers send it: scheme://host[:port], nothing after.
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 
 # Celery queue names end up in Redis keys and command lines; keep them to a boring alphabet.
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
@@ -57,8 +65,17 @@ class Settings:
     max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
     stale_after_seconds: float = DEFAULT_STALE_AFTER_SECONDS
+    resend_after_seconds: float = DEFAULT_RESEND_AFTER_SECONDS
     worker_queues: tuple[str, ...] = DEFAULT_WORKER_QUEUES
     device: str = DEFAULT_DEVICE
+    import_dir: Path | None = None  # None: <data dir>/import
+    allowed_origins: tuple[str, ...] = ()  # besides the app's own origin
+    secure_cookies: bool = False  # True: Secure on every cookie, whatever the request's scheme
+
+    @property
+    def models_import_dir(self) -> Path:
+        """Where admins put Hugging Face GPT-2 directories to import (WORKBENCH_IMPORT_DIR)."""
+        return self.import_dir or self.data_dir / "import"
 
     @property
     def datasets_dir(self) -> Path:
@@ -135,8 +152,12 @@ def get_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_upload_mb=int(_positive_number(env, "WORKBENCH_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB, integer=True)),
         heartbeat_seconds=heartbeat_seconds,
         stale_after_seconds=stale_after_seconds,
+        resend_after_seconds=_positive_number(env, "WORKBENCH_RESEND_AFTER_SECONDS", DEFAULT_RESEND_AFTER_SECONDS),
         worker_queues=_queue_names(text("WORKBENCH_WORKER_QUEUES")),
         device=text("WORKBENCH_DEVICE").lower() or DEFAULT_DEVICE,
+        import_dir=Path(text("WORKBENCH_IMPORT_DIR")).expanduser().resolve() if text("WORKBENCH_IMPORT_DIR") else None,
+        allowed_origins=_origins(text("WORKBENCH_ALLOWED_ORIGINS")),
+        secure_cookies=_flag(env, "WORKBENCH_SECURE_COOKIES"),
     )
 
 
@@ -186,3 +207,26 @@ def _queue_names(raw: str) -> tuple[str, ...]:
         if not _QUEUE_NAME.match(name):
             raise ValueError(f"WORKBENCH_WORKER_QUEUES: queue name {name!r} may use only letters, digits and _ . : -")
     return names
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    """WORKBENCH_ALLOWED_ORIGINS as normalized origins (lower case, no trailing slash)."""
+    origins = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        origin = item.rstrip("/").lower()
+        if not _ORIGIN.match(origin):
+            raise ValueError(f"WORKBENCH_ALLOWED_ORIGINS: {item!r} is not an origin; "
+                             "write scheme://host[:port], e.g. https://tools.example.com")
+        origins.append(origin)
+    return tuple(dict.fromkeys(origins))
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{name} must be true or false, got {raw!r}")

@@ -1,5 +1,8 @@
 """User accounts: bcrypt password hashes, creating users, logging in, the first admin.
 
+A disabled account (``users.disabled``) cannot log in: `authenticate`, which both the API's HTTP
+Basic and the UI's login form call, refuses it. Its rows (labels, jobs) stay.
+
 Passwords are hashed with bcrypt (salted, deliberately slow). bcrypt reads at most 72 bytes
 of a password and the bcrypt 5 library refuses longer ones rather than truncating silently,
 so we refuse them too, with a clear message, instead of hashing something else than was typed.
@@ -30,6 +33,17 @@ ADMIN_NAME = "admin"
 _USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+class InvalidUserInput(ValueError):
+    """A value that cannot make a user, naming the field it came from (name, role or password)."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field
+
+
+class NameTaken(InvalidUserInput):
+    """The user name is already used (compared case-insensitively)."""
+
 
 def hash_password(password: str) -> str:
     """The bcrypt hash of ``password`` (``$2b$...``, 60 characters), with a fresh salt."""
@@ -46,50 +60,77 @@ def verify_password(password: str, password_hash: str) -> bool:
 
 
 def validate_password(password: str) -> None:
-    """Raise ValueError unless ``password`` is acceptable for a new account."""
+    """Raise InvalidUserInput (a ValueError) unless ``password`` is acceptable for an account."""
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise ValueError(f"password must be at least {MIN_PASSWORD_LENGTH} characters long")
-    _password_bytes(password)
+        raise InvalidUserInput(f"password must be at least {MIN_PASSWORD_LENGTH} characters long", "password")
+    try:
+        _password_bytes(password)
+    except ValueError as error:
+        raise InvalidUserInput(str(error), "password") from None
+
+
+def generate_password() -> str:
+    """A random password to hand out once (16 URL-safe characters, 96 bits); stored only as a hash."""
+    return secrets.token_urlsafe(12)
+
+
+def parse_role(role: Role | str) -> Role:
+    """``role`` as a Role, or InvalidUserInput listing the roles."""
+    try:
+        return Role(getattr(role, "value", role))
+    except ValueError:
+        choices = ", ".join(member.value for member in Role)
+        raise InvalidUserInput(f"unknown role {role!r}; choose one of: {choices}", "role") from None
 
 
 def validate_user_name(name: str) -> None:
-    """Raise ValueError unless ``name`` is an acceptable user name."""
+    """Raise InvalidUserInput (a ValueError) unless ``name`` is an acceptable user name."""
     if not _USER_NAME.match(name):
-        raise ValueError(
+        raise InvalidUserInput(
             f"user name {name!r} is not valid: use 1 to 64 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
+            "starting with a letter or digit", "name"
         )
 
 
 def create_user(session: Session, name: str, password: str, role: Role | str) -> User:
     """Add a user and flush (so ``user.id`` is set); the caller commits.
 
-    Raises ValueError for an invalid name, role or password, or a name already taken
-    (compared case-insensitively, so "Admin" cannot sit beside "admin").
+    Raises InvalidUserInput (a ValueError naming the field) for an invalid name, role or
+    password, and its subclass NameTaken for a name already used (compared case-insensitively,
+    so "Admin" cannot sit beside "admin"). Two processes adding the same name at once: the
+    unique constraint makes the loser's flush raise IntegrityError.
     """
     validate_user_name(name)
-    try:
-        role = Role(role)
-    except ValueError:
-        choices = ", ".join(member.value for member in Role)
-        raise ValueError(f"unknown role {role!r}; choose one of: {choices}") from None
+    role = parse_role(role)
     validate_password(password)
     taken = session.scalar(select(User.id).where(func.lower(User.name) == name.lower()))
     if taken is not None:
-        raise ValueError(f"user name {name!r} is already taken")
+        raise NameTaken(f"user name {name!r} is already taken", "name")
     user = User(name=name, role=role, password_hash=hash_password(password))
     session.add(user)
     session.flush()
     return user
 
 
+def set_password(user: User, password: str) -> None:
+    """Give ``user`` a new password (validated, hashed); the caller commits."""
+    validate_password(password)
+    user.password_hash = hash_password(password)
+
+
 def authenticate(session: Session, name: str, password: str) -> User | None:
-    """The user with this name and password, or None (unknown name or wrong password)."""
+    """The user with this name and password, or None (unknown name, wrong password, or disabled).
+
+    A disabled account is checked like any other (same bcrypt time) and then refused, so a
+    login attempt does not reveal which accounts are disabled.
+    """
     user = session.scalar(select(User).where(User.name == name))
     if user is None:
         verify_password(password, _dummy_hash(BCRYPT_ROUNDS))  # spend the same time as a real check
         return None
-    return user if verify_password(password, user.password_hash) else None
+    if not verify_password(password, user.password_hash) or user.disabled:
+        return None
+    return user
 
 
 def ensure_admin(session: Session, password_from_env: str | None) -> str | None:
@@ -103,7 +144,7 @@ def ensure_admin(session: Session, password_from_env: str | None) -> str | None:
     """
     if _admin_exists(session):
         return None
-    password = password_from_env or secrets.token_urlsafe(12)  # 16 characters, 96 bits
+    password = password_from_env or generate_password()
     generated = None if password_from_env else password
     try:
         create_user(session, ADMIN_NAME, password, Role.admin)

@@ -8,6 +8,7 @@ Heavy imports (torch, tiktoken) happen inside the handlers so `--help` stays fas
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -48,25 +49,59 @@ def _cmd_prepare(args) -> None:
     print(json.dumps(stats, indent=2))
 
 
-def _train_config_from_args(args):
-    from llm.train import TrainConfig
+def _train_settings(defaults: dict | None = None) -> dict:
+    """TrainConfig's declared settings (llm/train_config.py), with a job's own defaults shown in --help."""
+    from llm.params import settings_of
+    from llm.train_config import TrainConfig
 
-    overrides = {name: getattr(args, name) for name in
-                 ("max_steps", "batch_size", "block_size", "grad_accum", "lr", "warmup", "eval_every",
-                  "checkpoint_every", "log_every", "seed", "device", "dtype", "compile")
-                 if getattr(args, name, None) is not None}
-    return TrainConfig(**overrides)
+    return {name: spec.with_default(defaults[name]) if defaults and name in defaults else spec
+            for name, spec in settings_of(TrainConfig).items()}
+
+
+def _refuse_to_overwrite(out: Path, resume: bool) -> None:
+    if (out / "checkpoint").exists() and not resume:
+        raise ValueError(f"{out} already holds a training checkpoint: pass --resume to continue it, "
+                         f"or choose another --out")
 
 
 def _cmd_pretrain(args) -> None:
+    from llm.params import values_from_arguments
     from llm.pretrain import pretrain
+    from llm.train import TrainConfig
 
     out = Path(args.out)
-    if (out / "checkpoint").exists() and not args.resume:
-        raise ValueError(f"{out} already holds a training checkpoint: pass --resume to continue it, "
-                         f"or choose another --out")
-    result = pretrain(args.data, out, preset=args.preset, train_config=_train_config_from_args(args),
+    _refuse_to_overwrite(out, args.resume)
+    train_config = TrainConfig(**values_from_arguments(args, _train_settings()))
+    result = pretrain(args.data, out, preset=args.preset, train_config=train_config,
                       data_dir=args.data_dir, resume=args.resume)
+    print(json.dumps(result, indent=2, default=str))
+
+
+def _cmd_sft(args) -> None:
+    from tqdm import tqdm
+
+    from llm.params import settings_of, values_from_arguments
+    from llm.sft import sft
+    from llm.sft_config import SFT_TRAIN_DEFAULTS, SFTConfig, sft_train_config
+    from llm.train import checkpoint_step
+
+    out = Path(args.out)
+    _refuse_to_overwrite(out, args.resume)
+    sft_config = SFTConfig(**values_from_arguments(args, settings_of(SFTConfig)))
+    train_config = sft_train_config(sft_config, **values_from_arguments(args, _train_settings(SFT_TRAIN_DEFAULTS)))
+    bar = tqdm(total=train_config.max_steps, initial=checkpoint_step(out) if args.resume else 0, desc="sft",
+               unit="step", dynamic_ncols=True)
+
+    def on_metrics(record: dict) -> None:
+        bar.update(record["step"] - bar.n)
+        bar.set_postfix({key: f"{record[key]:.4f}" for key in ("loss", "val_loss", "mean_token_accuracy")
+                         if isinstance(record.get(key), float)})
+
+    try:
+        result = sft(args.model, args.data, out, sft_config=sft_config, train_config=train_config,
+                     data_dir=args.data_dir, on_metrics=on_metrics, resume=args.resume, log=tqdm.write)
+    finally:
+        bar.close()
     print(json.dumps(result, indent=2, default=str))
 
 
@@ -79,24 +114,110 @@ def _cmd_eval(args) -> None:
     print(f"{'tokens':<11} {result['tokens']}")
 
 
-def _cmd_generate(args) -> None:
+def _sampling_settings(args):
+    from llm.generate import SamplingSettings
+
+    return SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                            top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+
+
+def _load_for_generation(args):
     from llm.checkpoint import load_model
     from llm.device import pick_device
-    from llm.generate import SamplingSettings, generate_text, stream_text
 
-    model, tokenizer = load_model(args.model, device=pick_device(args.device), data_dir=args.data_dir)
-    settings = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    return load_model(args.model, device=pick_device(args.device), data_dir=args.data_dir)
+
+
+def _cmd_best_of(args, model, tokenizer, settings) -> None:
+    from llm.best_of_n import best_of_n
+    from llm.checkpoint import read_config
+    from llm.reward import load_reward_model
+
+    if not args.chat or not args.reward_model:
+        raise ValueError("--best-of needs --chat and --reward-model")
+    if read_config(args.reward_model)["tokenizer"] != tokenizer.name:
+        raise ValueError(f"the reward model reads tokenizer {read_config(args.reward_model)['tokenizer']!r}, "
+                         f"the model writes with {tokenizer.name!r}: they must be the same")
+    scorer = load_reward_model(args.reward_model, device=next(model.parameters()).device)
+    candidates = best_of_n(model, tokenizer, [{"role": "user", "content": args.prompt}], scorer, args.best_of,
+                           settings, args.system)
+    print(candidates[0].text)
+    print(f"--- all {len(candidates)} answers, best first (reward) ---", file=sys.stderr)
+    for candidate in candidates:
+        print(f"{candidate.reward:+.4f}  [{candidate.index}] {candidate.text}", file=sys.stderr)
+
+
+def _cmd_generate(args) -> None:
+    from llm.generate import chat_prompt, generate_text, stream_text
+
+    model, tokenizer = _load_for_generation(args)
+    settings = _sampling_settings(args)
+    if args.best_of is not None or args.reward_model:
+        _cmd_best_of(args, model, tokenizer, settings)
+        return
+    # --chat: the prompt is a user message, rendered with the chat template; the reply ends at <|im_end|>.
+    prompt, stops, shown = args.prompt, None, args.prompt
+    if args.chat:
+        prompt, stops = chat_prompt(tokenizer, [{"role": "user", "content": args.prompt}], args.system)
+        shown = ""
     if args.num_samples == 1:
-        sys.stdout.write(args.prompt)
-        for delta in stream_text(model, tokenizer, args.prompt, settings):
+        sys.stdout.write(shown)
+        for delta in stream_text(model, tokenizer, prompt, settings, stop_ids=stops):
             sys.stdout.write(delta)
             sys.stdout.flush()
         sys.stdout.write("\n")
         return
-    for index, text in enumerate(generate_text(model, tokenizer, args.prompt, settings,
-                                               num_samples=args.num_samples)):
-        print(f"--- sample {index + 1} ---\n{args.prompt}{text}")
+    for index, text in enumerate(generate_text(model, tokenizer, prompt, settings, num_samples=args.num_samples,
+                                               stop_ids=stops)):
+        print(f"--- sample {index + 1} ---\n{shown}{text}")
+
+
+def _cmd_chat(args) -> None:
+    """A conversation on stdin/stdout: each line is a user turn, the reply streams back. /reset starts over."""
+    from llm.checkpoint import is_chat_model
+    from llm.generate import chat_reply, stream_text
+
+    model, tokenizer = _load_for_generation(args)
+    settings = _sampling_settings(args)
+    chat = is_chat_model(args.model)
+    if chat:
+        print(f"chatting with {args.model}; empty line or /exit ends, /reset starts a new conversation")
+    else:
+        print(f"note: {args.model} is a base model (not fine-tuned on conversations): each line is completed "
+              f"as plain text, with no chat template and no memory of earlier lines")
+    history: list[dict] = []
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            print()
+            return
+        line = line.strip()
+        if not line or line == "/exit":
+            return
+        if line == "/reset":
+            history.clear()
+            continue
+        sys.stdout.write("model> " + ("" if chat else line))
+        reply = []
+        if chat:
+            history.append({"role": "user", "content": line})
+            deltas = chat_reply(model, tokenizer, history, settings, stream=True, system_prompt=args.system)
+        else:
+            deltas = stream_text(model, tokenizer, line, settings)
+        for delta in deltas:
+            reply.append(delta)
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        if chat:
+            history.append({"role": "assistant", "content": "".join(reply)})
+
+
+def _cmd_merge(args) -> None:
+    from llm.lora import merge_adapter
+
+    print(f"merged -> {merge_adapter(args.model, args.out, base_model_dir=args.base)}")
 
 
 def _cmd_import_gpt2(args) -> None:
@@ -108,21 +229,27 @@ def _cmd_import_gpt2(args) -> None:
 def _cmd_export_hf(args) -> None:
     from llm.hf_gpt2 import export_hf_gpt2
 
-    print(f"exported -> {export_hf_gpt2(args.model, args.out)}")
-
-
-def _cmd_bench(args) -> None:
-    from bench.run import main as bench_main
-
-    bench_main((["--quick"] if args.quick else []) + (["--only", args.only] if args.only else []))
+    print(f"exported -> {export_hf_gpt2(args.model, args.out, data_dir=args.data_dir)}")
 
 
 def register_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add the llm subcommands (each sets `func`) to an argparse subparsers object."""
+    # Declarations only (no torch): training flags come from the config dataclasses' own declarations.
+    from llm.params import add_arguments, settings_of
+    from llm.sft_config import FULL_FINETUNE_LR, SFT_TRAIN_DEFAULTS, SFTConfig
+
     def add(name: str, help_text: str, func) -> argparse.ArgumentParser:
         parser = subparsers.add_parser(name, help=help_text, description=help_text)
         parser.set_defaults(func=func)
         return parser
+
+    def add_sampling(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--max-new-tokens", type=int, default=100)
+        parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+        parser.add_argument("--top-k", type=int, default=None)
+        parser.add_argument("--top-p", type=float, default=None)
+        parser.add_argument("--seed", type=int, default=None, help="same seed, same text")
+        parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     def add_data_dir(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--data-dir", default=os.environ.get("WORKBENCH_DATA_DIR"),
@@ -153,21 +280,28 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="prepared directory (from `workbench prepare`)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--preset", default="tiny", help="tiny | small | gpt2-124m")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--block-size", type=int)
-    p.add_argument("--grad-accum", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--warmup", type=int)
-    p.add_argument("--eval-every", type=int)
-    p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--log-every", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--dtype", help="auto | float32 | bfloat16")
-    p.add_argument("--compile", help="auto | on | off")
+    add_arguments(p, _train_settings())
     p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     add_data_dir(p)
+
+    p = add("sft", "Fine-tune a model on conversations (a LoRA adapter, or every weight with --full); the loss "
+                   "is on the assistant's answers only.", _cmd_sft)
+    p.add_argument("--model", required=True, help="base model directory (a full model or an adapter)")
+    p.add_argument("--data", required=True, help="chat dataset (.jsonl): OpenAI messages, ShareGPT conversations, Alpaca "
+                                                 "instruction/output, or prompt/completion")
+    p.add_argument("--out", required=True, help="run directory; becomes the adapter (or model) directory")
+    add_arguments(p, settings_of(SFTConfig))
+    sft_train_settings = _train_settings(SFT_TRAIN_DEFAULTS)
+    sft_train_settings["lr"] = dataclasses.replace(  # its default depends on --full (llm.sft_config.learning_rate)
+        sft_train_settings["lr"], default=None,
+        help=f"peak learning rate (default: {SFT_TRAIN_DEFAULTS['lr']:g} for LoRA, {FULL_FINETUNE_LR:g} with --full)")
+    add_arguments(p, sft_train_settings)
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    add_data_dir(p)
+
+    from llm.cli_preferences import register_preference_commands
+
+    register_preference_commands(add, add_data_dir)
 
     p = add("eval", "Validation loss, perplexity and bits per byte of a model on prepared data.", _cmd_eval)
     p.add_argument("--model", required=True, help="model directory")
@@ -176,28 +310,39 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     add_data_dir(p)
 
     p = add("generate", "Generate text from a model, streamed as it is produced.", _cmd_generate)
-    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--model", required=True, help="model or adapter directory")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None, help="same seed, same text")
+    p.add_argument("--chat", action="store_true",
+                   help="the prompt is a user message: render the chat template, stop at <|im_end|>")
+    p.add_argument("--system", help="system prompt (with --chat)")
+    add_sampling(p)
     p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--best-of", type=int, default=None, metavar="N",
+                   help="with --chat and --reward-model: sample N answers (one shared prefill), show the best")
+    p.add_argument("--reward-model", help="reward model directory that scores the --best-of answers")
     add_data_dir(p)
+
+    p = add("chat", "Chat with a model on the terminal, replies streamed (base models complete each line).",
+            _cmd_chat)
+    p.add_argument("--model", required=True, help="model or adapter directory")
+    p.add_argument("--system", help="system prompt")
+    add_sampling(p)
+    add_data_dir(p)
+
+    p = add("merge", "Merge a LoRA adapter into its base model: a full model directory.", _cmd_merge)
+    p.add_argument("--model", required=True, help="adapter directory")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--base", help="base model directory (default: the one the adapter names)")
 
     p = add("import-gpt2", "Import a local Hugging Face GPT-2 checkpoint (safetensors).", _cmd_import_gpt2)
     p.add_argument("--from", required=True, help="Hugging Face model directory")
     p.add_argument("--out", required=True, help="model directory to write")
 
-    p = add("export-hf", "Export a model to a Hugging Face GPT-2 directory.", _cmd_export_hf)
-    p.add_argument("--model", required=True, help="model directory")
+    p = add("export-hf", "Export a model to a Hugging Face GPT-2 directory (an adapter is merged first).",
+            _cmd_export_hf)
+    p.add_argument("--model", required=True, help="model or adapter directory")
     p.add_argument("--out", required=True, help="Hugging Face directory to write")
-
-    p = add("bench", "Run the benchmarks against their peers and print a table + one JSON line.", _cmd_bench)
-    p.add_argument("--quick", action="store_true", help="fewer, smaller repeats")
-    p.add_argument("--only", help="comma-separated subset: train,generate,prepare")
+    add_data_dir(p)
 
 
 def run_command(args: argparse.Namespace) -> int:

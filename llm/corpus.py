@@ -20,27 +20,42 @@ cleaned the same way:
 Structural problems (bad JSON, a line that is not an object, a missing or non-string "text",
 a missing column, an unknown extension) raise `CorpusError`, which names the file, the line
 (1-based, where there is one) and the problem.
+
+Reading is bounded (`llm.text_files`): a document, a .jsonl line or a CSV field longer than
+MAX_DOCUMENT_CHARS is refused; JSON lines are parsed without recursion or giant-number errors; a
+Parquet file is read in batches sized from its metadata (row groups that repeat dictionary values are
+read dictionary-encoded, so their decoded size is counted before they are decoded), and refused once it
+decodes to more than
+`decoded_budget(file size)` (a decompression bomb: 20 KB of Parquet can repeat one string into GB).
+`inspect_corpus` (the upload check) also refuses a .txt/.jsonl/.csv that is not UTF-8 text (binary,
+UTF-16, Latin-1: `check_text_file`).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 import re
-import sys
 import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple
+
+from llm.text_files import (MAX_DOCUMENT_CHARS, JsonLineError, TextFileProblem, check_text_file, decoded_budget,
+                            parse_json_line, too_long_document, too_much_text)
 
 FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 PREVIEW_CHARS = 500
 MAX_DOCUMENT_LENGTHS = 100_000
 # Characters read per step from a .txt file; big enough that the split regex runs in C most of the time.
 TXT_READ_CHARS = 1 << 20
-PARQUET_BATCH_ROWS = 1024
+PARQUET_BATCH_ROWS = 1024                 # at most this many rows per Parquet batch...
+PARQUET_BATCH_BYTES = 32 * 1024 * 1024    # ...and about this many bytes of text (from the file's metadata)
+# A dictionary-encoded row group storing fewer bytes than this per row repeats its values: read it
+# dictionary-encoded, counting the decoded size before decoding (see _read_parquet).
+PARQUET_REPEAT_BYTES = 64
+JSONL_LINE_CHARS = 2 * MAX_DOCUMENT_CHARS  # a line holds one document plus its JSON escapes
 # Text files are decoded leniently: an invalid byte becomes a lone surrogate (U+DC80..U+DCFF),
 # which makes that one document fail to re-encode and get dropped. "-sig" drops a leading BOM.
 TEXT_ENCODING = "utf-8-sig"
@@ -106,12 +121,19 @@ def _read_txt(path: Path) -> Iterator[str]:
     # newline=None (the default) turns \r\n and \r into \n while reading, even across reads.
     with open(path, encoding=TEXT_ENCODING, errors=TEXT_ERRORS) as f:
         pending = ""
+        lines_before_pending = 0  # newlines before `pending` starts: for the line number of a too-long document
         while chunk := f.read(TXT_READ_CHARS):
-            pieces = _BLANK_LINES.split(pending + chunk)
+            text = pending + chunk
+            pieces = _BLANK_LINES.split(text)
             # The last piece may continue in the next read (or its separator may), so keep it.
             # A run of blank lines cut by a read can leave whitespace at the start of the next
             # piece; cleaning strips it, so the documents come out the same.
             pending = pieces.pop()
+            if len(pending) > MAX_DOCUMENT_CHARS:
+                line = lines_before_pending + text.count("\n", 0, len(text) - len(pending)) + 1
+                raise CorpusError(path.name, line, too_long_document("the document starting here", len(pending))
+                                  + " (documents are separated by a blank line)")
+            lines_before_pending += text.count("\n", 0, len(text) - len(pending))
             for piece in pieces:
                 # Whitespace-only pieces come from blank lines at the file's start or at a read
                 # boundary: by this format's definition they are separators, not documents.
@@ -129,13 +151,17 @@ def _json_type(value: object) -> str:
 
 def _read_jsonl(path: Path) -> Iterator[str]:
     with open(path, encoding=TEXT_ENCODING, errors=TEXT_ERRORS) as f:
-        for line_number, line in enumerate(f, start=1):
+        # readline(limit): a line longer than the limit is never held whole.
+        for line_number, line in enumerate(iter(lambda: f.readline(JSONL_LINE_CHARS + 1), ""), start=1):
+            if len(line) > JSONL_LINE_CHARS:
+                raise CorpusError(path.name, line_number, f"the line is longer than {JSONL_LINE_CHARS:,} characters")
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise CorpusError(path.name, line_number, f"invalid JSON ({error.msg})") from None
+                record = parse_json_line(line)
+            except JsonLineError as error:
+                problem = f"invalid JSON ({error.syntax.msg})" if error.syntax else error.problem
+                raise CorpusError(path.name, line_number, problem) from None
             if not isinstance(record, dict):
                 raise CorpusError(path.name, line_number, f"expected a JSON object, got {_json_type(record)}")
             if "text" not in record:
@@ -144,12 +170,15 @@ def _read_jsonl(path: Path) -> Iterator[str]:
             text = record["text"]
             if not isinstance(text, str):
                 raise CorpusError(path.name, line_number, f"'text' must be a string, got {_json_type(text)}")
+            if len(text) > MAX_DOCUMENT_CHARS:
+                raise CorpusError(path.name, line_number, too_long_document("'text'", len(text)))
             yield text
 
 
 def _read_csv(path: Path) -> Iterator[str]:
-    # Pretraining documents are often longer than the csv module's default 128 KiB field limit.
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    # Pretraining documents are often longer than the csv module's default 128 KiB field limit; the
+    # limit is the module's (process-wide), and ours is the same for every reader.
+    csv.field_size_limit(MAX_DOCUMENT_CHARS)
     # newline="" hands line endings to the csv module, which is what keeps quoted
     # multi-line fields intact; strict=True turns bad quoting into an error instead of a guess.
     with open(path, encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="") as f:
@@ -174,11 +203,15 @@ def _read_csv(path: Path) -> Iterator[str]:
                                       f"row has {len(row)} field(s), but 'text' is column {text_column + 1}")
                 yield row[text_column]
         except csv.Error as error:
+            if "field larger than field limit" in str(error):
+                raise CorpusError(path.name, reader.line_num, f"a field is longer than {MAX_DOCUMENT_CHARS:,} "
+                                                              f"characters; split it into smaller documents") from None
             raise CorpusError(path.name, reader.line_num, f"malformed CSV ({error})") from None
 
 
 def _read_parquet(path: Path) -> Iterator[str]:
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     try:
@@ -193,12 +226,54 @@ def _read_parquet(path: Path) -> Iterator[str]:
         text_type = text_type.value_type
     if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
         raise CorpusError(path.name, None, f"column 'text' has type {text_type}, expected strings")
+    size = path.stat().st_size
+    budget = decoded_budget(size)
+    stored_bytes, rows, repeated = _parquet_text_layout(parquet)
+    if stored_bytes > budget:
+        raise CorpusError(path.name, None, too_much_text(size))
+    batch_rows = max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_BYTES * max(rows, 1) // max(stored_bytes, 1)))
+    decoded, row = 0, 0
     try:
-        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=["text"]):
-            for text in batch.column(0).to_pylist():
+        if repeated:
+            # The text stays dictionary-encoded in each batch, so a value repeated a million times is held
+            # once until its decoded size has been counted (below). Only then: it is 10x slower to read.
+            parquet = pq.ParquetFile(path, read_dictionary=["text"])
+        for batch in parquet.iter_batches(batch_size=batch_rows, columns=["text"]):
+            column = batch.column(0)
+            if pa.types.is_dictionary(column.type):
+                lengths = pc.take(pc.binary_length(column.dictionary), column.indices)
+            else:
+                lengths = pc.binary_length(column)
+            decoded += pc.sum(lengths).as_py() or 0
+            if decoded > budget:
+                raise CorpusError(path.name, None, too_much_text(size))
+            longest = pc.max(lengths).as_py() or 0
+            if longest > 4 * MAX_DOCUMENT_CHARS:  # more bytes than any allowed document can take in UTF-8
+                where = row + pc.index(lengths, longest).as_py() + 1
+                raise CorpusError(path.name, where, too_long_document(f"row {where:,}", longest))
+            if pa.types.is_dictionary(column.type):
+                column = column.dictionary_decode()  # counted and within bounds: decode (to_pylist is faster)
+            for text in column.to_pylist():
+                row += 1
+                if text is not None and len(text) > MAX_DOCUMENT_CHARS:
+                    raise CorpusError(path.name, row, too_long_document(f"row {row:,}", len(text)))
                 yield "" if text is None else text
     except pa.ArrowException as error:
         raise CorpusError(path.name, None, f"corrupt Parquet data ({error})") from None
+
+
+def _parquet_text_layout(parquet) -> tuple[int, int, bool]:
+    """(uncompressed bytes of the text column as stored, rows, whether some row group repeats dictionary
+    values: a few bytes of indices per row, which can stand for any length of text) from the metadata."""
+    metadata = parquet.metadata
+    column_index = [metadata.schema.column(i).path for i in range(metadata.num_columns)].index("text")
+    stored, repeated = 0, False
+    for group in range(metadata.num_row_groups):
+        chunk = metadata.row_group(group).column(column_index)
+        stored += chunk.total_uncompressed_size
+        if chunk.has_dictionary_page and chunk.total_uncompressed_size < PARQUET_REPEAT_BYTES * max(chunk.num_values, 1):
+            repeated = True
+    return stored, metadata.num_rows, repeated
 
 
 _READERS = {"txt": _read_txt, "jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}
@@ -285,9 +360,15 @@ def inspect_corpus(path: str | os.PathLike, preview: int = 5,
     Returns {"format", "documents", "bytes", "empty_removed", "duplicates_removed",
     "undecodable_removed", "preview": first `preview` documents cut to 500 characters,
     "document_lengths": character length of each kept document, at most `max_lengths` of them}.
-    Raises CorpusError if the file is malformed or no document survives cleaning.
+    Raises CorpusError if the file is malformed, is not UTF-8 text (a .txt/.jsonl/.csv that is binary,
+    UTF-16 or Latin-1: `check_text_file`) or no document survives cleaning.
     """
     fmt = corpus_format(path)
+    if fmt != "parquet":
+        try:
+            check_text_file(path)
+        except TextFileProblem as problem:
+            raise CorpusError(Path(path).name, problem.line, problem.problem) from None
     stats = CleaningStats()
     previews: list[str] = []
     lengths: list[int] = []

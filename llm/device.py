@@ -101,8 +101,11 @@ def measure_matmul_peak_flops(device: torch.device | str, size: int | None = Non
     on_gpu = device.type == "cuda"
     size = size or (8192 if on_gpu else 2048)
     dtype = dtype or (torch.bfloat16 if on_gpu else torch.float32)
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
+    # A generator of its own: measuring must not move the global RNG a training run was just seeded with
+    # (the first run in a process measures, later ones use the cache; they must draw the same dropout).
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
     out = torch.empty(size, size, device=device, dtype=dtype)
     torch.mm(a, b, out=out)  # warm-up: kernel selection, thread pool start
     _synchronize(device)

@@ -220,6 +220,13 @@ def _stop_ids(tokenizer, settings: SamplingSettings, stop_ids: Iterable[int] | N
 def generate_text(model: nn.Module, tokenizer, prompt: str | Sequence[int], settings: SamplingSettings,
                   num_samples: int = 1, stop_ids: Iterable[int] | None = None) -> list[str]:
     """`num_samples` completions of `prompt` (text or ids), without the prompt and without the stop token."""
+    completions = generate_ids(model, tokenizer, prompt, settings, num_samples, stop_ids)
+    return [tokenizer.decode(ids) for ids in completions]
+
+
+def generate_ids(model: nn.Module, tokenizer, prompt: str | Sequence[int], settings: SamplingSettings,
+                 num_samples: int = 1, stop_ids: Iterable[int] | None = None) -> list[list[int]]:
+    """The token ids of `generate_text`'s completions (for counting what was generated, not re-encoding it)."""
     stops = _stop_ids(tokenizer, settings, stop_ids)
     completions: list[list[int]] = [[] for _ in range(num_samples)]
     done = [False] * num_samples
@@ -231,7 +238,7 @@ def generate_text(model: nn.Module, tokenizer, prompt: str | Sequence[int], sett
                 done[sample] = True
             else:
                 completions[sample].append(token)
-    return [tokenizer.decode(ids) for ids in completions]
+    return completions
 
 
 def stream_text(model: nn.Module, tokenizer, prompt: str | Sequence[int], settings: SamplingSettings,
@@ -255,3 +262,30 @@ def stream_text(model: nn.Module, tokenizer, prompt: str | Sequence[int], settin
     tail = decoder.decode(b"", final=True)  # bytes of a character that never completed
     if tail:
         yield tail
+
+
+# ----------------------------------------------------------------------------- chat
+
+def chat_prompt(tokenizer, messages: Sequence[dict], system_prompt: str | None = None) -> tuple[list[int], set[int]]:
+    """(prompt ids, stop ids) of the assistant's next turn: the conversation rendered with the one chat
+    template (`llm.chat.render_for_completion`, after an optional system prompt), stopping at <|im_end|>.
+
+    <|im_start|> stops too: a reply never contains it, and a half-trained model that starts a new turn
+    instead of ending its own would otherwise write the user's next message as well.
+    """
+    from llm.chat import end_of_turn_id, render_for_completion, with_system_prompt
+    from llm.tokenizer import IM_START
+
+    ids = render_for_completion(tokenizer, with_system_prompt(messages, system_prompt))
+    return ids, {end_of_turn_id(tokenizer), tokenizer.special_id(IM_START)}
+
+
+def chat_reply(model: nn.Module, tokenizer, messages: Sequence[dict], settings: SamplingSettings, *,
+               stream: bool = False, system_prompt: str | None = None) -> str | Iterator[str]:
+    """The assistant's reply to `messages` ({"role", "content"} dicts): the text, or with `stream` an
+    iterator of text deltas. The CLI's chat, the Chat tab and the arena share this. For K candidate
+    replies at once, pass `chat_prompt`'s ids and stops to `generate_text(..., num_samples=K)`."""
+    ids, stops = chat_prompt(tokenizer, messages, system_prompt)
+    if stream:
+        return stream_text(model, tokenizer, ids, settings, stop_ids=stops)
+    return generate_text(model, tokenizer, ids, settings, stop_ids=stops)[0]

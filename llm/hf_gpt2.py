@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-from llm.checkpoint import WEIGHTS_FILE, atomic_save_safetensors, atomic_write_text, read_config, save_model
+from llm.checkpoint import (ADAPTER_ARCHITECTURE, WEIGHTS_FILE, atomic_save_safetensors, atomic_write_text,
+                            read_architecture, read_config, save_model)
 from llm.model import GPT, GPTConfig, padded_vocab_size
 from llm.tokenizer import get_tokenizer
 
@@ -159,12 +161,22 @@ def export_hf_gpt2(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
                    data_dir: str | os.PathLike | None = None) -> Path:
     """Write a directory `transformers.GPT2LMHeadModel.from_pretrained(out_dir)` loads.
 
+    A LoRA adapter directory is merged into its base first (`llm.lora.merge_adapter`): HF GPT-2 has
+    no adapters, and the merged weights compute what base + adapter compute.
+
     The vocabulary is cut to `hf_vocab_size` when the model came from HF, else to the tokenizer's
-    vocabulary (50257 for "gpt2": its chat specials have no row in HF GPT-2; all ids for others).
+    vocabulary (50257 for "gpt2": its chat specials have no row in HF GPT-2; all ids for others). A chat
+    model (config.json "chat": true, written by SFT) keeps the chat specials: for "gpt2" that is 50259
+    rows, and <|im_start|> / <|im_end|> must be added to the stock HF tokenizer as ids 50257 / 50258.
     `data_dir` locates a trained tokenizer by name. No tokenizer files are written: for "gpt2" the
     stock HF GPT-2 tokenizer applies.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if read_architecture(model_dir) == ADAPTER_ARCHITECTURE:
+        from llm.lora import merge_adapter
+
+        with tempfile.TemporaryDirectory(prefix="merged-") as merged:
+            return export_hf_gpt2(merge_adapter(model_dir, merged), out_dir, data_dir=data_dir)
     config = read_config(model_dir)
     model_config = GPTConfig.from_dict(config["model"])
     unknown = sorted(set(config["model"]) - set(GPTConfig().to_dict()))
@@ -181,6 +193,8 @@ def export_hf_gpt2(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
     if config["tokenizer"] == TOKENIZER_NAME:
         vocab_size, end_of_text = config.get("hf_vocab_size", HF_GPT2_VOCAB_SIZE), HF_GPT2_VOCAB_SIZE - 1
+        if config.get("chat"):  # a chat model keeps <|im_start|> and <|im_end|> (ids 50257, 50258): without
+            vocab_size = get_tokenizer(TOKENIZER_NAME).vocab_size  # <|im_end|> it could never end its turn
     else:
         tokenizer = get_tokenizer(config["tokenizer"], data_dir=data_dir)
         vocab_size, end_of_text = config.get("hf_vocab_size", tokenizer.vocab_size), tokenizer.eot_id
@@ -224,3 +238,38 @@ def export_hf_gpt2(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
     atomic_save_safetensors(hf_state, out_dir / WEIGHTS_FILE, metadata={"format": "pt"})  # HF checks the tag
     atomic_write_text(out_dir / "config.json", json.dumps(hf_config, indent=2))
     return out_dir
+
+
+def hf_gpt2_config(config: GPTConfig, **overrides):
+    """A `transformers.GPT2Config` of our GPT's dimensions, every vocabulary row kept (no cut: for comparing the
+    two implementations on the same ids, not for publishing); `overrides` for the head's task (num_labels...)."""
+    from transformers import GPT2Config
+
+    if not config.bias:
+        raise NotGPT2Error("a GPT without biases is not GPT-2-shaped: HF GPT-2 cannot hold it")
+    return GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
+                      n_layer=config.n_layer, n_head=config.n_head, n_inner=None, activation_function="gelu_new",
+                      layer_norm_epsilon=LAYER_NORM_EPSILON, resid_pdrop=config.dropout, embd_pdrop=config.dropout,
+                      attn_pdrop=config.dropout, tie_word_embeddings=config.tie_weights,
+                      bos_token_id=HF_GPT2_VOCAB_SIZE - 1, eos_token_id=HF_GPT2_VOCAB_SIZE - 1, **overrides)
+
+
+def to_hf_gpt2(model: GPT, model_class=None, **config_overrides):
+    """Our GPT as an in-memory transformers GPT-2 with the same weights (copies), by default a
+    `GPT2LMHeadModel`; any GPT-2 class with a `transformer` (e.g. `GPT2ForSequenceClassification`, whose
+    own head is left as initialised) works. Float32, eval mode; set the head's weights yourself."""
+    from transformers import GPT2LMHeadModel
+
+    model_class = model_class or GPT2LMHeadModel
+    hf_model = model_class(hf_gpt2_config(model.config, **config_overrides))
+    state = model.state_dict()
+    hf_state = {hf: (state[ours].t() if transpose else state[ours]).detach().clone().contiguous()
+                for ours, (hf, transpose) in _weight_names(model.config.n_layer).items()}
+    if not model.config.tie_weights and hasattr(hf_model, "lm_head"):
+        hf_model.lm_head.weight.data.copy_(state["lm_head.weight"])
+    missing, unexpected = hf_model.transformer.load_state_dict(hf_state, strict=False)
+    missing = [name for name in missing if not name.endswith(IGNORED_HF_SUFFIXES)]
+    if missing or unexpected:
+        raise NotGPT2Error(f"weight mapping to {model_class.__name__}: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+    return hf_model.float().eval()

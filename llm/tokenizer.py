@@ -151,6 +151,14 @@ def get_tokenizer(name_or_path: str, data_dir: str | os.PathLike | None = None) 
     raise ValueError(f"unknown tokenizer {name_or_path!r}; available: {known}")
 
 
+def tokenizer_names(data_dir: str | os.PathLike | None = None) -> list[str]:
+    """Built-in tokenizer names plus trained ones under data_dir, without loading any of them."""
+    names = list(BUILTIN_TOKENIZERS)
+    if data_dir is not None and tokenizers_dir(data_dir).is_dir():
+        names += sorted(p.parent.name for p in tokenizers_dir(data_dir).glob("*/tokenizer.json"))
+    return names
+
+
 def list_tokenizers(data_dir: str | os.PathLike | None = None) -> list[dict]:
     """The tokenizers usable offline: the built-in ones plus trained ones under `data_dir`."""
     found = [{"name": n, "vocab_size": get_tokenizer(n).vocab_size, "kind": "builtin"}

@@ -26,7 +26,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
@@ -37,47 +37,10 @@ from safetensors.torch import load_file, save_file
 
 from llm.checkpoint import atomic_write_text
 from llm.device import autocast_context, mfu, peak_flops, pick_device, resolve_dtype
+from llm.train_config import TrainConfig  # re-exported: `from llm.train import TrainConfig` keeps working
 
 CHECKPOINT_DIR = "checkpoint"
 METRICS_FILE = "metrics.jsonl"
-
-
-@dataclass
-class TrainConfig:
-    max_steps: int = 1000
-    batch_size: int = 16          # sequences per micro-batch
-    block_size: int = 128         # tokens per sequence
-    grad_accum: int = 1           # micro-batches per optimizer step (effective batch = batch_size * grad_accum)
-    lr: float = 1e-3
-    min_lr: float | None = None   # where the cosine ends; None means lr / 10
-    warmup: int = 100             # steps of linear warmup from 0 to lr
-    weight_decay: float = 0.1     # applied to matrices only (not biases, LayerNorm gains)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0        # max global gradient norm; 0 disables clipping
-    eval_every: int = 250         # steps between evaluations (also at the end); 0 = only at the end
-    eval_batches: int = 20        # batches per evaluation
-    log_every: int = 10           # steps between progress lines / metrics records
-    checkpoint_every: int = 500   # steps between checkpoints (also at the end and on stop); 0 = never between
-    seed: int = 1337
-    device: str = "auto"          # "auto" | "cpu" | "cuda"
-    compile: bool | str = "auto"  # torch.compile: "auto" = on CUDA only (on the CPU it costs more than it saves)
-    dtype: str = "auto"           # autocast dtype: "auto" = bf16 on CUDA, float32 on the CPU
-    peak_flops: float | None = None  # FLOP/s for MFU; None = the GPU's data sheet or a measured matmul
-
-    def __post_init__(self):
-        for name in ("max_steps", "batch_size", "block_size", "grad_accum", "log_every", "eval_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup", "eval_every", "checkpoint_every", "weight_decay", "grad_clip"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-
-    @property
-    def final_lr(self) -> float:
-        return self.lr / 10 if self.min_lr is None else self.min_lr
 
 
 class Objective(Protocol):
@@ -211,6 +174,14 @@ def checkpoint_dir(out_dir: str | os.PathLike) -> Path | None:
         if (path / "checkpoint.json").is_file():
             return path
     return None
+
+
+def checkpoint_step(out_dir: str | os.PathLike) -> int:
+    """The step of the complete checkpoint under out_dir (0 when there is none): where a resume starts."""
+    path = checkpoint_dir(out_dir)
+    if path is None:
+        return 0
+    return int(json.loads((path / "checkpoint.json").read_text()).get("step", 0))
 
 
 def _trainable_state(model: nn.Module, params: list[nn.Parameter]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,119 @@
+"""The CLI's preference commands: `reward`, `score` and `dpo` (added to the same parser by llm/cli.py).
+
+    workbench reward --model SFT_OR_BASE_DIR --data pairs.jsonl --out runs/rm [--full]
+    workbench score  --model runs/rm --data pairs.jsonl
+    workbench dpo    --model SFT_DIR --data pairs.jsonl --out runs/dpo [--beta 0.1 --loss-type sigmoid|ipo|hinge]
+
+--data is a preference dataset in any format the Datasets tab accepts (prompt/chosen/rejected, conversational
+or not, HH-RLHF transcripts). Training flags come from the config dataclasses' declarations, like `sft`'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Callable
+
+
+def _progress_bar(total: int, initial: int, name: str, keys: tuple[str, ...]):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=initial, desc=name, unit="step", dynamic_ncols=True)
+
+    def on_metrics(record: dict) -> None:
+        bar.update(record["step"] - bar.n)
+        bar.set_postfix({key.split("/")[-1]: f"{record[key]:.4f}" for key in keys if isinstance(record.get(key), float)})
+
+    return bar, on_metrics, tqdm.write
+
+
+def _train(args, name: str, config_class, defaults: dict, train_config_of: Callable, run: Callable,
+           keys: tuple[str, ...]) -> None:
+    from llm.cli import _refuse_to_overwrite, _train_settings
+    from llm.params import settings_of, values_from_arguments
+    from llm.train import checkpoint_step
+
+    out = Path(args.out)
+    _refuse_to_overwrite(out, args.resume)
+    config = config_class(**values_from_arguments(args, settings_of(config_class)))
+    train_config = train_config_of(config, **values_from_arguments(args, _train_settings(defaults)))
+    bar, on_metrics, write = _progress_bar(train_config.max_steps, checkpoint_step(out) if args.resume else 0, name, keys)
+    try:
+        result = run(args.model, args.data, out, config, train_config, on_metrics, write)
+    finally:
+        bar.close()
+    result.pop("report", None)  # the rewards of every held-out pair: in reward_report.json, not on the terminal
+    print(json.dumps(result, indent=2, default=str))
+
+
+def _cmd_reward(args) -> None:
+    from llm.reward import reward
+    from llm.reward_config import REWARD_TRAIN_DEFAULTS, RewardConfig, reward_train_config
+
+    def run(model, data, out, config, train_config, on_metrics, write):
+        return reward(model, data, out, reward_config=config, train_config=train_config, data_dir=args.data_dir,
+                      on_metrics=on_metrics, resume=args.resume, log=write)
+
+    _train(args, "reward", RewardConfig, REWARD_TRAIN_DEFAULTS, reward_train_config, run,
+           ("loss", "accuracy", "val_accuracy"))
+
+
+def _cmd_dpo(args) -> None:
+    from llm.dpo import dpo
+    from llm.dpo_config import DPO_TRAIN_DEFAULTS, DPOConfig, dpo_train_config
+
+    def run(model, data, out, config, train_config, on_metrics, write):
+        return dpo(model, data, out, dpo_config=config, train_config=train_config, data_dir=args.data_dir,
+                   on_metrics=on_metrics, resume=args.resume, log=write)
+
+    _train(args, "dpo", DPOConfig, DPO_TRAIN_DEFAULTS, dpo_train_config, run,
+           ("loss", "rewards/margins", "rewards/accuracies"))
+
+
+def _cmd_score(args) -> None:
+    from llm.reward import score
+
+    result = score(args.model, args.data, data_dir=args.data_dir)
+    overall = result["overall"]
+    print(f"{result['scored']:,} of {result['pairs']:,} pairs scored ({result['dropped']:,} too long)")
+    print(f"accuracy {overall['accuracy']:.4f}  (chosen scored above rejected)")
+    print(f"margin   {overall['margin']:.4f}  (mean chosen - rejected reward)")
+    for group in ("by_source", "by_labeler"):
+        for value, summary in result.get(group, {}).items():
+            print(f"  {group[3:]} {value}: accuracy {summary['accuracy']:.4f} on {summary['pairs']:,} pairs")
+
+
+def register_preference_commands(add, add_data_dir) -> None:
+    """Add `reward`, `score` and `dpo` with llm/cli.py's `add` and `add_data_dir` helpers."""
+    from llm.cli import _train_settings
+    from llm.dpo_config import DPO_TRAIN_DEFAULTS, FULL_DPO_LR, DPOConfig
+    from llm.params import add_arguments, settings_of
+    from llm.reward_config import FULL_REWARD_LR, REWARD_TRAIN_DEFAULTS, RewardConfig
+
+    def training_flags(parser, config_class, defaults: dict, full_lr: float) -> None:
+        add_arguments(parser, settings_of(config_class))
+        settings = _train_settings(defaults)
+        settings["lr"] = dataclasses.replace(settings["lr"], default=None, help=(
+            f"peak learning rate (default: {defaults['lr']:g} for LoRA, {full_lr:g} with --full)"))
+        add_arguments(parser, settings)
+        parser.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+        add_data_dir(parser)
+
+    p = add("reward", "Train a reward model on preference pairs (Bradley-Terry; LoRA + a scalar head, or --full).",
+            _cmd_reward)
+    p.add_argument("--model", required=True, help="base or SFT model directory to start from")
+    p.add_argument("--data", required=True, help="preference dataset (.jsonl: prompt / chosen / rejected)")
+    p.add_argument("--out", required=True, help="run directory; becomes the reward model directory")
+    training_flags(p, RewardConfig, REWARD_TRAIN_DEFAULTS, FULL_REWARD_LR)
+
+    p = add("score", "Accuracy and margins of a reward model on preference pairs.", _cmd_score)
+    p.add_argument("--model", required=True, help="reward model directory")
+    p.add_argument("--data", required=True, help="preference dataset (.jsonl)")
+    add_data_dir(p)
+
+    p = add("dpo", "Direct Preference Optimization of a chat model on preference pairs (LoRA, or --full).", _cmd_dpo)
+    p.add_argument("--model", required=True, help="SFT (or base) model directory: the policy and its reference")
+    p.add_argument("--data", required=True, help="preference dataset (.jsonl: prompt / chosen / rejected)")
+    p.add_argument("--out", required=True, help="run directory; becomes the adapter (or model) directory")
+    training_flags(p, DPOConfig, DPO_TRAIN_DEFAULTS, FULL_DPO_LR)

@@ -1,0 +1,35 @@
+"""`RewardConfig`: the settings of reward-model training that are not the training loop's, and its defaults
+for the loop. Declared once here (`llm.params.setting`) for the worker's `reward` kind, its form and
+`workbench reward`. Imports no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llm.params import setting
+from llm.sft_config import SFTConfig
+from llm.train_config import TrainConfig
+
+
+@dataclass
+class RewardConfig(SFTConfig):
+    """LoRA or full, as SFT (the scalar head is always trained), plus reward centering."""
+
+    center_rewards_coefficient: float = setting(
+        0.0, minimum=0, maximum=1, advanced=True, label="reward centering",
+        help="adds c * mean((r_chosen + r_rejected)^2) to the loss, keeping rewards near 0 (0: off; 0.01 is usual)")
+
+
+# Reward models are trained briefly (one or two passes over the pairs; longer overfits, as the InstructGPT
+# paper notes), with batches of pairs (each pair is two sequences) and no weight decay (as SFT).
+REWARD_TRAIN_DEFAULTS = {"max_steps": 200, "batch_size": 8, "block_size": 256, "lr": 1e-4, "warmup": 10,
+                         "eval_every": 50, "checkpoint_every": 100, "weight_decay": 0.0}
+FULL_REWARD_LR = 2e-5
+
+
+def reward_train_config(config: RewardConfig, **given) -> TrainConfig:
+    """The TrainConfig of a reward run: these defaults, then what the caller gave (None = not given)."""
+    given = {key: value for key, value in given.items() if value is not None}
+    lr = given.get("lr", FULL_REWARD_LR if config.full else REWARD_TRAIN_DEFAULTS["lr"])
+    return TrainConfig(**{**REWARD_TRAIN_DEFAULTS, **given, "lr": lr})
