@@ -15,8 +15,9 @@ plain child process instead gives us:
     orphan behind.
 
 Persistence is off on purpose: the database is the source of truth for job state and
-`worker.jobs.requeue_orphans()` re-sends a message for every queued job when the app starts,
-so losing the broker's contents on restart loses nothing.
+`worker.jobs.requeue_orphans()` re-sends a message for every queued job when the app starts and
+when `serve` restarts a Redis that died (on the same port, so every URL handed out stays valid);
+the reaper re-sends any other lost one. Losing the broker's contents loses no job.
 """
 
 from __future__ import annotations
@@ -97,6 +98,10 @@ class EmbeddedRedis:
 
     def is_running(self) -> bool:
         return self.process.poll() is None
+
+    def poll(self) -> int | None:
+        """The server's exit status, or None while it runs (reaps it once it has exited)."""
+        return self.process.poll()
 
     def stop(self) -> None:
         """Shut the server down and wait for it; safe to call twice."""

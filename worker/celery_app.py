@@ -1,4 +1,4 @@
-"""The Celery application and its one task, `run_job`, configured from the workbench settings.
+"""The Celery application, configured from the workbench settings (its one task is in `worker.tasks`).
 
 The database is the source of truth for job state; a message carries only a job id and means
 "a job is waiting: a worker slot should claim one". On arrival the worker claims the *best*
@@ -21,7 +21,9 @@ tests or by `workbench serve` before that moment are honoured. `configure(app, s
 it explicitly (the worker's start, or a test that points it at another broker) and drops
 pooled broker connections so the new URL takes effect.
 
-Nothing here imports torch or touches CUDA: the web process imports this module to enqueue.
+Nothing here imports torch or touches CUDA, nor any other worker module: the web process imports
+this module (through `worker.messages`) to send messages by task name, and the worker imports
+`worker.tasks`, which defines the task. So sending never pulls in the code that runs jobs.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from celery.signals import worker_shutting_down
 
 from db.settings import Settings, get_settings
 
@@ -47,7 +48,7 @@ RUN_JOB_TASK = "workbench.run_job"
 FALLBACK_BROKER_URL = "redis://127.0.0.1:6379/0"
 
 # When the database is down, a message is retried this often for about an hour before it is
-# dropped (the job stays queued in the database; requeue_orphans re-sends it at the next start).
+# dropped (the job stays queued in the database; the reaper re-sends it once no message for it waits).
 CLAIM_RETRY_DELAY_S = 10
 CLAIM_MAX_RETRIES = 360
 
@@ -88,7 +89,7 @@ def celery_config(settings: Settings) -> dict:
     }
 
 
-app = Celery("workbench")
+app = Celery("workbench", include=["worker.tasks"])  # the worker imports the task module at start
 # Lazy: evaluated at the first read of app.conf, not at import.
 app.add_defaults(lambda: celery_config(get_settings()))
 
@@ -126,40 +127,3 @@ def ensure_configured(celery_app: Celery = app) -> Celery:
     if conf.broker_url != wanted["broker_url"] or conf.task_default_queue != wanted["task_default_queue"]:
         configure(celery_app)
     return celery_app
-
-
-@app.task(name=RUN_JOB_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def run_job(self, job_id: int) -> int | None:
-    """Claim the best queued job and run it to the end; returns the id of the job run, or None.
-
-    `job_id` is the job whose submission sent this message. It is only a hint (logged); the
-    claim is made from the database, so priorities hold and duplicates are no-ops.
-    """
-    # Imported here so the web process, which only sends this task, never imports torch.
-    from sqlalchemy.exc import OperationalError
-
-    from worker.runner import run_next_job
-
-    worker_host = self.request.hostname or None
-    try:
-        return run_next_job(worker_host=worker_host, message_job_id=job_id)
-    except OperationalError as error:
-        # Only the claim can raise this (a job's own errors are recorded on the job): the database
-        # is unreachable. Acknowledging now would lose the message, so Celery re-sends it later.
-        logger.warning("database unavailable while claiming a job; retrying in %ss: %s",
-                       CLAIM_RETRY_DELAY_S, error.orig)
-        raise self.retry(exc=error, countdown=CLAIM_RETRY_DELAY_S, max_retries=CLAIM_MAX_RETRIES)
-
-
-@worker_shutting_down.connect
-def _stop_running_job_on_worker_shutdown(sig=None, how=None, exitcode=None, **kwargs) -> None:
-    """On a warm shutdown (SIGTERM, Ctrl+C) ask the running job to checkpoint and stop.
-
-    Celery sends this signal from the worker's MainProcess; with the solo pool (what GPU workers
-    use) the job runs there too, so the flag reaches it and the job goes back to the queue with a
-    fresh checkpoint instead of the worker waiting for a training run to finish. With the prefork
-    pool the child keeps running to the end (a warm shutdown's usual meaning).
-    """
-    from worker import heartbeat
-
-    heartbeat.request_worker_shutdown()

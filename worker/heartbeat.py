@@ -14,12 +14,29 @@ and never touches the database. Three things make a job stop:
 
 The thread uses its own short sessions: a SQLAlchemy session is not thread-safe, and the job's
 own session is busy writing metrics.
+
+Workers themselves beat too (`WorkerPresence`, started by `worker.main`): every `heartbeat_seconds`
+each worker process stores a small record in the broker's Redis, under
+`workbench:worker:<queue>:<node name>` for each queue it consumes, with a time to live of
+`PRESENCE_TTL_FACTOR` × `stale_after_seconds`. `/api/health` lists them (`seen_workers`): a record
+older than `stale_after_seconds` is a worker that stopped (killed, hung, its machine gone) and is
+reported as down until it expires; a worker that stops cleanly deletes its record. The broker holds
+them rather than the database because they are as short-lived as the broker's messages and need no
+migration; a restarted Redis is refilled by the next beats.
+
+Each record also carries the worker's capacity (`worker_capacity`: its machine's total RAM and each
+visible GPU's total memory), which the submit-time fit check (`worker.kinds.fit`) compares a job's
+memory estimate with, instead of the web machine's.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
 import threading
+from datetime import datetime, timezone
 
 from sqlalchemy import select, update
 
@@ -120,3 +137,126 @@ class JobHeartbeat:
             self.lost.set()
         if cancel_requested:
             self.cancelled.set()
+
+
+# ----------------------------------------------------------------------------- worker presence
+
+PRESENCE_KEY_PREFIX = "workbench:worker:"
+PRESENCE_TTL_FACTOR = 10  # a stopped worker stays listed (as down) this many stale periods
+
+
+def presence_key(queue: str, node_name: str) -> str:
+    return f"{PRESENCE_KEY_PREFIX}{queue}:{node_name}"
+
+
+def worker_capacity(probe_gpus: bool) -> dict:
+    """What this worker has for a job: {"ram_bytes": total RAM, "gpu_memory_bytes": [total per visible GPU]}.
+
+    Totals, not what is free now: a job that fits waits for the one running before it. GPUs are probed
+    only when `probe_gpus` (the solo and threads pools): asking CUDA initialises it in this process, and a
+    prefork pool forks its children afterwards, which then cannot use CUDA (prefork runs CPU jobs only).
+    """
+    import psutil
+
+    gpus: list[int] = []
+    if probe_gpus:
+        import torch
+
+        if torch.cuda.is_available():
+            gpus = [torch.cuda.get_device_properties(index).total_memory
+                    for index in range(torch.cuda.device_count())]
+    return {"ram_bytes": psutil.virtual_memory().total, "gpu_memory_bytes": gpus}
+
+
+class WorkerPresence:
+    """Beat this worker's presence (and its `capacity`, see `worker_capacity`) into the broker every
+    `interval_s` (a daemon thread) until `stop()`."""
+
+    def __init__(self, broker_url: str, node_name: str, queues: tuple[str, ...], interval_s: float,
+                 stale_after_seconds: float, capacity: dict | None = None):
+        self.broker_url = broker_url
+        self.capacity = capacity
+        self.node_name = node_name
+        self.queues = tuple(queues)
+        self.interval_s = interval_s
+        self.ttl_s = max(1, int(PRESENCE_TTL_FACTOR * stale_after_seconds))
+        self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="workbench-worker-presence", daemon=True)
+
+    def start(self) -> "WorkerPresence":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while True:
+            self.beat()
+            if self._stop.wait(self.interval_s):
+                return
+
+    def beat(self) -> bool:
+        """Store one presence record per queue; False (logged) when the broker is unreachable."""
+        from worker.broker_state import redis_client
+
+        record = json.dumps({"node": self.node_name, "pid": os.getpid(), "host": socket.gethostname(),
+                             "queues": list(self.queues), "started_at": self.started_at,
+                             "capacity": self.capacity, "last_heartbeat": datetime.now(timezone.utc).isoformat()})
+        client = redis_client(self.broker_url)
+        try:
+            for queue in self.queues:
+                client.set(presence_key(queue, self.node_name), record, ex=self.ttl_s)
+            return True
+        except Exception as error:  # the broker is restarting; the next beat refills it
+            logger.info("worker presence not stored (broker unreachable): %s", error)
+            return False
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        """Stop beating and remove our records: a worker that stops cleanly is not a worker that died."""
+        from worker.broker_state import redis_client
+
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        client = redis_client(self.broker_url)
+        try:
+            client.delete(*(presence_key(queue, self.node_name) for queue in self.queues))
+        except Exception:
+            pass
+        finally:
+            client.close()
+
+
+def seen_workers(broker_url: str, queue: str, stale_after_seconds: float) -> list[dict]:
+    """The workers of `queue` that beat recently enough to be listed, newest beat first.
+
+    Each: node, host, pid, started_at, last_heartbeat (ISO), seconds_since (float), alive (a beat
+    within `stale_after_seconds`), capacity (`worker_capacity`'s dict, None when the worker did not
+    report one). Raises when the broker is unreachable.
+    """
+    from worker.broker_state import redis_client
+
+    client = redis_client(broker_url)
+    try:
+        keys = list(client.scan_iter(match=presence_key(queue, "*"), count=200))
+        raw_records = client.mget(keys) if keys else []
+    finally:
+        client.close()
+    now = datetime.now(timezone.utc)
+    workers = []
+    for raw in raw_records:
+        if raw is None:  # expired between SCAN and MGET
+            continue
+        try:
+            record = json.loads(raw)
+            last = datetime.fromisoformat(record["last_heartbeat"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        since = max(0.0, (now - last).total_seconds())
+        workers.append({"node": record.get("node"), "host": record.get("host"), "pid": record.get("pid"),
+                        "started_at": record.get("started_at"), "last_heartbeat": record["last_heartbeat"],
+                        "seconds_since": round(since, 1), "alive": since <= stale_after_seconds,
+                        "capacity": record.get("capacity")})
+    workers.sort(key=lambda worker: worker["seconds_since"])
+    return workers

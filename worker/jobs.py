@@ -24,36 +24,24 @@ job id (see `worker.celery_app`). Rules every function here keeps:
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from db.models import Dataset, DatasetKind, Job, JobKind, JobLog, JobStatus, utcnow
+from db.models import Dataset, Job, JobEvent, JobKind, JobLog, JobStatus, Model, utcnow
 from db.settings import get_settings
+from worker.kinds import KINDS, JobKindSpec, get_spec
+from worker.messages import send_run_job
+from worker.params import JobParamsError, check_params  # JobParamsError re-exported: callers catch it here
 
 logger = logging.getLogger(__name__)
 
-# Kinds the worker can run today. The others exist in the schema and are refused by create_job
-# with a clear message until their runner lands.
-AVAILABLE_KINDS = (JobKind.pretrain, JobKind.prepare, JobKind.train_tokenizer)
-
 PRIORITY_RANGE = (-100, 100)
 CLAIM_ATTEMPTS = 10  # SQLite may report "database is locked" when two claims collide; retry.
-
-
-class JobParamsError(ValueError):
-    """A job parameter is wrong; `field` names it (for the UI) and `message` says why."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 class JobStateError(ValueError):
@@ -64,229 +52,70 @@ class JobNotFoundError(LookupError):
     """No job with that id."""
 
 
-# ----------------------------------------------------------------------------- parameter specs
+# ----------------------------------------------------------------------------- validation
 
-@dataclass(frozen=True)
-class Param:
-    """How one parameter is checked: its type, bounds, and whether it must be given."""
-
-    type: str                      # "int" | "float" | "bool" | "str" | "compile"
-    required: bool = False
-    minimum: float | None = None
-    maximum: float | None = None
-    exclusive_minimum: bool = False  # "greater than" instead of "at least"
-    choices: tuple[str, ...] | None = None
-    max_length: int = 200
-    help: str = ""
-
-
-def _int(minimum: float | None = None, maximum: float | None = None, **kw) -> Param:
-    return Param("int", minimum=minimum, maximum=maximum, **kw)
-
-
-def _float(minimum: float | None = None, maximum: float | None = None, **kw) -> Param:
-    return Param("float", minimum=minimum, maximum=maximum, **kw)
-
-
-# Training-loop settings (llm.train.TrainConfig fields a user may set). `peak_flops`, `beta1`/`beta2`
-# are left out on purpose: they are measurement/expert knobs, not something a form should offer.
-TRAIN_PARAMS: dict[str, Param] = {
-    "max_steps": _int(1, 10_000_000, help="optimizer steps"),
-    "batch_size": _int(1, 4096, help="sequences per micro-batch"),
-    "block_size": _int(8, 8192, help="tokens per sequence (also the model's context length)"),
-    "grad_accum": _int(1, 1024, help="micro-batches per optimizer step"),
-    "lr": _float(0, 1, exclusive_minimum=True, help="peak learning rate"),
-    "min_lr": _float(0, 1, help="learning rate at the end of the cosine"),
-    "warmup": _int(0, 10_000_000, help="linear warmup steps"),
-    "weight_decay": _float(0, 10),
-    "grad_clip": _float(0, 1e6, help="max gradient norm; 0 disables clipping"),
-    "eval_every": _int(0, 10_000_000, help="steps between evaluations; 0 = only at the end"),
-    "eval_batches": _int(1, 100_000),
-    "log_every": _int(1, 10_000_000),
-    "checkpoint_every": _int(0, 10_000_000, help="steps between checkpoints; 0 = only at the end"),
-    "seed": _int(0, 2**32 - 1),
-    "device": Param("str", choices=("auto", "cpu", "cuda"), help="'cuda:N' is accepted too"),
-    "compile": Param("compile"),
-    "dtype": Param("str", choices=("auto", "float32", "bfloat16")),
-}
-
-# Model shape overrides on top of the preset (llm.model.GPTConfig fields). block_size comes from the
-# training block_size, which pretrain uses as the model's context length.
-MODEL_PARAMS: dict[str, Param] = {
-    "n_layer": _int(1, 96),
-    "n_head": _int(1, 64),
-    "n_embd": _int(8, 8192),
-    "dropout": _float(0, 0.9),
-}
-
-DATASET_PARAM = Param("int", required=True, minimum=1, help="id of an uploaded text dataset")
-TOKENIZER_PARAM = Param("str", help="gpt2, cl100k or the name of a trained tokenizer")
-
-PARAM_SPECS: dict[JobKind, dict[str, Param]] = {
-    JobKind.pretrain: {
-        "dataset_id": DATASET_PARAM,
-        "tokenizer": TOKENIZER_PARAM,
-        "preset": Param("str", help="model shape: tiny, small, gpt2-124m"),
-        "name": Param("str", help="name of the model this run produces"),
-        **MODEL_PARAMS,
-        **TRAIN_PARAMS,
-    },
-    JobKind.prepare: {
-        "dataset_id": DATASET_PARAM,
-        "tokenizer": TOKENIZER_PARAM,
-        "val_fraction": _float(0, 0.5, exclusive_minimum=True),
-        "seed": _int(0, 2**32 - 1),
-        "scrub_pii": Param("bool", help="replace emails and phone numbers before tokenizing"),
-    },
-    JobKind.train_tokenizer: {
-        "dataset_id": DATASET_PARAM,
-        "vocab_size": _int(257, 262_144, required=True, help="256 byte tokens + merges"),
-        "name": Param("str", required=True, max_length=64, help="letters, digits, '.', '_', '-'"),
-    },
-}
-
-DEFAULTS: dict[JobKind, dict[str, Any]] = {
-    JobKind.pretrain: {"tokenizer": "gpt2", "preset": "tiny"},
-    JobKind.prepare: {"tokenizer": "gpt2"},
-    JobKind.train_tokenizer: {},
-}
-
-
-def _check_type(field: str, value: Any, spec: Param) -> Any:
-    """Return `value` converted to the spec's type, or raise JobParamsError naming `field`."""
-    if spec.type == "int":
-        # bool is an int in Python; True as "max_steps" is a mistake, not 1.
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise JobParamsError(field, f"must be a whole number, got {value!r}")
-        if isinstance(value, float):
-            # Web forms send numbers as floats (30.0); accept those that are whole.
-            if not math.isfinite(value) or not value.is_integer():
-                raise JobParamsError(field, f"must be a whole number, got {value!r}")
-            value = int(value)
-    elif spec.type == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise JobParamsError(field, f"must be a number, got {value!r}")
-        value = float(value)
-    elif spec.type == "bool":
-        if not isinstance(value, bool):
-            raise JobParamsError(field, f"must be true or false, got {value!r}")
-    elif spec.type == "compile":
-        if not (isinstance(value, bool) or value == "auto"):
-            raise JobParamsError(field, f"must be true, false or 'auto', got {value!r}")
-    elif spec.type == "str":
-        if not isinstance(value, str) or not value.strip():
-            raise JobParamsError(field, f"must be a non-empty string, got {value!r}")
-        value = value.strip()
-        if len(value) > spec.max_length:
-            raise JobParamsError(field, f"must be at most {spec.max_length} characters")
-    if spec.type in ("int", "float"):
-        if spec.minimum is not None:
-            too_small = value <= spec.minimum if spec.exclusive_minimum else value < spec.minimum
-            if too_small:
-                relation = "greater than" if spec.exclusive_minimum else "at least"
-                word = "a positive whole number" if (spec.type == "int" and spec.minimum == 1) else None
-                raise JobParamsError(field, f"must be {word or f'{relation} {spec.minimum:g}'}, got {value!r}")
-        if spec.maximum is not None and value > spec.maximum:
-            raise JobParamsError(field, f"must be at most {spec.maximum:g}, got {value!r}")
-    if spec.choices is not None and value not in spec.choices:
-        if not (field == "device" and isinstance(value, str) and _is_cuda_index(value)):
-            raise JobParamsError(field, f"must be one of {', '.join(spec.choices)}; got {value!r}")
-    return value
-
-
-def _is_cuda_index(device: str) -> bool:
-    prefix, _, index = device.partition(":")
-    return prefix == "cuda" and index.isdigit()
-
-
-def _check_dataset(session: Session, dataset_id: int) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None:
-        raise JobParamsError("dataset_id", f"no dataset with id {dataset_id}")
-    if dataset.kind != DatasetKind.text:
-        raise JobParamsError("dataset_id", f"dataset {dataset_id} is a {dataset.kind.value} dataset; "
-                                           f"this job needs a text corpus")
-    return dataset
+def available_kinds() -> tuple[JobKind, ...]:
+    """Kinds the worker can run: those declared in worker/kinds/. The others exist in the schema and are
+    refused by create_job with a clear message until their module lands."""
+    return tuple(KINDS)
 
 
 def known_tokenizer_names(data_dir) -> list[str]:
-    """Built-in tokenizer names plus trained ones under data_dir (without loading any of them)."""
-    from llm.tokenizer import BUILTIN_TOKENIZERS, tokenizers_dir
+    from llm.tokenizer import tokenizer_names
 
-    names = list(BUILTIN_TOKENIZERS)
-    directory = tokenizers_dir(data_dir)
-    if directory.is_dir():
-        names += sorted(p.parent.name for p in directory.glob("*/tokenizer.json"))
-    return names
+    return tokenizer_names(data_dir)
+
+
+def _check_reference(session: Session, spec: JobKindSpec, field: str, row_class: type, row_id: int,
+                     allowed_kinds: tuple) -> Dataset | Model:
+    """The dataset or model a job's `field` names: it must exist and be of a kind the job takes."""
+    noun = row_class.__tablename__.rstrip("s")  # dataset | model
+    row = session.get(row_class, row_id)
+    if row is None:
+        raise JobParamsError(field, f"no {noun} with id {row_id}")
+    if row.kind not in allowed_kinds:
+        wanted = " or ".join(kind.value for kind in allowed_kinds)
+        raise JobParamsError(field, f"{noun} {row_id} is a {row.kind.value} {noun}; a {spec.kind.value} job "
+                                    f"{'needs' if noun == 'dataset' else 'starts from'} a {wanted} {noun}")
+    if not row.path:
+        raise JobParamsError(field, f"{noun} {row_id} has no stored files")
+    return row
 
 
 def validate_params(session: Session, kind: JobKind | str, params: dict[str, Any] | None) -> dict[str, Any]:
-    """Check `params` for a job of `kind`; return them normalized with defaults filled in.
+    """Check `params` for a job of `kind` against its declaration; return them with defaults filled in.
 
     Raises JobParamsError(field, message) on the first problem found (unknown names first, then
-    missing required ones, then each value in turn, then checks across fields and the database).
+    missing required ones, then each value in turn, then the dataset, model and tokenizer it names,
+    then the kind's own cross-field checks).
     """
-    kind = _check_kind(kind)
-    if params is None:
-        params = {}
-    if not isinstance(params, dict):
-        raise JobParamsError("params", "must be an object of parameter names to values")
-    specs = PARAM_SPECS[kind]
-    for name in params:
-        if name not in specs:
-            raise JobParamsError(name, f"unknown parameter for a {kind.value} job; "
-                                       f"known: {', '.join(sorted(specs))}")
-    for name, spec in specs.items():
-        if spec.required and params.get(name) is None:
-            raise JobParamsError(name, "is required")
-    normalized = dict(DEFAULTS[kind])
-    for name, value in params.items():
-        if value is None:  # an empty form field: keep the default
-            continue
-        normalized[name] = _check_type(name, value, specs[name])
-
+    spec = _check_kind(kind)
+    normalized = check_params(spec.kind.value, spec.params, params)
     settings = get_settings()
-    dataset = _check_dataset(session, normalized["dataset_id"])
-    if not dataset.path:
-        raise JobParamsError("dataset_id", f"dataset {dataset.id} has no stored file")
-    if "tokenizer" in specs:
-        tokenizer = normalized["tokenizer"]
+    if normalized.get("dataset_id") is not None:  # optional for kinds with other sources (reward, DPO)
+        _check_reference(session, spec, "dataset_id", Dataset, normalized["dataset_id"], spec.dataset_kinds)
+    if "model_id" in spec.params:
+        _check_reference(session, spec, "model_id", Model, normalized["model_id"], spec.model_kinds)
+    if "tokenizer" in spec.params:
         names = known_tokenizer_names(settings.data_dir)
-        if tokenizer not in names:
-            raise JobParamsError("tokenizer", f"unknown tokenizer {tokenizer!r}; choose one of {', '.join(names)}")
-    if kind == JobKind.pretrain:
-        from llm.model import PRESETS  # imports torch; only when a pretrain job is submitted
-
-        if normalized["preset"] not in PRESETS:
-            raise JobParamsError("preset", f"unknown preset {normalized['preset']!r}; "
-                                           f"choose one of {', '.join(PRESETS)}")
-        shape = {**PRESETS[normalized["preset"]], **{k: normalized[k] for k in MODEL_PARAMS if k in normalized}}
-        if shape["n_embd"] % shape["n_head"]:
-            field = "n_head" if "n_head" in normalized else "n_embd"
-            raise JobParamsError(field, f"n_embd ({shape['n_embd']}) must be divisible by n_head ({shape['n_head']})")
-        if "min_lr" in normalized and normalized["min_lr"] > normalized.get("lr", normalized["min_lr"]):
-            raise JobParamsError("min_lr", "must not be greater than lr")
-    if kind == JobKind.train_tokenizer:
-        from llm.tokenizer import BUILTIN_TOKENIZERS, TOKENIZER_NAME_RE
-
-        name = normalized["name"]
-        if not TOKENIZER_NAME_RE.match(name):
-            raise JobParamsError("name", "use letters, digits, '.', '_' or '-' (at most 64, starting with a letter or digit)")
-        if name in BUILTIN_TOKENIZERS or name in known_tokenizer_names(settings.data_dir):
-            raise JobParamsError("name", f"a tokenizer named {name!r} already exists")
+        if normalized["tokenizer"] not in names:
+            raise JobParamsError("tokenizer", f"unknown tokenizer {normalized['tokenizer']!r}; "
+                                              f"choose one of {', '.join(names)}")
+    if spec.check is not None:
+        spec.check(session, normalized, settings)
     return normalized
 
 
-def _check_kind(kind: JobKind | str) -> JobKind:
+def _check_kind(kind: JobKind | str) -> JobKindSpec:
+    available = ", ".join(k.value for k in available_kinds())
     try:
         kind = JobKind(kind)
     except ValueError:
-        raise JobParamsError("kind", f"unknown job kind {kind!r}; choose one of "
-                                     f"{', '.join(k.value for k in AVAILABLE_KINDS)}") from None
-    if kind not in AVAILABLE_KINDS:
-        raise JobParamsError("kind", f"{kind.value} jobs are not available yet; available: "
-                                     f"{', '.join(k.value for k in AVAILABLE_KINDS)}")
-    return kind
+        raise JobParamsError("kind", f"unknown job kind {kind!r}; choose one of {available}") from None
+    spec = get_spec(kind)
+    if spec is None:
+        raise JobParamsError("kind", f"{kind.value} jobs are not available yet; available: {available}")
+    return spec
 
 
 # ----------------------------------------------------------------------------- submit
@@ -301,7 +130,7 @@ def create_job(session: Session, kind: JobKind | str, params: dict[str, Any] | N
         raise JobParamsError("priority", f"must be a whole number, got {priority!r}")
     if not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
         raise JobParamsError("priority", f"must be between {PRIORITY_RANGE[0]} and {PRIORITY_RANGE[1]}")
-    kind = _check_kind(kind)
+    kind = _check_kind(kind).kind
     normalized = validate_params(session, kind, params)
     job = Job(kind=kind, status=JobStatus.queued, params=normalized, priority=priority,
               owner_id=owner_id, dataset_id=normalized.get("dataset_id"),
@@ -312,6 +141,7 @@ def create_job(session: Session, kind: JobKind | str, params: dict[str, Any] | N
     # Relative to the data dir: the data dir can move (a new mount) without rewriting rows.
     job.run_dir = f"runs/{job.id}"
     session.add(JobLog(job_id=job.id, line=f"queued {kind.value} job (priority {priority})"))
+    record_event(session, job.id, "submitted", owner_id)
     session.commit()
     return job
 
@@ -322,11 +152,8 @@ def enqueue(job_id: int) -> bool:
     Returns False (and logs) when the broker is unreachable: the job stays queued in the
     database and is sent again by `requeue_orphans` at the next start or by the reaper.
     """
-    from worker.celery_app import ensure_configured, job_queue, run_job
-
     try:
-        ensure_configured()
-        run_job.apply_async(args=[job_id], queue=job_queue())
+        send_run_job(job_id)
     except Exception as error:  # kombu raises OperationalError and friends; the DB row is what matters
         logger.warning("could not enqueue job %s (it stays queued in the database): %s", job_id, error)
         return False
@@ -346,6 +173,20 @@ def add_log(session: Session, job_id: int, line: str) -> None:
     session.add(JobLog(job_id=job_id, line=line))
 
 
+def record_event(session: Session, job_id: int, action: str, user_id: int | None = None,
+                 detail: str | None = None) -> None:
+    """Record who changed a job's state (user_id None: the system): submitted, cancel_requested,
+    cancelled, resumed, renamed, requeued, ... Not committed: it belongs to the change's transaction."""
+    session.add(JobEvent(job_id=job_id, action=action, user_id=user_id, detail=detail))
+
+
+def _user_name(session: Session, user_id: int | None) -> str:
+    from db.models import User
+
+    user = session.get(User, user_id) if user_id is not None else None
+    return f" by {user.name}" if user is not None else ""
+
+
 def _get_job(session: Session, job_id: int) -> Job:
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
@@ -355,7 +196,7 @@ def _get_job(session: Session, job_id: int) -> Job:
 
 # ----------------------------------------------------------------------------- cancel / resume
 
-def request_cancel(session: Session, job_id: int) -> Job:
+def request_cancel(session: Session, job_id: int, by_user_id: int | None = None) -> Job:
     """Cancel a job: a queued one at once, a running one cooperatively (it checkpoints and stops).
 
     Raises JobStateError for a job that has already finished.
@@ -367,14 +208,17 @@ def request_cancel(session: Session, job_id: int) -> Job:
         .values(status=JobStatus.cancelled, finished_at=now, cancel_requested=True)
     ).rowcount
     if cancelled:
-        add_log(session, job_id, "cancelled before it started")
+        add_log(session, job_id, f"cancelled before it started{_user_name(session, by_user_id)}")
+        record_event(session, job_id, "cancelled", by_user_id)
         session.commit()
         return _get_job(session, job_id)
     flagged = session.execute(
         update(Job).where(Job.id == job_id, Job.status == JobStatus.running).values(cancel_requested=True)
     ).rowcount
     if flagged:
-        add_log(session, job_id, "cancel requested; the job stops at its next step and saves a checkpoint")
+        add_log(session, job_id, f"cancel requested{_user_name(session, by_user_id)}; the job stops at its "
+                                 "next step and saves a checkpoint")
+        record_event(session, job_id, "cancel_requested", by_user_id)
         session.commit()
         return _get_job(session, job_id)
     session.rollback()
@@ -382,7 +226,7 @@ def request_cancel(session: Session, job_id: int) -> Job:
     raise JobStateError(f"job {job_id} is already {job.status.value}; only queued or running jobs can be cancelled")
 
 
-def resume_job(session: Session, job_id: int) -> Job:
+def resume_job(session: Session, job_id: int, by_user_id: int | None = None) -> Job:
     """Put a cancelled or failed job back in the queue and enqueue it.
 
     Its run directory is kept, so a training job continues from its last checkpoint.
@@ -396,14 +240,17 @@ def resume_job(session: Session, job_id: int) -> Job:
         session.rollback()
         job = _get_job(session, job_id)
         raise JobStateError(f"job {job_id} is {job.status.value}; only cancelled or failed jobs can be resumed")
-    add_log(session, job_id, "resumed: queued again (training continues from its last checkpoint)")
+    add_log(session, job_id, f"resumed{_user_name(session, by_user_id)}: queued again (training continues "
+                             "from its last checkpoint)")
+    record_event(session, job_id, "resumed", by_user_id)
     session.commit()
     enqueue(job_id)
     return _get_job(session, job_id)
 
 
-def requeue_orphans(session: Session | None = None) -> list[int]:
-    """Send a message for every queued job (at `serve` start, after the broker may have lost them).
+def requeue_orphans(session: Session | None = None, reason: str = "the app started") -> list[int]:
+    """Send a message for every queued job (at `serve` start, and when `serve` restarted its Redis:
+    the broker may have lost them); returns the ids sent, each recorded as a "resent" event.
 
     Duplicates are harmless: a message that finds no queued job left does nothing.
     """
@@ -411,12 +258,15 @@ def requeue_orphans(session: Session | None = None) -> list[int]:
         from db.session import session_scope
 
         with session_scope() as own_session:
-            return requeue_orphans(own_session)
+            return requeue_orphans(own_session, reason)
     job_ids = list(session.scalars(
         select(Job.id).where(Job.status == JobStatus.queued).order_by(Job.priority.desc(), Job.id)))
-    for job_id in job_ids:
-        enqueue(job_id)
-    return job_ids
+    session.commit()  # no read transaction held while talking to the broker
+    sent = [job_id for job_id in job_ids if enqueue(job_id)]
+    for job_id in sent:
+        record_event(session, job_id, "resent", None, f"{reason}: every queued job is sent again")
+    session.commit()
+    return sent
 
 
 # ----------------------------------------------------------------------------- claim
@@ -478,9 +328,10 @@ def _try_claim(session: Session, worker_host: str | None, kinds: tuple[JobKind, 
 
 def finish_job(session: Session, job_id: int, attempt: int, status: JobStatus, *,
                error: str | None = None, log_line: str | None = None,
-               extra_values: dict[str, Any] | None = None) -> bool:
+               extra_values: dict[str, Any] | None = None, event: str | None = None) -> bool:
     """Record the outcome of attempt `attempt` of a running job; commits.
 
+    `event`: also record this system event (e.g. "requeued") with the log line as its detail.
     Returns False (and changes nothing) when the job is no longer this attempt's: it was reaped
     and claimed again, so the newer attempt owns it.
     """
@@ -501,6 +352,8 @@ def finish_job(session: Session, job_id: int, attempt: int, status: JobStatus, *
         return False
     if log_line:
         add_log(session, job_id, log_line)
+    if event:
+        record_event(session, job_id, event, None, log_line)
     session.commit()
     return True
 

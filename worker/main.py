@@ -8,7 +8,8 @@ forked after CUDA might have been initialised. CPU-only jobs (prepare, train_tok
 `--pool prefork --concurrency N`.
 
 Each worker also runs the reaper thread (see reaper.py), so jobs of a worker killed with
-`kill -9` are requeued by any surviving worker, even when `serve` is not running.
+`kill -9` are requeued by any surviving worker, even when `serve` is not running, and beats its
+presence into the broker (`heartbeat.WorkerPresence`) for /api/health.
 
     python -m worker.main --queues default --concurrency 1 --pool solo --loglevel info
 """
@@ -21,16 +22,22 @@ import socket
 from collections.abc import Iterable, Sequence
 
 from db.settings import get_settings
+from worker import tasks  # noqa: F401  (registers the run_job task with the app)
 from worker.celery_app import app, configure
+from worker.heartbeat import WorkerPresence, worker_capacity
+
+
+def default_node_name() -> str:
+    """`workbench-<pid>@<host>`: unique per process, so two workers on one machine (or a restarted one
+    while the old one's entry lingers) never collide; `serve` finds its worker's jobs by it."""
+    return f"workbench-{os.getpid()}@{socket.gethostname()}"
 
 
 def worker_argv(queues: str | Iterable[str] = "default", concurrency: int = 1, pool: str = "solo",
                 loglevel: str = "info", hostname: str | None = None) -> list[str]:
     """The `celery worker` command line for these options."""
     queue_list = queues if isinstance(queues, str) else ",".join(queues)
-    # A unique node name per process: two workers on one machine (or a restarted one while the old
-    # one's entry lingers) must not collide.
-    hostname = hostname or f"workbench-{os.getpid()}@{socket.gethostname()}"
+    hostname = hostname or default_node_name()
     return [
         "worker",
         f"--loglevel={loglevel.upper()}",
@@ -56,10 +63,18 @@ def run_worker(queues: str | Iterable[str] = "default", concurrency: int = 1, po
         raise SystemExit("WORKBENCH_BROKER_URL is not set: a worker needs the broker URL of the running "
                          "`workbench serve` (printed at its start) or of your Redis, e.g. redis://localhost:6379/0")
     configure(app, settings)
+    hostname = hostname or default_node_name()
+    queue_names = tuple(queues.split(",")) if isinstance(queues, str) else tuple(queues)
     reaper = start_reaper_thread(settings)
+    # Seen by /api/health: this worker is alive (the job heartbeats only exist while a job runs); its
+    # capacity is what the submit-time fit check compares a job's memory estimate with.
+    presence = WorkerPresence(app.conf.broker_url, hostname, queue_names, settings.heartbeat_seconds,
+                              settings.stale_after_seconds,
+                              capacity=worker_capacity(probe_gpus=pool != "prefork")).start()
     try:
-        app.worker_main(worker_argv(queues, concurrency, pool, loglevel, hostname))
+        app.worker_main(worker_argv(queue_names, concurrency, pool, loglevel, hostname))
     finally:
+        presence.stop()
         reaper.stop()
 
 
