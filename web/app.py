@@ -6,6 +6,11 @@ Starlette matches routes in order, so /api/..., /docs and /openapi.json reach Fa
 everything else goes to Gradio. The UI asks for a login (Gradio's own form, checked against the
 users table by `web.auth.gradio_login`); after it, UI callbacks read `request.username`.
 
+`web.security.install` wraps everything, Gradio's routes included: same-origin CORS (plus
+WORKBENCH_ALLOWED_ORIGINS), cross-site writes refused with 403, cookies SameSite=Lax (Secure on
+https). Failed logins, by HTTP Basic or the form, are throttled per account and per address by one
+`web.login_throttle.LoginThrottle` per app (`app.state.login_throttle`).
+
 Engines are per process (`db.session.get_engine` caches by URL and pid): nothing here opens a
 connection at import or build time, so an app built before a fork is safe to serve after it.
 """
@@ -25,6 +30,8 @@ from fastapi import FastAPI  # noqa: E402
 from db.settings import Settings, get_settings  # noqa: E402
 from web.api import include_api  # noqa: E402
 from web.auth import gradio_login  # noqa: E402
+from web.login_throttle import LoginThrottle  # noqa: E402
+from web.security import install as install_cross_site_guard  # noqa: E402
 
 TITLE = "LLM Workbench"
 log = logging.getLogger(__name__)
@@ -69,13 +76,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.login_throttle = LoginThrottle()
     include_api(app)
+    install_cross_site_guard(app, settings)
     blocks = build_blocks(settings)
     return gr.mount_gradio_app(
         app,
         blocks,
         path="/",
-        auth=gradio_login(settings),
+        auth=gradio_login(settings, app.state.login_throttle),
         auth_message="Log in with your LLM Workbench account.",
         # Uploads through the UI obey the same limit as the API's.
         max_file_size=settings.max_upload_bytes,

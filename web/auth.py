@@ -2,8 +2,8 @@
 
 Both check passwords with `db.users.authenticate` (bcrypt, whose `checkpw` compares in constant
 time). Roles (db.models.Role): admin and trainer may create datasets and jobs; labeler may only
-label and chat. The role rule itself lives in `web.services.require_writer`, so the API and the UI
-enforce the same thing; this module turns its refusal into an HTTP 403 for the API.
+label and chat. The role rules live in `web.services.access` (`require`, `can`), so the API and the
+UI enforce the same thing; this module turns a refusal into an HTTP 403 for the API.
 
 Why a verified-credentials cache: HTTP Basic sends the password with every request, and bcrypt
 costs a fifth of a second of CPU by design. A UI or script polling the job list every second would
@@ -12,6 +12,10 @@ password (keyed with a random per-process secret, never the password itself) tog
 user's current password hash, for a few minutes. A later request with the same password matches the
 HMAC (compared with `hmac.compare_digest`, constant time); a changed password hash in the database
 (password reset) or an expired entry sends the check back to bcrypt.
+
+Failed logins are throttled per account and per address (`web.login_throttle`, the app's
+`app.state.login_throttle`) before any check runs: a locked attempt gets 429 with Retry-After, from
+the API and from the login form alike, and costs no bcrypt.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import User
-from db.session import SessionLocal, session_scope
+from db.session import WEB_LOCK_TIMEOUT_SECONDS, SessionLocal, session_scope
 from db.settings import Settings, get_settings
 from web import services
+from web.login_throttle import LoginThrottle, LoginThrottled
+from web.security import client_address
 
 REALM = "LLM Workbench"
 CACHE_SECONDS = 300.0
@@ -53,13 +59,18 @@ def get_app_settings(request: Request) -> Settings:
     return settings if settings is not None else get_settings()
 
 
-def get_db_session(settings: Annotated[Settings, Depends(get_app_settings)]) -> Iterator[Session]:
+def get_db_session(request: Request) -> Iterator[Session]:
     """One session per request on this process's engine for the app's database URL.
 
     Services commit their own changes; anything left uncommitted (a read, an error) is rolled
-    back when the request ends.
+    back when the request ends. Its statements wait WEB_LOCK_TIMEOUT_SECONDS at most for another
+    writer's lock; then the request is answered 503 (web/api/errors.py).
+
+    The settings are read here, not through a `Depends(get_app_settings)`: FastAPI runs every sync
+    dependency in a pool thread, and each such hop costs a request milliseconds of waiting for a
+    thread and the GIL under load (bench/bench_labeling.py measures it).
     """
-    session = SessionLocal(settings.database_url)
+    session = SessionLocal(get_app_settings(request).database_url, lock_timeout_seconds=WEB_LOCK_TIMEOUT_SECONDS)
     try:
         yield session
     finally:
@@ -108,15 +119,42 @@ class VerifiedCredentials:
 verified_credentials = VerifiedCredentials()
 
 
-def check_password(session: Session, name: str, password: str) -> User | None:
-    """The user if `name`/`password` are right, else None (bcrypt on a cache miss)."""
-    from db.users import authenticate
+def check_password(session: Session, name: str, password: str, throttle: LoginThrottle | None = None,
+                   address: str | None = None) -> User | None:
+    """The user if `name`/`password` are right, else None (bcrypt on a cache miss).
 
+    With a `throttle`, raises LoginThrottled (before checking anything) when the account or `address`
+    (default: the current request's client) has failed too often, and reports the outcome to it.
+    """
     if not name or not password:
         return None
-    user = session.scalar(select(User).where(User.name == name))
-    if user is not None and verified_credentials.matches(user, password):
+    if throttle is None:
+        return _cached_user(session, name, password) or _bcrypt_user(session, name, password)
+    address = address or client_address.get()
+    throttle.check(name, address)
+    user = _cached_user(session, name, password)
+    if user is not None:
+        throttle.succeeded(name, address)
         return user
+    with throttle.attempt(name, address) as attempt:
+        # A parallel request may have warmed the cache while this one waited for its turn.
+        user = _cached_user(session, name, password) or _bcrypt_user(session, name, password)
+        attempt.done(user is not None)
+    return user
+
+
+def _cached_user(session: Session, name: str, password: str) -> User | None:
+    """The user if `password` matches a recent successful login of theirs (no bcrypt), else None."""
+    user = session.scalar(select(User).where(User.name == name))
+    # A disabled account skips the cache: authenticate() refuses it even if it logged in a minute ago.
+    if user is not None and not user.disabled and verified_credentials.matches(user, password):
+        return user
+    return None
+
+
+def _bcrypt_user(session: Session, name: str, password: str) -> User | None:
+    from db.users import authenticate
+
     # authenticate() runs bcrypt even for unknown names, so timing does not reveal who exists.
     user = authenticate(session, name, password)
     if user is not None:
@@ -132,45 +170,80 @@ def _unauthorized(message: str) -> HTTPException:
                          headers={"WWW-Authenticate": f'Basic realm="{REALM}"'})
 
 
+def too_many_attempts(error: LoginThrottled) -> HTTPException:
+    """The 429 answer to a throttled login (API and login form)."""
+    return HTTPException(status_code=status.HTTP_429_TOO_MANY_REQUESTS, detail=str(error),
+                         headers={"Retry-After": str(error.retry_after)})
+
+
+def get_login_throttle(request: Request) -> LoginThrottle | None:
+    """The app's login throttle (None for an app built without `web.app.create_app`)."""
+    return getattr(request.app.state, "login_throttle", None)
+
+
+async def _request_login_throttle(request: Request) -> LoginThrottle | None:
+    """`get_login_throttle` as a dependency: async, so it runs on the event loop, not in a pool thread."""
+    return get_login_throttle(request)
+
+
 def current_user(credentials: Annotated[HTTPBasicCredentials | None, Depends(basic_security)],
-                 session: Annotated[Session, Depends(get_db_session)]) -> User:
+                 session: Annotated[Session, Depends(get_db_session)],
+                 throttle: Annotated[LoginThrottle | None, Depends(_request_login_throttle)]) -> User:
     """The logged-in user of an API request (a sync dependency: FastAPI runs bcrypt in its thread pool)."""
     if credentials is None:
         raise _unauthorized("authentication required: send HTTP Basic credentials (user name and password)")
-    user = check_password(session, credentials.username, credentials.password)
+    try:
+        user = check_password(session, credentials.username, credentials.password, throttle)
+    except LoginThrottled as error:
+        raise too_many_attempts(error) from None
     if user is None:
         raise _unauthorized("wrong user name or password")
     return user
 
 
-def writer_user(user: Annotated[User, Depends(current_user)]) -> User:
-    """An admin or trainer; labelers get 403 before any upload is stored."""
-    try:
-        services.require_writer(user, "upload datasets, submit, cancel or resume jobs")
-    except services.PermissionDenied as error:
-        raise HTTPException(status_code=status.HTTP_403_FORBIDDEN, detail=error.message) from None
-    return user
+def user_allowed_to(action: services.Action):
+    """A dependency: the logged-in user if their role allows `action`, else 403 (before any body is used)."""
+    def dependency(user: Annotated[User, Depends(current_user)]) -> User:
+        try:
+            services.require(user, action)
+        except services.PermissionDenied as error:
+            raise HTTPException(status_code=status.HTTP_403_FORBIDDEN, detail=error.message) from None
+        return user
+
+    return dependency
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
-WriterUser = Annotated[User, Depends(writer_user)]
+WriterUser = Annotated[User, Depends(user_allowed_to(services.Action.write))]
+AdminUser = Annotated[User, Depends(user_allowed_to(services.Action.manage_models))]
 
 
 # ----------------------------------------------------------------------------- Gradio UI
 
 
-def gradio_login(settings: Settings):
+def gradio_login(settings: Settings, throttle: LoginThrottle | None = None):
     """The `auth=` callable for `gr.mount_gradio_app`: (username, password) -> bool.
 
     Async on purpose: Gradio awaits a coroutine function but calls a plain one directly on the
     event loop, where a bcrypt check would freeze every other request for its duration. Here the
     check runs in a worker thread. After login Gradio puts the name in `request.username`.
+
+    A throttled attempt raises the 429 HTTPException, which Gradio's /login route passes on (its form
+    then says "incorrect credentials", the only failure it knows; the status and Retry-After are for
+    anything else that reads the answer). Gradio hands the callable no request, so the address comes
+    from `web.security.client_address`, set for each request by the app's middleware.
     """
     async def login(username: str, password: str) -> bool:
+        address = client_address.get()
+
         def check() -> bool:
             with session_scope(settings.database_url) as session:
-                return check_password(session, (username or "").strip(), password or "") is not None
+                return check_password(session, (username or "").strip(), password or "", throttle,
+                                      address) is not None
 
-        return await anyio.to_thread.run_sync(check)
+        try:
+            return await anyio.to_thread.run_sync(check)
+        except LoginThrottled as error:
+            raise too_many_attempts(error) from None
 
     return login

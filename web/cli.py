@@ -2,6 +2,9 @@
 
     workbench serve [--host 127.0.0.1] [--port 7860] [--data-dir DIR] [--no-worker]
     workbench worker [--queues default] [--concurrency N] [--pool prefork|solo|threads]
+    workbench bench [--quick] [--only train,generate,...]
+    workbench users list | add NAME --role R | set-role NAME R | disable NAME | enable NAME
+                   | reset-password NAME          (--password-stdin to type a password, else one is generated)
     workbench prepare|pretrain|eval|generate|... (from llm.cli.register_commands)
 
 Imports of the web stack (FastAPI, Gradio, Celery) happen inside the handlers, so `--help` and the
@@ -35,6 +38,107 @@ def _cmd_worker(args: argparse.Namespace) -> None:
     run_worker(queues=queues, loglevel=args.loglevel, **{k: v for k, v in options.items() if v is not None})
 
 
+def _cmd_bench(args: argparse.Namespace) -> None:
+    # The benchmarks live beside the product, not inside llm/ (which never imports bench/).
+    from bench.run import main as bench_main
+
+    bench_main((["--quick"] if args.quick else []) + (["--only", args.only] if args.only else []))
+
+
+# ----------------------------------------------------------------------------- users
+
+USER_TABLE_COLUMNS = ("id", "name", "role", "status", "created")
+
+
+def users_table(users: list[dict]) -> str:
+    """The accounts as a plain aligned text table (what `workbench users list` prints)."""
+    rows = [USER_TABLE_COLUMNS] + [
+        (str(u["id"]), u["name"], u["role"], "disabled" if u["disabled"] else "enabled",
+         u["created_at"].strftime("%Y-%m-%d %H:%M") if u.get("created_at") else "")
+        for u in users]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(USER_TABLE_COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def _password_from_stdin(args: argparse.Namespace) -> str | None:
+    if not args.password_stdin:
+        return None
+    line = sys.stdin.readline().rstrip("\r\n")
+    if not line:
+        raise ValueError("--password-stdin: stdin gave no password (one line is read)")
+    return line
+
+
+def _print_generated(name: str, password: str | None) -> None:
+    if password:
+        print(f"password for {name}: {password}")
+        print("  (shown once; it is stored only as a hash)")
+
+
+def _cmd_users(args: argparse.Namespace) -> None:
+    # The CLI runs on the server with the database's own credentials: it acts as an internal
+    # caller (no role check), but the rules (validation, the last enabled admin) still apply.
+    if args.data_dir:
+        os.environ["WORKBENCH_DATA_DIR"] = os.path.abspath(args.data_dir)
+    from db.migrate import upgrade
+    from db.session import session_scope
+    from web import services
+
+    upgrade()  # a fresh install can get its accounts before the first `workbench serve`; no-op when current
+    try:
+        with session_scope() as session:
+            if args.users_command == "list":
+                print(users_table(services.list_users(None, session=session)))
+            elif args.users_command == "add":
+                user, generated = services.add_user(session, None, args.name, args.role, _password_from_stdin(args))
+                print(f"added {user.name} ({args.role})")
+                _print_generated(user.name, generated)
+            elif args.users_command == "set-role":
+                user = services.change_user(session, None, args.name, role=args.role)
+                print(f"{user.name} is now {args.role}")
+            elif args.users_command in ("disable", "enable"):
+                user = services.change_user(session, None, args.name, disabled=args.users_command == "disable")
+                print(f"{user.name} is {args.users_command}d" + (" (cannot log in; their labels stay)"
+                                                               if user.disabled else ""))
+            elif args.users_command == "reset-password":
+                user, generated = services.reset_password(session, None, args.name, _password_from_stdin(args))
+                print(f"new password set for {user.name}")
+                _print_generated(user.name, generated)
+    except services.ServiceError as error:
+        raise ValueError(error.message) from None  # run_command prints "error: ..." and exits 2
+
+
+def _add_users_commands(subparsers: argparse._SubParsersAction) -> None:
+    roles = ["admin", "trainer", "labeler"]
+    text = ("Manage accounts on this server's database (WORKBENCH_DATABASE_URL): roles are admin (everything), "
+            "trainer (data, jobs, models, chat) and labeler (label and chat only).")
+    users = subparsers.add_parser("users", help="add, list, change or disable user accounts", description=text)
+    users.add_argument("--data-dir", help="data directory (default $WORKBENCH_DATA_DIR)")
+    users.set_defaults(func=_cmd_users)
+    commands = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+
+    commands.add_parser("list", help="list every account", description="List every account, oldest first.")
+    stdin_help = "read the password from the first line of stdin (default: generate one and print it once)"
+    add = commands.add_parser("add", help="add an account", description="Add an account.")
+    add.add_argument("name", help="1 to 64 letters, digits, '_', '.' or '-'")
+    add.add_argument("--role", required=True, choices=roles)
+    add.add_argument("--password-stdin", action="store_true", help=stdin_help)
+    set_role = commands.add_parser("set-role", help="change an account's role",
+                                   description="Change an account's role (the last enabled admin stays an admin).")
+    set_role.add_argument("name")
+    set_role.add_argument("role", choices=roles)
+    for action, short, text in (
+            ("disable", "disable an account", "Disable an account: it cannot log in any more; its labels and "
+                                              "jobs stay. The last enabled admin cannot be disabled."),
+            ("enable", "enable a disabled account", "Enable a disabled account again.")):
+        command = commands.add_parser(action, help=short, description=text)
+        command.add_argument("name")
+    reset = commands.add_parser("reset-password", help="set or generate a new password",
+                                description="Set a new password (--password-stdin) or generate one, printed once.")
+    reset.add_argument("name")
+    reset.add_argument("--password-stdin", action="store_true", help=stdin_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="workbench",
@@ -66,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--data-dir", help="data directory (default $WORKBENCH_DATA_DIR)")
     worker.set_defaults(func=_cmd_worker)
 
+    text = "Run the benchmarks against their peers and print a table + one JSON line (see bench/README.md)."
+    bench = subparsers.add_parser("bench", help="run the benchmarks against their peers", description=text)
+    bench.add_argument("--quick", action="store_true", help="fewer, smaller repeats (minutes)")
+    bench.add_argument("--only", help="comma-separated subset, e.g. train,generate,prepare,sft")
+    bench.set_defaults(func=_cmd_bench)
+
+    _add_users_commands(subparsers)
     register_commands(subparsers)
     return parser
 

@@ -9,11 +9,13 @@ place that validates them, answering with the name of the wrong field.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from db.models import DatasetKind, JobKind, JobStatus, ModelKind
+from db.models import SQL_INTEGER_MAX, DatasetKind, JobKind, JobStatus, ModelKind
+
+RowId = Annotated[int, Field(ge=1, le=SQL_INTEGER_MAX)]  # a row's id in a request body
 
 
 class ErrorOut(BaseModel):
@@ -22,9 +24,25 @@ class ErrorOut(BaseModel):
     detail: Any = Field(examples=["job 42 does not exist"])
 
 
+class SeenWorkerOut(BaseModel):
+    node: str | None = Field(default=None, description="Celery node name, workbench-<pid>@<host>")
+    host: str | None = None
+    pid: int | None = None
+    started_at: str | None = None
+    last_heartbeat: str = Field(description="ISO time of its last presence beat")
+    seconds_since: float
+    alive: bool = Field(description="beat within WORKBENCH_STALE_AFTER_SECONDS")
+
+
 class HealthOut(BaseModel):
-    status: str = Field(examples=["ok"])
+    status: str = Field(examples=["ok"], description="ok, or error when any part below is down (HTTP 503)")
     database: str = Field(examples=["ok"])
+    broker: str | None = Field(default=None, examples=["ok"], description="ok, or why PING failed")
+    workers: str | None = Field(default=None, examples=["ok"],
+                                description="ok | none seen (no worker has beaten yet: jobs wait) | down: why")
+    seen_workers: list[SeenWorkerOut] = Field(default_factory=list)
+    processes: dict[str, str] = Field(default_factory=dict,
+                                      description="what `workbench serve` supervises (worker, redis) and its state")
 
 
 class DatasetOut(BaseModel):
@@ -39,6 +57,8 @@ class DatasetOut(BaseModel):
                     "preview, length_histogram {edges, counts, min, median, mean, max}")
     owner_id: int | None
     created_at: datetime
+    already_stored: bool = Field(False, description="upload only: true when this exact file (same SHA-256, same "
+                                                    "kind) was already a dataset, which is the one returned")
 
 
 class JobSubmit(BaseModel):
@@ -58,6 +78,7 @@ class JobSubmit(BaseModel):
 
 class JobOut(BaseModel):
     id: int
+    name: str | None = Field(None, description="a label people give the job; none: show the kind")
     kind: JobKind
     status: JobStatus
     priority: int
@@ -71,6 +92,7 @@ class JobOut(BaseModel):
     worker_host: str | None
     attempts: int
     cancel_requested: bool
+    resumable: bool = Field(True, description="false when resuming cannot help (e.g. killed for memory)")
     dataset_id: int | None
     input_model_id: int | None
     output_model_id: int | None
@@ -81,6 +103,19 @@ class JobOut(BaseModel):
 class JobDetailOut(JobOut):
     metrics: dict[str, float] = Field(description="latest value of each metric, e.g. loss, val_loss, tokens_per_s")
     metric_steps: dict[str, int] = Field(description="the step each latest value was recorded at")
+    events: list[JobEventOut] = Field(default_factory=list, description="who changed the job and when, oldest first")
+
+
+class JobEventOut(BaseModel):
+    action: str = Field(description="submitted, cancelled, cancel_requested, resumed, renamed, requeued, ...")
+    user: str | None = Field(description="who did it; null: the system")
+    at: datetime
+    detail: str | None
+
+
+class NameChange(BaseModel):
+    """PATCH body for a job or a model."""
+    name: str | None = Field(max_length=200, description="the new name (a job: blank clears it, the kind shows)")
 
 
 class MetricOut(BaseModel):
@@ -107,6 +142,22 @@ class ModelOut(BaseModel):
     created_at: datetime
 
 
+class ModelImport(BaseModel):
+    directory: str = Field(description="name of a sub-directory of the import directory (GET /api/models/importable)")
+    name: str | None = Field(None, description="display name; default: the directory's name")
+
+
+class JobKindOut(BaseModel):
+    kind: JobKind
+    title: str
+    description: str
+    params: dict[str, dict[str, Any]] = Field(
+        description="each parameter: type, default, help, minimum, maximum, choices, required")
+    dataset_kinds: list[DatasetKind]
+    model_kinds: list[ModelKind]
+    produces: ModelKind | None
+
+
 class PretrainEstimateOut(BaseModel):
     params_count: int = Field(description="parameters without position embeddings")
     params_total: int
@@ -118,3 +169,185 @@ class PretrainEstimateOut(BaseModel):
     peak_flops: float
     utilisation: float
     config: dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- labeling
+
+class LabelingProjectCreate(BaseModel):
+    name: str = Field(examples=["helpfulness round 1"])
+    source_job_ids: list[int] = Field(description="finished generate jobs whose answers are paired")
+    pairing: str = Field("all", description="all: every two answers of a prompt; random: pairs_per_prompt of them")
+    pairs_per_prompt: int | None = None
+    overlap: int = Field(1, description="labels wanted per pair, each from a different labeler")
+    guidelines: str = Field("", description="Markdown shown to labelers")
+    labeler_ids: list[int] | None = Field(None, description="who may label; null: everyone with the labeler role")
+    seed: int = 0
+
+
+class LabelingProjectOut(BaseModel):
+    id: int
+    name: str
+    guidelines: str
+    source_job_ids: list[int]
+    pairing: str
+    pairs_per_prompt: int | None
+    overlap: int
+    labeler_ids: list[int] | None
+    created_at: datetime
+    pairs: int
+    complete_pairs: int
+    labels: int
+
+
+class GuidelinesUpdate(BaseModel):
+    guidelines: str
+
+
+class LabelingProgressOut(BaseModel):
+    done: int = Field(description="pairs this labeler labeled or skipped")
+    today: int
+    left: int = Field(description="pairs still open to this labeler")
+    pairs: int
+    complete_pairs: int
+
+
+class ShownCompletion(BaseModel):
+    completion_id: int
+    text: str
+
+
+class PairOut(BaseModel):
+    """A pair as one labeler sees it: left and right are randomised per labeler."""
+
+    pair_id: int
+    project_id: int
+    prompt: dict[str, Any] = Field(description="{text, messages}: the conversation so far")
+    left: ShownCompletion
+    right: ShownCompletion
+    progress: LabelingProgressOut
+
+
+class LabelSubmit(BaseModel):
+    pair_id: int = Field(ge=1, le=SQL_INTEGER_MAX)
+    choice: str = Field(description="left, right, tie, both_bad or skip (as seen on screen)")
+    left_completion_id: int = Field(ge=1, le=SQL_INTEGER_MAX, description="the completion that was shown on the left")
+    note: str | None = None
+    time_spent_s: float | None = None
+    idempotency_key: str | None = Field(None, description="repeat a request with the same key: one label stored")
+
+
+class LabelOut(BaseModel):
+    id: int
+    pair_id: int | None
+    label: str = Field(description="stored un-swapped: a means completion_a is better")
+    swapped: bool
+    note: str | None
+    annotator_id: int | None
+    created_at: datetime
+    duplicate: bool = Field(description="true when this request repeated one already stored")
+    progress: LabelingProgressOut
+
+
+class AgreementOut(BaseModel):
+    project_id: int
+    labels: int
+    labelers: dict[str, int]
+    percent_agreement: float | None
+    alpha: float | None = Field(description="Krippendorff's alpha, nominal; null while undefined")
+    alpha_reading: str
+    kappas: list[dict[str, Any]]
+    against_majority: list[dict[str, Any]]
+    disagreements: list[dict[str, Any]]
+    consensus: dict[str, int]
+    min_labels: int
+
+
+# ----------------------------------------------------------------------------- users (admins)
+
+class UserOut(BaseModel):
+    id: int
+    name: str
+    role: str = Field(description="admin | trainer | labeler")
+    disabled: bool = Field(description="a disabled user cannot log in; their labels stay")
+    created_at: datetime
+
+
+class UserCreate(BaseModel):
+    name: str = Field(examples=["alice"], description="1 to 64 letters, digits, '_', '.' or '-'")
+    role: str = Field(examples=["labeler"], description="admin | trainer | labeler")
+    password: str | None = Field(None, description="at least 8 characters; leave out to get a generated one")
+
+
+class UserUpdate(BaseModel):
+    role: str | None = Field(None, description="admin | trainer | labeler")
+    disabled: bool | None = Field(None, description="true: cannot log in any more; false: enabled again")
+
+
+class PasswordReset(BaseModel):
+    password: str | None = Field(None, description="the new password; leave out to get a generated one")
+
+
+class UserWithPasswordOut(UserOut):
+    generated_password: str | None = Field(
+        description="the generated password, shown this once (stored only as a hash); null when one was given")
+
+
+# ----------------------------------------------------------------------------- arena
+
+class ArenaModelOut(BaseModel):
+    id: int
+    name: str
+    kind: str
+    in_arena: bool = Field(description="whether battles drawn at random may pick this model")
+
+
+class ArenaPoolChange(BaseModel):
+    model_ids: list[RowId] = Field(
+        max_length=10_000, description="the chat models the arena draws from; every other chat model leaves it")
+
+
+class BattleCreate(BaseModel):
+    messages: list[dict[str, Any]] = Field(description="the conversation so far, ending with the user's turn")
+    model_ids: list[RowId] | None = Field(None, max_length=1000,
+                                          description="the models to draw two from; default: the arena's pool")
+    max_new_tokens: int = Field(128, ge=1, le=1024)
+    temperature: float = Field(0.8, ge=0, le=5)
+    seed: int | None = Field(None, ge=0, le=SQL_INTEGER_MAX)
+
+
+class BattleAnswer(BaseModel):
+    completion_id: int
+    text: str
+
+
+class BattleOut(BaseModel):
+    """Two anonymous answers; which model wrote which is told only by the vote."""
+
+    prompt_id: int
+    left: BattleAnswer
+    right: BattleAnswer
+
+
+class VoteCreate(BaseModel):
+    left_completion_id: int = Field(ge=1, le=SQL_INTEGER_MAX)
+    right_completion_id: int = Field(ge=1, le=SQL_INTEGER_MAX)
+    choice: str = Field(description="left, right, tie or both_bad")
+    time_spent_s: float | None = Field(None, ge=0, le=86_400)
+
+
+class VoteOut(BaseModel):
+    comparison_id: int
+    label: str
+    duplicate: bool
+    left_model: dict[str, Any]
+    right_model: dict[str, Any]
+
+
+class LeaderboardRow(BaseModel):
+    model_id: int
+    name: str
+    kind: str | None
+    rating: float = Field(description="Bradley-Terry strength on the Elo scale (mean 1000)")
+    lower: float | None = Field(description="95 % bootstrap interval")
+    upper: float | None
+    votes: int

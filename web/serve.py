@@ -3,7 +3,14 @@
 In order: settings and data directory → database migrations → first admin account (a generated
 password is printed once) → broker (an embedded redis-server unless WORKBENCH_BROKER_URL is set)
 → one local worker subprocess → re-send queued jobs the broker may have lost → the reaper thread
-(requeues jobs whose heartbeat stopped) → uvicorn serving `web.app.create_app()`.
+(requeues jobs whose heartbeat stopped, re-sends lost messages) → uvicorn serving
+`web.app.create_app()`.
+
+The embedded Redis and the worker are supervised (`web.supervisor`): one that exits or is killed is
+logged, reaped and started again with back-off (Redis on the same port). When the worker dies its
+running jobs are requeued at once (they resume from their checkpoints on the new worker); when
+Redis comes back every queued job is sent again, since it lost their messages. /api/health shows
+both (`app.state.supervisor`).
 
 Shutdown (Ctrl-C or SIGTERM): uvicorn drains its requests, then the worker gets SIGTERM and some
 seconds to stop (a running training job checkpoints on cancellation or is resumed from its last
@@ -21,6 +28,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -85,6 +93,71 @@ def stop_worker_process(process: subprocess.Popen, timeout: float = WORKER_STOP_
     process.wait()
 
 
+def kernel_oom_kills() -> int | None:
+    """How many processes the kernel's OOM killer has killed since boot (/proc/vmstat; None elsewhere)."""
+    try:
+        with open("/proc/vmstat") as vmstat:
+            for line in vmstat:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class LocalWorker:
+    """The supervised handle of the local worker subprocess."""
+
+    def __init__(self, env: dict[str, str]):
+        self.oom_kills_at_start = kernel_oom_kills()
+        self.process = start_worker_process(env)
+        self.pid = self.process.pid
+
+    def killed_for_memory(self) -> bool:
+        """Whether the worker died of SIGKILL while the kernel's OOM killer struck: with the solo pool the
+        job runs in the worker itself, so the OOM killer takes the worker, and resuming would only repeat it."""
+        now = kernel_oom_kills()
+        return (self.process.returncode == -signal.SIGKILL and now is not None
+                and self.oom_kills_at_start is not None and now > self.oom_kills_at_start)
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def stop(self) -> None:
+        stop_worker_process(self.process)
+
+
+def take_back_jobs_of_dead_worker(worker: LocalWorker) -> None:
+    """The worker exited: end what is left of its process group (pool children still running a job
+    must not race the restarted worker), then requeue its running jobs now, without waiting for
+    their heartbeats to go stale."""
+    from db.session import session_scope
+    from worker.reaper import reap_jobs_of_dead_worker
+
+    worker.stop()
+    node_name = f"workbench-{worker.pid}@{socket.gethostname()}"  # worker.main.default_node_name
+    with session_scope() as session:
+        if worker.killed_for_memory():
+            from worker.reaper import fail_killed_job, killed_reason
+            from worker.runner import job_worker_host
+
+            failed = fail_killed_job(session, job_worker_host(node_name, worker.pid),
+                                     killed_reason("the kernel's OOM killer ended the worker running it"))
+            if failed:
+                log.warning("job(s) %s failed: the worker running them was killed for memory", failed)
+        requeued = reap_jobs_of_dead_worker(session, node_name)
+    if requeued:
+        log.info("requeued job(s) %s of the worker that exited (pid %s)", requeued, worker.pid)
+
+
+def resend_queued_jobs(reason: str) -> None:
+    from worker.jobs import requeue_orphans
+
+    sent = requeue_orphans(reason=reason)
+    if sent:
+        log.info("re-sent %s queued job(s) to the broker (%s)", len(sent), reason)
+
+
 def serve(host: str = "127.0.0.1", port: int = 7860, data_dir: str | os.PathLike | None = None,
           no_worker: bool = False) -> None:
     """Run the platform until Ctrl-C or SIGTERM; stop everything it started before returning."""
@@ -99,8 +172,9 @@ def serve(host: str = "127.0.0.1", port: int = 7860, data_dir: str | os.PathLike
     # Our handler turns SIGTERM into an exception, so the finally below runs. uvicorn installs its
     # own handlers while serving and re-raises the captured signal afterwards, which lands here.
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
-    redis = None
-    worker: subprocess.Popen | None = None
+    from web.supervisor import Supervisor
+
+    supervisor = Supervisor()
     reaper = None
     try:
         from db.migrate import upgrade
@@ -120,26 +194,35 @@ def serve(host: str = "127.0.0.1", port: int = 7860, data_dir: str | os.PathLike
         if settings.uses_embedded_broker:
             from worker.broker import start_embedded_redis
 
-            redis = start_embedded_redis(settings.data_dir)
+            data_dir_now, first_port = settings.data_dir, []
+
+            def start_redis():
+                # Restarts reuse the first port: the worker and this process keep their broker URL.
+                started = start_embedded_redis(data_dir_now, port=first_port[0] if first_port else None)
+                first_port[:] = [started.port]
+                return started
+
+            redis = supervisor.add("redis", start_redis, on_start=lambda _: resend_queued_jobs(
+                "the embedded Redis was restarted and lost its messages"))
             os.environ["WORKBENCH_BROKER_URL"] = redis.url  # for the worker and for our own enqueues
             settings = get_settings()
             log.info("embedded Redis broker at %s (pid %s)", redis.url, redis.pid)
 
         if not no_worker:
-            worker = start_worker_process(dict(os.environ))
+            worker = supervisor.add("worker", lambda: LocalWorker(dict(os.environ)),
+                                    on_exit=take_back_jobs_of_dead_worker)
             log.info("local worker started (pid %s)", worker.pid)
+        supervisor.start()
 
-        from worker.jobs import requeue_orphans
         from worker.reaper import start_reaper_thread
 
-        requeued = requeue_orphans()
-        if requeued:
-            log.info("re-sent %s queued job(s) to the broker", requeued if isinstance(requeued, int) else len(requeued))
+        resend_queued_jobs("the app started")
         reaper = start_reaper_thread(settings)
 
         from web.app import create_app
 
         app = create_app(settings)
+        app.state.supervisor = supervisor  # /api/health reports what it supervises
         print(f"LLM Workbench on http://{host}:{port}  (API docs: /docs; data: {settings.data_dir})", flush=True)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info",
                                                # The app is built already; one process, one engine.
@@ -152,12 +235,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, data_dir: str | os.PathLike
         # PDEATHSIG); Ctrl-C still can, for someone in a hurry.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _stop_reaper(reaper)
-        if worker is not None:
-            stop_worker_process(worker)
-            log.info("worker stopped")
-        if redis is not None:
-            redis.stop()
-            log.info("embedded Redis stopped")
+        supervisor.stop()  # the worker (warm shutdown, then its group is killed), then Redis
         signal.signal(signal.SIGTERM, previous_sigterm)
 
 

@@ -1,11 +1,16 @@
 """The Gradio UI: one module per tab, assembled by `build_ui(settings)`.
 
-    Datasets · Train ▸ Pretrain · Jobs · Chat
+    Datasets · Train ▸ Tokenizer | Pretrain | Fine-tune | Candidates | Reward model | DPO · Jobs · Chat · Arena · Label · Models · Admin (admins only)
 
 Every tab reads and changes things only through `web.services` (the REST API uses the same
 functions), and keeps no state of its own beyond what the browser shows: datasets, jobs, metrics,
-logs and models live in the database, so a browser refresh loses nothing. The job a person was
-looking at is remembered in the browser's localStorage (gr.BrowserState) so a refresh reopens it.
+logs and models live in the database, so a browser refresh loses nothing. The tab and the job a
+person was looking at are remembered in the browser's localStorage (gr.BrowserState) so a refresh
+reopens them.
+
+Labelers see Label, Chat and Arena only: the Datasets, Train, Jobs and Models tabs are built hidden and
+shown on load to the training team (`visible_tabs`; Gradio 6 can show a hidden tab from an event but not
+hide a shown one); the services refusing labelers (`Action.read_training`) is what makes that secure.
 
 Login is Gradio's own form, set up by `web.app.create_app` (`auth=` on `gr.mount_gradio_app`);
 handlers learn who is calling from `request.username` (gr.Request) and look the user up with
@@ -56,8 +61,38 @@ def current_user(settings, request: gr.Request | None) -> dict | None:
 
 
 def can_write(user: dict | None) -> bool:
-    """Admins and trainers create datasets and jobs; labelers only label and chat."""
-    return user is None or user.get("role") in ("admin", "trainer")
+    """Admins and trainers create datasets and jobs; labelers only label and chat (web.services.access)."""
+    from web.services import Action, can
+
+    return can(user, Action.write)
+
+
+# The training team's tabs (Action.read_training); the Admin tab has its own rule (admin_tab).
+TRAINING_TABS = ("datasets", "train", "jobs", "models")
+REMEMBERED_TAB_KEY = "workbench-tab"
+
+
+def visible_tabs(user: dict | None) -> dict[str, bool]:
+    """{tab id: shown} for the tabs whose visibility depends on the role."""
+    from web.services import Action, can
+
+    training = can(user, Action.read_training)
+    return {tab: training for tab in TRAINING_TABS}
+
+
+def tab_to_open(remembered: str | None, user: dict | None) -> str:
+    """The tab to open on load: the remembered one while this user may see it; else Datasets for the
+    training team and Label for labelers (their work)."""
+    shown = visible_tabs(user)
+    if remembered and shown.get(str(remembered), True) and (remembered != "admin" or _is_admin(user)):
+        return str(remembered)
+    return "datasets" if shown["datasets"] else "label"
+
+
+def _is_admin(user: dict | None) -> bool:
+    from web.services import Action, can
+
+    return can(user, Action.manage_users)
 
 
 def error_text(error: BaseException) -> str:
@@ -81,39 +116,90 @@ def header_html(user: dict | None) -> str:
         '<div class="wb-header" style="display:flex;align-items:center;justify-content:space-between;'
         'padding:6px 4px 2px 4px">'
         f'<div style="font-size:22px;font-weight:700">{TITLE} '
-        '<span style="font-size:13px;font-weight:400;opacity:.65">data → tokenizer → pretrain → chat</span></div>'
+        '<span style="font-size:13px;font-weight:400;opacity:.65">data → tokenizer → pretrain → fine-tune → labels → reward · DPO → chat · arena</span></div>'
         f'<div id="wb-whoami" style="font-size:14px">{who}</div></div>'
     )
 
 
 def build_ui(settings) -> gr.Blocks:
     """The whole UI for `settings` (data dir, database URL); mounted at "/" by web.app."""
-    from web.ui import chat_tab, datasets_tab, jobs_tab, pretrain_tab
+    from db.models import JobKind
+    from web.ui import (admin_tab, arena_tab, candidates_tab, chat_tab, datasets_tab, finetune_tab, jobs_tab,
+                        models_tab, preference_tab, pretrain_tab, tokenizer_tab)
+    from web.ui import label_tab
 
     with gr.Blocks(title=TITLE, fill_width=True) as blocks:
         header = gr.HTML(header_html(None), elem_id="wb-header")
         with gr.Tabs(elem_id="wb-tabs") as tabs:
-            with gr.Tab("Datasets", id="datasets", elem_id="tab-datasets") as datasets_page:
+            with gr.Tab("Datasets", id="datasets", elem_id="tab-datasets", visible=False) as datasets_page:
                 datasets = datasets_tab.build(settings)
-            with gr.Tab("Train", id="train", elem_id="tab-train") as train_page:
-                with gr.Tabs():
-                    with gr.Tab("Pretrain", id="pretrain", elem_id="tab-pretrain"):
+            with gr.Tab("Train", id="train", elem_id="tab-train", visible=False) as train_page:
+                with gr.Tabs(selected="pretrain"):
+                    with gr.Tab("Tokenizer", id="tokenizer", elem_id="tab-tokenizer") as tokenizer_page:
+                        tokenizer = tokenizer_tab.build(settings)
+                    with gr.Tab("Pretrain", id="pretrain", elem_id="tab-pretrain") as pretrain_page:
                         pretrain = pretrain_tab.build(settings)
-            with gr.Tab("Jobs", id="jobs", elem_id="tab-jobs") as jobs_page:
+                    with gr.Tab("Fine-tune", id="finetune", elem_id="tab-finetune"):
+                        finetune = finetune_tab.build(settings)
+                    with gr.Tab("Candidates", id="candidates", elem_id="tab-candidates"):
+                        candidates = candidates_tab.build(settings)
+                    with gr.Tab("Reward model", id="reward", elem_id="tab-reward"):
+                        reward = preference_tab.build(settings, JobKind.reward, "rm",
+                                                      "Best-of-N in Chat and DPO's evaluation use it.")
+                    with gr.Tab("DPO", id="dpo", elem_id="tab-dpo"):
+                        dpo = preference_tab.build(settings, JobKind.dpo, "dpo",
+                                                   "Start from an SFT model; the result is a chat model.")
+            with gr.Tab("Jobs", id="jobs", elem_id="tab-jobs", visible=False) as jobs_page:
                 jobs = jobs_tab.build(settings)
             with gr.Tab("Chat", id="chat", elem_id="tab-chat") as chat_page:
                 chat = chat_tab.build(settings)
+            with gr.Tab("Arena", id="arena", elem_id="tab-arena") as arena_page:
+                arena = arena_tab.build(settings)
+            with gr.Tab("Label", id="label", elem_id="tab-label") as label_page:
+                label = label_tab.build(settings)  # its Projects & agreement sub-tab: admins and trainers
+            with gr.Tab("Models", id="models", elem_id="tab-models", visible=False) as models_page:
+                models = models_tab.build(settings)
+            with gr.Tab("Admin", id="admin", elem_id="tab-admin", visible=False) as admin_page:
+                admin = admin_tab.build(settings)  # shown on load to admins only
 
-        def on_load(request: gr.Request):
-            return header_html(current_user(settings, request))
+        remembered_tab = gr.BrowserState(None, storage_key=REMEMBERED_TAB_KEY)
+        role_pages = {"datasets": datasets_page, "train": train_page, "jobs": jobs_page, "models": models_page}
 
-        blocks.load(on_load, None, header, queue=False, api_visibility="private")
+        def on_load(remembered, request: gr.Request):
+            """The header, the tabs this user's role shows, and the tab they were on before a reload."""
+            user = current_user(settings, request)
+            shown = visible_tabs(user)
+            opened = tab_to_open(remembered, user)
+            return (header_html(user), *(gr.Tab(visible=shown[tab]) for tab in role_pages),
+                    gr.Tabs(selected=opened))
+
+        blocks.load(on_load, [remembered_tab], [header, *role_pages.values(), tabs], queue=False,
+                    api_visibility="private")
+        for tab_id, page in {**role_pages, "chat": chat_page, "arena": arena_page, "label": label_page,
+                             "admin": admin_page}.items():
+            page.select(lambda tab_id=tab_id: tab_id, None, [remembered_tab], queue=False, api_visibility="private")
         # Each tab refreshes what other tabs may have changed when it is opened (new datasets for
         # the pretrain form, new models for chat), and the jobs timer runs only while Jobs is open.
         datasets.wire(blocks, datasets_page)
-        pretrain.wire(blocks, train_page)
+        tokenizer.wire(blocks, train_page, tokenizer_page)
+        pretrain.wire(blocks, train_page, pretrain_page)  # a tokenizer trained meanwhile is offered
+        finetune.wire(blocks, train_page)
+        candidates.wire(blocks, train_page)
+        reward.wire(blocks, train_page)
+        dpo.wire(blocks, train_page)
         jobs.wire(blocks, jobs_page)
         chat.wire(blocks, chat_page)
+        arena.wire(blocks, arena_page)
+        label.wire(blocks, label_page)
+        models.wire(blocks, models_page)
+        admin.wire(blocks, admin_page)
+        # "→ model #n" in a job opens Chat with that model.
+        jobs.open_models_in(tabs, "chat", remembered_tab, chat)
         # After a successful submit, jump to Jobs and show the new job.
+        tokenizer.after_submit(tabs, "jobs", jobs.on_job)
         pretrain.after_submit(tabs, "jobs", jobs.on_job)
+        finetune.after_submit(tabs, "jobs", jobs.on_job)
+        candidates.after_submit(tabs, "jobs", jobs.on_job)
+        reward.after_submit(tabs, "jobs", jobs.on_job)
+        dpo.after_submit(tabs, "jobs", jobs.on_job)
     return blocks

@@ -1,6 +1,6 @@
 """Chat tab: pick a model, type, and watch the reply stream in, with the sampling settings at hand.
 
-Generation runs in the web process on the CPU through `web.ui.model_cache` (see that module for
+Generation runs in the web process on the CPU through `web.services.model_cache` (see that module for
 why). The handler is a generator: it yields the conversation with a growing last message for
 every text delta `llm.generate.stream_text` produces, and Gradio streams each yield to the browser.
 
@@ -8,10 +8,13 @@ What a "reply" is depends on the model:
   - base model: a document completer. The reply continues the text of your latest message (the
     conversation before it is not sent: a base model has no notion of turns). "Stop at end of
     document" ends the reply where the model closes the document (<|endoftext|>).
-  - sft / dpo models whose tokenizer has the chat specials: the whole conversation is rendered
-    with <|im_start|>role ... <|im_end|> and the reply stops at <|im_end|>. User text is encoded as
-    ordinary text, so a literal "<|im_start|>" typed by a user never becomes a special token.
-    (`render_prompt` is the seam where the SFT work plugs in its template.)
+  - sft / dpo models (LoRA adapters included: they load onto their base): the whole conversation,
+    after the system prompt, is rendered with the one chat template (llm/chat.py) and the reply
+    stops at <|im_end|>. User text is encoded as ordinary text, so a literal "<|im_start|>" typed by
+    a user never becomes a special token.
+
+Labelers are offered the chat models only (`services.list_models(viewer=...)`). The Jobs tab's
+"→ model #n" link opens this tab with model n selected (`ChatTab.show_model`).
 """
 
 from __future__ import annotations
@@ -23,22 +26,25 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from web.ui import db_session, error_text
+from web.services.models import CHAT_MODEL_KINDS
+from web.ui import current_user, db_session, error_text
 from web.ui.plots import field, human_count, message_html
 
-IM_START, IM_END = "<|im_start|>", "<|im_end|>"
-CHAT_KINDS = ("sft", "dpo")
+CHAT_KINDS = tuple(kind.value for kind in CHAT_MODEL_KINDS)  # the chat template's; base models complete documents
+NO_MODELS = "No models yet — train one in Train ▸ Pretrain (or ask an admin to import GPT-2 in Models)."
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 MIN_YIELD_SECONDS = 0.02  # at most ~50 browser updates a second, however fast the model is
 
 
 def model_choices(models: list[dict]) -> list[tuple[str, int]]:
-    return [(f"#{field(m, 'id')} · {field(m, 'name')} ({field(m, 'kind')}, {field(m, 'tokenizer')})",
-             int(field(m, "id"))) for m in models]
+    """Every model, labelled with how it answers: chat (the template) or completion (a base model)."""
+    return [(f"#{field(m, 'id')} · {field(m, 'name')} ({field(m, 'kind')} · "
+             f"{'chat' if field(m, 'kind') in CHAT_KINDS else 'completion'})", int(field(m, "id"))) for m in models]
 
 
-def model_info_html(model: dict | None) -> str:
+def model_info_html(model: dict | None, any_models: bool = True) -> str:
     if not model:
-        return ""
+        return message_html(NO_MODELS if not any_models else "Choose a model.", "info")
     config = field(model, "config") or {}
     shape = ""
     if config:
@@ -54,30 +60,23 @@ def model_info_html(model: dict | None) -> str:
             f'{job})</span><br>{html.escape(shape)}<br><i>{html.escape(how)}</i></div>')
 
 
-def has_chat_specials(tokenizer) -> bool:
-    specials = getattr(getattr(tokenizer, "encoding", None), "special_tokens_set", set())
-    return IM_START in specials and IM_END in specials
-
-
-def render_prompt(kind: str, history: list[dict], tokenizer) -> tuple[str | list[int], set[int]]:
+def render_prompt(kind: str, history: list[dict], tokenizer, system_prompt: str | None = None
+                  ) -> tuple[str | list[int], set[int]]:
     """(prompt, extra stop ids) for a conversation whose last message is the user's.
 
     Base models (or tokenizers without chat specials) get the latest user message as a document to
-    continue. Chat models get the conversation rendered with the chat specials.
+    continue. Chat models get the whole conversation through the one chat template (llm/chat.py),
+    with the system prompt first, and stop at <|im_end|>.
     """
+    from llm.chat import has_chat_template
+    from llm.generate import chat_prompt
+
     last_user = next((m["content"] for m in reversed(history) if m.get("role") == "user"), "")
-    if kind not in CHAT_KINDS or not has_chat_specials(tokenizer):
+    if kind not in CHAT_KINDS or not has_chat_template(tokenizer):
         return str(last_user), set()
-    start, end = tokenizer.special_id(IM_START), tokenizer.special_id(IM_END)
-    newline = tokenizer.encode("\n")
-    ids: list[int] = []
-    for message in history:
-        role, content = message.get("role"), message.get("content")
-        if role not in ("system", "user", "assistant") or not isinstance(content, str):
-            continue
-        ids += [start] + tokenizer.encode(f"{role}\n{content}") + [end] + newline
-    ids += [start] + tokenizer.encode("assistant\n")
-    return ids, {end}
+    messages = [{"role": m["role"], "content": m["content"]} for m in history
+                if m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)]
+    return chat_prompt(tokenizer, messages, (system_prompt or "").strip() or None)  # the CLI's path too
 
 
 def sampling_settings(max_new_tokens, temperature, top_k, top_p, seed, stop_at_end):
@@ -106,31 +105,89 @@ def content_text(content: Any) -> str:
     return str(content or "")
 
 
+MAX_BEST_OF = 16
+
+
+def best_of_answers(settings, cache, history: list[dict], model_id, reward_model_id, n: int, sampling,
+                    system_prompt: str | None, viewer) -> tuple[str, str]:
+    """(the best answer, an HTML list of all N with their rewards) for the conversation `history`."""
+    from llm.best_of_n import best_of_n
+    from llm.reward import load_reward_model
+    from web import services
+
+    if model_id is None or reward_model_id is None:
+        raise ValueError("best-of-N needs a chat model and a reward model (train one in Train ▸ Reward model)")
+    with db_session(settings) as session:
+        services.get_model(int(model_id), session=session, viewer=viewer)
+        services.get_model(int(reward_model_id), session=session, viewer=viewer)
+        model_dir, meta = services.model_dir(settings, int(model_id), session=session)
+        reward_dir, reward_meta = services.model_dir(settings, int(reward_model_id), session=session)
+    if meta["kind"] not in CHAT_KINDS:
+        raise ValueError("best-of-N answers in the chat format: choose an SFT or DPO model")
+    if reward_meta["tokenizer"] != meta["tokenizer"]:
+        raise ValueError(f"the reward model reads tokenizer {reward_meta['tokenizer']!r} and the chat model writes "
+                         f"with {meta['tokenizer']!r}: choose models with the same tokenizer")
+    policy, tokenizer = cache.get(model_dir)
+    scorer = load_reward_model(reward_dir)
+    messages = [m for m in history if m["role"] in ("system", "user", "assistant")]
+    candidates = best_of_n(policy, tokenizer, messages, scorer, n, sampling, (system_prompt or "").strip() or None)
+    items = "".join(f'<li data-reward="{c.reward:.4f}"><code>{c.reward:+.3f}</code> {html.escape(c.text)}</li>'
+                    for c in candidates)
+    listing = (f'<details class="wb-best-of" open><summary>All {len(candidates)} answers, best first '
+               f'(reward model #{int(reward_model_id)})</summary><ol>{items}</ol></details>')
+    return candidates[0].text, listing
+
+
 @dataclass
 class ChatTab:
     settings: Any
     model: gr.Dropdown
     info: gr.HTML
+    reward_model: gr.Dropdown
+
+    @property
+    def model_outputs(self) -> list:
+        """What `show_model` and `refresh_models` update: the model dropdown and its description."""
+        return [self.model, self.info]
 
     def wire(self, blocks: gr.Blocks, page: gr.Tab) -> None:
-        blocks.load(self.refresh_models, [self.model], [self.model, self.info], api_visibility="private")
-        page.select(self.refresh_models, [self.model], [self.model, self.info], api_visibility="private")
+        blocks.load(self.refresh_models, [self.model], self.model_outputs, api_visibility="private")
+        page.select(self.refresh_models, [self.model], self.model_outputs, api_visibility="private")
+        for event in (blocks.load, page.select):
+            event(self.refresh_reward_models, [self.reward_model], [self.reward_model], api_visibility="private")
 
-    def refresh_models(self, current):
+    def refresh_reward_models(self, current, request: gr.Request = None):
+        """The reward models this user may use for best-of-N (none for labelers: they see chat models only)."""
         from web import services
 
+        viewer = current_user(self.settings, request)
         with db_session(self.settings) as session:
-            models = services.list_models(session=session)
+            models = [m for m in services.list_models(session=session, viewer=viewer) if m["kind"] == "reward"]
+        choices = [(f"#{m['id']} · {m['name']}", m["id"]) for m in models]
+        ids = [value for _, value in choices]
+        return gr.Dropdown(choices=choices, value=current if current in ids else (ids[0] if ids else None))
+
+    def refresh_models(self, current, request: gr.Request = None):
+        """The models this user may chat with, keeping `current` selected when it still is one."""
+        from web import services
+
+        viewer = current_user(self.settings, request)
+        with db_session(self.settings) as session:
+            models = services.list_models(session=session, viewer=viewer)
         choices = model_choices(models)
         ids = [value for _, value in choices]
         value = current if current in ids else (ids[0] if ids else None)
         info = next((m for m in models if m["id"] == value), None)
-        return gr.Dropdown(choices=choices, value=value), model_info_html(info)
+        return gr.Dropdown(choices=choices, value=value), model_info_html(info, any_models=bool(models))
+
+    def show_model(self, model_id: int, request: gr.Request = None):
+        """Select `model_id` (e.g. a job's new model), with the list refreshed so a new model is in it."""
+        return self.refresh_models(model_id, request)
 
 
 def build(settings) -> ChatTab:
     from web import services
-    from web.ui.model_cache import shared_cache
+    from web.services.model_cache import shared_cache
 
     cache = shared_cache(settings.data_dir)
 
@@ -165,6 +222,14 @@ def build(settings) -> ChatTab:
                              elem_id="chat-seed")
             stop_at_end = gr.Checkbox(value=True, label="Stop at end of document (<|endoftext|>)",
                                       elem_id="chat-stop-at-end")
+            system_prompt = gr.Textbox(value=DEFAULT_SYSTEM_PROMPT, label="System prompt (chat models)", lines=2,
+                                       info="sent first in the chat template; base models ignore it",
+                                       elem_id="chat-system")
+            gr.Markdown("#### Best-of-N")
+            best_of = gr.Slider(1, MAX_BEST_OF, value=1, step=1, label="Answers to sample (N)",
+                                info="N > 1: a reward model picks the best (chat models)", elem_id="chat-best-of")
+            reward_model = gr.Dropdown(label="Reward model", choices=[], elem_id="chat-reward-model")
+    candidates = gr.HTML(elem_id="chat-best-of-list")
 
     def add_user_message(message: str, history: list[dict] | None):
         history = list(history or [])
@@ -174,26 +239,28 @@ def build(settings) -> ChatTab:
         history.append({"role": "user", "content": message})
         return "", history
 
-    def respond(history: list[dict] | None, model_id, temp, k, p, max_new, seed_value, stop_flag
-                ) -> Iterator[tuple[list[dict], str]]:
+    def respond_streaming(history: list[dict] | None, model_id, temp, k, p, max_new, seed_value, stop_flag,
+                          system_value, request: gr.Request = None) -> Iterator[tuple[list[dict], str]]:
         history = [{"role": m.get("role"), "content": content_text(m.get("content"))}
                    for m in (history or [])]
         if not history or history[-1]["role"] != "user":
             yield history, gr.skip()
             return
         if model_id is None:
-            history.append({"role": "assistant", "content": "⚠️ Choose a model first (train one in Train ▸ Pretrain)."})
+            history.append({"role": "assistant", "content": f"⚠️ Choose a model first. {NO_MODELS}"})
             yield history, ""
             return
         try:
             settings_ = sampling_settings(max_new, temp, k, p, seed_value, stop_flag)
             with db_session(settings) as session:
+                # A model this user may not see (a labeler and a base model) is "not found".
+                services.get_model(int(model_id), session=session, viewer=current_user(settings, request))
                 model_dir, meta = services.model_dir(settings, int(model_id), session=session)
             started = time.perf_counter()
             loaded_before = cache.loads
             model_obj, tokenizer = cache.get(model_dir)
             load_s = time.perf_counter() - started if cache.loads != loaded_before else 0.0
-            prompt_value, stops = render_prompt(meta["kind"], history, tokenizer)
+            prompt_value, stops = render_prompt(meta["kind"], history, tokenizer, system_value)
         except Exception as error:  # a missing file, a bad setting: say so in the conversation
             history.append({"role": "assistant", "content": f"⚠️ {error_text(error)}"})
             yield history, message_html(error_text(error), "error")
@@ -228,24 +295,49 @@ def build(settings) -> ChatTab:
             note += f" · model loaded in {load_s:.2f} s"
         yield history, f'<div style="font-size:12px;opacity:.7">{html.escape(note)}</div>'
 
-    sampling = [model, temperature, top_k, top_p, max_tokens, seed, stop_at_end]
+    def respond(history: list[dict] | None, model_id, temp, k, p, max_new, seed_value, stop_flag, system_value,
+                n, reward_model_id, request: gr.Request = None) -> Iterator[tuple[list[dict], str, str]]:
+        """One streamed answer, or with N > 1 the best of N answers by the chosen reward model."""
+        if not n or int(n) <= 1:
+            for history_, note in respond_streaming(history, model_id, temp, k, p, max_new, seed_value, stop_flag,
+                                                    system_value, request):
+                yield history_, note, ""
+            return
+        history = [{"role": m.get("role"), "content": content_text(m.get("content"))} for m in (history or [])]
+        if not history or history[-1]["role"] != "user":
+            yield history, gr.skip(), gr.skip()
+            return
+        yield history, message_html(f"sampling {int(n)} answers and scoring them…", "info"), ""
+        try:
+            best, listing = best_of_answers(settings, cache, history, model_id, reward_model_id, int(n),
+                                            sampling_settings(max_new, temp, k, p, seed_value, stop_flag),
+                                            system_value, current_user(settings, request))
+        except Exception as error:  # no reward model chosen, a base model, mismatched tokenizers: say so
+            history.append({"role": "assistant", "content": f"⚠️ {error_text(error)}"})
+            yield history, message_html(error_text(error), "error"), ""
+            return
+        history.append({"role": "assistant", "content": best})
+        yield history, "", listing
+
+    sampling = [model, temperature, top_k, top_p, max_tokens, seed, stop_at_end, system_prompt, best_of, reward_model]
     submit_event = prompt.submit(add_user_message, [prompt, chatbot], [prompt, chatbot], queue=False,
                                  api_visibility="private").then(
-        respond, [chatbot] + sampling, [chatbot, speed], concurrency_limit=2, concurrency_id="chat",
+        respond, [chatbot] + sampling, [chatbot, speed, candidates], concurrency_limit=2, concurrency_id="chat",
         show_progress="hidden", api_visibility="private")
     send_event = send.click(add_user_message, [prompt, chatbot], [prompt, chatbot], queue=False,
                             api_visibility="private").then(
-        respond, [chatbot] + sampling, [chatbot, speed], concurrency_limit=2, concurrency_id="chat",
+        respond, [chatbot] + sampling, [chatbot, speed, candidates], concurrency_limit=2, concurrency_id="chat",
         show_progress="hidden", api_visibility="private")
     stop.click(None, None, None, cancels=[submit_event, send_event])
-    clear.click(lambda: ([], ""), None, [chatbot, speed], queue=False, api_visibility="private")
+    clear.click(lambda: ([], "", ""), None, [chatbot, speed, candidates], queue=False, api_visibility="private")
 
-    tab = ChatTab(settings=settings, model=model, info=info)
+    tab = ChatTab(settings=settings, model=model, info=info, reward_model=reward_model)
 
-    def on_model_change(model_id):
+    def on_model_change(model_id, request: gr.Request = None):
+        viewer = current_user(settings, request)
         with db_session(settings) as session:
-            models = services.list_models(session=session)
-        return model_info_html(next((m for m in models if m["id"] == model_id), None))
+            models = services.list_models(session=session, viewer=viewer)
+        return model_info_html(next((m for m in models if m["id"] == model_id), None), any_models=bool(models))
 
     model.change(on_model_change, [model], [info], queue=False, api_visibility="private")
     reload_models.click(tab.refresh_models, [model], [model, info], queue=False, api_visibility="private")

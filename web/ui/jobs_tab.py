@@ -9,7 +9,10 @@ the database.
 
 Click a row of the queue (or pick from the dropdown) to select a job. Cancel asks the worker to
 checkpoint and stop (a queued job never starts); Resume queues a failed or cancelled job again,
-continuing from its last checkpoint.
+continuing from its last checkpoint (not offered for a job marked not resumable). Rename and Delete
+(with a confirmation naming what depends on the job) are for its owner and admins; the services
+check it. The history lists who changed the job. "→ model #n" opens Chat with that model.
+Labelers never see this tab (web/ui/__init__.py hides it; the services refuse them anyway).
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from web.ui import can_write, current_user, db_session, error_text
-from web.ui.plots import (BPB_SERIES, JOBS_TABLE_CSS, LOSS_SERIES, elapsed_seconds, format_metric,
-                          human_duration, jobs_table_html, message_html, metrics_frame, metrics_signature,
+from web.ui import current_user, db_session, error_text
+from worker.kinds import get_spec
+from web.ui.plots import (JOBS_TABLE_CSS, elapsed_seconds, eta_seconds, events_html, format_metric, human_duration,
+                          job_title, jobs_table_html, message_html, metrics_frame, metrics_signature, needs_markers,
                           progress_bar_html, stat_cards_html, status_badge_html)
 
 TICK_SECONDS = 2.0
@@ -32,6 +36,7 @@ QUEUE_LIMIT = 50
 MAX_LOG_LINES = 400
 CANCELLABLE = ("queued", "running")
 RESUMABLE = ("failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled")  # only these can be deleted
 
 # Clicking a queue row selects that job (event delegation: rows are re-rendered every tick).
 ROW_CLICK_JS = """
@@ -41,14 +46,50 @@ element.addEventListener('click', (event) => {
 });
 """
 
-METRIC_CARDS = [("step", "step"), ("loss", "loss"), ("val_loss", "val loss"), ("val_bpb", "val bits/byte"),
-                ("tokens_per_s", "tokens/s"), ("mfu", "MFU"), ("lr", "learning rate")]
+# "→ model #n (open it in Chat)" in the job header: a click asks the server to open Chat with model n.
+OPEN_MODEL_JS = """
+element.addEventListener('click', (event) => {
+  const link = event.target.closest('a[data-open-model]');
+  if (link) { event.preventDefault(); trigger('click', {model_id: parseInt(link.dataset.openModel, 10)}); }
+});
+"""
+NO_JOBS = "No jobs yet — train a model in Train."
+
+# Each kind declares its cards and charts (worker/kinds/); the tab has this many chart slots.
+PLOT_SLOTS = 2
+FALLBACK_CARDS = (("step", "step"), ("loss", "loss"))
 
 
 # ----------------------------------------------------------------------------- pure shaping
 
+def draws_single_points(plot: gr.LinePlot) -> gr.LinePlot:
+    """Make `plot` draw points instead of lines while a series has a single point: a line through one
+    point draws nothing (the validation chart after the first evaluation was empty).
+
+    The native plot's frontend draws the mark its data names ("line" for a LinePlot, "point" for a
+    ScatterPlot), so this instance's postprocess names "point" for such a frame. (Wrapping the
+    instance, not subclassing: Gradio writes a .pyi stub next to any module defining a component class.)
+    """
+    line_postprocess = plot.postprocess
+
+    def postprocess(value):
+        data = line_postprocess(value)
+        if isinstance(value, pd.DataFrame) and data is not None and not isinstance(data, dict) \
+                and needs_markers(value):
+            data.mark = "point"
+        return data
+
+    plot.postprocess = postprocess
+    return plot
+
+
 def job_choices(jobs: list[dict]) -> list[tuple[str, int]]:
-    return [(f"#{j['id']} · {j['kind']} · {j['status']}", int(j["id"])) for j in jobs]
+    return [(f"#{j['id']} · {job_title(j)} · {j['status']}", int(j["id"])) for j in jobs]
+
+
+def can_resume(detail: dict) -> bool:
+    """Resume is offered for a failed or cancelled job that can continue (not e.g. one killed for memory)."""
+    return detail.get("status") in RESUMABLE and detail.get("resumable", True) is not False
 
 
 def detail_header_html(detail: dict) -> str:
@@ -56,6 +97,9 @@ def detail_header_html(detail: dict) -> str:
     elapsed = elapsed_seconds(detail.get("started_at"), detail.get("finished_at"))
     bits = [f"owner {html.escape(str(detail.get('owner') or '—'))}",
             f"elapsed {human_duration(elapsed)}" if elapsed is not None else "not started"]
+    remaining = eta_seconds(detail.get("progress"), elapsed) if status == "running" else None
+    if remaining is not None:
+        bits.append(f'<span class="wb-eta">about {human_duration(remaining)} left</span>')
     if detail.get("attempts"):
         bits.append(f"attempt {detail['attempts']}")
     if detail.get("worker_host"):
@@ -63,23 +107,28 @@ def detail_header_html(detail: dict) -> str:
     if detail.get("cancel_requested") and status == "running":
         bits.append("<b>stopping…</b>")
     if detail.get("output_model_id"):
-        bits.append(f"→ model #{detail['output_model_id']} (open it in Chat)")
+        model_id = int(detail["output_model_id"])
+        bits.append(f'<a href="#" class="wb-open-model" data-open-model="{model_id}" '
+                    f'title="Open Chat with model #{model_id}">→ model #{model_id} (open it in Chat)</a>')
     return (
         f'<div class="wb-job-head" data-status="{html.escape(status)}" '
         'style="display:flex;flex-direction:column;gap:6px">'
         f'<div style="display:flex;align-items:center;gap:10px;font-size:18px;font-weight:650">'
-        f'Job #{detail["id"]} · {html.escape(str(detail.get("kind")))} {status_badge_html(status)}</div>'
+        f'Job #{detail["id"]} · {html.escape(job_title(detail))} {status_badge_html(status)}</div>'
         f'{progress_bar_html(detail.get("progress"), status)}'
         f'<div style="font-size:12px;opacity:.7">{" · ".join(bits)}</div></div>'
     )
 
 
-def metric_cards_html(detail: dict) -> str:
+def metric_cards_html(detail: dict, step_reached: int | None = None) -> str:
+    """The kind's cards; the step card shows `step_reached` (services.step_reached: a cancelled run's last
+    step, which its log names) or else the newest metric step."""
     metrics = detail.get("metrics") or {}
     steps = detail.get("metric_steps") or {}
     cards = []
-    last_step = max(steps.values()) if steps else None
-    for name, label in METRIC_CARDS:
+    last_step = step_reached if step_reached is not None else (max(steps.values()) if steps else None)
+    spec = get_spec(detail.get("kind") or "")
+    for name, label in (spec.metric_cards if spec is not None else FALLBACK_CARDS):
         if name == "step":
             max_steps = (detail.get("params") or {}).get("max_steps")
             value = "—" if last_step is None else f"{last_step:,}" + (f" / {max_steps:,}" if max_steps else "")
@@ -103,14 +152,24 @@ def empty_plot() -> pd.DataFrame:
     return metrics_frame([], {})
 
 
-def plot_update(frame: pd.DataFrame, max_steps: Any = None) -> gr.LinePlot:
+def plot_updates(detail: dict, metrics: list[dict]) -> list[gr.LinePlot]:
+    """One update per chart slot: the kind's declared charts in order, the unused slots hidden."""
+    spec = get_spec(detail.get("kind") or "")
+    plots = list(spec.plots if spec is not None else ())[:PLOT_SLOTS]
+    max_steps = (detail.get("params") or {}).get("max_steps")
+    updates = [plot_update(metrics_frame(metrics, plot.series), max_steps, title=plot.title) for plot in plots]
+    return updates + [plot_update(empty_plot())] * (PLOT_SLOTS - len(updates))
+
+
+def plot_update(frame: pd.DataFrame, max_steps: Any = None, title: str | None = None) -> gr.LinePlot:
     """A LinePlot update: hidden while there are no points (vega draws an empty frame with infinite
     axes), and an x axis spanning the whole run so the curve fills in as training goes."""
     if frame.empty:
         return gr.LinePlot(value=frame, visible=False)
     last = int(frame["step"].max())
     end = max(last, int(max_steps)) if isinstance(max_steps, (int, float)) and max_steps > 0 else last
-    return gr.LinePlot(value=frame, visible=True, x_lim=[0, max(end, 1)])
+    extra = {"title": title} if title else {}
+    return gr.LinePlot(value=frame, visible=True, x_lim=[0, max(end, 1)], **extra)
 
 
 # ----------------------------------------------------------------------------- the tab
@@ -120,6 +179,7 @@ class JobsTab:
     settings: Any
     timer: gr.Timer
     selected: gr.BrowserState
+    header: gr.HTML
     refresh_fn: Any
     refresh_inputs: list
     refresh_outputs: list
@@ -139,6 +199,29 @@ class JobsTab:
 
         return select, [job_id_component, self.refresh_inputs[1]], self.refresh_outputs
 
+    def open_models_in(self, tabs: gr.Tabs, chat_tab_id: str, remembered_tab: gr.BrowserState, chat: Any) -> None:
+        """A click on "→ model #n" in the header switches to Chat with model n selected (`chat.show_model`)."""
+        def open_model(evt: gr.EventData, request: gr.Request = None):
+            model_id = getattr(evt, "model_id", None)
+            if model_id is None:
+                return (gr.skip(),) * (2 + len(chat.model_outputs))
+            return (gr.Tabs(selected=chat_tab_id), chat_tab_id, *chat.show_model(int(model_id), request))
+
+        self.header.click(open_model, None, [tabs, remembered_tab, *chat.model_outputs], show_progress="hidden",
+                          api_visibility="private")
+
+
+def delete_confirmation(detail: dict, dependents: list[str]) -> tuple[str, bool]:
+    """(what the confirmation says, whether deleting is possible now) for a job."""
+    title = f"job #{detail['id']} ({job_title(detail)})"
+    if detail.get("status") not in FINISHED:
+        return f"{title} is {detail.get('status')}: cancel it first, then delete it.", False
+    if dependents:
+        return (f"{title} cannot be deleted yet. These depend on it; delete them first (Models tab):\n• "
+                + "\n• ".join(dependents)), False
+    return (f"Delete {title}? Its metrics, log and run directory (checkpoints) are removed for good. "
+            "Nothing else depends on it."), True
+
 
 def build(settings) -> JobsTab:
     from web import services
@@ -157,31 +240,51 @@ def build(settings) -> JobsTab:
         cancel = gr.Button("Cancel job", variant="stop", elem_id="jobs-cancel", interactive=False, scale=1)
         resume = gr.Button("Resume job", variant="secondary", elem_id="jobs-resume", interactive=False, scale=1)
     action = gr.HTML(elem_id="jobs-action")
-    header = gr.HTML(elem_id="jobs-detail-header")
+    header = gr.HTML(elem_id="jobs-detail-header", js_on_load=OPEN_MODEL_JS)
     cards = gr.HTML(elem_id="jobs-metrics")
     with gr.Row():
-        loss_plot = gr.LinePlot(empty_plot(), x="step", y="value", color="series", title="Loss", visible=False,
-                                y_title="cross-entropy", x_title="step", height=280, elem_id="jobs-loss-plot",
-                                show_label=False, color_title="")
-        bpb_plot = gr.LinePlot(empty_plot(), x="step", y="value", color="series", visible=False,
-                               title="Validation bits per byte",
-                               y_title="bits/byte", x_title="step", height=280, elem_id="jobs-bpb-plot",
-                               show_label=False, color_title="")
+        # The first slot is every training kind's loss curve; the second is the kind's own (bits per byte,
+        # token accuracy, ...).
+        loss_plot = draws_single_points(gr.LinePlot(
+            empty_plot(), x="step", y="value", color="series", title="Loss", visible=False, x_title="step",
+            height=280, elem_id="jobs-loss-plot", show_label=False, color_title=""))
+        second_plot = draws_single_points(gr.LinePlot(
+            empty_plot(), x="step", y="value", color="series", visible=False, x_title="step", height=280,
+            elem_id="jobs-second-plot", show_label=False, color_title=""))
     error = gr.HTML(elem_id="jobs-error")
     with gr.Row():
         logs = gr.Textbox(label="Log", lines=12, max_lines=12, autoscroll=True, interactive=False,
                           elem_id="jobs-logs", scale=3)
         params = gr.Code(label="Parameters", language="json", interactive=False, elem_id="jobs-params",
                          scale=2, max_lines=14)
+    history = gr.HTML(elem_id="jobs-events")
+    with gr.Row(equal_height=True):
+        name_box = gr.Textbox(label="Name", placeholder="blank: the kind shows", elem_id="jobs-name", scale=3,
+                              max_length=200)
+        rename = gr.Button("Rename", elem_id="jobs-rename", interactive=False, scale=1)
+        remove = gr.Button("Delete job…", variant="stop", elem_id="jobs-delete", interactive=False, scale=1)
+    with gr.Group(visible=False, elem_id="jobs-delete-confirm") as confirm_box:
+        confirm_text = gr.HTML(elem_id="jobs-delete-text")
+        with gr.Row():
+            confirm_yes = gr.Button("Delete it", variant="stop", elem_id="jobs-delete-yes")
+            confirm_no = gr.Button("Keep it", elem_id="jobs-delete-no")
 
-    outputs = [selected, seen, queue, picker, header, cards, loss_plot, bpb_plot, error, logs, params, cancel,
-               resume]
+    outputs = [selected, seen, queue, picker, header, cards, loss_plot, second_plot, error, logs, params, cancel,
+               resume, history, name_box, rename, remove]
+    parts = ("queue", "picker", "header", "cards", "loss", "second", "error", "logs", "params", "cancel", "resume",
+             "history", "name", "rename", "remove")
+
+    def nothing() -> tuple:
+        return tuple(gr.skip() for _ in outputs)
 
     def refresh(selected_id, seen_state, request: gr.Request = None, explicit: bool = False):
         seen_state = dict(seen_state or {})
         requested = selected_id
+        user = current_user(settings, request)
+        if not services.can(user, services.Action.read_training):
+            return nothing()  # a labeler: the tab is hidden and the services would refuse
         with db_session(settings) as session:
-            jobs = services.list_jobs(limit=QUEUE_LIMIT, session=session)
+            jobs = services.list_jobs(limit=QUEUE_LIMIT, session=session, viewer=user)
             ids = [j["id"] for j in jobs]
             if selected_id is not None:
                 try:
@@ -194,22 +297,21 @@ def build(settings) -> JobsTab:
             new_logs: list[dict] = []
             if selected_id is not None:
                 try:
-                    detail = services.get_job_detail(selected_id, session=session)
+                    detail = services.get_job_detail(selected_id, session=session, viewer=user)
                 except services.NotFound:
                     selected_id, detail = (ids[0] if ids else None), None
                     if selected_id is not None:
-                        detail = services.get_job_detail(selected_id, session=session)
+                        detail = services.get_job_detail(selected_id, session=session, viewer=user)
             if detail is not None:
                 same_job = seen_state.get("job") == selected_id
                 finished = detail["status"] in ("succeeded", "failed", "cancelled")
                 # A finished job's curves are drawn once; a live one is re-read every tick.
                 if not (same_job and finished and seen_state.get("final_metrics")):
-                    metrics = services.job_metrics(selected_id, session=session)
+                    metrics = services.job_metrics(selected_id, session=session, viewer=user)
                 after = seen_state.get("log_id", 0) if same_job else 0
-                new_logs = services.job_logs(selected_id, after_id=after, session=session)
+                new_logs = services.job_logs(selected_id, after_id=after, session=session, viewer=user)
 
-        out: dict[str, Any] = {c: gr.skip() for c in ("queue", "picker", "header", "cards", "loss", "bpb", "error",
-                                                      "logs", "params", "cancel", "resume")}
+        out: dict[str, Any] = {part: gr.skip() for part in parts}
         queue_html = jobs_table_html(jobs, selected_id)
         if queue_html != seen_state.get("queue"):
             out["queue"] = queue_html
@@ -224,38 +326,44 @@ def build(settings) -> JobsTab:
 
         if detail is None:
             if seen_state.get("job") is not None or "detail" not in seen_state:
-                out.update(header=message_html("No job selected.", "info") if ids else "", cards="",
-                           loss=plot_update(empty_plot()), bpb=plot_update(empty_plot()), error="", logs="", params="",
-                           cancel=gr.Button(interactive=False), resume=gr.Button(interactive=False))
+                out.update(header=message_html("No job selected." if ids else NO_JOBS, "info"), cards="",
+                           loss=plot_update(empty_plot()), second=plot_update(empty_plot()), error="", logs="",
+                           params="", cancel=gr.Button(interactive=False), resume=gr.Button(interactive=False),
+                           history="", name="", rename=gr.Button(interactive=False),
+                           remove=gr.Button(interactive=False))
             seen_state.update(job=None, detail="none", metrics=None, log_id=0, logs=[], final_metrics=False,
                               logs_sent=False)
         else:
             if seen_state.get("job") != selected_id:
                 seen_state.update(job=selected_id, detail=None, metrics=None, log_id=0, logs=[],
                                   final_metrics=False, logs_sent=False)
+                out["name"] = detail.get("name") or ""  # only on a new selection, never over someone's typing
             status = detail["status"]
             detail_key = json.dumps([detail.get(k) for k in ("status", "progress", "error", "attempts",
                                                              "cancel_requested", "output_model_id",
-                                                             "worker_host")]
+                                                             "worker_host", "name", "resumable")]
                                     + [detail.get("metrics"), str(detail.get("started_at")),
-                                       str(detail.get("finished_at")), status == "running" and
-                                       int(elapsed_seconds(detail.get("started_at")) or 0)], default=str)
+                                       str(detail.get("finished_at")), len(detail.get("events") or []),
+                                       status == "running" and int(elapsed_seconds(detail.get("started_at")) or 0)],
+                                    default=str)
             if detail_key != seen_state.get("detail"):
                 seen_state["detail"] = detail_key
-                user = current_user(settings, request)
-                writer = can_write(user)
-                out.update(header=detail_header_html(detail), cards=metric_cards_html(detail),
-                           error=error_html(detail), params=params_text(detail),
-                           cancel=gr.Button(interactive=writer and status in CANCELLABLE
+                owner_or_admin = services.can_change(user, detail.get("owner_id"), services.Action.change_own_job,
+                                                     services.Action.change_any_job)
+                out.update(header=detail_header_html(detail),
+                           cards=metric_cards_html(detail, services.step_reached(settings, detail)),
+                           error=error_html(detail), params=params_text(detail), history=events_html(
+                               detail.get("events") or []),
+                           cancel=gr.Button(interactive=owner_or_admin and status in CANCELLABLE
                                             and not detail.get("cancel_requested")),
-                           resume=gr.Button(interactive=writer and status in RESUMABLE))
+                           resume=gr.Button(interactive=owner_or_admin and can_resume(detail)),
+                           rename=gr.Button(interactive=owner_or_admin),
+                           remove=gr.Button(interactive=owner_or_admin and status in FINISHED))
             if metrics is not None:
                 signature = json.dumps(metrics_signature(metrics), default=str)
                 if signature != seen_state.get("metrics"):
                     seen_state["metrics"] = signature
-                    max_steps = (detail.get("params") or {}).get("max_steps")
-                    out["loss"] = plot_update(metrics_frame(metrics, LOSS_SERIES), max_steps)
-                    out["bpb"] = plot_update(metrics_frame(metrics, BPB_SERIES), max_steps)
+                    out["loss"], out["second"] = plot_updates(detail, metrics)
                 seen_state["final_metrics"] = status in ("succeeded", "failed", "cancelled")
             if new_logs or not seen_state.get("logs_sent"):
                 lines = (seen_state.get("logs") or []) + [row["line"] for row in new_logs]
@@ -268,8 +376,7 @@ def build(settings) -> JobsTab:
         # A tick writes the selection back only when it had to change it (none yet, or deleted): a tick
         # that started before someone picked another job must not put the old one back.
         selected_out = selected_id if (explicit or selected_id != requested) else gr.skip()
-        return (selected_out, seen_state, out["queue"], out["picker"], out["header"], out["cards"], out["loss"],
-                out["bpb"], out["error"], out["logs"], out["params"], out["cancel"], out["resume"])
+        return (selected_out, seen_state, *(out[part] for part in parts))
 
     def select_job(job_id, seen_state, request: gr.Request = None):
         state = dict(seen_state or {})
@@ -282,7 +389,7 @@ def build(settings) -> JobsTab:
     def select_from_row(seen_state, evt: gr.EventData, request: gr.Request = None):
         job_id = getattr(evt, "job_id", None)
         if job_id is None:
-            return tuple(gr.skip() for _ in outputs)
+            return nothing()
         return select_job(job_id, seen_state, request)
 
     tick_inputs = [selected, seen]
@@ -291,28 +398,71 @@ def build(settings) -> JobsTab:
     picker.input(select_job, [picker, seen], outputs, show_progress="hidden", api_visibility="private")
     queue.click(select_from_row, [seen], outputs, show_progress="hidden", api_visibility="private")
 
+    def redrawn(job_id, seen_state, request) -> tuple:
+        state = dict(seen_state or {})
+        state["detail"] = None
+        return refresh(job_id, state, request)
+
     def do_action(kind: str):
-        def run(job_id, seen_state, request: gr.Request):
+        def run(job_id, seen_state, name, request: gr.Request):
             if job_id is None:
-                return (message_html("Select a job first.", "error"),) + tuple(gr.skip() for _ in outputs)
+                return (message_html("Select a job first.", "error"),) + nothing()
             user = current_user(settings, request)
+            who = user["name"] if user else None
             try:
                 with db_session(settings) as session:
-                    fn = services.cancel_job if kind == "cancel" else services.resume_job
-                    fn(session, int(job_id), user["name"] if user else None)
+                    if kind == "cancel":
+                        services.cancel_job(session, int(job_id), who)
+                        done = "Cancellation requested for job #{id}: a running job saves a checkpoint and stops."
+                    elif kind == "resume":
+                        services.resume_job(session, int(job_id), who)
+                        done = "Job #{id} queued again; it continues from its last checkpoint."
+                    else:
+                        services.rename_job(session, int(job_id), name, who)
+                        done = "Job #{id} renamed."
             except (services.ServiceError, ValueError) as err:
-                return (message_html(f"Could not {kind} job #{job_id}: {error_text(err)}", "error"),) + \
-                    tuple(gr.skip() for _ in outputs)
-            done = ("Cancellation requested for job #{id}: a running job saves a checkpoint and stops."
-                    if kind == "cancel" else "Job #{id} queued again; it continues from its last checkpoint.")
-            state = dict(seen_state or {})
-            state["detail"] = None
-            return (message_html(done.format(id=job_id), "ok"),) + refresh(job_id, state, request)
+                return (message_html(f"Could not {kind} job #{job_id}: {error_text(err)}", "error"),) + nothing()
+            return (message_html(done.format(id=job_id), "ok"),) + redrawn(job_id, seen_state, request)
         return run
 
-    for button, kind in ((cancel, "cancel"), (resume, "resume")):
-        button.click(do_action(kind), [selected, seen], [action] + outputs, show_progress="hidden",
+    for button, kind in ((cancel, "cancel"), (resume, "resume"), (rename, "rename")):
+        button.click(do_action(kind), [selected, seen, name_box], [action] + outputs, show_progress="hidden",
                      api_visibility="private")
 
-    return JobsTab(settings=settings, timer=timer, selected=selected, refresh_fn=select_job,
+    def ask_delete(job_id, request: gr.Request):
+        """Open the confirmation, saying what depends on the job (its models, generated answers)."""
+        if job_id is None:
+            return gr.Group(visible=False), "", gr.Button(), message_html("Select a job first.", "error")
+        user = current_user(settings, request)
+        try:
+            with db_session(settings) as session:
+                detail = services.get_job_detail(int(job_id), session=session, viewer=user)
+                dependents = services.job_dependents(session, int(job_id))
+        except (services.ServiceError, ValueError) as err:
+            return gr.Group(visible=False), "", gr.Button(), message_html(error_text(err), "error")
+        text, possible = delete_confirmation(detail, dependents)
+        return (gr.Group(visible=True), message_html(text, "warn" if possible else "error"),
+                gr.Button(interactive=possible), "")
+
+    def do_delete(job_id, seen_state, request: gr.Request):
+        user = current_user(settings, request)
+        try:
+            with db_session(settings) as session:
+                services.delete_job(session, settings, int(job_id), user["name"] if user else None)
+        except (services.ServiceError, ValueError, TypeError) as err:
+            return (gr.Group(visible=False), message_html(f"Not deleted — {error_text(err)}", "error")) + nothing()
+        state = dict(seen_state or {})
+        state.pop("queue", None)
+        state.pop("picker", None)
+        # The selection moves to the newest job (refresh does that for an id that is gone).
+        return (gr.Group(visible=False), message_html(f"Job #{job_id} deleted.", "ok")) + refresh(
+            None, state, request, explicit=True)
+
+    remove.click(ask_delete, [selected], [confirm_box, confirm_text, confirm_yes, action], show_progress="hidden",
+                 api_visibility="private")
+    confirm_yes.click(do_delete, [selected, seen], [confirm_box, action] + outputs, show_progress="hidden",
+                      api_visibility="private")
+    confirm_no.click(lambda: gr.Group(visible=False), None, [confirm_box], queue=False, api_visibility="private")
+
+    return JobsTab(settings=settings, timer=timer, selected=selected, header=header, refresh_fn=select_job,
                    refresh_inputs=tick_inputs, refresh_outputs=outputs)

@@ -13,6 +13,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from llm.stats import COUNT_NAME
+
 # Colours by job status, used by badges and progress bars (readable on light and dark themes).
 STATUS_COLORS: dict[str, str] = {
     "queued": "#64748b",
@@ -23,8 +25,6 @@ STATUS_COLORS: dict[str, str] = {
 }
 
 # Metric names the training loop reports (docs/architecture.md, on_metrics).
-LOSS_SERIES = {"loss": "train loss", "val_loss": "val loss"}
-BPB_SERIES = {"val_bpb": "val bits/byte"}
 
 
 def field(obj: Any, name: str, default: Any = None) -> Any:
@@ -122,6 +122,21 @@ def elapsed_seconds(started: Any, finished: Any = None, now: datetime | None = N
     return max(0.0, (end - start).total_seconds())
 
 
+# Below this much progress the rate is mostly start-up (data, compile, first eval): no estimate yet.
+ETA_MIN_PROGRESS = 0.01
+
+
+def eta_seconds(progress: Any, elapsed: float | None) -> float | None:
+    """Time left if the rest goes at the pace so far: elapsed × (1 − p) / p; None when unknown."""
+    try:
+        fraction = float(progress)
+    except (TypeError, ValueError):
+        return None
+    if elapsed is None or not math.isfinite(fraction) or not ETA_MIN_PROGRESS <= fraction < 1:
+        return None
+    return float(elapsed) * (1.0 - fraction) / fraction
+
+
 # ----------------------------------------------------------------------------- metrics → plots
 
 def metrics_frame(records: Iterable[Mapping[str, Any]], series: Mapping[str, str]) -> pd.DataFrame:
@@ -152,6 +167,11 @@ def metrics_frame(records: Iterable[Mapping[str, Any]], series: Mapping[str, str
     if not frame.empty:
         frame = frame.sort_values(["series", "step"], kind="stable").reset_index(drop=True)
     return frame.astype({"step": "int64", "value": "float64", "series": "object"})
+
+
+def needs_markers(frame: pd.DataFrame) -> bool:
+    """Whether a chart must draw points: a line through one point draws nothing (one evaluation so far)."""
+    return not frame.empty and int(frame.groupby("series")["step"].count().min()) < 2
 
 
 def latest_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int, float]]:
@@ -230,9 +250,49 @@ def histogram_figure(summary: Mapping[str, Any] | None, title: str = "Document l
     return fig
 
 
+def token_histograms_figure(stats: Mapping[str, Any]):
+    """Tokens per item for each part of a chat / preference / prompts dataset (user, assistant, system;
+    prompt, chosen, rejected), one small chart each, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    histograms = stats.get("token_histograms") or {}
+    parts = [part for part in ("system", "user", "assistant", "prompt", "chosen", "rejected") if part in histograms]
+    fig = Figure(figsize=(7.0, 2.9), dpi=100, layout="constrained")
+    axes = fig.subplots(1, max(len(parts), 1), squeeze=False)[0]
+    for ax, part in zip(axes, parts):
+        summary = histograms[part]
+        frame = histogram_frame(summary)
+        positions = list(range(len(frame)))
+        ax.bar(positions, frame["documents"], color=PART_COLOURS.get(part, "#6366f1"), edgecolor="white", width=0.9)
+        ax.set_xticks(positions, frame["bin"], rotation=45, ha="right")
+        ax.set_title(f"{part} tokens (median {summary.get('median', 0):,.0f})", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0].set_ylabel(COUNT_NAME.get(stats.get("kind"), "items"), fontsize=9)
+    return fig
+
+
+PART_COLOURS = {"system": "#94a3b8", "user": "#0ea5e9", "assistant": "#6366f1", "prompt": "#0ea5e9",
+                "chosen": "#16a34a", "rejected": "#dc2626"}
+CONVERSATION_KINDS = tuple(COUNT_NAME)
+
+
 def dataset_stat_cards(dataset: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The (label, value) cards shown for a dataset: documents, size, what cleaning removed, lengths."""
+    """The (label, value) cards shown for a dataset: documents, size, what cleaning removed, lengths;
+    for chat / preference / prompt datasets: items, tokens, tokens per part."""
     stats = field(dataset, "stats") or {}
+    if stats.get("kind") in CONVERSATION_KINDS:
+        count_name = COUNT_NAME[stats["kind"]]
+        cards = [(count_name, f"{stats.get('items', 0):,}"), ("GPT-2 tokens", human_count(stats.get("tokens"))),
+                 ("size", human_bytes(field(dataset, "size_bytes") or stats.get("bytes")))]
+        cards += [(f"{part} tokens", human_count(total)) for part, total in (stats.get("tokens_by_part") or {}).items()]
+        turns = stats.get("turns_histogram") or {}
+        if turns.get("median"):
+            cards.append(("median turns", f"{turns['median']:,.0f}"))
+        return cards
     hist = stats.get("length_histogram") or {}
     cards = [
         ("documents", f"{stats['documents']:,}" if isinstance(stats.get("documents"), int) else "—"),
@@ -295,13 +355,19 @@ def _owner_name(owner: Any) -> str | None:
     return field(owner, "name")
 
 
+def job_title(job: Any) -> str:
+    """What a job is called: the name people gave it, else its kind."""
+    return str(field(job, "name") or enum_value(field(job, "kind")) or "")
+
+
 def job_row(job: Any) -> dict[str, Any]:
     """Normalise a job (ORM row or dict from web.services) into the fields the queue shows."""
     status = str(enum_value(field(job, "status")) or "queued")
     created = as_datetime(field(job, "created_at"))
+    kind = str(enum_value(field(job, "kind")) or "")
     return {
         "id": field(job, "id"),
-        "kind": str(enum_value(field(job, "kind")) or ""),
+        "kind": kind if job_title(job) == kind else f"{job_title(job)} ({kind})",
         "status": status,
         "progress": float(field(job, "progress") or 0.0),
         "owner": _owner_name(field(job, "owner")) or field(job, "owner_name") or "",
@@ -316,7 +382,7 @@ def jobs_table_html(jobs: Sequence[Any], selected_id: int | None = None) -> str:
     """The job queue as an HTML table with progress bars; rows carry data-job for click-to-select."""
     if not jobs:
         return ('<div class="wb-empty" style="padding:18px;text-align:center;opacity:.7">'
-                'No jobs yet. Submit one from the Train tab.</div>')
+                'No jobs yet — train a model in Train.</div>')
     head = ("<thead><tr><th>#</th><th>kind</th><th>status</th><th style='width:35%'>progress</th>"
             "<th>owner</th><th>created</th><th>elapsed</th></tr></thead>")
     body = []
@@ -332,6 +398,31 @@ def jobs_table_html(jobs: Sequence[Any], selected_id: int | None = None) -> str:
             f'<td>{human_duration(row["elapsed"]) if row["elapsed"] is not None else "—"}</td></tr>'
         )
     return f'<table class="wb-jobs">{head}<tbody>{"".join(body)}</tbody></table>'
+
+
+EVENT_WORDS = {"submitted": "submitted", "cancel_requested": "asked to cancel", "cancelled": "cancelled",
+               "resumed": "resumed", "renamed": "renamed", "requeued": "requeued", "started": "started",
+               "succeeded": "succeeded", "failed": "failed"}
+
+
+def events_html(events: Sequence[Mapping[str, Any]]) -> str:
+    """Who changed a job and when, oldest first: "12:03 submitted by alice", "… requeued by the system"."""
+    if not events:
+        return ""
+    items = []
+    for event in events:
+        when = as_datetime(field(event, "at"))
+        action = str(field(event, "action") or "")
+        who = field(event, "user")
+        detail = field(event, "detail")
+        items.append(
+            f'<li><span style="opacity:.65">{when.strftime("%Y-%m-%d %H:%M:%S") if when else ""}</span> '
+            f'{html.escape(EVENT_WORDS.get(action, action.replace("_", " ")))} by '
+            f'<b>{html.escape(str(who)) if who else "the system"}</b>'
+            f'{" — " + html.escape(str(detail)) if detail else ""}</li>')
+    return ('<details class="wb-events" open><summary style="cursor:pointer;font-size:13px;font-weight:600">'
+            f'History ({len(items)})</summary><ul style="margin:4px 0 0 0;font-size:12px">{"".join(items)}</ul>'
+            '</details>')
 
 
 def stat_cards_html(cards: Sequence[tuple[str, str]]) -> str:

@@ -1,4 +1,4 @@
-"""A small LRU cache of loaded models for the Chat tab, and the web process's torch threads.
+"""A small LRU cache of loaded models for chat, best-of-N and the arena, and the web process's torch threads.
 
 Where chat generation runs — decision
 -------------------------------------
@@ -86,7 +86,7 @@ def _default_loader(data_dir: str | os.PathLike | None) -> Loader:
 def weights_fingerprint(model_dir: str | os.PathLike) -> tuple:
     """(mtime_ns, size) of the weights file, or () if there is none yet."""
     model_dir = Path(model_dir)
-    for name in ("model.safetensors", "config.json"):
+    for name in ("model.safetensors", "adapter_model.safetensors", "config.json"):
         path = model_dir / name
         if path.is_file():
             st = path.stat()

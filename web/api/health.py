@@ -1,0 +1,99 @@
+"""GET /api/health: each part of the platform, without authentication (load balancers, `serve`).
+
+Parts: the database (SELECT 1), the broker (Redis PING), the workers consuming the job queue (their
+presence beats in the broker, see `worker.heartbeat.WorkerPresence`) and, under `workbench serve`,
+the processes it supervises (`app.state.supervisor`, see `web.supervisor`). 200 when every part is
+up, 503 (same body) when one is down, each part saying why.
+
+Workers count as down when none beats within WORKBENCH_STALE_AFTER_SECONDS but one was seen recently
+or `serve` runs one; when no worker was ever seen (workers on other machines not started yet) the
+part reads "none seen" and the status stays ok: the web app works, jobs wait in the queue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, status
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from db.session import SessionLocal
+from db.settings import Settings
+from web.auth import get_app_settings
+from web.schemas import HealthOut
+
+router = APIRouter(prefix="/api", tags=["health"])
+
+OK = "ok"
+
+
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:300]
+
+
+def check_database(settings: Settings) -> str:
+    # The session is opened here (not through the request dependency) so that a database that
+    # cannot even be connected to answers 503 with the reason, not a 500.
+    try:
+        with SessionLocal(settings.database_url) as session:
+            session.execute(text("SELECT 1"))
+    except Exception as error:  # any driver error means "not healthy"; say which
+        return _reason(error)
+    return OK
+
+
+def broker_url_of(settings: Settings) -> str:
+    from worker.celery_app import FALLBACK_BROKER_URL
+
+    return settings.broker_url or FALLBACK_BROKER_URL
+
+
+def check_broker(settings: Settings) -> str:
+    from worker.broker_state import ping_broker
+
+    try:
+        ping_broker(broker_url_of(settings))
+    except Exception as error:
+        return _reason(error)
+    return OK
+
+
+def check_workers(settings: Settings, supervised_worker: bool) -> tuple[str, list[dict]]:
+    """The workers part and the workers seen; `supervised_worker`: serve runs one, so one is expected."""
+    from worker.heartbeat import seen_workers
+
+    queue = settings.worker_queues[0]
+    try:
+        workers = seen_workers(broker_url_of(settings), queue, settings.stale_after_seconds)
+    except Exception as error:
+        return f"down: unknown, the broker is unreachable ({_reason(error)})", []
+    if any(worker["alive"] for worker in workers):
+        return OK, workers
+    if workers:
+        newest = workers[0]
+        return (f"down: no worker of queue {queue!r} has beaten for {settings.stale_after_seconds:g}s "
+                f"(last: {newest['node']}, {newest['seconds_since']:g}s ago)"), workers
+    if supervised_worker:
+        return f"down: the local worker has not beaten yet (queue {queue!r})", workers
+    return "none seen", workers
+
+
+@router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
+def health(request: Request) -> Any:
+    """Each part's state; 503 when one is down. No authentication."""
+    settings = get_app_settings(request)
+    supervisor = getattr(request.app.state, "supervisor", None)
+    processes = supervisor.states() if supervisor is not None else {}
+    database = check_database(settings)
+    broker = check_broker(settings)
+    workers, seen = check_workers(settings, supervised_worker="worker" in processes)
+    body = {"database": database, "broker": broker, "workers": workers, "seen_workers": seen,
+            "processes": processes}
+    up = (database == OK and broker == OK and not workers.startswith("down")
+          and all(state.startswith("running") for state in processes.values()))
+    body["status"] = OK if up else "error"
+    if not up:
+        return JSONResponse(status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                            content=HealthOut(**body).model_dump())
+    return body

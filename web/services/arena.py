@@ -1,0 +1,192 @@
+"""The arena: two anonymous models answer the same prompt side by side, a person votes, the names are shown
+after the vote, every vote becomes a preference pair (source "arena"), and a leaderboard ranks the models.
+
+    arena_models(session)                      the chat models (SFT and DPO) the arena draws from
+    set_arena_models(session, who, model_ids)  choose that pool (admins and trainers)
+    draw_battle(session, model_ids, seed)      two distinct models in random left/right order
+    record_answers(session, who, messages, left, right)
+                                               the prompt and both answers stored (before the vote)
+    vote(session, who, left_completion_id, right_completion_id, choice)
+                                               a Comparison (source arena) and the two names revealed
+    leaderboard(session)                       Bradley–Terry ratings with 95 % intervals (llm/ratings.py)
+
+Generation itself happens in the front end that shows it (the Chat tab streams it, the API generates it
+whole): this module stores and decides, so both front ends share every rule.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from typing import Any, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import Comparison, Completion, Label, Model, ModelKind, Prompt
+from llm.ratings import leaderboard as rate
+from web.services.access import Action, require, resolve_user
+from web.services.common import Conflict, InvalidInput, NotFound, reading
+
+ARENA_KINDS = (ModelKind.sft, ModelKind.dpo)
+CHOICES = {"left": Label.a, "right": Label.b, "tie": Label.tie, "both_bad": Label.both_bad}
+MAX_PROMPT_CHARS = 20_000
+
+
+def arena_models(session: Session | None = None, *, everyone: bool = False) -> list[dict]:
+    """[{id, name, kind, in_arena}] of the chat models (SFT and DPO) the arena draws from, or with `everyone`
+    of every chat model, in the pool or not."""
+    with reading(session) as s:
+        query = select(Model).where(Model.kind.in_(ARENA_KINDS)).order_by(Model.id)
+        if not everyone:
+            query = query.where(Model.in_arena.is_(True))
+        return [{"id": m.id, "name": m.name, "kind": m.kind.value, "in_arena": m.in_arena} for m in s.scalars(query)]
+
+
+def set_arena_models(session: Session, who, model_ids: Sequence[int]) -> list[dict]:
+    """Make `model_ids` the arena's pool: those chat models enter, every other chat model leaves (a new chat
+    model enters until someone takes it out). Returns every chat model with its place."""
+    require(resolve_user(session, who), Action.manage_arena)
+    chat_models = {m.id: m for m in session.scalars(select(Model).where(Model.kind.in_(ARENA_KINDS)))}
+    wanted = set(model_ids)
+    unknown = sorted(wanted - set(chat_models))
+    if unknown:
+        raise InvalidInput(f"model {unknown[0]} is not a chat model (SFT or DPO)", field="model_ids")
+    for model_id, model in chat_models.items():
+        model.in_arena = model_id in wanted
+    session.commit()
+    return arena_models(session, everyone=True)
+
+
+def draw_battle(session: Session, model_ids: Sequence[int] | None = None, seed: int | None = None) -> tuple[int, int]:
+    """(left model id, right model id): two of `model_ids` (default: the arena's pool) at random, in random
+    order, so neither the pick nor the side tells which is which. Named models may be any chat models."""
+    if model_ids:
+        chat_models = {m["id"] for m in arena_models(session, everyone=True)}
+        unknown = [i for i in model_ids if i not in chat_models]
+        if unknown:
+            raise InvalidInput(f"model {unknown[0]} is not a chat model that can enter the arena", field="model_ids")
+        candidates = list(dict.fromkeys(model_ids))
+    else:
+        candidates = [m["id"] for m in arena_models(session)]
+    if len(candidates) < 2:
+        raise Conflict("the arena needs two chat models in its pool (train an SFT or DPO model, or add one to "
+                       "the arena)")
+    rng = random.Random(seed)
+    left, right = rng.sample(candidates, 2)
+    return left, right
+
+
+def _check_messages(messages: Any) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise InvalidInput("messages must be a non-empty list of {role, content}", field="messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant") \
+                or not isinstance(message.get("content"), str):
+            raise InvalidInput(f"message {index} must be {{role: system|user|assistant, content: text}}",
+                               field=f"messages.{index}")
+    if messages[-1]["role"] != "user":
+        raise InvalidInput("the last message must be the user's", field="messages")
+    if sum(len(m["content"]) for m in messages) > MAX_PROMPT_CHARS:
+        raise InvalidInput(f"the conversation is limited to {MAX_PROMPT_CHARS:,} characters", field="messages")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def record_answers(session: Session, who, messages: list[dict], left: dict, right: dict) -> dict:
+    """Store the prompt and both answers ({model_id, text, sampling, seed, token_count}); returns the ids
+    the vote names. Nothing about which model is which is returned."""
+    user = resolve_user(session, who)
+    require(user, Action.chat)
+    messages = _check_messages(messages)
+    for side in (left, right):
+        if session.get(Model, side["model_id"]) is None:
+            raise NotFound(f"model {side['model_id']} does not exist")
+    prompt = Prompt(text=messages[-1]["content"], messages=messages)
+    session.add(prompt)
+    session.flush()
+    stored = []
+    for side in (left, right):
+        completion = Completion(prompt_id=prompt.id, model_id=side["model_id"], text=side["text"],
+                                sampling=side.get("sampling") or {}, seed=side.get("seed"),
+                                token_count=side.get("token_count"))
+        session.add(completion)
+        stored.append(completion)
+    session.commit()
+    return {"prompt_id": prompt.id, "left_completion_id": stored[0].id, "right_completion_id": stored[1].id}
+
+
+def vote(session: Session, who, left_completion_id: int, right_completion_id: int, choice: str,
+         time_spent_s: float | None = None) -> dict:
+    """Store the vote as a comparison (completion_a = the left answer) and reveal both names.
+
+    One vote per person per battle: voting again on the same battle returns the first vote."""
+    user = resolve_user(session, who)
+    require(user, Action.chat)
+    if choice not in CHOICES:
+        raise InvalidInput(f"choice must be one of {', '.join(CHOICES)}", field="choice")
+    left = session.get(Completion, left_completion_id) if 0 < left_completion_id < 2 ** 63 else None
+    right = session.get(Completion, right_completion_id) if 0 < right_completion_id < 2 ** 63 else None
+    if left is None or right is None or left.prompt_id != right.prompt_id or left.id == right.id:
+        raise NotFound("no arena battle with these two answers")
+    existing = session.scalar(select(Comparison).where(
+        Comparison.source == "arena", Comparison.completion_a_id == left.id, Comparison.completion_b_id == right.id,
+        Comparison.annotator_id == (user.id if user else None)))
+    comparison = existing or Comparison(prompt_id=left.prompt_id, completion_a_id=left.id, completion_b_id=right.id,
+                                        label=CHOICES[choice], annotator_id=user.id if user else None,
+                                        source="arena", time_spent_s=time_spent_s, swapped=False)
+    if existing is None:
+        session.add(comparison)
+        session.commit()
+    names = {m.id: m.name for m in session.scalars(select(Model).where(Model.id.in_([left.model_id, right.model_id])))}
+    return {"comparison_id": comparison.id, "label": comparison.label.value, "duplicate": existing is not None,
+            "left_model": {"id": left.model_id, "name": names.get(left.model_id)},
+            "right_model": {"id": right.model_id, "name": names.get(right.model_id)}}
+
+
+def arena_votes(session: Session) -> list[tuple[int, int, str]]:
+    """Every arena vote as (left model id, right model id, outcome a/b/tie/both_bad)."""
+    left, right = Completion.__table__.alias("left_answer"), Completion.__table__.alias("right_answer")
+    query = (select(left.c.model_id, right.c.model_id, Comparison.label)
+             .join(left, Comparison.completion_a_id == left.c.id).join(right, Comparison.completion_b_id == right.c.id)
+             .where(Comparison.source == "arena", Comparison.label != Label.skip).order_by(Comparison.id))
+    return [(a, b, label.value) for a, b, label in session.execute(query) if a is not None and b is not None]
+
+
+@functools.lru_cache(maxsize=8)
+def _ratings(votes: tuple[tuple[int, int, str], ...], rounds: int) -> list[dict]:
+    # The bootstrap refits the ratings `rounds` times; the Models tab's report card asks on every pick, so
+    # the same votes are rated once (the votes themselves are the key: a new vote is a new key).
+    return rate(votes, rounds=rounds, seed=0)
+
+
+def leaderboard(session: Session | None = None, rounds: int = 100) -> list[dict]:
+    """[{model_id, name, kind, rating, lower, upper, votes}] best first."""
+    with reading(session) as s:
+        rows = _ratings(tuple(arena_votes(s)), rounds)
+        models = {m.id: m for m in s.scalars(select(Model).where(Model.id.in_([r["model"] for r in rows])))}
+        return [{"model_id": r["model"], "name": models[r["model"]].name if r["model"] in models else "(deleted)",
+                 "kind": models[r["model"]].kind.value if r["model"] in models else None,
+                 **{key: r[key] for key in ("rating", "lower", "upper", "votes")}} for r in rows]
+
+
+def generate_answer(settings, session: Session, model_id: int, messages: list[dict], *, max_new_tokens: int = 128,
+                    temperature: float = 0.8, top_k: int | None = 50, seed: int | None = None,
+                    stream: bool = False):
+    """One model's answer through the web process's model cache and the one chat template: the whole
+    answer as {model_id, text, sampling, seed, token_count}, or with `stream` an iterator of text deltas
+    (the Chat tab streams; it stores the text it showed)."""
+    from llm.generate import SamplingSettings, chat_reply
+    from web.services.models import model_dir
+    from web.services.model_cache import shared_cache
+
+    directory, _ = model_dir(settings, model_id, session=session)
+    model, tokenizer = shared_cache(settings.data_dir).get(directory)
+    seed = seed if seed is not None else random.randrange(2 ** 31)
+    sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k}
+    reply = chat_reply(model, tokenizer, _check_messages(messages),
+                       SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                        seed=seed), stream=stream)
+    if stream:
+        return reply
+    return {"model_id": model_id, "text": reply, "sampling": sampling, "seed": seed,
+            "token_count": len(tokenizer.encode(reply))}

@@ -1,0 +1,426 @@
+"""Labeling projects: pairs of candidate answers, the labeler's queue, labels that are never lost or doubled.
+
+    create_project      pairs from the completions of finished `generate` jobs (all pairs, or n random)
+    next_pair           the labeler's next pair, left/right randomised for them; it holds one overlap slot
+    submit_label        one label per labeler per pair, never more than the overlap per pair
+    undo_last_label     the labeler's last label removed and its pair handed back
+    progress            done, left and today's count for one labeler
+    labeler_choices     whom a project may be limited to
+
+How the overlap holds with many labelers at once (tests/test_labeling.py, bench/bench_labeling.py):
+  - A pair's `label_count` is raised by a conditional UPDATE ... WHERE label_count < overlap; a label
+    that would exceed the overlap is refused (409) and nothing is stored. This alone guarantees it.
+  - So that labelers are not sent pairs whose slots are all taken, `next_pair` hands a pair out with a
+    `LabelingAssignment` that holds a slot for ASSIGNMENT_MINUTES; of two labelers who took a last slot
+    at once, the later assignment (higher id) steps back and takes the next pair.
+  - A (pair, labeler) unique constraint and an optional client idempotency key make a double click or a
+    retried request store one label; the repeat gets the stored one back.
+Labels are stored un-swapped ("a": completion_a is better) with `swapped` saying what the labeler saw; the
+client names the completion it showed on the left, so a submit needs no server-side memory of the screen.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta, timezone
+from itertools import combinations
+from typing import Any
+
+from sqlalchemy import delete, exists, func, insert, select, text, true, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.models import (Comparison, Completion, Job, JobKind, JobStatus, Label, LabelingAssignment, LabelingPair,
+                       LabelingProject, Prompt, User, utcnow)
+from web.services.access import Action, can, require, resolve_user
+from web.services.common import Conflict, InvalidInput, NotFound, PermissionDenied, reading
+
+ASSIGNMENT_MINUTES = 10          # how long a handed-out pair holds its overlap slot
+MAX_OVERLAP = 20
+PAIRINGS = ("all", "random")
+# What a labeler clicks, as seen on screen; stored un-swapped as a Label.
+CHOICES = ("left", "right", "tie", "both_bad", "skip")
+
+
+# ----------------------------------------------------------------------------- projects
+
+def _project(session: Session, project_id: int) -> LabelingProject:
+    project = session.get(LabelingProject, project_id)
+    if project is None:
+        raise NotFound(f"labeling project {project_id} does not exist")
+    return project
+
+
+def may_label(user: User | None, project: LabelingProject) -> bool:
+    """Labelers named on the project (or everyone allowed to label when none are named); admins always."""
+    if user is None or can(user, Action.manage_labeling):
+        return True
+    if not can(user, Action.label):
+        return False
+    return project.labeler_ids is None or user.id in project.labeler_ids
+
+
+def _require_labeler(session: Session, who, project: LabelingProject) -> User | None:
+    user = resolve_user(session, who)
+    require(user, Action.label)
+    if not may_label(user, project):
+        raise PermissionDenied(f"user {user.name!r} is not one of the labelers of project {project.name!r}")
+    return user
+
+
+def form_pairs(completions_by_prompt: dict[int, list[int]], pairing: str, pairs_per_prompt: int | None,
+               seed: int) -> list[tuple[int, int, int]]:
+    """(prompt, completion, completion) triples: every two completions of a prompt ("all"), or that many
+    drawn at random per prompt ("random", seeded). Completion ids are in ascending order within a pair."""
+    rng = random.Random(seed)
+    pairs = []
+    for prompt_id in sorted(completions_by_prompt):
+        candidates = list(combinations(sorted(set(completions_by_prompt[prompt_id])), 2))
+        if pairing == "random":
+            candidates = rng.sample(candidates, min(pairs_per_prompt or 1, len(candidates)))
+            candidates.sort()
+        pairs.extend((prompt_id, a, b) for a, b in candidates)
+    return pairs
+
+
+def create_project(session: Session, who, *, name: str, source_job_ids: list[int], pairing: str = "all",
+                   pairs_per_prompt: int | None = None, overlap: int = 1, guidelines: str = "",
+                   labeler_ids: list[int] | None = None, seed: int = 0) -> LabelingProject:
+    """A project over the completions of finished generate jobs; all of it is stored, or nothing."""
+    user = resolve_user(session, who)
+    require(user, Action.manage_labeling)
+    name = (name or "").strip()
+    if not name or len(name) > 200:
+        raise InvalidInput("name must be 1 to 200 characters", field="name")
+    if pairing not in PAIRINGS:
+        raise InvalidInput(f"pairing must be one of {', '.join(PAIRINGS)}", field="pairing")
+    if pairing == "random" and (not isinstance(pairs_per_prompt, int) or not 1 <= pairs_per_prompt <= 1000):
+        raise InvalidInput("pairs_per_prompt must be a whole number from 1 to 1000 for random pairing",
+                           field="pairs_per_prompt")
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 1 <= overlap <= MAX_OVERLAP:
+        raise InvalidInput(f"overlap must be a whole number from 1 to {MAX_OVERLAP}", field="overlap")
+    if not source_job_ids:
+        raise InvalidInput("choose at least one finished generate job", field="source_job_ids")
+    for job_id in source_job_ids:
+        job = session.get(Job, job_id) if isinstance(job_id, int) and 0 < job_id < 2 ** 63 else None
+        if job is None or job.kind != JobKind.generate:
+            raise InvalidInput(f"job {job_id} is not a generate job", field="source_job_ids")
+        if job.status != JobStatus.succeeded:
+            raise InvalidInput(f"generate job {job_id} is {job.status.value}; wait until it has succeeded",
+                               field="source_job_ids")
+    if labeler_ids is not None:
+        known = set(session.scalars(select(User.id).where(User.id.in_(labeler_ids))))
+        missing = [i for i in labeler_ids if i not in known]
+        if missing:
+            raise InvalidInput(f"no user with id {missing[0]}", field="labeler_ids")
+
+    completions_by_prompt: dict[int, list[int]] = {}
+    for prompt_id, completion_id in session.execute(
+            select(Completion.prompt_id, Completion.id).where(Completion.job_id.in_(source_job_ids))):
+        completions_by_prompt.setdefault(prompt_id, []).append(completion_id)
+    pairs = form_pairs(completions_by_prompt, pairing, pairs_per_prompt, seed)
+    if not pairs:
+        raise InvalidInput("these jobs produced fewer than two answers per prompt: no pair to compare",
+                           field="source_job_ids")
+    project = LabelingProject(name=name, guidelines=guidelines or "", source_job_ids=list(source_job_ids),
+                              pairing=pairing, pairs_per_prompt=pairs_per_prompt, overlap=overlap,
+                              labeler_ids=labeler_ids, owner_id=user.id if user else None)
+    session.add(project)
+    session.flush()
+    session.add_all(LabelingPair(project_id=project.id, prompt_id=p, completion_a_id=a, completion_b_id=b,
+                                 label_count=0) for p, a, b in pairs)
+    session.commit()
+    if session.get_bind().dialect.name == "postgresql":
+        # Until autovacuum's next round (up to a minute) PostgreSQL would plan the queue query for the table
+        # as it was before these rows: a sort of every open pair instead of reading the queue index up to
+        # the first free one, a hundred times slower just when the first labelers arrive.
+        session.execute(text("ANALYZE labeling_pairs"))
+        session.commit()
+    return project
+
+
+def project_to_dict(session: Session, project: LabelingProject) -> dict:
+    pairs, complete = session.execute(
+        select(func.count(LabelingPair.id),
+               func.count(LabelingPair.id).filter(LabelingPair.label_count >= project.overlap))
+        .where(LabelingPair.project_id == project.id)).one()
+    labels = session.scalar(select(func.count(Comparison.id)).join(LabelingPair, Comparison.pair_id == LabelingPair.id)
+                            .where(LabelingPair.project_id == project.id, Comparison.label != Label.skip))
+    return {"id": project.id, "name": project.name, "guidelines": project.guidelines,
+            "source_job_ids": project.source_job_ids, "pairing": project.pairing,
+            "pairs_per_prompt": project.pairs_per_prompt, "overlap": project.overlap,
+            "labeler_ids": project.labeler_ids, "created_at": project.created_at.isoformat(),
+            "pairs": pairs, "complete_pairs": complete, "labels": labels}
+
+
+def list_projects(who, session: Session | None = None) -> list[dict]:
+    """The projects `who` may label (every project for admins), newest first."""
+    with reading(session) as s:
+        user = resolve_user(s, who)
+        require(user, Action.label)
+        projects = s.scalars(select(LabelingProject).order_by(LabelingProject.id.desc()))
+        return [project_to_dict(s, p) for p in projects if may_label(user, p)]
+
+
+def labeler_choices(who, session: Session | None = None) -> list[dict]:
+    """The enabled accounts that may label, by name ({id, name, role}): whom a project can be limited to
+    (for people who manage labeling; trainers cannot list users otherwise)."""
+    with reading(session) as s:
+        require(resolve_user(s, who), Action.manage_labeling)
+        users = s.scalars(select(User).where(User.disabled.is_(False)).order_by(User.name))
+        return [{"id": u.id, "name": u.name, "role": u.role.value} for u in users if can(u, Action.label)]
+
+
+def get_project(project_id: int, who, session: Session | None = None) -> dict:
+    with reading(session) as s:
+        project = _project(s, project_id)
+        _require_labeler(s, who, project)
+        return project_to_dict(s, project)
+
+
+def update_guidelines(session: Session, who, project_id: int, guidelines: str) -> dict:
+    require(resolve_user(session, who), Action.manage_labeling)
+    project = _project(session, project_id)
+    if len(guidelines) > 100_000:
+        raise InvalidInput("guidelines are limited to 100,000 characters", field="guidelines")
+    project.guidelines = guidelines
+    session.commit()
+    return project_to_dict(session, project)
+
+
+# ----------------------------------------------------------------------------- the queue
+
+def _held_slots(now: datetime):
+    """Live assignments of a pair (a correlated subquery on LabelingPair)."""
+    return (select(func.count(LabelingAssignment.id))
+            .where(LabelingAssignment.pair_id == LabelingPair.id, LabelingAssignment.expires_at > now)
+            .scalar_subquery())
+
+
+def _labeled_by(user_id: int):
+    return exists().where(Comparison.pair_id == LabelingPair.id, Comparison.annotator_id == user_id)
+
+
+def _pair_view(session: Session, pair: LabelingPair, swapped: bool) -> dict:
+    # One query for both answers and their prompt (a pair's answers are of its prompt): it runs on every
+    # pair shown.
+    rows = session.execute(select(Completion, Prompt).join(Prompt, Completion.prompt_id == Prompt.id)
+                           .where(Completion.id.in_((pair.completion_a_id, pair.completion_b_id)))).all()
+    prompt = rows[0][1]
+    by_id = {completion.id: completion for completion, _ in rows}
+    first, second = by_id[pair.completion_a_id], by_id[pair.completion_b_id]
+    left, right = (second, first) if swapped else (first, second)
+    return {"pair_id": pair.id, "project_id": pair.project_id,
+            "prompt": {"text": prompt.text, "messages": prompt.messages or [{"role": "user", "content": prompt.text}]},
+            "left": {"completion_id": left.id, "text": left.text},
+            "right": {"completion_id": right.id, "text": right.text}}
+
+
+def next_pair(session: Session, who, project_id: int) -> dict | None:
+    """The next pair for this labeler (the same one again while they hold it), or None when none is left."""
+    project = _project(session, project_id)
+    user = _require_labeler(session, who, project)
+    if user is None:
+        raise InvalidInput("labeling needs a user")
+    now = utcnow()
+    held = session.scalar(
+        select(LabelingAssignment).join(LabelingPair, LabelingAssignment.pair_id == LabelingPair.id)
+        .where(LabelingPair.project_id == project.id, LabelingAssignment.user_id == user.id)
+        .order_by(LabelingAssignment.id).limit(1))
+    if held is not None and held.expires_at > now:
+        session.commit()
+        return {**_pair_view(session, session.get(LabelingPair, held.pair_id), held.swapped),
+                "progress": progress(session, user, project_id)}
+    if held is not None:
+        # Expired holds are ignored by every query; this labeler's own is removed (it would block taking
+        # the same pair again). Nothing else writes here, so fetching a pair seldom waits on a lock.
+        session.delete(held)
+        session.flush()
+    skipped: set[int] = set()
+    for _ in range(20):  # a lost race for a last slot moves on to the next pair
+        # `label_count < overlap` alone first: the index skips full pairs before any holds are counted.
+        query = (select(LabelingPair).where(LabelingPair.project_id == project.id,
+                                            LabelingPair.label_count < project.overlap,
+                                            LabelingPair.label_count + _held_slots(now) < project.overlap,
+                                            ~_labeled_by(user.id))
+                 # Pairs that already have labels first: the overlap completes and agreement shows sooner.
+                 # Both keys descending, so the queue index is read backwards and the first free pair ends
+                 # the scan (with `id` ascending every pair's holds would be counted, then sorted).
+                 .order_by(LabelingPair.label_count.desc(), LabelingPair.id.desc()).limit(1)
+                 # PostgreSQL: the pair stays locked until this hold is committed, so a second labeler
+                 # taking it waits (or, in this query, passes it by) and then commits after us, with a
+                 # higher hold id: the check below then sees the holds in commit order. SQLite ignores
+                 # this and needs it not: its one writer at a time commits holds in id order.
+                 .with_for_update(of=LabelingPair, skip_locked=True))
+        if skipped:
+            query = query.where(LabelingPair.id.notin_(skipped))
+        pair = session.scalar(query)
+        if pair is None:
+            session.commit()
+            return None
+        assignment = LabelingAssignment(pair_id=pair.id, user_id=user.id, swapped=random.random() < 0.5,
+                                        expires_at=now + timedelta(minutes=ASSIGNMENT_MINUTES))
+        session.add(assignment)
+        try:
+            session.commit()
+        except IntegrityError:  # the same labeler asking twice at once: take what the other request took
+            session.rollback()
+            return next_pair(session, user, project_id)
+        # Of the live holders of this pair, the earliest (overlap - label_count) keep it.
+        label_count, earlier = session.execute(select(
+            LabelingPair.label_count,
+            select(func.count(LabelingAssignment.id)).where(
+                LabelingAssignment.pair_id == pair.id, LabelingAssignment.expires_at > now,
+                LabelingAssignment.id < assignment.id).scalar_subquery())
+            .where(LabelingPair.id == pair.id)).one()
+        if label_count + earlier < project.overlap:
+            return {**_pair_view(session, pair, assignment.swapped), "progress": progress(session, user, project_id)}
+        session.delete(assignment)
+        session.commit()
+        skipped.add(pair.id)
+    return None
+
+
+def _stored_label(choice: str, swapped: bool) -> Label:
+    if choice == "left":
+        return Label.b if swapped else Label.a
+    if choice == "right":
+        return Label.a if swapped else Label.b
+    return Label(choice)
+
+
+def comparison_to_dict(comparison: Comparison) -> dict:
+    return {"id": comparison.id, "pair_id": comparison.pair_id, "label": comparison.label.value,
+            "swapped": comparison.swapped, "note": comparison.note, "annotator_id": comparison.annotator_id,
+            "created_at": comparison.created_at.isoformat()}
+
+
+def submit_label(session: Session, who, project_id: int, pair_id: int, choice: str, left_completion_id: int,
+                 note: str | None = None, time_spent_s: float | None = None,
+                 idempotency_key: str | None = None) -> dict:
+    """Store one label; a repeat (same labeler and pair, or same idempotency key) returns the stored one."""
+    project = _project(session, project_id)
+    user = _require_labeler(session, who, project)
+    if user is None:
+        raise InvalidInput("labeling needs a user")
+    if choice not in CHOICES:
+        raise InvalidInput(f"choice must be one of {', '.join(CHOICES)}", field="choice")
+    if note is not None and len(note) > 5000:
+        raise InvalidInput("a note is limited to 5,000 characters", field="note")
+    if time_spent_s is not None and not 0 <= time_spent_s < 86_400:
+        raise InvalidInput("time_spent_s must be between 0 and 86400", field="time_spent_s")
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 64:
+        raise InvalidInput("idempotency_key must be 1 to 64 characters", field="idempotency_key")
+    pair = session.get(LabelingPair, pair_id) if 0 < pair_id < 2 ** 63 else None
+    if pair is None or pair.project_id != project.id:
+        raise NotFound(f"pair {pair_id} is not in project {project_id}")
+    if left_completion_id not in (pair.completion_a_id, pair.completion_b_id):
+        raise InvalidInput(f"completion {left_completion_id} is not one of pair {pair_id}'s",
+                           field="left_completion_id")
+
+    def stored_already() -> dict | None:
+        """This labeler's label on this pair, or the label this idempotency key stored (one query)."""
+        mine = (Comparison.pair_id == pair.id) & (Comparison.annotator_id == user.id)
+        found = session.scalars(select(Comparison).where(
+            mine | (Comparison.idempotency_key == idempotency_key) if idempotency_key else mine)).all()
+        keyed = [c for c in found if idempotency_key and c.idempotency_key == idempotency_key]
+        if keyed and (keyed[0].annotator_id != user.id or keyed[0].pair_id != pair.id):
+            raise Conflict("this idempotency key was used for another label")
+        stored = keyed[0] if keyed else (found[0] if found else None)
+        return {**comparison_to_dict(stored), "duplicate": True} if stored is not None else None
+
+    already = stored_already()
+    if already is not None:
+        return {**already, "progress": progress(session, user, project_id)}
+    swapped = left_completion_id == pair.completion_b_id
+    label = _stored_label(choice, swapped)
+    values = dict(prompt_id=pair.prompt_id, completion_a_id=pair.completion_a_id, completion_b_id=pair.completion_b_id,
+                  label=label, annotator_id=user.id, source="label", time_spent_s=time_spent_s, pair_id=pair.id,
+                  swapped=swapped, note=(note or None), idempotency_key=idempotency_key, created_at=utcnow())
+    # The writes, back to back as plain statements (no ORM flush between them): on SQLite the database's
+    # one write lock is held from the first write to the commit, and every other writer waits that long.
+    try:
+        if label != Label.skip:
+            # The guard: at most `overlap` labels per pair, however many labelers submit at once.
+            taken = session.execute(update(LabelingPair).where(LabelingPair.id == pair.id,
+                                                               LabelingPair.label_count < project.overlap)
+                                    .values(label_count=LabelingPair.label_count + 1)
+                                    .execution_options(synchronize_session=False)).rowcount
+            if not taken:
+                session.rollback()
+                raise Conflict(f"pair {pair_id} already has its {project.overlap} label(s); take the next pair")
+        stored_id = session.execute(insert(Comparison).values(values).returning(Comparison.id)).scalar_one()
+        session.execute(delete(LabelingAssignment).where(LabelingAssignment.pair_id == pair.id,
+                                                         LabelingAssignment.user_id == user.id)
+                        .execution_options(synchronize_session=False))
+        session.commit()
+    except IntegrityError:  # a concurrent repeat stored it first (the count rolls back with us)
+        session.rollback()
+        already = stored_already()
+        if already is None:
+            raise
+        return {**already, "progress": progress(session, user, project_id)}
+    return {**comparison_to_dict(Comparison(id=stored_id, **values)), "duplicate": False,
+            "progress": progress(session, user, project_id)}
+
+
+def undo_last_label(session: Session, who, project_id: int) -> dict:
+    """Remove this labeler's latest label in the project and hand its pair back, shown as before."""
+    project = _project(session, project_id)
+    user = _require_labeler(session, who, project)
+    last = session.scalar(select(Comparison).join(LabelingPair, Comparison.pair_id == LabelingPair.id)
+                          .where(LabelingPair.project_id == project.id, Comparison.annotator_id == user.id)
+                          .order_by(Comparison.id.desc()).limit(1))
+    if last is None:
+        raise Conflict("there is no label of yours to undo in this project")
+    pair = session.get(LabelingPair, last.pair_id)
+    if last.label != Label.skip:
+        session.execute(update(LabelingPair).where(LabelingPair.id == pair.id, LabelingPair.label_count > 0)
+                        .values(label_count=LabelingPair.label_count - 1))
+    swapped = last.swapped
+    session.delete(last)
+    session.execute(delete(LabelingAssignment).where(LabelingAssignment.user_id == user.id,
+                                                     LabelingAssignment.pair_id.in_(
+                                                         select(LabelingPair.id).where(
+                                                             LabelingPair.project_id == project.id))))
+    session.add(LabelingAssignment(pair_id=pair.id, user_id=user.id, swapped=swapped,
+                                   expires_at=utcnow() + timedelta(minutes=ASSIGNMENT_MINUTES)))
+    session.commit()
+    session.refresh(pair)
+    return {**_pair_view(session, pair, swapped), "undone": last.id, "progress": progress(session, user, project_id)}
+
+
+def progress(session: Session, who, project_id: int) -> dict:
+    """{done, today, left, pairs, complete_pairs} for one labeler (skips count as done for them).
+
+    Every pair shown and every label answers with it, so it must stay cheap under load: one statement of
+    two counts, one over this labeler's own labels, one over the project's pairs on the queue index; no
+    per-pair lookups. `left` is the pairs still open minus those of them this labeler has labeled (one label
+    per labeler per pair, so labels count pairs)."""
+    project = _project(session, project_id)
+    user = resolve_user(session, who)
+    start_of_day = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    is_open = LabelingPair.label_count < project.overlap
+    mine = (select(func.count(Comparison.id).label("done"),
+                   func.count(Comparison.id).filter(Comparison.created_at >= start_of_day).label("today"),
+                   func.count(Comparison.id).filter(is_open).label("done_of_open"))
+            .join(LabelingPair, Comparison.pair_id == LabelingPair.id)
+            .where(LabelingPair.project_id == project.id, Comparison.annotator_id == user.id).subquery())
+    queue = (select(func.count(LabelingPair.id).label("pairs"),
+                    func.count(LabelingPair.id).filter(is_open).label("open"))
+             .where(LabelingPair.project_id == project.id).subquery())
+    counts = session.execute(select(mine, queue).select_from(mine.join(queue, true()))).one()
+    return {"done": counts.done, "today": counts.today, "left": counts.open - counts.done_of_open,
+            "pairs": counts.pairs, "complete_pairs": counts.pairs - counts.open}
+
+
+def labels_of_project(session: Session, project_id: int, include_skips: bool = False) -> list[dict[str, Any]]:
+    """Every label of the project with its labeler's name, oldest first (agreement and exports read these)."""
+    query = (select(Comparison, User.name).join(LabelingPair, Comparison.pair_id == LabelingPair.id)
+             .join(User, Comparison.annotator_id == User.id)
+             .where(LabelingPair.project_id == project_id).order_by(Comparison.id))
+    if not include_skips:
+        query = query.where(Comparison.label != Label.skip)
+    return [{**comparison_to_dict(c), "labeler": name, "prompt_id": c.prompt_id,
+             "completion_a_id": c.completion_a_id, "completion_b_id": c.completion_b_id,
+             "time_spent_s": c.time_spent_s} for c, name in session.execute(query)]

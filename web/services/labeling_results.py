@@ -1,0 +1,132 @@
+"""What a labeling project's labels add up to: agreement, consensus pairs, and the files they export to.
+
+    agreement_report(project_id)      percent agreement, Krippendorff's alpha (with how to read it), Cohen's
+                                      kappa per labeler pair, each labeler vs. the majority, disagreements
+    consensus_pairs(project_id)       chosen/rejected pairs by the consensus rule (llm/agreement.py)
+    export_trl_jsonl(project_id)      TRL's preference format: prompt / chosen / rejected, conversational
+                                      when the prompt is a chat
+    export_labels_csv(project_id)     every raw label, skips included
+
+The math lives in `llm.agreement` (pure functions, shared with the worker that snapshots pairs for training); this module reads the rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import Completion, LabelingPair, LabelingProject, Prompt
+from web.services.access import Action, require, resolve_user
+from llm.agreement import (LabelRow, against_majority, alpha_reading, consensus, consensus_counts,
+                                    disagreements, krippendorff_alpha, pairwise_kappas, percent_agreement)
+from web.services.common import InvalidInput, NotFound, reading
+from web.services.labeling import labels_of_project
+
+MIN_SHARED_FOR_KAPPA = 5  # fewer shared items make kappa mostly noise
+
+
+def _project(session: Session, project_id: int, who) -> LabelingProject:
+    require(resolve_user(session, who), Action.manage_labeling)
+    project = session.get(LabelingProject, project_id)
+    if project is None:
+        raise NotFound(f"labeling project {project_id} does not exist")
+    return project
+
+
+def _rows(labels: list[dict]) -> list[LabelRow]:
+    return [LabelRow(item=label["pair_id"], labeler=label["labeler"], label=label["label"]) for label in labels]
+
+
+def agreement_report(project_id: int, who, session: Session | None = None) -> dict:
+    """Everything the agreement panel shows, for people who manage labeling."""
+    with reading(session) as s:
+        project = _project(s, project_id, who)
+        labels = labels_of_project(s, project.id)
+        rows = _rows(labels)
+        alpha = krippendorff_alpha(rows)
+        per_labeler: dict[str, int] = {}
+        for label in labels:
+            per_labeler[label["labeler"]] = per_labeler.get(label["labeler"], 0) + 1
+        disagreeing = disagreements(rows)
+        prompts = _prompt_texts(s, [item["item"] for item in disagreeing])
+        return {
+            "project_id": project.id, "labels": len(labels), "labelers": per_labeler,
+            "percent_agreement": percent_agreement(rows), "alpha": alpha, "alpha_reading": alpha_reading(alpha),
+            "kappas": pairwise_kappas(rows, MIN_SHARED_FOR_KAPPA), "against_majority": against_majority(rows),
+            "disagreements": [{"pair_id": item["item"], "labels": item["labels"],
+                               "prompt": prompts.get(item["item"], "")} for item in disagreeing],
+            "consensus": consensus_counts(consensus(rows, project.overlap)),
+            "min_labels": project.overlap,
+        }
+
+
+def _prompt_texts(session: Session, pair_ids: list[int]) -> dict[int, str]:
+    if not pair_ids:
+        return {}
+    query = (select(LabelingPair.id, Prompt.text).join(Prompt, LabelingPair.prompt_id == Prompt.id)
+             .where(LabelingPair.id.in_(pair_ids)))
+    return {pair_id: text[:300] for pair_id, text in session.execute(query)}
+
+
+def consensus_pairs(project_id: int, who, min_labels: int | None = None,
+                    session: Session | None = None) -> list[dict]:
+    """[{pair_id, prompt (text), messages (or None), chosen, rejected, labels}] for pairs whose consensus is
+    "a" or "b"; min_labels defaults to the project's overlap (a pair counts once it is complete)."""
+    with reading(session) as s:
+        project = _project(s, project_id, who)
+        min_labels = project.overlap if min_labels is None else min_labels
+        if isinstance(min_labels, bool) or not isinstance(min_labels, int) or min_labels < 1:
+            raise InvalidInput("min_labels must be a whole number of at least 1", field="min_labels")
+        decided = consensus(_rows(labels_of_project(s, project.id)), min_labels)
+        winners = {pair_id: d for pair_id, d in decided.items() if d.label in ("a", "b")}
+        if not winners:
+            return []
+        pairs = {pair.id: pair for pair in s.scalars(select(LabelingPair).where(LabelingPair.id.in_(winners)))}
+        completion_ids = {cid for p in pairs.values() for cid in (p.completion_a_id, p.completion_b_id)}
+        texts = dict(s.execute(select(Completion.id, Completion.text).where(Completion.id.in_(completion_ids))).all())
+        prompts = {p.id: p for p in s.scalars(select(Prompt).where(Prompt.id.in_({p.prompt_id for p in pairs.values()})))}
+        result = []
+        for pair_id in sorted(winners):
+            pair, decision = pairs[pair_id], winners[pair_id]
+            chosen, rejected = ((pair.completion_a_id, pair.completion_b_id) if decision.label == "a"
+                                else (pair.completion_b_id, pair.completion_a_id))
+            prompt = prompts[pair.prompt_id]
+            result.append({"pair_id": pair_id, "prompt": prompt.text, "messages": prompt.messages,
+                           "chosen": texts[chosen], "rejected": texts[rejected], "labels": decision.labels})
+        return result
+
+
+def trl_record(pair: dict) -> dict:
+    """One line of TRL's preference format: conversational when the prompt is a chat, standard otherwise."""
+    if pair["messages"]:
+        return {"prompt": pair["messages"], "chosen": [{"role": "assistant", "content": pair["chosen"]}],
+                "rejected": [{"role": "assistant", "content": pair["rejected"]}]}
+    return {"prompt": pair["prompt"], "chosen": pair["chosen"], "rejected": pair["rejected"]}
+
+
+def export_trl_jsonl(project_id: int, who, min_labels: int | None = None, session: Session | None = None) -> str:
+    pairs = consensus_pairs(project_id, who, min_labels, session=session)
+    return "".join(json.dumps(trl_record(pair), ensure_ascii=False) + "\n" for pair in pairs)
+
+
+CSV_COLUMNS = ("label_id", "pair_id", "prompt_id", "completion_a_id", "completion_b_id", "labeler", "label",
+               "swapped", "note", "time_spent_s", "created_at")
+
+
+def export_labels_csv(project_id: int, who, session: Session | None = None) -> str:
+    """Every label as stored (un-swapped: "a" means completion_a is better), skips included."""
+    with reading(session) as s:
+        project = _project(s, project_id, who)
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(CSV_COLUMNS)
+        for label in labels_of_project(s, project.id, include_skips=True):
+            writer.writerow([label["id"], label["pair_id"], label["prompt_id"], label["completion_a_id"],
+                             label["completion_b_id"], label["labeler"], label["label"], label["swapped"],
+                             label["note"] or "", label["time_spent_s"] if label["time_spent_s"] is not None else "",
+                             label["created_at"]])
+        return out.getvalue()

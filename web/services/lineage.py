@@ -1,0 +1,165 @@
+"""Where a model came from and how good it is: its lineage graph and its report card.
+
+    model_lineage(model_id)   {"nodes": [...], "edges": [...]}: dataset → job → model → child models, for the
+                              model's ancestors and descendants, with the labeling projects and arena votes
+                              that trained each reward / DPO model (read from the run's pairs_sources.json)
+    report_card(model_id)     parameters, tokens seen, validation bits per byte, SFT loss, reward-model
+                              accuracy, DPO held-out preference accuracy, arena rating — whichever apply
+
+Both read what training left behind (Model and Job rows, the final metrics, the run directory's reports);
+nothing here is stored twice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import Dataset, Job, LabelingProject, Metric, Model
+from db.settings import Settings, safe_join
+from web.services.common import NotFound, enum_value, reading
+
+# The metric a report card shows for each model kind, with its label: (metric name, label).
+CARD_METRICS = (("val_bpb", "validation bits per byte"), ("val_loss", "validation loss"),
+                ("val_mean_token_accuracy", "SFT token accuracy"), ("val_accuracy", "reward-model accuracy"),
+                ("val_rewards/accuracies", "DPO held-out preference accuracy"), ("tokens", "tokens seen"))
+MAX_NODES = 200
+
+
+def _model(session: Session, model_id: int) -> Model:
+    model = session.get(Model, model_id) if 0 < model_id < 2 ** 63 else None
+    if model is None:
+        raise NotFound(f"model {model_id} does not exist")
+    return model
+
+
+def _pair_sources(settings: Settings, job: Job) -> dict:
+    if not job.run_dir:
+        return {}
+    path = safe_join(settings.data_dir, job.run_dir) / "pairs_sources.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def model_lineage(settings: Settings, model_id: int, session: Session | None = None) -> dict:
+    """The graph around a model: every ancestor and descendant, each with the job and data that made it."""
+    with reading(session) as s:
+        start = _model(s, model_id)
+        chain: dict[int, Model] = {}
+        node = start
+        while node is not None and node.id not in chain and len(chain) < MAX_NODES:  # ancestors
+            chain[node.id] = node
+            node = s.get(Model, node.parent_model_id) if node.parent_model_id else None
+        frontier = [start.id]
+        while frontier and len(chain) < MAX_NODES:  # descendants, breadth first
+            children = list(s.scalars(select(Model).where(Model.parent_model_id.in_(frontier))))
+            frontier = [child.id for child in children if child.id not in chain]
+            chain.update({child.id: child for child in children})
+
+        nodes: dict[str, dict] = {}
+        edges: list[tuple[str, str]] = []
+
+        def add(key: str, **attributes) -> str:
+            nodes.setdefault(key, {"id": key, **attributes})
+            return key
+
+        for model in chain.values():
+            model_key = add(f"model:{model.id}", type="model", label=f"{model.name} ({enum_value(model.kind)})",
+                            model_id=model.id, selected=model.id == start.id)
+            if model.parent_model_id in chain:
+                parent_key = f"model:{model.parent_model_id}"
+            else:
+                parent_key = None
+            job = s.get(Job, model.job_id) if model.job_id else None
+            if job is None:
+                if parent_key:
+                    edges.append((parent_key, model_key))
+                continue
+            job_key = add(f"job:{job.id}", type="job", label=f"job #{job.id} {enum_value(job.kind)}", job_id=job.id)
+            edges.append((job_key, model_key))
+            if parent_key:
+                edges.append((parent_key, job_key))
+            if job.dataset_id:
+                dataset = s.get(Dataset, job.dataset_id)
+                if dataset is not None:
+                    edges.append((add(f"dataset:{dataset.id}", type="dataset",
+                                      label=f"{dataset.name} ({enum_value(dataset.kind)})", dataset_id=dataset.id),
+                                  job_key))
+            sources = _pair_sources(settings, job)
+            for project_id in sources.get("project_ids", []):
+                project = s.get(LabelingProject, project_id)
+                label = f"labels: {project.name}" if project else f"labeling project {project_id}"
+                edges.append((add(f"project:{project_id}", type="labels", label=label, project_id=project_id), job_key))
+            arena_votes = (sources.get("counts") or {}).get("arena")
+            if arena_votes:
+                edges.append((add("arena", type="arena", label="arena votes"), job_key))
+                nodes["arena"].setdefault("votes", {})[job.id] = arena_votes
+        return {"nodes": list(nodes.values()), "edges": [{"from": a, "to": b} for a, b in dict.fromkeys(edges)]}
+
+
+def _final_metrics(session: Session, job_id: int) -> dict[str, float]:
+    """Each metric's value at its last step."""
+    rows = session.execute(select(Metric.name, Metric.step, Metric.value).where(Metric.job_id == job_id)
+                           .order_by(Metric.step, Metric.id))
+    return {name: value for name, _, value in rows}
+
+
+def report_card(settings: Settings, model_id: int, session: Session | None = None) -> list[tuple[str, str]]:
+    """(label, value) rows for the Models tab: what is known about this model, nothing made up."""
+    from web.services.arena import leaderboard
+
+    with reading(session) as s:
+        model = _model(s, model_id)
+        config = model.config or {}
+        rows: list[tuple[str, str]] = [("kind", enum_value(model.kind)), ("tokenizer", model.tokenizer)]
+        if config:
+            rows.append(("shape", f"{config.get('n_layer')} layers × {config.get('n_embd')} wide, "
+                                  f"context {config.get('block_size')}"))
+        parameters = _parameter_count(config)
+        if parameters:
+            rows.append(("parameters", f"{parameters:,}"))
+        if model.job_id:
+            metrics = _final_metrics(s, model.job_id)
+            for name, label in CARD_METRICS:
+                if name in metrics:
+                    value = metrics[name]
+                    shown = f"{value:,.0f}" if name == "tokens" else (
+                        f"{value:.1%}" if "accuracy" in name or "accuracies" in name else f"{value:.4f}")
+                    rows.append((label, shown))
+            job = s.get(Job, model.job_id)
+            report = _run_report(settings, job)
+            if report:
+                rows.append(report)
+        rating = next((row for row in leaderboard(s, rounds=50) if row["model_id"] == model.id), None)
+        if rating:
+            rows.append(("arena rating", f"{rating['rating']:.0f} ({rating['lower']:.0f}–{rating['upper']:.0f}, "
+                                         f"{rating['votes']} votes)"))
+        return rows
+
+
+def _run_report(settings: Settings, job: Job | None) -> tuple[str, str] | None:
+    """The DPO run's KL estimate, when there is one."""
+    if job is None or not job.run_dir:
+        return None
+    path = safe_join(settings.data_dir, job.run_dir) / "dpo_report.json"
+    if path.is_file():
+        kl = json.loads(path.read_text()).get("kl")
+        if kl is not None:
+            return ("KL from the policy it started from", f"{kl:.3f} nats per answer")
+    return None
+
+
+def _parameter_count(config: dict) -> int | None:
+    """Parameters of a GPT of this shape, counted on a model built on the meta device (no memory, no time)."""
+    import torch
+
+    from llm.model import GPT, GPTConfig
+
+    try:
+        with torch.device("meta"):
+            model = GPT(GPTConfig.from_dict(config))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return sum(p.numel() for p in model.parameters())  # a tied matrix is yielded once

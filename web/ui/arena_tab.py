@@ -1,0 +1,220 @@
+"""Arena tab: two anonymous chat models answer the same prompt side by side, streaming; you vote A, B, tie or
+both bad; only then are their names shown. Every vote is a preference pair for reward and DPO jobs, and the
+leaderboard (Bradley–Terry ratings on the Elo scale, 95 % bootstrap intervals) updates after each vote.
+
+Which model is on which side lives only in the server-side session state (gr.State), never in the page,
+so nothing in the browser gives the models away before the vote. The rules (which models may battle, how a
+vote is stored, one vote per battle) are `web.services.arena`'s, shared with the REST API. Admins and trainers
+choose the pool battles are drawn from in "Models in the arena" (hidden from everyone else).
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import gradio as gr
+
+from web.ui import current_user, db_session, error_text
+from web.ui.plots import message_html
+
+VOTES = (("left", "👈 A is better"), ("right", "👉 B is better"), ("tie", "🤝 Tie"), ("both_bad", "👎 Both bad"))
+MIN_YIELD_SECONDS = 0.03
+
+
+def leaderboard_html(rows: list[dict]) -> str:
+    if not rows:
+        return ('<div class="wb-empty" style="opacity:.7;padding:8px">No votes yet: battle and vote, and the '
+                'models appear here.</div>')
+    body = "".join(
+        f"<tr><td>{rank}</td><td>{html.escape(row['name'])}</td><td>{html.escape(row['kind'] or '')}</td>"
+        f"<td><b>{row['rating']:.0f}</b></td>"
+        f"<td>{row['lower']:.0f} – {row['upper']:.0f}</td><td>{row['votes']}</td></tr>"
+        for rank, row in enumerate(rows, start=1))
+    return ('<table class="wb-leaderboard" style="width:100%;font-size:14px"><thead><tr><th>#</th><th>model</th>'
+            '<th>kind</th><th>rating</th><th>95 % interval</th><th>votes</th></tr></thead>'
+            f'<tbody>{body}</tbody></table><div style="font-size:12px;opacity:.7">Bradley–Terry on the Elo scale: '
+            'a 100-point gap means the higher model wins about 64 % of its battles.</div>')
+
+
+def leaderboard_figure(rows: list[dict]):
+    """Ratings with their intervals, best at the top."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, max(1.6, 0.5 * len(rows) + 0.8)), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    if not rows:
+        ax.text(0.5, 0.5, "no votes yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    ordered = list(reversed(rows))
+    positions = list(range(len(ordered)))
+    ratings = [row["rating"] for row in ordered]
+    errors = [[row["rating"] - row["lower"] for row in ordered], [row["upper"] - row["rating"] for row in ordered]]
+    ax.errorbar(ratings, positions, xerr=errors, fmt="o", color="#4f46e5", ecolor="#a5b4fc", capsize=4)
+    ax.set_yticks(positions, [row["name"] for row in ordered])
+    ax.axvline(1000, color="#cbd5e1", linestyle="--", linewidth=1)
+    ax.set_xlabel("rating (95 % interval)", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def pool_choices(models: list[dict]) -> tuple[list[tuple[str, int]], list[int]]:
+    """(checkbox choices "name (kind #id)" → id, the ids in the pool) for "Models in the arena"."""
+    choices = [(f"{m['name']} ({m['kind']} #{m['id']})", m["id"]) for m in models]
+    return choices, [m["id"] for m in models if m["in_arena"]]
+
+
+@dataclass
+class ArenaTab:
+    settings: Any
+    board: gr.HTML
+    figure: gr.Plot
+    pool_box: gr.Accordion
+    pool: gr.CheckboxGroup
+
+    def refresh(self):
+        from web.services import arena
+
+        with db_session(self.settings) as session:
+            rows = arena.leaderboard(session)
+        return leaderboard_html(rows), leaderboard_figure(rows)
+
+    def refresh_pool(self, request: gr.Request | None = None):
+        """The pool editor, shown (with every chat model) only to those who may change the pool."""
+        from web.services import Action, arena, can
+
+        if not can(current_user(self.settings, request), Action.manage_arena):
+            return gr.Accordion(visible=False), gr.CheckboxGroup(choices=[], value=[])
+        with db_session(self.settings) as session:
+            choices, chosen = pool_choices(arena.arena_models(session, everyone=True))
+        return gr.Accordion(visible=True), gr.CheckboxGroup(choices=choices, value=chosen)
+
+    def wire(self, blocks: gr.Blocks, page) -> None:
+        private = {"api_visibility": "private"}
+        page.select(self.refresh, None, [self.board, self.figure], **private)
+        page.select(self.refresh_pool, None, [self.pool_box, self.pool], queue=False, **private)
+        blocks.load(self.refresh_pool, None, [self.pool_box, self.pool], queue=False, **private)
+
+
+def build(settings) -> ArenaTab:
+    from web.services import arena
+
+    gr.Markdown("Two anonymous chat models answer the same message. Vote for the better answer; the names are "
+                "shown after your vote, and the vote becomes a preference pair for reward and DPO training.")
+    battle_state = gr.State(None)  # server-side: {"messages", "left", "right"} with model and completion ids
+    with gr.Row():
+        prompt = gr.Textbox(show_label=False, placeholder="Ask both models something and press Enter", scale=6,
+                            elem_id="arena-input", lines=1, max_lines=6)
+        start = gr.Button("⚔️ Battle", variant="primary", scale=1, min_width=100, elem_id="arena-battle")
+    with gr.Row(equal_height=True):
+        left = gr.Chatbot(label="Model A", height=300, elem_id="arena-left", feedback_options=None)
+        right = gr.Chatbot(label="Model B", height=300, elem_id="arena-right", feedback_options=None)
+    with gr.Row():
+        buttons = [gr.Button(label, interactive=False, elem_id=f"arena-vote-{choice.replace('_', '-')}")
+                   for choice, label in VOTES]
+    status = gr.HTML(elem_id="arena-status")
+    gr.Markdown("#### Leaderboard")
+    board = gr.HTML(leaderboard_html([]), elem_id="arena-leaderboard")
+    figure = gr.Plot(elem_id="arena-plot", show_label=False)
+    with gr.Accordion("Models in the arena", open=False, visible=False, elem_id="arena-pool-box") as pool_box:
+        gr.Markdown("Battles are drawn from the ticked chat models. A new SFT or DPO model enters until it is "
+                    "taken out.")
+        pool = gr.CheckboxGroup(label="Pool", choices=[], elem_id="arena-pool")
+        save_pool = gr.Button("Save the pool", elem_id="arena-pool-save")
+        pool_status = gr.HTML(elem_id="arena-pool-status")
+    tab = ArenaTab(settings=settings, board=board, figure=figure, pool_box=pool_box, pool=pool)
+
+    def save(chosen: list[int] | None, request: gr.Request):
+        try:
+            with db_session(settings) as session:
+                user = current_user(settings, request)
+                models = arena.set_arena_models(session, user["name"] if user else None, chosen or [])
+        except Exception as error:
+            return gr.skip(), message_html(error_text(error), "error")
+        choices, in_pool = pool_choices(models)
+        return (gr.CheckboxGroup(choices=choices, value=in_pool),
+                message_html(f"{len(in_pool)} of {len(models)} chat models are in the arena.", "ok"))
+
+    save_pool.click(save, [pool], [pool, pool_status], api_visibility="private")
+
+    def run_battle(message: str, request: gr.Request) -> Iterator[tuple]:
+        message = (message or "").strip()
+        locked = [gr.Button(interactive=False)] * len(buttons)
+        if not message:
+            yield (gr.skip(), gr.skip(), None, message_html("Type a message first.", "error"), *locked)
+            return
+        messages = [{"role": "user", "content": message}]
+        try:
+            user = current_user(settings, request)
+            with db_session(settings) as session:
+                left_id, right_id = arena.draw_battle(session)
+        except Exception as error:
+            yield ([], [], None, message_html(error_text(error), "error"), *locked)
+            return
+        sides = {"left": {"model_id": left_id}, "right": {"model_id": right_id}}
+        shown = {"left": [{"role": "user", "content": message}, {"role": "assistant", "content": ""}],
+                 "right": [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]}
+        yield (shown["left"], shown["right"], None, message_html("the models are answering…", "info"), *locked)
+        try:
+            for side in ("left", "right"):
+                seed = int(time.time_ns() % 2 ** 31)
+                with db_session(settings) as session:
+                    deltas = arena.generate_answer(settings, session, sides[side]["model_id"], messages, seed=seed,
+                                                   stream=True)
+                text, last = "", 0.0
+                for delta in deltas:
+                    text += delta
+                    if time.perf_counter() - last >= MIN_YIELD_SECONDS:
+                        shown[side][-1]["content"] = text
+                        last = time.perf_counter()
+                        yield (shown["left"], shown["right"], None, gr.skip(), *locked)
+                shown[side][-1]["content"] = text or "(no answer)"
+                sides[side].update({"text": text, "seed": seed,
+                                    "sampling": {"max_new_tokens": 128, "temperature": 0.8, "top_k": 50}})
+            with db_session(settings) as session:
+                stored = arena.record_answers(session, user["name"] if user else None, messages,
+                                              sides["left"], sides["right"])
+        except Exception as error:
+            yield (shown["left"], shown["right"], None, message_html(error_text(error), "error"), *locked)
+            return
+        state = {"left_completion_id": stored["left_completion_id"],
+                 "right_completion_id": stored["right_completion_id"], "started": time.time()}
+        open_buttons = [gr.Button(interactive=True)] * len(buttons)
+        yield (shown["left"], shown["right"], state, message_html("Which answer is better?", "info"), *open_buttons)
+
+    outputs = [left, right, battle_state, status, *buttons]
+    prompt.submit(run_battle, [prompt], outputs, concurrency_limit=2, concurrency_id="chat",
+                  show_progress="hidden", api_visibility="private")
+    start.click(run_battle, [prompt], outputs, concurrency_limit=2, concurrency_id="chat",
+                show_progress="hidden", api_visibility="private")
+
+    def make_vote(choice: str):
+        def cast(state: dict | None, request: gr.Request):
+            locked = [gr.Button(interactive=False)] * len(buttons)
+            if not state:
+                return (None, message_html("Start a battle first.", "error"), gr.skip(), gr.skip(), *locked)
+            try:
+                user = current_user(settings, request)
+                with db_session(settings) as session:
+                    result = arena.vote(session, user["name"] if user else None, state["left_completion_id"],
+                                        state["right_completion_id"], choice, time.time() - state["started"])
+            except Exception as error:
+                return (state, message_html(error_text(error), "error"), gr.skip(), gr.skip(), *locked)
+            reveal = (f"Model A was {result['left_model']['name'] or '?'}, model B was "
+                      f"{result['right_model']['name'] or '?'}. Thanks — your vote is stored.")
+            board_html, board_figure = tab.refresh()
+            return (None, message_html(reveal, "ok"), board_html, board_figure, *locked)
+
+        return cast
+
+    for (choice, _), button in zip(VOTES, buttons):
+        button.click(make_vote(choice), [battle_state], [battle_state, status, board, figure, *buttons],
+                     api_visibility="private")
+    return tab

@@ -1,0 +1,296 @@
+"""Label tab: compare two anonymous answers to a prompt and say which is better, one pair after another.
+
+    Label                   choose a project → its guidelines, your progress bar, the prompt as a conversation
+                            and answers A and B side by side → "A is better" [1], "B is better" [2], "Tie" [3],
+                            "Both bad" [4], "Skip" [S], an optional note, and Undo [U or Backspace]
+    Projects & agreement    (admins and trainers only, web/ui/labeling_admin.py) create projects, edit
+                            guidelines, watch agreement, export
+
+The queue, the overlap and the labels' storage are `web.services.labeling`'s (the REST API calls the same
+functions). What the page shows of a pair — its id, which answer is on the left, when it was shown and an
+idempotency key — travels in a hidden textbox (`SHOWN`), so a click sends what the labeler saw at that moment:
+a double click, or "1" then "2" pressed before the answer arrives, sends the same key twice and stores one
+label. Time spent per pair is measured from when the pair was shown to when the label arrives.
+
+Keyboard shortcuts are a `keydown` listener installed by a gr.HTML's `js_on_load` (Gradio 6 takes page-wide
+`js=`/`head=` only in launch()/mount_gradio_app, which web/app.py owns). It clicks the buttons by elem_id,
+ignores keys typed in the note (Escape leaves the note) or any other field, and does nothing while the
+buttons are hidden (another tab open) or disabled (nothing to label).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from web.ui import current_user, db_session, error_text
+from web.ui.plots import message_html, progress_bar_html
+
+# (choice sent to submit_label, button text, key, elem_id)
+CHOICES = (("left", "👈 A is better", "1", "label-a"), ("right", "👉 B is better", "2", "label-b"),
+           ("tie", "🤝 Tie", "3", "label-tie"), ("both_bad", "👎 Both bad", "4", "label-both-bad"),
+           ("skip", "Skip", "S", "label-skip"))
+UNDO_ID = "label-undo"
+SAID = {"left": "A is better", "right": "B is better", "tie": "tie", "both_bad": "both bad", "skip": "skipped"}
+MAX_TIME_SPENT_S = 86_399  # the service refuses a day or more (a tab left open overnight)
+
+KEYBOARD_JS = """
+if (!window.__wbLabelKeys) {
+  window.__wbLabelKeys = true;
+  const keys = {"1": "label-a", "2": "label-b", "3": "label-tie", "4": "label-both-bad", "s": "label-skip",
+                "u": "label-undo", "backspace": "label-undo"};
+  document.addEventListener("keydown", (event) => {
+    const target = event.target;
+    const typing = target && (target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName));
+    if (typing) {
+      if (event.key === "Escape" && target.closest("#label-note")) { target.blur(); }
+      return;
+    }
+    if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) { return; }
+    const id = keys[(event.key || "").toLowerCase()];
+    if (!id) { return; }
+    let button = document.getElementById(id);
+    if (button && button.tagName !== "BUTTON") { button = button.querySelector("button"); }
+    if (!button || button.offsetParent === null || button.disabled) { return; }
+    event.preventDefault();
+    button.click();
+  });
+}
+"""
+
+SHORTCUTS_HTML = ('<div style="font-size:12px;opacity:.7">Keys: <kbd>1</kbd> A is better · <kbd>2</kbd> B is better · '
+                  '<kbd>3</kbd> tie · <kbd>4</kbd> both bad · <kbd>S</kbd> skip · <kbd>U</kbd> or <kbd>Backspace</kbd> '
+                  'undo · <kbd>Esc</kbd> leaves the note.</div>')
+
+
+# ----------------------------------------------------------------------------- pure shaping
+
+def project_choices(projects: list[dict]) -> list[tuple[str, int]]:
+    return [(f"{p['name']} ({p['complete_pairs']}/{p['pairs']} pairs complete)", p["id"]) for p in projects]
+
+
+def progress_html(progress: dict | None) -> str:
+    """The labeler's bar: done out of done + left, with today's count."""
+    if not progress:
+        return ""
+    done, left, today = progress["done"], progress["left"], progress["today"]
+    total = done + left
+    label = f"{done} done · {left} left · {today} today"
+    return (f'<div id="label-progress-bar" data-done="{done}" data-left="{left}" data-today="{today}">'
+            + progress_bar_html(done / total if total else 1.0, "succeeded" if left == 0 else "running", label)
+            + "</div>")
+
+
+def shown_token(pair: dict) -> str:
+    """What the page keeps of the pair on screen (the hidden SHOWN box): enough to submit a label for it."""
+    return json.dumps({"project_id": pair["project_id"], "pair_id": pair["pair_id"],
+                       "left_completion_id": pair["left"]["completion_id"], "key": uuid.uuid4().hex,
+                       "shown_at": time.time()})
+
+
+def read_shown(text: str | None) -> dict | None:
+    """The SHOWN box's content, or None when no pair is on screen (or the box was tampered with)."""
+    try:
+        shown = json.loads(text or "")
+        fields = ("project_id", "pair_id", "left_completion_id", "key", "shown_at")
+        if isinstance(shown, dict) and all(shown.get(f) is not None for f in fields):
+            return shown
+    except (TypeError, ValueError):
+        pass
+    return None
+
+
+def seconds_on(shown: dict, now: float | None = None) -> float:
+    spent = (time.time() if now is None else now) - float(shown["shown_at"])
+    return round(min(MAX_TIME_SPENT_S, max(0.0, spent)), 3)
+
+
+def conversation(pair: dict) -> list[dict]:
+    """The prompt as chat messages for gr.Chatbot (system turns included, shown as such)."""
+    return [{"role": m["role"] if m.get("role") in ("user", "assistant", "system") else "user",
+             "content": m.get("content") or ""} for m in pair["prompt"]["messages"]]
+
+
+# ----------------------------------------------------------------------------- the tab
+
+@dataclass
+class LabelTab:
+    settings: Any
+    project: gr.Dropdown
+    screen: list  # the outputs every handler that changes the pair on screen returns, in SCREEN order
+    admin: Any
+    work_page: gr.Tab
+    manage_page: gr.Tab
+
+    # SCREEN: shown, guidelines, progress, prompt, answer A, answer B, status, note, 5 choice buttons, undo
+
+    def _who(self, request) -> str | None:
+        user = current_user(self.settings, request)
+        return user["name"] if user else None
+
+    def _screen(self, pair: dict | None, progress: dict | None, message: str, guidelines: Any = None) -> tuple:
+        """Every SCREEN output for `pair` (None: nothing to label) with a status message."""
+        can_undo = gr.Button(interactive=bool(progress and progress["done"]))
+        guide = gr.skip() if guidelines is None else guidelines
+        if pair is None:
+            return ("", guide, progress_html(progress), [], "", "", message, "",
+                    *[gr.Button(interactive=False)] * len(CHOICES), can_undo)
+        return (shown_token(pair), guide, progress_html(progress), conversation(pair), pair["left"]["text"],
+                pair["right"]["text"], message, "", *[gr.Button(interactive=True)] * len(CHOICES), can_undo)
+
+    def _unchanged(self, message: str) -> tuple:
+        return (gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), message, gr.skip(),
+                *[gr.skip()] * (len(CHOICES) + 1))
+
+    @staticmethod
+    def _nothing_left(project_name: str, progress: dict) -> str:
+        if progress["pairs"] and progress["complete_pairs"] >= progress["pairs"]:
+            why = "every pair has all the labels it needs"
+        else:
+            why = "the pairs you have not labeled are taken by other labelers or have all their labels"
+        return message_html(f"Nothing left for you in {project_name}: {why}. Thank you! "
+                            f"({progress['done']} labeled by you, {progress['today']} today.)", "ok")
+
+    def _next(self, session, who: str | None, project_id: int, message: str = "", guidelines: Any = None) -> tuple:
+        from web.services import labeling
+
+        pair = labeling.next_pair(session, who, project_id)
+        if pair is None:
+            project = labeling.get_project(project_id, who, session=session)
+            progress = labeling.progress(session, who, project_id)
+            return self._screen(None, progress, message + self._nothing_left(project["name"], progress), guidelines)
+        return self._screen(pair, pair["progress"], message, guidelines)
+
+    def refresh(self, chosen: int | None = None, request: gr.Request | None = None):
+        """The projects this user may label; the chosen one kept (or the only one picked)."""
+        from web.services import ServiceError, labeling
+
+        try:
+            projects = labeling.list_projects(self._who(request))
+        except ServiceError:
+            projects = []
+        choices = project_choices(projects)
+        ids = [value for _, value in choices]
+        value = chosen if chosen in ids else (ids[0] if len(ids) == 1 else None)
+        return gr.Dropdown(choices=choices, value=value)
+
+    def open_project(self, project_id: int | None, request: gr.Request | None = None) -> tuple:
+        from web.services import ServiceError, labeling
+
+        if not project_id:
+            return self._screen(None, None, message_html("Choose a project to label.", "info"), "")
+        who = self._who(request)
+        try:
+            with db_session(self.settings) as session:
+                project = labeling.get_project(int(project_id), who, session=session)
+                guidelines = project["guidelines"].strip() or "*No guidelines for this project.*"
+                return self._next(session, who, int(project_id), guidelines=guidelines)
+        except ServiceError as error:
+            return self._screen(None, None, message_html(error_text(error), "error"), "")
+
+    def submit(self, choice: str, shown_text: str, note: str, request: gr.Request | None = None) -> tuple:
+        from web.services import Conflict, ServiceError, labeling
+
+        shown = read_shown(shown_text)
+        if shown is None:
+            return self._unchanged(message_html("No pair on screen: choose a project first.", "error"))
+        who, project_id = self._who(request), int(shown["project_id"])
+        try:
+            with db_session(self.settings) as session:
+                try:
+                    stored = labeling.submit_label(session, who, project_id, int(shown["pair_id"]), choice,
+                                                   int(shown["left_completion_id"]), note=(note or "").strip() or None,
+                                                   time_spent_s=seconds_on(shown), idempotency_key=str(shown["key"]))
+                except Conflict as error:  # the pair got its last label from someone else meanwhile
+                    return self._next(session, who, project_id, message_html(f"Not stored — {error_text(error)}.",
+                                                                             "warn"))
+                said = SAID.get(choice, choice)
+                message = (f"Already stored for this pair ({stored['label']}); here is the next one." if stored["duplicate"]
+                           else f"Stored: {said}.")
+                return self._next(session, who, project_id, message_html(message, "ok"))
+        except ServiceError as error:
+            return self._unchanged(message_html(f"Not stored — {error_text(error)}", "error"))
+
+    def undo(self, project_id: int | None, request: gr.Request | None = None) -> tuple:
+        from web.services import ServiceError, labeling
+
+        if not project_id:
+            return self._unchanged(message_html("Choose a project first.", "error"))
+        try:
+            with db_session(self.settings) as session:
+                pair = labeling.undo_last_label(session, self._who(request), int(project_id))
+        except ServiceError as error:
+            return self._unchanged(message_html(f"Nothing undone — {error_text(error)}.", "error"))
+        return self._screen(pair, pair["progress"], message_html(
+            "Your last label is removed: here is that pair again.", "info"))
+
+    def on_load(self, request: gr.Request | None = None):
+        from web.services import Action, can
+
+        manager = can(current_user(self.settings, request), Action.manage_labeling)
+        return gr.Tab(visible=manager)
+
+    def wire(self, blocks: gr.Blocks, page: gr.Tab) -> None:
+        private = {"api_visibility": "private"}
+        blocks.load(self.on_load, None, [self.manage_page], queue=False, **private)
+        # Opening the tab (or its Label sub-tab) offers projects created meanwhile.
+        for opened in (page, self.work_page):
+            opened.select(self.refresh, [self.project], [self.project], queue=False, **private)
+        self.admin.wire(blocks, self.manage_page, self.work_page)
+
+
+def build(settings) -> LabelTab:
+    from web.ui import labeling_admin
+
+    with gr.Tabs(elem_id="label-subtabs", selected="label-work"):
+        with gr.Tab("Label", id="label-work", elem_id="tab-label-work") as work_page:
+            with gr.Row(equal_height=True):
+                project = gr.Dropdown(label="Project", choices=[], value=None, elem_id="label-project", scale=3)
+                progress = gr.HTML(elem_id="label-progress", scale=2)
+            with gr.Accordion("Guidelines", open=True, elem_id="label-guidelines-panel"):
+                guidelines = gr.Markdown(elem_id="label-guidelines")
+            prompt = gr.Chatbot(label="Prompt", height=220, elem_id="label-prompt", feedback_options=None)
+            with gr.Row(equal_height=True):
+                with gr.Column():
+                    gr.Markdown("**Answer A**")
+                    left = gr.Markdown(elem_id="label-left", container=True, min_height=120, line_breaks=True)
+                with gr.Column():
+                    gr.Markdown("**Answer B**")
+                    right = gr.Markdown(elem_id="label-right", container=True, min_height=120, line_breaks=True)
+            with gr.Row():
+                buttons = [gr.Button(f"{text} [{key}]", interactive=False, elem_id=elem_id,
+                                     variant="primary" if choice in ("left", "right") else "secondary")
+                           for choice, text, key, elem_id in CHOICES]
+            with gr.Row(equal_height=True):
+                note = gr.Textbox(label="Note (optional, saved with the label)", lines=1, max_lines=4, scale=4,
+                                  elem_id="label-note")
+                undo = gr.Button("↶ Undo [U]", interactive=False, elem_id=UNDO_ID, scale=1, min_width=100)
+            status = gr.HTML(elem_id="label-status")
+            gr.HTML(SHORTCUTS_HTML, js_on_load=KEYBOARD_JS, elem_id="label-keys")
+            shown = gr.Textbox(visible="hidden", elem_id="label-shown")
+        with gr.Tab("Projects & agreement", id="label-manage", elem_id="tab-label-manage",
+                    visible=False) as manage_page:  # shown on load to admins and trainers
+            admin = labeling_admin.build(settings)
+
+    screen = [shown, guidelines, progress, prompt, left, right, status, note, *buttons, undo]
+    tab = LabelTab(settings=settings, project=project, screen=screen, admin=admin, work_page=work_page,
+                   manage_page=manage_page)
+    private = {"api_visibility": "private"}
+    project.change(tab.open_project, [project], screen, **private)
+
+    def make_submit(choice: str):
+        def submit(shown_text: str, note_text: str, request: gr.Request):
+            return tab.submit(choice, shown_text, note_text, request)
+
+        submit.__name__ = f"submit_{choice}"
+        return submit
+
+    for (choice, *_), button in zip(CHOICES, buttons):
+        button.click(make_submit(choice), [shown, note], screen, **private)
+    undo.click(tab.undo, [project], screen, **private)
+    return tab
