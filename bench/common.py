@@ -144,6 +144,23 @@ def current_rss_bytes() -> int:
         return peak_rss_bytes()
 
 
+def stepped_loop_memory(make_loop, steps: int = 3) -> dict:
+    """Peak RSS, and its growth over the process just before, of building a stepped training loop
+    (`make_loop()` -> an object with start/step/close; see bench_sft) and running `steps` steps.
+    Meant to run in a fresh process (`run_json_subprocess`), after the imports both sides pay."""
+    import gc
+
+    gc.collect()
+    before = current_rss_bytes()
+    loop = make_loop()
+    loop.start()
+    for _ in range(steps - 1):
+        loop.step()
+    peak = peak_rss_bytes()
+    loop.close()
+    return {"peak_rss_mb": peak / 2 ** 20, "train_rss_mb": (peak - before) / 2 ** 20}
+
+
 def run_json_subprocess(module: str, function: str, kwargs: dict, timeout: float = 1800) -> dict:
     """Run `module.function(**kwargs)` in a fresh Python process and return the dict it returns.
 

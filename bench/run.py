@@ -1,13 +1,14 @@
-"""Run the benchmarks (train, generate, prepare), print one table of every figure, then one JSON line.
+"""Run the benchmarks (train, generate, prepare, sft, preference), print one table of every figure, then one JSON line.
 
-    python -m bench.run [--quick] [--only train,generate,prepare]   (--only platform: the web-app benchmark)
+    python -m bench.run [--quick] [--only train,generate,prepare,sft,preference]   (--only platform,labeling: the web-app benchmarks)
     workbench bench [--quick] [--only ...]
 
 Each benchmark is a module `bench.bench_<name>` with `run(quick: bool = False) -> dict` of figures;
 they are imported only when they run. The last line printed is a JSON object with every scalar
 figure (the headline ratios `train_vs_hf`, `generate_vs_hf`, `generate_samples_vs_hf`,
-`prepare_vs_tiktoken`, `train_flops_vs_matmul_peak` always present, null where a benchmark did not run
-or failed), so scripts can read `... | tail -1`.
+`prepare_vs_tiktoken`, `train_flops_vs_matmul_peak`, `sft_lora_vs_trl`, `sft_full_vs_trl`, `dpo_vs_trl`,
+`reward_vs_trl` always present,
+null where a benchmark did not run or failed), so scripts can read `... | tail -1`.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ import traceback
 
 from bench.common import print_figures
 
-BENCHMARKS = ("train", "generate", "prepare")  # what runs by default, in this order
-OPTIONAL = ("platform",)  # only with --only (starts the web app and a worker)
+BENCHMARKS = ("train", "generate", "prepare", "sft", "preference")  # what runs by default, in this order
+OPTIONAL = ("platform", "labeling")  # only with --only (they start the web app)
 HEADLINE = ("train_vs_hf", "generate_vs_hf", "generate_samples_vs_hf", "prepare_vs_tiktoken",
-            "train_flops_vs_matmul_peak")
+            "train_flops_vs_matmul_peak", "sft_lora_vs_trl", "sft_full_vs_trl", "dpo_vs_trl", "reward_vs_trl")
 
 
 def _scalar(value):

@@ -1,0 +1,347 @@
+"""Many labelers at once through the REST API: nothing lost, nothing doubled, no pair over its overlap, and
+how long a label takes to store.
+
+For each database (SQLite, then PostgreSQL when one answers at WORKBENCH_BENCH_POSTGRES_URL, default the
+local server's `test` cluster): a fresh database, the web app in its own process (uvicorn, one worker, as
+`workbench serve` runs it, timed), a labeling project of 1,800 pairs with overlap 2, then N labeler threads for
+T seconds, each looping GET .../next → think → POST .../labels, and one POST in twenty sent twice (a client
+retrying after a lost answer: it must come back 200 with the same label). Afterwards the database is read
+directly: labels stored must equal the 201 answers, and no pair may hold more labels than its overlap.
+
+Latency is from sending the POST to its answer, per request, as the client sees it; p50 and p99 over all of
+them (target p99 < 200 ms). The app also says, in a Server-Timing header (bench/labeling_server.py: the real
+app with a timing layer), how long it took itself and where that time went (thread pool, connection pool,
+SQL, write lock, auth, progress): p50/p99 of that, the median parts, and the parts of the slowest 1% are
+reported, with the CPU the server and the clients used (they share this machine's cores). Think time is
+uniform in [0.5, 1.5] s: a fast human. Password hashes are made with few bcrypt rounds (hashing is not what
+is measured; the server caches verified credentials anyway).
+
+    python -m bench.bench_labeling [--quick]     (quick: 20 labelers for 15 s)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PASSWORD = "bench-labeler-password"
+OVERLAP = 2
+TARGET_P99_MS = 200.0
+POSTGRES_URL = os.environ.get("WORKBENCH_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest rank (no interpolation)."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-fraction * len(ordered) // 1))))
+    return ordered[rank - 1]
+
+
+# ----------------------------------------------------------------------------- set-up
+
+def populate(database_url: str, labelers: int, prompts: int = 300, answers: int = 4) -> int:
+    """Migrate, create the labelers and a trainer, a finished generate job with `answers` per prompt, and
+    a project over it; returns the project id."""
+    import db.users
+    from db.migrate import upgrade
+    from db.models import Completion, Job, JobKind, JobStatus, Prompt, Role
+    from db.session import SessionLocal
+    from web.services.labeling import create_project
+
+    upgrade(database_url)
+    db.users.BCRYPT_ROUNDS = 4
+    with SessionLocal(database_url) as session:
+        trainer = db.users.create_user(session, "bench-trainer", PASSWORD, Role.trainer)
+        for number in range(labelers):
+            db.users.create_user(session, f"labeler{number}", PASSWORD, Role.labeler)
+        job = Job(kind=JobKind.generate, status=JobStatus.succeeded, params={}, progress=1.0, attempts=1,
+                  cancel_requested=False)
+        session.add(job)
+        session.flush()
+        for p in range(prompts):
+            prompt = Prompt(text=f"prompt {p}", messages=[{"role": "user", "content": f"prompt {p}"}])
+            session.add(prompt)
+            session.flush()
+            session.add_all(Completion(prompt_id=prompt.id, job_id=job.id, text=f"answer {p}.{a} " * 20,
+                                       sampling={}, seed=a) for a in range(answers))
+        session.commit()
+        return create_project(session, trainer, name="bench", source_job_ids=[job.id], overlap=OVERLAP).id
+
+
+class AppProcess:
+    """The web app under uvicorn in a subprocess, for `database_url`."""
+
+    def __init__(self, database_url: str, data_dir: Path):
+        self.port = _free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "WORKBENCH_DATABASE_URL": database_url, "WORKBENCH_DATA_DIR": str(data_dir),
+               "PYTHONPATH": str(REPO_ROOT)}
+        self.log = open(data_dir / "app.log", "w+")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "bench.labeling_server:create_app", "--factory", "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "warning"],
+            cwd=REPO_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_healthy(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the app exited: {self.tail()}")
+            try:
+                if httpx.get(f"{self.base_url}/api/health", timeout=2).status_code in (200, 503):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"the app did not answer within {timeout} s: {self.tail()}")
+
+    def tail(self) -> str:
+        self.log.seek(0)
+        return self.log.read()[-3000:]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+# ----------------------------------------------------------------------------- the load
+
+def server_timing(answer: httpx.Response) -> dict[str, float]:
+    """The app's own account of a request (bench/labeling_server.py): {name: ms}."""
+    timings = {}
+    for part in answer.headers.get("server-timing", "").split(","):
+        name, _, duration = part.strip().partition(";dur=")
+        if duration:
+            timings[name] = float(duration)
+    return timings
+
+
+def label_for(base_url: str, project_id: int, labelers: int, seconds: float, think_s: tuple[float, float],
+              seed: int = 0) -> dict:
+    """`labelers` threads labeling for `seconds`; returns what the clients saw, and what the server said
+    each request cost it (`submit_server`, `next_server`: Server-Timing of each request)."""
+    lock = threading.Lock()
+    seen = {"created": 0, "repeats_ok": 0, "refused": 0, "errors": [], "submit_ms": [], "next_ms": [],
+            "submit_server": [], "next_server": [], "done_early": 0}
+    deadline = time.monotonic() + seconds
+    path = f"/api/labeling/projects/{project_id}"
+
+    def labeler(number: int) -> None:
+        rng = random.Random(seed * 1000 + number)
+        with httpx.Client(base_url=base_url, auth=(f"labeler{number}", PASSWORD), timeout=30) as client:
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                shown = client.get(f"{path}/next")
+                next_ms = 1000 * (time.perf_counter() - started)
+                if shown.status_code == 204:
+                    with lock:
+                        seen["done_early"] += 1
+                    return
+                if shown.status_code != 200:
+                    with lock:
+                        seen["errors"].append(f"next {shown.status_code} {shown.text[:200]}")
+                    return
+                pair = shown.json()
+                time.sleep(rng.uniform(*think_s))
+                body = {"pair_id": pair["pair_id"], "choice": rng.choice(["left", "right", "tie", "both_bad"]),
+                        "left_completion_id": pair["left"]["completion_id"], "idempotency_key": uuid.uuid4().hex}
+                started = time.perf_counter()
+                answer = client.post(f"{path}/labels", json=body)
+                submit_ms = 1000 * (time.perf_counter() - started)
+                retry = client.post(f"{path}/labels", json=body) if rng.random() < 0.05 else None
+                with lock:
+                    seen["next_ms"].append(next_ms)
+                    seen["next_server"].append(server_timing(shown))
+                    seen["submit_ms"].append(submit_ms)
+                    seen["submit_server"].append(server_timing(answer))
+                    if answer.status_code == 201:
+                        seen["created"] += 1
+                    elif answer.status_code == 409:
+                        seen["refused"] += 1
+                    else:
+                        seen["errors"].append(f"label {answer.status_code} {answer.text[:200]}")
+                    if retry is not None:
+                        if retry.status_code == 200 and retry.json()["id"] == answer.json().get("id"):
+                            seen["repeats_ok"] += 1
+                        elif answer.status_code == 201:
+                            seen["errors"].append(f"retry {retry.status_code} {retry.text[:200]}")
+
+    threads = [threading.Thread(target=labeler, args=(n,)) for n in range(labelers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return seen
+
+
+def breakdown(server: list[dict[str, float]]) -> dict[str, float]:
+    """Median of each Server-Timing part over these requests (ms; `sql` a count)."""
+    names = sorted({name for timings in server for name in timings})
+    return {name: round(percentile([t.get(name, 0.0) for t in server], 0.5), 2) for name in names}
+
+
+def stored_counts(database_url: str) -> dict:
+    """What the database holds: labels and the most labels any pair has."""
+    from sqlalchemy import func, select
+
+    from db.models import Comparison, Label, LabelingPair
+    from db.session import SessionLocal
+
+    with SessionLocal(database_url) as session:
+        stored = session.scalar(select(func.count(Comparison.id)).where(Comparison.label != Label.skip))
+        per_pair = session.execute(select(Comparison.pair_id, func.count(Comparison.id))
+                                   .where(Comparison.label != Label.skip).group_by(Comparison.pair_id)).all()
+        counters = session.scalars(select(LabelingPair.label_count)).all()
+    over = sum(1 for _, count in per_pair if count > OVERLAP)
+    # The pairs' counters (what the overlap guard reads) must add up to the labels stored.
+    return {"stored": stored, "pairs_over_overlap": over, "max_labels_on_a_pair": max((c for _, c in per_pair), default=0),
+            "counter_sum": sum(counters)}
+
+
+def slowest_breakdown(client_ms: list[float], server: list[dict[str, float]], fraction: float = 0.01) -> dict:
+    """Mean of each Server-Timing part over the slowest `fraction` of requests as the client saw them, and
+    `unaccounted`: client time minus the server's total (the network, uvicorn's event loop before the app,
+    and the client's own threads waiting for a CPU or the GIL)."""
+    slowest = sorted(zip(client_ms, server), key=lambda pair: pair[0])[-max(1, int(len(client_ms) * fraction)):]
+    names = sorted({name for _, timings in slowest for name in timings})
+    means = {name: round(sum(t.get(name, 0.0) for _, t in slowest) / len(slowest), 1) for name in names}
+    means["client"] = round(sum(ms for ms, _ in slowest) / len(slowest), 1)
+    means["unaccounted"] = round(means["client"] - means.get("total", 0.0), 1)
+    return means
+
+
+def measure(database_url: str, labelers: int, seconds: float, think_s=(0.5, 1.5)) -> dict:
+    """One database: set up, serve, load, check."""
+    import psutil
+
+    with tempfile.TemporaryDirectory(prefix="bench_labeling_") as tmp:
+        project_id = populate(database_url, labelers)
+        app = AppProcess(database_url, Path(tmp))
+        try:
+            app.wait_healthy()
+            server_process, client_process = psutil.Process(app.process.pid), psutil.Process()
+            server_cpu, client_cpu = sum(server_process.cpu_times()[:2]), sum(client_process.cpu_times()[:2])
+            started = time.monotonic()
+            seen = label_for(app.base_url, project_id, labelers, seconds, think_s)
+            wall = time.monotonic() - started
+            server_cpu = sum(server_process.cpu_times()[:2]) - server_cpu
+            client_cpu = sum(client_process.cpu_times()[:2]) - client_cpu
+            load_average = os.getloadavg()[0]
+        except Exception:
+            print(app.tail(), file=sys.stderr)
+            raise
+        finally:
+            app.stop()
+    counts = stored_counts(database_url)
+    submit, nxt = seen["submit_ms"], seen["next_ms"]
+    submit_server = [t.get("total", 0.0) for t in seen["submit_server"]]
+    next_server = [t.get("total", 0.0) for t in seen["next_server"]]
+    requests = len(submit) + len(nxt)
+    return {
+        "labels_acknowledged": seen["created"], "labels_stored": counts["stored"],
+        "labels_lost_or_doubled": counts["stored"] - seen["created"], "counter_sum": counts["counter_sum"],
+        "pairs_over_overlap": counts["pairs_over_overlap"], "max_labels_on_a_pair": counts["max_labels_on_a_pair"],
+        "refused_409": seen["refused"], "retries_answered_with_the_same_label": seen["repeats_ok"],
+        "errors": seen["errors"][:5], "error_count": len(seen["errors"]), "labelers_done_early": seen["done_early"],
+        "labels_per_s": seen["created"] / seconds,
+        "submit_p50_ms": percentile(submit, 0.5) if submit else None,
+        "submit_p99_ms": percentile(submit, 0.99) if submit else None,
+        "next_p50_ms": percentile(nxt, 0.5) if nxt else None,
+        "next_p99_ms": percentile(nxt, 0.99) if nxt else None,
+        # What the app itself took (bench/labeling_server.py), without the network and the client.
+        "submit_server_p50_ms": percentile(submit_server, 0.5) if submit else None,
+        "submit_server_p99_ms": percentile(submit_server, 0.99) if submit else None,
+        "next_server_p50_ms": percentile(next_server, 0.5) if nxt else None,
+        "next_server_p99_ms": percentile(next_server, 0.99) if nxt else None,
+        "submit_server_median_parts": breakdown(seen["submit_server"]),
+        "next_server_median_parts": breakdown(seen["next_server"]),
+        "submit_slowest_1pct_parts": slowest_breakdown(submit, seen["submit_server"]) if submit else {},
+        "next_slowest_1pct_parts": slowest_breakdown(nxt, seen["next_server"]) if nxt else {},
+        # The load: CPU seconds per wall second (2.0 = both cores of this machine) and per request.
+        "server_cpu_per_s": server_cpu / wall, "client_cpu_per_s": client_cpu / wall,
+        "server_cpu_ms_per_request": 1000 * server_cpu / max(1, requests),
+        "client_cpu_ms_per_request": 1000 * client_cpu / max(1, requests),
+        "load_average_1min": load_average,
+    }
+
+
+def fresh_postgres_database() -> tuple[str, callable] | None:
+    """A new empty PostgreSQL database and its cleanup, or None when no server answers."""
+    try:
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        admin = make_url(POSTGRES_URL).set(drivername="postgresql").render_as_string(hide_password=False)
+        name = f"wbbench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+    except Exception as error:  # noqa: BLE001 - reported, the SQLite figures still stand
+        print(f"bench_labeling: no PostgreSQL ({type(error).__name__}: {error}); SQLite only", file=sys.stderr)
+        return None
+
+    def drop() -> None:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False), drop
+
+
+def run(quick: bool = False) -> dict:
+    labelers, seconds = (20, 15.0) if quick else (50, 60.0)
+    figures: dict = {"labeling_labelers": labelers, "labeling_seconds": seconds}
+    with tempfile.TemporaryDirectory(prefix="bench_labeling_db_") as tmp:
+        results = {"sqlite": measure(f"sqlite:///{tmp}/bench.db", labelers, seconds)}
+    postgres = fresh_postgres_database()
+    if postgres is not None:
+        url, drop = postgres
+        try:
+            results["postgresql"] = measure(url, labelers, seconds)
+        finally:
+            drop()
+    for backend, result in results.items():
+        figures.update({f"labeling_{key}[{backend}]": value for key, value in result.items()})
+        print(f"{backend}: {labelers} labelers x {seconds:.0f} s: {result['labels_acknowledged']} labels "
+              f"acknowledged, {result['labels_stored']} stored, {result['pairs_over_overlap']} pairs over the "
+              f"overlap, {result['refused_409']} refused (409), {result['error_count']} errors; submit p50/p99 "
+              f"{result['submit_p50_ms']:.1f}/{result['submit_p99_ms']:.1f} ms at the client (target p99 < "
+              f"{TARGET_P99_MS:g}), {result['submit_server_p50_ms']:.1f}/{result['submit_server_p99_ms']:.1f} ms "
+              f"in the app; next p50/p99 {result['next_p50_ms']:.1f}/{result['next_p99_ms']:.1f} ms, "
+              f"{result['next_server_p50_ms']:.1f}/{result['next_server_p99_ms']:.1f} in the app; CPU per s: "
+              f"server {result['server_cpu_per_s']:.2f}, clients {result['client_cpu_per_s']:.2f}; load "
+              f"{result['load_average_1min']:.1f}\n  submit, median parts: {result['submit_server_median_parts']}"
+              f"\n  submit, slowest 1%: {result['submit_slowest_1pct_parts']}"
+              f"\n  next, median parts: {result['next_server_median_parts']}"
+              f"\n  next, slowest 1%: {result['next_slowest_1pct_parts']}", flush=True)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from bench.common import command_line
+
+    return command_line(run, __doc__.splitlines()[0], "20 labelers for 15 s", argv)
+
+
+if __name__ == "__main__":
+    main()
