@@ -419,3 +419,59 @@ def queued_job_ids(redis_url: str, job_queue: str):
         return ids
 
     return read
+
+
+# ----------------------------------------------------------------------------- the REST API
+
+TRAINER = ("trainer1", "trainer-password")
+LABELER = ("labeler1", "labeler-password")
+ADMIN = ("admin1", "admin-password")
+
+
+@pytest.fixture
+def api_settings(workbench_env: Settings, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings for the test's database and data dir, with the shared test Redis as the broker."""
+    from worker.celery_app import app as celery_app
+    from worker.celery_app import configure
+
+    monkeypatch.setenv("WORKBENCH_BROKER_URL", redis_url)
+    settings = get_settings()
+    configure(celery_app, settings)  # an earlier test may have pointed Celery elsewhere
+    return settings
+
+
+@pytest.fixture
+def users(api_settings: Settings, session: Session) -> dict:
+    from db.models import Role
+    from db.users import create_user
+    from web.auth import verified_credentials
+
+    made = {
+        "trainer": create_user(session, *TRAINER, Role.trainer),
+        "labeler": create_user(session, *LABELER, Role.labeler),
+        "admin": create_user(session, *ADMIN, Role.admin),
+    }
+    session.commit()
+    verified_credentials.clear()  # user names repeat across tests; their hashes do not
+    return made
+
+
+@pytest.fixture
+def client(api_settings: Settings, users: dict):
+    from fastapi.testclient import TestClient
+
+    from web.app import create_app
+
+    with TestClient(create_app(api_settings)) as test_client:
+        yield test_client
+
+
+class StopOnQuestion:
+    """A stand-in heartbeat for handler tests: says "stop" the n-th time it is asked."""
+
+    def __init__(self, n: int):
+        self.n, self.asked = n, 0
+
+    def should_stop(self) -> bool:
+        self.asked += 1
+        return self.asked >= self.n

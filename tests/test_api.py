@@ -22,12 +22,9 @@ from sqlalchemy.orm import Session
 from db.models import Dataset, Job, JobLog, JobStatus, Metric, Model, ModelKind, Role, User
 from db.settings import Settings, get_settings
 from db.users import create_user, hash_password
+from conftest import ADMIN, LABELER, TRAINER
 from web.app import create_app
 from web.auth import gradio_login, verified_credentials
-
-TRAINER = ("trainer1", "trainer-password")
-LABELER = ("labeler1", "labeler-password")
-ADMIN = ("admin1", "admin-password")
 
 CORPUS = (
     "The first document is about tokens and how a model sees text.\n\n"
@@ -36,36 +33,6 @@ CORPUS = (
     "The first document is about tokens and how a model sees text.\n\n"  # a duplicate
     "Short third one.\n"
 )
-
-
-@pytest.fixture
-def api_settings(workbench_env: Settings, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Settings for the test's database and data dir, with the shared test Redis as the broker."""
-    from worker.celery_app import app as celery_app
-    from worker.celery_app import configure
-
-    monkeypatch.setenv("WORKBENCH_BROKER_URL", redis_url)
-    settings = get_settings()
-    configure(celery_app, settings)  # an earlier test may have pointed Celery elsewhere
-    return settings
-
-
-@pytest.fixture
-def users(api_settings: Settings, session: Session) -> dict[str, User]:
-    made = {
-        "trainer": create_user(session, *TRAINER, Role.trainer),
-        "labeler": create_user(session, *LABELER, Role.labeler),
-        "admin": create_user(session, *ADMIN, Role.admin),
-    }
-    session.commit()
-    verified_credentials.clear()  # user names repeat across tests; their hashes do not
-    return made
-
-
-@pytest.fixture
-def client(api_settings: Settings, users: dict[str, User]) -> TestClient:
-    with TestClient(create_app(api_settings)) as test_client:
-        yield test_client
 
 
 def upload(client: TestClient, content: bytes | str, filename: str = "corpus.txt", *, name: str = "my corpus",
@@ -97,7 +64,8 @@ def count(session: Session, model: type) -> int:
 def test_health_needs_no_login_and_checks_the_database(client: TestClient):
     response = client.get("/api/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": "ok"}
+    assert {key: response.json()[key] for key in ("status", "database", "broker")} == {
+        "status": "ok", "database": "ok", "broker": "ok"}
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -131,9 +99,10 @@ def test_every_route_but_health_needs_credentials(client: TestClient, method: st
     assert unknown.status_code == 401
 
 
-def test_labelers_may_read_but_not_upload_or_submit(client: TestClient, session: Session, api_settings: Settings):
-    assert client.get("/api/jobs", auth=LABELER).status_code == 200
-    assert client.get("/api/datasets", auth=LABELER).status_code == 200
+def test_labelers_may_not_read_upload_or_submit(client: TestClient, session: Session, api_settings: Settings):
+    # Datasets and jobs are the training team's (tests/test_roles.py has the whole list).
+    assert client.get("/api/jobs", auth=LABELER).status_code == 403
+    assert client.get("/api/datasets", auth=LABELER).status_code == 403
 
     refused = upload(client, CORPUS, auth=LABELER)
     assert refused.status_code == 403
@@ -181,7 +150,7 @@ def test_upload_a_text_corpus(client: TestClient, api_settings: Settings):
     assert stored.read_text() == CORPUS
     assert stored_files(api_settings) == [stored]  # the upload's temporary copy is gone
 
-    listed = client.get("/api/datasets", auth=LABELER).json()
+    listed = client.get("/api/datasets", auth=TRAINER).json()
     assert [d["id"] for d in listed] == [dataset["id"]]
     assert client.get(f"/api/datasets/{dataset['id']}", auth=TRAINER).json()["name"] == "Notes"
     assert client.get("/api/datasets/999", auth=TRAINER).status_code == 404
@@ -290,7 +259,7 @@ def test_submit_list_detail_cancel_and_resume_a_job(client: TestClient, session:
     assert job["params"]["max_steps"] == 5 and job["metrics"] == {}
     job_id = job["id"]
 
-    listed = client.get("/api/jobs", auth=LABELER).json()
+    listed = client.get("/api/jobs", auth=ADMIN).json()
     assert [j["id"] for j in listed] == [job_id]
     assert client.get("/api/jobs?status=queued", auth=TRAINER).json()[0]["id"] == job_id
     assert client.get("/api/jobs?status=running", auth=TRAINER).json() == []
@@ -350,9 +319,10 @@ def test_models_list_shows_lineage(client: TestClient, session: Session, users):
     session.add(Model(name="chat-1", kind=ModelKind.sft, tokenizer="gpt2", path="runs/2/adapter",
                       parent_model_id=base.id))
     session.commit()
-    models = client.get("/api/models", auth=LABELER).json()
+    models = client.get("/api/models", auth=TRAINER).json()
     assert [(m["name"], m["kind"], m["tokenizer"], m["parent_model_id"]) for m in models] == [
         ("chat-1", "sft", "gpt2", base.id), ("base-1", "base", "gpt2", None)]
+    assert [m["name"] for m in client.get("/api/models", auth=LABELER).json()] == ["chat-1"]  # chat models only
     assert set(models[0]) >= {"id", "name", "kind", "tokenizer", "parent_model_id", "job_id"}
     assert [m["name"] for m in client.get("/api/models?kind=base", auth=TRAINER).json()] == ["base-1"]
 

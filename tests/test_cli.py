@@ -1,4 +1,5 @@
-"""The `workbench` command line end to end: train-tokenizer → prepare → pretrain (+ resume) → eval → generate."""
+"""The `workbench` command line end to end: train-tokenizer → prepare → pretrain (+ resume) → eval → generate,
+and sft → generate --chat / chat → merge → export-hf."""
 
 import json
 import random
@@ -20,12 +21,15 @@ def write_corpus(path, num_documents=120, seed=0):
 
 def test_every_command_has_help():
     result = subprocess.run([sys.executable, "-m", "llm", "--help"], capture_output=True, text=True, check=True)
-    commands = ["tokenizers", "train-tokenizer", "prepare", "pretrain", "eval", "generate",
-                "import-gpt2", "export-hf", "bench"]
+    commands = ["tokenizers", "train-tokenizer", "prepare", "pretrain", "sft", "eval", "generate", "chat",
+                "merge", "import-gpt2", "export-hf"]
     for command in commands:
         assert command in result.stdout
         sub = subprocess.run([sys.executable, "-m", "llm", command, "--help"], capture_output=True, text=True)
         assert sub.returncode == 0 and "usage:" in sub.stdout
+    # The benchmarks are a command of the whole app (web/cli.py): llm/ never imports bench/.
+    bench = subprocess.run([sys.executable, "-m", "web.cli", "bench", "--help"], capture_output=True, text=True)
+    assert bench.returncode == 0 and "--quick" in bench.stdout
 
 
 def test_malformed_corpus_gives_one_clear_line_and_writes_nothing(tmp_path, capsys):
@@ -79,3 +83,79 @@ def test_full_cli_flow(tmp_path, capsys):
     assert main(generate) == 0
     assert capsys.readouterr().out == first  # same seed, same text
     assert first.startswith("the quick") and len(first.strip()) > len("the quick")
+
+
+def test_training_flags_come_from_the_declarations():
+    """pretrain and sft offer every declared TrainConfig setting under its usual flag; sft shows its own defaults."""
+    from llm.cli import build_parser
+    from llm.params import settings_of
+    from llm.sft_config import SFTConfig
+    from llm.train_config import TrainConfig
+
+    parser = build_parser()
+    args = parser.parse_args(["pretrain", "--data", "d", "--out", "o", "--max-steps", "7", "--compile", "off",
+                              "--device", "cpu", "--min-lr", "1e-5"])
+    assert (args.max_steps, args.compile, args.device, args.min_lr, args.lr) == (7, "off", "cpu", 1e-5, None)
+    args = parser.parse_args(["sft", "--model", "m", "--data", "d", "--out", "o", "--full", "--lora-r", "4"])
+    assert args.full is True and args.lora_r == 4 and args.max_steps is None
+    sft_help = subprocess.run([sys.executable, "-m", "llm", "sft", "--help"], capture_output=True, text=True).stdout
+    for name in [*settings_of(TrainConfig), *settings_of(SFTConfig)]:
+        assert "--" + name.replace("_", "-") in sft_help
+    assert "optimizer steps (default: 200)" in " ".join(sft_help.split())  # SFT_TRAIN_DEFAULTS, not pretraining's
+
+
+@pytest.mark.slow
+def test_sft_then_chat_merge_and_export(tmp_path, capsys, monkeypatch):
+    import io
+
+    import torch
+
+    from llm.checkpoint import load_model, read_config, save_model
+    from llm.generate import SamplingSettings, chat_reply
+    from llm.model import GPT, config_from_preset
+    from llm.tokenizer import get_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = get_tokenizer("gpt2")
+    base = save_model(GPT(config_from_preset("tiny", tokenizer.vocab_size, block_size=64)), tmp_path / "base", "gpt2")
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Say {w}."},
+                                                     {"role": "assistant", "content": f"{w} {w}."}]}) + "\n"
+                            for w in ["apple", "river", "stone", "cloud", "tiger", "lemon"] * 4))
+    run = tmp_path / "run"
+    sft = ["sft", "--model", str(base), "--data", str(data), "--out", str(run), "--lora-r", "4", "--batch-size", "4",
+           "--block-size", "64", "--eval-every", "3", "--checkpoint-every", "3", "--log-every", "1", "--device", "cpu"]
+    assert main(sft + ["--max-steps", "3"]) == 0
+    assert read_config(run)["architecture"] == "lora_adapter"
+    assert main(sft + ["--max-steps", "6"]) == 2  # an existing run is not overwritten without --resume
+    assert "--resume" in capsys.readouterr().err
+    assert main(sft + ["--max-steps", "6", "--resume"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out[out.index("{"):])
+    assert result["step"] == 6 and result["trainable_params"] == 2 * 4 * (256 + 128 + 320 + 320)
+    assert result["conversations"] == 24 and result["model_dir"] == str(run)
+
+    # generate --chat renders the template and stops at <|im_end|>: the same text as chat_reply.
+    question = "Say apple."
+    assert main(["generate", "--model", str(run), "--chat", "--prompt", question, "--temperature", "0",
+                 "--max-new-tokens", "8", "--device", "cpu"]) == 0
+    model, _ = load_model(run)
+    expected = chat_reply(model, tokenizer, [{"role": "user", "content": question}],
+                          SamplingSettings(max_new_tokens=8, temperature=0))
+    assert capsys.readouterr().out == expected + "\n"
+
+    # chat: a conversation on stdin, each reply streamed after "model> "
+    monkeypatch.setattr("sys.stdin", io.StringIO("Say river.\n/reset\nSay stone.\n"))
+    assert main(["chat", "--model", str(run), "--temperature", "0", "--max-new-tokens", "5", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("model> ") == 2 and "chatting with" in out
+    monkeypatch.setattr("sys.stdin", io.StringIO("once upon a time\n"))
+    assert main(["chat", "--model", str(base), "--max-new-tokens", "3", "--device", "cpu"]) == 0
+    assert "base model" in capsys.readouterr().out
+
+    merged = tmp_path / "merged"
+    assert main(["merge", "--model", str(run), "--out", str(merged)]) == 0
+    assert read_config(merged)["architecture"] == "gpt" and (merged / "model.safetensors").is_file()
+    assert main(["export-hf", "--model", str(run), "--out", str(tmp_path / "hf")]) == 0
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert hf_config["model_type"] == "gpt2" and hf_config["vocab_size"] == tokenizer.vocab_size

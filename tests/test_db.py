@@ -101,7 +101,7 @@ def _new_job(session: Session, **fields: Any) -> Job:
 def test_upgrade_from_empty_matches_the_models(empty_database_url: str) -> None:
     assert current_revision(empty_database_url) is None
     upgrade(empty_database_url)
-    assert current_revision(empty_database_url) == head_revision() == "0001"
+    assert current_revision(empty_database_url) == head_revision() == "0004"
     assert is_up_to_date(empty_database_url)
 
     engine = create_workbench_engine(empty_database_url)
@@ -150,8 +150,8 @@ def test_migrate_module_runs_from_the_command_line(empty_database_url: str, tmp_
         [sys.executable, "-m", "db.migrate"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "database at 0001" in upgraded.stdout
-    assert current_revision(empty_database_url) == "0001"
+    assert "database at 0004" in upgraded.stdout
+    assert current_revision(empty_database_url) == "0004"
 
 
 # --- engines and sessions --------------------------------------------------------------------
@@ -415,6 +415,81 @@ def test_user_names_are_unique(session: Session) -> None:
     session.add(User(name="ada", role=Role.admin, password_hash="x"))
     with pytest.raises(IntegrityError):
         session.flush()
+
+
+def _dataset(session: Session, sha: str | None, kind: DatasetKind = DatasetKind.text) -> Dataset:
+    row = Dataset(name="d", kind=kind, format="txt", path="datasets/x/original.txt", original_filename="x.txt",
+                  size_bytes=1, content_sha256=sha)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def test_one_dataset_per_file_and_kind(session: Session) -> None:
+    first = _dataset(session, "a" * 64)
+    _dataset(session, "a" * 64, DatasetKind.prompts)  # the same bytes as another kind is another dataset
+    _dataset(session, None)
+    _dataset(session, None)  # rows stored before hashing: NULLs never collide
+    session.commit()
+    with pytest.raises(IntegrityError):
+        _dataset(session, "a" * 64)
+    session.rollback()
+    assert session.get(Dataset, first.id) is not None
+
+
+def test_one_prompt_per_dataset_and_text(session: Session) -> None:
+    from db.models import prompt_key_sha256
+
+    dataset = _dataset(session, None)
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}, {"role": "user", "content": "p"}]
+    for text, messages in (("p", None), ("p", chat), ("q" * 10_000, None)):  # a long text is fine: it is hashed
+        session.add(Prompt(text=text, messages=messages, dataset_id=dataset.id,
+                           key_sha256=prompt_key_sha256(text, messages)))
+    session.add_all([Prompt(text="p"), Prompt(text="p")])  # prompts of no dataset (the arena's) may repeat
+    session.commit()
+    session.add(Prompt(text="p", dataset_id=dataset.id, key_sha256=prompt_key_sha256("p", None)))
+    with pytest.raises(IntegrityError):
+        session.flush()
+    session.rollback()
+
+
+def test_models_are_in_the_arena_unless_taken_out(session: Session) -> None:
+    model = Model(name="m", kind=ModelKind.base, tokenizer="gpt2", path="models/m")
+    session.add(model)
+    session.commit()
+    assert model.in_arena is True
+
+
+def test_0004_keeps_the_oldest_of_what_a_race_stored_twice(empty_database_url: str) -> None:
+    from db.models import prompt_key_sha256
+
+    upgrade(empty_database_url, "0003")
+    engine = create_workbench_engine(empty_database_url)
+    try:
+        with engine.begin() as connection:
+            for dataset_id in (1, 2, 3):  # 1 and 2: one file stored twice by a race; 3: the same file as prompts
+                kind = "prompts" if dataset_id == 3 else "text"
+                connection.execute(text(
+                    "INSERT INTO datasets (id, name, kind, format, path, original_filename, size_bytes, stats, "
+                    "created_at, content_sha256) VALUES (:id, 'd', :kind, 'txt', 'p', 'f', 1, '{}', "
+                    "CURRENT_TIMESTAMP, :sha)"), {"id": dataset_id, "kind": kind, "sha": "b" * 64})
+            for prompt_id, messages in ((1, None), (2, None), (3, '[{"role": "user", "content": "p"}]')):
+                connection.execute(text("INSERT INTO prompts (id, text, dataset_id, created_at, messages) VALUES "
+                                        "(:id, 'p', 1, CURRENT_TIMESTAMP, :messages)"),
+                                   {"id": prompt_id, "messages": messages})
+            connection.execute(text("INSERT INTO models (id, name, kind, tokenizer, config, path, created_at) "
+                                    "VALUES (1, 'm', 'base', 'gpt2', '{}', 'p', CURRENT_TIMESTAMP)"))
+        upgrade(empty_database_url)
+        with engine.connect() as connection:
+            hashes = connection.execute(text("SELECT id, content_sha256 FROM datasets ORDER BY id")).all()
+            keys = connection.execute(text("SELECT id, key_sha256 FROM prompts ORDER BY id")).all()
+            in_arena = connection.execute(text("SELECT in_arena FROM models")).scalar_one()
+        assert hashes == [(1, "b" * 64), (2, None), (3, "b" * 64)]
+        conversation = [{"role": "user", "content": "p"}]
+        assert keys == [(1, prompt_key_sha256("p", None)), (2, None), (3, prompt_key_sha256("p", conversation))]
+        assert in_arena in (True, 1)
+    finally:
+        engine.dispose()
 
 
 # --- the job queue ---------------------------------------------------------------------------

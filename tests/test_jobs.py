@@ -62,9 +62,18 @@ def test_create_job_stores_a_queued_job_with_normalized_params(workbench_env, se
     assert stored.priority == 3
     assert stored.run_dir == f"runs/{job.id}"
     assert stored.dataset_id == dataset.id
-    # 30.0 from a web form is a whole number; defaults are filled in so the row says what runs.
-    assert stored.params == {"dataset_id": dataset.id, "max_steps": 30, "lr": 1e-3,
-                             "tokenizer": "gpt2", "preset": "tiny"}
+    # 30.0 from a web form is a whole number; every declared default is filled in so the row says what
+    # runs (the device is left out: unless a job pins one, the worker's own setting decides).
+    from llm.train_config import TrainConfig
+
+    defaults = TrainConfig()
+    assert stored.params["max_steps"] == 30 and isinstance(stored.params["max_steps"], int)
+    assert stored.params["lr"] == 1e-3 and stored.params["dataset_id"] == dataset.id
+    assert stored.params["tokenizer"] == "gpt2" and stored.params["preset"] == "tiny"
+    assert stored.params["batch_size"] == defaults.batch_size
+    # A default counted in steps shrinks with a short run (llm.train_config.fit_schedule_to_steps).
+    assert stored.params["warmup"] == round(defaults.warmup * 30 / defaults.max_steps)
+    assert "device" not in stored.params and "min_lr" not in stored.params
     assert stored.attempts == 0 and not stored.cancel_requested
     assert log_lines(session, job.id) == ["queued pretrain job (priority 3)"]
 
@@ -110,9 +119,9 @@ def test_dataset_kind_and_priority_are_validated(workbench_env, session):
     cases = [
         ("pretrain", {"max_steps": 5}, 0, "dataset_id", "is required"),
         ("pretrain", {"dataset_id": 9999}, 0, "dataset_id", "no dataset with id 9999"),
-        ("pretrain", {"dataset_id": chat.id}, 0, "dataset_id", "needs a text corpus"),
+        ("pretrain", {"dataset_id": chat.id}, 0, "dataset_id", "needs a text dataset"),
         ("pretrain", {"dataset_id": chat.id}, 1000, "priority", "between -100 and 100"),
-        ("sft", {}, 0, "kind", "not available yet"),
+        ("evaluate", {}, 0, "kind", "not available yet"),
         ("fly", {}, 0, "kind", "unknown job kind"),
     ]
     for kind, params, priority, field, words in cases:

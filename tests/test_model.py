@@ -1,4 +1,5 @@
-"""The GPT model: causality, KV cache == full recompute, context limit, weight tying, FLOP accounting."""
+"""The GPT model: causality, KV cache == full recompute, context limit, weight tying, FLOP accounting,
+hidden states for other heads, logits at the trained positions only."""
 
 import pytest
 import torch
@@ -32,6 +33,42 @@ def test_changing_a_future_token_never_changes_earlier_logits(model):
         torch.testing.assert_close(changed_logits[:, :position], logits[:, :position], rtol=0, atol=1e-6)
         # ...while the changed position itself does see the change (the test can fail).
         assert not torch.allclose(changed_logits[:, position], logits[:, position], atol=1e-4)
+
+
+@torch.no_grad()
+def test_hidden_states_are_what_the_head_reads(model):
+    ids = random_ids(2, 12, seed=4)
+    hidden = model.hidden_states(ids)
+    assert hidden.shape == (2, 12, CONFIG.n_embd)
+    torch.testing.assert_close(model.lm_head(hidden), model(ids)[0], rtol=0, atol=0)
+    cache = model.new_kv_cache(2)
+    first, rest = model.hidden_states(ids[:, :5], cache), model.hidden_states(ids[:, 5:], cache)
+    assert cache.length == 12
+    torch.testing.assert_close(torch.cat([first, rest], dim=1), hidden, rtol=0, atol=1e-5)
+
+
+def test_target_logits_only_gives_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    model = GPT(CONFIG)
+    ids = random_ids(3, 16, seed=5)
+    targets = random_ids(3, 16, seed=6)
+    targets[0, :10] = -100
+    targets[2, 4:] = -100
+    kept = targets.reshape(-1)[targets.reshape(-1) != -100]
+
+    full_logits, full_loss = model(ids, targets)
+    expected_rows = full_logits.detach().reshape(-1, CONFIG.vocab_size)[targets.reshape(-1) != -100].clone()
+    full_loss.backward()
+    expected_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+
+    logits, loss = model(ids, targets, target_logits_only=True)
+    assert logits.shape == (kept.numel(), CONFIG.vocab_size)
+    torch.testing.assert_close(logits.detach(), expected_rows, rtol=0, atol=1e-5)
+    torch.testing.assert_close(loss, full_loss, rtol=0, atol=1e-6)
+    loss.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected_grads[name], rtol=1e-4, atol=1e-7, msg=name)
 
 
 @torch.no_grad()

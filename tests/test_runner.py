@@ -6,20 +6,12 @@ import random
 
 from sqlalchemy import select
 
+from conftest import StopOnQuestion
 from db.models import Dataset, DatasetKind, JobLog
 from worker import jobs
-from worker.runner import _make_context, prepared_dir_for, run_prepare, run_pretrain, run_train_tokenizer
-
-
-class StopOnQuestion:
-    """Says "stop" the n-th time it is asked."""
-
-    def __init__(self, n: int):
-        self.n, self.asked = n, 0
-
-    def should_stop(self) -> bool:
-        self.asked += 1
-        return self.asked >= self.n
+from worker.context import prepared_dir_for
+from worker.kinds import prepare, pretrain, train_tokenizer
+from worker.runner import _make_context
 
 
 def add_corpus_dataset(session, settings, documents: int) -> Dataset:
@@ -51,7 +43,7 @@ def test_cancelled_prepare_job_stops_and_leaves_no_token_files(workbench_env, se
     dataset = add_corpus_dataset(session, workbench_env, documents=3000)  # three 1024-document chunks
     heartbeat = StopOnQuestion(1)
     ctx = context_for(session, workbench_env, "prepare", {"dataset_id": dataset.id, "tokenizer": "gpt2"}, heartbeat)
-    outcome = run_prepare(ctx)
+    outcome = prepare.run(ctx)
     assert outcome.stopped and "nothing was written" in outcome.summary and heartbeat.asked == 1
     prepared = prepared_dir_for(workbench_env, dataset.id, "gpt2")
     assert not prepared.exists() and not prepared.with_name("gpt2.tmp").exists()
@@ -60,14 +52,14 @@ def test_cancelled_prepare_job_stops_and_leaves_no_token_files(workbench_env, se
     ctx = context_for(session, workbench_env, "pretrain",
                       {"dataset_id": dataset.id, "tokenizer": "gpt2", "preset": "tiny", "max_steps": 5},
                       StopOnQuestion(1))
-    outcome = run_pretrain(ctx)
+    outcome = pretrain.run(ctx)
     assert outcome.stopped and outcome.summary == "stopped while preparing the data"
     assert not prepared.exists() and not any(ctx.run_dir.iterdir())
 
     # Not cancelled: the same job prepares everything.
     ctx = context_for(session, workbench_env, "prepare", {"dataset_id": dataset.id, "tokenizer": "gpt2"},
                       StopOnQuestion(10 ** 6))
-    outcome = run_prepare(ctx)
+    outcome = prepare.run(ctx)
     assert not outcome.stopped and (prepared / "stats.json").is_file()
     assert any("3,000 documents processed" in line for line in log_lines(session, ctx.job_id))
 
@@ -77,7 +69,7 @@ def test_cancelled_train_tokenizer_job_stops_while_reading_and_saves_nothing(wor
     heartbeat = StopOnQuestion(2)
     ctx = context_for(session, workbench_env, "train_tokenizer",
                       {"dataset_id": dataset.id, "name": "cancelled-bpe", "vocab_size": 300}, heartbeat)
-    outcome = run_train_tokenizer(ctx)
+    outcome = train_tokenizer.run(ctx)
     assert outcome.stopped and heartbeat.asked == 2
     assert not (workbench_env.data_dir / "tokenizers" / "cancelled-bpe").exists()
     assert not (workbench_env.data_dir / "tokenizers" / "cancelled-bpe.tmp").exists()

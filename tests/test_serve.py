@@ -70,11 +70,13 @@ def alive(pid: int) -> bool:
 class Server:
     """A `workbench serve` subprocess whose output is collected by a thread (so its pipe never fills)."""
 
-    def __init__(self, data_dir: Path, *extra_args: str):
+    def __init__(self, data_dir: Path, *extra_args: str, env_overrides: dict[str, str] | None = None):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir
         env = {k: v for k, v in os.environ.items() if not k.startswith("WORKBENCH_")}
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(env_overrides or {})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "web.cli", "serve", "--port", str(self.port), "--data-dir", str(data_dir),
              *extra_args],
@@ -91,18 +93,26 @@ class Server:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def wait_healthy(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
+    def health(self) -> tuple[int, dict]:
+        """(status code, body) of /api/health; (0, {}) while nothing answers."""
+        try:
+            answer = httpx.get(f"{self.base_url}/api/health", timeout=5)
+        except httpx.HTTPError:
+            return 0, {}
+        return answer.status_code, answer.json()
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT_S) -> dict:
+        """Wait for /api/health to answer 200 (every part up); returns its body."""
+        deadline = time.monotonic() + timeout
+        body: dict = {}
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 pytest.fail(f"serve exited with {self.process.returncode}:\n{self.output}")
-            try:
-                if httpx.get(f"{self.base_url}/api/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+            code, body = self.health()
+            if code == 200:
+                return body
             time.sleep(0.25)
-        pytest.fail(f"serve was not healthy within {START_TIMEOUT_S} s:\n{self.output}")
+        pytest.fail(f"serve was not healthy within {timeout} s (last health {body}):\n{self.output[-5000:]}")
 
     def stop(self, signum: int) -> int:
         self.process.send_signal(signum)
@@ -150,7 +160,12 @@ def test_serve_runs_a_job_and_leaves_no_process_behind(tmp_path: Path):
     data_dir = tmp_path / "data"
     server = Server(data_dir)
     try:
-        server.wait_healthy()
+        health = server.wait_healthy()
+        # Every part is reported: the local worker has beaten, serve supervises it and Redis.
+        assert (health["database"], health["broker"], health["workers"]) == ("ok", "ok", "ok"), health
+        assert set(health["processes"]) == {"redis", "worker"}, health
+        assert all(state.startswith("running") for state in health["processes"].values()), health
+        assert [w["alive"] for w in health["seen_workers"]] == [True], health
         auth = ("admin", admin_password(server.output))
         children = descendants(server.process.pid)
         commands = {pid: command_line(pid) for pid in children}

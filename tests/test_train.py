@@ -249,8 +249,13 @@ def test_mfu_math_and_peak_lookup():
     assert known_peak_flops("NVIDIA H200") == 989e12
     assert known_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert known_peak_flops("Some Future GPU") is None
+    # Measuring leaves the global RNG alone: the first run in a process measures right after seeding, and
+    # moving the RNG there made its dropout differ from every later run's (a resumed run's included).
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
     measured = measure_matmul_peak_flops("cpu", size=128, repeats=3)
     assert 1e6 < measured < 1e14
+    assert torch.equal(torch.get_rng_state(), before)
     line = format_progress({"step": 120, "loss": 3.21, "val_bpb": 1.52, "tokens_per_s": 8400.0, "mfu": 0.41}, 500)
     assert line == "step 120/500 | loss 3.2100 | val_bpb 1.5200 | 8,400 tok/s | MFU 41.0%"
 

@@ -14,7 +14,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from web.ui import can_write, header_html
-from web.ui.plots import (BPB_SERIES, LOSS_SERIES, dataset_stat_cards, format_metric, histogram_figure,
+from worker.kinds.base import LOSS_PLOT
+from web.ui.plots import (dataset_stat_cards, format_metric, histogram_figure,
                           histogram_frame, human_bytes, human_count, human_duration, jobs_table_html,
                           latest_metrics, message_html, metrics_frame, metrics_signature, progress_bar_html,
                           stat_cards_html, status_badge_html)
@@ -29,7 +30,7 @@ def rec(step, name, value):
 def test_metrics_frame_keeps_requested_series_in_long_format_sorted_by_step():
     records = [rec(20, "loss", 2.0), rec(10, "loss", 3.0), rec(20, "val_loss", 2.5), rec(20, "lr", 1e-3),
                rec(20, "val_bpb", 1.2)]
-    frame = metrics_frame(records, LOSS_SERIES)
+    frame = metrics_frame(records, LOSS_PLOT.series)
     assert list(frame.columns) == ["step", "value", "series"]
     assert frame.to_dict("records") == [
         {"step": 10, "value": 3.0, "series": "train loss"},
@@ -37,19 +38,19 @@ def test_metrics_frame_keeps_requested_series_in_long_format_sorted_by_step():
         {"step": 20, "value": 2.5, "series": "val loss"},
     ]
     assert frame["step"].dtype == "int64" and frame["value"].dtype == "float64"
-    assert metrics_frame(records, BPB_SERIES)["value"].tolist() == [1.2]
+    assert metrics_frame(records, {"val_bpb": "val bits/byte"})["value"].tolist() == [1.2]
 
 
 def test_metrics_frame_drops_non_finite_values_and_keeps_the_last_value_of_a_repeated_step():
     # A resumed run logs its resume step again; a diverged step reports inf/nan.
     records = [rec(1, "loss", 5.0), rec(2, "loss", float("nan")), rec(3, "loss", float("inf")),
                rec(1, "loss", 4.0), rec(None, "loss", 1.0), rec(4, "loss", None)]
-    frame = metrics_frame(records, LOSS_SERIES)
+    frame = metrics_frame(records, LOSS_PLOT.series)
     assert frame[["step", "value"]].values.tolist() == [[1, 4.0]]
 
 
 def test_metrics_frame_of_nothing_is_an_empty_frame_with_the_plot_columns():
-    frame = metrics_frame([], LOSS_SERIES)
+    frame = metrics_frame([], LOSS_PLOT.series)
     assert frame.empty and list(frame.columns) == ["step", "value", "series"]
 
 
@@ -197,9 +198,9 @@ def test_job_detail_pieces():
     cards = metric_cards_html(detail)
     assert "10 / 40" in cards and "3.2100" in cards and "12.00%" in cards and "900/s" in cards
     assert job_choices([{"id": 3, "kind": "pretrain", "status": "queued"}]) == [("#3 · pretrain · queued", 3)]
-    empty = plot_update(metrics_frame([], LOSS_SERIES))
+    empty = plot_update(metrics_frame([], LOSS_PLOT.series))
     assert empty.visible is False
-    shown = plot_update(metrics_frame([rec(10, "loss", 3.0)], LOSS_SERIES), max_steps=40)
+    shown = plot_update(metrics_frame([rec(10, "loss", 3.0)], LOSS_PLOT.series), max_steps=40)
     assert shown.visible is True and shown.x_lim == [0, 40]
 
 
@@ -249,14 +250,17 @@ def test_chat_prompt_for_a_base_model_is_the_latest_user_message():
 
 def test_chat_prompt_for_a_chat_model_uses_specials_only_where_the_template_puts_them():
     from llm.tokenizer import get_tokenizer
-    from web.ui.chat_tab import IM_END, IM_START, render_prompt
+    from llm.tokenizer import IM_END, IM_START
+    from web.ui.chat_tab import render_prompt
 
     tok = get_tokenizer("gpt2")
     start, end = tok.special_id(IM_START), tok.special_id(IM_END)
     history = [{"role": "user", "content": f"hi {IM_START}system"}]
     ids, stops = render_prompt("sft", history, tok)
-    assert stops == {end}
+    assert stops == {end, start}  # a reply ends at <|im_end|>, and never opens a new turn
     assert ids.count(start) == 2 and ids.count(end) == 1  # user turn + assistant opener; the typed one is text
+    with_system, _ = render_prompt("sft", history, tok, "Be brief.")
+    assert tok.decode(with_system).startswith(f"{IM_START}system\nBe brief.{IM_END}\n{IM_START}user\n")
     assert tok.decode(ids).endswith(f"{IM_START}assistant\n")
     assert f"hi {IM_START}system" in tok.decode(ids)
 
@@ -296,7 +300,7 @@ def make_dirs(tmp_path, *names):
 
 
 def test_model_cache_evicts_the_least_recently_used(tmp_path):
-    from web.ui.model_cache import ModelCache
+    from web.services.model_cache import ModelCache
 
     a, b, c = make_dirs(tmp_path, "a", "b", "c")
     loader = FakeLoader()
@@ -316,7 +320,7 @@ def test_model_cache_evicts_the_least_recently_used(tmp_path):
 def test_model_cache_reloads_a_model_whose_weights_changed(tmp_path):
     import os
 
-    from web.ui.model_cache import ModelCache
+    from web.services.model_cache import ModelCache
 
     (a,) = make_dirs(tmp_path, "a")
     loader = FakeLoader()
@@ -332,7 +336,7 @@ def test_model_cache_reloads_a_model_whose_weights_changed(tmp_path):
 
 
 def test_model_cache_loads_once_when_many_requests_miss_together(tmp_path):
-    from web.ui.model_cache import ModelCache
+    from web.services.model_cache import ModelCache
 
     (a,) = make_dirs(tmp_path, "a")
     loader = FakeLoader(delay=0.2)
@@ -347,7 +351,7 @@ def test_model_cache_loads_once_when_many_requests_miss_together(tmp_path):
 
 
 def test_model_cache_capacity_must_be_positive():
-    from web.ui.model_cache import ModelCache
+    from web.services.model_cache import ModelCache
 
     with pytest.raises(ValueError):
         ModelCache(capacity=0, loader=FakeLoader())
@@ -356,7 +360,7 @@ def test_model_cache_capacity_must_be_positive():
 def test_model_cache_loads_a_real_checkpoint(tmp_path):
     from llm.checkpoint import save_model
     from llm.model import GPT, config_from_preset
-    from web.ui.model_cache import ModelCache
+    from web.services.model_cache import ModelCache
 
     model = GPT(config_from_preset("tiny", 300, n_layer=1, n_embd=32, n_head=2, block_size=16))
     save_model(model, tmp_path / "m", "gpt2")
@@ -384,3 +388,57 @@ def test_build_ui_builds_every_tab_without_touching_the_database(tmp_path, monke
         assert elem_id in ids, elem_id
     assert not (tmp_path / "never-created.db").exists()
     assert any(isinstance(b, gr.Timer) for b in blocks.blocks.values())
+    for elem_id in ("tab-finetune", "ft-submit", "ft-model", "ft-lora-r", "tab-models", "models-table", "chat-system"):
+        assert elem_id in ids, elem_id
+
+
+def test_every_handler_that_asks_for_the_request_gets_it(tmp_path, monkeypatch):
+    """Gradio injects gr.Request only into positional parameters; a keyword-only one (after *args) is
+    never filled and the handler fails with a bare "Error" in the browser."""
+    import inspect
+
+    import gradio as gr
+
+    from db.settings import get_settings
+    from web.ui import build_ui
+
+    monkeypatch.setenv("WORKBENCH_DATA_DIR", str(tmp_path / "data"))
+    blocks = build_ui(get_settings())
+    checked = 0
+    for block_function in blocks.fns.values():
+        parameters = inspect.signature(block_function.fn).parameters.values() if block_function.fn else []
+        for parameter in parameters:
+            if parameter.annotation in (gr.Request, "gr.Request", "gr.Request | None"):
+                checked += 1
+                assert parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD), \
+                    f"{block_function.fn.__qualname__}: {parameter.name} is keyword-only"
+    assert checked >= 5
+
+
+def test_fields_without_a_default_stay_empty_and_typed_numbers_become_numbers():
+    """An empty lr on the Fine-tune form means "LoRA's or full fine-tuning's default"; a gr.Number would
+    show and send 0 (which the service refuses), so such fields are text boxes parsed by form_params."""
+    import gradio as gr
+
+    from db.models import JobKind
+    from web.ui.job_form import field_component, form_params
+    from worker.kinds import KINDS
+
+    spec = KINDS[JobKind.sft]
+    with gr.Blocks():
+        assert isinstance(field_component("ft", "lr", spec.params["lr"]), gr.Textbox)
+        assert isinstance(field_component("ft", "max_steps", spec.params["max_steps"]), gr.Number)
+    assert form_params(spec, {"lr": "", "min_lr": " 1e-5 ", "max_steps": 30.0, "lora_r": "8"}) == {
+        "min_lr": 1e-5, "max_steps": 30, "lora_r": 8}
+    assert form_params(spec, {"lr": "fast"}) == {"lr": "fast"}  # left for the service to refuse by name
+
+
+def test_token_histograms_draw_one_chart_per_role():
+    from web.ui.plots import token_histograms_figure
+
+    histogram = {"edges": [2, 4, 8], "counts": [3, 1], "min": 2, "median": 3, "mean": 3.5, "max": 7}
+    figure = token_histograms_figure({"kind": "chat", "token_histograms": {"assistant": histogram, "user": histogram}})
+    titles = [axis.get_title() for axis in figure.axes]
+    assert titles == ["user tokens (median 3)", "assistant tokens (median 3)"]
+    assert figure.axes[0].get_ylabel() == "conversations"
+    assert [bar.get_height() for bar in figure.axes[1].patches] == [3, 1]

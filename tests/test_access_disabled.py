@@ -1,0 +1,43 @@
+"""A user disabled while their browser session is still open can do nothing through the services (the UI
+asks `services.get_user` for the logged-in name; the account's open session must not keep its rights)."""
+
+import pytest
+
+from db.models import Role
+from db.users import create_user
+from web.services.access import Action, can, get_user, require
+from web.services.common import PermissionDenied
+
+
+def test_a_disabled_account_is_refused_everything(session):
+    user = create_user(session, "leaving", "password-123", Role.admin)
+    session.commit()
+    assert can(get_user("leaving", session=session), Action.manage_users)
+    user.disabled = True
+    session.commit()
+    shown = get_user("leaving", session=session)
+    assert shown["disabled"] and not any(can(shown, action) for action in Action)
+    assert not can(user, Action.chat)
+    with pytest.raises(PermissionDenied, match="disabled"):
+        require(shown, Action.chat)
+
+
+def test_the_datasets_tab_shows_labelers_nothing(api_settings, users, session):
+    import gradio as gr
+
+    from tests.conftest import LABELER, TRAINER
+    from tests.test_sft_job import add_dataset
+    from db.models import DatasetKind
+    from web.ui.datasets_tab import build
+
+    class FakeRequest:
+        def __init__(self, username):
+            self.username = username
+
+    add_dataset(session, api_settings, DatasetKind.text, ['{"text": "a secret corpus"}'], "secret")
+    with gr.Blocks():
+        tab = build(api_settings)
+    table, _note, picker, *_summary = tab.first_paint(FakeRequest(LABELER[0]))
+    assert table.value["data"] == [] and picker.choices == []
+    table, _note, picker, *_summary = tab.first_paint(FakeRequest(TRAINER[0]))
+    assert [name for name, _ in picker.choices][0].endswith("secret") or "secret" in str(picker.choices)

@@ -1,0 +1,102 @@
+"""The arena over HTTP: two anonymous chat models answer, a vote reveals them and becomes a preference pair
+(source arena) that reward and DPO jobs read, and the leaderboard ranks the models."""
+
+from __future__ import annotations
+
+import torch
+
+from db.models import Comparison, Model, ModelKind
+from tests.conftest import LABELER, TRAINER
+
+
+def add_chat_model(session, settings, name, seed):
+    from llm.checkpoint import save_model
+    from llm.model import GPT, config_from_preset
+    from llm.tokenizer import get_tokenizer
+
+    torch.manual_seed(seed)
+    model = GPT(config_from_preset("tiny", get_tokenizer("gpt2").vocab_size, block_size=64))
+    save_model(model, settings.data_dir / "models" / name, "gpt2", extra={"chat": True})
+    row = Model(name=name, kind=ModelKind.sft, tokenizer="gpt2", config=model.config.to_dict(), path=f"models/{name}")
+    session.add(row)
+    session.commit()
+    return row
+
+
+def test_a_battle_a_vote_and_the_leaderboard(client, session, api_settings):
+    assert client.post("/api/arena/battles", auth=TRAINER, json={
+        "messages": [{"role": "user", "content": "Hi"}]}).status_code == 409  # fewer than two chat models
+    first, second = add_chat_model(session, api_settings, "chat-a", 1), add_chat_model(session, api_settings, "chat-b", 2)
+    assert {m["name"] for m in client.get("/api/arena/models", auth=LABELER).json()} == {"chat-a", "chat-b"}
+    bad = client.post("/api/arena/battles", auth=LABELER, json={"messages": [{"role": "assistant", "content": "x"}]})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "messages"
+
+    battle = client.post("/api/arena/battles", auth=LABELER, json={
+        "messages": [{"role": "user", "content": "Name a colour."}], "max_new_tokens": 8, "seed": 3})
+    assert battle.status_code == 201, battle.text
+    body = battle.json()
+    assert set(body) == {"prompt_id", "left", "right"}  # no model names before the vote
+    vote = client.post("/api/arena/votes", auth=LABELER, json={
+        "left_completion_id": body["left"]["completion_id"], "right_completion_id": body["right"]["completion_id"],
+        "choice": "left"})
+    assert vote.status_code == 201
+    revealed = vote.json()
+    assert {revealed["left_model"]["name"], revealed["right_model"]["name"]} == {"chat-a", "chat-b"}
+    again = client.post("/api/arena/votes", auth=LABELER, json={
+        "left_completion_id": body["left"]["completion_id"], "right_completion_id": body["right"]["completion_id"],
+        "choice": "right"})
+    assert again.json()["duplicate"] and again.json()["label"] == "a"  # one vote per person per battle
+    session.expire_all()
+    stored = session.query(Comparison).one()
+    assert stored.source == "arena" and stored.label.value == "a"
+
+    board = client.get("/api/arena/leaderboard", auth=LABELER).json()
+    assert board[0]["name"] == revealed["left_model"]["name"] and board[0]["rating"] > board[1]["rating"]
+    assert all(row["votes"] == 1 for row in board)
+
+    # The vote is a preference pair for reward and DPO jobs.
+    from worker.preference_pairs import gather_pairs
+
+    pairs = gather_pairs(session, dataset_file=None, project_ids=[], include_arena=True)
+    assert len(pairs) == 1 and pairs[0]["source"] == "arena"
+    assert pairs[0]["chosen"][0]["content"] == body["left"]["text"]
+    assert pairs[0]["prompt"] == [{"role": "user", "content": "Name a colour."}]
+
+    # The leaderboard's ratings are cached by the votes themselves: a new vote is counted at once.
+    second_battle = client.post("/api/arena/battles", auth=LABELER, json={
+        "messages": [{"role": "user", "content": "Name a fruit."}], "max_new_tokens": 8, "seed": 4}).json()
+    assert client.post("/api/arena/votes", auth=LABELER, json={
+        "left_completion_id": second_battle["left"]["completion_id"],
+        "right_completion_id": second_battle["right"]["completion_id"], "choice": "tie"}).status_code == 201
+    assert client.get("/api/arena/leaderboard", auth=LABELER).json() == client.get(
+        "/api/arena/leaderboard", auth=LABELER).json()
+    assert all(row["votes"] == 2 for row in client.get("/api/arena/leaderboard", auth=LABELER).json())
+
+
+def test_the_pool_of_arena_models(client, session, api_settings):
+    first, second = add_chat_model(session, api_settings, "chat-a", 1), add_chat_model(session, api_settings, "chat-b", 2)
+    third = add_chat_model(session, api_settings, "chat-c", 3)
+    everyone = client.get("/api/arena/models?everyone=true", auth=LABELER).json()
+    assert [(m["name"], m["in_arena"]) for m in everyone] == [("chat-a", True), ("chat-b", True), ("chat-c", True)]
+
+    # Only the training team chooses; a labeler is refused and nothing changes.
+    assert client.put("/api/arena/models", auth=LABELER, json={"model_ids": [first.id]}).status_code == 403
+    assert client.put("/api/arena/models", auth=TRAINER, json={"model_ids": [first.id, 999]}).status_code == 422
+    assert len(client.get("/api/arena/models", auth=LABELER).json()) == 3
+
+    answer = client.put("/api/arena/models", auth=TRAINER, json={"model_ids": [first.id, third.id]})
+    assert answer.status_code == 200, answer.text
+    assert {m["name"]: m["in_arena"] for m in answer.json()} == {"chat-a": True, "chat-b": False, "chat-c": True}
+    assert [m["name"] for m in client.get("/api/arena/models", auth=LABELER).json()] == ["chat-a", "chat-c"]
+
+    # Random battles draw from the pool only; a caller may still name any chat model.
+    from web.services.arena import draw_battle
+
+    drawn = {model for seed in range(20) for model in draw_battle(session, seed=seed)}
+    assert drawn == {first.id, third.id}
+    assert set(draw_battle(session, [second.id, first.id], seed=0)) == {first.id, second.id}
+
+    # A pool of one cannot battle, and says how to fix it.
+    client.put("/api/arena/models", auth=TRAINER, json={"model_ids": [first.id]})
+    refused = client.post("/api/arena/battles", auth=LABELER, json={"messages": [{"role": "user", "content": "Hi"}]})
+    assert refused.status_code == 409 and "pool" in refused.json()["detail"]

@@ -1,0 +1,87 @@
+"""The labeling REST API end to end over HTTP: a trainer makes a project, two labelers label through the
+routes only (as a labeling client would), repeats and retries store one label, agreement and exports."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import func, select
+
+from db.models import Comparison
+from tests.conftest import ADMIN, LABELER, TRAINER
+from tests.test_labeling import make_generate_job
+
+
+def test_a_labeling_round_through_the_api(client, session, users):
+    from db.models import Role
+    from db.users import create_user
+
+    create_user(session, "labeler2", "labeler2-password", Role.labeler)
+    session.commit()
+    second = ("labeler2", "labeler2-password")
+    job = make_generate_job(session, prompts=2, answers=2)  # 2 pairs
+    assert client.post("/api/labeling/projects", auth=LABELER,
+                       json={"name": "p", "source_job_ids": [job.id]}).status_code == 403
+    refused = client.post("/api/labeling/projects", auth=TRAINER, json={"name": "p", "source_job_ids": [job.id],
+                                                                       "overlap": 0})
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "overlap"]
+    created = client.post("/api/labeling/projects", auth=TRAINER, json={
+        "name": "helpful?", "source_job_ids": [job.id], "overlap": 2, "guidelines": "Pick the **helpful** one."})
+    assert created.status_code == 201, created.text
+    project = created.json()
+    assert project["pairs"] == 2 and project["complete_pairs"] == 0
+    assert [p["id"] for p in client.get("/api/labeling/projects", auth=LABELER).json()] == [project["id"]]
+    base = f"/api/labeling/projects/{project['id']}"
+
+    for auth in (LABELER, second):
+        while True:
+            shown = client.get(f"{base}/next", auth=auth)
+            if shown.status_code == 204:
+                break
+            pair = shown.json()
+            assert pair["prompt"]["messages"][0]["role"] == "user"
+            body = {"pair_id": pair["pair_id"], "choice": "left", "idempotency_key": f"{auth[0]}-{pair['pair_id']}",
+                    "left_completion_id": pair["left"]["completion_id"]}
+            first = client.post(f"{base}/labels", auth=auth, json=body)
+            retried = client.post(f"{base}/labels", auth=auth, json=body)  # a retry after a lost answer
+            assert first.status_code == 201 and retried.status_code == 200
+            assert retried.json()["id"] == first.json()["id"] and retried.json()["duplicate"]
+    assert session.scalar(select(func.count(Comparison.id))) == 4
+    assert client.get(f"{base}/progress", auth=LABELER).json() == {
+        "done": 2, "today": 2, "left": 0, "pairs": 2, "complete_pairs": 2}
+
+    # Undo hands the pair back; labeling it again restores the count.
+    undone = client.post(f"{base}/undo", auth=second)
+    assert undone.status_code == 200 and undone.json()["progress"]["done"] == 1
+    again = undone.json()
+    assert client.post(f"{base}/labels", auth=second, json={
+        "pair_id": again["pair_id"], "choice": "left", "left_completion_id": again["left"]["completion_id"]
+    }).status_code == 201
+
+    assert client.get(f"{base}/agreement", auth=LABELER).status_code == 403
+    report = client.get(f"{base}/agreement", auth=ADMIN).json()
+    assert report["labels"] == 4 and set(report["labelers"]) == {"labeler1", "labeler2"}
+    exported = client.get(f"{base}/export?format=trl", auth=TRAINER)
+    assert exported.status_code == 200 and exported.headers["content-type"].startswith("application/x-ndjson")
+    records = [json.loads(line) for line in exported.text.splitlines()]
+    # Both labelers preferred what they saw on the left; the pairs agree only where both saw the same answer
+    # there, and every exported pair's chosen answer is one that a majority (both) preferred.
+    assert len(records) == report["consensus"]["pairs"]
+    for record in records:
+        assert set(record) == {"prompt", "chosen", "rejected"} and record["chosen"][0]["role"] == "assistant"
+    csv_text = client.get(f"{base}/export?format=csv", auth=TRAINER).text
+    assert csv_text.splitlines()[0].startswith("label_id,pair_id") and len(csv_text.splitlines()) == 5
+    assert client.get(f"{base}/export?format=xml", auth=TRAINER).status_code == 422
+
+
+def test_ids_beyond_the_columns_are_422_naming_the_parameter(client, users):
+    huge = 2 ** 63
+    for url in (f"/api/labeling/projects/{huge}", f"/api/labeling/projects/{huge}/next"):
+        answer = client.get(url, auth=TRAINER)
+        assert answer.status_code == 422 and answer.json()["detail"][0]["loc"][-1] == "project_id", answer.text
+    answer = client.post("/api/labeling/projects/1/labels", auth=TRAINER,
+                         json={"pair_id": huge, "choice": "left", "left_completion_id": 1})
+    assert answer.status_code == 422 and answer.json()["detail"][0]["loc"][-1] == "pair_id"
+    assert client.get(f"/api/datasets/{huge}", auth=TRAINER).json()["detail"][0]["loc"][-1] == "dataset_id"
+    assert client.patch(f"/api/users/{huge}", auth=ADMIN, json={"disabled": True}).json()["detail"][0]["loc"][-1] \
+        == "user_id"

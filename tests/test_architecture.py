@@ -1,0 +1,104 @@
+"""The dependency rules of DESIGN.md, checked on the source: who may import whom.
+
+  - llm/ is the core: it never imports web, worker, db or bench (not even inside a function);
+  - web/services and web/api never import web/ui (the UI is a client of the services, like the API);
+  - worker/ has no import cycle, counting imports inside functions too (the Celery task, the code that
+    sends messages by task name, and the job state machine stay apart);
+  - every job kind's declaration is complete (a handler, a form, defaults its own checks accept).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module named by an import statement anywhere in the file (top level or in a function)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def test_llm_imports_nothing_of_the_platform():
+    offenders = {}
+    for path in (REPO / "llm").rglob("*.py"):
+        bad = sorted(name for name in imports_of(path) if name.split(".")[0] in ("web", "worker", "db", "bench"))
+        if bad:
+            offenders[module_name(path)] = bad
+    assert offenders == {}
+
+
+def test_services_and_api_import_nothing_of_the_ui():
+    offenders = {}
+    for package in ("web/services", "web/api"):
+        for path in (REPO / package).rglob("*.py"):
+            bad = sorted(name for name in imports_of(path) if name == "web.ui" or name.startswith("web.ui."))
+            if bad:
+                offenders[module_name(path)] = bad
+    assert offenders == {}
+
+
+def test_worker_has_no_import_cycle():
+    modules = {module_name(path): path for path in (REPO / "worker").rglob("*.py")}
+    graph = {name: {other for other in imports_of(path) if other in modules and other != name}
+             for name, path in modules.items()}
+    # A package's __init__ importing its own submodules is how a registry is assembled, not a cycle.
+    for name in graph:
+        graph[name] = {other for other in graph[name] if not other.startswith(name + ".")}
+
+    visiting, done, cycles = set(), set(), []
+
+    def visit(node: str, stack: list[str]) -> None:
+        if node in done:
+            return
+        if node in visiting:
+            cycles.append(stack[stack.index(node):] + [node])
+            return
+        visiting.add(node)
+        for neighbour in sorted(graph[node]):
+            visit(neighbour, stack + [neighbour])
+        visiting.discard(node)
+        done.add(node)
+
+    for name in sorted(graph):
+        visit(name, [name])
+    assert cycles == []
+
+
+def test_a_planted_cycle_is_found(tmp_path, monkeypatch):
+    # The detector itself must see a cycle through a function-level import.
+    (tmp_path / "a.py").write_text("def f():\n    from worker.b import g\n")
+    assert "worker.b" in imports_of(tmp_path / "a.py")
+
+
+def test_every_declared_kind_is_complete():
+    from llm.params import Setting
+    from worker.kinds import KINDS
+
+    assert KINDS, "no job kind declared"
+    for kind, spec in KINDS.items():
+        assert callable(spec.handler), kind
+        assert all(isinstance(setting, Setting) for setting in spec.params.values()), kind
+        assert set(spec.form_fields) <= set(spec.params), (kind, set(spec.form_fields) - set(spec.params))
+        for name, setting in spec.params.items():
+            if setting.default is not None:  # a declared default must pass its own check
+                assert setting.check(name, setting.default) == setting.default, (kind, name)
+        if "dataset_id" in spec.params:
+            assert spec.dataset_kinds, f"{kind} takes a dataset but declares no dataset kind"
+        if "model_id" in spec.params:
+            assert spec.model_kinds, f"{kind} takes a model but declares no model kind"

@@ -1,0 +1,114 @@
+"""The `reward` and `dpo` job kinds in the worker: their pair sources (an uploaded preference dataset,
+labeling projects' consensus, arena votes) are checked at submit and snapshotted once per run; a run through
+the real runner records a reward / dpo Model with its parent. Learning is tested in test_reward.py and
+test_dpo.py; here the platform around it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import func, select
+
+from conftest import StopOnQuestion
+from db.models import (Comparison, DatasetKind, Job, JobStatus, Label, LabelingPair, Metric, Model, ModelKind,
+                       Role)
+from db.users import create_user
+from tests.test_labeling import make_generate_job
+from tests.test_reward import polite_pairs
+from tests.test_sft_job import add_base_model, add_dataset
+from web.services.labeling import create_project
+from worker import jobs
+from worker.kinds import reward as reward_kind
+from worker.params import JobParamsError
+from worker.preference_pairs import PAIRS_FILE, SOURCES_FILE
+from worker.runner import _make_context, execute_job
+
+pytestmark = pytest.mark.slow
+
+
+def preference_lines(count=24, seed=0):
+    return [json.dumps({key: pair[key] for key in ("prompt", "chosen", "rejected")})
+            for pair in polite_pairs(count, seed)]
+
+
+def run_params(model_id, **overrides):
+    return {"model_id": model_id, "max_steps": 4, "batch_size": 4, "block_size": 64, "eval_every": 2,
+            "checkpoint_every": 2, "log_every": 1, "device": "cpu", **overrides}
+
+
+def labeled_project(session):
+    """A project whose two pairs both have a consensus: the first answer wins each."""
+    trainer = create_user(session, "tina", "password-123", Role.trainer)
+    labeler = create_user(session, "lea", "password-123", Role.labeler)
+    job = make_generate_job(session, prompts=2, answers=2)
+    project = create_project(session, trainer, name="p", source_job_ids=[job.id], overlap=1)
+    for pair in session.scalars(select(LabelingPair).where(LabelingPair.project_id == project.id)):
+        session.add(Comparison(prompt_id=pair.prompt_id, completion_a_id=pair.completion_a_id,
+                               completion_b_id=pair.completion_b_id, label=Label.a, annotator_id=labeler.id,
+                               source="label", pair_id=pair.id))
+        pair.label_count = 1
+    session.commit()
+    return project
+
+
+@pytest.mark.parametrize("kind", ["reward", "dpo"])
+def test_pair_sources_are_checked_at_submit(workbench_env, session, kind):
+    base = add_base_model(session, workbench_env)
+    chat = add_dataset(session, workbench_env, DatasetKind.chat, ['{"messages": []}'], "chat")
+    cases = [
+        (run_params(base.id), "dataset_id", "choose where the pairs come from"),
+        (run_params(base.id, dataset_id=chat.id), "dataset_id", "needs a preference dataset"),
+        (run_params(base.id, project_ids="3,x"), "project_ids", "not a project id"),
+        (run_params(base.id, project_ids="77"), "project_ids", "no labeling project with id 77"),
+    ]
+    for params, field, words in cases:
+        with pytest.raises(JobParamsError) as caught:
+            jobs.create_job(session, kind, params)
+        assert caught.value.field == field and words in caught.value.message, str(caught.value)
+    assert session.scalar(select(func.count()).select_from(Job)) == 0
+    project = labeled_project(session)
+    job = jobs.create_job(session, kind, run_params(base.id, project_ids=f" {project.id} "))
+    assert job.params["project_ids"] == str(project.id) and job.params["lr"] is not None
+
+
+def test_a_reward_job_snapshots_its_pairs_once_and_records_a_reward_model(workbench_env, session):
+    base = add_base_model(session, workbench_env)
+    upload = add_dataset(session, workbench_env, DatasetKind.preference, preference_lines(), "prefs")
+    project = labeled_project(session)
+    job = jobs.create_job(session, "reward", run_params(base.id, dataset_id=upload.id, project_ids=str(project.id),
+                                                        name="rm"))
+    ctx = _make_context(session, job.id, 1, workbench_env, StopOnQuestion(2))
+    assert reward_kind.run(ctx).stopped
+    run_dir = workbench_env.data_dir / job.run_dir
+    snapshot = (run_dir / PAIRS_FILE).read_text()
+    sources = json.loads((run_dir / SOURCES_FILE).read_text())
+    assert sources["counts"] == {"upload": 24, "label": 2} and len(sources["comparison_ids"]) == 2
+    labeled = [json.loads(line) for line in snapshot.splitlines() if '"label"' in line]
+    assert labeled[0]["labeler"] == "lea" and labeled[0]["chosen"][0]["content"].startswith("answer 0.0")
+
+    # A label given after the run started does not change what it trains on.
+    session.execute(Comparison.__table__.delete())
+    session.commit()
+    ctx = _make_context(session, job.id, 2, workbench_env, StopOnQuestion(10 ** 6))
+    outcome = reward_kind.run(ctx)
+    assert not outcome.stopped and "accuracy" in outcome.summary
+    assert (run_dir / PAIRS_FILE).read_text() == snapshot
+
+
+def test_a_dpo_job_runs_through_the_runner(workbench_env, session):
+    base = add_base_model(session, workbench_env)
+    upload = add_dataset(session, workbench_env, DatasetKind.preference, preference_lines(), "prefs")
+    job = jobs.create_job(session, "dpo", run_params(base.id, dataset_id=upload.id, name="tiny-dpo"))
+    claimed = jobs.claim_next_job(session, "test-host")
+    assert execute_job(job.id, claimed.attempts, workbench_env) == JobStatus.succeeded
+    session.expire_all()
+    job = session.get(Job, job.id)
+    model = session.get(Model, job.output_model_id)
+    assert model.kind == ModelKind.dpo and model.parent_model_id == base.id and model.name == "tiny-dpo"
+    names = set(session.scalars(select(Metric.name).where(Metric.job_id == job.id)))
+    assert {"loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "val_rewards/accuracies"} <= names
+    from db.models import JobLog
+
+    last_line = session.scalar(select(JobLog.line).where(JobLog.job_id == job.id).order_by(JobLog.id.desc()).limit(1))
+    assert last_line.startswith("succeeded:") and "held-out preference accuracy" in last_line and "KL" in last_line
