@@ -10,6 +10,7 @@ DEV=0
 PYTHON="${PYTHON:-python3}"
 
 if [[ ! -x .venv/bin/python ]]; then
+    echo "==> creating the virtual environment in .venv ($PYTHON -m venv)"
     "$PYTHON" -m venv .venv
 fi
 PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
@@ -17,10 +18,12 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # Torch first, pinned to the CPU build these machines install offline; a GPU box can install a
 # CUDA build of the same range beforehand and this step leaves it alone.
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    echo "==> installing torch 2.13 (a large download: a few minutes the first time, no progress shown)"
     "${PIP[@]}" "torch==2.13.0"
 fi
 
 if [[ $DEV == 1 ]]; then
+    echo "==> installing the app with its test tools into .venv (pip install -e '.[dev]')"
     "${PIP[@]}" -e ".[dev]"
     # Browser tests drive Debian's chromium through Playwright (no browser download is possible).
     if [[ ! -x /usr/bin/chromium ]]; then
@@ -29,6 +32,7 @@ if [[ $DEV == 1 ]]; then
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
     fi
 else
+    echo "==> installing the app and its dependencies into .venv (pip install -e .)"
     "${PIP[@]}" -e .
 fi
 echo "setup done: $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')"
