@@ -58,6 +58,14 @@ def _train_settings(defaults: dict | None = None) -> dict:
             for name, spec in settings_of(TrainConfig).items()}
 
 
+def _fine_tuning_train_settings(defaults) -> dict:
+    """The same for a kind that starts from trained weights (`llm.train_config.FineTuningDefaults`): --lr has
+    no fixed default, since it depends on --full."""
+    settings = _train_settings(defaults.loop)
+    settings["lr"] = dataclasses.replace(settings["lr"], default=None, help=defaults.lr_help)
+    return settings
+
+
 def _refuse_to_overwrite(out: Path, resume: bool) -> None:
     if (out / "checkpoint").exists() and not resume:
         raise ValueError(f"{out} already holds a training checkpoint: pass --resume to continue it, "
@@ -82,13 +90,13 @@ def _cmd_sft(args) -> None:
 
     from llm.params import settings_of, values_from_arguments
     from llm.sft import sft
-    from llm.sft_config import SFT_TRAIN_DEFAULTS, SFTConfig, sft_train_config
+    from llm.sft_config import SFT_DEFAULTS, SFTConfig, sft_train_config
     from llm.train import checkpoint_step
 
     out = Path(args.out)
     _refuse_to_overwrite(out, args.resume)
     sft_config = SFTConfig(**values_from_arguments(args, settings_of(SFTConfig)))
-    train_config = sft_train_config(sft_config, **values_from_arguments(args, _train_settings(SFT_TRAIN_DEFAULTS)))
+    train_config = sft_train_config(sft_config, **values_from_arguments(args, _fine_tuning_train_settings(SFT_DEFAULTS)))
     bar = tqdm(total=train_config.max_steps, initial=checkpoint_step(out) if args.resume else 0, desc="sft",
                unit="step", dynamic_ncols=True)
 
@@ -236,7 +244,7 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add the llm subcommands (each sets `func`) to an argparse subparsers object."""
     # Declarations only (no torch): training flags come from the config dataclasses' own declarations.
     from llm.params import add_arguments, settings_of
-    from llm.sft_config import FULL_FINETUNE_LR, SFT_TRAIN_DEFAULTS, SFTConfig
+    from llm.sft_config import SFT_DEFAULTS, SFTConfig
 
     def add(name: str, help_text: str, func) -> argparse.ArgumentParser:
         parser = subparsers.add_parser(name, help=help_text, description=help_text)
@@ -291,11 +299,7 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
                                                  "instruction/output, or prompt/completion")
     p.add_argument("--out", required=True, help="run directory; becomes the adapter (or model) directory")
     add_arguments(p, settings_of(SFTConfig))
-    sft_train_settings = _train_settings(SFT_TRAIN_DEFAULTS)
-    sft_train_settings["lr"] = dataclasses.replace(  # its default depends on --full (llm.sft_config.learning_rate)
-        sft_train_settings["lr"], default=None,
-        help=f"peak learning rate (default: {SFT_TRAIN_DEFAULTS['lr']:g} for LoRA, {FULL_FINETUNE_LR:g} with --full)")
-    add_arguments(p, sft_train_settings)
+    add_arguments(p, _fine_tuning_train_settings(SFT_DEFAULTS))
     p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     add_data_dir(p)
 

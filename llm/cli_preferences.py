@@ -10,7 +10,6 @@ or not, HH-RLHF transcripts). Training flags come from the config dataclasses' d
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Callable
@@ -28,16 +27,16 @@ def _progress_bar(total: int, initial: int, name: str, keys: tuple[str, ...]):
     return bar, on_metrics, tqdm.write
 
 
-def _train(args, name: str, config_class, defaults: dict, train_config_of: Callable, run: Callable,
+def _train(args, name: str, config_class, defaults, train_config_of: Callable, run: Callable,
            keys: tuple[str, ...]) -> None:
-    from llm.cli import _refuse_to_overwrite, _train_settings
+    from llm.cli import _fine_tuning_train_settings, _refuse_to_overwrite
     from llm.params import settings_of, values_from_arguments
     from llm.train import checkpoint_step
 
     out = Path(args.out)
     _refuse_to_overwrite(out, args.resume)
     config = config_class(**values_from_arguments(args, settings_of(config_class)))
-    train_config = train_config_of(config, **values_from_arguments(args, _train_settings(defaults)))
+    train_config = train_config_of(config, **values_from_arguments(args, _fine_tuning_train_settings(defaults)))
     bar, on_metrics, write = _progress_bar(train_config.max_steps, checkpoint_step(out) if args.resume else 0, name, keys)
     try:
         result = run(args.model, args.data, out, config, train_config, on_metrics, write)
@@ -49,25 +48,25 @@ def _train(args, name: str, config_class, defaults: dict, train_config_of: Calla
 
 def _cmd_reward(args) -> None:
     from llm.reward import reward
-    from llm.reward_config import REWARD_TRAIN_DEFAULTS, RewardConfig, reward_train_config
+    from llm.reward_config import REWARD_DEFAULTS, RewardConfig, reward_train_config
 
     def run(model, data, out, config, train_config, on_metrics, write):
         return reward(model, data, out, reward_config=config, train_config=train_config, data_dir=args.data_dir,
                       on_metrics=on_metrics, resume=args.resume, log=write)
 
-    _train(args, "reward", RewardConfig, REWARD_TRAIN_DEFAULTS, reward_train_config, run,
+    _train(args, "reward", RewardConfig, REWARD_DEFAULTS, reward_train_config, run,
            ("loss", "accuracy", "val_accuracy"))
 
 
 def _cmd_dpo(args) -> None:
     from llm.dpo import dpo
-    from llm.dpo_config import DPO_TRAIN_DEFAULTS, DPOConfig, dpo_train_config
+    from llm.dpo_config import DPO_DEFAULTS, DPOConfig, dpo_train_config
 
     def run(model, data, out, config, train_config, on_metrics, write):
         return dpo(model, data, out, dpo_config=config, train_config=train_config, data_dir=args.data_dir,
                    on_metrics=on_metrics, resume=args.resume, log=write)
 
-    _train(args, "dpo", DPOConfig, DPO_TRAIN_DEFAULTS, dpo_train_config, run,
+    _train(args, "dpo", DPOConfig, DPO_DEFAULTS, dpo_train_config, run,
            ("loss", "rewards/margins", "rewards/accuracies"))
 
 
@@ -86,17 +85,14 @@ def _cmd_score(args) -> None:
 
 def register_preference_commands(add, add_data_dir) -> None:
     """Add `reward`, `score` and `dpo` with llm/cli.py's `add` and `add_data_dir` helpers."""
-    from llm.cli import _train_settings
-    from llm.dpo_config import DPO_TRAIN_DEFAULTS, FULL_DPO_LR, DPOConfig
+    from llm.cli import _fine_tuning_train_settings
+    from llm.dpo_config import DPO_DEFAULTS, DPOConfig
     from llm.params import add_arguments, settings_of
-    from llm.reward_config import FULL_REWARD_LR, REWARD_TRAIN_DEFAULTS, RewardConfig
+    from llm.reward_config import REWARD_DEFAULTS, RewardConfig
 
-    def training_flags(parser, config_class, defaults: dict, full_lr: float) -> None:
+    def training_flags(parser, config_class, defaults) -> None:
         add_arguments(parser, settings_of(config_class))
-        settings = _train_settings(defaults)
-        settings["lr"] = dataclasses.replace(settings["lr"], default=None, help=(
-            f"peak learning rate (default: {defaults['lr']:g} for LoRA, {full_lr:g} with --full)"))
-        add_arguments(parser, settings)
+        add_arguments(parser, _fine_tuning_train_settings(defaults))
         parser.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
         add_data_dir(parser)
 
@@ -105,7 +101,7 @@ def register_preference_commands(add, add_data_dir) -> None:
     p.add_argument("--model", required=True, help="base or SFT model directory to start from")
     p.add_argument("--data", required=True, help="preference dataset (.jsonl: prompt / chosen / rejected)")
     p.add_argument("--out", required=True, help="run directory; becomes the reward model directory")
-    training_flags(p, RewardConfig, REWARD_TRAIN_DEFAULTS, FULL_REWARD_LR)
+    training_flags(p, RewardConfig, REWARD_DEFAULTS)
 
     p = add("score", "Accuracy and margins of a reward model on preference pairs.", _cmd_score)
     p.add_argument("--model", required=True, help="reward model directory")
@@ -116,4 +112,4 @@ def register_preference_commands(add, add_data_dir) -> None:
     p.add_argument("--model", required=True, help="SFT (or base) model directory: the policy and its reference")
     p.add_argument("--data", required=True, help="preference dataset (.jsonl: prompt / chosen / rejected)")
     p.add_argument("--out", required=True, help="run directory; becomes the adapter (or model) directory")
-    training_flags(p, DPOConfig, DPO_TRAIN_DEFAULTS, FULL_DPO_LR)
+    training_flags(p, DPOConfig, DPO_DEFAULTS)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from llm.params import setting
 from llm.sft_config import SFTConfig
-from llm.train_config import TrainConfig
+from llm.train_config import FineTuningDefaults, TrainConfig
 
 DPO_LOSSES = ("sigmoid", "ipo", "hinge")  # llm/preference_losses.py implements each
 
@@ -30,13 +30,11 @@ class DPOConfig(SFTConfig):
 
 # DPO runs are short, with a small learning rate (TRL's default 1e-6 is for billion-parameter models; a LoRA
 # adapter on a small model needs more) and few evaluations.
-DPO_TRAIN_DEFAULTS = {"max_steps": 200, "batch_size": 8, "block_size": 256, "lr": 5e-5, "warmup": 10,
-                      "eval_every": 50, "checkpoint_every": 100, "weight_decay": 0.0}
-FULL_DPO_LR = 5e-6
+DPO_DEFAULTS = FineTuningDefaults(loop={"max_steps": 200, "batch_size": 8, "block_size": 256, "lr": 5e-5,
+                                        "warmup": 10, "eval_every": 50, "checkpoint_every": 100, "weight_decay": 0.0},
+                                  full_lr=5e-6)
 
 
 def dpo_train_config(config: DPOConfig, **given) -> TrainConfig:
     """The TrainConfig of a DPO run: these defaults, then what the caller gave (None = not given)."""
-    given = {key: value for key, value in given.items() if value is not None}
-    lr = given.get("lr", FULL_DPO_LR if config.full else DPO_TRAIN_DEFAULTS["lr"])
-    return TrainConfig(**{**DPO_TRAIN_DEFAULTS, **given, "lr": lr})
+    return DPO_DEFAULTS.train_config(config.full, **given)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from llm.params import setting
 from llm.sft_config import SFTConfig
-from llm.train_config import TrainConfig
+from llm.train_config import FineTuningDefaults, TrainConfig
 
 
 @dataclass
@@ -23,13 +23,12 @@ class RewardConfig(SFTConfig):
 
 # Reward models are trained briefly (one or two passes over the pairs; longer overfits, as the InstructGPT
 # paper notes), with batches of pairs (each pair is two sequences) and no weight decay (as SFT).
-REWARD_TRAIN_DEFAULTS = {"max_steps": 200, "batch_size": 8, "block_size": 256, "lr": 1e-4, "warmup": 10,
-                         "eval_every": 50, "checkpoint_every": 100, "weight_decay": 0.0}
-FULL_REWARD_LR = 2e-5
+REWARD_DEFAULTS = FineTuningDefaults(loop={"max_steps": 200, "batch_size": 8, "block_size": 256, "lr": 1e-4,
+                                           "warmup": 10, "eval_every": 50, "checkpoint_every": 100,
+                                           "weight_decay": 0.0},
+                                     full_lr=2e-5)
 
 
 def reward_train_config(config: RewardConfig, **given) -> TrainConfig:
     """The TrainConfig of a reward run: these defaults, then what the caller gave (None = not given)."""
-    given = {key: value for key, value in given.items() if value is not None}
-    lr = given.get("lr", FULL_REWARD_LR if config.full else REWARD_TRAIN_DEFAULTS["lr"])
-    return TrainConfig(**{**REWARD_TRAIN_DEFAULTS, **given, "lr": lr})
+    return REWARD_DEFAULTS.train_config(config.full, **given)

@@ -1,5 +1,5 @@
 """`SFTConfig`: the settings of supervised fine-tuning that are not the training loop's, and SFT's own
-defaults for the loop (`SFT_TRAIN_DEFAULTS`). Declared once here (`llm.params.setting`); the worker's
+defaults for the loop (`SFT_DEFAULTS`). Declared once here (`llm.params.setting`); the worker's
 `sft` kind, the Fine-tune form and `workbench sft` all read them. Imports no torch.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llm.params import setting
-from llm.train_config import TrainConfig
+from llm.train_config import FineTuningDefaults, TrainConfig
 
 # Which projections LoRA adapts: attention = c_attn (q, k, v) + its c_proj; MLP = c_fc + its c_proj.
 LORA_TARGETS = ("attn,mlp", "attn", "mlp")
@@ -33,23 +33,16 @@ class SFTConfig:
 # short warmup (the weights are not random, and a LoRA adapter starts as a no-op), conversations of up to
 # 256 tokens (block_size is the longest conversation kept; longer ones are truncated and counted), and the
 # learning rate LoRA is usually trained with: adapters start at zero, so they take a larger rate than full
-# fine-tuning, which moves already-trained weights (see `learning_rate`). No weight decay: decaying an
+# fine-tuning, which moves already-trained weights (`FineTuningDefaults`). No weight decay: decaying an
 # adapter pulls it back towards "no change", and decaying full weights towards zero forgets pretraining.
 # Evaluations and checkpoints a few times per run, since runs are short.
-SFT_TRAIN_DEFAULTS = {"max_steps": 200, "batch_size": 8, "block_size": 256, "lr": 2e-4, "warmup": 10,
-                      "eval_every": 50, "checkpoint_every": 100, "weight_decay": 0.0}
-FULL_FINETUNE_LR = 5e-5
-
-
-def learning_rate(config: SFTConfig, given: float | None) -> float:
-    """The learning rate to use: the one given, else LoRA's or full fine-tuning's default."""
-    if given is not None:
-        return given
-    return FULL_FINETUNE_LR if config.full else SFT_TRAIN_DEFAULTS["lr"]
+SFT_DEFAULTS = FineTuningDefaults(loop={"max_steps": 200, "batch_size": 8, "block_size": 256, "lr": 2e-4,
+                                        "warmup": 10, "eval_every": 50, "checkpoint_every": 100,
+                                        "weight_decay": 0.0},
+                                  full_lr=5e-5)
 
 
 def sft_train_config(config: SFTConfig, **given) -> TrainConfig:
     """The TrainConfig of an SFT run: SFT's defaults, the learning rate for LoRA or full fine-tuning, then
     whatever the caller gave (values of None count as not given)."""
-    given = {key: value for key, value in given.items() if value is not None}
-    return TrainConfig(**{**SFT_TRAIN_DEFAULTS, **given, "lr": learning_rate(config, given.get("lr"))})
+    return SFT_DEFAULTS.train_config(config.full, **given)

@@ -60,6 +60,33 @@ class TrainConfig:
         return self.lr / 10 if self.min_lr is None else self.min_lr
 
 
+# ----------------------------------------------------------------------------- fine-tuning's learning rate
+
+@dataclass(frozen=True)
+class FineTuningDefaults:
+    """The loop's defaults of a kind that starts from trained weights (SFT, reward, DPO), and the one rule for
+    its learning rate: a LoRA adapter starts at zero and takes a larger rate than training every weight, which
+    moves weights that are already trained. `loop` holds TrainConfig values; its "lr" is the LoRA rate."""
+
+    loop: dict
+    full_lr: float
+
+    def learning_rate(self, full: bool, given: float | None = None) -> float:
+        """The rate a run uses: the one given, else LoRA's or all weights' default."""
+        if given is not None:
+            return given
+        return self.full_lr if full else self.loop["lr"]
+
+    def train_config(self, full: bool, **given) -> TrainConfig:
+        """These defaults, then whatever the caller gave (values of None count as not given)."""
+        given = {key: value for key, value in given.items() if value is not None}
+        return TrainConfig(**{**self.loop, **given, "lr": self.learning_rate(full, given.get("lr"))})
+
+    @property
+    def lr_help(self) -> str:
+        return f"peak learning rate; empty: {self.loop['lr']:g} with LoRA, {self.full_lr:g} when training all weights"
+
+
 # ----------------------------------------------------------------------------- a schedule that fits the run
 
 # Settings counted in steps whose defaults were chosen for the default number of steps.

@@ -65,7 +65,7 @@ def test_preference_and_prompt_datasets_are_stored_with_their_counts(client):
 
 def test_an_sft_job_is_submitted_through_the_api_with_its_declared_defaults(client, session, api_settings):
     from db.models import Model, ModelKind
-    from llm.sft_config import SFT_TRAIN_DEFAULTS
+    from llm.sft_config import SFT_DEFAULTS
 
     chat = upload(client, [{"messages": [{"role": "user", "content": "Hi"},
                                          {"role": "assistant", "content": "Hello"}]}], "chat").json()
@@ -80,7 +80,7 @@ def test_an_sft_job_is_submitted_through_the_api_with_its_declared_defaults(clie
     assert response.status_code == 201, response.text
     job = response.json()
     assert job["kind"] == "sft" and job["input_model_id"] == base.id and job["dataset_id"] == chat["id"]
-    assert job["params"]["lora_r"] == 8 and job["params"]["lr"] == SFT_TRAIN_DEFAULTS["lr"]
+    assert job["params"]["lora_r"] == 8 and job["params"]["lr"] == SFT_DEFAULTS.loop["lr"]
 
     wrong = client.post("/api/jobs", auth=TRAINER, json={"kind": "sft", "params": {
         "model_id": base.id, "dataset_id": corpus["id"]}})

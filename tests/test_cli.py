@@ -101,7 +101,7 @@ def test_training_flags_come_from_the_declarations():
     sft_help = subprocess.run([sys.executable, "-m", "llm", "sft", "--help"], capture_output=True, text=True).stdout
     for name in [*settings_of(TrainConfig), *settings_of(SFTConfig)]:
         assert "--" + name.replace("_", "-") in sft_help
-    assert "optimizer steps (default: 200)" in " ".join(sft_help.split())  # SFT_TRAIN_DEFAULTS, not pretraining's
+    assert "optimizer steps (default: 200)" in " ".join(sft_help.split())  # SFT_DEFAULTS, not pretraining's
 
 
 @pytest.mark.slow

@@ -58,11 +58,15 @@ def test_no_worker_ever_seen_is_not_an_outage(fast_beats):
 
 
 def test_a_worker_that_stops_beating_is_down_until_another_beats(fast_beats):
-    worker = presence(fast_beats, "workbench-1@box").start()
+    worker = WorkerPresence(fast_beats.broker_url, "workbench-1@box", fast_beats.worker_queues,
+                            fast_beats.heartbeat_seconds, fast_beats.stale_after_seconds,
+                            capacity={"ram_bytes": 8 << 30, "gpu_memory_bytes": [80 << 30]}).start()
     try:
         code, body = health(fast_beats)
         assert code == 200 and body["workers"] == "ok", body
         assert [(w["node"], w["alive"]) for w in body["seen_workers"]] == [("workbench-1@box", True)]
+        # what the fit check compares a job's estimate with is visible to the operator
+        assert body["seen_workers"][0]["capacity"] == {"ram_bytes": 8 << 30, "gpu_memory_bytes": [80 << 30]}
     finally:
         worker._stop.set()  # stops beating without removing its record: what kill -9 leaves behind
         worker._thread.join()

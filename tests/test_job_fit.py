@@ -241,14 +241,14 @@ def test_a_warmup_as_long_as_the_run_is_refused(workbench_env, session):
 
 
 def test_a_short_sft_run_scales_its_own_defaults(workbench_env, session):
-    from llm.sft_config import SFT_TRAIN_DEFAULTS
+    from llm.sft_config import SFT_DEFAULTS
 
     chat = add_chat_dataset(session)
     model = add_model_row(session, n_layer=2, n_embd=64)
     job = jobs.create_job(session, "sft", {"model_id": model.id, "dataset_id": chat.id, "max_steps": 20})
-    share = 20 / SFT_TRAIN_DEFAULTS["max_steps"]
-    assert job.params["eval_every"] == round(SFT_TRAIN_DEFAULTS["eval_every"] * share)
-    assert job.params["checkpoint_every"] == round(SFT_TRAIN_DEFAULTS["checkpoint_every"] * share)
+    share = 20 / SFT_DEFAULTS.loop["max_steps"]
+    assert job.params["eval_every"] == round(SFT_DEFAULTS.loop["eval_every"] * share)
+    assert job.params["checkpoint_every"] == round(SFT_DEFAULTS.loop["checkpoint_every"] * share)
     error = refused(session, "sft", {"model_id": model.id, "dataset_id": chat.id, "max_steps": 20, "warmup": 20})
     assert error.field == "warmup"
 

@@ -111,15 +111,18 @@ def test_the_reward_model_learns_the_preference_rule(base_dir, tmp_path):
 def test_the_score_reads_the_full_pass_at_each_rows_last_token_values_and_gradients():
     # RewardModel runs the final block only at each row's `last` position (GPT.hidden_states(last=...)):
     # the rewards and every gradient must be those of the full (B, T) pass read at `last`, padding included.
+    # In float64, so that the check is of the arithmetic and not of float32 summation order (the two passes
+    # multiply matrices of different shapes, which sum in different orders: a gradient entry near zero then
+    # differs by ~1e-6 in float32, depending on the machine's thread count).
     torch.manual_seed(0)
     gpt = GPT(config_from_preset("tiny", 300, n_layer=3, block_size=32))
-    model = RewardModel(gpt)
+    model = RewardModel(gpt).double()
     inputs = torch.randint(0, 300, (4, 20))
     last = torch.tensor([19, 4, 0, 11])  # rows 1-3 end early: what follows is padding
 
     def full_pass_rewards():
         hidden = gpt.hidden_states(inputs)
-        return model.score(hidden[torch.arange(4), last]).squeeze(-1)
+        return model.score(hidden[torch.arange(4), last]).squeeze(-1).float()  # as forward returns it
 
     weights = torch.tensor([1.0, -2.0, 0.5, 3.0])
     rewards = model(inputs, last)
@@ -131,6 +134,6 @@ def test_the_score_reads_the_full_pass_at_each_rows_last_token_values_and_gradie
     for name, g, w in zip([n for n, _ in model.named_parameters()], got, want):
         assert (g is None) == (w is None), name
         if g is not None:
-            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6, msg=name)
+            torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12, msg=name)
     final_fc = next(i for i, p in enumerate(params) if p is gpt.blocks[-1].mlp.c_fc.weight)
     assert got[final_fc].abs().sum() > 0  # the final block is trained

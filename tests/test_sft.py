@@ -16,7 +16,7 @@ from llm.checkpoint import load_model, read_config, save_model
 from llm.generate import SamplingSettings, chat_prompt, generate_tokens
 from llm.model import GPT, config_from_preset
 from llm.sft import SFTObjective, sft
-from llm.sft_config import SFT_TRAIN_DEFAULTS, FULL_FINETUNE_LR, SFTConfig, sft_train_config
+from llm.sft_config import SFT_DEFAULTS, SFTConfig, sft_train_config
 from llm.tokenizer import get_tokenizer, train_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -280,10 +280,10 @@ def test_full_fine_tuning_writes_a_full_model_directory(base_dir, tmp_path):
 
 
 def test_sft_defaults_and_refusals(base_dir, tmp_path):
-    assert sft_train_config(SFTConfig()).lr == SFT_TRAIN_DEFAULTS["lr"]
-    assert sft_train_config(SFTConfig(full=True)).lr == FULL_FINETUNE_LR
+    assert sft_train_config(SFTConfig()).lr == SFT_DEFAULTS.loop["lr"]
+    assert sft_train_config(SFTConfig(full=True)).lr == SFT_DEFAULTS.full_lr
     assert sft_train_config(SFTConfig(full=True), lr=1e-3, max_steps=None).lr == 1e-3
-    assert sft_train_config(SFTConfig()).max_steps == SFT_TRAIN_DEFAULTS["max_steps"]
+    assert sft_train_config(SFTConfig()).max_steps == SFT_DEFAULTS.loop["max_steps"]
     with pytest.raises(ValueError, match="no conversation has an assistant answer"):
         sft(base_dir, [[question("red", "cat")]], tmp_path / "run", train_config=small_run(), log=quiet)
     with pytest.raises(ValueError, match="starting model's own directory"):

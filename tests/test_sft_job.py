@@ -83,15 +83,15 @@ def test_sft_params_are_checked_against_the_declaration(workbench_env, session):
 
     job = jobs.create_job(session, "sft", sft_params(base.id, chat.id))
     # The row says what runs: SFT's own defaults, not pretraining's.
-    from llm.sft_config import FULL_FINETUNE_LR, SFT_TRAIN_DEFAULTS, SFTConfig
+    from llm.sft_config import SFT_DEFAULTS, SFTConfig
 
-    assert job.params["lr"] == SFT_TRAIN_DEFAULTS["lr"] and job.params["lora_r"] == SFTConfig().lora_r
+    assert job.params["lr"] == SFT_DEFAULTS.loop["lr"] and job.params["lora_r"] == SFTConfig().lora_r
     # SFT's warmup default, shrunk with this 6-step run (llm.train_config.fit_schedule_to_steps).
-    assert job.params["warmup"] == round(SFT_TRAIN_DEFAULTS["warmup"] * 6 / SFT_TRAIN_DEFAULTS["max_steps"])
+    assert job.params["warmup"] == round(SFT_DEFAULTS.loop["warmup"] * 6 / SFT_DEFAULTS.loop["max_steps"])
     assert job.params["full"] is False
     assert job.input_model_id == base.id and job.dataset_id == chat.id
     full = jobs.create_job(session, "sft", sft_params(base.id, chat.id, full=True))
-    assert full.params["lr"] == FULL_FINETUNE_LR  # full fine-tuning moves trained weights: a gentler rate
+    assert full.params["lr"] == SFT_DEFAULTS.full_lr  # full fine-tuning moves trained weights: a gentler rate
     given = jobs.create_job(session, "sft", sft_params(base.id, chat.id, full=True, lr=1e-4))
     assert given.params["lr"] == 1e-4
 

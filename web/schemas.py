@@ -32,6 +32,9 @@ class SeenWorkerOut(BaseModel):
     last_heartbeat: str = Field(description="ISO time of its last presence beat")
     seconds_since: float
     alive: bool = Field(description="beat within WORKBENCH_STALE_AFTER_SECONDS")
+    capacity: dict | None = Field(default=None, examples=[{"ram_bytes": 25769803776, "gpu_memory_bytes": []}],
+                                  description="what its machine has for a job (total RAM, memory per visible GPU); "
+                                              "the submit-time fit check compares estimates with the largest")
 
 
 class HealthOut(BaseModel):

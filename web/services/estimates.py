@@ -190,10 +190,10 @@ def estimate_finetune(params: dict, model_config: dict) -> dict:
 
     import torch
 
-    from llm.sft_config import SFT_TRAIN_DEFAULTS, SFTConfig
+    from llm.sft_config import SFT_DEFAULTS, SFTConfig
     from llm.train_config import TrainConfig
 
-    defaults = {**asdict(TrainConfig()), **SFT_TRAIN_DEFAULTS}
+    defaults = {**asdict(TrainConfig()), **SFT_DEFAULTS.loop}
     values = _run_shape(params, defaults)
     sft_defaults = SFTConfig()
     full = bool(params.get("full", sft_defaults.full))

@@ -9,15 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 from db.models import DatasetKind, JobKind, ModelKind
-from llm.dpo_config import DPO_TRAIN_DEFAULTS, FULL_DPO_LR, DPOConfig
+from llm.dpo_config import DPO_DEFAULTS, DPOConfig
 from llm.params import settings_of
 from worker.context import JobContext, Outcome
 from worker.kinds.base import SPEED_CARDS, JobKindSpec, Plot
 from worker.kinds.reward import preference_check, preference_params, snapshot
 
-PARAMS = preference_params(DPOConfig, DPO_TRAIN_DEFAULTS, FULL_DPO_LR)
+PARAMS = preference_params(DPOConfig, DPO_DEFAULTS)
 DPO_FIELDS = tuple(settings_of(DPOConfig))
-check = preference_check(PARAMS, DPO_TRAIN_DEFAULTS, FULL_DPO_LR)
+check = preference_check(PARAMS, DPO_DEFAULTS)
 
 
 def run(ctx: JobContext) -> Outcome:

@@ -14,12 +14,12 @@ from sqlalchemy.orm import Session
 from db.models import DatasetKind, JobKind, LabelingProject, ModelKind
 from db.settings import Settings
 from llm.params import Setting, settings_of
-from llm.reward_config import FULL_REWARD_LR, REWARD_TRAIN_DEFAULTS, RewardConfig
-from llm.train_config import TrainConfig
+from llm.reward_config import REWARD_DEFAULTS, RewardConfig
+from llm.train_config import FineTuningDefaults
 from worker.context import JobContext, Outcome, dataset_path
 from worker.kinds.base import MODEL_ID, MODEL_NAME, SPEED_CARDS, JobKindSpec, Plot
 from worker.kinds.fit import check_schedule
-from worker.params import JobParamsError, with_defaults
+from worker.params import JobParamsError, fine_tuning_loop_params
 
 # Where the pairs come from; at least one must be given (checked in `check_pair_sources`). Shared with DPO.
 PAIR_SOURCES = {
@@ -56,35 +56,31 @@ def snapshot(ctx: JobContext) -> list[dict]:
                           include_arena=bool(ctx.params.get("include_arena")), log=ctx.log)
 
 
-def preference_params(config_class: type, train_defaults: dict, full_lr: float) -> dict[str, Setting]:
+def preference_params(config_class: type, defaults: FineTuningDefaults) -> dict[str, Setting]:
     """The params of a kind that learns from pairs (reward, DPO): the model, the pair sources, its config's
     settings and the loop's, whose learning rate defaults by LoRA or all weights."""
-    params = {
+    return {
         "model_id": MODEL_ID,
         **PAIR_SOURCES,
         "name": MODEL_NAME,
         **settings_of(config_class),
-        **with_defaults(settings_of(TrainConfig), {**train_defaults, "device": None, "lr": None}),
+        **fine_tuning_loop_params(defaults),
     }
-    params["lr"] = Setting(**{**vars(params["lr"]), "help": f"peak learning rate; empty: {train_defaults['lr']:g} "
-                                                            f"with LoRA, {full_lr:g} for all weights"})
-    return params
 
 
-def preference_check(declared: dict[str, Setting], train_defaults: dict, full_lr: float):
+def preference_check(declared: dict[str, Setting], defaults: FineTuningDefaults):
     """The `check` of such a kind: pair sources, the learning rate filled in (so the row says what runs), schedule."""
     def check(session: Session, params: dict[str, Any], settings: Settings) -> None:
         check_pair_sources(session, params)
-        if params.get("lr") is None:
-            params["lr"] = full_lr if params["full"] else train_defaults["lr"]
+        params["lr"] = defaults.learning_rate(params["full"], params.get("lr"))
         check_schedule(params, declared)
 
     return check
 
 
-PARAMS = preference_params(RewardConfig, REWARD_TRAIN_DEFAULTS, FULL_REWARD_LR)
+PARAMS = preference_params(RewardConfig, REWARD_DEFAULTS)
 REWARD_FIELDS = tuple(settings_of(RewardConfig))
-check = preference_check(PARAMS, REWARD_TRAIN_DEFAULTS, FULL_REWARD_LR)
+check = preference_check(PARAMS, REWARD_DEFAULTS)
 
 
 def run(ctx: JobContext) -> Outcome:

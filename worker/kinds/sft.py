@@ -13,32 +13,27 @@ from sqlalchemy.orm import Session
 from db.models import DatasetKind, JobKind, Model, ModelKind
 from db.settings import Settings
 from llm.memory import MemoryEstimate, gpt_parameter_count, lora_trainable_params, training_memory
-from llm.params import Setting, settings_of
-from llm.sft_config import FULL_FINETUNE_LR, SFT_TRAIN_DEFAULTS, SFTConfig, learning_rate
-from llm.train_config import TrainConfig
+from llm.params import settings_of
+from llm.sft_config import SFT_DEFAULTS, SFTConfig
 from worker.context import JobContext, Outcome, dataset_path
 from worker.kinds.base import (DATASET_ID, LOSS_PLOT, MODEL_ID, MODEL_NAME, SPEED_CARDS, TRAINING_CARDS, JobKindSpec,
                                Plot)
 from worker.kinds.fit import check_memory, check_schedule, precision
-from worker.params import JobParamsError, with_defaults
+from worker.params import JobParamsError, fine_tuning_loop_params
 
 PARAMS = {
     "model_id": MODEL_ID,
     "dataset_id": DATASET_ID,
     "name": MODEL_NAME,
     **settings_of(SFTConfig),
-    # SFT's own defaults for the loop (llm/sft_config.py); the device is left to the worker, and the
-    # learning rate, unless given, to the rule for LoRA or all weights (llm.sft_config.learning_rate).
-    **with_defaults(settings_of(TrainConfig), {**SFT_TRAIN_DEFAULTS, "device": None, "lr": None}),
+    **fine_tuning_loop_params(SFT_DEFAULTS),  # SFT's own defaults for the loop (llm/sft_config.py)
 }
-PARAMS["lr"] = Setting(**{**vars(PARAMS["lr"]), "help": f"peak learning rate; empty: {SFT_TRAIN_DEFAULTS['lr']:g} "
-                                                        f"with LoRA, {FULL_FINETUNE_LR:g} for all weights"})
 SFT_FIELDS = tuple(settings_of(SFTConfig))
 
 
 def check(session: Session, params: dict[str, Any], settings: Settings) -> None:
     # The learning rate's default depends on `full`: fill it in here, so the stored row says what runs.
-    params["lr"] = learning_rate(SFTConfig(full=params["full"]), params.get("lr"))
+    params["lr"] = SFT_DEFAULTS.learning_rate(params["full"], params.get("lr"))
     if params.get("min_lr") is not None and params["min_lr"] > params["lr"]:
         raise JobParamsError("min_lr", "must not be greater than lr")
     check_schedule(params, PARAMS)
