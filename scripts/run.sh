@@ -70,10 +70,8 @@ fifo_dir="$(mktemp -d)"
 trap 'rm -rf "$fifo_dir"' EXIT
 mkfifo -m 600 "$fifo_dir/output"
 
-# In the background and in its own session (setsid), so Ctrl-C reaches only this script, which says so
-# and forwards it as SIGTERM. (Had the server seen the SIGINT too, uvicorn would stop on it and exit 0
-# first, and bash skips an INT trap when the child it waits for handled the SIGINT itself.)
-PYTHONUNBUFFERED=1 setsid .venv/bin/workbench serve "$@" >"$fifo_dir/output" 2>&1 &
+# In the background, so this script can forward Ctrl-C as SIGTERM (background commands ignore SIGINT).
+PYTHONUNBUFFERED=1 .venv/bin/workbench serve "$@" >"$fifo_dir/output" 2>&1 &
 server_pid=$!
 announce "$server_pid" <"$fifo_dir/output" &
 announce_pid=$!
