@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -28,13 +29,30 @@ READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 60.0
 
 
+@contextmanager
+def sigint_at_its_default_action_in_children():
+    """Start children the way a terminal does, with Ctrl-C's default action.
+
+    A test run started in the background by a non-interactive shell inherits SIGINT *ignored*, its
+    children inherit that, and bash cannot trap a signal that was ignored when it started: run.sh's
+    Ctrl-C trap would then silently do nothing. Exec resets a signal that has a handler to its default
+    action, so a handler in this process gives the script a default SIGINT whatever this run inherited.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_run_script_says_each_step_and_prints_the_address_and_admin_password(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKBENCH_")}
-    process = subprocess.Popen(["bash", str(REPO_ROOT / "scripts" / "run.sh"), "--port", str(port),
-                                "--data-dir", str(tmp_path / "data")],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
+    with sigint_at_its_default_action_in_children():
+        process = subprocess.Popen(["bash", str(REPO_ROOT / "scripts" / "run.sh"), "--port", str(port),
+                                    "--data-dir", str(tmp_path / "data")],
+                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   start_new_session=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
     reader.start()
