@@ -48,9 +48,8 @@ import torch
 
 from bench.bench_sft import (BETAS, EPS, GRAD_CLIP, LORA, LORA_TARGETS, SEED, THREADS, SteppedLoop, _WORDS,
                              hf_tokenizer, write_base_model)
-from bench.common import (command_line, interleaved_runs, machine_info, median, paired_speedup,
-                          print_table, ratio, run_json_subprocess,
-                          stepped_loop_memory)
+from bench.common import (command_line, interleaved_runs, loop_figures, machine_info, median, print_table,
+                          run_json_subprocess, stepped_loop_memory, versus_peer_figures)
 
 SHAPES = {  # name -> (preset, pairs per batch, sequence length)
     "small": ("small", 8, 256),
@@ -63,7 +62,6 @@ LR = {"dpo": 5e-5, "reward": 1e-4}
 BETA = 0.1
 TARGETS = {"dpo": 1.5, "reward": 1.3}
 PAD_ID = 50256  # <|endoftext|>: what llm.dpo / llm.reward pad with, and hf_tokenizer's pad token
-PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
 # ----------------------------------------------------------------------------- synthetic pairs
@@ -349,20 +347,10 @@ def memory(side: str, kind: str, shape: str) -> dict:
 
 def preference_figures(res: dict) -> dict:
     """Per loop pairs/s, step and CPU times, page faults; per kind the ratios ours / TRL."""
-    runs, pps = res["runs"], res["pairs_per_s"]
     f: dict = {"preference_shape": res["shape"], "preference_batch_pairs": res["batch"],
-               "preference_seq": res["seq"]}
-    for name in runs:
-        f[f"preference_pairs_per_s[{name}]"] = pps[name]
-        f[f"preference_step_s[{name}]"] = res["median_s"][name]
-        f[f"preference_step_cpu_s[{name}]"] = res["median_cpu_s"][name]
-        f[f"preference_page_faults_mb[{name}]"] = median(runs[name]["faults"]) * PAGE_MB
+               "preference_seq": res["seq"], **loop_figures("preference", res, "pairs_per_s")}
     for kind in KINDS:
-        ours, theirs = f"ours:{kind}", f"trl:{kind}"
-        f[f"{kind}_vs_trl"] = ratio(pps[ours], pps[theirs])
-        f[f"{kind}_vs_trl_paired"] = paired_speedup(runs[theirs]["wall"], runs[ours]["wall"])
-        f[f"{kind}_vs_trl_cpu"] = ratio(res["median_cpu_s"][theirs], res["median_cpu_s"][ours])
-        f[f"{kind}_target"] = TARGETS[kind]
+        f.update(versus_peer_figures(kind, res, "pairs_per_s", kind, TARGETS[kind]))
         check = res.get("checks", {}).get(kind)
         if check:
             f[f"{kind}_trainable_ours"], f[f"{kind}_trainable_trl"] = check["ours"], check["trl"]

@@ -50,9 +50,8 @@ from typing import Callable
 
 import torch
 
-from bench.common import (interleaved_runs, machine_info, median, paired_speedup,
-                          print_figures, print_table, ratio, run_json_subprocess,
-                          stepped_loop_memory)
+from bench.common import (interleaved_runs, loop_figures, machine_info, median, print_figures, print_table,
+                          run_json_subprocess, stepped_loop_memory, versus_peer_figures)
 
 THREADS = 2
 SHAPES = {  # name -> (preset, batch size, sequence length)
@@ -71,7 +70,6 @@ LOSS_TOLERANCE = 1e-4
 TARGETS = {"lora": 1.5, "full": 1.3}
 MODES = ("lora", "full")
 SIDES = ("ours", "trl")
-PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 # ----------------------------------------------------------------------------- synthetic conversations
 
@@ -568,20 +566,10 @@ def memory(side: str, mode: str, shape: str) -> dict:
 
 def sft_figures(res: dict, modes=MODES) -> dict:
     """The figures of one measured shape: per loop tokens/s, step and CPU times, faults; per mode the ratios."""
-    runs, tps = res["runs"], res["tokens_per_s"]
     f: dict = {"sft_shape": res["shape"], "sft_batch": res["batch"], "sft_seq": res["seq"],
-               "sft_tokens_per_step": res["tokens_per_step"]}
-    for name in runs:
-        f[f"sft_tokens_per_s[{name}]"] = tps[name]
-        f[f"sft_step_s[{name}]"] = res["median_s"][name]
-        f[f"sft_step_cpu_s[{name}]"] = res["median_cpu_s"][name]
-        f[f"sft_page_faults_mb[{name}]"] = median(runs[name]["faults"]) * PAGE_MB
+               "sft_tokens_per_step": res["tokens_per_step"], **loop_figures("sft", res, "tokens_per_s")}
     for mode in modes:
-        ours, theirs = f"ours:{mode}", f"trl:{mode}"
-        f[f"sft_{mode}_vs_trl"] = ratio(tps[ours], tps[theirs])
-        f[f"sft_{mode}_vs_trl_paired"] = paired_speedup(runs[theirs]["wall"], runs[ours]["wall"])
-        f[f"sft_{mode}_vs_trl_cpu"] = ratio(res["median_cpu_s"][theirs], res["median_cpu_s"][ours])
-        f[f"sft_{mode}_target"] = TARGETS[mode]
+        f.update(versus_peer_figures(f"sft_{mode}", res, "tokens_per_s", mode, TARGETS[mode]))
         check = res.get("checks", {}).get(mode)
         if check:
             for key in ("loss_ours", "loss_trl", "abs_diff", "loss_after_step_ours", "loss_after_step_trl",

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.common import (current_rss_bytes, interleaved_runs, machine_info, median, peak_rss_bytes,
-                          print_figures, print_table, run_json_subprocess)
+from bench.common import (PAGE_MB, current_rss_bytes, interleaved_runs, loop_figures, machine_info, median,
+                          peak_rss_bytes, print_figures, print_table, run_json_subprocess)
 
 THREADS = 2
 VOCAB = 50304
@@ -45,7 +45,6 @@ SHAPES = {  # name -> (preset, batch, sequence length)
 }
 ADAMW = dict(lr=6e-4, betas=(0.9, 0.95), eps=1e-8)
 WEIGHT_DECAY = 0.1
-PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
 @dataclass(frozen=True)
@@ -286,12 +285,7 @@ def _shape_figures(res: dict, specs: list[str], suffix: str) -> dict:
     hf_fp32 = max((s for s in eager if s.startswith("hf") and ":fp32" in s), key=tps.get)
     hf_bf16 = max((s for s in eager if s.startswith("hf") and ":bf16" in s), key=tps.get)
     fpt = res["flops_per_token"]
-    f = {}
-    for spec in specs:
-        f[f"train_tokens_per_s{suffix}[{spec}]"] = tps[spec]
-        f[f"train_step_s{suffix}[{spec}]"] = res["median_s"][spec]
-        f[f"train_step_cpu_s{suffix}[{spec}]"] = res["median_cpu_s"][spec]
-        f[f"train_page_faults_mb{suffix}[{spec}]"] = median(runs[spec]["faults"]) * PAGE_MB
+    f = loop_figures("train", res, "tokens_per_s", specs, suffix)
     for spec, seconds in res.get("compile_s", {}).items():
         f[f"train_compile_s{suffix}[{spec}]"] = seconds
     f.update({

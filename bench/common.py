@@ -82,6 +82,33 @@ def ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else float("nan")
 
 
+# ---------------------------------------------------------------------------- figures of measured loops
+
+PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def loop_figures(prefix: str, res: dict, rate: str, names: Iterable[str] | None = None, suffix: str = "") -> dict:
+    """Per loop measured by `interleaved_runs` (all of `res["runs"]`, or `names`): its throughput `res[rate]`,
+    median step wall and CPU seconds, and page faults in MB, as `{prefix}_{figure}{suffix}[{loop}]`."""
+    figures = {}
+    for name in res["runs"] if names is None else names:
+        figures[f"{prefix}_{rate}{suffix}[{name}]"] = res[rate][name]
+        figures[f"{prefix}_step_s{suffix}[{name}]"] = res["median_s"][name]
+        figures[f"{prefix}_step_cpu_s{suffix}[{name}]"] = res["median_cpu_s"][name]
+        figures[f"{prefix}_page_faults_mb{suffix}[{name}]"] = median(res["runs"][name]["faults"]) * PAGE_MB
+    return figures
+
+
+def versus_peer_figures(key: str, res: dict, rate: str, variant: str, target: float, peer: str = "trl") -> dict:
+    """Our loop `ours:{variant}` against the peer's `{peer}:{variant}`: throughput ratio (medians), paired
+    speedup (round by round), CPU-time ratio, and the target the ratio is held to."""
+    ours, theirs = f"ours:{variant}", f"{peer}:{variant}"
+    return {f"{key}_vs_{peer}": ratio(res[rate][ours], res[rate][theirs]),
+            f"{key}_vs_{peer}_paired": paired_speedup(res["runs"][theirs]["wall"], res["runs"][ours]["wall"]),
+            f"{key}_vs_{peer}_cpu": ratio(res["median_cpu_s"][theirs], res["median_cpu_s"][ours]),
+            f"{key}_target": target}
+
+
 # ---------------------------------------------------------------------------- hardware figures
 
 def matmul_flops(n: int = 2048, repeats: int = 7, dtype=None) -> float:
