@@ -25,7 +25,7 @@ import hmac
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -59,22 +59,26 @@ def get_app_settings(request: Request) -> Settings:
     return settings if settings is not None else get_settings()
 
 
-def get_db_session(request: Request) -> Iterator[Session]:
+async def get_db_session(request: Request) -> AsyncIterator[Session]:
     """One session per request on this process's engine for the app's database URL.
 
     Services commit their own changes; anything left uncommitted (a read, an error) is rolled
     back when the request ends. Its statements wait WEB_LOCK_TIMEOUT_SECONDS at most for another
     writer's lock; then the request is answered 503 (web/api/errors.py).
 
-    The settings are read here, not through a `Depends(get_app_settings)`: FastAPI runs every sync
-    dependency in a pool thread, and each such hop costs a request milliseconds of waiting for a
-    thread and the GIL under load (bench/bench_labeling.py measures it).
+    Async, because FastAPI runs every sync dependency in a pool thread, and each such hop costs a
+    request a thread and the GIL again under load (bench/bench_labeling.py measures it). Making a
+    session touches no database (it connects at its first statement, in the route's thread), so it is
+    made here on the event loop; closing it returns the connection to the pool with a rollback, which
+    waits on the database, so that runs in a thread, shielded: a request cancelled by a client that went
+    away still gives its connection back.
     """
     session = SessionLocal(get_app_settings(request).database_url, lock_timeout_seconds=WEB_LOCK_TIMEOUT_SECONDS)
     try:
         yield session
     finally:
-        session.close()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(session.close)
 
 
 # ----------------------------------------------------------------------------- password checks
