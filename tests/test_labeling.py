@@ -107,6 +107,15 @@ def test_labels_are_unswapped_idempotent_and_undoable(session, team):
     with pytest.raises(InvalidInput, match="not one of pair") as refused:
         submit_label(session, lea, project.id, pair.id, "left", 10 ** 9)
     assert refused.value.field == "left_completion_id"
+    # A retried skip stores one skip; a key already used for another label is refused, and its overlap guard's
+    # count rolls back with it.
+    skip = submit_label(session, lea, project.id, pair.id, "skip", left, idempotency_key="k2")
+    assert submit_label(session, lea, project.id, pair.id, "skip", left)["id"] == skip["id"]
+    with pytest.raises(Conflict, match="idempotency key was used for another label"):
+        submit_label(session, team["leo"], project.id, other["pair_id"], "tie", other["left"]["completion_id"],
+                     idempotency_key="k2")
+    assert session.scalar(select(func.count(Comparison.id))) == 1
+    assert session.get(LabelingPair, other["pair_id"]).label_count == 0
 
 
 def test_skip_takes_no_slot_and_never_comes_back(session, team):

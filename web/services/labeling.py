@@ -329,9 +329,17 @@ def submit_label(session: Session, who, project_id: int, pair_id: int, choice: s
         stored = keyed[0] if keyed else (found[0] if found else None)
         return {**comparison_to_dict(stored), "duplicate": True} if stored is not None else None
 
-    already = stored_already()
-    if already is not None:
+    def answer_with_stored(otherwise: Exception) -> dict:
+        """After a write was refused: the stored label if this was a retry of it, else `otherwise` is raised."""
+        session.rollback()
+        already = stored_already()
+        if already is None:
+            raise otherwise
         return {**already, "progress": progress(session, user, project_id)}
+
+    # A retry is found by the writes themselves, not by a lookup first (one statement less per label, the
+    # common case): the unique (pair, labeler) and idempotency-key constraints refuse the insert, or the
+    # overlap guard finds the pair full with this labeler's own label; both answer with the stored label.
     swapped = left_completion_id == pair.completion_b_id
     label = _stored_label(choice, swapped)
     values = dict(prompt_id=pair.prompt_id, completion_a_id=pair.completion_a_id, completion_b_id=pair.completion_b_id,
@@ -347,19 +355,15 @@ def submit_label(session: Session, who, project_id: int, pair_id: int, choice: s
                                     .values(label_count=LabelingPair.label_count + 1)
                                     .execution_options(synchronize_session=False)).rowcount
             if not taken:
-                session.rollback()
-                raise Conflict(f"pair {pair_id} already has its {project.overlap} label(s); take the next pair")
+                return answer_with_stored(Conflict(f"pair {pair_id} already has its {project.overlap} label(s); "
+                                                   "take the next pair"))
         stored_id = session.execute(insert(Comparison).values(values).returning(Comparison.id)).scalar_one()
         session.execute(delete(LabelingAssignment).where(LabelingAssignment.pair_id == pair.id,
                                                          LabelingAssignment.user_id == user.id)
                         .execution_options(synchronize_session=False))
         session.commit()
-    except IntegrityError:  # a concurrent repeat stored it first (the count rolls back with us)
-        session.rollback()
-        already = stored_already()
-        if already is None:
-            raise
-        return {**already, "progress": progress(session, user, project_id)}
+    except IntegrityError as error:  # stored already, by an earlier or a concurrent try (the count rolls back too)
+        return answer_with_stored(error)
     return {**comparison_to_dict(Comparison(id=stored_id, **values)), "duplicate": False,
             "progress": progress(session, user, project_id)}
 
