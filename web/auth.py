@@ -69,16 +69,17 @@ async def get_db_session(request: Request) -> AsyncIterator[Session]:
     Async, because FastAPI runs every sync dependency in a pool thread, and each such hop costs a
     request a thread and the GIL again under load (bench/bench_labeling.py measures it). Making a
     session touches no database (it connects at its first statement, in the route's thread), so it is
-    made here on the event loop; closing it returns the connection to the pool with a rollback, which
-    waits on the database, so that runs in a thread, shielded: a request cancelled by a client that went
-    away still gives its connection back.
+    made here on the event loop. Closing it gives the connection back to the pool with a rollback, which
+    waits on the database, so that runs in a thread: one outside the pool's limit of threads (as FastAPI
+    does for a sync dependency's exit), because requests queued for those threads may be waiting for this
+    very connection; and shielded, so a request cancelled by a client that went away still gives it back.
     """
     session = SessionLocal(get_app_settings(request).database_url, lock_timeout_seconds=WEB_LOCK_TIMEOUT_SECONDS)
     try:
         yield session
     finally:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(session.close)
+            await anyio.to_thread.run_sync(session.close, limiter=anyio.CapacityLimiter(1))
 
 
 # ----------------------------------------------------------------------------- password checks
