@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import (PAGE_MB, current_rss_bytes, interleaved_runs, loop_figures, machine_info, median,
-                          peak_rss_bytes, print_figures, print_table, run_json_subprocess)
+                          paired_speedup, peak_rss_bytes, print_figures, print_table, run_json_subprocess)
 
 THREADS = 2
 VOCAB = 50304
@@ -277,7 +277,6 @@ def _plan(quick: bool) -> dict:
 
 
 def _shape_figures(res: dict, specs: list[str], suffix: str) -> dict:
-    from bench.common import paired_speedup
     tps, runs = res["tokens_per_s"], res["runs"]
     eager = [s for s in specs if ":compile" not in s]
     ours_best = max((s for s in eager if s.startswith("ours")), key=tps.get)
