@@ -85,3 +85,30 @@ def test_ids_beyond_the_columns_are_422_naming_the_parameter(client, users):
     assert client.get(f"/api/datasets/{huge}", auth=TRAINER).json()["detail"][0]["loc"][-1] == "dataset_id"
     assert client.patch(f"/api/users/{huge}", auth=ADMIN, json={"disabled": True}).json()["detail"][0]["loc"][-1] \
         == "user_id"
+
+
+def test_a_label_answered_with_the_next_pair(client, session, users):
+    """POST .../labels?next=true: the label and the labeler's next pair in one request (one per label)."""
+    job = make_generate_job(session, prompts=2, answers=2)  # 2 pairs
+    project = client.post("/api/labeling/projects", auth=TRAINER,
+                          json={"name": "one request per label", "source_job_ids": [job.id]}).json()
+    base = f"/api/labeling/projects/{project['id']}"
+    pair = client.get(f"{base}/next", auth=LABELER).json()
+    body = {"pair_id": pair["pair_id"], "choice": "right", "left_completion_id": pair["left"]["completion_id"],
+            "idempotency_key": "first"}
+    first = client.post(f"{base}/labels?next=true", auth=LABELER, json=body)
+    assert first.status_code == 201, first.text
+    following = first.json()["next"]
+    assert following["pair_id"] != pair["pair_id"] and following["progress"] == first.json()["progress"]
+    assert client.get(f"{base}/next", auth=LABELER).json() == following  # held for this labeler
+    retried = client.post(f"{base}/labels?next=true", auth=LABELER, json=body)
+    assert retried.status_code == 200 and retried.json()["id"] == first.json()["id"]
+    assert retried.json()["next"] == following
+    last = client.post(f"{base}/labels?next=true", auth=LABELER, json={
+        "pair_id": following["pair_id"], "choice": "tie", "left_completion_id": following["left"]["completion_id"]})
+    assert last.status_code == 201 and last.json()["next"] is None and last.json()["progress"]["left"] == 0
+    # Without ?next the answer has no `next` at all (not a null that would read as "nothing left").
+    plain = client.post(f"{base}/labels", auth=LABELER, json=body)
+    assert plain.status_code == 200 and "next" not in plain.json()
+    assert client.post(f"{base}/labels?next=maybe", auth=LABELER, json=body).status_code == 422
+    assert session.scalar(select(func.count(Comparison.id))) == 2

@@ -118,6 +118,31 @@ def test_labels_are_unswapped_idempotent_and_undoable(session, team):
     assert session.get(LabelingPair, other["pair_id"]).label_count == 0
 
 
+def test_a_label_can_bring_the_next_pair(session, team):
+    job = make_generate_job(session, prompts=2, answers=2)  # 2 pairs
+    project = create_project(session, team["tina"], name="p", source_job_ids=[job.id], overlap=1)
+    lea = team["lea"]
+    shown = next_pair(session, lea, project.id)
+    stored = submit_label(session, lea, project.id, shown["pair_id"], "left", shown["left"]["completion_id"],
+                          idempotency_key="k1", and_next=True)
+    following = stored["next"]
+    assert not stored["duplicate"] and following["pair_id"] != shown["pair_id"]
+    # It is handed out as GET next would: held for lea (the same pair and sides again), counted once.
+    assert next_pair(session, lea, project.id) == following
+    assert stored["progress"] == following["progress"] == progress(session, lea, project.id) == {
+        "done": 1, "today": 1, "left": 1, "pairs": 2, "complete_pairs": 1}
+    # A retry gets the stored label and the same next pair, not a third one.
+    again = submit_label(session, lea, project.id, shown["pair_id"], "left", shown["left"]["completion_id"],
+                         idempotency_key="k1", and_next=True)
+    assert again["duplicate"] and again["id"] == stored["id"] and again["next"] == following
+    # After the last pair: next is None, and the progress is still there.
+    last = submit_label(session, lea, project.id, following["pair_id"], "tie", following["left"]["completion_id"],
+                        and_next=True)
+    assert last["next"] is None and last["progress"]["done"] == 2 and last["progress"]["left"] == 0
+    assert "next" not in submit_label(session, lea, project.id, following["pair_id"], "tie",
+                                      following["left"]["completion_id"])
+
+
 def test_skip_takes_no_slot_and_never_comes_back(session, team):
     job = make_generate_job(session, prompts=1, answers=2)
     project = create_project(session, team["tina"], name="p", source_job_ids=[job.id], overlap=1)

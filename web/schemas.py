@@ -249,6 +249,8 @@ class LabelOut(BaseModel):
     created_at: datetime
     duplicate: bool = Field(description="true when this request repeated one already stored")
     progress: LabelingProgressOut
+    next: PairOut | None = Field(None, description="with ?next=true: the labeler's next pair (null when nothing "
+                                                    "is left); absent otherwise")
 
 
 class AgreementOut(BaseModel):

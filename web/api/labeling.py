@@ -56,12 +56,16 @@ def next_pair(project_id: ProjectId, user: CurrentUser, session: DbSession) -> A
     return pair
 
 
-@router.post("/projects/{project_id}/labels", response_model=LabelOut, status_code=status.HTTP_201_CREATED,
+@router.post("/projects/{project_id}/labels", response_model=LabelOut, response_model_exclude_unset=True,
+             status_code=status.HTTP_201_CREATED,
              responses={409: {"model": ErrorOut, "description": "the pair already has all its labels"}})
 def submit_label(project_id: ProjectId, body: LabelSubmit, user: CurrentUser, session: DbSession,
-                 response: Response) -> Any:
+                 response: Response,
+                 and_next: Annotated[bool, Query(alias="next", description=(
+                     "also answer with the labeler's next pair (`next`), as GET .../next would: one request "
+                     "per label"))] = False) -> Any:
     """Store a label; repeating it (same pair, or same idempotency_key) answers 200 with the stored one."""
-    stored = labeling.submit_label(session, user, project_id, **body.model_dump())
+    stored = labeling.submit_label(session, user, project_id, **body.model_dump(), and_next=and_next)
     if stored["duplicate"]:
         response.status_code = status.HTTP_200_OK
     return stored

@@ -2,7 +2,8 @@
 
     create_project      pairs from the completions of finished `generate` jobs (all pairs, or n random)
     next_pair           the labeler's next pair, left/right randomised for them; it holds one overlap slot
-    submit_label        one label per labeler per pair, never more than the overlap per pair
+    submit_label        one label per labeler per pair, never more than the overlap per pair; with
+                        `and_next`, the labeler's next pair in the same call (one request per label)
     undo_last_label     the labeler's last label removed and its pair handed back
     progress            done, left and today's count for one labeler
     labeler_choices     whom a project may be limited to
@@ -297,8 +298,12 @@ def comparison_to_dict(comparison: Comparison) -> dict:
 
 def submit_label(session: Session, who, project_id: int, pair_id: int, choice: str, left_completion_id: int,
                  note: str | None = None, time_spent_s: float | None = None,
-                 idempotency_key: str | None = None) -> dict:
-    """Store one label; a repeat (same labeler and pair, or same idempotency key) returns the stored one."""
+                 idempotency_key: str | None = None, and_next: bool = False) -> dict:
+    """Store one label; a repeat (same labeler and pair, or same idempotency key) returns the stored one.
+
+    With `and_next` the answer also holds the labeler's next pair (`next`: `next_pair`'s answer, None when
+    nothing is left), as a labeling screen shows it after every click: one call per label instead of two,
+    and the labeler's progress counted once. A repeat gets the same next pair (it is held for them)."""
     project = _project(session, project_id)
     user = _require_labeler(session, who, project)
     if user is None:
@@ -335,7 +340,14 @@ def submit_label(session: Session, who, project_id: int, pair_id: int, choice: s
         already = stored_already()
         if already is None:
             raise otherwise
-        return {**already, "progress": progress(session, user, project_id)}
+        return with_progress_and_next(already)
+
+    def with_progress_and_next(stored: dict) -> dict:
+        if not and_next:
+            return {**stored, "progress": progress(session, user, project_id)}
+        shown_next = next_pair(session, user, project_id)
+        counts = shown_next["progress"] if shown_next is not None else progress(session, user, project_id)
+        return {**stored, "progress": counts, "next": shown_next}
 
     # A retry is found by the writes themselves, not by a lookup first (one statement less per label, the
     # common case): the unique (pair, labeler) and idempotency-key constraints refuse the insert, or the
@@ -364,8 +376,7 @@ def submit_label(session: Session, who, project_id: int, pair_id: int, choice: s
         session.commit()
     except IntegrityError as error:  # stored already, by an earlier or a concurrent try (the count rolls back too)
         return answer_with_stored(error)
-    return {**comparison_to_dict(Comparison(id=stored_id, **values)), "duplicate": False,
-            "progress": progress(session, user, project_id)}
+    return with_progress_and_next({**comparison_to_dict(Comparison(id=stored_id, **values)), "duplicate": False})
 
 
 def undo_last_label(session: Session, who, project_id: int) -> dict:

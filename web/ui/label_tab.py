@@ -159,7 +159,13 @@ class LabelTab:
     def _next(self, session, who: str | None, project_id: int, message: str = "", guidelines: Any = None) -> tuple:
         from web.services import labeling
 
-        pair = labeling.next_pair(session, who, project_id)
+        return self._show(session, who, project_id, labeling.next_pair(session, who, project_id), message, guidelines)
+
+    def _show(self, session, who: str | None, project_id: int, pair: dict | None, message: str = "",
+              guidelines: Any = None) -> tuple:
+        """The screen for `pair` (a `next_pair` answer), or the nothing-left message when it is None."""
+        from web.services import labeling
+
         if pair is None:
             project = labeling.get_project(project_id, who, session=session)
             progress = labeling.progress(session, who, project_id)
@@ -205,14 +211,15 @@ class LabelTab:
                 try:
                     stored = labeling.submit_label(session, who, project_id, int(shown["pair_id"]), choice,
                                                    int(shown["left_completion_id"]), note=(note or "").strip() or None,
-                                                   time_spent_s=seconds_on(shown), idempotency_key=str(shown["key"]))
+                                                   time_spent_s=seconds_on(shown), idempotency_key=str(shown["key"]),
+                                                   and_next=True)
                 except Conflict as error:  # the pair got its last label from someone else meanwhile
                     return self._next(session, who, project_id, message_html(f"Not stored — {error_text(error)}.",
                                                                              "warn"))
                 said = SAID.get(choice, choice)
                 message = (f"Already stored for this pair ({stored['label']}); here is the next one." if stored["duplicate"]
                            else f"Stored: {said}.")
-                return self._next(session, who, project_id, message_html(message, "ok"))
+                return self._show(session, who, project_id, stored["next"], message_html(message, "ok"))
         except ServiceError as error:
             return self._unchanged(message_html(f"Not stored — {error_text(error)}", "error"))
 
