@@ -4,9 +4,12 @@ how long a label takes to store.
 For each database (SQLite, then PostgreSQL when one answers at WORKBENCH_BENCH_POSTGRES_URL, default the
 local server's `test` cluster): a fresh database, the web app in its own process (uvicorn, one worker, as
 `workbench serve` runs it, timed), a labeling project of 1,800 pairs with overlap 2, then N labeler threads for
-T seconds, each looping GET .../next → think → POST .../labels, and one POST in twenty sent twice (a client
-retrying after a lost answer: it must come back 200 with the same label). Afterwards the database is read
-directly: labels stored must equal the 201 answers, and no pair may hold more labels than its overlap.
+T seconds, each looping think → POST .../labels?next=true (the label, answered with the next pair: one request
+per label, as the Label tab works; GET .../next only for the first pair and after a refusal), and one POST in
+twenty sent twice (a client retrying after a lost answer: it must come back 200 with the same label and the
+same next pair). Side by side, the same load with two requests per label (GET .../next before every POST, as
+clients did before ?next existed), and the ratios. Afterwards the database is read directly: labels stored
+must equal the 201 answers, and no pair may hold more labels than its overlap.
 
 Latency is from sending the POST to its answer, per request, as the client sees it; p50 and p99 over all of
 them (target p99 < 200 ms). The app also says, in a Server-Timing header (bench/labeling_server.py: the real
@@ -139,42 +142,55 @@ def server_timing(answer: httpx.Response) -> dict[str, float]:
 
 
 def label_for(base_url: str, project_id: int, labelers: int, seconds: float, think_s: tuple[float, float],
-              seed: int = 0) -> dict:
+              seed: int = 0, one_request_per_label: bool = True) -> dict:
     """`labelers` threads labeling for `seconds`; returns what the clients saw, and what the server said
-    each request cost it (`submit_server`, `next_server`: Server-Timing of each request)."""
+    each request cost it (`submit_server`, `next_server`: Server-Timing of each request).
+
+    One request per label (the default, as the Label tab does it): each POST .../labels?next=true answers with
+    the next pair, and GET .../next is asked only at the start and after a refusal. Otherwise a GET before
+    every POST (two requests per label: what a client did before ?next existed)."""
     lock = threading.Lock()
     seen = {"created": 0, "repeats_ok": 0, "refused": 0, "errors": [], "submit_ms": [], "next_ms": [],
-            "submit_server": [], "next_server": [], "done_early": 0}
-    deadline = time.monotonic() + seconds
+            "submit_server": [], "next_server": [], "done_early": 0, "submit_at_s": []}
+    began = time.monotonic()
+    deadline = began + seconds
     path = f"/api/labeling/projects/{project_id}"
+    params = {"next": "true"} if one_request_per_label else {}
 
     def labeler(number: int) -> None:
         rng = random.Random(seed * 1000 + number)
+        pair = None
         with httpx.Client(base_url=base_url, auth=(f"labeler{number}", PASSWORD), timeout=30) as client:
             while time.monotonic() < deadline:
-                started = time.perf_counter()
-                shown = client.get(f"{path}/next")
-                next_ms = 1000 * (time.perf_counter() - started)
-                if shown.status_code == 204:
+                if pair is None:
+                    started = time.perf_counter()
+                    shown = client.get(f"{path}/next")
+                    next_ms = 1000 * (time.perf_counter() - started)
+                    if shown.status_code == 204:
+                        with lock:
+                            seen["done_early"] += 1
+                        return
+                    if shown.status_code != 200:
+                        with lock:
+                            seen["errors"].append(f"next {shown.status_code} {shown.text[:200]}")
+                        return
                     with lock:
-                        seen["done_early"] += 1
-                    return
-                if shown.status_code != 200:
-                    with lock:
-                        seen["errors"].append(f"next {shown.status_code} {shown.text[:200]}")
-                    return
-                pair = shown.json()
+                        seen["next_ms"].append(next_ms)
+                        seen["next_server"].append(server_timing(shown))
+                    pair = shown.json()
                 time.sleep(rng.uniform(*think_s))
                 body = {"pair_id": pair["pair_id"], "choice": rng.choice(["left", "right", "tie", "both_bad"]),
                         "left_completion_id": pair["left"]["completion_id"], "idempotency_key": uuid.uuid4().hex}
                 started = time.perf_counter()
-                answer = client.post(f"{path}/labels", json=body)
+                answer = client.post(f"{path}/labels", params=params, json=body)
                 submit_ms = 1000 * (time.perf_counter() - started)
-                retry = client.post(f"{path}/labels", json=body) if rng.random() < 0.05 else None
+                retry = client.post(f"{path}/labels", params=params, json=body) if rng.random() < 0.05 else None
+                stored = answer.json() if answer.status_code in (200, 201) else {}
+                # The pair to label next: the one this answer brought, else ask for one.
+                pair = stored.get("next") if one_request_per_label else None
                 with lock:
-                    seen["next_ms"].append(next_ms)
-                    seen["next_server"].append(server_timing(shown))
                     seen["submit_ms"].append(submit_ms)
+                    seen["submit_at_s"].append(time.monotonic() - began)
                     seen["submit_server"].append(server_timing(answer))
                     if answer.status_code == 201:
                         seen["created"] += 1
@@ -182,11 +198,20 @@ def label_for(base_url: str, project_id: int, labelers: int, seconds: float, thi
                         seen["refused"] += 1
                     else:
                         seen["errors"].append(f"label {answer.status_code} {answer.text[:200]}")
+                    if one_request_per_label and stored and "next" not in stored:
+                        seen["errors"].append(f"label ?next=true answered without the next pair: {answer.text[:200]}")
                     if retry is not None:
-                        if retry.status_code == 200 and retry.json()["id"] == answer.json().get("id"):
+                        repeated = retry.json() if retry.status_code == 200 else {}
+                        # A retry gets the stored label, and the same next pair (it is held for this labeler).
+                        same_next = (repeated.get("next") or {}).get("pair_id") == (pair or {}).get("pair_id")
+                        if repeated.get("id") == stored.get("id") and (same_next or not one_request_per_label):
                             seen["repeats_ok"] += 1
                         elif answer.status_code == 201:
                             seen["errors"].append(f"retry {retry.status_code} {retry.text[:200]}")
+                if one_request_per_label and stored and pair is None:
+                    with lock:
+                        seen["done_early"] += 1
+                    return
 
     threads = [threading.Thread(target=labeler, args=(n,)) for n in range(labelers)]
     for thread in threads:
@@ -232,7 +257,8 @@ def slowest_breakdown(client_ms: list[float], server: list[dict[str, float]], fr
     return means
 
 
-def measure(database_url: str, labelers: int, seconds: float, think_s=(0.5, 1.5)) -> dict:
+def measure(database_url: str, labelers: int, seconds: float, think_s=(0.5, 1.5),
+            one_request_per_label: bool = True) -> dict:
     """One database: set up, serve, load, check."""
     import psutil
 
@@ -244,7 +270,8 @@ def measure(database_url: str, labelers: int, seconds: float, think_s=(0.5, 1.5)
             server_process, client_process = psutil.Process(app.process.pid), psutil.Process()
             server_cpu, client_cpu = sum(server_process.cpu_times()[:2]), sum(client_process.cpu_times()[:2])
             started = time.monotonic()
-            seen = label_for(app.base_url, project_id, labelers, seconds, think_s)
+            seen = label_for(app.base_url, project_id, labelers, seconds, think_s,
+                             one_request_per_label=one_request_per_label)
             wall = time.monotonic() - started
             server_cpu = sum(server_process.cpu_times()[:2]) - server_cpu
             client_cpu = sum(client_process.cpu_times()[:2]) - client_cpu
@@ -268,6 +295,7 @@ def measure(database_url: str, labelers: int, seconds: float, think_s=(0.5, 1.5)
         "labels_per_s": seen["created"] / seconds,
         "submit_p50_ms": percentile(submit, 0.5) if submit else None,
         "submit_p99_ms": percentile(submit, 0.99) if submit else None,
+        "next_requests": len(nxt),
         "next_p50_ms": percentile(nxt, 0.5) if nxt else None,
         "next_p99_ms": percentile(nxt, 0.99) if nxt else None,
         # What the app itself took (bench/labeling_server.py), without the network and the client.
@@ -282,6 +310,7 @@ def measure(database_url: str, labelers: int, seconds: float, think_s=(0.5, 1.5)
         # The load: CPU seconds per wall second (2.0 = both cores of this machine) and per request.
         "server_cpu_per_s": server_cpu / wall, "client_cpu_per_s": client_cpu / wall,
         "server_cpu_ms_per_request": 1000 * server_cpu / max(1, requests),
+        "server_cpu_ms_per_label": 1000 * server_cpu / max(1, seen["created"]),
         "client_cpu_ms_per_request": 1000 * client_cpu / max(1, requests),
         "load_average_1min": load_average,
     }
@@ -308,32 +337,64 @@ def fresh_postgres_database() -> tuple[str, callable] | None:
     return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False), drop
 
 
+PROTOCOLS = {"": True, ", two requests": False}  # figure-name suffix: one_request_per_label
+
+
+def measure_on_a_fresh_database(backend: str, labelers: int, seconds: float,
+                                one_request_per_label: bool) -> dict | None:
+    """`measure` on a new SQLite file or a new PostgreSQL database (None when no PostgreSQL answers)."""
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="bench_labeling_db_") as tmp:
+            return measure(f"sqlite:///{tmp}/bench.db", labelers, seconds, one_request_per_label=one_request_per_label)
+    postgres = fresh_postgres_database()
+    if postgres is None:
+        return None
+    url, drop = postgres
+    try:
+        return measure(url, labelers, seconds, one_request_per_label=one_request_per_label)
+    finally:
+        drop()
+
+
 def run(quick: bool = False) -> dict:
+    """Each database, with one request per label (POST ...?next=true, as the Label tab does) and, side by side,
+    with two (GET next, then POST): the same labelers, the same pace."""
     labelers, seconds = (20, 15.0) if quick else (50, 60.0)
     figures: dict = {"labeling_labelers": labelers, "labeling_seconds": seconds}
-    with tempfile.TemporaryDirectory(prefix="bench_labeling_db_") as tmp:
-        results = {"sqlite": measure(f"sqlite:///{tmp}/bench.db", labelers, seconds)}
-    postgres = fresh_postgres_database()
-    if postgres is not None:
-        url, drop = postgres
-        try:
-            results["postgresql"] = measure(url, labelers, seconds)
-        finally:
-            drop()
-    for backend, result in results.items():
-        figures.update({f"labeling_{key}[{backend}]": value for key, value in result.items()})
-        print(f"{backend}: {labelers} labelers x {seconds:.0f} s: {result['labels_acknowledged']} labels "
-              f"acknowledged, {result['labels_stored']} stored, {result['pairs_over_overlap']} pairs over the "
-              f"overlap, {result['refused_409']} refused (409), {result['error_count']} errors; submit p50/p99 "
-              f"{result['submit_p50_ms']:.1f}/{result['submit_p99_ms']:.1f} ms at the client (target p99 < "
-              f"{TARGET_P99_MS:g}), {result['submit_server_p50_ms']:.1f}/{result['submit_server_p99_ms']:.1f} ms "
-              f"in the app; next p50/p99 {result['next_p50_ms']:.1f}/{result['next_p99_ms']:.1f} ms, "
-              f"{result['next_server_p50_ms']:.1f}/{result['next_server_p99_ms']:.1f} in the app; CPU per s: "
-              f"server {result['server_cpu_per_s']:.2f}, clients {result['client_cpu_per_s']:.2f}; load "
-              f"{result['load_average_1min']:.1f}\n  submit, median parts: {result['submit_server_median_parts']}"
-              f"\n  submit, slowest 1%: {result['submit_slowest_1pct_parts']}"
-              f"\n  next, median parts: {result['next_server_median_parts']}"
-              f"\n  next, slowest 1%: {result['next_slowest_1pct_parts']}", flush=True)
+    for backend in ("sqlite", "postgresql"):
+        results = {}
+        for suffix, one_request_per_label in PROTOCOLS.items():
+            result = measure_on_a_fresh_database(backend, labelers, seconds, one_request_per_label)
+            if result is None:
+                break
+            results[suffix] = result
+            figures.update({f"labeling_{key}[{backend}{suffix}]": value for key, value in result.items()})
+            requests = "one request" if one_request_per_label else "two requests"
+            print(f"{backend}, {requests} per label: {labelers} labelers x {seconds:.0f} s: "
+                  f"{result['labels_acknowledged']} labels acknowledged, {result['labels_stored']} stored, "
+                  f"{result['pairs_over_overlap']} pairs over the overlap, {result['refused_409']} refused (409), "
+                  f"{result['error_count']} errors; submit p50/p99 {result['submit_p50_ms']:.1f}/"
+                  f"{result['submit_p99_ms']:.1f} ms at the client (target p99 < {TARGET_P99_MS:g}), "
+                  f"{result['submit_server_p50_ms']:.1f}/{result['submit_server_p99_ms']:.1f} ms in the app; next "
+                  f"p50/p99 {result['next_p50_ms']:.1f}/{result['next_p99_ms']:.1f} ms, "
+                  f"{result['next_server_p50_ms']:.1f}/{result['next_server_p99_ms']:.1f} in the app "
+                  f"({result['next_requests']} asked); server CPU {result['server_cpu_ms_per_label']:.1f} "
+                  f"ms per label; CPU per s: server {result['server_cpu_per_s']:.2f}, clients "
+                  f"{result['client_cpu_per_s']:.2f}; load {result['load_average_1min']:.1f}"
+                  f"\n  submit, median parts: {result['submit_server_median_parts']}"
+                  f"\n  submit, slowest 1%: {result['submit_slowest_1pct_parts']}"
+                  f"\n  next, median parts: {result['next_server_median_parts']}"
+                  f"\n  next, slowest 1%: {result['next_slowest_1pct_parts']}", flush=True)
+        if len(results) == len(PROTOCOLS):
+            one, two = results[""], results[", two requests"]
+            ratios = {"server_cpu_per_label": two["server_cpu_ms_per_label"] / one["server_cpu_ms_per_label"],
+                      "submit_p99": two["submit_p99_ms"] / one["submit_p99_ms"],
+                      "labels_acknowledged": one["labels_acknowledged"] / max(1, two["labels_acknowledged"])}
+            figures.update({f"labeling_two_over_one_request_{key}[{backend}]": value for key, value in ratios.items()})
+            print(f"{backend}: two requests per label / one: server CPU per label "
+                  f"x{ratios['server_cpu_per_label']:.2f}, "
+                  f"submit p99 x{ratios['submit_p99']:.2f}; labels stored, one / two: "
+                  f"x{ratios['labels_acknowledged']:.2f}", flush=True)
     return figures
 
 
