@@ -349,7 +349,8 @@ def fresh_postgres_database() -> tuple[str, callable] | None:
     return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False), drop
 
 
-PROTOCOLS = {"": True, ", two requests": False}  # figure-name suffix: one_request_per_label
+# How the clients ask for pairs: (one_request_per_label, figure-name suffix, what the printout calls it).
+PROTOCOLS = ((True, "", "one request"), (False, ", two requests", "two requests"))
 
 
 def measure_on_a_fresh_database(backend: str, labelers: int, seconds: float,
@@ -368,6 +369,25 @@ def measure_on_a_fresh_database(backend: str, labelers: int, seconds: float,
         drop()
 
 
+def summary(result: dict) -> str:
+    """One measurement in words: counts, latencies (client and app), CPU, and where the time went."""
+    return (f"{result['labels_acknowledged']} labels acknowledged, {result['labels_stored']} stored, "
+            f"{result['pairs_over_overlap']} pairs over the overlap, {result['refused_409']} refused (409), "
+            f"{result['error_count']} errors; submit p50/p99 {result['submit_p50_ms']:.1f}/"
+            f"{result['submit_p99_ms']:.1f} ms at the client (target p99 < {TARGET_P99_MS:g}), "
+            f"{result['submit_server_p50_ms']:.1f}/{result['submit_server_p99_ms']:.1f} ms in the app; next "
+            f"p50/p99 {result['next_p50_ms']:.1f}/{result['next_p99_ms']:.1f} ms, "
+            f"{result['next_server_p50_ms']:.1f}/{result['next_server_p99_ms']:.1f} in the app "
+            f"({result['next_requests']} asked); server CPU {result['server_cpu_ms_per_label']:.1f} "
+            f"ms per label; CPU per s: server {result['server_cpu_per_s']:.2f}, clients "
+            f"{result['client_cpu_per_s']:.2f}; load {result['load_average_1min']:.1f}; submit p99 per 10 s "
+            f"{result['submit_p99_ms_per_10_s']}"
+            f"\n  submit, median parts: {result['submit_server_median_parts']}"
+            f"\n  submit, slowest 1%: {result['submit_slowest_1pct_parts']}"
+            f"\n  next, median parts: {result['next_server_median_parts']}"
+            f"\n  next, slowest 1%: {result['next_slowest_1pct_parts']}")
+
+
 def run(quick: bool = False) -> dict:
     """Each database, with one request per label (POST ...?next=true, as the Label tab does) and, side by side,
     with two (GET next, then POST): the same labelers, the same pace."""
@@ -375,39 +395,23 @@ def run(quick: bool = False) -> dict:
     figures: dict = {"labeling_labelers": labelers, "labeling_seconds": seconds}
     for backend in ("sqlite", "postgresql"):
         results = {}
-        for suffix, one_request_per_label in PROTOCOLS.items():
+        for one_request_per_label, suffix, requests in PROTOCOLS:
             result = measure_on_a_fresh_database(backend, labelers, seconds, one_request_per_label)
             if result is None:
                 break
-            results[suffix] = result
+            results[one_request_per_label] = result
             figures.update({f"labeling_{key}[{backend}{suffix}]": value for key, value in result.items()})
-            requests = "one request" if one_request_per_label else "two requests"
-            print(f"{backend}, {requests} per label: {labelers} labelers x {seconds:.0f} s: "
-                  f"{result['labels_acknowledged']} labels acknowledged, {result['labels_stored']} stored, "
-                  f"{result['pairs_over_overlap']} pairs over the overlap, {result['refused_409']} refused (409), "
-                  f"{result['error_count']} errors; submit p50/p99 {result['submit_p50_ms']:.1f}/"
-                  f"{result['submit_p99_ms']:.1f} ms at the client (target p99 < {TARGET_P99_MS:g}), "
-                  f"{result['submit_server_p50_ms']:.1f}/{result['submit_server_p99_ms']:.1f} ms in the app; next "
-                  f"p50/p99 {result['next_p50_ms']:.1f}/{result['next_p99_ms']:.1f} ms, "
-                  f"{result['next_server_p50_ms']:.1f}/{result['next_server_p99_ms']:.1f} in the app "
-                  f"({result['next_requests']} asked); server CPU {result['server_cpu_ms_per_label']:.1f} "
-                  f"ms per label; CPU per s: server {result['server_cpu_per_s']:.2f}, clients "
-                  f"{result['client_cpu_per_s']:.2f}; load {result['load_average_1min']:.1f}; submit p99 per 10 s "
-                  f"{result['submit_p99_ms_per_10_s']}"
-                  f"\n  submit, median parts: {result['submit_server_median_parts']}"
-                  f"\n  submit, slowest 1%: {result['submit_slowest_1pct_parts']}"
-                  f"\n  next, median parts: {result['next_server_median_parts']}"
-                  f"\n  next, slowest 1%: {result['next_slowest_1pct_parts']}", flush=True)
+            print(f"{backend}, {requests} per label: {labelers} labelers x {seconds:.0f} s: {summary(result)}",
+                  flush=True)
         if len(results) == len(PROTOCOLS):
-            one, two = results[""], results[", two requests"]
+            one, two = results[True], results[False]
             ratios = {"server_cpu_per_label": two["server_cpu_ms_per_label"] / one["server_cpu_ms_per_label"],
                       "submit_p99": two["submit_p99_ms"] / one["submit_p99_ms"],
                       "labels_acknowledged": one["labels_acknowledged"] / max(1, two["labels_acknowledged"])}
             figures.update({f"labeling_two_over_one_request_{key}[{backend}]": value for key, value in ratios.items()})
             print(f"{backend}: two requests per label / one: server CPU per label "
-                  f"x{ratios['server_cpu_per_label']:.2f}, "
-                  f"submit p99 x{ratios['submit_p99']:.2f}; labels stored, one / two: "
-                  f"x{ratios['labels_acknowledged']:.2f}", flush=True)
+                  f"x{ratios['server_cpu_per_label']:.2f}, submit p99 x{ratios['submit_p99']:.2f}; labels stored, "
+                  f"one / two: x{ratios['labels_acknowledged']:.2f}", flush=True)
     return figures
 
 

@@ -162,13 +162,14 @@ class LabelTab:
         return self._show(session, who, project_id, labeling.next_pair(session, who, project_id), message, guidelines)
 
     def _show(self, session, who: str | None, project_id: int, pair: dict | None, message: str = "",
-              guidelines: Any = None) -> tuple:
-        """The screen for `pair` (a `next_pair` answer), or the nothing-left message when it is None."""
+              guidelines: Any = None, progress: dict | None = None) -> tuple:
+        """The screen for `pair` (a `next_pair` answer), or the nothing-left message when it is None
+        (with `progress`, the labeler's counts when the caller has them already)."""
         from web.services import labeling
 
         if pair is None:
             project = labeling.get_project(project_id, who, session=session)
-            progress = labeling.progress(session, who, project_id)
+            progress = progress or labeling.progress(session, who, project_id)
             return self._screen(None, progress, message + self._nothing_left(project["name"], progress), guidelines)
         return self._screen(pair, pair["progress"], message, guidelines)
 
@@ -219,7 +220,8 @@ class LabelTab:
                 said = SAID.get(choice, choice)
                 message = (f"Already stored for this pair ({stored['label']}); here is the next one." if stored["duplicate"]
                            else f"Stored: {said}.")
-                return self._show(session, who, project_id, stored["next"], message_html(message, "ok"))
+                return self._show(session, who, project_id, stored["next"], message_html(message, "ok"),
+                                  progress=stored["progress"])
         except ServiceError as error:
             return self._unchanged(message_html(f"Not stored — {error_text(error)}", "error"))
 
