@@ -32,12 +32,12 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import User
 from db.session import WEB_LOCK_TIMEOUT_SECONDS, SessionLocal, session_scope
 from db.settings import Settings, get_settings
+from db.users import user_named
 from web import services
 from web.login_throttle import LoginThrottle, LoginThrottled
 from web.security import client_address
@@ -150,7 +150,7 @@ def check_password(session: Session, name: str, password: str, throttle: LoginTh
 
 def _cached_user(session: Session, name: str, password: str) -> User | None:
     """The user if `password` matches a recent successful login of theirs (no bcrypt), else None."""
-    user = session.scalar(select(User).where(User.name == name))
+    user = user_named(session, name)
     # A disabled account skips the cache: authenticate() refuses it even if it logged in a minute ago.
     if user is not None and not user.disabled and verified_credentials.matches(user, password):
         return user

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import enum
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Role, User
+from db.users import user_named
 from web.services.common import PermissionDenied, enum_value, reading
 
 
@@ -103,7 +103,7 @@ def resolve_user(session: Session, who: User | int | str | None) -> User | None:
     if isinstance(who, int):
         user = session.get(User, who)
     else:
-        user = session.scalar(select(User).where(User.name == who))
+        user = user_named(session, who)
     if user is None:
         raise PermissionDenied(f"unknown user {who!r}")
     return user
@@ -113,7 +113,7 @@ def get_user(name: str, session: Session | None = None) -> dict | None:
     """{id, name, role, disabled} of a user by name, or None (the UI uses it to show who is logged in;
     a disabled account's open session can then do nothing: `can` refuses it everything)."""
     with reading(session) as s:
-        user = s.scalar(select(User).where(User.name == name))
+        user = user_named(s, name)
         if user is None:
             return None
         return {"id": user.id, "name": user.name, "role": enum_value(user.role), "disabled": bool(user.disabled)}

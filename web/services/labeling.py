@@ -27,12 +27,13 @@ from datetime import datetime, timedelta, timezone
 from itertools import combinations
 from typing import Any
 
-from sqlalchemy import delete, exists, func, insert, select, text, true, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import (Comparison, Completion, Job, JobKind, JobStatus, Label, LabelingAssignment, LabelingPair,
-                       LabelingProject, Prompt, User, utcnow)
+                       LabelingProject, User, utcnow)
+from web.services import labeling_queries as queries
 from web.services.access import Action, can, require, resolve_user
 from web.services.common import Conflict, InvalidInput, NotFound, PermissionDenied, reading
 
@@ -191,30 +192,14 @@ def update_guidelines(session: Session, who, project_id: int, guidelines: str) -
 
 # ----------------------------------------------------------------------------- the queue
 
-def _held_slots(now: datetime):
-    """Live assignments of a pair (a correlated subquery on LabelingPair)."""
-    return (select(func.count(LabelingAssignment.id))
-            .where(LabelingAssignment.pair_id == LabelingPair.id, LabelingAssignment.expires_at > now)
-            .scalar_subquery())
-
-
-def _labeled_by(user_id: int):
-    return exists().where(Comparison.pair_id == LabelingPair.id, Comparison.annotator_id == user_id)
-
-
-def _pair_view(session: Session, pair: LabelingPair, swapped: bool) -> dict:
-    # One query for both answers and their prompt (a pair's answers are of its prompt): it runs on every
-    # pair shown.
-    rows = session.execute(select(Completion, Prompt).join(Prompt, Completion.prompt_id == Prompt.id)
-                           .where(Completion.id.in_((pair.completion_a_id, pair.completion_b_id)))).all()
-    prompt = rows[0][1]
-    by_id = {completion.id: completion for completion, _ in rows}
-    first, second = by_id[pair.completion_a_id], by_id[pair.completion_b_id]
-    left, right = (second, first) if swapped else (first, second)
-    return {"pair_id": pair.id, "project_id": pair.project_id,
-            "prompt": {"text": prompt.text, "messages": prompt.messages or [{"role": "user", "content": prompt.text}]},
-            "left": {"completion_id": left.id, "text": left.text},
-            "right": {"completion_id": right.id, "text": right.text}}
+def _pair_view(session: Session, pair_id: int, swapped: bool) -> dict:
+    project_id, prompt_text, messages, first_id, first_text, second_id, second_text = session.execute(
+        queries.PAIR_VIEW, {"pair_id": pair_id}).one()
+    answers = [{"completion_id": first_id, "text": first_text}, {"completion_id": second_id, "text": second_text}]
+    left, right = answers[::-1] if swapped else answers
+    return {"pair_id": pair_id, "project_id": project_id,
+            "prompt": {"text": prompt_text, "messages": messages or [{"role": "user", "content": prompt_text}]},
+            "left": left, "right": right}
 
 
 def next_pair(session: Session, who, project_id: int) -> dict | None:
@@ -224,61 +209,38 @@ def next_pair(session: Session, who, project_id: int) -> dict | None:
     if user is None:
         raise InvalidInput("labeling needs a user")
     now = utcnow()
-    held = session.scalar(
-        select(LabelingAssignment).join(LabelingPair, LabelingAssignment.pair_id == LabelingPair.id)
-        .where(LabelingPair.project_id == project.id, LabelingAssignment.user_id == user.id)
-        .order_by(LabelingAssignment.id).limit(1))
+    held = session.scalar(queries.HELD_BY_LABELER, {"project_id": project.id, "user_id": user.id})
     if held is not None and held.expires_at > now:
         session.commit()
-        return {**_pair_view(session, session.get(LabelingPair, held.pair_id), held.swapped),
-                "progress": progress(session, user, project_id)}
+        return {**_pair_view(session, held.pair_id, held.swapped), "progress": progress(session, user, project_id)}
     if held is not None:
         # Expired holds are ignored by every query; this labeler's own is removed (it would block taking
         # the same pair again). Nothing else writes here, so fetching a pair seldom waits on a lock.
         session.delete(held)
         session.flush()
-    skipped: set[int] = set()
+    skipped: list[int] = []
     for _ in range(20):  # a lost race for a last slot moves on to the next pair
-        # `label_count < overlap` alone first: the index skips full pairs before any holds are counted.
-        query = (select(LabelingPair).where(LabelingPair.project_id == project.id,
-                                            LabelingPair.label_count < project.overlap,
-                                            LabelingPair.label_count + _held_slots(now) < project.overlap,
-                                            ~_labeled_by(user.id))
-                 # Pairs that already have labels first: the overlap completes and agreement shows sooner.
-                 # Both keys descending, so the queue index is read backwards and the first free pair ends
-                 # the scan (with `id` ascending every pair's holds would be counted, then sorted).
-                 .order_by(LabelingPair.label_count.desc(), LabelingPair.id.desc()).limit(1)
-                 # PostgreSQL: the pair stays locked until this hold is committed, so a second labeler
-                 # taking it waits (or, in this query, passes it by) and then commits after us, with a
-                 # higher hold id: the check below then sees the holds in commit order. SQLite ignores
-                 # this and needs it not: its one writer at a time commits holds in id order.
-                 .with_for_update(of=LabelingPair, skip_locked=True))
-        if skipped:
-            query = query.where(LabelingPair.id.notin_(skipped))
-        pair = session.scalar(query)
-        if pair is None:
-            session.commit()
-            return None
-        assignment = LabelingAssignment(pair_id=pair.id, user_id=user.id, swapped=random.random() < 0.5,
-                                        expires_at=now + timedelta(minutes=ASSIGNMENT_MINUTES))
-        session.add(assignment)
+        swapped = random.random() < 0.5
         try:
+            taken = session.execute(queries.TAKE_A_FREE_PAIR, {
+                "project_id": project.id, "overlap": project.overlap, "user_id": user.id, "now": now,
+                "swapped": swapped, "expires_at": now + timedelta(minutes=ASSIGNMENT_MINUTES),
+                "skipped": skipped}).first()
             session.commit()
         except IntegrityError:  # the same labeler asking twice at once: take what the other request took
             session.rollback()
             return next_pair(session, user, project_id)
+        if taken is None:
+            return None
+        assignment_id, pair_id = taken
         # Of the live holders of this pair, the earliest (overlap - label_count) keep it.
-        label_count, earlier = session.execute(select(
-            LabelingPair.label_count,
-            select(func.count(LabelingAssignment.id)).where(
-                LabelingAssignment.pair_id == pair.id, LabelingAssignment.expires_at > now,
-                LabelingAssignment.id < assignment.id).scalar_subquery())
-            .where(LabelingPair.id == pair.id)).one()
+        label_count, earlier = session.execute(queries.HOLDERS_BEFORE, {
+            "pair_id": pair_id, "now": now, "assignment_id": assignment_id}).one()
         if label_count + earlier < project.overlap:
-            return {**_pair_view(session, pair, assignment.swapped), "progress": progress(session, user, project_id)}
-        session.delete(assignment)
+            return {**_pair_view(session, pair_id, swapped), "progress": progress(session, user, project_id)}
+        session.execute(queries.DROP_HOLD, {"assignment_id": assignment_id})
         session.commit()
-        skipped.add(pair.id)
+        skipped.append(pair_id)
     return None
 
 
@@ -362,17 +324,12 @@ def submit_label(session: Session, who, project_id: int, pair_id: int, choice: s
     try:
         if label != Label.skip:
             # The guard: at most `overlap` labels per pair, however many labelers submit at once.
-            taken = session.execute(update(LabelingPair).where(LabelingPair.id == pair.id,
-                                                               LabelingPair.label_count < project.overlap)
-                                    .values(label_count=LabelingPair.label_count + 1)
-                                    .execution_options(synchronize_session=False)).rowcount
+            taken = session.execute(queries.TAKE_A_SLOT, {"pair_id": pair.id, "overlap": project.overlap}).rowcount
             if not taken:
                 return answer_with_stored(Conflict(f"pair {pair_id} already has its {project.overlap} label(s); "
                                                    "take the next pair"))
-        stored_id = session.execute(insert(Comparison).values(values).returning(Comparison.id)).scalar_one()
-        session.execute(delete(LabelingAssignment).where(LabelingAssignment.pair_id == pair.id,
-                                                         LabelingAssignment.user_id == user.id)
-                        .execution_options(synchronize_session=False))
+        stored_id = session.execute(queries.STORE_LABEL, values).scalar_one()
+        session.execute(queries.RELEASE_LABELED_HOLD, {"pair_id": pair.id, "user_id": user.id})
         session.commit()
     except IntegrityError as error:  # stored already, by an earlier or a concurrent try (the count rolls back too)
         return answer_with_stored(error)
@@ -401,30 +358,20 @@ def undo_last_label(session: Session, who, project_id: int) -> dict:
     session.add(LabelingAssignment(pair_id=pair.id, user_id=user.id, swapped=swapped,
                                    expires_at=utcnow() + timedelta(minutes=ASSIGNMENT_MINUTES)))
     session.commit()
-    session.refresh(pair)
-    return {**_pair_view(session, pair, swapped), "undone": last.id, "progress": progress(session, user, project_id)}
+    return {**_pair_view(session, pair.id, swapped), "undone": last.id, "progress": progress(session, user, project_id)}
 
 
 def progress(session: Session, who, project_id: int) -> dict:
     """{done, today, left, pairs, complete_pairs} for one labeler (skips count as done for them).
 
-    Every pair shown and every label answers with it, so it must stay cheap under load: one statement of
-    two counts, one over this labeler's own labels, one over the project's pairs on the queue index; no
-    per-pair lookups. `left` is the pairs still open minus those of them this labeler has labeled (one label
-    per labeler per pair, so labels count pairs)."""
+    Every pair shown and every label answers with it, so it is one cheap statement (queries.PROGRESS).
+    `left` is the pairs still open minus those of them this labeler has labeled (one label per labeler per
+    pair, so labels count pairs)."""
     project = _project(session, project_id)
     user = resolve_user(session, who)
     start_of_day = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    is_open = LabelingPair.label_count < project.overlap
-    mine = (select(func.count(Comparison.id).label("done"),
-                   func.count(Comparison.id).filter(Comparison.created_at >= start_of_day).label("today"),
-                   func.count(Comparison.id).filter(is_open).label("done_of_open"))
-            .join(LabelingPair, Comparison.pair_id == LabelingPair.id)
-            .where(LabelingPair.project_id == project.id, Comparison.annotator_id == user.id).subquery())
-    queue = (select(func.count(LabelingPair.id).label("pairs"),
-                    func.count(LabelingPair.id).filter(is_open).label("open"))
-             .where(LabelingPair.project_id == project.id).subquery())
-    counts = session.execute(select(mine, queue).select_from(mine.join(queue, true()))).one()
+    counts = session.execute(queries.PROGRESS, {"project_id": project.id, "overlap": project.overlap,
+                                                "user_id": user.id, "start_of_day": start_of_day}).one()
     return {"done": counts.done, "today": counts.today, "left": counts.open - counts.done_of_open,
             "pairs": counts.pairs, "complete_pairs": counts.pairs - counts.open}
 

@@ -45,7 +45,7 @@ def find_user(session: Session, who: int | str) -> User:
     if isinstance(who, int):
         user = session.get(User, who)
     else:
-        user = session.scalar(select(User).where(User.name == who))
+        user = accounts.user_named(session, who)
     if user is None:
         raise NotFound(f"user {who!r} does not exist")
     return user
