@@ -192,14 +192,23 @@ def update_guidelines(session: Session, who, project_id: int, guidelines: str) -
 
 # ----------------------------------------------------------------------------- the queue
 
-def _pair_view(session: Session, pair_id: int, swapped: bool) -> dict:
-    project_id, prompt_text, messages, first_id, first_text, second_id, second_text = session.execute(
-        queries.PAIR_VIEW, {"pair_id": pair_id}).one()
-    answers = [{"completion_id": first_id, "text": first_text}, {"completion_id": second_id, "text": second_text}]
+def _screen(row, pair_id: int, swapped: bool) -> dict:
+    """A pair as the labeler sees it, with their progress, from a PAIR_SCREEN row."""
+    answers = [{"completion_id": row.first_id, "text": row.first_text},
+               {"completion_id": row.second_id, "text": row.second_text}]
     left, right = answers[::-1] if swapped else answers
-    return {"pair_id": pair_id, "project_id": project_id,
-            "prompt": {"text": prompt_text, "messages": messages or [{"role": "user", "content": prompt_text}]},
-            "left": left, "right": right}
+    return {"pair_id": pair_id, "project_id": row.project_id,
+            "prompt": {"text": row.prompt_text, "messages": row.messages or [{"role": "user", "content": row.prompt_text}]},
+            "left": left, "right": right, "progress": _progress_of(row)}
+
+
+def _screen_parameters(project: LabelingProject, user: User, pair_id: int) -> dict:
+    return {"pair_id": pair_id, **_progress_parameters(project, user)}
+
+
+def _pair_screen(session: Session, project: LabelingProject, user: User, pair_id: int, swapped: bool) -> dict:
+    return _screen(session.execute(queries.PAIR_SCREEN, _screen_parameters(project, user, pair_id)).one(),
+                   pair_id, swapped)
 
 
 def next_pair(session: Session, who, project_id: int) -> dict | None:
@@ -212,7 +221,7 @@ def next_pair(session: Session, who, project_id: int) -> dict | None:
     held = session.scalar(queries.HELD_BY_LABELER, {"project_id": project.id, "user_id": user.id})
     if held is not None and held.expires_at > now:
         session.commit()
-        return {**_pair_view(session, held.pair_id, held.swapped), "progress": progress(session, user, project_id)}
+        return _pair_screen(session, project, user, held.pair_id, held.swapped)
     if held is not None:
         # Expired holds are ignored by every query; this labeler's own is removed (it would block taking
         # the same pair again). Nothing else writes here, so fetching a pair seldom waits on a lock.
@@ -234,10 +243,10 @@ def next_pair(session: Session, who, project_id: int) -> dict | None:
             return None
         assignment_id, pair_id = taken
         # Of the live holders of this pair, the earliest (overlap - label_count) keep it.
-        label_count, earlier = session.execute(queries.HOLDERS_BEFORE, {
-            "pair_id": pair_id, "now": now, "assignment_id": assignment_id}).one()
-        if label_count + earlier < project.overlap:
-            return {**_pair_view(session, pair_id, swapped), "progress": progress(session, user, project_id)}
+        shown = session.execute(queries.TAKEN_PAIR_SCREEN, {**_screen_parameters(project, user, pair_id), "now": now,
+                                                            "assignment_id": assignment_id}).one()
+        if shown.label_count + shown.older_holds < project.overlap:
+            return _screen(shown, pair_id, swapped)
         session.execute(queries.DROP_HOLD, {"assignment_id": assignment_id})
         session.commit()
         skipped.append(pair_id)
@@ -358,20 +367,27 @@ def undo_last_label(session: Session, who, project_id: int) -> dict:
     session.add(LabelingAssignment(pair_id=pair.id, user_id=user.id, swapped=swapped,
                                    expires_at=utcnow() + timedelta(minutes=ASSIGNMENT_MINUTES)))
     session.commit()
-    return {**_pair_view(session, pair.id, swapped), "undone": last.id, "progress": progress(session, user, project_id)}
+    return {**_pair_screen(session, project, user, pair.id, swapped), "undone": last.id}
 
 
 def progress(session: Session, who, project_id: int) -> dict:
     """{done, today, left, pairs, complete_pairs} for one labeler (skips count as done for them).
 
-    Every pair shown and every label answers with it, so it is one cheap statement (queries.PROGRESS).
+    Every pair shown and every label answers with it, so it is one cheap statement (queries.PROGRESS; a pair
+    shown reads it in the same statement as the pair, queries.PAIR_SCREEN).
     `left` is the pairs still open minus those of them this labeler has labeled (one label per labeler per
     pair, so labels count pairs)."""
     project = _project(session, project_id)
     user = resolve_user(session, who)
+    return _progress_of(session.execute(queries.PROGRESS, _progress_parameters(project, user)).one())
+
+
+def _progress_parameters(project: LabelingProject, user: User) -> dict:
     start_of_day = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    counts = session.execute(queries.PROGRESS, {"project_id": project.id, "overlap": project.overlap,
-                                                "user_id": user.id, "start_of_day": start_of_day}).one()
+    return {"project_id": project.id, "overlap": project.overlap, "user_id": user.id, "start_of_day": start_of_day}
+
+
+def _progress_of(counts) -> dict:
     return {"done": counts.done, "today": counts.today, "left": counts.open - counts.done_of_open,
             "pairs": counts.pairs, "complete_pairs": counts.pairs - counts.open}
 

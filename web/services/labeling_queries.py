@@ -4,9 +4,10 @@ Each label stores itself and fetches the labeler's next pair: about ten statemen
 of labelers at once. Building a SQLAlchemy statement and computing its cache key cost more CPU than the
 database spends running it: with the statements built once, the service code of a label took 2.1-2.4 ms of
 CPU instead of 5.7-6.0 on SQLite, and 6.2-6.6 instead of 10-12 on PostgreSQL (one labeler, no HTTP). That
-matters because the web process serves every request on one interpreter. A statement built once has its cache key computed once (SQLAlchemy keeps it
-on the statement) and its compiled form cached, so each call only binds values: `session.execute(STATEMENT,
-{"name": value, ...})`. The parameters each statement takes are listed with it. Writes are on the tables
+matters because the web process serves every request on one interpreter. A statement built once has its
+cache key computed once (SQLAlchemy keeps it on the statement) and its compiled form cached, so each call
+only binds values: `session.execute(STATEMENT, {"name": value, ...})`. What a screen needs after a pair is
+taken is one statement, not three: each round trip to the database also waits for the interpreter again. The parameters each statement takes are listed with it. Writes are on the tables
 (Core), not the mapped classes: nothing here needs the ORM's unit of work, and a dict of values passed to
 an ORM INSERT would be taken for a bulk insert.
 """
@@ -51,18 +52,10 @@ TAKE_A_FREE_PAIR = (
         # ascending every pair's holds would be counted, then sorted).
         .order_by(LabelingPair.label_count.desc(), LabelingPair.id.desc()).limit(1)
         # PostgreSQL: the pair stays locked until this hold is committed, so a second labeler taking it at
-        # once passes it by, or commits after us with a higher hold id: HOLDERS_BEFORE then sees the holds
-        # in commit order.
+        # once passes it by, or commits after us with a higher hold id: TAKEN_PAIR_SCREEN's `older_holds`
+        # then sees the holds in commit order.
         .with_for_update(of=LabelingPair, skip_locked=True))
     .returning(LabelingAssignment.id, LabelingAssignment.pair_id))
-
-# A pair's label count and how many live holds of it are older than this one.   pair_id, now, assignment_id
-HOLDERS_BEFORE = select(
-    LabelingPair.label_count,
-    select(func.count(LabelingAssignment.id)).where(
-        LabelingAssignment.pair_id == bindparam("pair_id"), LabelingAssignment.expires_at > bindparam("now"),
-        LabelingAssignment.id < bindparam("assignment_id")).scalar_subquery()
-).where(LabelingPair.id == bindparam("pair_id"))
 
 # Giving a hold back.   assignment_id
 DROP_HOLD = delete(LabelingAssignment.__table__).where(LabelingAssignment.id == bindparam("assignment_id"))
@@ -70,16 +63,6 @@ DROP_HOLD = delete(LabelingAssignment.__table__).where(LabelingAssignment.id == 
 # A labeler's hold on a pair, once it is labeled.   pair_id, user_id
 RELEASE_LABELED_HOLD = delete(LabelingAssignment.__table__).where(
     LabelingAssignment.pair_id == bindparam("pair_id"), LabelingAssignment.user_id == bindparam("user_id"))
-
-# What the screen shows of a pair: its project, the prompt and both answers, as columns (no ORM objects).
-#   pair_id
-_first, _second = aliased(Completion), aliased(Completion)
-PAIR_VIEW = (select(LabelingPair.project_id, Prompt.text, Prompt.messages, _first.id, _first.text,
-                    _second.id, _second.text)
-             .join(Prompt, Prompt.id == LabelingPair.prompt_id)
-             .join(_first, _first.id == LabelingPair.completion_a_id)
-             .join(_second, _second.id == LabelingPair.completion_b_id)
-             .where(LabelingPair.id == bindparam("pair_id")))
 
 # ----------------------------------------------------------------------------- storing labels
 
@@ -105,3 +88,26 @@ _mine = (select(func.count(Comparison.id).label("done"),
 _queue = (select(func.count(LabelingPair.id).label("pairs"), func.count(LabelingPair.id).filter(_is_open).label("open"))
           .where(LabelingPair.project_id == bindparam("project_id")).subquery())
 PROGRESS = select(_mine, _queue).select_from(_mine.join(_queue, true()))
+
+# ----------------------------------------------------------------------------- what the screen shows
+
+# A pair as the Label tab shows it (the prompt and both answers, as columns, no ORM objects) with the labeler's
+# progress: one statement, as every pair shown runs it.   pair_id and PROGRESS's parameters
+_first, _second = aliased(Completion), aliased(Completion)
+PAIR_SCREEN = (select(LabelingPair.project_id, Prompt.text.label("prompt_text"), Prompt.messages,
+                      _first.id.label("first_id"), _first.text.label("first_text"),
+                      _second.id.label("second_id"), _second.text.label("second_text"), _mine, _queue)
+               .select_from(LabelingPair)
+               .join(Prompt, Prompt.id == LabelingPair.prompt_id)
+               .join(_first, _first.id == LabelingPair.completion_a_id)
+               .join(_second, _second.id == LabelingPair.completion_b_id)
+               .join(_mine, true()).join(_queue, true())
+               .where(LabelingPair.id == bindparam("pair_id")))
+
+# The same for a pair just taken, with what decides whether this hold keeps it: the pair's label count and how
+# many live holds of it are older than this one.   PAIR_SCREEN's parameters, now, assignment_id
+TAKEN_PAIR_SCREEN = PAIR_SCREEN.add_columns(
+    LabelingPair.label_count,
+    select(func.count(LabelingAssignment.id)).where(
+        LabelingAssignment.pair_id == bindparam("pair_id"), LabelingAssignment.expires_at > bindparam("now"),
+        LabelingAssignment.id < bindparam("assignment_id")).scalar_subquery().label("older_holds"))
