@@ -10,8 +10,7 @@ Usage::
 Engines are cached per ``(url, process id)`` and the cache is emptied in a forked child, so a
 Celery prefork worker never shares its parent's pooled connections (a shared socket or SQLite
 handle corrupts both sides). SQLite connections get WAL mode, a 30 s busy timeout and
-``foreign_keys=ON``, and a file's writers in one process queue on a lock of their own
-(`db.sqlite_write_queue`); PostgreSQL connections are pre-pinged so a restarted server costs one
+``foreign_keys=ON``; PostgreSQL connections are pre-pinged so a restarted server costs one
 retry, not an error page.
 
 SQLite note: pysqlite starts a transaction only at the first INSERT/UPDATE/DELETE, so a
@@ -34,7 +33,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import Pool, StaticPool
 
 from db.settings import get_settings, normalize_database_url
-from db.sqlite_write_queue import QueuedWriteConnection
 
 # Long enough for a writer to wait out a checkpoint or a burst of metric inserts from other
 # workers; SQLite allows one writer at a time and WAL makes readers never wait.
@@ -88,8 +86,6 @@ def create_workbench_engine(
             connect_args.setdefault("check_same_thread", False)
         else:
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            # This process's writers take turns on a lock of their own (db/sqlite_write_queue.py).
-            connect_args.setdefault("factory", QueuedWriteConnection)
         engine = create_engine(url, **kwargs)
         _install_sqlite_pragmas(engine, foreign_keys=sqlite_foreign_keys, wal=not in_memory,
                                 busy_timeout_seconds=busy_timeout)
