@@ -19,6 +19,9 @@ reported, with the CPU the server and the clients used (they share this machine'
 uniform in [0.5, 1.5] s: a fast human. Password hashes are made with few bcrypt rounds (hashing is not what
 is measured; the server caches verified credentials anyway).
 
+Before the load, per database: the labeling code's own CPU per label, one labeler in this process, no HTTP
+(`service_cpu_per_label`): the figure to compare when the code of a label changes.
+
     python -m bench.bench_labeling [--quick]     (quick: 20 labelers for 15 s)
 """
 
@@ -328,6 +331,39 @@ def measure(database_url: str, labelers: int, seconds: float, think_s=(0.5, 1.5)
     }
 
 
+def service_cpu_per_label(database_url: str, labelers: int = 50, labels: int = 550) -> dict:
+    """The labeling code's own CPU per label, without HTTP or load: `submit_label(..., and_next=True)` in this
+    thread, round-robin over `labelers`, each call in a new session after looking its labeler up by name (as a
+    request does). Median and p90 of CPU time (`time.thread_time`) and wall time per label, first round left
+    out (connections, caches). Steadier than the load test's CPU per label, which the host's noise moves."""
+    from db.session import SessionLocal
+    from db.users import user_named
+    from web.services.labeling import next_pair, submit_label
+
+    project_id = populate(database_url, labelers)
+    rng = random.Random(0)
+    shown = {}
+    for number in range(labelers):
+        with SessionLocal(database_url) as session:
+            shown[number] = next_pair(session, user_named(session, f"labeler{number}"), project_id)
+    cpu_ms, wall_ms = [], []
+    for count in range(labels):
+        number = count % labelers
+        pair = shown[number]
+        cpu_started, wall_started = time.thread_time(), time.perf_counter()
+        with SessionLocal(database_url) as session:
+            stored = submit_label(session, user_named(session, f"labeler{number}"), project_id, pair["pair_id"],
+                                  rng.choice(["left", "right", "tie"]), pair["left"]["completion_id"],
+                                  idempotency_key=uuid.uuid4().hex, and_next=True)
+        if count >= labelers:
+            cpu_ms.append(1000 * (time.thread_time() - cpu_started))
+            wall_ms.append(1000 * (time.perf_counter() - wall_started))
+        shown[number] = stored["next"]
+    return {"service_cpu_ms_per_label_p50": percentile(cpu_ms, 0.5),
+            "service_cpu_ms_per_label_p90": percentile(cpu_ms, 0.9),
+            "service_wall_ms_per_label_p50": percentile(wall_ms, 0.5)}
+
+
 def fresh_postgres_database() -> tuple[str, callable] | None:
     """A new empty PostgreSQL database and its cleanup, or None when no server answers."""
     try:
@@ -353,19 +389,22 @@ def fresh_postgres_database() -> tuple[str, callable] | None:
 PROTOCOLS = ((True, "", "one request"), (False, ", two requests", "two requests"))
 
 
-def measure_on_a_fresh_database(backend: str, labelers: int, seconds: float,
-                                one_request_per_label: bool) -> dict | None:
-    """`measure` on a new SQLite file or a new PostgreSQL database (None when no PostgreSQL answers)."""
+def on_a_fresh_database(backend: str, measurement, *args, **kwargs):
+    """`measurement(database_url, *args, **kwargs)` on a new SQLite file or a new PostgreSQL database (None when
+    no PostgreSQL answers)."""
     if backend == "sqlite":
         with tempfile.TemporaryDirectory(prefix="bench_labeling_db_") as tmp:
-            return measure(f"sqlite:///{tmp}/bench.db", labelers, seconds, one_request_per_label=one_request_per_label)
+            return measurement(f"sqlite:///{tmp}/bench.db", *args, **kwargs)
     postgres = fresh_postgres_database()
     if postgres is None:
         return None
     url, drop = postgres
     try:
-        return measure(url, labelers, seconds, one_request_per_label=one_request_per_label)
+        return measurement(url, *args, **kwargs)
     finally:
+        from db.session import dispose_engines
+
+        dispose_engines()  # this process's pooled connections to it go first (DROP ... FORCE would cut them)
         drop()
 
 
@@ -394,9 +433,16 @@ def run(quick: bool = False) -> dict:
     labelers, seconds = (20, 15.0) if quick else (50, 60.0)
     figures: dict = {"labeling_labelers": labelers, "labeling_seconds": seconds}
     for backend in ("sqlite", "postgresql"):
+        service = on_a_fresh_database(backend, service_cpu_per_label)
+        if service is not None:
+            figures.update({f"labeling_{key}[{backend}]": value for key, value in service.items()})
+            print(f"{backend}, the labeling code alone (one labeler, no HTTP): CPU per label p50/p90 "
+                  f"{service['service_cpu_ms_per_label_p50']:.2f}/{service['service_cpu_ms_per_label_p90']:.2f} ms, "
+                  f"wall p50 {service['service_wall_ms_per_label_p50']:.2f} ms", flush=True)
         results = {}
         for one_request_per_label, suffix, requests in PROTOCOLS:
-            result = measure_on_a_fresh_database(backend, labelers, seconds, one_request_per_label)
+            result = on_a_fresh_database(backend, measure, labelers, seconds,
+                                         one_request_per_label=one_request_per_label)
             if result is None:
                 break
             results[one_request_per_label] = result

@@ -14,7 +14,8 @@ Per request, in milliseconds (`name;dur=x`):
   held      from a transaction's first write to its commit's (or rollback's) end: how long this request kept other
             writers waiting (SQLite's write lock; PostgreSQL's row locks)
   auth      checking the HTTP Basic credentials, of which `bcrypt` the hash check (on a cache miss)
-  progress  computing the labeler's progress counts
+  progress  computing the labeler's progress counts on their own (a pair shown reads them in its own statement,
+            timed with the SQL)
   hops      how many times the request went to the thread pool, `sql` how many statements it ran, and
             `connects` how many new database connections it opened (counts, not times)
 

@@ -230,3 +230,28 @@ def test_a_hold_expires_and_the_pair_goes_to_someone_else(session, team):
     assert next_pair(session, team["leo"], project.id)["pair_id"] == held["pair_id"]
     # lea comes back: her expired hold is gone and the slot is leo's now.
     assert next_pair(session, team["lea"], project.id) is None
+
+
+def test_a_label_with_its_next_pair_runs_eight_statements(session, team):
+    """The per-label work stays small under load (bench/bench_labeling.py): the project, the pair, the overlap
+    guard, the label, its hold released, the labeler's hold looked up, a free pair taken, and the next screen
+    (pair, progress and whether the hold keeps the pair) in one statement; the two commits apart."""
+    from sqlalchemy import event
+
+    job = make_generate_job(session, prompts=2, answers=3)
+    project = create_project(session, team["tina"], name="p", source_job_ids=[job.id], overlap=1)
+    lea = team["lea"]
+    shown = next_pair(session, lea, project.id)
+    session.expunge_all()  # as in a new request: nothing cached in the session
+    lea = session.get(type(lea), lea.id)
+    statements: list[str] = []
+    engine = session.get_bind()
+    record = lambda *args: statements.append(args[2])  # noqa: E731 - (conn, cursor, statement, ...)
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        stored = submit_label(session, lea, project.id, shown["pair_id"], "left", shown["left"]["completion_id"],
+                              and_next=True)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert stored["next"] is not None and not stored["duplicate"]
+    assert len(statements) == 8, "\n".join(statements)

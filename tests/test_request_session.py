@@ -56,3 +56,35 @@ def test_a_requests_session_is_given_back_while_every_pool_thread_is_busy(tmp_pa
     anyio.run(main)
     assert seen == {"answer": 1, "in_transaction_before": True, "closed_without_waiting": True,
                     "in_transaction_after": False}
+
+
+def test_a_committed_session_is_closed_on_the_event_loop_and_holds_no_connection(tmp_path, monkeypatch):
+    """A request that ends with a commit (a label) has given its connection back already: closing it needs no
+    pool thread, and a request with a transaction still open is closed in one, as before."""
+    from db.session import get_engine
+
+    url = f"sqlite:///{tmp_path / 'session.db'}"
+    request = _request_for(url)
+    threads_used: list[str] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def recording_run_sync(function, *args, **kwargs):
+        threads_used.append(getattr(function, "__name__", repr(function)))
+        return await run_sync(function, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", recording_run_sync)
+
+    async def one_request(commit: bool) -> tuple[bool, int]:
+        dependency = get_db_session(request)
+        session = await dependency.__anext__()
+        session.execute(text("create table if not exists t (x integer)"))
+        session.execute(text("insert into t values (1)"))
+        if commit:
+            session.commit()
+        held = get_engine(url, lock_timeout_seconds=5).pool.checkedout()
+        with pytest.raises(StopAsyncIteration):
+            await dependency.__anext__()
+        return session.in_transaction(), held
+
+    assert anyio.run(one_request, True) == (False, 0) and threads_used == []
+    assert anyio.run(one_request, False) == (False, 1) and threads_used == ["close"]

@@ -198,7 +198,8 @@ def _screen(row, pair_id: int, swapped: bool) -> dict:
                {"completion_id": row.second_id, "text": row.second_text}]
     left, right = answers[::-1] if swapped else answers
     return {"pair_id": pair_id, "project_id": row.project_id,
-            "prompt": {"text": row.prompt_text, "messages": row.messages or [{"role": "user", "content": row.prompt_text}]},
+            "prompt": {"text": row.prompt_text,
+                       "messages": row.messages or [{"role": "user", "content": row.prompt_text}]},
             "left": left, "right": right, "progress": _progress_of(row)}
 
 
@@ -220,8 +221,9 @@ def next_pair(session: Session, who, project_id: int) -> dict | None:
     now = utcnow()
     held = session.scalar(queries.HELD_BY_LABELER, {"project_id": project.id, "user_id": user.id})
     if held is not None and held.expires_at > now:
-        session.commit()
-        return _pair_screen(session, project, user, held.pair_id, held.swapped)
+        shown = _pair_screen(session, project, user, held.pair_id, held.swapped)
+        session.commit()  # ending with a commit, the request gives its connection back without a rollback
+        return shown
     if held is not None:
         # Expired holds are ignored by every query; this labeler's own is removed (it would block taking
         # the same pair again). Nothing else writes here, so fetching a pair seldom waits on a lock.
@@ -235,21 +237,23 @@ def next_pair(session: Session, who, project_id: int) -> dict | None:
                 "project_id": project.id, "overlap": project.overlap, "user_id": user.id, "now": now,
                 "swapped": swapped, "expires_at": now + timedelta(minutes=ASSIGNMENT_MINUTES),
                 "skipped": skipped}).first()
-            session.commit()
         except IntegrityError:  # the same labeler asking twice at once: take what the other request took
             session.rollback()
             return next_pair(session, user, project_id)
         if taken is None:
-            return None
+            break
         assignment_id, pair_id = taken
-        # Of the live holders of this pair, the earliest (overlap - label_count) keep it.
+        # Of the live holders of this pair, the earliest (overlap - label_count) keep it. This statement sees
+        # every hold committed before ours was taken: on PostgreSQL another labeler's hold on the same pair
+        # was committed before TAKE_A_FREE_PAIR could lock the pair, and has the lower id.
         shown = session.execute(queries.TAKEN_PAIR_SCREEN, {**_screen_parameters(project, user, pair_id), "now": now,
                                                             "assignment_id": assignment_id}).one()
         if shown.label_count + shown.older_holds < project.overlap:
+            session.commit()
             return _screen(shown, pair_id, swapped)
         session.execute(queries.DROP_HOLD, {"assignment_id": assignment_id})
-        session.commit()
         skipped.append(pair_id)
+    session.commit()
     return None
 
 

@@ -1,15 +1,15 @@
 """The statements a label runs (web/services/labeling.py), built once, with bind parameters for the values.
 
-Each label stores itself and fetches the labeler's next pair: about ten statements, under load from dozens
-of labelers at once. Building a SQLAlchemy statement and computing its cache key cost more CPU than the
-database spends running it: with the statements built once, the service code of a label took 2.1-2.4 ms of
-CPU instead of 5.7-6.0 on SQLite, and 6.2-6.6 instead of 10-12 on PostgreSQL (one labeler, no HTTP). That
-matters because the web process serves every request on one interpreter. A statement built once has its
-cache key computed once (SQLAlchemy keeps it on the statement) and its compiled form cached, so each call
-only binds values: `session.execute(STATEMENT, {"name": value, ...})`. What a screen needs after a pair is
-taken is one statement, not three: each round trip to the database also waits for the interpreter again. The parameters each statement takes are listed with it. Writes are on the tables
-(Core), not the mapped classes: nothing here needs the ORM's unit of work, and a dict of values passed to
-an ORM INSERT would be taken for a bulk insert.
+Each label stores itself and fetches the labeler's next pair, under load from dozens of labelers at once, in
+a web process that serves every request on one interpreter. Building a SQLAlchemy statement and computing its
+cache key cost more CPU than the database spends running it (bench/bench_labeling.py, "the labeling code
+alone"); a statement built once keeps its cache key and its compiled form is cached, so each call only binds
+values: `session.execute(STATEMENT, {"name": value, ...})`. For the same reason what a screen needs after a
+pair is taken is one statement, not three: each round trip to the database also waits for the interpreter.
+
+The parameters each statement takes are listed with it. Writes are on the tables (Core), not the mapped
+classes: nothing here needs the ORM's unit of work, and a dict of values passed to an ORM INSERT would be
+taken for a bulk insert.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ TAKE_A_FREE_PAIR = (
         # ascending every pair's holds would be counted, then sorted).
         .order_by(LabelingPair.label_count.desc(), LabelingPair.id.desc()).limit(1)
         # PostgreSQL: the pair stays locked until this hold is committed, so a second labeler taking it at
-        # once passes it by, or commits after us with a higher hold id: TAKEN_PAIR_SCREEN's `older_holds`
-        # then sees the holds in commit order.
+        # once passes it by, or takes it after our commit with a higher hold id: TAKEN_PAIR_SCREEN's
+        # `older_holds` then sees the holds in the order they were taken.
         .with_for_update(of=LabelingPair, skip_locked=True))
     .returning(LabelingAssignment.id, LabelingAssignment.pair_id))
 
