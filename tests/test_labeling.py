@@ -9,7 +9,7 @@ import json
 import threading
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from db.models import Comparison, Completion, Job, JobKind, JobStatus, LabelingPair, Prompt, Role
 from db.session import SessionLocal
@@ -236,8 +236,6 @@ def test_a_label_with_its_next_pair_runs_eight_statements(session, team):
     """The per-label work stays small under load (bench/bench_labeling.py): the project, the pair, the overlap
     guard, the label, its hold released, the labeler's hold looked up, a free pair taken, and the next screen
     (pair, progress and whether the hold keeps the pair) in one statement; the two commits apart."""
-    from sqlalchemy import event
-
     job = make_generate_job(session, prompts=2, answers=3)
     project = create_project(session, team["tina"], name="p", source_job_ids=[job.id], overlap=1)
     lea = team["lea"]
@@ -246,7 +244,10 @@ def test_a_label_with_its_next_pair_runs_eight_statements(session, team):
     lea = session.get(type(lea), lea.id)
     statements: list[str] = []
     engine = session.get_bind()
-    record = lambda *args: statements.append(args[2])  # noqa: E731 - (conn, cursor, statement, ...)
+
+    def record(connection, cursor, statement, *rest) -> None:
+        statements.append(statement)
+
     event.listen(engine, "before_cursor_execute", record)
     try:
         stored = submit_label(session, lea, project.id, shown["pair_id"], "left", shown["left"]["completion_id"],
