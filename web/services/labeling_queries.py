@@ -27,9 +27,10 @@ HELD_BY_LABELER = (select(LabelingAssignment).join(LabelingPair, LabelingAssignm
                           LabelingAssignment.user_id == bindparam("user_id"))
                    .order_by(LabelingAssignment.id).limit(1))
 
-_live_holds = (select(func.count(LabelingAssignment.id))
-               .where(LabelingAssignment.pair_id == LabelingPair.id, LabelingAssignment.expires_at > bindparam("now"))
-               .scalar_subquery())
+# How many live holds a pair has (correlated with the LabelingPair of the enclosing statement).   now
+_count_live_holds = select(func.count(LabelingAssignment.id)).where(
+    LabelingAssignment.pair_id == LabelingPair.id, LabelingAssignment.expires_at > bindparam("now"))
+_live_holds = _count_live_holds.scalar_subquery()
 _labeled_by_this_labeler = exists().where(Comparison.pair_id == LabelingPair.id,
                                           Comparison.annotator_id == bindparam("user_id"))
 
@@ -108,6 +109,4 @@ PAIR_SCREEN = (select(LabelingPair.project_id, Prompt.text.label("prompt_text"),
 # many live holds of it are older than this one.   PAIR_SCREEN's parameters, now, assignment_id
 TAKEN_PAIR_SCREEN = PAIR_SCREEN.add_columns(
     LabelingPair.label_count,
-    select(func.count(LabelingAssignment.id)).where(
-        LabelingAssignment.pair_id == bindparam("pair_id"), LabelingAssignment.expires_at > bindparam("now"),
-        LabelingAssignment.id < bindparam("assignment_id")).scalar_subquery().label("older_holds"))
+    _count_live_holds.where(LabelingAssignment.id < bindparam("assignment_id")).scalar_subquery().label("older_holds"))
