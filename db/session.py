@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import Pool, StaticPool
@@ -204,3 +206,21 @@ def _install_sqlite_pragmas(engine: Engine, *, foreign_keys: bool, wal: bool, bu
             cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
         finally:
             cursor.close()
+
+
+def with_retries(operation: Callable[[], Any], session: Session | None = None,
+                 attempts: int = 5, delay_s: float = 0.5) -> Any:
+    """Run a DB operation again after OperationalError (a locked SQLite, a restarting PostgreSQL).
+
+    `session` is rolled back before each retry, so a half-done transaction is not repeated on top
+    of itself.
+    """
+    for attempt in range(attempts):
+        try:
+            return operation()
+        except OperationalError:
+            if session is not None:
+                session.rollback()
+            if attempt == attempts - 1:
+                raise
+            time.sleep(delay_s * (attempt + 1))

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from llm.atomic_files import atomic_write_text
 from llm.model import GPT, GPTConfig
 from llm.tokenizer import Tokenizer, get_tokenizer
 
@@ -39,13 +40,6 @@ GPT_ARCHITECTURE = "gpt"
 ADAPTER_ARCHITECTURE = "lora_adapter"
 REWARD_ARCHITECTURE = "reward_model"  # a GPT plus a scalar head (score.safetensors): llm/reward.py
 ARCHITECTURES = (GPT_ARCHITECTURE, ADAPTER_ARCHITECTURE, REWARD_ARCHITECTURE)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary file + rename so readers never see a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def atomic_save_safetensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:

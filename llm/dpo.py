@@ -29,7 +29,8 @@ import torch.nn as nn
 
 from llm.chat import end_of_turn_id, render_for_completion
 from llm.chat_batches import IGNORE_INDEX
-from llm.checkpoint import ADAPTER_ARCHITECTURE, GPT_ARCHITECTURE, atomic_write_text, load_weights, save_model
+from llm.atomic_files import atomic_write_text
+from llm.checkpoint import ADAPTER_ARCHITECTURE, GPT_ARCHITECTURE, load_weights, save_model
 from llm.dpo_config import DPOConfig, dpo_train_config
 from llm.generate import SamplingSettings, generate_tokens
 from llm.lora import trainable_parameter_count

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from llm.checkpoint import (ADAPTER_ARCHITECTURE, WEIGHTS_FILE, atomic_save_safetensors, atomic_write_text,
+from llm.atomic_files import atomic_write_text
+from llm.checkpoint import (ADAPTER_ARCHITECTURE, WEIGHTS_FILE, atomic_save_safetensors,
                             read_architecture, read_config, save_model)
 from llm.model import GPT, GPTConfig, padded_vocab_size
 from llm.tokenizer import get_tokenizer

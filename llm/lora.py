@@ -39,7 +39,8 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from llm.checkpoint import (ADAPTER_ARCHITECTURE, CONFIG_FILE, WEIGHTS_FILE, atomic_write_text, load_weights,
+from llm.atomic_files import atomic_write_text
+from llm.checkpoint import (ADAPTER_ARCHITECTURE, CONFIG_FILE, WEIGHTS_FILE, load_weights,
                             read_config, save_model)
 from llm.sft_config import SFTConfig
 

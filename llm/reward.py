@@ -27,7 +27,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
-from llm.checkpoint import (CONFIG_FILE, REWARD_ARCHITECTURE, atomic_save_safetensors, atomic_write_text,
+from llm.atomic_files import atomic_write_text
+from llm.checkpoint import (CONFIG_FILE, REWARD_ARCHITECTURE, atomic_save_safetensors,
                             load_weights, read_architecture, read_config, save_model)
 from llm.lora import trainable_parameter_count
 from llm.model import GPT

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from llm.checkpoint import atomic_write_text
+from llm.atomic_files import atomic_write_text
 from llm.device import autocast_context, mfu, peak_flops, pick_device, resolve_dtype
 from llm.train_config import TrainConfig  # re-exported: `from llm.train import TrainConfig` keeps working
 

@@ -374,12 +374,13 @@ def job_queue(workbench_env: Settings, redis_url: str) -> Iterator[str]:
 
     Sets ``WORKBENCH_BROKER_URL`` and ``WORKBENCH_WORKER_QUEUES`` (so jobs are sent to this queue,
     and a worker subprocess started with ``os.environ`` consumes it) and reconfigures
-    ``worker.celery_app.app``. The queue's keys are deleted afterwards and the app is pointed back
+    ``worker.runtime.celery_app.app``. The queue's keys are deleted afterwards and the app is pointed back
     at whatever the restored environment names.
     """
     from uuid import uuid4
 
-    from worker.celery_app import app, configure
+    from worker.jobs.messages import configure
+    from worker.runtime.celery_app import app
 
     queue = f"wbtest-{uuid4().hex[:12]}"
     with pytest.MonkeyPatch.context() as patch:
@@ -431,8 +432,8 @@ ADMIN = ("admin1", "admin-password")
 @pytest.fixture
 def api_settings(workbench_env: Settings, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings for the test's database and data dir, with the shared test Redis as the broker."""
-    from worker.celery_app import app as celery_app
-    from worker.celery_app import configure
+    from worker.runtime.celery_app import app as celery_app
+    from worker.jobs.messages import configure
 
     monkeypatch.setenv("WORKBENCH_BROKER_URL", redis_url)
     settings = get_settings()

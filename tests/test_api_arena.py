@@ -55,7 +55,7 @@ def test_a_battle_a_vote_and_the_leaderboard(client, session, api_settings):
     assert all(row["votes"] == 1 for row in board)
 
     # The vote is a preference pair for reward and DPO jobs.
-    from worker.preference_pairs import gather_pairs
+    from worker.jobs.preference_pairs import gather_pairs
 
     pairs = gather_pairs(session, dataset_file=None, project_ids=[], include_arena=True)
     assert len(pairs) == 1 and pairs[0]["source"] == "arena"

@@ -2,8 +2,10 @@
 
   - llm/ is the core: it never imports web, worker, db or bench (not even inside a function);
   - web/services and web/api never import web/ui (the UI is a client of the services, like the API);
-  - worker/ has no import cycle, counting imports inside functions too (the Celery task, the code that
-    sends messages by task name, and the job state machine stay apart);
+  - worker/ has no import cycle, counting imports inside functions and a package's imports of its own
+    submodules (a registry that imports a kind which imports the registry back is a cycle too);
+  - the job layer (worker/jobs, worker/kinds) never imports the runtime (worker/runtime), not even inside a
+    function, and importing it loads no Celery and no torch;
   - every job kind's declaration is complete (a handler, a form, defaults its own checks accept).
 """
 
@@ -57,9 +59,6 @@ def test_worker_has_no_import_cycle():
     modules = {module_name(path): path for path in (REPO / "worker").rglob("*.py")}
     graph = {name: {other for other in imports_of(path) if other in modules and other != name}
              for name, path in modules.items()}
-    # A package's __init__ importing its own submodules is how a registry is assembled, not a cycle.
-    for name in graph:
-        graph[name] = {other for other in graph[name] if not other.startswith(name + ".")}
 
     visiting, done, cycles = set(), set(), []
 
@@ -78,6 +77,27 @@ def test_worker_has_no_import_cycle():
     for name in sorted(graph):
         visit(name, [name])
     assert cycles == []
+
+
+def test_the_job_layer_never_imports_the_runtime():
+    offenders = {}
+    for package in ("worker/jobs", "worker/kinds"):
+        for path in (REPO / package).rglob("*.py"):
+            bad = sorted(name for name in imports_of(path) if name.startswith("worker.runtime"))
+            if bad:
+                offenders[module_name(path)] = bad
+    assert offenders == {}
+
+
+def test_importing_the_job_layer_loads_no_celery_and_no_torch():
+    import subprocess
+    import sys
+
+    probe = ("import sys, worker.jobs.lifecycle, worker.jobs.fit, worker.jobs.preference_pairs, worker.kinds; "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'celery', 'kombu', 'torch'}) + "
+             "sorted(m for m in sys.modules if m.startswith('worker.runtime')))")
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
 
 
 def test_a_planted_cycle_is_found(tmp_path, monkeypatch):

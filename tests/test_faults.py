@@ -120,7 +120,7 @@ def test_a_killed_worker_is_replaced_and_its_job_resumes(platform: Platform):
                                           "log_every": 1, "checkpoint_every": 10, **TINY_PRETRAIN})
     run_dir = platform.server.data_dir / f"runs/{job_id}"
     platform.wait_until(lambda: checkpoint_step(run_dir) >= 10, 180, "the first checkpoint")
-    old_worker = platform.one_child("worker.main")
+    old_worker = platform.one_child("worker.runtime.main")
     os.kill(old_worker, signal.SIGKILL)
     killed_at = time.monotonic()
     checkpoint_at_kill = checkpoint_step(run_dir)
@@ -133,7 +133,7 @@ def test_a_killed_worker_is_replaced_and_its_job_resumes(platform: Platform):
     assert body["processes"]["worker"].startswith("down") or body["workers"].startswith("down"), body
 
     # ...a new worker replaces it without a restart of serve, and health is 200 again.
-    new_worker = platform.wait_until(lambda: [p for p in platform.child_pids("worker.main") if p != old_worker],
+    new_worker = platform.wait_until(lambda: [p for p in platform.child_pids("worker.runtime.main") if p != old_worker],
                                      30, "a new worker")[0]
     body = platform.server.wait_healthy(timeout=60)
     assert body["processes"]["worker"] == f"running (pid {new_worker}, 1 restart)", body

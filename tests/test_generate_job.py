@@ -25,10 +25,10 @@ from llm.checkpoint import load_model, save_model
 from llm.model import GPT, config_from_preset
 from llm.tokenizer import get_tokenizer
 from test_sft_job import add_base_model, add_dataset, chat_lines
-from worker import jobs
+from worker.jobs import lifecycle as jobs
 from worker.kinds import generate
-from worker.params import JobParamsError
-from worker.runner import _make_context, execute_job
+from worker.jobs.params import JobParamsError
+from worker.runtime.runner import _make_context, execute_job
 
 pytestmark = pytest.mark.slow
 
@@ -185,7 +185,7 @@ def test_a_worker_killed_mid_run_loses_no_prompt_and_the_next_attempt_doubles_no
     attempt = claim(session, job.id)
     session.commit()
     worker = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from worker.runner import execute_job; "
+        [sys.executable, "-c", "import sys; from worker.runtime.runner import execute_job; "
                                "execute_job(int(sys.argv[1]), int(sys.argv[2]))", str(job.id), str(attempt)],
         cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
     try:

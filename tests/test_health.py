@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 
 from db.settings import get_settings
 from web.app import create_app
-from web.supervisor import Supervisor
-from worker.heartbeat import WorkerPresence
+from worker.runtime.supervisor import Supervisor
+from worker.jobs.presence import WorkerPresence
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 

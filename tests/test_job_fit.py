@@ -1,6 +1,6 @@
 """A training job that cannot fit is refused at submit (worker/kinds/fit.py through each kind's `check`):
 too big for the workers' memory, a schedule that makes the run pointless, a dataset smaller than one
-block. Real databases (SQLite and PostgreSQL) through `worker.jobs.create_job`, and once over HTTP;
+block. Real databases (SQLite and PostgreSQL) through `worker.jobs.lifecycle.create_job`, and once over HTTP;
 nothing is stored when a job is refused.
 """
 
@@ -23,10 +23,10 @@ from llm.memory import human_gb, training_memory
 from llm.train_config import TrainConfig, fit_schedule_to_steps, schedule_problems
 from db.settings import get_settings
 from tests.conftest import TRAINER
-from worker import jobs
-from worker.heartbeat import WorkerPresence, seen_workers
-from worker.context import prepared_dir_for
-from worker.jobs import JobParamsError
+from worker.jobs import lifecycle as jobs
+from worker.jobs.presence import WorkerPresence, seen_workers
+from worker.jobs.context import prepared_dir_for
+from worker.jobs.lifecycle import JobParamsError
 
 MACHINE_RAM = human_gb(psutil.virtual_memory().total)
 
@@ -305,11 +305,11 @@ def test_preference_runs_get_the_same_schedule_rules(workbench_env, session, kin
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_real_worker_reports_its_capacity_and_the_check_names_it(workbench_env, job_queue, session, tmp_path):
-    """`python -m worker.main` beats its RAM (and its GPUs' memory where CUDA is) into its presence record."""
+    """`python -m worker.runtime.main` beats its RAM (and its GPUs' memory where CUDA is) into its presence record."""
     settings = get_settings()
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "worker.main", "--loglevel", "warning"],
+        process = subprocess.Popen([sys.executable, "-m", "worker.runtime.main", "--loglevel", "warning"],
                                    cwd=Path(__file__).resolve().parents[1], stdout=log_file, stderr=subprocess.STDOUT,
                                    env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
     try:

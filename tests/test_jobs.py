@@ -22,10 +22,10 @@ from sqlalchemy.orm import Session
 
 from db.models import Dataset, DatasetKind, Job, JobKind, JobLog, JobStatus, utcnow
 from db.session import SessionLocal
-from worker import jobs
-from worker.heartbeat import JobHeartbeat
-from worker.jobs import JobParamsError, JobStateError
-from worker.reaper import MAX_LOST_ATTEMPTS, reap_stale_jobs
+from worker.jobs import lifecycle as jobs
+from worker.runtime.heartbeat import JobHeartbeat
+from worker.jobs.lifecycle import JobParamsError, JobStateError
+from worker.runtime.reaper import MAX_LOST_ATTEMPTS, reap_stale_jobs
 
 
 def add_dataset(session: Session, kind: DatasetKind = DatasetKind.text) -> Dataset:
@@ -365,7 +365,7 @@ def test_heartbeat_stamps_reads_cancel_and_notices_a_lost_job(workbench_env, dat
 # ----------------------------------------------------------------------------- embedded broker
 
 def test_embedded_redis_serves_tcp_and_stops_cleanly(tmp_path):
-    from worker.broker import start_embedded_redis
+    from worker.runtime.broker import start_embedded_redis
 
     broker = start_embedded_redis(tmp_path)
     try:
@@ -383,7 +383,7 @@ def test_embedded_redis_dies_with_its_parent(tmp_path):
     """Even `kill -9` of the app leaves no orphan redis-server (PR_SET_PDEATHSIG)."""
     parent = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from worker.broker import start_embedded_redis;"
+         "import sys, time; from worker.runtime.broker import start_embedded_redis;"
          f"broker = start_embedded_redis({str(tmp_path)!r}); print(broker.pid, flush=True); time.sleep(120)"],
         stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
     try:

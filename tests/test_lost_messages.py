@@ -13,11 +13,11 @@ import pytest
 from sqlalchemy import select
 
 from db.models import Dataset, DatasetKind, Job, JobEvent, JobKind, JobStatus, utcnow
-from worker import jobs
-from worker.broker_state import waiting_job_ids
-from worker.messages import send_run_job
-from worker.reaper import resend_lost_messages
-from worker.runner import run_next_job
+from worker.jobs import lifecycle as jobs
+from worker.runtime.broker_state import waiting_job_ids
+from worker.jobs.messages import send_run_job
+from worker.runtime.reaper import resend_lost_messages
+from worker.runtime.runner import run_next_job
 
 
 def queued_job(session, *, queued_ago_s: float) -> Job:

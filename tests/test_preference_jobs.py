@@ -18,11 +18,11 @@ from tests.test_labeling import make_generate_job
 from tests.test_reward import polite_pairs
 from tests.test_sft_job import add_base_model, add_dataset
 from web.services.labeling import create_project
-from worker import jobs
+from worker.jobs import lifecycle as jobs
 from worker.kinds import reward as reward_kind
-from worker.params import JobParamsError
-from worker.preference_pairs import PAIRS_FILE, SOURCES_FILE
-from worker.runner import _make_context, execute_job
+from worker.jobs.params import JobParamsError
+from worker.jobs.preference_pairs import PAIRS_FILE, SOURCES_FILE
+from worker.runtime.runner import _make_context, execute_job
 
 pytestmark = pytest.mark.slow
 

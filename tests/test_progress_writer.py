@@ -18,8 +18,8 @@ from sqlalchemy.engine import make_url
 
 from db.models import Job, JobKind, JobLog, JobStatus, Metric
 from tests.conftest import StopOnQuestion
-from worker.progress_writer import ProgressWriter
-from worker.runner import _make_context
+from worker.jobs.progress_writer import ProgressWriter
+from worker.runtime.runner import _make_context
 
 LOCK_SECONDS = 3.0
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from db.models import Job, JobKind, JobStatus, Model, ModelKind
 from tests.conftest import ADMIN, LABELER, TRAINER
 from web.services import Action, can, can_change
-from worker.jobs import record_event
+from worker.jobs.lifecycle import record_event
 
 
 def make_job(session: Session, owner, status: JobStatus = JobStatus.running, **values) -> int:

@@ -8,10 +8,10 @@ from sqlalchemy import select
 
 from conftest import StopOnQuestion
 from db.models import Dataset, DatasetKind, JobLog
-from worker import jobs
-from worker.context import prepared_dir_for
+from worker.jobs import lifecycle as jobs
+from worker.jobs.context import prepared_dir_for
 from worker.kinds import prepare, pretrain, train_tokenizer
-from worker.runner import _make_context
+from worker.runtime.runner import _make_context
 
 
 def add_corpus_dataset(session, settings, documents: int) -> Dataset:

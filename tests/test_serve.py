@@ -170,7 +170,7 @@ def test_serve_runs_a_job_and_leaves_no_process_behind(tmp_path: Path):
         children = descendants(server.process.pid)
         commands = {pid: command_line(pid) for pid in children}
         assert any("redis-server" in c for c in commands.values()), commands
-        assert any("worker.main" in c for c in commands.values()), commands
+        assert any("worker.runtime.main" in c for c in commands.values()), commands
 
         with httpx.Client(base_url=server.base_url, auth=auth, timeout=30) as client:
             corpus = "\n\n".join(f"Document number {i} says something different about tokens." for i in range(40))
@@ -205,7 +205,7 @@ def test_serve_runs_a_job_and_leaves_no_process_behind(tmp_path: Path):
     try:
         server.wait_healthy()
         children = descendants(server.process.pid)
-        assert not any("worker.main" in command_line(pid) for pid in children)
+        assert not any("worker.runtime.main" in command_line(pid) for pid in children)
         assert server.stop(signal.SIGINT) == 0, server.output[-3000:]
         assert "admin password" not in server.output
         deadline = time.monotonic() + 10

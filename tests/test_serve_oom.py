@@ -37,7 +37,7 @@ def running_job(session, pid: int) -> Job:
 
 @pytest.mark.parametrize("for_memory", [True, False])
 def test_the_job_of_a_worker_killed_for_memory_fails(workbench_env, session, monkeypatch, for_memory):
-    monkeypatch.setattr("worker.jobs.enqueue", lambda job_id: True)  # no broker needed for the requeue
+    monkeypatch.setattr("worker.jobs.lifecycle.enqueue", lambda job_id: True)  # no broker needed for the requeue
     job = running_job(session, 4242)
     serve.take_back_jobs_of_dead_worker(DeadWorker(4242, for_memory))
     session.expire_all()

@@ -13,10 +13,10 @@ from sqlalchemy import func, select
 
 from conftest import StopOnQuestion
 from db.models import Dataset, DatasetKind, Job, JobStatus, Metric, Model, ModelKind
-from worker import jobs
+from worker.jobs import lifecycle as jobs
 from worker.kinds import sft
-from worker.params import JobParamsError
-from worker.runner import _make_context, execute_job
+from worker.jobs.params import JobParamsError
+from worker.runtime.runner import _make_context, execute_job
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from web import supervisor as supervision
-from web.supervisor import Supervisor, describe_exit
+from worker.runtime import supervisor as supervision
+from worker.runtime.supervisor import Supervisor, describe_exit
 
 
 class Sleeper:

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from web.ui import can_write, header_html
-from worker.kinds.base import LOSS_PLOT
+from worker.jobs.spec import LOSS_PLOT
 from web.ui.plots import (dataset_stat_cards, format_metric, histogram_figure,
                           histogram_frame, human_bytes, human_count, human_duration, jobs_table_html,
                           latest_metrics, message_html, metrics_frame, metrics_signature, progress_bar_html,

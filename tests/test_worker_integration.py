@@ -1,8 +1,8 @@
-"""End to end: a real worker process (`python -m worker.main`) over a real Redis and a real database.
+"""End to end: a real worker process (`python -m worker.runtime.main`) over a real Redis and a real database.
 
 Each test starts worker subprocesses with WORKBENCH_* variables pointing at the test's data
 directory, database (SQLite and PostgreSQL) and broker, either an embedded redis-server
-(`worker.broker`, what `workbench serve` uses on one machine) or the Redis on 127.0.0.1:6379 with
+(`worker.runtime.broker`, what `workbench serve` uses on one machine) or the Redis on 127.0.0.1:6379 with
 a queue of the test's own. Jobs are tiny (the "tiny" preset, block 32, batch 4) so the whole file
 runs in a few minutes on two CPU cores. Worker processes are always killed at teardown.
 """
@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Dataset, DatasetKind, Job, JobLog, JobStatus, Metric, Model, ModelKind
-from worker import jobs
+from worker.jobs import lifecycle as jobs
 
 pytestmark = pytest.mark.slow
 
@@ -41,13 +41,14 @@ TINY_RUN = {"preset": "tiny", "tokenizer": "gpt2", "block_size": 32, "batch_size
 def broker(request, workbench_env, tmp_path) -> Iterator[str]:
     """Point this process (and workers it starts) at a broker; yields the broker URL.
 
-    "embedded": a private redis-server from worker.broker, stopped afterwards.
+    "embedded": a private redis-server from worker.runtime.broker, stopped afterwards.
     "redis6379": the shared Redis on 127.0.0.1:6379 with a queue of this test's own (job_queue).
     """
-    from worker.celery_app import app, configure
+    from worker.jobs.messages import configure
+    from worker.runtime.celery_app import app
 
     if request.param == "embedded":
-        from worker.broker import start_embedded_redis
+        from worker.runtime.broker import start_embedded_redis
 
         embedded = start_embedded_redis(tmp_path / "broker")
         with pytest.MonkeyPatch.context() as patch:
@@ -84,7 +85,7 @@ class WorkerProcess:
 
 @pytest.fixture
 def start_worker(tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
-    """A function that starts `python -m worker.main` with the current WORKBENCH_* environment
+    """A function that starts `python -m worker.runtime.main` with the current WORKBENCH_* environment
     (plus overrides); every worker it started is stopped at teardown (SIGTERM, then SIGKILL)."""
     started: list[WorkerProcess] = []
 
@@ -96,7 +97,7 @@ def start_worker(tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
         log_path = tmp_path / f"worker-{len(started)}.log"
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
-                [sys.executable, "-m", "worker.main", "--loglevel", "info"],
+                [sys.executable, "-m", "worker.runtime.main", "--loglevel", "info"],
                 cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group, so teardown can end all of it
             )

@@ -1,7 +1,7 @@
 """A job whose pool process is killed by the kernel (SIGKILL, what the OOM killer sends) fails at once
 with that reason, is not resumable, and the worker goes on with the next queued job.
 
-A real `python -m worker.main --pool prefork --concurrency 1` over the Redis on 127.0.0.1:6379 (a
+A real `python -m worker.runtime.main --pool prefork --concurrency 1` over the Redis on 127.0.0.1:6379 (a
 queue of the test's own) and SQLite: a pretrain job runs in the pool child, the child gets SIGKILL.
 """
 
@@ -22,7 +22,7 @@ from tests.test_serve import descendants
 from tests.test_worker_integration import (  # noqa: F401  (fixtures used by name)
     REPO_ROOT, TINY_RUN, WorkerProcess, dataset, job_log, job_snapshot, loss_steps, small_tokenizer, wait_for,
     wait_for_status)
-from worker import jobs
+from worker.jobs import lifecycle as jobs
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def prefork_worker(job_queue, tmp_path: Path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "worker.main", "--pool", "prefork", "--concurrency", "1"],
+        process = subprocess.Popen([sys.executable, "-m", "worker.runtime.main", "--pool", "prefork", "--concurrency", "1"],
                                    cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                    start_new_session=True)
     worker = WorkerProcess(process, log_path)

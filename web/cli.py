@@ -30,7 +30,7 @@ def _cmd_worker(args: argparse.Namespace) -> None:
     if args.data_dir:
         os.environ["WORKBENCH_DATA_DIR"] = os.path.abspath(args.data_dir)
     from db.settings import get_settings
-    from worker.main import run_worker
+    from worker.runtime.main import run_worker
 
     # Options left out keep run_worker's defaults (solo pool, one slot: what a GPU worker needs).
     options = {"concurrency": args.concurrency, "pool": args.pool}

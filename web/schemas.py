@@ -2,7 +2,7 @@
 
 Responses are built from the plain dicts `web.services` returns, so these models describe the
 same fields the UI sees. Job parameters stay a free-form object here: each job kind has its own
-(the CLI flag names with underscores, e.g. `max_steps`), and `worker.jobs.create_job` is the one
+(the CLI flag names with underscores, e.g. `max_steps`), and `worker.jobs.lifecycle.create_job` is the one
 place that validates them, answering with the name of the wrong field.
 """
 

@@ -6,7 +6,7 @@ password is printed once) → broker (an embedded redis-server unless WORKBENCH_
 (requeues jobs whose heartbeat stopped, re-sends lost messages) → uvicorn serving
 `web.app.create_app()`.
 
-The embedded Redis and the worker are supervised (`web.supervisor`): one that exits or is killed is
+The embedded Redis and the worker are supervised (`worker.runtime.supervisor`): one that exits or is killed is
 logged, reaped and started again with back-off (Redis on the same port). When the worker dies its
 running jobs are requeued at once (they resume from their checkpoints on the new worker); when
 Redis comes back every queued job is sent again, since it lost their messages. /api/health shows
@@ -65,12 +65,12 @@ def _die_with_parent_preexec():
 
 
 def start_worker_process(env: dict[str, str]) -> subprocess.Popen:
-    """`python -m worker.main` with our environment, in its own process group.
+    """`python -m worker.runtime.main` with our environment, in its own process group.
 
     Its own group (new session) means a Ctrl-C in the terminal reaches only us; we then stop the
     worker deliberately, after uvicorn, and can kill its pool children with one killpg.
     """
-    return subprocess.Popen([sys.executable, "-m", "worker.main"], env=env, start_new_session=True,
+    return subprocess.Popen([sys.executable, "-m", "worker.runtime.main"], env=env, start_new_session=True,
                             preexec_fn=_die_with_parent_preexec())
 
 
@@ -132,14 +132,14 @@ def take_back_jobs_of_dead_worker(worker: LocalWorker) -> None:
     must not race the restarted worker), then requeue its running jobs now, without waiting for
     their heartbeats to go stale."""
     from db.session import session_scope
-    from worker.reaper import reap_jobs_of_dead_worker
+    from worker.runtime.reaper import reap_jobs_of_dead_worker
 
     worker.stop()
-    node_name = f"workbench-{worker.pid}@{socket.gethostname()}"  # worker.main.default_node_name
+    node_name = f"workbench-{worker.pid}@{socket.gethostname()}"  # worker.runtime.main.default_node_name
     with session_scope() as session:
         if worker.killed_for_memory():
-            from worker.reaper import fail_killed_job, killed_reason
-            from worker.runner import job_worker_host
+            from worker.runtime.reaper import fail_killed_job, killed_reason
+            from worker.runtime.runner import job_worker_host
 
             failed = fail_killed_job(session, job_worker_host(node_name, worker.pid),
                                      killed_reason("the kernel's OOM killer ended the worker running it"))
@@ -151,7 +151,7 @@ def take_back_jobs_of_dead_worker(worker: LocalWorker) -> None:
 
 
 def resend_queued_jobs(reason: str) -> None:
-    from worker.jobs import requeue_orphans
+    from worker.jobs.lifecycle import requeue_orphans
 
     sent = requeue_orphans(reason=reason)
     if sent:
@@ -172,7 +172,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, data_dir: str | os.PathLike
     # Our handler turns SIGTERM into an exception, so the finally below runs. uvicorn installs its
     # own handlers while serving and re-raises the captured signal afterwards, which lands here.
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
-    from web.supervisor import Supervisor
+    from worker.runtime.supervisor import Supervisor
 
     supervisor = Supervisor()
     reaper = None
@@ -192,7 +192,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, data_dir: str | os.PathLike
             print("  (shown once; log in as 'admin' and keep it somewhere safe)", flush=True)
 
         if settings.uses_embedded_broker:
-            from worker.broker import start_embedded_redis
+            from worker.runtime.broker import start_embedded_redis
 
             data_dir_now, first_port = settings.data_dir, []
 
@@ -214,7 +214,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, data_dir: str | os.PathLike
             log.info("local worker started (pid %s)", worker.pid)
         supervisor.start()
 
-        from worker.reaper import start_reaper_thread
+        from worker.runtime.reaper import start_reaper_thread
 
         resend_queued_jobs("the app started")
         reaper = start_reaper_thread(settings)

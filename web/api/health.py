@@ -1,8 +1,8 @@
 """GET /api/health: each part of the platform, without authentication (load balancers, `serve`).
 
 Parts: the database (SELECT 1), the broker (Redis PING), the workers consuming the job queue (their
-presence beats in the broker, see `worker.heartbeat.WorkerPresence`) and, under `workbench serve`,
-the processes it supervises (`app.state.supervisor`, see `web.supervisor`). 200 when every part is
+presence beats in the broker, see `worker.jobs.presence.WorkerPresence`) and, under `workbench serve`,
+the processes it supervises (`app.state.supervisor`, see `worker.runtime.supervisor`). 200 when every part is
 up, 503 (same body) when one is down, each part saying why.
 
 Workers count as down when none beats within WORKBENCH_STALE_AFTER_SECONDS but one was seen recently
@@ -44,13 +44,13 @@ def check_database(settings: Settings) -> str:
 
 
 def broker_url_of(settings: Settings) -> str:
-    from worker.celery_app import FALLBACK_BROKER_URL
+    from worker.jobs.messages import FALLBACK_BROKER_URL
 
     return settings.broker_url or FALLBACK_BROKER_URL
 
 
 def check_broker(settings: Settings) -> str:
-    from worker.broker_state import ping_broker
+    from worker.runtime.broker_state import ping_broker
 
     try:
         ping_broker(broker_url_of(settings))
@@ -61,7 +61,7 @@ def check_broker(settings: Settings) -> str:
 
 def check_workers(settings: Settings, supervised_worker: bool) -> tuple[str, list[dict]]:
     """The workers part and the workers seen; `supervised_worker`: serve runs one, so one is expected."""
-    from worker.heartbeat import seen_workers
+    from worker.jobs.presence import seen_workers
 
     queue = settings.worker_queues[0]
     try:

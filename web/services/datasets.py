@@ -291,7 +291,7 @@ def delete_dataset(session: Session, settings: Settings, dataset_id: int, user: 
     saying who deleted it; a failed or cancelled one is no longer resumable (its data is gone). The files go
     after the commit, so a failure leaves at worst an orphan directory, never a row without its file.
     """
-    from worker.jobs import record_event
+    from worker.jobs.lifecycle import record_event
 
     acting, dataset = _dataset_to_change(session, dataset_id, user)
     dependents = dataset_dependents(session, dataset_id)

@@ -92,7 +92,7 @@ def _tokenizer_vocab_size(name: str, data_dir: Path | None) -> int:
 
 def _worker_memory(device_type: str) -> dict:
     """What the submit check compares memory_bytes with (worker/kinds/fit.py), so a form can warn first."""
-    from worker.kinds.fit import worker_memory
+    from worker.jobs.fit import worker_memory
 
     available, source = worker_memory(device_type)
     return {"worker_memory_bytes": available, "worker_memory_source": source}

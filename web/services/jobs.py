@@ -3,7 +3,7 @@ and the changes their owner (or an admin) makes: cancel, resume, rename, delete.
 
 Reading jobs needs `Action.read_training` (labelers see none); the read functions take the viewer
 (`viewer=None` is an internal caller). Changes need the job to be the user's own or an admin's hand
-(`access.require_owner`), and each records who made it (`worker.jobs.record_event`).
+(`access.require_owner`), and each records who made it (`worker.jobs.lifecycle.record_event`).
 """
 
 from __future__ import annotations
@@ -54,13 +54,13 @@ def _job_summary(job: Job, owner_name: str | None = None) -> dict:
 
 def submit_job(session: Session, kind: str | JobKind, params: dict | None, owner: User | int | str | None,
                priority: int = 0) -> Job:
-    """Create a queued Job row (validated by `worker.jobs.create_job`, which commits), then enqueue its id.
+    """Create a queued Job row (validated by `worker.jobs.lifecycle.create_job`, which commits), then enqueue its id.
 
     The id goes to the queue only after the commit, so a worker can never receive an id it cannot
     read. If the broker is unreachable the row stays queued (the database is the source of truth)
     and `requeue_orphans()` or the reaper sends it later; the caller still gets the job.
     """
-    from worker.jobs import JobParamsError, create_job, enqueue
+    from worker.jobs.lifecycle import JobParamsError, create_job, enqueue
 
     user = resolve_user(session, owner)
     require(user, Action.write)
@@ -189,8 +189,8 @@ def _job_to_change(session: Session, job_id: int, user) -> tuple[User | None, Jo
 
 
 def _change_job_state(session: Session, job_id: int, user, transition) -> dict:
-    """Run a worker.jobs state transition for the job's owner or an admin, mapping its errors to the service's."""
-    from worker.jobs import JobNotFoundError, JobStateError
+    """Run a worker.jobs.lifecycle state transition for the job's owner or an admin, mapping its errors to the service's."""
+    from worker.jobs.lifecycle import JobNotFoundError, JobStateError
 
     acting, _ = _job_to_change(session, job_id, user)
     try:
@@ -204,7 +204,7 @@ def _change_job_state(session: Session, job_id: int, user, transition) -> dict:
 
 def cancel_job(session: Session, job_id: int, user: User | int | str | None = None) -> dict:
     """Cancel a job: a queued one never starts, a running one checkpoints and stops at its next step."""
-    from worker.jobs import request_cancel
+    from worker.jobs.lifecycle import request_cancel
 
     return _change_job_state(session, job_id, user, request_cancel)
 
@@ -214,7 +214,7 @@ def resume_job(session: Session, job_id: int, user: User | int | str | None = No
 
     A job marked not resumable (killed for memory, settings that cannot work) is refused: running it
     again would fail the same way."""
-    from worker.jobs import resume_job as queue_again
+    from worker.jobs.lifecycle import resume_job as queue_again
 
     def resume_if_resumable(session: Session, job_id: int, by_user_id: int | None = None):
         if not _get_job(session, job_id).resumable:
@@ -237,7 +237,7 @@ def clean_name(name: object, what: str) -> str | None:
 
 def rename_job(session: Session, job_id: int, name: str | None, user: User | int | str | None = None) -> dict:
     """Give a job a name (blank: none, the kind shows); its owner or an admin; recorded as an event."""
-    from worker.jobs import record_event
+    from worker.jobs.lifecycle import record_event
 
     new_name = clean_name(name, "job")
     acting, job = _job_to_change(session, job_id, user)

@@ -84,7 +84,7 @@ def count_pairs(settings, dataset_id, project_ids, include_arena) -> str:
     """How many pairs each chosen source gives now (what the job would snapshot if it started now)."""
     from db.models import Dataset, LabelingProject
     from db.settings import safe_join
-    from worker.preference_pairs import arena_pairs, project_pairs
+    from worker.jobs.preference_pairs import arena_pairs, project_pairs
 
     try:
         with db_session(settings) as session:

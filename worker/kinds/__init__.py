@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from db.models import JobKind
 from worker.kinds import dpo, generate, pretrain, prepare, reward, sft, train_tokenizer
-from worker.kinds.base import JobKindSpec, Plot
+from worker.jobs.spec import JobKindSpec, Plot
 
 _DECLARED = (prepare.SPEC, train_tokenizer.SPEC, pretrain.SPEC, sft.SPEC, generate.SPEC, reward.SPEC, dpo.SPEC)
 

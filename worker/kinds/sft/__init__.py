@@ -15,11 +15,11 @@ from db.settings import Settings
 from llm.memory import MemoryEstimate, gpt_parameter_count, lora_trainable_params, training_memory
 from llm.params import settings_of
 from llm.sft_config import SFT_DEFAULTS, SFTConfig
-from worker.context import JobContext, Outcome, dataset_path
-from worker.kinds.base import (DATASET_ID, LOSS_PLOT, MODEL_ID, MODEL_NAME, SPEED_CARDS, TRAINING_CARDS, JobKindSpec,
+from worker.jobs.context import JobContext, Outcome, dataset_path
+from worker.jobs.spec import (DATASET_ID, LOSS_PLOT, MODEL_ID, MODEL_NAME, SPEED_CARDS, TRAINING_CARDS, JobKindSpec,
                                Plot)
-from worker.kinds.fit import check_memory, check_schedule, precision
-from worker.params import JobParamsError, fine_tuning_loop_params
+from worker.jobs.fit import check_memory, check_schedule, precision
+from worker.jobs.params import JobParamsError, fine_tuning_loop_params
 
 PARAMS = {
     "model_id": MODEL_ID,
@@ -62,7 +62,7 @@ def memory_estimate(params: dict[str, Any], model_config: dict[str, Any], settin
 
 def run(ctx: JobContext) -> Outcome:
     from llm.sft import sft
-    from worker.training import run_training
+    from worker.jobs.training import run_training
 
     params = ctx.params
     sft_config = SFTConfig(**{name: params[name] for name in SFT_FIELDS if name in params})

@@ -1,17 +1,17 @@
-"""Start a worker: `run_worker()` for `workbench worker`, and `python -m worker.main`.
+"""Start a worker: `run_worker()` for `workbench worker`, and `python -m worker.runtime.main`.
 
 A worker consumes `run_job` messages from its queues and runs one job per slot. GPU workers use
 the solo pool with concurrency 1, one worker process per GPU (set CUDA_VISIBLE_DEVICES per
 process): training saturates a GPU on its own, the solo pool runs the job in the main process
-(so a warm shutdown can ask it to checkpoint and stop, see `worker.celery_app`), and nothing is
+(so a warm shutdown can ask it to checkpoint and stop, see `worker.runtime.celery_app`), and nothing is
 forked after CUDA might have been initialised. CPU-only jobs (prepare, train_tokenizer) may use
 `--pool prefork --concurrency N`.
 
 Each worker also runs the reaper thread (see reaper.py), so jobs of a worker killed with
 `kill -9` are requeued by any surviving worker, even when `serve` is not running, and beats its
-presence into the broker (`heartbeat.WorkerPresence`) for /api/health.
+presence into the broker (`worker.jobs.presence.WorkerPresence`) for /api/health.
 
-    python -m worker.main --queues default --concurrency 1 --pool solo --loglevel info
+    python -m worker.runtime.main --queues default --concurrency 1 --pool solo --loglevel info
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import socket
 from collections.abc import Iterable, Sequence
 
 from db.settings import get_settings
-from worker import tasks  # noqa: F401  (registers the run_job task with the app)
-from worker.celery_app import app, configure
-from worker.heartbeat import WorkerPresence, worker_capacity
+from worker.runtime import tasks  # noqa: F401  (registers the run_job task with the app)
+from worker.jobs.messages import configure
+from worker.runtime.celery_app import app
+from worker.jobs.presence import WorkerPresence, worker_capacity
 
 
 def default_node_name() -> str:
@@ -56,7 +57,7 @@ def worker_argv(queues: str | Iterable[str] = "default", concurrency: int = 1, p
 def run_worker(queues: str | Iterable[str] = "default", concurrency: int = 1, pool: str = "solo",
                loglevel: str = "info", hostname: str | None = None) -> None:
     """Run a Celery worker in this process until it is stopped (blocks). Starts the reaper thread."""
-    from worker.reaper import start_reaper_thread
+    from worker.runtime.reaper import start_reaper_thread
 
     settings = get_settings()
     if not settings.broker_url:
@@ -80,7 +81,7 @@ def run_worker(queues: str | Iterable[str] = "default", concurrency: int = 1, po
 
 def main(argv: Sequence[str] | None = None) -> None:
     settings = get_settings()
-    parser = argparse.ArgumentParser(prog="python -m worker.main", description="Run a workbench job worker.")
+    parser = argparse.ArgumentParser(prog="python -m worker.runtime.main", description="Run a workbench job worker.")
     parser.add_argument("--queues", default=",".join(settings.worker_queues),
                         help="comma-separated queues to consume (default: WORKBENCH_WORKER_QUEUES or 'default')")
     parser.add_argument("--concurrency", type=int, default=1, help="job slots (default 1; keep 1 per GPU)")

@@ -16,10 +16,10 @@ from db.settings import Settings
 from llm.params import Setting, settings_of
 from llm.reward_config import REWARD_DEFAULTS, RewardConfig
 from llm.train_config import FineTuningDefaults
-from worker.context import JobContext, Outcome, dataset_path
-from worker.kinds.base import MODEL_ID, MODEL_NAME, SPEED_CARDS, JobKindSpec, Plot
-from worker.kinds.fit import check_schedule
-from worker.params import JobParamsError, fine_tuning_loop_params
+from worker.jobs.context import JobContext, Outcome, dataset_path
+from worker.jobs.spec import MODEL_ID, MODEL_NAME, SPEED_CARDS, JobKindSpec, Plot
+from worker.jobs.fit import check_schedule
+from worker.jobs.params import JobParamsError, fine_tuning_loop_params
 
 # Where the pairs come from; at least one must be given (checked in `check_pair_sources`). Shared with DPO.
 PAIR_SOURCES = {
@@ -33,7 +33,7 @@ PAIR_SOURCES = {
 
 
 def check_pair_sources(session: Session, params: dict[str, Any]) -> None:
-    from worker.preference_pairs import parse_project_ids
+    from worker.jobs.preference_pairs import parse_project_ids
 
     try:
         project_ids = parse_project_ids(params.get("project_ids"))
@@ -49,7 +49,7 @@ def check_pair_sources(session: Session, params: dict[str, Any]) -> None:
 
 
 def snapshot(ctx: JobContext) -> list[dict]:
-    from worker.preference_pairs import parse_project_ids, snapshot_pairs
+    from worker.jobs.preference_pairs import parse_project_ids, snapshot_pairs
 
     return snapshot_pairs(ctx.run_dir, ctx.session, dataset_file=dataset_path(ctx) if ctx.dataset else None,
                           project_ids=parse_project_ids(ctx.params.get("project_ids")),
@@ -85,7 +85,7 @@ check = preference_check(PARAMS, REWARD_DEFAULTS)
 
 def run(ctx: JobContext) -> Outcome:
     from llm.reward import reward
-    from worker.training import run_training
+    from worker.jobs.training import run_training
 
     reward_config = RewardConfig(**{name: ctx.params[name] for name in REWARD_FIELDS if name in ctx.params})
     pairs = snapshot(ctx)

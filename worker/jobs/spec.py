@@ -2,9 +2,9 @@
 
 A kind's declaration holds everything the rest of the system needs to know about it:
   - `params`: every parameter with type, default, bounds and help (`llm.params.Setting`), from which
-    validation (`worker.jobs.validate_params`), the REST schema, the Train forms and the CLI derive;
+    validation (`worker.jobs.lifecycle.validate_params`), the REST schema, the Train forms and the CLI derive;
   - `dataset_kinds` / `model_kinds`: what its `dataset_id` / `model_id` may point at;
-  - `handler`: the function the worker runs (it receives a `worker.context.JobContext`);
+  - `handler`: the function the worker runs (it receives a `worker.jobs.context.JobContext`);
   - `produces`: the kind of Model row a success adds, if any;
   - `metric_cards` and `plots`: what the Jobs tab shows while it runs;
   - `check`: cross-field checks that need the database or other parameters (it may also fill in a
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from db.settings import Settings
-    from worker.context import JobContext, Outcome
+    from worker.jobs.context import JobContext, Outcome
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from typing import Any
 from db.models import DatasetKind, JobKind, ModelKind
 from llm.dpo_config import DPO_DEFAULTS, DPOConfig
 from llm.params import settings_of
-from worker.context import JobContext, Outcome
-from worker.kinds.base import SPEED_CARDS, JobKindSpec, Plot
+from worker.jobs.context import JobContext, Outcome
+from worker.jobs.spec import SPEED_CARDS, JobKindSpec, Plot
 from worker.kinds.reward import preference_check, preference_params, snapshot
 
 PARAMS = preference_params(DPOConfig, DPO_DEFAULTS)
@@ -22,7 +22,7 @@ check = preference_check(PARAMS, DPO_DEFAULTS)
 
 def run(ctx: JobContext) -> Outcome:
     from llm.dpo import dpo
-    from worker.training import run_training
+    from worker.jobs.training import run_training
 
     dpo_config = DPOConfig(**{name: ctx.params[name] for name in DPO_FIELDS if name in ctx.params})
     pairs = snapshot(ctx)

@@ -15,7 +15,7 @@ plain child process instead gives us:
     orphan behind.
 
 Persistence is off on purpose: the database is the source of truth for job state and
-`worker.jobs.requeue_orphans()` re-sends a message for every queued job when the app starts and
+`worker.jobs.lifecycle.requeue_orphans()` re-sends a message for every queued job when the app starts and
 when `serve` restarts a Redis that died (on the same port, so every URL handed out stays valid);
 the reaper re-sends any other lost one. Losing the broker's contents loses no job.
 """

@@ -27,12 +27,14 @@ from sqlalchemy.orm import Session
 
 from db.models import (Completion, DatasetKind, Job, JobKind, JobStatus, Metric, Model, ModelKind, Prompt,
                        prompt_key_sha256)
+from db.session import with_retries
 from db.settings import Settings
 from llm.candidates import MAX_CANDIDATES, MAX_SEED
 from llm.params import Setting
-from worker.context import PROGRESS_LOG_INTERVAL_S, JobContext, Outcome, dataset_path, stored_path
-from worker.kinds.base import DATASET_ID, MODEL_ID, JobKindSpec, Plot
-from worker.params import JobParamsError
+from worker.jobs.context import PROGRESS_LOG_INTERVAL_S, JobContext, Outcome, dataset_path, stored_path
+from worker.jobs.spec import DATASET_ID, MODEL_ID, JobKindSpec, Plot
+from worker.jobs.params import JobParamsError
+from worker.jobs.references import check_reference
 
 MODEL_KINDS = (ModelKind.base, ModelKind.sft, ModelKind.dpo)  # models that write answers (not reward models)
 
@@ -83,7 +85,6 @@ def _greedy(temperature: float, params: dict[str, Any]) -> bool:
 
 
 def check(session: Session, params: dict[str, Any], settings: Settings) -> None:
-    from worker.jobs import _check_reference  # not at the top: worker.jobs imports the kinds
 
     # The seed is drawn now, so the stored row says what runs and a resumed job draws the same answers.
     if params.get("seed") is None:
@@ -92,7 +93,7 @@ def check(session: Session, params: dict[str, Any], settings: Settings) -> None:
         if params.get("temperature_b") is not None:
             raise JobParamsError("temperature_b", "applies to model B only: choose a model B or leave it empty")
     else:
-        _check_reference(session, SPEC, "model_id_b", Model, params["model_id_b"], MODEL_KINDS)
+        check_reference(session, SPEC, "model_id_b", Model, params["model_id_b"], MODEL_KINDS)
         params.setdefault("temperature_b", params["temperature"])
     # Greedy decoding writes the same answer every time: such answers make pairs with nothing to choose.
     shares = slots(params)
@@ -176,7 +177,6 @@ def _commit_prompt(ctx: JobContext, prompt_id: int, answers: list[tuple[Slot, An
     """One prompt's completions, the progress and the metrics, in one transaction fenced by the attempt.
 
     False (and nothing written) when the job is no longer this attempt's to write."""
-    from worker.jobs import with_retries
 
     session = ctx.session
 

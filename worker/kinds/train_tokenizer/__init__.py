@@ -9,9 +9,9 @@ from sqlalchemy.orm import Session
 from db.models import DatasetKind, JobKind
 from db.settings import Settings, safe_join
 from llm.params import Setting
-from worker.context import JobContext, Outcome, dataset_path
-from worker.kinds.base import DATASET_ID, JobKindSpec
-from worker.params import JobParamsError
+from worker.jobs.context import JobContext, Outcome, dataset_path
+from worker.jobs.spec import DATASET_ID, JobKindSpec
+from worker.jobs.params import JobParamsError
 
 PARAMS = {
     "dataset_id": DATASET_ID,
@@ -21,13 +21,12 @@ PARAMS = {
 
 
 def check(session: Session, params: dict[str, Any], settings: Settings) -> None:
-    from llm.tokenizer import BUILTIN_TOKENIZERS, TOKENIZER_NAME_RE
-    from worker.jobs import known_tokenizer_names
+    from llm.tokenizer import BUILTIN_TOKENIZERS, TOKENIZER_NAME_RE, tokenizer_names
 
     name = params["name"]
     if not TOKENIZER_NAME_RE.match(name):
         raise JobParamsError("name", "use letters, digits, '.', '_' or '-' (at most 64, starting with a letter or digit)")
-    if name in BUILTIN_TOKENIZERS or name in known_tokenizer_names(settings.data_dir):
+    if name in BUILTIN_TOKENIZERS or name in tokenizer_names(settings.data_dir):
         raise JobParamsError("name", f"a tokenizer named {name!r} already exists")
 
 

@@ -8,7 +8,7 @@ only be killed again), and the message goes back to the queue (`task_reject_on_w
 the next queued job runs. Without this the job would sit `running` until the reaper, then be
 restarted and killed again up to `reaper.MAX_LOST_ATTEMPTS` times.
 
-Kept apart from `worker.celery_app` so that sending a message (`worker.messages`, used by the web
+Kept apart from `worker.runtime.celery_app` so that sending a message (`worker.jobs.messages`, used by the web
 process) never imports the code that runs jobs: the dependency goes one way,
 tasks -> runner -> jobs -> messages -> celery_app.
 """
@@ -23,7 +23,8 @@ from celery import Task
 from celery.signals import worker_shutting_down
 from celery.worker.request import Request
 
-from worker.celery_app import CLAIM_MAX_RETRIES, CLAIM_RETRY_DELAY_S, RUN_JOB_TASK, app
+from worker.jobs.messages import CLAIM_MAX_RETRIES, CLAIM_RETRY_DELAY_S, RUN_JOB_TASK
+from worker.runtime.celery_app import app
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,8 @@ def fail_job_of_lost_process(node_name: str, pid: int, detail: str) -> list[int]
     stale (a crash may not happen again). Returns the ids failed.
     """
     from db.session import session_scope
-    from worker.reaper import fail_killed_job, killed_reason
-    from worker.runner import job_worker_host
+    from worker.runtime.reaper import fail_killed_job, killed_reason
+    from worker.runtime.runner import job_worker_host
 
     if "SIGKILL" not in detail:
         logger.warning("the process running a job (pid %s) died: %s; the reaper requeues its job", pid, detail)
@@ -78,9 +79,9 @@ def run_job(self, job_id: int) -> int | None:
     # Imported here so the web process, which only sends this task, never imports torch.
     from sqlalchemy.exc import OperationalError
 
-    from worker.runner import run_next_job
+    from worker.runtime.runner import run_next_job
 
-    from worker.runner import job_worker_host
+    from worker.runtime.runner import job_worker_host
 
     worker_host = job_worker_host(self.request.hostname) if self.request.hostname else None
     try:
@@ -102,6 +103,6 @@ def _stop_running_job_on_worker_shutdown(sig=None, how=None, exitcode=None, **kw
     fresh checkpoint instead of the worker waiting for a training run to finish. With the prefork
     pool the child keeps running to the end (a warm shutdown's usual meaning).
     """
-    from worker import heartbeat
+    from worker.runtime import heartbeat
 
     heartbeat.request_worker_shutdown()

@@ -20,7 +20,7 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from db.models import Metric, Model, ModelKind
-from worker.context import JobContext, Outcome
+from worker.jobs.context import JobContext, Outcome
 
 # Metrics named in the summary line of a finished run, when the run reports them.
 SUMMARY_METRICS = ("loss", "val_loss", "val_bpb", "mean_token_accuracy", "val_mean_token_accuracy")

@@ -7,7 +7,7 @@
       └──── reaper <── running with a stale heartbeat (worker killed)
 
 The database is the source of truth; the broker only carries "a job is waiting" messages with a
-job id (see `worker.celery_app`). Rules every function here keeps:
+job id (see `worker.runtime.celery_app`). Rules every function here keeps:
 
   - Validate before inserting: `create_job` raises `JobParamsError(field, message)` and stores
     nothing when a parameter is wrong, so the UI can show the message next to the field.
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select, update
@@ -34,9 +33,11 @@ from sqlalchemy.orm import Session
 
 from db.models import Dataset, Job, JobEvent, JobKind, JobLog, JobStatus, Model, utcnow
 from db.settings import get_settings
+from llm.tokenizer import tokenizer_names
 from worker.kinds import KINDS, JobKindSpec, get_spec
-from worker.messages import send_run_job
-from worker.params import JobParamsError, check_params  # JobParamsError re-exported: callers catch it here
+from worker.jobs.messages import send_run_job
+from worker.jobs.params import JobParamsError, check_params
+from worker.jobs.references import check_reference  # JobParamsError re-exported: callers catch it here
 
 logger = logging.getLogger(__name__)
 
@@ -60,28 +61,6 @@ def available_kinds() -> tuple[JobKind, ...]:
     return tuple(KINDS)
 
 
-def known_tokenizer_names(data_dir) -> list[str]:
-    from llm.tokenizer import tokenizer_names
-
-    return tokenizer_names(data_dir)
-
-
-def _check_reference(session: Session, spec: JobKindSpec, field: str, row_class: type, row_id: int,
-                     allowed_kinds: tuple) -> Dataset | Model:
-    """The dataset or model a job's `field` names: it must exist and be of a kind the job takes."""
-    noun = row_class.__tablename__.rstrip("s")  # dataset | model
-    row = session.get(row_class, row_id)
-    if row is None:
-        raise JobParamsError(field, f"no {noun} with id {row_id}")
-    if row.kind not in allowed_kinds:
-        wanted = " or ".join(kind.value for kind in allowed_kinds)
-        raise JobParamsError(field, f"{noun} {row_id} is a {row.kind.value} {noun}; a {spec.kind.value} job "
-                                    f"{'needs' if noun == 'dataset' else 'starts from'} a {wanted} {noun}")
-    if not row.path:
-        raise JobParamsError(field, f"{noun} {row_id} has no stored files")
-    return row
-
-
 def validate_params(session: Session, kind: JobKind | str, params: dict[str, Any] | None) -> dict[str, Any]:
     """Check `params` for a job of `kind` against its declaration; return them with defaults filled in.
 
@@ -93,11 +72,11 @@ def validate_params(session: Session, kind: JobKind | str, params: dict[str, Any
     normalized = check_params(spec.kind.value, spec.params, params)
     settings = get_settings()
     if normalized.get("dataset_id") is not None:  # optional for kinds with other sources (reward, DPO)
-        _check_reference(session, spec, "dataset_id", Dataset, normalized["dataset_id"], spec.dataset_kinds)
+        check_reference(session, spec, "dataset_id", Dataset, normalized["dataset_id"], spec.dataset_kinds)
     if "model_id" in spec.params:
-        _check_reference(session, spec, "model_id", Model, normalized["model_id"], spec.model_kinds)
+        check_reference(session, spec, "model_id", Model, normalized["model_id"], spec.model_kinds)
     if "tokenizer" in spec.params:
-        names = known_tokenizer_names(settings.data_dir)
+        names = tokenizer_names(settings.data_dir)
         if normalized["tokenizer"] not in names:
             raise JobParamsError("tokenizer", f"unknown tokenizer {normalized['tokenizer']!r}; "
                                               f"choose one of {', '.join(names)}")
@@ -356,21 +335,3 @@ def finish_job(session: Session, job_id: int, attempt: int, status: JobStatus, *
         record_event(session, job_id, event, None, log_line)
     session.commit()
     return True
-
-
-def with_retries(operation: Callable[[], Any], session: Session | None = None,
-                 attempts: int = 5, delay_s: float = 0.5) -> Any:
-    """Run a DB operation again after OperationalError (a locked SQLite, a restarting PostgreSQL).
-
-    `session` is rolled back before each retry, so a half-done transaction is not repeated on top
-    of itself.
-    """
-    for attempt in range(attempts):
-        try:
-            return operation()
-        except OperationalError:
-            if session is not None:
-                session.rollback()
-            if attempt == attempts - 1:
-                raise
-            time.sleep(delay_s * (attempt + 1))

@@ -24,7 +24,9 @@ from db.settings import Settings, get_settings
 from llm.memory import MemoryEstimate, human_gb
 from llm.params import Setting
 from llm.train_config import SCHEDULE_FIELDS, fit_schedule_to_steps, schedule_problems
-from worker.params import JobParamsError
+from worker.jobs.messages import DEFAULT_QUEUE, FALLBACK_BROKER_URL
+from worker.jobs.params import JobParamsError
+from worker.jobs.presence import seen_workers
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +37,8 @@ LOCAL_MEMORY_SOURCE = {"cuda": "this machine's GPU; no worker has reported its o
 
 
 def live_worker_capacities(settings: Settings) -> list[dict]:
-    """The live workers of the job queue that reported a capacity (`worker.heartbeat.seen_workers` entries);
+    """The live workers of the job queue that reported a capacity (`worker.jobs.presence.seen_workers` entries);
     [] when the broker cannot be read (the check then falls back to this machine, and says so)."""
-    from worker.celery_app import DEFAULT_QUEUE, FALLBACK_BROKER_URL
-    from worker.heartbeat import seen_workers
 
     queue = settings.worker_queues[0] if settings.worker_queues else DEFAULT_QUEUE
     try:
@@ -160,7 +160,7 @@ def check_text_dataset_fits_block(session: Session, params: dict[str, Any], sett
     splits); otherwise the bound from its upload stats: a byte-level tokenizer makes at most one token
     per byte, plus one end-of-text token per document, so fewer than that is sure to fail.
     """
-    from worker.context import prepared_dir_for
+    from worker.jobs.context import prepared_dir_for
 
     dataset = session.get(Dataset, params["dataset_id"])
     block_size = params["block_size"]

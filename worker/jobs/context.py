@@ -1,7 +1,7 @@
 """What a job handler works with: `JobContext` (the job's snapshot, paths, progress callbacks),
 `Outcome` (what it returns), and the prepared-data cache several kinds share.
 
-Handlers live with their kind's declaration in `worker/kinds/`; `worker.runner` builds the context,
+Handlers live with their kind's declaration in `worker/kinds/`; `worker.runtime.runner` builds the context,
 calls the handler and records the outcome.
 """
 
@@ -15,14 +15,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
 from db.models import Dataset, JobKind, Model
 from db.settings import Settings, safe_join
-from worker.heartbeat import JobHeartbeat
-from worker.progress_writer import DirectWriter, LogRecord, MetricRecord, ProgressRecord, ProgressWriter
+from worker.jobs.progress_writer import DirectWriter, LogRecord, MetricRecord, ProgressRecord, ProgressWriter
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +30,13 @@ PROGRESS_LOG_INTERVAL_S = 5.0
 
 
 # ----------------------------------------------------------------------------- the context handlers get
+
+class StopSignal(Protocol):
+    """What tells a running job to stop (the runtime's `JobHeartbeat`: cancelled, lost, or the worker shutting
+    down); a handler only ever asks."""
+
+    def should_stop(self) -> bool: ...
+
 
 @dataclass
 class JobContext:
@@ -46,7 +52,7 @@ class JobContext:
     run_dir: Path
     settings: Settings
     session: Session
-    heartbeat: JobHeartbeat
+    heartbeat: StopSignal
     writer: ProgressWriter | DirectWriter
     _first_metrics_step: int | None = field(default=None, init=False)
     _last_progress_log: float = field(default=0.0, init=False)

@@ -34,12 +34,13 @@ import traceback
 from sqlalchemy.orm import Session
 
 from db.models import Dataset, Job, JobStatus, Model
+from db.session import with_retries
 from db.settings import Settings, get_settings, safe_join
-from worker import jobs
-from worker.context import JobContext, Outcome
-from worker.heartbeat import JobHeartbeat
+from worker.jobs import lifecycle as jobs
+from worker.jobs.context import JobContext, Outcome
+from worker.runtime.heartbeat import JobHeartbeat
 from worker.kinds import get_spec
-from worker.progress_writer import DirectWriter, ProgressWriter
+from worker.jobs.progress_writer import DirectWriter, ProgressWriter
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def job_worker_host(node_name: str, pid: int | None = None) -> str:
     """What a running job records as its `worker_host`: `<Celery node name>:<pid of the process running it>`.
 
     The pid tells a prefork worker's pool children apart, so the worker's main process can find the job
-    of a child that was killed (worker.tasks), and `serve` the jobs of a worker process that exited.
+    of a child that was killed (worker.runtime.tasks), and `serve` the jobs of a worker process that exited.
     """
     return f"{node_name}:{os.getpid() if pid is None else pid}"
 
@@ -148,7 +149,7 @@ def _record_failure(session: Session, job_id: int, attempt: int, error: Exceptio
     message = readable_error(error)
     logger.warning("job %s failed: %s", job_id, message)
     trace = "".join(traceback.format_exception(error))
-    recorded = jobs.with_retries(lambda: jobs.finish_job(
+    recorded = with_retries(lambda: jobs.finish_job(
         session, job_id, attempt, JobStatus.failed, error=message, log_line=f"failed: {message}\n{trace}"), session)
     return JobStatus.failed if recorded else None
 
@@ -175,7 +176,7 @@ def _record_outcome(session: Session, job_id: int, attempt: int, heartbeat: JobH
             requeued = _requeue(session, job_id, attempt,
                                 f"{outcome.summary}; the worker is shutting down, so the job was requeued")
             return JobStatus.queued if requeued else None
-        recorded = jobs.with_retries(lambda: jobs.finish_job(
+        recorded = with_retries(lambda: jobs.finish_job(
             session, job_id, attempt, JobStatus.cancelled,
             log_line=f"cancelled: {outcome.summary}; the checkpoint is kept, resume to continue"), session)
         return JobStatus.cancelled if recorded else None
@@ -187,7 +188,7 @@ def _record_outcome(session: Session, job_id: int, attempt: int, heartbeat: JobH
                                log_line=f"succeeded: {outcome.summary}" if outcome.summary else "succeeded")
 
     try:
-        recorded = jobs.with_retries(record_success, session)
+        recorded = with_retries(record_success, session)
     except Exception as error:  # e.g. the model directory is unreadable
         session.rollback()
         return _record_failure(session, job_id, attempt, error)

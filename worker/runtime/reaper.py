@@ -13,9 +13,9 @@ processes at once because every change is a conditional UPDATE whose rowcount sa
   - `resend_lost_messages`: a queued job that no worker has claimed for `resend_after_seconds` and
     whose run_job message is not waiting in the broker (Redis was restarted and lost it, or it was
     published while nothing listened) gets a new message. Duplicates are harmless: a message that
-    finds no queued job does nothing (see `worker.jobs.claim_next_job`).
+    finds no queued job does nothing (see `worker.jobs.lifecycle.claim_next_job`).
   - `fail_killed_job`: the pool child running a job was killed by the kernel (out of memory, see
-    `worker.tasks.RunJobRequest`); resuming would only be killed again, so the job fails and is
+    `worker.runtime.tasks.RunJobRequest`); resuming would only be killed again, so the job fails and is
     marked not resumable.
 
 A job whose worker keeps dying would otherwise loop forever; after `MAX_LOST_ATTEMPTS` lost workers
@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Job, JobEvent, JobLog, JobStatus, utcnow
 from db.settings import Settings, get_settings
-from worker.jobs import record_event
+from worker.jobs.lifecycle import record_event
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def reap_stale_jobs(session: Session, stale_after_seconds: float, *,
     """Take back running jobs whose heartbeat is older than `stale_after_seconds`.
 
     Returns the ids of the jobs put back to queued (they are also re-enqueued through
-    `requeue`, default `worker.jobs.enqueue`, after the commit). Jobs that had a cancel request
+    `requeue`, default `worker.jobs.lifecycle.enqueue`, after the commit). Jobs that had a cancel request
     become cancelled; jobs lost too often become failed; neither is in the returned list.
     """
     return _take_back(session, _stale_condition(stale_after_seconds),
@@ -74,7 +74,7 @@ def reap_jobs_of_dead_worker(session: Session, node_name: str, *,
                              requeue: Callable[[int], object] | None = None) -> list[int]:
     """Take back at once the running jobs of the Celery node `node_name`, whose process has exited.
 
-    Jobs record `<node name>:<pid>` as their worker_host (see `worker.runner.job_worker_host`).
+    Jobs record `<node name>:<pid>` as their worker_host (see `worker.runtime.runner.job_worker_host`).
     """
     prefix = node_name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ":"
     return _take_back(session, Job.worker_host.like(prefix + "%", escape="\\"),
@@ -84,7 +84,7 @@ def reap_jobs_of_dead_worker(session: Session, node_name: str, *,
 def _take_back(session: Session, lost: ColumnElement[bool], how: str,
                requeue: Callable[[int], object] | None) -> list[int]:
     if requeue is None:
-        from worker.jobs import enqueue as requeue
+        from worker.jobs.lifecycle import enqueue as requeue
 
     now = utcnow()
     rows = session.execute(
@@ -168,17 +168,17 @@ def resend_lost_messages(session: Session, resend_after_seconds: float, *,
     not waiting in the broker; returns their ids. Nothing is sent while the broker is unreachable.
 
     "Queued since" is the job's latest event (submitted, resumed, requeued, resent), else its
-    creation. Defaults: the broker named by the settings, and `worker.jobs.enqueue`.
+    creation. Defaults: the broker named by the settings, and `worker.jobs.lifecycle.enqueue`.
     """
     if waiting_job_ids is None:
-        from worker.broker_state import waiting_job_ids as read_waiting
-        from worker.celery_app import ensure_configured, job_queue
+        from worker.runtime.broker_state import waiting_job_ids as read_waiting
+        from worker.jobs.messages import job_queue, sending_app
 
-        broker_url = ensure_configured().conf.broker_url
+        broker_url = sending_app().conf.broker_url
         # A message a worker received in the last `resend_after_seconds` is about to claim its job.
         waiting_job_ids = lambda: read_waiting(broker_url, job_queue(), resend_after_seconds)  # noqa: E731
     if send is None:
-        from worker.jobs import enqueue as send
+        from worker.jobs.lifecycle import enqueue as send
 
     cutoff = utcnow() - timedelta(seconds=resend_after_seconds)
     last_event = (select(JobEvent.job_id, func.max(JobEvent.created_at).label("at"))
@@ -252,7 +252,7 @@ def start_reaper_thread(settings: Settings | None = None, interval_s: float | No
     """Start a daemon thread that reaps stale jobs and re-sends lost messages; returns it.
 
     It sweeps every half of the shorter of `stale_after_seconds` and `resend_after_seconds` (at
-    least every second). Called by every worker (`worker.main.run_worker`) and by `workbench serve`.
+    least every second). Called by every worker (`worker.runtime.main.run_worker`) and by `workbench serve`.
     """
     settings = settings or get_settings()
     if interval_s is None:

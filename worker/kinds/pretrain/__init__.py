@@ -11,11 +11,11 @@ from db.settings import Settings
 from llm.memory import MemoryEstimate, gpt_parameter_count, training_memory
 from llm.params import Setting, settings_of
 from llm.train_config import TrainConfig
-from worker.context import JobContext, Outcome, ensure_prepared
-from worker.kinds.base import (DATASET_ID, LOSS_PLOT, MODEL_NAME, SPEED_CARDS, TOKENIZER, TRAINING_CARDS, JobKindSpec,
+from worker.jobs.context import JobContext, Outcome, ensure_prepared
+from worker.jobs.spec import (DATASET_ID, LOSS_PLOT, MODEL_NAME, SPEED_CARDS, TOKENIZER, TRAINING_CARDS, JobKindSpec,
                                Plot)
-from worker.kinds.fit import check_memory, check_schedule, check_text_dataset_fits_block, precision
-from worker.params import JobParamsError, with_defaults
+from worker.jobs.fit import check_memory, check_schedule, check_text_dataset_fits_block, precision
+from worker.jobs.params import JobParamsError, with_defaults
 
 # Model shape overrides on top of the preset (llm.model.GPTConfig fields); the context length is the
 # training block_size.
@@ -69,7 +69,7 @@ def memory_estimate(params: dict[str, Any], shape: dict[str, int], settings: Set
 
 def run(ctx: JobContext) -> Outcome:
     from llm.pretrain import pretrain
-    from worker.training import run_training
+    from worker.jobs.training import run_training
 
     params = ctx.params
     prepared = ensure_prepared(ctx, params["tokenizer"])

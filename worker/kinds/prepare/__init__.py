@@ -6,8 +6,8 @@ import json
 
 from db.models import DatasetKind, JobKind
 from llm.params import Setting
-from worker.context import JobContext, Outcome, ensure_prepared
-from worker.kinds.base import DATASET_ID, TOKENIZER, JobKindSpec
+from worker.jobs.context import JobContext, Outcome, ensure_prepared
+from worker.jobs.spec import DATASET_ID, TOKENIZER, JobKindSpec
 
 PARAMS = {
     "dataset_id": DATASET_ID,

@@ -19,22 +19,14 @@ import json
 import logging
 import time
 
+from worker.jobs.presence import redis_client
+
 logger = logging.getLogger(__name__)
 
 # kombu.transport.redis: PRIORITY_STEPS and the separator of priority queue names.
 _PRIORITY_STEPS = (0, 3, 6, 9)
 _PRIORITY_SEPARATOR = "\x06\x16"
 _UNACKED_KEY, _UNACKED_INDEX_KEY = "unacked", "unacked_index"
-# A health check or a reaper sweep must not hang on a dead broker.
-SOCKET_TIMEOUT_S = 2.0
-
-
-def redis_client(broker_url: str):
-    """A short-timeout Redis client for `broker_url` (closed by the caller)."""
-    import redis
-
-    return redis.Redis.from_url(broker_url, socket_connect_timeout=SOCKET_TIMEOUT_S,
-                                socket_timeout=SOCKET_TIMEOUT_S)
 
 
 def ping_broker(broker_url: str) -> None:

@@ -1,10 +1,10 @@
-"""The Celery application, configured from the workbench settings (its one task is in `worker.tasks`).
+"""Sending "a job is waiting" messages, and the Celery settings every process of one install shares.
 
-The database is the source of truth for job state; a message carries only a job id and means
-"a job is waiting: a worker slot should claim one". On arrival the worker claims the *best*
-queued job (highest priority, then oldest; see `worker.jobs.claim_next_job`), which is not
-necessarily the message's own id, so jobs run in priority-then-submission order whatever order
-the broker delivers messages in, and a message with no queued job left is a harmless no-op.
+The web process, the CLI and the reaper send `run_job` messages by task name (`RUN_JOB_TASK`) through a
+sending-only Celery app built here on first use; the worker's own app (`worker.runtime.celery_app`) is built
+from the same `celery_config`, so the two always agree on broker, queue and serializer. Nothing here imports
+Celery until a message is sent, and nothing imports the code that runs jobs: the job layer (`worker.jobs`)
+stays free of the worker's runtime.
 
 Configuration follows Celery's advice for long, idempotent jobs:
   - `task_acks_late` + `task_reject_on_worker_lost`: a message is acknowledged only after the
@@ -14,27 +14,16 @@ Configuration follows Celery's advice for long, idempotent jobs:
   - `worker_prefetch_multiplier = 1`: a worker reserves one message per slot, never a backlog
     that other idle workers could have run.
   - JSON only, and no result backend: results live in the database.
-
-The app is configured lazily: `app.add_defaults` receives a function that reads
-`get_settings()` only when the configuration is first needed, so WORKBENCH_* variables set by
-tests or by `workbench serve` before that moment are honoured. `configure(app, settings)` sets
-it explicitly (the worker's start, or a test that points it at another broker) and drops
-pooled broker connections so the new URL takes effect.
-
-Nothing here imports torch or touches CUDA, nor any other worker module: the web process imports
-this module (through `worker.messages`) to send messages by task name, and the worker imports
-`worker.tasks`, which defines the task. So sending never pulls in the code that runs jobs.
 """
 
 from __future__ import annotations
 
-import logging
-
-from celery import Celery
+from typing import TYPE_CHECKING
 
 from db.settings import Settings, get_settings
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from celery import Celery
 
 # Where jobs go unless configured otherwise: the first name of WORKBENCH_WORKER_QUEUES (default
 # "default"). Every process of one install shares that variable, so the web process, the reaper and
@@ -89,17 +78,33 @@ def celery_config(settings: Settings) -> dict:
     }
 
 
-app = Celery("workbench", include=["worker.tasks"])  # the worker imports the task module at start
-# Lazy: evaluated at the first read of app.conf, not at import.
-app.add_defaults(lambda: celery_config(get_settings()))
+_sending_app: "Celery | None" = None
 
 
-def job_queue(celery_app: Celery | None = None) -> str:
+def sending_app() -> "Celery":
+    """The sending-only Celery app of this process (built on first use; reconfigured when the environment
+    names another broker or queue)."""
+    global _sending_app
+    if _sending_app is None:
+        from celery import Celery  # only a process that sends pays for importing Celery
+
+        _sending_app = Celery("workbench-sender")
+        _sending_app.add_defaults(lambda: celery_config(get_settings()))
+    return ensure_configured(_sending_app)
+
+
+def send_run_job(job_id: int) -> None:
+    """Send one run_job message carrying `job_id`; raises when the broker is unreachable."""
+    app = sending_app()
+    app.send_task(RUN_JOB_TASK, args=[job_id], queue=job_queue(app))
+
+
+def job_queue(celery_app: "Celery | None" = None) -> str:
     """The queue this process sends run_job messages to."""
-    return (celery_app or app).conf.task_default_queue
+    return (celery_app or sending_app()).conf.task_default_queue
 
 
-def configure(celery_app: Celery = app, settings: Settings | None = None) -> Celery:
+def configure(celery_app: "Celery", settings: Settings | None = None) -> "Celery":
     """(Re)configure `celery_app` from `settings` (default: the environment now).
 
     Safe to call more than once: pooled broker connections are dropped, so sending after a
@@ -115,7 +120,7 @@ def configure(celery_app: Celery = app, settings: Settings | None = None) -> Cel
     return celery_app
 
 
-def ensure_configured(celery_app: Celery = app) -> Celery:
+def ensure_configured(celery_app: "Celery") -> "Celery":
     """Reconfigure if the environment now names another broker or job queue than the app uses.
 
     Called before sending, so a process whose WORKBENCH_BROKER_URL changed after the app was first

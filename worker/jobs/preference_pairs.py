@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Comparison, Completion, Label, LabelingPair, LabelingProject, Prompt, User
 from llm.agreement import LabelRow, consensus
-from llm.checkpoint import atomic_write_text
+from llm.atomic_files import atomic_write_text
 
 PAIRS_FILE = "pairs.jsonl"
 SOURCES_FILE = "pairs_sources.json"
