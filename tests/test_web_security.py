@@ -231,6 +231,37 @@ def test_a_success_resets_the_account(app_client: TestClient):
         assert app_client.get("/api/jobs", auth=TRAINER).status_code == 200
 
 
+def test_the_owners_logins_give_an_attacker_on_other_addresses_no_more_guesses():
+    # An attacker rotating addresses while the real user keeps logging in: the owner's success takes back only
+    # the owner's own typos, so the attacker's failures add up to the lockout as if the owner never came.
+    now = [0.0]
+    throttle = LoginThrottle(clock=lambda: now[0])
+    with throttle.attempt("victim", "10.0.0.7") as owner:  # the owner's usual machine, known to the account
+        owner.done(True)
+    guesses = 0
+    for round_ in range(3):
+        for i in range(MAX_FREE_FAILURES):
+            try:
+                throttle.check("victim", f"10.6.{round_}.{i}")
+            except LoginThrottled:
+                continue
+            with throttle.attempt("victim", f"10.6.{round_}.{i}") as attempt:
+                attempt.done(False)
+                guesses += 1
+        with throttle.attempt("victim", "10.0.0.7") as owner:  # the owner's machine: a typo, then success
+            owner.done(False)
+        with throttle.attempt("victim", "10.0.0.7") as owner:
+            owner.done(True)
+        now[0] += 1.0
+    assert guesses == MAX_FREE_FAILURES  # not 3 x MAX_FREE_FAILURES
+    throttle.check("victim", "10.0.0.7")  # the owner's known address still gets in
+    with pytest.raises(LoginThrottled):
+        throttle.check("victim", "10.9.9.9")
+    # Failures expire with time only.
+    now[0] += 15 * 60 + MAX_LOCKOUT_SECONDS + 1
+    throttle.check("victim", "10.9.9.9")
+
+
 @SQLITE_ONLY
 def test_login_form_is_throttled_with_429(app_client: TestClient, bcrypt_calls: list[int]):
     answers = [app_client.post("/login", data={"username": TRAINER[0], "password": f"guess-{i}"})

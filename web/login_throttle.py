@@ -10,8 +10,11 @@ The rule (one place; HTTP Basic on /api and the Gradio login form both go throug
 - From MAX_FREE_FAILURES failures on, the key is locked for FIRST_LOCKOUT_SECONDS after its latest
   failure, doubling with each further failure, up to MAX_LOCKOUT_SECONDS. A locked attempt is answered
   429 with Retry-After and is not counted (it runs no check, so it learns nothing).
-- A success clears the account's count and the address's failures at that account (only those: one
-  valid account must not unlock guessing at all the others from the same address).
+- A success takes back only what its own address failed at that account (the owner's typos), from the
+  address's count and the account's: an attacker guessing from other addresses keeps their failures until
+  they expire with time, however often the owner logs in meanwhile (else each of the owner's logins would
+  give the attacker MAX_FREE_FAILURES more guesses). One valid account must not unlock guessing at all the
+  others from the same address, so the address's failures at other accounts stay too.
 
 Why an attacker cannot lock an admin out for good: a lockout lasts MAX_LOCKOUT_SECONDS at most, and an
 address that logged in to an account successfully in the last KNOWN_ADDRESS_SECONDS is exempt from
@@ -130,16 +133,23 @@ class LoginThrottle:
                     attempt.done(False)
 
     def succeeded(self, name: str, address: str) -> None:
-        """A right password: clear the account's failures (also those from `address`, the provisional one of
-        this attempt included) and remember the address for the account."""
+        """A right password: take back the failures `address` made at this account (from the address's count
+        and the account's; others' failures at the account stay until they expire) and remember the address
+        for the account."""
         now = self._clock()
         with self._lock:
-            self._failures.pop(("account", name), None)
+            own = 0
             failures = self._failures.get(("address", address))
             if failures is not None:
-                failures.count -= failures.by_account.pop(name, 0)
+                own = failures.by_account.pop(name, 0)
+                failures.count -= own
                 if failures.count <= 0:
                     del self._failures[("address", address)]
+            account = self._failures.get(("account", name))
+            if account is not None:
+                account.count -= own
+                if account.count <= 0:
+                    del self._failures[("account", name)]
             self._known_addresses[(name, address)] = now + KNOWN_ADDRESS_SECONDS
 
     def _failed(self, name: str, address: str) -> None:
