@@ -216,6 +216,56 @@ def test_agreement_consensus_and_exports_follow_the_labels(session, team):
     assert len(rows) == 6 and {row["labeler"] for row in rows} == {"lea", "leo"}
 
 
+def test_the_export_gives_exactly_the_pairs_a_preference_job_trains_on(session, team, tmp_path):
+    """One consensus rule: a project's TRL export and a reward/DPO job's snapshot of it hold the same pairs,
+    pair for pair (prompt, chosen, rejected, order), whatever mix of labels the project has."""
+    from llm.chat_data import read_preference
+    from worker.jobs.preference_pairs import PAIRS_FILE, snapshot_pairs
+
+    chat_job, text_job = make_generate_job(session, prompts=2, answers=3), make_generate_job(session, chat=False)
+    project = create_project(session, team["tina"], name="mix", source_job_ids=[chat_job.id, text_job.id], overlap=3)
+    pairs = list(session.scalars(select(LabelingPair).where(LabelingPair.project_id == project.id)
+                                 .order_by(LabelingPair.id)))
+    # Stored (un-swapped) labels per pair, by labeler; each labeler is shown the pair the other way round
+    # than the one before, so "left" and "right" map to a and b both ways.
+    plan = [{"lea": "a", "leo": "a", "lou": "a"},                 # a
+            {"lea": "b", "leo": "b", "lou": "a"},                 # b, with a dissent
+            {"lea": "tie", "leo": "tie", "lou": "a"},             # a tie: no pair
+            {"lea": "both_bad", "leo": "both_bad", "lou": "both_bad"},  # both bad: no pair
+            {"lea": "a", "leo": "b", "lou": "tie"},               # no majority
+            {"lea": "skip", "leo": "a", "lou": "a", "tina": "b"},  # a skip is no label: a by 2 of 3
+            {"lea": "a", "leo": "a"},                             # too few labels yet
+            {"lea": "b", "lou": "b", "boss": "b"},                # b, in a text prompt
+            {}]                                                   # unlabeled
+    assert len(pairs) >= len(plan)
+    for index, (pair, labels) in enumerate(zip(pairs, plan)):
+        for turn, (name, label) in enumerate(labels.items()):
+            swapped = (index + turn) % 2 == 1
+            left = pair.completion_b_id if swapped else pair.completion_a_id
+            choice = {"a": "right" if swapped else "left", "b": "left" if swapped else "right"}.get(label, label)
+            stored = submit_label(session, team[name], project.id, pair.id, choice, left)
+            assert stored["label"] == label
+    texts = {c.id: c.text for c in session.scalars(select(Completion))}
+    expected = [(pairs[0].completion_a_id, pairs[0].completion_b_id), (pairs[1].completion_b_id, pairs[1].completion_a_id),
+                (pairs[5].completion_a_id, pairs[5].completion_b_id), (pairs[7].completion_b_id, pairs[7].completion_a_id)]
+
+    export = export_trl_jsonl(project.id, team["tina"], session=session)
+    assert len(export.splitlines()) == 4
+    (tmp_path / "export.jsonl").write_text(export)
+    exported = read_preference(tmp_path / "export.jsonl")  # as an uploaded preference dataset reads
+    run_dir = tmp_path / "run"
+    snapshot_pairs(run_dir, session, dataset_file=None, project_ids=[project.id], include_arena=False, log=lambda _: None)
+    snapshot = [json.loads(line) for line in (run_dir / PAIRS_FILE).read_text().splitlines()]
+    trained = [{key: pair[key] for key in ("prompt", "chosen", "rejected")} for pair in snapshot]
+    assert exported == trained
+    assert [(pair["chosen"][0]["content"], pair["rejected"][0]["content"]) for pair in trained] == \
+        [(texts[chosen], texts[rejected]) for chosen, rejected in expected]
+    assert [pair["labeler"] for pair in snapshot] == ["lea, leo, lou", "lea, leo, lou", "leo, lou, tina",
+                                                      "boss, lea, lou"]
+    assert [pair["pair_id"] for pair in consensus_pairs(project.id, team["tina"], session=session)] == \
+        [pairs[i].id for i in (0, 1, 5, 7)]
+
+
 def test_a_hold_expires_and_the_pair_goes_to_someone_else(session, team):
     from db.models import LabelingAssignment, utcnow
     from datetime import timedelta

@@ -2,12 +2,14 @@
 
     agreement_report(project_id)      percent agreement, Krippendorff's alpha (with how to read it), Cohen's
                                       kappa per labeler pair, each labeler vs. the majority, disagreements
-    consensus_pairs(project_id)       chosen/rejected pairs by the consensus rule (llm/agreement.py)
+    consensus_pairs(project_id)       chosen/rejected pairs by the consensus rule: the pairs a reward or DPO
+                                      job on the project trains on (worker/jobs/preference_pairs.py)
     export_trl_jsonl(project_id)      TRL's preference format: prompt / chosen / rejected, conversational
                                       when the prompt is a chat
     export_labels_csv(project_id)     every raw label, skips included
 
-The math lives in `llm.agreement` (pure functions, shared with the worker that snapshots pairs for training); this module reads the rows.
+The math lives in `llm.agreement` (pure functions); which labels make which pairs is read once, by
+`worker.jobs.preference_pairs.consensus_pairs`, for this export and for the training snapshot alike.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import json
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Completion, LabelingPair, LabelingProject, Prompt
+from db.models import LabelingPair, LabelingProject, Prompt
 from web.services.access import Action, require, resolve_user
-from llm.agreement import (LabelRow, against_majority, alpha_reading, consensus, consensus_counts,
-                                    disagreements, krippendorff_alpha, pairwise_kappas, percent_agreement)
+from llm.agreement import (LabelRow, against_majority, alpha_reading, consensus, consensus_counts, disagreements,
+                           krippendorff_alpha, pairwise_kappas, percent_agreement)
 from web.services.common import InvalidInput, NotFound, reading
 from web.services.labeling import labels_of_project
+from worker.jobs import preference_pairs
 
 MIN_SHARED_FOR_KAPPA = 5  # fewer shared items make kappa mostly noise
 
@@ -75,29 +78,16 @@ def _prompt_texts(session: Session, pair_ids: list[int]) -> dict[int, str]:
 def consensus_pairs(project_id: int, who, min_labels: int | None = None,
                     session: Session | None = None) -> list[dict]:
     """[{pair_id, prompt (text), messages (or None), chosen, rejected, labels}] for pairs whose consensus is
-    "a" or "b"; min_labels defaults to the project's overlap (a pair counts once it is complete)."""
+    "a" or "b"; min_labels defaults to the project's overlap (a pair counts once it is complete). The pairs
+    are the ones a reward or DPO job on this project trains on (`worker.jobs.preference_pairs`)."""
     with reading(session) as s:
         project = _project(s, project_id, who)
-        min_labels = project.overlap if min_labels is None else min_labels
-        if isinstance(min_labels, bool) or not isinstance(min_labels, int) or min_labels < 1:
+        if min_labels is not None and (isinstance(min_labels, bool) or not isinstance(min_labels, int)
+                                       or min_labels < 1):
             raise InvalidInput("min_labels must be a whole number of at least 1", field="min_labels")
-        decided = consensus(_rows(labels_of_project(s, project.id)), min_labels)
-        winners = {pair_id: d for pair_id, d in decided.items() if d.label in ("a", "b")}
-        if not winners:
-            return []
-        pairs = {pair.id: pair for pair in s.scalars(select(LabelingPair).where(LabelingPair.id.in_(winners)))}
-        completion_ids = {cid for p in pairs.values() for cid in (p.completion_a_id, p.completion_b_id)}
-        texts = dict(s.execute(select(Completion.id, Completion.text).where(Completion.id.in_(completion_ids))).all())
-        prompts = {p.id: p for p in s.scalars(select(Prompt).where(Prompt.id.in_({p.prompt_id for p in pairs.values()})))}
-        result = []
-        for pair_id in sorted(winners):
-            pair, decision = pairs[pair_id], winners[pair_id]
-            chosen, rejected = ((pair.completion_a_id, pair.completion_b_id) if decision.label == "a"
-                                else (pair.completion_b_id, pair.completion_a_id))
-            prompt = prompts[pair.prompt_id]
-            result.append({"pair_id": pair_id, "prompt": prompt.text, "messages": prompt.messages,
-                           "chosen": texts[chosen], "rejected": texts[rejected], "labels": decision.labels})
-        return result
+        return [{"pair_id": pair.pair_id, "prompt": pair.prompt, "messages": pair.messages, "chosen": pair.chosen,
+                 "rejected": pair.rejected, "labels": pair.labels}
+                for pair in preference_pairs.consensus_pairs(s, project.id, min_labels)]
 
 
 def trl_record(pair: dict) -> dict:
