@@ -18,6 +18,7 @@ tests can change a variable with ``monkeypatch.setenv`` and see it at once.
 | `WORKBENCH_IMPORT_DIR` | `<data dir>/import` | The only directory from which an admin may import a Hugging Face GPT-2 model (Models tab): each sub-directory holding `config.json` + `model.safetensors` is offered; no other path on the server can be named. |
 | `WORKBENCH_DEVICE` | `auto` | Torch device for jobs: `auto` (CUDA, then MPS, then CPU), `cpu`, `cuda`, `cuda:1`, `mps`. |
 | `WORKBENCH_ALLOWED_ORIGINS` | *(empty)* | Comma-separated origins (`https://tools.example.com`) other than the app's own that browsers may send credentialed and state-changing requests from. Empty: same origin only. |
+| `WORKBENCH_PUBLIC_HOSTS` | this machine's names and addresses, `localhost` | Comma-separated host names (or addresses) people type to reach the app. A browser page may change something only when its origin names one of them (and the port it was served on): a page of another domain that resolves to this machine (DNS rebinding) is refused. Add your proxy's public name here. |
 | `WORKBENCH_SECURE_COOKIES` | `false` | `true` marks every cookie `Secure` (for a TLS proxy that does not send `X-Forwarded-Proto: https`; with that header, or on https, cookies are `Secure` anyway). |
 
 Paths built from ids (``runs/<job id>``, ``datasets/<dataset id>``) go through `safe_join`,
@@ -71,6 +72,7 @@ class Settings:
     import_dir: Path | None = None  # None: <data dir>/import
     allowed_origins: tuple[str, ...] = ()  # besides the app's own origin
     secure_cookies: bool = False  # True: Secure on every cookie, whatever the request's scheme
+    public_hosts: tuple[str, ...] = field(default_factory=lambda: default_public_hosts())
 
     @property
     def models_import_dir(self) -> Path:
@@ -158,6 +160,7 @@ def get_settings(environ: Mapping[str, str] | None = None) -> Settings:
         import_dir=Path(text("WORKBENCH_IMPORT_DIR")).expanduser().resolve() if text("WORKBENCH_IMPORT_DIR") else None,
         allowed_origins=_origins(text("WORKBENCH_ALLOWED_ORIGINS")),
         secure_cookies=_flag(env, "WORKBENCH_SECURE_COOKIES"),
+        public_hosts=_host_names(text("WORKBENCH_PUBLIC_HOSTS")) or default_public_hosts(),
     )
 
 
@@ -221,6 +224,32 @@ def _origins(raw: str) -> tuple[str, ...]:
                              "write scheme://host[:port], e.g. https://tools.example.com")
         origins.append(origin)
     return tuple(dict.fromkeys(origins))
+
+
+def default_public_hosts() -> tuple[str, ...]:
+    """The names a browser on this machine or its network may use: localhost, loopback addresses, this
+    machine's host name, fully qualified name and addresses."""
+    import socket
+
+    names = ["localhost", "127.0.0.1", "::1", socket.gethostname(), socket.getfqdn()]
+    try:
+        names += socket.gethostbyname_ex(socket.gethostname())[2]
+    except OSError:  # a host name that does not resolve: the names above still work
+        pass
+    return tuple(dict.fromkeys(name.lower() for name in names if name))
+
+
+def _host_names(raw: str) -> tuple[str, ...]:
+    """WORKBENCH_PUBLIC_HOSTS as lower-case host names (a port or a scheme given by mistake is refused)."""
+    hosts = []
+    for item in (part.strip().lower() for part in raw.split(",")):
+        if not item:
+            continue
+        if not re.fullmatch(r"[a-z0-9.\-]+|\[?[0-9a-f:.]+\]?", item):
+            raise ValueError(f"WORKBENCH_PUBLIC_HOSTS: {item!r} is not a host name; write names without scheme "
+                             "or port, e.g. workbench.example.com,10.0.0.5")
+        hosts.append(item.strip("[]"))
+    return tuple(dict.fromkeys(hosts))
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

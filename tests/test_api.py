@@ -61,8 +61,10 @@ def count(session: Session, model: type) -> int:
 # ----------------------------------------------------------------------------- auth
 
 
-def test_health_needs_no_login_and_checks_the_database(client: TestClient):
+def test_health_needs_no_login_and_shows_the_parts_to_admins_only(client: TestClient):
     response = client.get("/api/health")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    response = client.get("/api/health", auth=ADMIN)
     assert response.status_code == 200
     assert {key: response.json()[key] for key in ("status", "database", "broker")} == {
         "status": "ok", "database": "ok", "broker": "ok"}
@@ -74,9 +76,8 @@ def test_health_reports_an_unreachable_database(api_settings: Settings):
     broken = dataclasses.replace(api_settings, database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
     with TestClient(create_app(broken)) as client:
         response = client.get("/api/health")
-    assert response.status_code == 503
-    assert response.json()["status"] == "error"
-    assert "OperationalError" in response.json()["database"]
+    # Nobody can be authenticated without the database: everyone gets the short answer.
+    assert (response.status_code, response.json()) == (503, {"status": "error"})
 
 
 @pytest.mark.parametrize("method, path", [

@@ -20,12 +20,38 @@ from worker.jobs.presence import WorkerPresence
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
+HEALTH_ADMIN = ("health-admin", "health-admin-password")
+
+
 @pytest.fixture
-def fast_beats(workbench_env, job_queue, monkeypatch):
-    """Heartbeat 0.2 s, stale after 1 s, a queue (and so a worker registry) of the test's own."""
+def fast_beats(workbench_env, job_queue, monkeypatch, session):
+    """Heartbeat 0.2 s, stale after 1 s, a queue (and so a worker registry) of the test's own; an admin who
+    may see the parts."""
+    from db.models import Role
+    from db.users import create_user
+
     monkeypatch.setenv("WORKBENCH_HEARTBEAT_SECONDS", "0.2")
     monkeypatch.setenv("WORKBENCH_STALE_AFTER_SECONDS", "1")
+    create_user(session, *HEALTH_ADMIN, Role.admin)
+    create_user(session, "health-labeler", "health-labeler-password", Role.labeler)
+    session.commit()
     return get_settings()
+
+
+def test_outsiders_see_up_or_down_only(fast_beats):
+    with health_client(fast_beats) as client:
+        for auth in (None, ("health-labeler", "health-labeler-password"), (HEALTH_ADMIN[0], "wrong")):
+            answer = client.get("/api/health", auth=auth)
+            assert (answer.status_code, answer.json()) == (200, {"status": "ok"}), auth
+        assert set(client.get("/api/health", auth=HEALTH_ADMIN).json()) >= {"database", "broker", "workers"}
+    supervisor = Supervisor(poll_interval_s=0.05)
+    supervisor.add("worker", Sleeper)  # serve runs a worker that has not beaten: down
+    try:
+        with health_client(fast_beats, supervisor) as client:
+            down = client.get("/api/health")
+            assert (down.status_code, down.json()) == (503, {"status": "error"})
+    finally:
+        supervisor.stop()
 
 
 def health(settings, supervisor=None) -> tuple[int, dict]:
@@ -41,7 +67,8 @@ def health_client(settings, supervisor=None) -> TestClient:
 
 
 def ask(client: TestClient) -> tuple[int, dict]:
-    answer = client.get("/api/health")
+    """An admin's view of /api/health (outsiders see the status only: test_outsiders_see_up_or_down_only)."""
+    answer = client.get("/api/health", auth=HEALTH_ADMIN)
     return answer.status_code, answer.json()
 
 

@@ -94,9 +94,13 @@ class Server:
         return "".join(self.lines)
 
     def health(self) -> tuple[int, dict]:
-        """(status code, body) of /api/health; (0, {}) while nothing answers."""
+        """(status code, body) of /api/health as the admin sees it (once serve printed the password: each
+        part's state); (0, {}) while nothing answers."""
+        password = next((line.split(": ", 1)[1].strip() for line in self.output.splitlines()
+                         if line.startswith("admin password: ")), None)
         try:
-            answer = httpx.get(f"{self.base_url}/api/health", timeout=5)
+            answer = httpx.get(f"{self.base_url}/api/health", timeout=5,
+                               auth=("admin", password) if password else None)
         except httpx.HTTPError:
             return 0, {}
         return answer.status_code, answer.json()

@@ -3,6 +3,7 @@ real app (FastAPI + mounted Gradio) on a real database; the throttle's timing ru
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from uuid import uuid4
@@ -27,7 +28,8 @@ EVIL = "https://evil.example"
 
 @pytest.fixture
 def app_client(api_settings: Settings, users: dict):
-    with TestClient(create_app(api_settings), base_url=HOST) as test_client:
+    settings = dataclasses.replace(api_settings, public_hosts=("workbench.example.com",))
+    with TestClient(create_app(settings), base_url=HOST) as test_client:
         yield test_client
 
 
@@ -87,6 +89,41 @@ def test_cross_site_writes_are_refused_everywhere(app_client: TestClient, sessio
         assert "cross-site request refused" in answer.json()["detail"]
         assert "set-cookie" not in answer.headers
     assert job_count(session) == before
+
+
+@SQLITE_ONLY
+def test_a_rebound_domain_is_not_the_app(api_settings: Settings, users: dict, session):
+    # DNS rebinding: evil.example resolves to this machine, so its page's requests carry Host: evil.example and
+    # Origin: https://evil.example, the same origin by the Host header. Only the app's public names count.
+    before = job_count(session)
+    with TestClient(create_app(api_settings), base_url=EVIL) as rebound:
+        answer = rebound.post("/api/jobs", auth=TRAINER, json=tiny_job(), headers={"Origin": EVIL})
+        login = rebound.post("/login", headers={"Origin": EVIL}, data={"username": TRAINER[0], "password": TRAINER[1]})
+    assert answer.status_code == 403 and "WORKBENCH_PUBLIC_HOSTS" in answer.json()["detail"]
+    assert login.status_code == 403
+    assert job_count(session) == before
+    # The default public names are this machine's: a page served from 127.0.0.1 is the app.
+    assert "127.0.0.1" in api_settings.public_hosts and "localhost" in api_settings.public_hosts
+    with TestClient(create_app(api_settings), base_url="http://127.0.0.1:7860") as local:
+        ok = local.post("/login", headers={"Origin": "http://127.0.0.1:7860"},
+                        data={"username": TRAINER[0], "password": TRAINER[1]})
+    assert ok.json() == {"success": True}
+
+
+@SQLITE_ONLY
+def test_no_other_site_may_frame_the_app(app_client: TestClient):
+    for path in ("/", "/api/health", "/config"):
+        answer = app_client.get(path)
+        assert answer.headers["content-security-policy"] == "frame-ancestors 'self'", path
+        assert answer.headers["x-frame-options"] == "SAMEORIGIN", path
+
+
+def test_public_hosts_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("WORKBENCH_PUBLIC_HOSTS", "Workbench.Example.com, 10.0.0.5")
+    assert get_settings().public_hosts == ("workbench.example.com", "10.0.0.5")
+    monkeypatch.setenv("WORKBENCH_PUBLIC_HOSTS", "https://workbench.example.com:443")
+    with pytest.raises(ValueError, match="WORKBENCH_PUBLIC_HOSTS"):
+        get_settings()
 
 
 @SQLITE_ONLY

@@ -39,12 +39,12 @@ class SeenWorkerOut(BaseModel):
 
 class HealthOut(BaseModel):
     status: str = Field(examples=["ok"], description="ok, or error when any part below is down (HTTP 503)")
-    database: str = Field(examples=["ok"])
+    database: str | None = Field(default=None, examples=["ok"], description="the parts are shown to admins only")
     broker: str | None = Field(default=None, examples=["ok"], description="ok, or why PING failed")
     workers: str | None = Field(default=None, examples=["ok"],
                                 description="ok | none seen (no worker has beaten yet: jobs wait) | down: why")
-    seen_workers: list[SeenWorkerOut] = Field(default_factory=list)
-    processes: dict[str, str] = Field(default_factory=dict,
+    seen_workers: list[SeenWorkerOut] | None = None
+    processes: dict[str, str] | None = Field(default=None,
                                       description="what `workbench serve` supervises (worker, redis) and its state")
 
 

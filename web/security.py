@@ -6,7 +6,9 @@ What it enforces, for every HTTP request and websocket of the app, mounted Gradi
   (or, without one, the origin of its ``Referer``) is neither the app's own origin nor one of
   ``WORKBENCH_ALLOWED_ORIGINS`` gets 403 before any route runs. The app's own origin is the request's
   ``Host`` header (what the browser addressed; a reverse proxy must pass it on, as nginx's
-  ``proxy_set_header Host $host`` does). ``Origin: null`` (sandboxed frames, some redirects) counts as
+  ``proxy_set_header Host $host`` does) when that host is one of ``WORKBENCH_PUBLIC_HOSTS`` (default: this
+  machine's names and addresses): a page of another domain that its owner points at this machine's address
+  (DNS rebinding) sends its own name as both Host and Origin, and must not pass as the app. ``Origin: null`` (sandboxed frames, some redirects) counts as
   foreign. Requests with neither header come from scripts and curl, not from a browser page, and pass:
   a browser always sends ``Origin`` on a cross-origin POST. A browser's ``Sec-Fetch-Site: cross-site``
   (or ``same-site``: a sibling host) refuses the request too, unless its origin is allowed.
@@ -15,6 +17,8 @@ What it enforces, for every HTTP request and websocket of the app, mounted Gradi
   navigation carries). Gradio 6 offers no other logout route, so that GET is judged like a write:
   refused when ``Sec-Fetch-Site`` says another site sent it, or when its ``Referer`` is foreign. The
   app's own "log out" link sends ``Sec-Fetch-Site: same-origin``; a typed address or a bookmark ``none``.
+- Every answer says it may be framed only by the app itself (``Content-Security-Policy: frame-ancestors
+  'self'`` and ``X-Frame-Options: SAMEORIGIN``): no other site can overlay the Label tab's buttons.
 - Cookies the app sets are ``SameSite=Lax`` (Gradio sets its login cookie ``SameSite=None``, which a
   cross-site page's requests would carry), and ``Secure`` when the request came over https: the scheme
   uvicorn saw, an ``X-Forwarded-Proto: https`` from a TLS proxy, or ``WORKBENCH_SECURE_COOKIES``.
@@ -47,6 +51,7 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # GET routes that change state anyway (the last path segment): Gradio's logout.
 STATE_CHANGING_GETS = frozenset({"logout"})
 OTHER_SITES = frozenset({"cross-site", "same-site"})  # Sec-Fetch-Site values naming another site
+FRAME_POLICY = "frame-ancestors 'self'"
 DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
 
 client_address: contextvars.ContextVar[str] = contextvars.ContextVar("client_address", default="unknown")
@@ -58,7 +63,7 @@ def install(app: FastAPI, settings: Settings) -> None:
                        allow_methods=["*"], allow_headers=["*"])
     # Added last, so it is the outermost layer: a refused request reaches neither CORS nor a route.
     app.add_middleware(CrossSiteGuard, allowed_origins=settings.allowed_origins,
-                       always_secure=settings.secure_cookies)
+                       always_secure=settings.secure_cookies, public_hosts=settings.public_hosts)
 
 
 def _netloc(scheme: str, host_and_port: str) -> str:
@@ -82,14 +87,16 @@ def request_origin(headers: Headers) -> str | None:
     return None
 
 
-def is_same_origin(origin: str, headers: Headers) -> bool:
+def is_same_origin(origin: str, headers: Headers, public_hosts: frozenset[str]) -> bool:
     """Whether `origin` names the host this request was sent to (ports normalized, any http(s) scheme:
-    a TLS proxy in front may make the app see http while the browser used https)."""
+    a TLS proxy in front may make the app see http while the browser used https) and that host is one of
+    the app's public names."""
     parts = urlsplit(origin)
     host = headers.get("host")
     if parts.scheme not in DEFAULT_PORTS or not parts.netloc or not host:
         return False
-    return _netloc(parts.scheme, parts.netloc) == _netloc(parts.scheme, host)
+    return (_netloc(parts.scheme, parts.netloc) == _netloc(parts.scheme, host)
+            and (parts.hostname or "").lower() in public_hosts)
 
 
 def is_https(scope: Scope, headers: Headers) -> bool:
@@ -117,10 +124,12 @@ def _lax_cookie(cookie: str, secure: bool) -> str:
 class CrossSiteGuard:
     """The ASGI middleware described in the module docstring."""
 
-    def __init__(self, app: ASGIApp, allowed_origins: tuple[str, ...] = (), always_secure: bool = False):
+    def __init__(self, app: ASGIApp, allowed_origins: tuple[str, ...] = (), always_secure: bool = False,
+                 public_hosts: tuple[str, ...] = ()):
         self.app = app
         self.allowed_origins = frozenset(allowed_origins)
         self.always_secure = always_secure
+        self.public_hosts = frozenset(host.lower() for host in public_hosts)
 
     def _foreign_origin(self, scope: Scope, headers: Headers) -> str | None:
         """Where the request comes from if it changes state (a write, a websocket, a state-changing GET)
@@ -128,7 +137,8 @@ class CrossSiteGuard:
         if scope["type"] == "http" and not changes_state(scope):
             return None
         origin = request_origin(headers)
-        if origin is not None and (origin in self.allowed_origins or is_same_origin(origin, headers)):
+        if origin is not None and (origin in self.allowed_origins
+                                   or is_same_origin(origin, headers, self.public_hosts)):
             return None
         fetch_site = headers.get("sec-fetch-site", "").strip().lower()
         if fetch_site in OTHER_SITES:
@@ -152,6 +162,8 @@ class CrossSiteGuard:
             async def send_with_lax_cookies(message: Message) -> None:
                 if message["type"] == "http.response.start":
                     mutable = MutableHeaders(scope=message)
+                    mutable["content-security-policy"] = FRAME_POLICY
+                    mutable["x-frame-options"] = "SAMEORIGIN"
                     cookies = mutable.getlist("set-cookie")
                     if cookies:
                         del mutable["set-cookie"]
@@ -171,7 +183,8 @@ class CrossSiteGuard:
             await send({"type": "websocket.close", "code": 1008})
             return
         body = json.dumps({"detail": f"cross-site request refused: origin {origin} may not change anything here; "
-                                     "an administrator can allow it with WORKBENCH_ALLOWED_ORIGINS"}).encode()
+                                     "an administrator can allow it with WORKBENCH_ALLOWED_ORIGINS (another site) "
+                                     "or WORKBENCH_PUBLIC_HOSTS (a name of this app)"}).encode()
         await send({"type": "http.response.start", "status": 403,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

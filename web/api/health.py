@@ -1,4 +1,8 @@
-"""GET /api/health: each part of the platform, without authentication (load balancers, `serve`).
+"""GET /api/health: is the platform up, for anyone (load balancers, `serve`); each part of it, for admins.
+
+Without credentials (or with a user who is not an admin) the answer is `{"status": "ok"}` or, with 503,
+`{"status": "error"}`: host names, process ids and workers' memory are nobody else's business. An admin's
+HTTP Basic credentials get the parts below.
 
 Parts: the database (SELECT 1), the broker (Redis PING), the workers consuming the job queue (their
 presence beats in the broker, see `worker.jobs.presence.WorkerPresence`) and, under `workbench serve`,
@@ -14,13 +18,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, status
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, status
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBasicCredentials
 from sqlalchemy import text
 
 from db.session import SessionLocal
 from db.settings import Settings
-from web.auth import get_app_settings
+from web.auth import basic_security, check_password, get_app_settings, get_login_throttle
 from web.schemas import HealthOut
 
 router = APIRouter(prefix="/api", tags=["health"])
@@ -79,9 +86,26 @@ def check_workers(settings: Settings, supervised_worker: bool) -> tuple[str, lis
     return "none seen", workers
 
 
-@router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
-def health(request: Request) -> Any:
-    """Each part's state; 503 when one is down. No authentication."""
+def _is_admin(request: Request, settings: Settings, credentials: HTTPBasicCredentials | None) -> bool:
+    """Whether the caller sent an admin's right credentials (throttled like every login; a database that
+    cannot be reached makes everybody an outsider, who still learns the platform is down)."""
+    from web.services import Action, can
+
+    if credentials is None:
+        return False
+    try:
+        with SessionLocal(settings.database_url) as session:
+            user = check_password(session, credentials.username, credentials.password, get_login_throttle(request))
+            return user is not None and can(user, Action.manage_users)
+    except Exception:  # throttled, or the database is down: the short answer
+        return False
+
+
+@router.get("/health", response_model=HealthOut, response_model_exclude_none=True,
+            responses={503: {"model": HealthOut}})
+def health(request: Request,
+           credentials: Annotated[HTTPBasicCredentials | None, Depends(basic_security)] = None) -> Any:
+    """Up or down for anyone (503 when a part is down); each part's state for an admin's credentials."""
     settings = get_app_settings(request)
     supervisor = getattr(request.app.state, "supervisor", None)
     processes = supervisor.states() if supervisor is not None else {}
@@ -93,7 +117,9 @@ def health(request: Request) -> Any:
     up = (database == OK and broker == OK and not workers.startswith("down")
           and all(state.startswith("running") for state in processes.values()))
     body["status"] = OK if up else "error"
+    if not _is_admin(request, settings, credentials):
+        body = {"status": body["status"]}
     if not up:
         return JSONResponse(status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-                            content=HealthOut(**body).model_dump())
+                            content=HealthOut(**body).model_dump(exclude_none=True))
     return body
