@@ -121,8 +121,7 @@ def test_dataset_kind_and_priority_are_validated(workbench_env, session):
         ("pretrain", {"dataset_id": 9999}, 0, "dataset_id", "no dataset with id 9999"),
         ("pretrain", {"dataset_id": chat.id}, 0, "dataset_id", "needs a text dataset"),
         ("pretrain", {"dataset_id": chat.id}, 1000, "priority", "between -100 and 100"),
-        ("evaluate", {}, 0, "kind", "not available yet"),
-        ("fly", {}, 0, "kind", "unknown job kind"),
+        ("fly", {}, 0, "kind", "unknown job kind 'fly'; choose one of prepare, train_tokenizer, pretrain"),
     ]
     for kind, params, priority, field, words in cases:
         with pytest.raises(JobParamsError) as caught:
@@ -408,3 +407,32 @@ def _exited(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return state in ("Z", "X")
+
+
+def test_a_job_that_beats_in_the_broker_survives_a_long_database_stall(workbench_env, database_url, session,
+                                                                      job_queue, redis_url):
+    # The database was stalled for two minutes: the job's heartbeats could not stamp it, but they reached the
+    # broker. The reaper must not count that as a lost worker; once the broker's beat is old too, it does.
+    from worker.jobs.presence import job_beat_key
+
+    dataset = add_dataset(session)
+    job = make_job(session, dataset)
+    attempt = jobs.claim_next_job(session, "busy-db-worker").attempts
+    heartbeat = JobHeartbeat(job.id, attempt, interval_s=10, database_url="postgresql+psycopg://nobody@127.0.0.1:1/x",
+                             broker_url=redis_url, queue=job_queue, stale_after_seconds=60)
+    heartbeat.beat()  # its database write fails (nothing listens there), the broker's beat lands
+    assert not heartbeat.should_stop()
+    _age_heartbeat(session, job.id, 120)
+    for _sweep in range(MAX_LOST_ATTEMPTS + 1):
+        assert reap_stale_jobs(session, 60) == []
+    session.expire_all()
+    assert session.get(Job, job.id).status == JobStatus.running
+    assert not any(line.startswith("worker lost") for line in log_lines(session, job.id))
+    # A beat of an older attempt does not vouch for this one; a beat older than the stale limit neither.
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.set(job_beat_key(job_queue, job.id), f"{attempt} {time.time() - 61:.3f}")
+        assert reap_stale_jobs(session, 60) == [job.id]
+    finally:
+        client.delete(job_beat_key(job_queue, job.id))
+        client.close()

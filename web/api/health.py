@@ -29,6 +29,7 @@ from db.session import SessionLocal
 from db.settings import Settings
 from web.auth import basic_security, check_password, get_app_settings, get_login_throttle
 from web.schemas import HealthOut
+from worker.jobs.messages import broker_url_of, job_queue_of
 
 router = APIRouter(prefix="/api", tags=["health"])
 
@@ -50,12 +51,6 @@ def check_database(settings: Settings) -> str:
     return OK
 
 
-def broker_url_of(settings: Settings) -> str:
-    from worker.jobs.messages import FALLBACK_BROKER_URL
-
-    return settings.broker_url or FALLBACK_BROKER_URL
-
-
 def check_broker(settings: Settings) -> str:
     from worker.runtime.broker_state import ping_broker
 
@@ -70,7 +65,7 @@ def check_workers(settings: Settings, supervised_worker: bool) -> tuple[str, lis
     """The workers part and the workers seen; `supervised_worker`: serve runs one, so one is expected."""
     from worker.jobs.presence import seen_workers
 
-    queue = settings.worker_queues[0]
+    queue = job_queue_of(settings)
     try:
         workers = seen_workers(broker_url_of(settings), queue, settings.stale_after_seconds)
     except Exception as error:

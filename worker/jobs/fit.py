@@ -1,9 +1,10 @@
 """Checks that a training job fits before it is queued, shared by the training kinds' `check` hooks (so the
 API, the CLI and the Train forms all get them):
 
-  - memory: the run's estimated peak (`llm.memory`) against what the workers have (the largest capacity
-    the live workers report in their presence beats, else this machine's); a job that cannot fit would be
-    killed for memory after waiting in the queue, and would hold the queue while it fails;
+  - memory: the run's estimated peak (a kind's `estimate`, a `RunEstimate` from `llm.memory`'s formula) against
+    what the workers have (the largest capacity the live workers report in their presence beats, else this
+    machine's); a job that cannot fit would be killed for memory after waiting in the queue, and would hold the
+    queue while it fails. The Train form's preview calls the same `estimate`, so it shows the figure compared;
   - schedule: warmup / eval_every / checkpoint_every left at their defaults shrink with a short run, and
     a warmup as long as the run is refused (`llm.train_config.fit_schedule_to_steps`, `schedule_problems`);
   - data: a text dataset too small for one block of block_size tokens is refused in the form's terms.
@@ -14,6 +15,7 @@ Messages name the form's fields, never a server path or a CLI flag.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +26,24 @@ from db.settings import Settings, get_settings
 from llm.memory import MemoryEstimate, human_gb
 from llm.params import Setting
 from llm.train_config import SCHEDULE_FIELDS, fit_schedule_to_steps, schedule_problems
-from worker.jobs.messages import DEFAULT_QUEUE, FALLBACK_BROKER_URL
+from worker.jobs.messages import broker_url_of, job_queue_of
 from worker.jobs.params import JobParamsError
 from worker.jobs.presence import seen_workers
 
 logger = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """A kind's estimate of a run before it is queued (its `estimate.py`): the peak memory the submit check
+    compares with what the workers have, where it runs, its FLOPs, and the figures a Train form shows."""
+
+    memory: MemoryEstimate
+    device_type: str                 # "cuda" or "cpu": where the job will run (`device_type`)
+    flops: float                     # training FLOPs of the whole run (a form turns them into a time)
+    model_field: str                 # the param a refusal names when the model, not the batch, is most of it
+    model_hint: str                  # what to do then
+    figures: dict[str, Any] = field(default_factory=dict)  # parameter counts, tokens per step, ...
+
 
 # Used only when no live worker has reported its capacity (none started yet, or the broker cannot be read):
 # the check then assumes the workers run on a machine like this one, and says so in every refusal.
@@ -40,9 +55,9 @@ def live_worker_capacities(settings: Settings) -> list[dict]:
     """The live workers of the job queue that reported a capacity (`worker.jobs.presence.seen_workers` entries);
     [] when the broker cannot be read (the check then falls back to this machine, and says so)."""
 
-    queue = settings.worker_queues[0] if settings.worker_queues else DEFAULT_QUEUE
+    queue = job_queue_of(settings)
     try:
-        workers = seen_workers(settings.broker_url or FALLBACK_BROKER_URL, queue, settings.stale_after_seconds)
+        workers = seen_workers(broker_url_of(settings), queue, settings.stale_after_seconds)
     except Exception as error:  # an unreachable broker must not refuse a job; the fallback is said in the message
         logger.info("worker capacities not read (broker unreachable): %s", error)
         return []
@@ -113,30 +128,28 @@ def batch_field(params: dict[str, Any], declared: dict[str, Setting]) -> str:
     return "block_size" if overshoot("block_size") > overshoot("batch_size") else "batch_size"
 
 
-def check_memory(estimate: MemoryEstimate, params: dict[str, Any], settings: Settings, *,
-                 model_field: str, model_hint: str, declared: dict[str, Setting]) -> None:
-    """JobParamsError when `estimate` is above what the workers have: on the batch's field when the batch
-    (activations, logits) is most of it, else on `model_field` with `model_hint`."""
-    device = device_type(params, settings)
-    available, source = worker_memory(device, params, settings)
-    if estimate.total <= available:
+def check_memory(estimate: RunEstimate | None, params: dict[str, Any], settings: Settings, *,
+                 declared: dict[str, Setting]) -> None:
+    """JobParamsError when `estimate`'s memory is above what the workers have: on the batch's field when the
+    batch (activations, logits) is most of it, else on the estimate's `model_field` with its `model_hint`.
+    No estimate (nothing to estimate from): nothing to refuse."""
+    if estimate is None:
         return
-    if estimate.per_batch >= estimate.total - estimate.per_batch:
-        field = batch_field(params, declared)
+    memory = estimate.memory
+    available, source = worker_memory(estimate.device_type, params, settings)
+    if memory.total <= available:
+        return
+    if memory.per_batch >= memory.total - memory.per_batch:
+        field_name = batch_field(params, declared)
         hint = "lower batch_size or block_size (raise grad_accum to keep the effective batch)"
     else:
-        field, hint = model_field, model_hint
-    memory_kind = "GPU memory" if device == "cuda" else "RAM"
-    raise JobParamsError(field, f"this run needs about {human_gb(estimate.total)} of {memory_kind} "
-                                f"(batch_size {params['batch_size']} × block_size {params['block_size']}: "
-                                f"{human_gb(estimate.per_batch)}; the model and its optimizer: "
-                                f"{human_gb(estimate.total - estimate.per_batch)}); the workers have "
-                                f"{human_gb(available)} ({source}): {hint}")
-
-
-def precision(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """The device_type and dtype arguments of `llm.memory.training_memory` for this job."""
-    return {"device_type": device_type(params, settings), "dtype": params.get("dtype")}
+        field_name, hint = estimate.model_field, estimate.model_hint
+    memory_kind = "GPU memory" if estimate.device_type == "cuda" else "RAM"
+    raise JobParamsError(field_name, f"this run needs about {human_gb(memory.total)} of {memory_kind} "
+                                     f"(batch_size {params['batch_size']} × block_size {params['block_size']}: "
+                                     f"{human_gb(memory.per_batch)}; the model and its optimizer: "
+                                     f"{human_gb(memory.total - memory.per_batch)}); the workers have "
+                                     f"{human_gb(available)} ({source}): {hint}")
 
 
 # ----------------------------------------------------------------------------- schedule

@@ -42,10 +42,20 @@ CLAIM_RETRY_DELAY_S = 10
 CLAIM_MAX_RETRIES = 360
 
 
+def broker_url_of(settings: Settings) -> str:
+    """The broker every process of the install talks to (messages, worker presence, job beats)."""
+    return settings.broker_url or FALLBACK_BROKER_URL
+
+
+def job_queue_of(settings: Settings) -> str:
+    """The queue jobs of this install go to: the first of WORKBENCH_WORKER_QUEUES."""
+    return settings.worker_queues[0] if settings.worker_queues else DEFAULT_QUEUE
+
+
 def celery_config(settings: Settings) -> dict:
     """The Celery settings for `settings` (new-style lowercase names)."""
     return {
-        "broker_url": settings.broker_url or FALLBACK_BROKER_URL,
+        "broker_url": broker_url_of(settings),
         # Retry the first connection too (Celery 6 stops doing so by default): a worker started
         # alongside its broker (docker compose, serve) must not die because Redis is a second late.
         "broker_connection_retry_on_startup": True,
@@ -58,7 +68,7 @@ def celery_config(settings: Settings) -> dict:
         "task_reject_on_worker_lost": True,
         # One message per worker slot: a long training job must not sit on a reserved backlog.
         "worker_prefetch_multiplier": 1,
-        "task_default_queue": settings.worker_queues[0] if settings.worker_queues else DEFAULT_QUEUE,
+        "task_default_queue": job_queue_of(settings),
         # JSON only: a pickle message could run arbitrary code in the worker.
         "task_serializer": "json",
         "accept_content": ["json"],

@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from datetime import datetime, timezone
 
 logger = logging.getLogger(__name__)
@@ -150,3 +151,53 @@ def seen_workers(broker_url: str, queue: str, stale_after_seconds: float) -> lis
                         "capacity": record.get("capacity")})
     workers.sort(key=lambda worker: worker["seconds_since"])
     return workers
+
+
+# ----------------------------------------------------------------------------- job beats beside the database
+
+JOB_BEAT_KEY_PREFIX = "workbench:job:"
+
+
+def job_beat_key(queue: str, job_id: int) -> str:
+    """Per queue: installs (and test runs) that share a Redis have queues of their own and reuse job ids."""
+    return f"{JOB_BEAT_KEY_PREFIX}{queue}:{job_id}:beat"
+
+
+def stamp_job_beat(broker_url: str, queue: str, job_id: int, attempt: int, ttl_s: float) -> bool:
+    """Record in the broker that attempt `attempt` of job `job_id` is alive now (what `JobHeartbeat` does
+    beside stamping the database, so a database that is stalled or locked does not make a living job look
+    dead); False when the broker is unreachable."""
+    client = redis_client(broker_url)
+    try:
+        client.set(job_beat_key(queue, job_id), f"{attempt} {time.time():.3f}", ex=max(1, int(ttl_s)))
+        return True
+    except Exception as error:
+        logger.info("job %s beat not stored in the broker: %s", job_id, error)
+        return False
+    finally:
+        client.close()
+
+
+def jobs_beating(broker_url: str, queue: str, attempts: dict[int, int], within_s: float) -> set[int]:
+    """Of `attempts` ({job id: attempt}), the jobs whose attempt beat in the broker within `within_s`; an empty
+    set when the broker cannot be read (the caller then judges by the database alone)."""
+    if not attempts:
+        return set()
+    client = redis_client(broker_url)
+    try:
+        ids = list(attempts)
+        values = client.mget([job_beat_key(queue, job_id) for job_id in ids])
+    except Exception as error:
+        logger.info("job beats not read from the broker: %s", error)
+        return set()
+    finally:
+        client.close()
+    now, beating = time.time(), set()
+    for job_id, value in zip(ids, values):
+        try:
+            attempt, at = (value or b"").decode().split()
+            if int(attempt) == attempts[job_id] and now - float(at) <= within_s:
+                beating.add(job_id)
+        except ValueError:
+            continue
+    return beating

@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from sqlalchemy import select, update
 
 from db.models import Job, JobStatus, utcnow
+from worker.jobs.presence import stamp_job_beat
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +56,17 @@ class JobHeartbeat:
             pretrain(..., should_stop=heartbeat.should_stop)
     """
 
-    def __init__(self, job_id: int, attempt: int, interval_s: float, database_url: str | None = None):
+    def __init__(self, job_id: int, attempt: int, interval_s: float, database_url: str | None = None,
+                 broker_url: str | None = None, queue: str | None = None, stale_after_seconds: float | None = None):
         self.job_id = job_id
         self.attempt = attempt
         self.interval_s = interval_s
         self.database_url = database_url
+        # Beats also go to the broker (worker.jobs.presence.stamp_job_beat): when the database is stalled
+        # the reaper sees there that this attempt is alive and leaves it alone.
+        self.broker_url = broker_url
+        self.queue = queue
+        self.stale_after_seconds = stale_after_seconds or 10 * interval_s
         self.cancelled = threading.Event()
         self.lost = threading.Event()
         self._stop = threading.Event()
@@ -104,9 +111,12 @@ class JobHeartbeat:
             self.beat()
 
     def beat(self) -> None:
-        """One heartbeat: stamp heartbeat_at (fenced by attempt) and read cancel_requested."""
+        """One heartbeat: stamp heartbeat_at (fenced by attempt) and read cancel_requested; and the broker's
+        beat, which does not depend on the database answering."""
         from db.session import session_scope
 
+        if self.broker_url and self.queue and not self.lost.is_set():
+            stamp_job_beat(self.broker_url, self.queue, self.job_id, self.attempt, ttl_s=2 * self.stale_after_seconds)
         try:
             with session_scope(self.database_url) as session:
                 # Fenced: only while the job is running *this* attempt. If the update matches no row,

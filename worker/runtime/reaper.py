@@ -39,6 +39,8 @@ from sqlalchemy.orm import Session
 from db.models import Job, JobEvent, JobLog, JobStatus, utcnow
 from db.settings import Settings, get_settings
 from worker.jobs.lifecycle import record_event
+from worker.jobs.messages import broker_url_of, job_queue_of
+from worker.jobs.presence import jobs_beating
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +61,24 @@ def _stale_condition(stale_after_seconds: float) -> ColumnElement[bool]:
 
 
 def reap_stale_jobs(session: Session, stale_after_seconds: float, *,
-                    requeue: Callable[[int], object] | None = None) -> list[int]:
+                    requeue: Callable[[int], object] | None = None,
+                    beating: Callable[[dict[int, int]], set[int]] | None = None) -> list[int]:
     """Take back running jobs whose heartbeat is older than `stale_after_seconds`.
+
+    A job whose attempt still beats in the broker (`beating`, default: `worker.jobs.presence.jobs_beating` on
+    the settings' broker) is alive: its database heartbeats failed because the database was stalled or
+    locked, and it is left alone (a long database stall must not count as a lost worker).
 
     Returns the ids of the jobs put back to queued (they are also re-enqueued through
     `requeue`, default `worker.jobs.lifecycle.enqueue`, after the commit). Jobs that had a cancel request
     become cancelled; jobs lost too often become failed; neither is in the returned list.
     """
+    if beating is None:
+        settings = get_settings()
+        broker_url, queue = broker_url_of(settings), job_queue_of(settings)
+        beating = lambda attempts: jobs_beating(broker_url, queue, attempts, stale_after_seconds)  # noqa: E731
     return _take_back(session, _stale_condition(stale_after_seconds),
-                      f"sent no heartbeat for {stale_after_seconds:g}s", requeue)
+                      f"sent no heartbeat for {stale_after_seconds:g}s", requeue, beating)
 
 
 def reap_jobs_of_dead_worker(session: Session, node_name: str, *,
@@ -82,7 +93,8 @@ def reap_jobs_of_dead_worker(session: Session, node_name: str, *,
 
 
 def _take_back(session: Session, lost: ColumnElement[bool], how: str,
-               requeue: Callable[[int], object] | None) -> list[int]:
+               requeue: Callable[[int], object] | None,
+               beating: Callable[[dict[int, int]], set[int]] | None = None) -> list[int]:
     if requeue is None:
         from worker.jobs.lifecycle import enqueue as requeue
 
@@ -91,6 +103,9 @@ def _take_back(session: Session, lost: ColumnElement[bool], how: str,
         select(Job.id, Job.attempts, Job.cancel_requested, Job.worker_host, Job.heartbeat_at)
         .where(Job.status == JobStatus.running, lost).order_by(Job.id)
     ).all()
+    if beating is not None and rows:
+        alive = beating({row.id: row.attempts for row in rows})
+        rows = [row for row in rows if row.id not in alive]
 
     requeued: list[int] = []
     for job_id, attempts, cancel_requested, worker_host, heartbeat_at in rows:

@@ -38,6 +38,7 @@ from db.session import with_retries
 from db.settings import Settings, get_settings, safe_join
 from worker.jobs import lifecycle as jobs
 from worker.jobs.context import JobContext, Outcome
+from worker.jobs.messages import broker_url_of, job_queue_of
 from worker.runtime.heartbeat import JobHeartbeat
 from worker.kinds import get_spec
 from worker.jobs.progress_writer import DirectWriter, ProgressWriter
@@ -104,14 +105,15 @@ def execute_job(job_id: int, attempt: int, settings: Settings | None = None) -> 
     settings = settings or get_settings()
     session = SessionLocal(settings.database_url)
     try:
-        with JobHeartbeat(job_id, attempt, settings.heartbeat_seconds, settings.database_url) as heartbeat:
+        with JobHeartbeat(job_id, attempt, settings.heartbeat_seconds, settings.database_url,
+                          broker_url_of(settings), job_queue_of(settings), settings.stale_after_seconds) as heartbeat:
             writer = ProgressWriter(job_id, attempt, settings.database_url).start()
             try:
                 try:
                     ctx = _make_context(session, job_id, attempt, settings, heartbeat, writer)
                     spec = get_spec(ctx.kind)
                     if spec is None:
-                        raise ValueError(f"{ctx.kind.value} jobs are not available yet")
+                        raise ValueError(f"{ctx.kind} jobs are not available on this worker")
                     outcome = spec.handler(ctx)
                 finally:
                     # The metrics and log lines go in before the outcome: a finished job's record is complete.
