@@ -28,6 +28,7 @@ from llm.atomic_files import atomic_write_text
 from llm.checkpoint import (ADAPTER_ARCHITECTURE, WEIGHTS_FILE, atomic_save_safetensors,
                             read_architecture, read_config, save_model)
 from llm.model import GPT, GPTConfig, padded_vocab_size
+from llm.model_files import ModelFileError, check_safetensors, read_config_json
 from llm.tokenizer import get_tokenizer
 
 HF_GPT2_VOCAB_SIZE = 50257
@@ -94,11 +95,15 @@ def check_hf_gpt2_config(hf_config: dict) -> None:
 
 
 def _read_safetensors(hf_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the folder's safetensors file(s), each file checked first (llm/model_files.py)."""
     index = hf_dir / "model.safetensors.index.json"
-    if (hf_dir / WEIGHTS_FILE).is_file():
+    if (hf_dir / WEIGHTS_FILE).exists() or (hf_dir / WEIGHTS_FILE).is_symlink():
         files = [hf_dir / WEIGHTS_FILE]
-    elif index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif index.exists() or index.is_symlink():
+        weight_map = read_config_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ModelFileError(index.name, "has no weight_map of tensor names to file names")
+        shards = sorted(set(weight_map.values()))
         files = [hf_dir / Path(shard).name for shard in shards]  # a name, never a path out of hf_dir
     else:
         pickles = [p.name for p in hf_dir.glob("*.bin")] + [p.name for p in hf_dir.glob("*.pt")]
@@ -106,6 +111,7 @@ def _read_safetensors(hf_dir: Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"{hf_dir} has no model.safetensors{hint}")
     tensors = {}
     for file in files:
+        check_safetensors(file)
         with safe_open(str(file), framework="pt", device="cpu") as f:
             for name in f.keys():
                 tensors[name] = f.get_tensor(name)
@@ -115,10 +121,7 @@ def _read_safetensors(hf_dir: Path) -> dict[str, torch.Tensor]:
 def import_hf_gpt2(hf_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Convert a local HF GPT-2 directory (config.json + safetensors) into a model directory."""
     hf_dir = Path(hf_dir)
-    config_path = hf_dir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{hf_dir} is not a Hugging Face model directory: config.json is missing")
-    hf_config = json.loads(config_path.read_text())
+    hf_config = read_config_json(hf_dir / "config.json")  # ModelFileError names the file and the problem
     check_hf_gpt2_config(hf_config)
 
     tensors = _read_safetensors(hf_dir)

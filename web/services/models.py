@@ -106,13 +106,21 @@ def list_models_with_sizes(settings: Settings, session: Session | None = None) -
 
 # ----------------------------------------------------------------------------- import and download
 
+def _is_real(path: Path, directory: bool = False) -> bool:
+    """A directory or regular file that is not a symbolic link (links are never followed out of the import
+    directory, and are not offered)."""
+    return not path.is_symlink() and (path.is_dir() if directory else path.is_file())
+
+
 def importable_models(settings: Settings) -> list[str]:
-    """Sub-directories of the import directory that hold a Hugging Face model (config.json + weights)."""
+    """Sub-directories of the import directory that hold a Hugging Face model (config.json + weights), none of
+    them a symbolic link."""
     root = settings.models_import_dir
     if not root.is_dir():
         return []
     return sorted(path.name for path in root.iterdir()
-                  if path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file())
+                  if _is_real(path, directory=True) and _is_real(path / "config.json")
+                  and _is_real(path / "model.safetensors"))
 
 
 def import_model(session: Session, settings: Settings, directory_name: str, name: str | None,
@@ -123,8 +131,10 @@ def import_model(session: Session, settings: Settings, directory_name: str, name
     the server. All or nothing (`stored_all_or_nothing`): the weights are converted into a staging
     directory that becomes models/<id> only once the row exists.
     """
-    from llm.hf_gpt2 import import_hf_gpt2
     from llm.checkpoint import read_config
+    from llm.hf_gpt2 import import_hf_gpt2
+    from llm.model_files import ModelFileError
+    from safetensors import SafetensorError
 
     owner = resolve_user(session, user)
     require(owner, Action.manage_models)
@@ -134,7 +144,12 @@ def import_model(session: Session, settings: Settings, directory_name: str, name
                            f"{', '.join(available) or 'none'} (put Hugging Face GPT-2 directories in "
                            f"{settings.models_import_dir})", field="directory")
     with stored_all_or_nothing(session, safe_join(settings.data_dir, "models"), "import") as (staging, place):
-        import_hf_gpt2(safe_join(settings.models_import_dir, directory_name), staging)
+        try:
+            import_hf_gpt2(safe_join(settings.models_import_dir, directory_name), staging)
+        except ModelFileError as error:
+            raise InvalidInput(f"{directory_name}/{error.file}: {error.problem}", field="directory") from None
+        except (ValueError, SafetensorError) as error:  # NotGPT2Error and any header safetensors refuses
+            raise InvalidInput(f"{directory_name}: {error}", field="directory") from None
         config = read_config(staging)
         model = Model(name=(name or "").strip()[:200] or directory_name, kind=ModelKind.base,
                       tokenizer=config["tokenizer"], config=config["model"], path="",
