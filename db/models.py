@@ -108,9 +108,10 @@ class DatasetKind(str, enum.Enum):
     chat = "chat"              # conversations for SFT
     preference = "preference"  # prompt / chosen / rejected
     prompts = "prompts"        # prompts to generate candidates for
+    benchmark = "benchmark"    # multiple-choice questions (question, choices, answer) to evaluate models on
 
 
-class JobKind(str, enum.Enum):
+class JobKind(enum.StrEnum):
     prepare = "prepare"
     train_tokenizer = "train_tokenizer"
     pretrain = "pretrain"
@@ -206,7 +207,9 @@ class Job(Base):
     __table_args__ = (Index("ix_jobs_status_priority", "status", "priority", "id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    kind: Mapped[JobKind] = mapped_column(_enum(JobKind))
+    # A plain string: the job layer's registry (worker.kinds.KINDS) says which kinds exist, so a new kind
+    # needs no migration. Submitting checks it (worker.jobs.lifecycle); the database holds any name.
+    kind: Mapped[str] = mapped_column(String(32))
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus), default=JobStatus.queued)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     priority: Mapped[int] = mapped_column(default=0)        # higher runs first

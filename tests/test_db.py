@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, func, inspect, select, text
+from sqlalchemy import Engine, MetaData, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
@@ -101,7 +101,7 @@ def _new_job(session: Session, **fields: Any) -> Job:
 def test_upgrade_from_empty_matches_the_models(empty_database_url: str) -> None:
     assert current_revision(empty_database_url) is None
     upgrade(empty_database_url)
-    assert current_revision(empty_database_url) == head_revision() == "0004"
+    assert current_revision(empty_database_url) == head_revision() == "0005"
     assert is_up_to_date(empty_database_url)
 
     engine = create_workbench_engine(empty_database_url)
@@ -150,8 +150,8 @@ def test_migrate_module_runs_from_the_command_line(empty_database_url: str, tmp_
         [sys.executable, "-m", "db.migrate"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "database at 0004" in upgraded.stdout
-    assert current_revision(empty_database_url) == "0004"
+    assert "database at 0005" in upgraded.stdout
+    assert current_revision(empty_database_url) == "0005"
 
 
 # --- engines and sessions --------------------------------------------------------------------
@@ -356,13 +356,22 @@ def test_deleting_a_job_cascades_to_its_metrics_and_logs(session: Session) -> No
 
 
 def test_orm_refuses_a_string_outside_the_enum(session: Session) -> None:
-    session.add(Job(kind="bogus"))  # type: ignore[arg-type]
+    session.add(Model(name="m", kind="bogus", tokenizer="gpt2", path="p"))  # type: ignore[arg-type]
     with pytest.raises(StatementError, match="bogus") as raised:
         session.flush()
     assert isinstance(raised.value.orig, LookupError)  # refused in Python, before any SQL
 
 
-ENUM_COLUMNS = [("users", "role"), ("datasets", "kind"), ("models", "kind"), ("jobs", "kind"), ("jobs", "status"),
+def test_a_job_kind_is_any_name_to_the_database(session: Session, engine: Engine) -> None:
+    # The registry (worker.kinds) says which kinds exist and submitting checks it: a new kind needs no migration.
+    job = _new_job(session, kind="a_kind_from_next_year")
+    session.commit()
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT kind FROM jobs WHERE id = :id"), {"id": job.id}).scalar_one() \
+            == "a_kind_from_next_year"
+
+
+ENUM_COLUMNS = [("users", "role"), ("datasets", "kind"), ("models", "kind"), ("jobs", "status"),
                 ("comparisons", "label")]
 
 
@@ -488,6 +497,106 @@ def test_0004_keeps_the_oldest_of_what_a_race_stored_twice(empty_database_url: s
         conversation = [{"role": "user", "content": "p"}]
         assert keys == [(1, prompt_key_sha256("p", None)), (2, None), (3, prompt_key_sha256("p", conversation))]
         assert in_arena in (True, 1)
+    finally:
+        engine.dispose()
+
+
+JOB_KINDS_AT_0004 = ("prepare", "train_tokenizer", "pretrain", "sft", "generate", "reward", "dpo", "evaluate")
+
+
+def _rows_at_0004() -> list[tuple[str, list[dict[str, Any]]]]:
+    """A row in every table, in an order their foreign keys accept: a job of every kind 0004 knew, a dataset
+    of every kind, and what the labeling tables hold. Plain values, written as 0004's columns name them."""
+    at = datetime(2026, 1, 2, 12, 30, 15, 123456, tzinfo=timezone.utc)
+    statuses = ("queued", "running", "succeeded", "failed", "cancelled")
+    return [
+        ("users", [{"id": 1, "name": "ada", "role": "trainer", "password_hash": "h", "created_at": at,
+                    "disabled": False},
+                   {"id": 2, "name": "grace", "role": "labeler", "password_hash": "h", "created_at": at,
+                    "disabled": True}]),
+        ("datasets", [{"id": index, "name": f"{kind} ✓", "kind": kind, "format": "jsonl", "path": f"datasets/{index}",
+                       "original_filename": "../a (1).jsonl", "size_bytes": 2**31 - 1,
+                       "stats": {"documents": 3, "sample": ["ünïcødé 中文"], "missing": None}, "owner_id": 1,
+                       "created_at": at, "content_sha256": f"{index}" * 64}
+                      for index, kind in enumerate(("text", "chat", "preference", "prompts"), start=1)]),
+        ("models", [{"id": 1, "name": "base", "kind": "base", "tokenizer": "gpt2", "config": {"n_layer": 2},
+                     "path": "runs/3/model", "parent_model_id": None, "job_id": None, "owner_id": 1,
+                     "created_at": at, "in_arena": False},
+                    {"id": 2, "name": "assistant", "kind": "sft", "tokenizer": "gpt2", "config": {},
+                     "path": "runs/4/adapter", "parent_model_id": 1, "job_id": None, "owner_id": None,
+                     "created_at": at, "in_arena": True}]),
+        ("jobs", [{"id": index, "kind": kind, "status": statuses[index % len(statuses)],
+                   "params": {"kind": kind, "lr": 3e-4, "steps": [1, 2]}, "priority": index - 4,
+                   "progress": index / 10, "created_at": at, "started_at": at, "finished_at": None,
+                   "error": f"error of {kind}" if index % 2 else None, "worker_host": "gpu-1",
+                   "heartbeat_at": at, "attempts": index, "cancel_requested": bool(index % 2),
+                   "run_dir": f"runs/{index}", "dataset_id": 1 + index % 4, "input_model_id": 1 if index > 3 else None,
+                   "output_model_id": 2 if kind == "sft" else None, "owner_id": 1, "name": f"my {kind}",
+                   "resumable": index != 5}
+                  for index, kind in enumerate(JOB_KINDS_AT_0004, start=1)]),
+        ("job_events", [{"id": 1, "job_id": 3, "user_id": 1, "action": "submitted", "detail": "d",
+                         "created_at": at}]),
+        ("metrics", [{"id": 1, "job_id": 3, "step": 10, "name": "loss", "value": 3.25, "created_at": at},
+                     {"id": 2, "job_id": 8, "step": 0, "name": "val_bpb", "value": 1.5, "created_at": at}]),
+        ("job_logs", [{"id": 1, "job_id": 3, "created_at": at, "line": "step 10 | loss 3.2500"}]),
+        ("prompts", [{"id": 1, "text": "Why?", "dataset_id": 4, "created_at": at, "messages": None,
+                      "key_sha256": "k" * 64},
+                     {"id": 2, "text": "p", "dataset_id": None, "created_at": at,
+                      "messages": [{"role": "user", "content": "p"}], "key_sha256": None}]),
+        ("completions", [{"id": index, "prompt_id": 1, "model_id": 2, "job_id": 5, "text": f"answer {index}",
+                          "sampling": {"temperature": 0.8}, "created_at": at, "seed": 1234 + index,
+                          "token_count": 7} for index in (1, 2)]),
+        ("labeling_projects", [{"id": 1, "name": "p", "guidelines": "# be kind", "source_job_ids": [5],
+                                "pairing": "random", "pairs_per_prompt": 2, "overlap": 3, "labeler_ids": [2],
+                                "owner_id": 1, "created_at": at}]),
+        ("labeling_pairs", [{"id": 1, "project_id": 1, "prompt_id": 1, "completion_a_id": 1, "completion_b_id": 2,
+                             "label_count": 1}]),
+        ("labeling_assignments", [{"id": 1, "pair_id": 1, "user_id": 1, "swapped": True, "expires_at": at,
+                                   "created_at": at}]),
+        ("comparisons", [{"id": 1, "prompt_id": 1, "completion_a_id": 1, "completion_b_id": 2, "label": "both_bad",
+                          "annotator_id": 2, "source": "label", "time_spent_s": 4.5, "created_at": at, "pair_id": 1,
+                          "swapped": True, "note": "n", "idempotency_key": "i" * 64}]),
+    ]
+
+
+def _every_row(engine: Engine) -> dict[str, list[tuple]]:
+    """Every row of every table as the database gives it back, in id order."""
+    tables = MetaData()
+    tables.reflect(engine)
+    with engine.connect() as connection:
+        return {name: connection.execute(select(table).order_by(*table.primary_key.columns)).all()
+                for name, table in tables.tables.items() if name != "alembic_version"}
+
+
+def test_0005_keeps_every_row_and_lets_any_job_kind_in(empty_database_url: str) -> None:
+    upgrade(empty_database_url, "0004")
+    engine = create_workbench_engine(empty_database_url)
+    try:
+        tables = MetaData()
+        tables.reflect(engine)
+        with engine.begin() as connection:
+            for name, rows in _rows_at_0004():
+                connection.execute(tables.tables[name].insert(), rows)
+            connection.execute(text("UPDATE models SET job_id = 4 WHERE id = 2"))  # models <-> jobs both ways
+        before = _every_row(engine)
+        assert all(before.values()), [name for name, rows in before.items() if not rows]  # every table has rows
+
+        upgrade(empty_database_url)
+        assert _every_row(engine) == before
+        with SessionLocal(empty_database_url) as fresh:
+            assert [job.kind for job in fresh.scalars(select(Job).order_by(Job.id))] == list(JOB_KINDS_AT_0004)
+            # Explicit ids: rows inserted with theirs did not move PostgreSQL's sequences.
+            fresh.add_all([Job(id=100, kind="clean"), Dataset(id=100, name="b", kind=DatasetKind.benchmark,
+                                                              format="jsonl", path="p", original_filename="b.jsonl",
+                                                              size_bytes=1)])
+            fresh.commit()
+        with pytest.raises(RuntimeError, match="1 job.* and 1 benchmark dataset"):
+            downgrade(empty_database_url, "0004")
+        with engine.begin() as connection:
+            connection.execute(text("DELETE FROM jobs WHERE kind = 'clean'"))
+            connection.execute(text("DELETE FROM datasets WHERE kind = 'benchmark'"))
+        downgrade(empty_database_url, "0004")  # and back: 0004's CHECKs hold these rows too
+        assert _every_row(engine) == before
     finally:
         engine.dispose()
 

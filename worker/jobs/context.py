@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
-from db.models import Dataset, JobKind, Model
+from db.models import Dataset, Model
 from db.settings import Settings, safe_join
 from worker.jobs.progress_writer import DirectWriter, LogRecord, MetricRecord, ProgressRecord, ProgressWriter
 
@@ -44,7 +44,7 @@ class JobContext:
 
     job_id: int
     attempt: int
-    kind: JobKind
+    kind: str               # the registry's name (worker.kinds.KINDS)
     params: dict[str, Any]
     owner_id: int | None
     dataset: Dataset | None

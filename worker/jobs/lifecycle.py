@@ -31,7 +31,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from db.models import Dataset, Job, JobEvent, JobKind, JobLog, JobStatus, Model, utcnow
+from db.models import Dataset, Job, JobEvent, JobLog, JobStatus, Model, utcnow
 from db.settings import get_settings
 from llm.tokenizer import tokenizer_names
 from worker.kinds import KINDS, JobKindSpec, get_spec
@@ -55,13 +55,7 @@ class JobNotFoundError(LookupError):
 
 # ----------------------------------------------------------------------------- validation
 
-def available_kinds() -> tuple[JobKind, ...]:
-    """Kinds the worker can run: those declared in worker/kinds/. The others exist in the schema and are
-    refused by create_job with a clear message until their module lands."""
-    return tuple(KINDS)
-
-
-def validate_params(session: Session, kind: JobKind | str, params: dict[str, Any] | None) -> dict[str, Any]:
+def validate_params(session: Session, kind: str, params: dict[str, Any] | None) -> dict[str, Any]:
     """Check `params` for a job of `kind` against its declaration; return them with defaults filled in.
 
     Raises JobParamsError(field, message) on the first problem found (unknown names first, then
@@ -69,7 +63,7 @@ def validate_params(session: Session, kind: JobKind | str, params: dict[str, Any
     then the kind's own cross-field checks).
     """
     spec = _check_kind(kind)
-    normalized = check_params(spec.kind.value, spec.params, params)
+    normalized = check_params(spec.kind, spec.params, params)
     settings = get_settings()
     if normalized.get("dataset_id") is not None:  # optional for kinds with other sources (reward, DPO)
         check_reference(session, spec, "dataset_id", Dataset, normalized["dataset_id"], spec.dataset_kinds)
@@ -85,21 +79,18 @@ def validate_params(session: Session, kind: JobKind | str, params: dict[str, Any
     return normalized
 
 
-def _check_kind(kind: JobKind | str) -> JobKindSpec:
-    available = ", ".join(k.value for k in available_kinds())
-    try:
-        kind = JobKind(kind)
-    except ValueError:
-        raise JobParamsError("kind", f"unknown job kind {kind!r}; choose one of {available}") from None
+def _check_kind(kind: str) -> JobKindSpec:
+    """The declaration of `kind`: the registry (worker.kinds.KINDS) is the list of kinds; the database holds
+    any name, so this is where an unknown one is refused."""
     spec = get_spec(kind)
     if spec is None:
-        raise JobParamsError("kind", f"{kind.value} jobs are not available yet; available: {available}")
+        raise JobParamsError("kind", f"unknown job kind {kind!r}; choose one of {', '.join(KINDS)}")
     return spec
 
 
 # ----------------------------------------------------------------------------- submit
 
-def create_job(session: Session, kind: JobKind | str, params: dict[str, Any] | None,
+def create_job(session: Session, kind: str, params: dict[str, Any] | None,
                owner_id: int | None = None, priority: int = 0) -> Job:
     """Validate and insert a queued job, commit, and return it. Does NOT enqueue (see `submit_job`).
 
@@ -109,7 +100,7 @@ def create_job(session: Session, kind: JobKind | str, params: dict[str, Any] | N
         raise JobParamsError("priority", f"must be a whole number, got {priority!r}")
     if not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
         raise JobParamsError("priority", f"must be between {PRIORITY_RANGE[0]} and {PRIORITY_RANGE[1]}")
-    kind = _check_kind(kind).kind
+    kind = str(_check_kind(kind).kind)  # the registry's name, stored as a plain string
     normalized = validate_params(session, kind, params)
     job = Job(kind=kind, status=JobStatus.queued, params=normalized, priority=priority,
               owner_id=owner_id, dataset_id=normalized.get("dataset_id"),
@@ -119,7 +110,7 @@ def create_job(session: Session, kind: JobKind | str, params: dict[str, Any] | N
     session.flush()  # assigns job.id
     # Relative to the data dir: the data dir can move (a new mount) without rewriting rows.
     job.run_dir = f"runs/{job.id}"
-    session.add(JobLog(job_id=job.id, line=f"queued {kind.value} job (priority {priority})"))
+    session.add(JobLog(job_id=job.id, line=f"queued {kind} job (priority {priority})"))
     record_event(session, job.id, "submitted", owner_id)
     session.commit()
     return job
@@ -139,7 +130,7 @@ def enqueue(job_id: int) -> bool:
     return True
 
 
-def submit_job(session: Session, kind: JobKind | str, params: dict[str, Any] | None,
+def submit_job(session: Session, kind: str, params: dict[str, Any] | None,
                owner_id: int | None = None, priority: int = 0) -> Job:
     """`create_job` then `enqueue`: what the web and the CLI call."""
     job = create_job(session, kind, params, owner_id=owner_id, priority=priority)
@@ -251,7 +242,7 @@ def requeue_orphans(session: Session | None = None, reason: str = "the app start
 # ----------------------------------------------------------------------------- claim
 
 def claim_next_job(session: Session, worker_host: str | None = None,
-                   kinds: tuple[JobKind, ...] | None = None) -> Job | None:
+                   kinds: tuple[str, ...] | None = None) -> Job | None:
     """Atomically take the best queued job (priority desc, then id asc) and mark it running.
 
     Returns the claimed job (status running, attempts incremented: the caller's fencing token), or
@@ -275,7 +266,7 @@ def claim_next_job(session: Session, worker_host: str | None = None,
     return None
 
 
-def _try_claim(session: Session, worker_host: str | None, kinds: tuple[JobKind, ...] | None) -> Job | None:
+def _try_claim(session: Session, worker_host: str | None, kinds: tuple[str, ...] | None) -> Job | None:
     # PostgreSQL: lock exactly the best row, so a concurrent claimer skips to the next-best one
     # (locking several would make it skip those too and take a lower-priority job).
     # SQLite: no row locks; look at a few candidates so a lost race can move on to the next.

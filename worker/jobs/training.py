@@ -68,7 +68,7 @@ def run_training(ctx: JobContext, train: Callable[[Any], dict[str, Any]], *, pro
     model_dir = Path(result["model_dir"])
     config = read_config(model_dir)
     summary = summary_of(result) + (f"; {extra_summary}" if extra_summary else "")
-    name = ctx.params.get("name") or f"{ctx.kind.value}-{ctx.job_id}"
+    name = ctx.params.get("name") or f"{ctx.kind}-{ctx.job_id}"
 
     def finalize(session: Session) -> dict[str, Any]:
         model = Model(name=name, kind=produces, tokenizer=config["tokenizer"], config=config["model"],

@@ -16,12 +16,9 @@ _DECLARED = (prepare.SPEC, train_tokenizer.SPEC, pretrain.SPEC, sft.SPEC, genera
 KINDS: dict[JobKind, JobKindSpec] = {spec.kind: spec for spec in _DECLARED}
 
 
-def get_spec(kind: JobKind | str) -> JobKindSpec | None:
-    """The declaration of `kind`, or None when it is unknown or not runnable yet."""
-    try:
-        return KINDS.get(JobKind(kind))
-    except ValueError:
-        return None
+def get_spec(kind: str) -> JobKindSpec | None:
+    """The declaration of the kind named `kind`, or None when no such kind is declared."""
+    return KINDS.get(kind) if isinstance(kind, str) else None
 
 
 __all__ = ["KINDS", "JobKindSpec", "Plot", "get_spec"]
