@@ -234,7 +234,8 @@ def stored_counts(database_url: str) -> dict:
     """What the database holds: labels and the most labels any pair has."""
     from sqlalchemy import func, select
 
-    from db.models import Comparison, Label, LabelingPair
+    from db.models import Comparison, LabelingPair
+    from llm.preference_labels import Label
     from db.session import SessionLocal
 
     with SessionLocal(database_url) as session:

@@ -33,6 +33,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from llm.preference_labels import Label
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -139,14 +141,6 @@ class ModelKind(str, enum.Enum):
     sft = "sft"
     reward = "reward"
     dpo = "dpo"
-
-
-class Label(str, enum.Enum):
-    a = "a"                # completion_a is better
-    b = "b"                # completion_b is better
-    tie = "tie"
-    both_bad = "both_bad"
-    skip = "skip"          # the labeler passed: counts towards nobody's overlap, never shown to them again
 
 
 class User(Base):

@@ -6,8 +6,8 @@
     against_majority(labels)        each labeler vs. the majority of the *other* labelers, item by item
     consensus(labels, min_labels)   per item: the label more than half of its labels give, or none
 
-Labels here are the stored, un-swapped ones ("a" = completion_a is better; "b", "tie", "both_bad");
-skips are not labels and must be left out by the caller. How to read alpha (Krippendorff 2004): 1 is
+Labels here are the stored, un-swapped ones (`llm.preference_labels.JUDGEMENTS`: "a" = completion_a is better,
+"b", "tie", "both_bad"); skips are not judgements and must be left out by the caller. How to read alpha (Krippendorff 2004): 1 is
 perfect agreement, 0 is what chance gives, below 0 is systematic disagreement; >= 0.8 is reliable,
 >= 0.667 allows tentative conclusions, below that the labels (or the guidelines) need work.
 """
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Hashable, Iterable
 
-# The nominal categories, in the order alpha's reliability matrix codes them.
-CATEGORIES = ("a", "b", "tie", "both_bad")
+from llm.preference_labels import JUDGEMENTS, WINNERS
+
 RELIABLE_ALPHA = 0.8
 TENTATIVE_ALPHA = 0.667
 
@@ -29,14 +29,14 @@ TENTATIVE_ALPHA = 0.667
 class LabelRow:
     item: Hashable      # the pair labeled
     labeler: Hashable   # who labeled it
-    label: str          # one of CATEGORIES
+    label: str          # one of JUDGEMENTS (alpha's reliability matrix codes them in that order)
 
 
 def _by_item(labels: Iterable[LabelRow]) -> dict[Hashable, dict[Hashable, str]]:
     items: dict[Hashable, dict[Hashable, str]] = defaultdict(dict)
     for row in labels:
-        if row.label not in CATEGORIES:
-            raise ValueError(f"label {row.label!r} is not one of {', '.join(CATEGORIES)} (leave skips out)")
+        if row.label not in JUDGEMENTS:
+            raise ValueError(f"label {str(row.label)!r} is not one of {', '.join(JUDGEMENTS)} (leave skips out)")
         items[row.item][row.labeler] = row.label
     return items
 
@@ -72,9 +72,9 @@ def krippendorff_alpha(labels: Iterable[LabelRow]) -> float | None:
     row_of = {labeler: index for index, labeler in enumerate(labelers)}
     for column, item in enumerate(item_keys):
         for labeler, label in items[item].items():
-            matrix[row_of[labeler], column] = CATEGORIES.index(label)
+            matrix[row_of[labeler], column] = JUDGEMENTS.index(label)
     return float(krippendorff.alpha(reliability_data=matrix, level_of_measurement="nominal",
-                                    value_domain=list(range(len(CATEGORIES)))))
+                                    value_domain=list(range(len(JUDGEMENTS)))))
 
 
 def alpha_reading(alpha: float | None) -> str:
@@ -98,7 +98,7 @@ def cohen_kappa(labels: Iterable[LabelRow], first: Hashable, second: Hashable) -
     observed = sum(x == y for x, y in shared) / len(shared)
     first_counts = Counter(x for x, _ in shared)
     second_counts = Counter(y for _, y in shared)
-    expected = sum(first_counts[c] * second_counts[c] for c in CATEGORIES) / len(shared) ** 2
+    expected = sum(first_counts[c] * second_counts[c] for c in JUDGEMENTS) / len(shared) ** 2
     if expected >= 1.0:
         return None, len(shared)
     return (observed - expected) / (1 - expected), len(shared)
@@ -156,8 +156,8 @@ class Consensus:
 
 def consensus(labels: Iterable[LabelRow], min_labels: int = 1) -> dict[Hashable, Consensus]:
     """The consensus rule: an item with at least `min_labels` labels takes the label more than half of them
-    give. Only "a" or "b" then make a chosen/rejected pair; "tie" and "both_bad" stay labels (a reward
-    model learns nothing from them as pairs)."""
+    give. Only the WINNERS ("a" or "b") then make a chosen/rejected pair; "tie" and "both_bad" stay labels (a
+    reward model learns nothing from them as pairs)."""
     decided = {}
     for item, by_labeler in _by_item(labels).items():
         values = list(by_labeler.values())
@@ -173,10 +173,11 @@ def consensus_counts(decided: dict[Hashable, Consensus]) -> dict[str, int]:
     """How many items ended how: pairs (a or b), tie, both_bad, no majority, too few labels."""
     counts = Counter()
     for decision in decided.values():
-        if decision.label in ("a", "b"):
+        if decision.label in WINNERS:
             counts["pairs"] += 1
         elif decision.label is not None:
             counts[decision.label] += 1
         else:
             counts[decision.reason.replace(" ", "_")] += 1
-    return {key: counts.get(key, 0) for key in ("pairs", "tie", "both_bad", "no_majority", "too_few_labels")}
+    keys = ("pairs", *(label.value for label in JUDGEMENTS if label not in WINNERS), "no_majority", "too_few_labels")
+    return {key: counts.get(key, 0) for key in keys}

@@ -3,13 +3,13 @@
     bradley_terry(votes)                 -> {model: rating}        (mean rating 1000)
     leaderboard(votes, rounds=100, seed) -> rows sorted by rating, each with its 95 % interval and vote count
 
-A vote is (model_a, model_b, outcome) with outcome "a", "b", "tie" or "both_bad"; ties and both-bad count as
-half a win for each side (as FastChat's leaderboard does). Under Bradley–Terry, model i beats model j with
-probability p_i / (p_i + p_j); on the Elo scale (400 points per factor of 10, mean 1000) a 100-point gap means
-the stronger model wins 64 % of the time. Strengths are fitted by the minorisation–maximisation iteration
-(Hunter 2004), with a small prior of half a tie between every two models that met, so a model that won every
-vote gets a large but finite rating. The interval: refit on votes resampled with replacement, take the 2.5th
-and 97.5th percentiles.
+A vote is (model_a, model_b, outcome), the outcome one of `llm.preference_labels.JUDGEMENTS` ("a", "b", "tie",
+"both_bad"); ties and both-bad count as half a win for each side (as FastChat's leaderboard does). Under
+Bradley–Terry, model i beats model j with probability p_i / (p_i + p_j); on the Elo scale (400 points per factor
+of 10, mean 1000) a 100-point gap means the stronger model wins 64 % of the time. Strengths are fitted by the
+minorisation–maximisation iteration (Hunter 2004), with a small prior of half a tie between every two models
+that met, so a model that won every vote gets a large but finite rating. The interval: refit on votes
+resampled with replacement, take the 2.5th and 97.5th percentiles.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import random
 from collections import defaultdict
 from typing import Hashable, Sequence
 
+from llm.preference_labels import JUDGEMENTS, Label
+
 SCALE = 400.0
 BASE_RATING = 1000.0
 PRIOR_GAMES = 0.5  # virtual games (split evenly) between every two models that met
-OUTCOMES = ("a", "b", "tie", "both_bad")
 
 Vote = tuple[Hashable, Hashable, str]
 
@@ -32,11 +33,11 @@ def _wins(votes: Sequence[Vote]) -> tuple[list, dict, dict]:
     wins: dict = defaultdict(float)   # (i, j) -> wins of i over j
     games: dict = defaultdict(float)  # frozen pair -> games
     for a, b, outcome in votes:
-        if outcome not in OUTCOMES:
-            raise ValueError(f"outcome {outcome!r} is not one of {', '.join(OUTCOMES)}")
+        if outcome not in JUDGEMENTS:
+            raise ValueError(f"outcome {str(outcome)!r} is not one of {', '.join(JUDGEMENTS)}")
         if a == b:
             continue
-        share = {"a": 1.0, "b": 0.0}.get(outcome, 0.5)
+        share = {Label.a: 1.0, Label.b: 0.0}.get(outcome, 0.5)  # a tie or both bad: half a win each
         wins[a, b] += share
         wins[b, a] += 1.0 - share
         games[frozenset((a, b))] += 1.0

@@ -76,3 +76,23 @@ def test_consensus_rule():
     assert consensus_counts(decided) == {"pairs": 2, "tie": 1, "both_bad": 1, "no_majority": 1, "too_few_labels": 0}
     strict = consensus(rows, min_labels=3)
     assert strict[2].reason == "too few labels" and strict[0].label == "a"
+
+
+def test_one_vocabulary_from_the_screen_to_the_database():
+    """llm/preference_labels.py: a choice as seen becomes the label stored un-swapped; agreement, ratings and the
+    database column read the same labels (the stored values, which existing rows hold, are unchanged)."""
+    from db.models import Comparison
+    from llm.preference_labels import JUDGEMENTS, VOTES, WINNERS, Choice, Label
+    from llm.ratings import bradley_terry
+
+    assert [choice.label() for choice in Choice] == [Label.a, Label.b, Label.tie, Label.both_bad, Label.skip]
+    assert [choice.label(swapped=True) for choice in Choice] == [Label.b, Label.a, Label.tie, Label.both_bad, Label.skip]
+    assert [choice.words for choice in Choice] == ["A is better", "B is better", "tie", "both bad", "skip"]
+    assert Choice.skip not in VOTES and set(WINNERS) < set(JUDGEMENTS) and Label.skip not in JUDGEMENTS
+    assert Comparison.__table__.c.label.type.enums == ["a", "b", "tie", "both_bad", "skip"]
+    with pytest.raises(ValueError, match="leave skips out"):
+        consensus([LabelRow(1, "ann", "skip")])
+    with pytest.raises(ValueError, match="not one of a, b, tie, both_bad"):
+        bradley_terry([("x", "y", "skip")])
+    assert consensus_counts(consensus(table(ann="a tie both_bad", bob="a tie both_bad"))) == {
+        "pairs": 1, "tie": 1, "both_bad": 1, "no_majority": 0, "too_few_labels": 0}

@@ -112,3 +112,24 @@ def test_a_label_answered_with_the_next_pair(client, session, users):
     assert plain.status_code == 200 and "next" not in plain.json()
     assert client.post(f"{base}/labels?next=maybe", auth=LABELER, json=body).status_code == 422
     assert session.scalar(select(func.count(Comparison.id))) == 2
+
+
+def test_choices_are_the_one_declared_vocabulary(client, users):
+    """The label/vote vocabulary is declared once (llm/preference_labels.py): the OpenAPI page lists the allowed
+    values, and any other value is a 422 naming the field, before anything is looked up."""
+    from llm.preference_labels import VOTES, Choice, Label
+
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["Choice"]["enum"] == [choice.value for choice in Choice] == ["left", "right", "tie", "both_bad",
+                                                                                "skip"]
+    assert schemas["LabelSubmit"]["properties"]["choice"]["$ref"] == "#/components/schemas/Choice"
+    assert schemas["VoteCreate"]["properties"]["choice"]["enum"] == [choice.value for choice in VOTES]
+    assert schemas["Label"]["enum"] == [label.value for label in Label] == ["a", "b", "tie", "both_bad", "skip"]
+    for refused in ("A", "a", "Left", "", 1):
+        answer = client.post("/api/labeling/projects/1/labels", auth=LABELER,
+                             json={"pair_id": 1, "choice": refused, "left_completion_id": 1})
+        assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["body", "choice"], answer.text
+    for refused in ("skip", "a", "bothbad"):  # the arena has no skip: a vote names the better answer, or neither
+        answer = client.post("/api/arena/votes", auth=LABELER,
+                             json={"left_completion_id": 1, "right_completion_id": 2, "choice": refused})
+        assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["body", "choice"], answer.text

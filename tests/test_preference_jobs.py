@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import func, select
 
 from conftest import StopOnQuestion
-from db.models import (Comparison, DatasetKind, Job, JobStatus, Label, LabelingPair, Metric, Model, ModelKind,
-                       Role)
+from db.models import Comparison, DatasetKind, Job, JobStatus, LabelingPair, Metric, Model, ModelKind, Role
 from db.users import create_user
+from llm.preference_labels import Label
 from tests.test_labeling import make_generate_job
 from tests.test_reward import polite_pairs
 from tests.test_sft_job import add_base_model, add_dataset

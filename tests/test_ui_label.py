@@ -20,13 +20,14 @@ from tests.test_labeling import make_generate_job
 from web.services import PermissionDenied
 from web.services.labeling import labeler_choices
 from web.services.labeling_results import agreement_report, export_trl_jsonl
-from web.ui.label_tab import (CHOICES, build, conversation, progress_html, project_choices, read_shown, seconds_on,
+from llm.preference_labels import Choice
+from web.ui.label_tab import (build, conversation, progress_html, project_choices, read_shown, seconds_on,
                               shown_token)
 from web.ui.labeling_admin import CHOSEN, EVERYONE, agreement_html, disagreement_frame, kappa_frame
 
 SHOWN, GUIDELINES, PROGRESS, PROMPT, LEFT, RIGHT, STATUS, NOTE = range(8)
-BUTTONS = slice(8, 8 + len(CHOICES))
-UNDO = 8 + len(CHOICES)
+BUTTONS = slice(8, 8 + len(Choice))
+UNDO = 8 + len(Choice)
 
 
 class FakeRequest:

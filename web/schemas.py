@@ -9,11 +9,12 @@ place that validates them, answering with the name of the wrong field.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from db.models import SQL_INTEGER_MAX, DatasetKind, JobKind, JobStatus, ModelKind
+from llm.preference_labels import VOTES, Choice, Label
 
 RowId = Annotated[int, Field(ge=1, le=SQL_INTEGER_MAX)]  # a row's id in a request body
 
@@ -232,7 +233,7 @@ class PairOut(BaseModel):
 
 class LabelSubmit(BaseModel):
     pair_id: int = Field(ge=1, le=SQL_INTEGER_MAX)
-    choice: str = Field(description="left, right, tie, both_bad or skip (as seen on screen)")
+    choice: Choice = Field(description="what the labeler chose, as seen on screen")
     left_completion_id: int = Field(ge=1, le=SQL_INTEGER_MAX, description="the completion that was shown on the left")
     note: str | None = None
     time_spent_s: float | None = None
@@ -242,7 +243,7 @@ class LabelSubmit(BaseModel):
 class LabelOut(BaseModel):
     id: int
     pair_id: int | None
-    label: str = Field(description="stored un-swapped: a means completion_a is better")
+    label: Label = Field(description="stored un-swapped: a means completion_a is better")
     swapped: bool
     note: str | None
     annotator_id: int | None
@@ -333,16 +334,19 @@ class BattleOut(BaseModel):
     right: BattleAnswer
 
 
+ArenaVote = Literal[tuple(choice.value for choice in VOTES)]  # FastChat's vote types: a skip is no vote
+
+
 class VoteCreate(BaseModel):
     left_completion_id: int = Field(ge=1, le=SQL_INTEGER_MAX)
     right_completion_id: int = Field(ge=1, le=SQL_INTEGER_MAX)
-    choice: str = Field(description="left, right, tie or both_bad")
+    choice: ArenaVote = Field(description="the better answer as seen (left is model A), or neither")
     time_spent_s: float | None = Field(None, ge=0, le=86_400)
 
 
 class VoteOut(BaseModel):
     comparison_id: int
-    label: str
+    label: Label
     duplicate: bool
     left_model: dict[str, Any]
     right_model: dict[str, Any]

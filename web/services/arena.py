@@ -23,13 +23,13 @@ from typing import Any, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Comparison, Completion, Label, Model, ModelKind, Prompt
+from db.models import Comparison, Completion, Model, ModelKind, Prompt
+from llm.preference_labels import VOTES, Choice, Label
 from llm.ratings import leaderboard as rate
 from web.services.access import Action, require, resolve_user
 from web.services.common import Conflict, InvalidInput, NotFound, reading
 
 ARENA_KINDS = (ModelKind.sft, ModelKind.dpo)
-CHOICES = {"left": Label.a, "right": Label.b, "tie": Label.tie, "both_bad": Label.both_bad}
 MAX_PROMPT_CHARS = 20_000
 
 
@@ -115,15 +115,15 @@ def record_answers(session: Session, who, messages: list[dict], left: dict, righ
     return {"prompt_id": prompt.id, "left_completion_id": stored[0].id, "right_completion_id": stored[1].id}
 
 
-def vote(session: Session, who, left_completion_id: int, right_completion_id: int, choice: str,
+def vote(session: Session, who, left_completion_id: int, right_completion_id: int, choice: Choice | str,
          time_spent_s: float | None = None) -> dict:
     """Store the vote as a comparison (completion_a = the left answer) and reveal both names.
 
     One vote per person per battle: voting again on the same battle returns the first vote."""
     user = resolve_user(session, who)
     require(user, Action.chat)
-    if choice not in CHOICES:
-        raise InvalidInput(f"choice must be one of {', '.join(CHOICES)}", field="choice")
+    if choice not in VOTES:
+        raise InvalidInput(f"choice must be one of {', '.join(VOTES)}", field="choice")
     left = session.get(Completion, left_completion_id) if 0 < left_completion_id < 2 ** 63 else None
     right = session.get(Completion, right_completion_id) if 0 < right_completion_id < 2 ** 63 else None
     if left is None or right is None or left.prompt_id != right.prompt_id or left.id == right.id:
@@ -132,7 +132,7 @@ def vote(session: Session, who, left_completion_id: int, right_completion_id: in
         Comparison.source == "arena", Comparison.completion_a_id == left.id, Comparison.completion_b_id == right.id,
         Comparison.annotator_id == (user.id if user else None)))
     comparison = existing or Comparison(prompt_id=left.prompt_id, completion_a_id=left.id, completion_b_id=right.id,
-                                        label=CHOICES[choice], annotator_id=user.id if user else None,
+                                        label=Choice(choice).label(), annotator_id=user.id if user else None,
                                         source="arena", time_spent_s=time_spent_s, swapped=False)
     if existing is None:
         session.add(comparison)

@@ -31,8 +31,9 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import (Comparison, Completion, Job, JobKind, JobStatus, Label, LabelingAssignment, LabelingPair,
+from db.models import (Comparison, Completion, Job, JobKind, JobStatus, LabelingAssignment, LabelingPair,
                        LabelingProject, User, utcnow)
+from llm.preference_labels import Choice, Label
 from web.services import labeling_queries as queries
 from web.services.access import Action, can, require, resolve_user
 from web.services.common import Conflict, InvalidInput, NotFound, PermissionDenied, reading
@@ -40,8 +41,6 @@ from web.services.common import Conflict, InvalidInput, NotFound, PermissionDeni
 ASSIGNMENT_MINUTES = 10          # how long a handed-out pair holds its overlap slot
 MAX_OVERLAP = 20
 PAIRINGS = ("all", "random")
-# What a labeler clicks, as seen on screen; stored un-swapped as a Label.
-CHOICES = ("left", "right", "tie", "both_bad", "skip")
 
 
 # ----------------------------------------------------------------------------- projects
@@ -257,21 +256,13 @@ def next_pair(session: Session, who, project_id: int) -> dict | None:
     return None
 
 
-def _stored_label(choice: str, swapped: bool) -> Label:
-    if choice == "left":
-        return Label.b if swapped else Label.a
-    if choice == "right":
-        return Label.a if swapped else Label.b
-    return Label(choice)
-
-
 def comparison_to_dict(comparison: Comparison) -> dict:
     return {"id": comparison.id, "pair_id": comparison.pair_id, "label": comparison.label.value,
             "swapped": comparison.swapped, "note": comparison.note, "annotator_id": comparison.annotator_id,
             "created_at": comparison.created_at.isoformat()}
 
 
-def submit_label(session: Session, who, project_id: int, pair_id: int, choice: str, left_completion_id: int,
+def submit_label(session: Session, who, project_id: int, pair_id: int, choice: Choice | str, left_completion_id: int,
                  note: str | None = None, time_spent_s: float | None = None,
                  idempotency_key: str | None = None, and_next: bool = False) -> dict:
     """Store one label; a repeat (same labeler and pair, or same idempotency key) returns the stored one.
@@ -283,8 +274,10 @@ def submit_label(session: Session, who, project_id: int, pair_id: int, choice: s
     user = _require_labeler(session, who, project)
     if user is None:
         raise InvalidInput("labeling needs a user")
-    if choice not in CHOICES:
-        raise InvalidInput(f"choice must be one of {', '.join(CHOICES)}", field="choice")
+    try:
+        choice = Choice(choice)
+    except ValueError:
+        raise InvalidInput(f"choice must be one of {', '.join(Choice)}", field="choice") from None
     if note is not None and len(note) > 5000:
         raise InvalidInput("a note is limited to 5,000 characters", field="note")
     if time_spent_s is not None and not 0 <= time_spent_s < 86_400:
@@ -328,7 +321,7 @@ def submit_label(session: Session, who, project_id: int, pair_id: int, choice: s
     # common case): the unique (pair, labeler) and idempotency-key constraints refuse the insert, or the
     # overlap guard finds the pair full with this labeler's own label; both answer with the stored label.
     swapped = left_completion_id == pair.completion_b_id
-    label = _stored_label(choice, swapped)
+    label = choice.label(swapped)
     values = dict(prompt_id=pair.prompt_id, completion_a_id=pair.completion_a_id, completion_b_id=pair.completion_b_id,
                   label=label, annotator_id=user.id, source="label", time_spent_s=time_spent_s, pair_id=pair.id,
                   swapped=swapped, note=(note or None), idempotency_key=idempotency_key, created_at=utcnow())

@@ -17,10 +17,11 @@ from typing import Any, Iterator
 
 import gradio as gr
 
+from llm.preference_labels import VOTES, Choice
 from web.ui import current_user, db_session, error_text
+from web.ui.label_tab import button_text
 from web.ui.plots import message_html
 
-VOTES = (("left", "👈 A is better"), ("right", "👉 B is better"), ("tie", "🤝 Tie"), ("both_bad", "👎 Both bad"))
 MIN_YIELD_SECONDS = 0.03
 
 
@@ -117,8 +118,8 @@ def build(settings) -> ArenaTab:
         left = gr.Chatbot(label="Model A", height=300, elem_id="arena-left", feedback_options=None)
         right = gr.Chatbot(label="Model B", height=300, elem_id="arena-right", feedback_options=None)
     with gr.Row():
-        buttons = [gr.Button(label, interactive=False, elem_id=f"arena-vote-{choice.replace('_', '-')}")
-                   for choice, label in VOTES]
+        buttons = [gr.Button(button_text(choice), interactive=False, elem_id=f"arena-vote-{choice.replace('_', '-')}")
+                   for choice in VOTES]
     status = gr.HTML(elem_id="arena-status")
     gr.Markdown("#### Leaderboard")
     board = gr.HTML(leaderboard_html([]), elem_id="arena-leaderboard")
@@ -195,7 +196,7 @@ def build(settings) -> ArenaTab:
     start.click(run_battle, [prompt], outputs, concurrency_limit=2, concurrency_id="chat",
                 show_progress="hidden", api_visibility="private")
 
-    def make_vote(choice: str):
+    def make_vote(choice: Choice):
         def cast(state: dict | None, request: gr.Request):
             locked = [gr.Button(interactive=False)] * len(buttons)
             if not state:
@@ -214,7 +215,7 @@ def build(settings) -> ArenaTab:
 
         return cast
 
-    for (choice, _), button in zip(VOTES, buttons):
+    for choice, button in zip(VOTES, buttons):
         button.click(make_vote(choice), [battle_state], [battle_state, status, board, figure, *buttons],
                      api_visibility="private")
     return tab

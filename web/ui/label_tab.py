@@ -28,22 +28,36 @@ from typing import Any
 
 import gradio as gr
 
+from llm.preference_labels import Choice
 from web.ui import current_user, db_session, error_text
 from web.ui.plots import message_html, progress_bar_html
 
-# (choice sent to submit_label, button text, key, elem_id)
-CHOICES = (("left", "👈 A is better", "1", "label-a"), ("right", "👉 B is better", "2", "label-b"),
-           ("tie", "🤝 Tie", "3", "label-tie"), ("both_bad", "👎 Both bad", "4", "label-both-bad"),
-           ("skip", "Skip", "S", "label-skip"))
+# A button per Choice (llm/preference_labels.py), in its order, worded by `Choice.words`; the Arena tab's
+# vote buttons read the same icons.
+ICONS = {Choice.left: "👈", Choice.right: "👉", Choice.tie: "🤝", Choice.both_bad: "👎"}
+KEYS = {Choice.left: "1", Choice.right: "2", Choice.tie: "3", Choice.both_bad: "4", Choice.skip: "S"}
 UNDO_ID = "label-undo"
-SAID = {"left": "A is better", "right": "B is better", "tie": "tie", "both_bad": "both bad", "skip": "skipped"}
+UNDO_KEYS = ("U", "Backspace")
 MAX_TIME_SPENT_S = 86_399  # the service refuses a day or more (a tab left open overnight)
 
+
+def button_text(choice: Choice) -> str:
+    """"👈 A is better", "🤝 Tie", "Skip"."""
+    words = choice.words
+    return f"{ICONS.get(choice, '')} {words[0].upper()}{words[1:]}".strip()
+
+
+def button_id(choice: Choice) -> str:
+    """The button's elem_id: label-a and label-b for the answers shown as A and B, label-tie, ..."""
+    return "label-" + {Choice.left: "a", Choice.right: "b"}.get(choice, choice.value).replace("_", "-")
+
+
+SHORTCUTS = {**{key.lower(): button_id(choice) for choice, key in KEYS.items()},
+             **{key.lower(): UNDO_ID for key in UNDO_KEYS}}
 KEYBOARD_JS = """
 if (!window.__wbLabelKeys) {
   window.__wbLabelKeys = true;
-  const keys = {"1": "label-a", "2": "label-b", "3": "label-tie", "4": "label-both-bad", "s": "label-skip",
-                "u": "label-undo", "backspace": "label-undo"};
+  const keys = __SHORTCUTS__;
   document.addEventListener("keydown", (event) => {
     const target = event.target;
     const typing = target && (target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName));
@@ -61,11 +75,12 @@ if (!window.__wbLabelKeys) {
     button.click();
   });
 }
-"""
+""".replace("__SHORTCUTS__", json.dumps(SHORTCUTS))
 
-SHORTCUTS_HTML = ('<div style="font-size:12px;opacity:.7">Keys: <kbd>1</kbd> A is better · <kbd>2</kbd> B is better · '
-                  '<kbd>3</kbd> tie · <kbd>4</kbd> both bad · <kbd>S</kbd> skip · <kbd>U</kbd> or <kbd>Backspace</kbd> '
-                  'undo · <kbd>Esc</kbd> leaves the note.</div>')
+SHORTCUTS_HTML = ('<div style="font-size:12px;opacity:.7">Keys: '
+                  + " · ".join(f"<kbd>{KEYS[choice]}</kbd> {choice.words}" for choice in Choice)
+                  + " · " + " or ".join(f"<kbd>{key}</kbd>" for key in UNDO_KEYS)
+                  + " undo · <kbd>Esc</kbd> leaves the note.</div>")
 
 
 # ----------------------------------------------------------------------------- pure shaping
@@ -139,13 +154,13 @@ class LabelTab:
         guide = gr.skip() if guidelines is None else guidelines
         if pair is None:
             return ("", guide, progress_html(progress), [], "", "", message, "",
-                    *[gr.Button(interactive=False)] * len(CHOICES), can_undo)
+                    *[gr.Button(interactive=False)] * len(Choice), can_undo)
         return (shown_token(pair), guide, progress_html(progress), conversation(pair), pair["left"]["text"],
-                pair["right"]["text"], message, "", *[gr.Button(interactive=True)] * len(CHOICES), can_undo)
+                pair["right"]["text"], message, "", *[gr.Button(interactive=True)] * len(Choice), can_undo)
 
     def _unchanged(self, message: str) -> tuple:
         return (gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), message, gr.skip(),
-                *[gr.skip()] * (len(CHOICES) + 1))
+                *[gr.skip()] * (len(Choice) + 1))
 
     @staticmethod
     def _nothing_left(project_name: str, progress: dict) -> str:
@@ -200,7 +215,7 @@ class LabelTab:
         except ServiceError as error:
             return self._screen(None, None, message_html(error_text(error), "error"), "")
 
-    def submit(self, choice: str, shown_text: str, note: str, request: gr.Request | None = None) -> tuple:
+    def submit(self, choice: Choice, shown_text: str, note: str, request: gr.Request | None = None) -> tuple:
         from web.services import Conflict, ServiceError, labeling
 
         shown = read_shown(shown_text)
@@ -217,9 +232,8 @@ class LabelTab:
                 except Conflict as error:  # the pair got its last label from someone else meanwhile
                     return self._next(session, who, project_id, message_html(f"Not stored — {error_text(error)}.",
                                                                              "warn"))
-                said = SAID.get(choice, choice)
                 message = (f"Already stored for this pair ({stored['label']}); here is the next one." if stored["duplicate"]
-                           else f"Stored: {said}.")
+                           else f"Stored: {Choice(choice).words}.")
                 return self._show(session, who, project_id, stored["next"], message_html(message, "ok"),
                                   progress=stored["progress"])
         except ServiceError as error:
@@ -272,13 +286,15 @@ def build(settings) -> LabelTab:
                     gr.Markdown("**Answer B**")
                     right = gr.Markdown(elem_id="label-right", container=True, min_height=120, line_breaks=True)
             with gr.Row():
-                buttons = [gr.Button(f"{text} [{key}]", interactive=False, elem_id=elem_id,
-                                     variant="primary" if choice in ("left", "right") else "secondary")
-                           for choice, text, key, elem_id in CHOICES]
+                buttons = [gr.Button(f"{button_text(choice)} [{KEYS[choice]}]", interactive=False,
+                                     elem_id=button_id(choice),
+                                     variant="primary" if choice in (Choice.left, Choice.right) else "secondary")
+                           for choice in Choice]
             with gr.Row(equal_height=True):
                 note = gr.Textbox(label="Note (optional, saved with the label)", lines=1, max_lines=4, scale=4,
                                   elem_id="label-note")
-                undo = gr.Button("↶ Undo [U]", interactive=False, elem_id=UNDO_ID, scale=1, min_width=100)
+                undo = gr.Button(f"↶ Undo [{UNDO_KEYS[0]}]", interactive=False, elem_id=UNDO_ID, scale=1,
+                                 min_width=100)
             status = gr.HTML(elem_id="label-status")
             gr.HTML(SHORTCUTS_HTML, js_on_load=KEYBOARD_JS, elem_id="label-keys")
             shown = gr.Textbox(visible="hidden", elem_id="label-shown")
@@ -292,14 +308,14 @@ def build(settings) -> LabelTab:
     private = {"api_visibility": "private"}
     project.change(tab.open_project, [project], screen, **private)
 
-    def make_submit(choice: str):
+    def make_submit(choice: Choice):
         def submit(shown_text: str, note_text: str, request: gr.Request):
             return tab.submit(choice, shown_text, note_text, request)
 
-        submit.__name__ = f"submit_{choice}"
+        submit.__name__ = f"submit_{choice.value}"
         return submit
 
-    for (choice, *_), button in zip(CHOICES, buttons):
+    for choice, button in zip(Choice, buttons):
         button.click(make_submit(choice), [shown, note], screen, **private)
     undo.click(tab.undo, [project], screen, **private)
     return tab

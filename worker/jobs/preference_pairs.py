@@ -23,9 +23,10 @@ from typing import Any, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Comparison, Completion, Label, LabelingPair, LabelingProject, Prompt, User
+from db.models import Comparison, Completion, LabelingPair, LabelingProject, Prompt, User
 from llm.agreement import LabelRow, consensus
 from llm.atomic_files import atomic_write_text
+from llm.preference_labels import WINNERS, Label
 
 PAIRS_FILE = "pairs.jsonl"
 SOURCES_FILE = "pairs_sources.json"
@@ -82,9 +83,9 @@ def consensus_pairs(session: Session, project_id: int, min_labels: int | None = 
     labels_of: dict[int, list] = defaultdict(list)
     for row in rows:
         labels_of[row.pair_id].append(row)
-    decided = consensus([LabelRow(row.pair_id, row.name, row.label.value) for row in rows],
+    decided = consensus([LabelRow(row.pair_id, row.name, row.label) for row in rows],
                         project.overlap if min_labels is None else min_labels)
-    winners = {pair_id: d for pair_id, d in decided.items() if d.label in ("a", "b")}
+    winners = {pair_id: d for pair_id, d in decided.items() if d.label in WINNERS}
     if not winners:
         return []
     pairs = {pair.id: pair for pair in session.scalars(select(LabelingPair).where(LabelingPair.id.in_(winners)))}
@@ -95,7 +96,7 @@ def consensus_pairs(session: Session, project_id: int, min_labels: int | None = 
     result = []
     for pair_id in sorted(winners):
         pair, decision = pairs[pair_id], winners[pair_id]
-        chosen, rejected = ((pair.completion_a_id, pair.completion_b_id) if decision.label == "a"
+        chosen, rejected = ((pair.completion_a_id, pair.completion_b_id) if decision.label == Label.a
                             else (pair.completion_b_id, pair.completion_a_id))
         prompt = prompts[pair.prompt_id]
         result.append(ConsensusPair(
@@ -118,7 +119,7 @@ def project_pairs(session: Session, project_id: int, min_labels: int | None = No
 def arena_pairs(session: Session) -> list[dict]:
     """Every arena vote with a winner (A or B) as a pair; ties and both-bad make none."""
     pairs = []
-    query = (select(Comparison).where(Comparison.source == "arena", Comparison.label.in_([Label.a, Label.b]))
+    query = (select(Comparison).where(Comparison.source == "arena", Comparison.label.in_(WINNERS))
              .order_by(Comparison.id))
     for vote in session.scalars(query):
         chosen_id, rejected_id = ((vote.completion_a_id, vote.completion_b_id) if vote.label == Label.a
