@@ -82,6 +82,9 @@ NAMING_CONVENTION = {
 # Every id column is an SQL INTEGER: 32 bits signed on PostgreSQL. Requests bound ids by this
 # (web/api/ids.py, web/schemas.py) so a larger number is a 422 naming the field, not a driver error.
 SQL_INTEGER_MAX = 2**31 - 1
+# How long a person may have taken over one label or vote (Comparison.time_spent_s), in seconds: at most a day.
+# A tab left open overnight records a day (the tabs clamp to it); the REST schemas and the services refuse more.
+MAX_TIME_SPENT_S = 86_400
 
 
 class Base(DeclarativeBase):
@@ -376,7 +379,7 @@ class Comparison(Base):
     label: Mapped[Label] = mapped_column(_enum(Label))
     annotator_id: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id"), index=True)  # per-annotator progress
     source: Mapped[str] = mapped_column(String(16), default="label")  # label | upload | arena
-    time_spent_s: Mapped[Optional[float]] = mapped_column(Float)
+    time_spent_s: Mapped[Optional[float]] = mapped_column(Float)  # 0 to MAX_TIME_SPENT_S
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     pair_id: Mapped[Optional[int]] = mapped_column(ForeignKey("labeling_pairs.id", ondelete="CASCADE"), index=True)
     # True when completion_b was shown on the left (per labeler, random): the label is stored un-swapped.

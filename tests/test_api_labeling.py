@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from sqlalchemy import func, select
 
 from db.models import Comparison
@@ -133,3 +134,47 @@ def test_choices_are_the_one_declared_vocabulary(client, users):
         answer = client.post("/api/arena/votes", auth=LABELER,
                              json={"left_completion_id": 1, "right_completion_id": 2, "choice": refused})
         assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["body", "choice"], answer.text
+
+
+def test_time_spent_is_bounded_at_a_day_in_one_place(client, session, users):
+    """db.models.MAX_TIME_SPENT_S bounds a label's and a vote's time_spent_s alike: the edge is accepted, a
+    millisecond more (or less than 0) is a 422 naming the field, and the services refuse what the UI would send."""
+    from db.models import MAX_TIME_SPENT_S, Model, ModelKind
+    from web.services import arena, labeling
+    from web.services.common import InvalidInput
+
+    job = make_generate_job(session, prompts=2, answers=2)
+    project = client.post("/api/labeling/projects", auth=TRAINER,
+                          json={"name": "timed", "source_job_ids": [job.id]}).json()
+    base = f"/api/labeling/projects/{project['id']}"
+    shown = client.get(f"{base}/next", auth=LABELER).json()
+    label = {"pair_id": shown["pair_id"], "choice": "left", "left_completion_id": shown["left"]["completion_id"]}
+    for refused in (-0.001, MAX_TIME_SPENT_S + 0.001, 10 ** 9):
+        answer = client.post(f"{base}/labels", auth=LABELER, json={**label, "time_spent_s": refused})
+        assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["body", "time_spent_s"], answer.text
+    with pytest.raises(InvalidInput) as refused_by_the_service:
+        labeling.submit_label(session, LABELER[0], project["id"], **label, time_spent_s=MAX_TIME_SPENT_S + 0.001)
+    assert refused_by_the_service.value.field == "time_spent_s"
+    stored = client.post(f"{base}/labels", auth=LABELER, json={**label, "time_spent_s": MAX_TIME_SPENT_S})
+    assert stored.status_code == 201, stored.text
+    session.expire_all()
+    assert session.get(Comparison, stored.json()["id"]).time_spent_s == MAX_TIME_SPENT_S
+
+    models = [Model(name=f"chat-{n}", kind=ModelKind.sft, tokenizer="gpt2", config={}, path=f"models/chat-{n}")
+              for n in (1, 2)]
+    session.add_all(models)
+    session.commit()
+    battle = arena.record_answers(session, LABELER[0], [{"role": "user", "content": "Hi"}],
+                                  {"model_id": models[0].id, "text": "Hello"}, {"model_id": models[1].id, "text": "Hey"})
+    vote = {"left_completion_id": battle["left_completion_id"], "right_completion_id": battle["right_completion_id"],
+            "choice": "tie"}
+    for refused in (-0.001, MAX_TIME_SPENT_S + 0.001):
+        answer = client.post("/api/arena/votes", auth=LABELER, json={**vote, "time_spent_s": refused})
+        assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["body", "time_spent_s"], answer.text
+    with pytest.raises(InvalidInput) as refused_by_the_service:
+        arena.vote(session, LABELER[0], **vote, time_spent_s=MAX_TIME_SPENT_S + 0.001)
+    assert refused_by_the_service.value.field == "time_spent_s"
+    voted = client.post("/api/arena/votes", auth=LABELER, json={**vote, "time_spent_s": MAX_TIME_SPENT_S})
+    assert voted.status_code == 201, voted.text
+    session.expire_all()
+    assert session.get(Comparison, voted.json()["comparison_id"]).time_spent_s == MAX_TIME_SPENT_S

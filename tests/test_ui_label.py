@@ -13,7 +13,7 @@ import gradio as gr
 import pytest
 from sqlalchemy import select
 
-from db.models import Comparison, JobStatus, LabelingPair, Role
+from db.models import MAX_TIME_SPENT_S, Comparison, JobStatus, LabelingPair, Role
 from db.users import create_user
 from tests.conftest import ADMIN, LABELER, TRAINER
 from tests.test_labeling import make_generate_job
@@ -91,7 +91,8 @@ def test_shaping_helpers():
     for bad in (None, "", "{", "[]", json.dumps({"pair_id": 7})):
         assert read_shown(bad) is None
     assert seconds_on({"shown_at": 100.0}, now=112.5) == 12.5
-    assert seconds_on({"shown_at": 100.0}, now=50.0) == 0.0 and seconds_on({"shown_at": 0.0}, now=1e9) < 86_400
+    assert seconds_on({"shown_at": 100.0}, now=50.0) == 0.0
+    assert seconds_on({"shown_at": 0.0}, now=1e9) == MAX_TIME_SPENT_S  # a tab left open overnight: a day
     assert [m["role"] for m in conversation(pair)] == ["system", "user"]
     assert project_choices([{"id": 4, "name": "p", "pairs": 9, "complete_pairs": 2}]) == [
         ("p (2/9 pairs complete)", 4)]

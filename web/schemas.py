@@ -13,10 +13,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from db.models import SQL_INTEGER_MAX, DatasetKind, JobKind, JobStatus, ModelKind
+from db.models import MAX_TIME_SPENT_S, SQL_INTEGER_MAX, DatasetKind, JobKind, JobStatus, ModelKind
 from llm.preference_labels import VOTES, Choice, Label
 
 RowId = Annotated[int, Field(ge=1, le=SQL_INTEGER_MAX)]  # a row's id in a request body
+TimeSpent = Annotated[float, Field(ge=0, le=MAX_TIME_SPENT_S, description="seconds the person took, at most a day")]
 
 
 class ErrorOut(BaseModel):
@@ -236,7 +237,7 @@ class LabelSubmit(BaseModel):
     choice: Choice = Field(description="what the labeler chose, as seen on screen")
     left_completion_id: int = Field(ge=1, le=SQL_INTEGER_MAX, description="the completion that was shown on the left")
     note: str | None = None
-    time_spent_s: float | None = None
+    time_spent_s: TimeSpent | None = None
     idempotency_key: str | None = Field(None, description="repeat a request with the same key: one label stored")
 
 
@@ -341,7 +342,7 @@ class VoteCreate(BaseModel):
     left_completion_id: int = Field(ge=1, le=SQL_INTEGER_MAX)
     right_completion_id: int = Field(ge=1, le=SQL_INTEGER_MAX)
     choice: ArenaVote = Field(description="the better answer as seen (left is model A), or neither")
-    time_spent_s: float | None = Field(None, ge=0, le=86_400)
+    time_spent_s: TimeSpent | None = None
 
 
 class VoteOut(BaseModel):

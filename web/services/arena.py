@@ -28,6 +28,7 @@ from llm.preference_labels import VOTES, Choice, Label
 from llm.ratings import leaderboard as rate
 from web.services.access import Action, require, resolve_user
 from web.services.common import Conflict, InvalidInput, NotFound, reading
+from web.services.labeling import check_time_spent
 
 ARENA_KINDS = (ModelKind.sft, ModelKind.dpo)
 MAX_PROMPT_CHARS = 20_000
@@ -124,6 +125,7 @@ def vote(session: Session, who, left_completion_id: int, right_completion_id: in
     require(user, Action.chat)
     if choice not in VOTES:
         raise InvalidInput(f"choice must be one of {', '.join(VOTES)}", field="choice")
+    check_time_spent(time_spent_s)
     left = session.get(Completion, left_completion_id) if 0 < left_completion_id < 2 ** 63 else None
     right = session.get(Completion, right_completion_id) if 0 < right_completion_id < 2 ** 63 else None
     if left is None or right is None or left.prompt_id != right.prompt_id or left.id == right.id:

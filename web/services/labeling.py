@@ -31,8 +31,8 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import (Comparison, Completion, Job, JobKind, JobStatus, LabelingAssignment, LabelingPair,
-                       LabelingProject, User, utcnow)
+from db.models import (MAX_TIME_SPENT_S, Comparison, Completion, Job, JobKind, JobStatus, LabelingAssignment,
+                       LabelingPair, LabelingProject, User, utcnow)
 from llm.preference_labels import Choice, Label
 from web.services import labeling_queries as queries
 from web.services.access import Action, can, require, resolve_user
@@ -256,6 +256,12 @@ def next_pair(session: Session, who, project_id: int) -> dict | None:
     return None
 
 
+def check_time_spent(time_spent_s: float | None) -> None:
+    """InvalidInput naming time_spent_s unless it is None or 0 to MAX_TIME_SPENT_S (labels and arena votes)."""
+    if time_spent_s is not None and not 0 <= time_spent_s <= MAX_TIME_SPENT_S:
+        raise InvalidInput(f"time_spent_s must be between 0 and {MAX_TIME_SPENT_S} seconds", field="time_spent_s")
+
+
 def comparison_to_dict(comparison: Comparison) -> dict:
     return {"id": comparison.id, "pair_id": comparison.pair_id, "label": comparison.label.value,
             "swapped": comparison.swapped, "note": comparison.note, "annotator_id": comparison.annotator_id,
@@ -280,8 +286,7 @@ def submit_label(session: Session, who, project_id: int, pair_id: int, choice: C
         raise InvalidInput(f"choice must be one of {', '.join(Choice)}", field="choice") from None
     if note is not None and len(note) > 5000:
         raise InvalidInput("a note is limited to 5,000 characters", field="note")
-    if time_spent_s is not None and not 0 <= time_spent_s < 86_400:
-        raise InvalidInput("time_spent_s must be between 0 and 86400", field="time_spent_s")
+    check_time_spent(time_spent_s)
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 64:
         raise InvalidInput("idempotency_key must be 1 to 64 characters", field="idempotency_key")
     pair = session.get(LabelingPair, pair_id) if 0 < pair_id < 2 ** 63 else None

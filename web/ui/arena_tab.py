@@ -19,7 +19,7 @@ import gradio as gr
 
 from llm.preference_labels import VOTES, Choice
 from web.ui import current_user, db_session, error_text
-from web.ui.label_tab import button_text
+from web.ui.label_tab import button_text, seconds_since
 from web.ui.plots import message_html
 
 MIN_YIELD_SECONDS = 0.03
@@ -205,7 +205,7 @@ def build(settings) -> ArenaTab:
                 user = current_user(settings, request)
                 with db_session(settings) as session:
                     result = arena.vote(session, user["name"] if user else None, state["left_completion_id"],
-                                        state["right_completion_id"], choice, time.time() - state["started"])
+                                        state["right_completion_id"], choice, seconds_since(state["started"]))
             except Exception as error:
                 return (state, message_html(error_text(error), "error"), gr.skip(), gr.skip(), *locked)
             reveal = (f"Model A was {result['left_model']['name'] or '?'}, model B was "

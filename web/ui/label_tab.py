@@ -28,6 +28,7 @@ from typing import Any
 
 import gradio as gr
 
+from db.models import MAX_TIME_SPENT_S
 from llm.preference_labels import Choice
 from web.ui import current_user, db_session, error_text
 from web.ui.plots import message_html, progress_bar_html
@@ -38,7 +39,6 @@ ICONS = {Choice.left: "👈", Choice.right: "👉", Choice.tie: "🤝", Choice.b
 KEYS = {Choice.left: "1", Choice.right: "2", Choice.tie: "3", Choice.both_bad: "4", Choice.skip: "S"}
 UNDO_ID = "label-undo"
 UNDO_KEYS = ("U", "Backspace")
-MAX_TIME_SPENT_S = 86_399  # the service refuses a day or more (a tab left open overnight)
 
 
 def button_text(choice: Choice) -> str:
@@ -120,9 +120,14 @@ def read_shown(text: str | None) -> dict | None:
     return None
 
 
-def seconds_on(shown: dict, now: float | None = None) -> float:
-    spent = (time.time() if now is None else now) - float(shown["shown_at"])
+def seconds_since(start: float, now: float | None = None) -> float:
+    """Time spent on a label or a vote: a tab left open overnight counts the most a label may take (a day)."""
+    spent = (time.time() if now is None else now) - float(start)
     return round(min(MAX_TIME_SPENT_S, max(0.0, spent)), 3)
+
+
+def seconds_on(shown: dict, now: float | None = None) -> float:
+    return seconds_since(shown["shown_at"], now)
 
 
 def conversation(pair: dict) -> list[dict]:
