@@ -54,6 +54,12 @@ def gpt_parameter_count(n_layer: int, n_embd: int, vocab_size: int, block_size: 
     return 12 * n_layer * n_embd * n_embd + vocab_size * n_embd + block_size * n_embd
 
 
+def training_flops_per_token(matmul_params: int, n_layer: int, n_embd: int, seq_len: int) -> float:
+    """Training FLOPs per token of the GPT: 6N for the matmuls of its N parameters without the position
+    embedding, plus the attention scores (PaLM appendix B)."""
+    return 6 * matmul_params + 12 * n_layer * n_embd * seq_len
+
+
 def lora_trainable_params(config: dict, rank: int, targets: str) -> int:
     """Adapter parameters of LoRA rank `rank` on the GPT's projections: r x (in + out) per adapted
     matrix. attn: c_attn (n -> 3n) and its c_proj (n -> n); mlp: c_fc (n -> 4n) and its c_proj (4n -> n)."""

@@ -15,6 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from llm.memory import training_flops_per_token
+
 
 @dataclass
 class GPTConfig:
@@ -392,8 +394,7 @@ class GPT(nn.Module):
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token: 6N for the matmuls plus the attention scores (PaLM appendix B)."""
         cfg = self.config
-        T = seq_len or cfg.block_size
-        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+        return training_flops_per_token(self.num_params(), cfg.n_layer, cfg.n_embd, seq_len or cfg.block_size)
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         param = self.wte.weight

@@ -48,14 +48,14 @@ def test_schedule_notes_say_how_the_defaults_shrink_and_what_submit_refuses():
 
 
 def test_the_estimate_warns_when_the_workers_have_less_memory(workbench_env):
-    fits = services.estimate_pretrain({"max_steps": 10}, data_dir=workbench_env.data_dir)
+    fits = services.estimate_run("pretrain", {"max_steps": 10})
     assert 0 < fits["memory_bytes"] < fits["worker_memory_bytes"]
     assert job_form.memory_note_html(fits) == ""
-    too_big = services.estimate_pretrain({"batch_size": 4096, "block_size": 8192}, data_dir=workbench_env.data_dir)
+    too_big = services.estimate_run("pretrain", {"batch_size": 4096, "block_size": 8192})
     note = job_form.memory_note_html(too_big)
     assert "wb-msg-error" in note and "needs about" in note and "submit refuses" in note
     # The shape overrides count: a wider model needs more.
-    wider = services.estimate_pretrain({"n_embd": 256, "n_head": 4}, data_dir=workbench_env.data_dir)
+    wider = services.estimate_run("pretrain", {"n_embd": 256, "n_head": 4})
     assert wider["memory_bytes"] > fits["memory_bytes"] and wider["config"]["n_embd"] == 256
 
 

@@ -26,7 +26,7 @@ from llm.model import GPT, config_from_preset
 from llm.tokenizer import get_tokenizer
 from test_sft_job import add_base_model, add_dataset, chat_lines
 from worker.jobs import lifecycle as jobs
-from worker.kinds import generate
+from worker.kinds.generate import handler as generate
 from worker.jobs.params import JobParamsError
 from worker.runtime.runner import _make_context, execute_job
 

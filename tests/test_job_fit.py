@@ -202,6 +202,63 @@ def test_a_gpu_job_is_compared_with_the_workers_gpu_and_auto_follows_them(workbe
         gpu_worker.stop()
 
 
+# ----------------------------------------------------------------------------- the form's preview
+
+def preview_and_submit_params(session, kind: str) -> dict:
+    if kind == "pretrain":
+        return {"dataset_id": add_text_dataset(session).id, **MID_SIZED, "device": "cpu"}
+    return {"model_id": add_model_row(session, n_layer=2, n_embd=64).id, "dataset_id": add_chat_dataset(session).id,
+            **MID_SIZED, "device": "cpu"}
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "sft"])
+def test_the_forms_preview_shows_the_figure_the_submit_check_compares(workbench_env, job_queue, session, kind):
+    """The Train form's memory figure is the kind's own estimate: a worker with exactly that much takes the job,
+    one with a byte less refuses it, and the preview names that worker's figure."""
+    from web import services
+
+    params = preview_and_submit_params(session, kind)
+    needed = services.estimate_run(kind, params)["memory_bytes"]
+    exact = reporting_worker("wbtest-exact@box", ram_bytes=needed)
+    try:
+        assert jobs.create_job(session, kind, params).status.value == "queued"
+    finally:
+        exact.stop()
+    short = reporting_worker("wbtest-short@box", ram_bytes=needed - 1)
+    try:
+        shown = services.estimate_run(kind, params)
+        assert shown["memory_bytes"] == needed and shown["worker_memory_bytes"] == needed - 1
+        assert "wbtest-short@box" in shown["worker_memory_source"]
+        error = refused(session, kind, params)
+        assert f"needs about {human_gb(needed)} of RAM" in error.message and "wbtest-short@box" in error.message
+    finally:
+        short.stop()
+
+
+@pytest.mark.parametrize("kind, wrong", [
+    ("pretrain", {"n_embd": 4}),                 # below the declared minimum (8)
+    ("pretrain", {"n_embd": 100, "n_head": 3}),  # the kind's own rule on the shape
+    ("pretrain", {"preset": "enormous"}),
+    ("pretrain", {"tokenizer": "no-such-tokenizer"}),
+    ("pretrain", {"batch_size": "8"}),           # typed as text: submit takes numbers only
+    ("sft", {"lora_r": 0}),
+    ("sft", {"lora_targets": "everything"}),
+])
+def test_a_value_submit_refuses_is_refused_by_the_preview_in_the_same_words(workbench_env, session, kind, wrong):
+    from web import services
+
+    params = {**preview_and_submit_params(session, kind), **wrong}
+    error = refused(session, kind, params)
+    with pytest.raises(services.InvalidInput) as caught:
+        services.estimate_run(kind, params)
+    assert (caught.value.field, caught.value.message) == (error.field, f"{error.field}: {error.message}")
+    if kind == "pretrain":  # a form without its dataset yet is previewed all the same
+        del params["dataset_id"]
+        with pytest.raises(services.InvalidInput) as caught:
+            services.estimate_run(kind, params)
+        assert caught.value.field == error.field
+
+
 # ----------------------------------------------------------------------------- schedule
 
 def test_schedule_defaults_shrink_with_a_short_run():

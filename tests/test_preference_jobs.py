@@ -19,7 +19,7 @@ from tests.test_reward import polite_pairs
 from tests.test_sft_job import add_base_model, add_dataset
 from web.services.labeling import create_project
 from worker.jobs import lifecycle as jobs
-from worker.kinds import reward as reward_kind
+from worker.kinds.reward import handler as reward_kind
 from worker.jobs.params import JobParamsError
 from worker.jobs.preference_pairs import PAIRS_FILE, SOURCES_FILE
 from worker.runtime.runner import _make_context, execute_job

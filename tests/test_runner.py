@@ -10,7 +10,9 @@ from conftest import StopOnQuestion
 from db.models import Dataset, DatasetKind, JobLog
 from worker.jobs import lifecycle as jobs
 from worker.jobs.context import prepared_dir_for
-from worker.kinds import prepare, pretrain, train_tokenizer
+from worker.kinds.prepare import handler as prepare
+from worker.kinds.pretrain import handler as pretrain
+from worker.kinds.train_tokenizer import handler as train_tokenizer
 from worker.runtime.runner import _make_context
 
 

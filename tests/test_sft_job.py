@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from conftest import StopOnQuestion
 from db.models import Dataset, DatasetKind, Job, JobStatus, Metric, Model, ModelKind
 from worker.jobs import lifecycle as jobs
-from worker.kinds import sft
+from worker.kinds.sft import handler as sft
 from worker.jobs.params import JobParamsError
 from worker.runtime.runner import _make_context, execute_job
 

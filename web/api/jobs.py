@@ -89,9 +89,10 @@ def delete_job(job_id: JobId, user: CurrentUser, session: DbSession, settings: A
 
 
 @router.post("/estimates/pretrain", response_model=PretrainEstimateOut)
-def estimate_pretrain(params: dict[str, Any], user: CurrentUser, settings: AppSettings) -> Any:
-    """Parameter count, tokens per step and a rough duration for pretrain params (nothing is queued)."""
-    return services.estimate_pretrain(params, data_dir=settings.data_dir)
+def estimate_pretrain(params: dict[str, Any], user: CurrentUser, session: DbSession) -> Any:
+    """Parameter count, tokens per step, peak memory and a rough duration for pretrain params (nothing is
+    queued): the pretrain kind's own estimate, the one its submit check compares."""
+    return services.estimate_run("pretrain", params, session=session)
 
 
 @router.get("/job-kinds", response_model=list[JobKindOut])

@@ -3,8 +3,9 @@
     model_lineage(model_id)   {"nodes": [...], "edges": [...]}: dataset → job → model → child models, for the
                               model's ancestors and descendants, with the labeling projects and arena votes
                               that trained each reward / DPO model (read from the run's pairs_sources.json)
-    report_card(model_id)     parameters, tokens seen, validation bits per byte, SFT loss, reward-model
-                              accuracy, DPO held-out preference accuracy, arena rating — whichever apply
+    report_card(model_id)     kind, tokenizer, shape and parameters, the rows the kind of job that made it
+                              declares (its card.py: validation bits per byte, SFT token accuracy, reward-model
+                              accuracy, DPO's held-out preference accuracy and KL, tokens seen, ...), arena rating
 
 Both read what training left behind (Model and Job rows, the final metrics, the run directory's reports);
 nothing here is stored twice.
@@ -13,7 +14,6 @@ nothing here is stored twice.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -21,11 +21,8 @@ from sqlalchemy.orm import Session
 from db.models import Dataset, Job, LabelingProject, Metric, Model
 from db.settings import Settings, safe_join
 from web.services.common import NotFound, enum_value, reading
+from worker.kinds import get_spec
 
-# The metric a report card shows for each model kind, with its label: (metric name, label).
-CARD_METRICS = (("val_bpb", "validation bits per byte"), ("val_loss", "validation loss"),
-                ("val_mean_token_accuracy", "SFT token accuracy"), ("val_accuracy", "reward-model accuracy"),
-                ("val_rewards/accuracies", "DPO held-out preference accuracy"), ("tokens", "tokens seen"))
 MAX_NODES = 200
 
 
@@ -120,18 +117,9 @@ def report_card(settings: Settings, model_id: int, session: Session | None = Non
         parameters = _parameter_count(config)
         if parameters:
             rows.append(("parameters", f"{parameters:,}"))
-        if model.job_id:
-            metrics = _final_metrics(s, model.job_id)
-            for name, label in CARD_METRICS:
-                if name in metrics:
-                    value = metrics[name]
-                    shown = f"{value:,.0f}" if name == "tokens" else (
-                        f"{value:.1%}" if "accuracy" in name or "accuracies" in name else f"{value:.4f}")
-                    rows.append((label, shown))
-            job = s.get(Job, model.job_id)
-            report = _run_report(settings, job)
-            if report:
-                rows.append(report)
+        job = s.get(Job, model.job_id) if model.job_id else None
+        if job is not None:
+            rows += _job_rows(settings, s, job)
         rating = next((row for row in leaderboard(s, rounds=50) if row["model_id"] == model.id), None)
         if rating:
             rows.append(("arena rating", f"{rating['rating']:.0f} ({rating['lower']:.0f}–{rating['upper']:.0f}, "
@@ -139,16 +127,17 @@ def report_card(settings: Settings, model_id: int, session: Session | None = Non
         return rows
 
 
-def _run_report(settings: Settings, job: Job | None) -> tuple[str, str] | None:
-    """The DPO run's KL estimate, when there is one."""
-    if job is None or not job.run_dir:
-        return None
-    path = safe_join(settings.data_dir, job.run_dir) / "dpo_report.json"
-    if path.is_file():
-        kl = json.loads(path.read_text()).get("kl")
-        if kl is not None:
-            return ("KL from the policy it started from", f"{kl:.3f} nats per answer")
-    return None
+def _job_rows(settings: Settings, session: Session, job: Job) -> list[tuple[str, str]]:
+    """The report-card rows the job's kind declares (worker/kinds/<kind>/card.py): its final metrics, then what
+    its run directory reports."""
+    spec = get_spec(job.kind)
+    if spec is None:
+        return []
+    metrics = _final_metrics(session, job.id)
+    rows = [(row.label, row.shown(metrics[row.metric])) for row in spec.report_card if row.metric in metrics]
+    if spec.run_report is not None and job.run_dir:
+        rows += spec.run_report(safe_join(settings.data_dir, job.run_dir))
+    return rows
 
 
 def _parameter_count(config: dict) -> int | None:

@@ -117,10 +117,8 @@ def build(settings) -> FinetuneTab:
         if "model_id" not in params:
             return estimate_html(None)
         try:
-            with db_session(settings) as session:
-                config = services.get_model(int(params["model_id"]), session=session)["config"]
-            return estimate_html(services.estimate_finetune(params, config))
-        except (services.ServiceError, ValueError, KeyError) as error:
+            return estimate_html(services.estimate_run("sft", params))
+        except (services.ServiceError, ValueError) as error:
             return estimate_html(None, error_text(error))
 
     job_form.wire_schedule_notes(SPEC, fields, params_of, inputs, schedule)

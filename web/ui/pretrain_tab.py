@@ -136,7 +136,7 @@ def build(settings) -> PretrainTab:
     def do_estimate(*args):
         params = form_params(values_of(args))
         try:
-            return estimate_html(services.estimate_pretrain(params, data_dir=settings.data_dir))
+            return estimate_html(services.estimate_run("pretrain", params))
         except (services.ServiceError, ValueError) as error:
             return estimate_html(None, error_text(error))
 

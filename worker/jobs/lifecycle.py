@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from db.models import Dataset, Job, JobEvent, JobLog, JobStatus, Model, utcnow
 from db.settings import get_settings
 from llm.tokenizer import tokenizer_names
+from worker.jobs.fit import RunEstimate
 from worker.kinds import KINDS, JobKindSpec, get_spec
 from worker.jobs.messages import send_run_job
 from worker.jobs.params import JobParamsError, check_params
@@ -65,18 +66,40 @@ def validate_params(session: Session, kind: str, params: dict[str, Any] | None) 
     spec = _check_kind(kind)
     normalized = check_params(spec.kind, spec.params, params)
     settings = get_settings()
-    if normalized.get("dataset_id") is not None:  # optional for kinds with other sources (reward, DPO)
-        check_reference(session, spec, "dataset_id", Dataset, normalized["dataset_id"], spec.dataset_kinds)
-    if "model_id" in spec.params:
-        check_reference(session, spec, "model_id", Model, normalized["model_id"], spec.model_kinds)
-    if "tokenizer" in spec.params:
-        names = tokenizer_names(settings.data_dir)
-        if normalized["tokenizer"] not in names:
-            raise JobParamsError("tokenizer", f"unknown tokenizer {normalized['tokenizer']!r}; "
-                                              f"choose one of {', '.join(names)}")
+    _check_references(session, spec, normalized, settings)
     if spec.check is not None:
         spec.check(session, normalized, settings)
     return normalized
+
+
+def preview(session: Session, kind: str,
+            params: dict[str, Any] | None) -> tuple[dict[str, Any], RunEstimate | None]:
+    """The kind's estimate of a run (its `estimate.py`) for what a Train form holds so far: `params` checked as
+    `validate_params` checks them, except that required ones may still be missing, then the same function the
+    kind's submit check calls. So a value submit refuses is refused here with the same field and message, and
+    the memory shown is the figure the check compares. Returns (the params checked, with their defaults; the
+    estimate, or None when the kind has none or the params leave nothing to estimate from).
+    """
+    spec = _check_kind(kind)
+    normalized = check_params(spec.kind, spec.params, params, require=False)
+    if spec.estimate is None:
+        return normalized, None
+    settings = get_settings()
+    _check_references(session, spec, normalized, settings)
+    return normalized, spec.estimate(session, normalized, settings)
+
+
+def _check_references(session: Session, spec: JobKindSpec, params: dict[str, Any], settings) -> None:
+    """The dataset, model and tokenizer the params name must exist and be of a kind the job takes."""
+    if params.get("dataset_id") is not None:  # optional for kinds with other sources (reward, DPO)
+        check_reference(session, spec, "dataset_id", Dataset, params["dataset_id"], spec.dataset_kinds)
+    if params.get("model_id") is not None:
+        check_reference(session, spec, "model_id", Model, params["model_id"], spec.model_kinds)
+    if "tokenizer" in spec.params:
+        names = tokenizer_names(settings.data_dir)
+        if params["tokenizer"] not in names:
+            raise JobParamsError("tokenizer", f"unknown tokenizer {params['tokenizer']!r}; "
+                                              f"choose one of {', '.join(names)}")
 
 
 def _check_kind(kind: str) -> JobKindSpec:

@@ -22,13 +22,15 @@ class JobParamsError(ValueError):
         self.message = message
 
 
-def check_params(kind_name: str, declared: dict[str, Setting], params: Any) -> dict[str, Any]:
+def check_params(kind_name: str, declared: dict[str, Setting], params: Any, *,
+                 require: bool = True) -> dict[str, Any]:
     """`params` checked against `declared`, with every declared default filled in.
 
     The stored row then says exactly what the job runs with, whatever later versions change in
     their defaults. A default of None means "decided when the job runs" (e.g. the device: the
     worker's own setting) and is left out. Raises JobParamsError on the first problem: unknown
-    names first, then missing required ones, then each value in turn.
+    names first, then missing required ones (unless `require` is False: a form being filled in),
+    then each value in turn.
     """
     if params is None:
         params = {}
@@ -39,7 +41,7 @@ def check_params(kind_name: str, declared: dict[str, Setting], params: Any) -> d
             raise JobParamsError(name, f"unknown parameter for a {kind_name} job; "
                                        f"known: {', '.join(sorted(declared))}")
     for name, spec in declared.items():
-        if spec.required and params.get(name) is None:
+        if require and spec.required and params.get(name) is None:
             raise JobParamsError(name, "is required")
     normalized = {name: spec.default for name, spec in declared.items() if spec.default is not None}
     for name, value in params.items():
@@ -50,6 +52,14 @@ def check_params(kind_name: str, declared: dict[str, Setting], params: Any) -> d
         except ValueError as error:
             raise JobParamsError(name, str(error)) from None
     return normalized
+
+
+def required(params: dict[str, Any], name: str) -> Any:
+    """`params[name]`, or JobParamsError("is required") where a form's preview does not have it yet (a job's
+    params always have their required ones: `check_params` says so first)."""
+    if params.get(name) is None:
+        raise JobParamsError(name, "is required")
+    return params[name]
 
 
 def with_defaults(declared: dict[str, Setting], defaults: dict[str, Any]) -> dict[str, Setting]:

@@ -1,14 +1,17 @@
-"""What a job kind declares: one `JobKindSpec` per kind, in its own module under `worker/kinds/`.
+"""What a job kind declares: one `JobKindSpec` per kind, in its folder under `worker/kinds/` (`spec.py`).
 
 A kind's declaration holds everything the rest of the system needs to know about it:
   - `params`: every parameter with type, default, bounds and help (`llm.params.Setting`), from which
     validation (`worker.jobs.lifecycle.validate_params`), the REST schema, the Train forms and the CLI derive;
   - `dataset_kinds` / `model_kinds`: what its `dataset_id` / `model_id` may point at;
-  - `handler`: the function the worker runs (it receives a `worker.jobs.context.JobContext`);
+  - `handler`: the function the worker runs (it receives a `worker.jobs.context.JobContext`; `handler.py`);
   - `produces`: the kind of Model row a success adds, if any;
-  - `metric_cards` and `plots`: what the Jobs tab shows while it runs;
+  - `metric_cards` and `plots`: what the Jobs tab shows while it runs; `report_card` and `run_report`: the rows
+    a model it made shows in the Models tab's report card (`card.py`);
   - `check`: cross-field checks that need the database or other parameters (it may also fill in a
-    default that depends on another parameter, so the stored row says what runs).
+    default that depends on another parameter, so the stored row says what runs);
+  - `estimate`: the run's size before it is queued (`estimate.py`), the one function the form's preview and
+    the submit check (`check`) both call.
 
 This module imports no torch and no web code: the web process reads declarations cheaply.
 """
@@ -16,6 +19,7 @@ This module imports no torch and no web code: the web process reads declarations
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from db.models import DatasetKind, JobKind, ModelKind
@@ -26,6 +30,7 @@ if TYPE_CHECKING:
 
     from db.settings import Settings
     from worker.jobs.context import JobContext, Outcome
+    from worker.jobs.fit import RunEstimate
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,19 @@ class Plot:
 
     title: str
     series: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One row of a model's report card: a final metric of the job that made it, its label and how it is shown
+    (a `str.format` pattern)."""
+
+    metric: str
+    label: str
+    format: str = "{:.4f}"
+
+    def shown(self, value: float) -> str:
+        return self.format.format(value)
 
 
 @dataclass(frozen=True)
@@ -49,6 +67,11 @@ class JobKindSpec:
     metric_cards: tuple[tuple[str, str], ...] = (("step", "step"),)
     plots: tuple[Plot, ...] = ()
     check: Callable[["Session", dict[str, Any], "Settings"], None] | None = None
+    # The run's size before it is queued: None when the params leave nothing to estimate from.
+    estimate: Callable[["Session", dict[str, Any], "Settings"], "RunEstimate | None"] | None = None
+    report_card: tuple[ReportRow, ...] = ()
+    # More report-card rows read from the finished run's directory (e.g. DPO's KL estimate).
+    run_report: Callable[[Path], list[tuple[str, str]]] | None = None
     form_fields: tuple[str, ...] = field(default=())  # the params a Train form shows first, in order
 
 
@@ -63,3 +86,6 @@ MODEL_NAME = Setting("str", help="name of the model this run produces (default: 
 LOSS_PLOT = Plot("Loss", {"loss": "train loss", "val_loss": "val loss"})
 TRAINING_CARDS = (("step", "step"), ("loss", "loss"), ("val_loss", "val loss"))
 SPEED_CARDS = (("tokens_per_s", "tokens/s"), ("lr", "learning rate"))
+# Report-card rows every training kind's model shows.
+VAL_LOSS_ROW = ReportRow("val_loss", "validation loss")
+TOKENS_ROW = ReportRow("tokens", "tokens seen", "{:,.0f}")

@@ -1,8 +1,18 @@
-"""The job kinds the workbench runs, one module each; `KINDS` maps a `JobKind` to its declaration.
+"""The job kinds the workbench runs, one folder each; `KINDS` maps a `JobKind` to its declaration.
 
-Adding a kind = one new module here with its `SPEC` (see `base.JobKindSpec`) + its `llm/` code,
-and one line in `_DECLARED` below. Everything else (validation, the REST schema, the Train forms,
-the Jobs tab's cards and plots, the worker's dispatch) reads `KINDS`.
+A kind's folder holds its parts, each in its own file where the kind has it:
+
+    spec.py       the declaration `SPEC` (see `worker.jobs.spec.JobKindSpec`): params, dataset and model kinds,
+                  the submit-time `check`
+    estimate.py   the run's size before it is queued: the one function the form's preview and the check call
+    handler.py    `run(ctx)`, what the worker runs (heavy `llm` imports inside it: importing the registry
+                  loads no torch)
+    card.py       its metric cards and plots for the Jobs tab, its model's report-card rows
+    __init__.py   exposes `SPEC`
+
+Adding a kind = its folder + its `llm/` code, and one line in `_DECLARED` below. Everything else (validation,
+the REST schema, the Train sub-tabs, the Jobs tab's cards and plots, the report card, the worker's dispatch)
+reads `KINDS`.
 """
 
 from __future__ import annotations

@@ -1,55 +1,5 @@
-"""The `train_tokenizer` kind: a byte-level BPE (rustbpe) trained on a text dataset."""
+"""The `train_tokenizer` kind: a byte-level BPE (rustbpe) trained on a text dataset (spec.py, handler.py)."""
 
-from __future__ import annotations
+from worker.kinds.train_tokenizer.spec import SPEC
 
-from typing import Any
-
-from sqlalchemy.orm import Session
-
-from db.models import DatasetKind, JobKind
-from db.settings import Settings, safe_join
-from llm.params import Setting
-from worker.jobs.context import JobContext, Outcome, dataset_path
-from worker.jobs.spec import DATASET_ID, JobKindSpec
-from worker.jobs.params import JobParamsError
-
-PARAMS = {
-    "dataset_id": DATASET_ID,
-    "vocab_size": Setting("int", required=True, minimum=257, maximum=262_144, help="256 byte tokens + merges"),
-    "name": Setting("str", required=True, max_length=64, help="letters, digits, '.', '_', '-'"),
-}
-
-
-def check(session: Session, params: dict[str, Any], settings: Settings) -> None:
-    from llm.tokenizer import BUILTIN_TOKENIZERS, TOKENIZER_NAME_RE, tokenizer_names
-
-    name = params["name"]
-    if not TOKENIZER_NAME_RE.match(name):
-        raise JobParamsError("name", "use letters, digits, '.', '_' or '-' (at most 64, starting with a letter or digit)")
-    if name in BUILTIN_TOKENIZERS or name in tokenizer_names(settings.data_dir):
-        raise JobParamsError("name", f"a tokenizer named {name!r} already exists")
-
-
-def run(ctx: JobContext) -> Outcome:
-    from llm.corpus import iter_documents
-    from llm.tokenizer import train_tokenizer
-
-    params = ctx.params
-    out_dir = safe_join(ctx.data_dir, "tokenizers", params["name"])
-    if (out_dir / "tokenizer.json").is_file():
-        raise ValueError(f"a tokenizer named {params['name']!r} already exists")
-    ctx.log(f"training a BPE tokenizer with {params['vocab_size']:,} tokens on dataset {ctx.dataset.id}")
-    tokenizer = train_tokenizer(iter_documents(dataset_path(ctx)), params["vocab_size"], out_dir, params["name"],
-                                on_progress=ctx.on_progress, should_stop=ctx.should_stop)
-    if tokenizer is None:
-        return Outcome(stopped=True, summary="stopped while reading the corpus; nothing was written")
-    return Outcome(summary=f"tokenizer {tokenizer.name!r}: {tokenizer.vocab_size:,} tokens "
-                           f"(including special tokens)")
-
-
-SPEC = JobKindSpec(
-    kind=JobKind.train_tokenizer, title="Train tokenizer",
-    description="Train a byte-level BPE tokenizer on a text dataset; the chat special tokens are added.",
-    params=PARAMS, handler=run, dataset_kinds=(DatasetKind.text,), check=check,
-    form_fields=("dataset_id", "vocab_size", "name"),
-)
+__all__ = ["SPEC"]

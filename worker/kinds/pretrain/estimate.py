@@ -1,0 +1,56 @@
+"""The `pretrain` kind's estimate: a run's model size, FLOPs and peak memory before it is queued.
+
+The one function the Train form's preview and the submit check (spec.py's `check`) both call, so the form
+shows the figure the check compares with what the workers have.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from db.settings import Settings
+from llm.memory import gpt_parameter_count, training_flops_per_token, training_memory
+from llm.pretrain_config import SHAPE_FIELDS
+from worker.jobs.fit import RunEstimate, device_type
+from worker.jobs.params import JobParamsError
+
+
+def model_shape(params: dict[str, Any]) -> dict[str, Any]:
+    """The preset's shape with the run's overrides; JobParamsError for an unknown preset or heads that do not
+    divide the width."""
+    from llm.model import PRESETS  # imports torch; only when a pretrain job is sized
+
+    if params["preset"] not in PRESETS:
+        raise JobParamsError("preset", f"unknown preset {params['preset']!r}; choose one of {', '.join(PRESETS)}")
+    shape = {**PRESETS[params["preset"]], **{name: params[name] for name in SHAPE_FIELDS if name in params}}
+    if shape["n_embd"] % shape["n_head"]:
+        field = "n_head" if "n_head" in params else "n_embd"
+        raise JobParamsError(field, f"n_embd ({shape['n_embd']}) must be divisible by n_head ({shape['n_head']})")
+    return shape
+
+
+def estimate(session: Session, params: dict[str, Any], settings: Settings) -> RunEstimate:
+    """Every parameter is trained; the context is the run's block_size (llm/memory.py's formulas)."""
+    from llm.model import padded_vocab_size
+    from llm.tokenizer import get_tokenizer
+
+    shape = model_shape(params)
+    n_layer, n_embd, block_size = shape["n_layer"], shape["n_embd"], params["block_size"]
+    vocab = padded_vocab_size(get_tokenizer(params["tokenizer"], settings.data_dir).vocab_size)
+    total = gpt_parameter_count(n_layer, n_embd, vocab, block_size)
+    device = device_type(params, settings)
+    memory = training_memory(total_params=total, trainable_params=total, n_layer=n_layer, n_embd=n_embd,
+                             vocab_size=vocab, batch_size=params["batch_size"], length=block_size,
+                             device_type=device, dtype=params.get("dtype"))
+    matmul_params = total - block_size * n_embd  # the position embedding costs no matmul
+    flops_per_token = training_flops_per_token(matmul_params, n_layer, n_embd, block_size)
+    tokens_per_step = params["batch_size"] * block_size * params["grad_accum"]
+    return RunEstimate(
+        memory=memory, device_type=device, flops=flops_per_token * tokens_per_step * params["max_steps"],
+        model_field=next((name for name in ("n_embd", "n_layer") if name in params), "preset"),
+        model_hint="choose a smaller preset or lower n_layer / n_embd",
+        figures={"params_count": matmul_params, "params_total": total, "tokens_per_step": tokens_per_step,
+                 "total_tokens": tokens_per_step * params["max_steps"], "flops_per_token": flops_per_token,
+                 "config": {**shape, "vocab_size": vocab, "block_size": block_size}})

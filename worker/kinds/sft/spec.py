@@ -1,0 +1,51 @@
+"""The `sft` kind's declaration: supervised fine-tuning of a base (or earlier SFT) model on a chat dataset.
+
+LoRA through peft by default (the output is an adapter directory that loads onto its parent model),
+or every weight with `full`. The loss is on the assistant's tokens only (llm/chat.py's mask).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from db.models import DatasetKind, JobKind, ModelKind
+from db.settings import Settings
+from llm.params import settings_of
+from llm.sft_config import SFT_DEFAULTS, SFTConfig
+from worker.jobs.fit import check_memory, check_schedule
+from worker.jobs.params import JobParamsError, fine_tuning_loop_params
+from worker.jobs.spec import DATASET_ID, MODEL_ID, MODEL_NAME, JobKindSpec
+from worker.kinds.sft.card import METRIC_CARDS, PLOTS, REPORT_CARD
+from worker.kinds.sft.estimate import estimate
+from worker.kinds.sft.handler import run
+
+PARAMS = {
+    "model_id": MODEL_ID,
+    "dataset_id": DATASET_ID,
+    "name": MODEL_NAME,
+    **settings_of(SFTConfig),
+    **fine_tuning_loop_params(SFT_DEFAULTS),  # SFT's own defaults for the loop (llm/sft_config.py)
+}
+
+
+def check(session: Session, params: dict[str, Any], settings: Settings) -> None:
+    # The learning rate's default depends on `full`: fill it in here, so the stored row says what runs.
+    params["lr"] = SFT_DEFAULTS.learning_rate(params["full"], params.get("lr"))
+    if params.get("min_lr") is not None and params["min_lr"] > params["lr"]:
+        raise JobParamsError("min_lr", "must not be greater than lr")
+    check_schedule(params, PARAMS)
+    check_memory(estimate(session, params, settings), params, settings, declared=PARAMS)
+
+
+SPEC = JobKindSpec(
+    kind=JobKind.sft, title="Fine-tune (SFT)",
+    description="Fine-tune a model on conversations (LoRA adapter or all weights); the loss is on the "
+                "assistant's answers only, including the end-of-turn token so the model learns to stop.",
+    params=PARAMS, handler=run, dataset_kinds=(DatasetKind.chat,), model_kinds=(ModelKind.base, ModelKind.sft),
+    produces=ModelKind.sft, check=check, estimate=estimate,
+    metric_cards=METRIC_CARDS, plots=PLOTS, report_card=REPORT_CARD,
+    form_fields=("model_id", "dataset_id", "full", "lora_r", "lora_alpha", "max_steps", "batch_size", "block_size",
+                 "lr", "warmup", "eval_every", "checkpoint_every", "seed", "name"),
+)

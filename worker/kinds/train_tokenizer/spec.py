@@ -1,0 +1,38 @@
+"""The `train_tokenizer` kind's declaration: a byte-level BPE (rustbpe) trained on a text dataset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from db.models import DatasetKind, JobKind
+from db.settings import Settings
+from llm.params import Setting
+from worker.jobs.params import JobParamsError
+from worker.jobs.spec import DATASET_ID, JobKindSpec
+from worker.kinds.train_tokenizer.handler import run
+
+PARAMS = {
+    "dataset_id": DATASET_ID,
+    "vocab_size": Setting("int", required=True, minimum=257, maximum=262_144, help="256 byte tokens + merges"),
+    "name": Setting("str", required=True, max_length=64, help="letters, digits, '.', '_', '-'"),
+}
+
+
+def check(session: Session, params: dict[str, Any], settings: Settings) -> None:
+    from llm.tokenizer import BUILTIN_TOKENIZERS, TOKENIZER_NAME_RE, tokenizer_names
+
+    name = params["name"]
+    if not TOKENIZER_NAME_RE.match(name):
+        raise JobParamsError("name", "use letters, digits, '.', '_' or '-' (at most 64, starting with a letter or digit)")
+    if name in BUILTIN_TOKENIZERS or name in tokenizer_names(settings.data_dir):
+        raise JobParamsError("name", f"a tokenizer named {name!r} already exists")
+
+
+SPEC = JobKindSpec(
+    kind=JobKind.train_tokenizer, title="Train tokenizer",
+    description="Train a byte-level BPE tokenizer on a text dataset; the chat special tokens are added.",
+    params=PARAMS, handler=run, dataset_kinds=(DatasetKind.text,), check=check,
+    form_fields=("dataset_id", "vocab_size", "name"),
+)
