@@ -5,9 +5,10 @@ Two workloads, each a fixed number of new tokens (end-of-text disabled on both s
   (b) 4 sampled completions of one prompt (candidates for labeling / the arena). Ours prefills the
       prompt once and shares that cache; HF's `num_return_sequences=4` prefills 4 copies.
 tokens/s counts new tokens over the whole call, prefill included: what a user waits for.
-Timings are interleaved (ours, HF, HF, ours, ...) and compared by medians (see bench.common).
+Timings are interleaved (ours, HF, HF, ours, ...) and compared by medians (see bench.common); the rounds fill
+what is left of the time budget (`--budget-s`, 60 s with --quick), their number is reported (`generate_rounds`).
 
-Run: `python -m bench.bench_generate [--quick]`.
+Run: `python -m bench.bench_generate [--quick] [--budget-s S]`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import interleaved, median, print_table, ratio, run_json_subprocess
+from bench.common import interleaved, median, print_table, ratio, run_json_subprocess, time_budget
 from llm.checkpoint import load_model, save_model
 from llm.generate import SamplingSettings, generate_tokens
 from llm.hf_gpt2 import HF_GPT2_VOCAB_SIZE, export_hf_gpt2
@@ -70,9 +71,10 @@ def ours_peak_rss(model_dir: str, prompt: list[int], new_tokens: int, threads: i
     return {"peak_rss_mb": peak_rss_bytes() / 2**20}
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, budget_s: float | None = None) -> dict:
     from transformers import GPT2LMHeadModel
 
+    budget = time_budget(quick, budget_s)
     torch.set_num_threads(THREADS)
     shape = QUICK if quick else FULL
     torch.manual_seed(0)
@@ -97,7 +99,7 @@ def run(quick: bool = False) -> dict:
             "hf": lambda: _hf(hf_model, prompt_batch, n, 1, False),
             "ours_samples": lambda: _ours(model, prompt_ids, sampled, NUM_SAMPLES),
             "hf_samples": lambda: _hf(hf_model, prompt_batch, n, NUM_SAMPLES, True),
-        }, repeats=shape.repeats)
+        }, repeats=shape.repeats, budget=budget)
         memory = run_json_subprocess("bench.bench_generate", "ours_peak_rss",
                                      {"model_dir": str(ours_dir), "prompt": prompt_ids, "new_tokens": n})
 
@@ -112,13 +114,16 @@ def run(quick: bool = False) -> dict:
         "generate_samples_vs_hf": ratio(tokens_per_s["ours_samples"], tokens_per_s["hf_samples"]),
         "generate_peak_rss_mb": memory["peak_rss_mb"],
         "generate_greedy_matches_hf": greedy_match,
+        "generate_rounds": len(times["ours"]),
+        "generate_budget_s": budget.seconds,
         "shape": f"{shape.n_layer}L {shape.n_embd}d, prompt {shape.prompt_tokens}, {n} new, {THREADS} threads",
     }
     print_table([
-        ("greedy, batch 1", tokens_per_s["ours"], tokens_per_s["hf"], figures["generate_vs_hf"], 1.1),
+        ("greedy, batch 1", tokens_per_s["ours"], tokens_per_s["hf"], figures["generate_vs_hf"], 1.1,
+         len(times["ours"])),
         (f"{NUM_SAMPLES} samples, top_k={TOP_K}", tokens_per_s["ours_samples"], tokens_per_s["hf_samples"],
-         figures["generate_samples_vs_hf"], 1.5),
-    ], headers=("workload", "ours tok/s", "HF tok/s", "ours / HF", "target"))
+         figures["generate_samples_vs_hf"], 1.5, len(times["ours_samples"])),
+    ], headers=("workload", "ours tok/s", "HF tok/s", "ours / HF", "target", "rounds"))
     print(f"peak RSS (ours alone) {memory['peak_rss_mb']:.0f} MB; greedy output == HF: {greedy_match}; {figures['shape']}")
     return figures
 
@@ -126,7 +131,7 @@ def run(quick: bool = False) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     from bench.common import command_line
 
-    return command_line(run, __doc__.splitlines()[0], "a small model and short run", argv)
+    return command_line(run, __doc__.splitlines()[0], "a small model and short run", argv, budget=True)
 
 
 if __name__ == "__main__":

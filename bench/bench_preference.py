@@ -32,7 +32,11 @@ Peak memory: VmHWM of a fresh subprocess per loop that imports torch, transforme
 llm.dpo / llm.reward, then sets up the run and trains 3 steps; `*_train_rss_mb` is the growth over the process
 right before the run was set up.
 
-Run: `python -m bench.bench_preference [--quick]`.
+Time budget (`--budget-s`, 60 s with --quick): the memory probes, checks and set-up run first, the timed rounds
+fill what is left (at least one); `preference_rounds[...]` says how many each median is of. Everything is
+float32 here, so what the CPU does natively in bf16 changes nothing.
+
+Run: `python -m bench.bench_preference [--quick] [--budget-s S]`.
 """
 
 from __future__ import annotations
@@ -48,8 +52,8 @@ import torch
 
 from bench.bench_sft import (BETAS, EPS, GRAD_CLIP, LORA, LORA_TARGETS, SEED, THREADS, SteppedLoop, _WORDS,
                              hf_tokenizer, write_base_model)
-from bench.common import (command_line, interleaved_runs, loop_figures, machine_info, median, print_table,
-                          run_json_subprocess, stepped_loop_memory, versus_peer_figures)
+from bench.common import (TimeBudget, command_line, interleaved_runs, loop_figures, machine_info, median,
+                          print_table, run_json_subprocess, stepped_loop_memory, time_budget, versus_peer_figures)
 
 SHAPES = {  # name -> (preset, pairs per batch, sequence length)
     "small": ("small", 8, 256),
@@ -277,12 +281,13 @@ def trainable_parameters(kind: str, model_dir, pairs, batch: int, seq: int, work
 
 
 def measure(shape: str, repeats: int, warmup: int, work_dir: str | None = None, n_pairs: int = N_PAIRS,
-            log=print) -> dict:
+            log=print, budget: TimeBudget | None = None) -> dict:
     """Checks (same trainable parameters, same tokens), then the four loops built and timed step by step,
-    interleaved. Everything written goes to `work_dir` (default: a temporary directory, removed afterwards)."""
+    interleaved, in as many of the `repeats` rounds as fit the `budget`. Everything written goes to `work_dir`
+    (default: a temporary directory, removed afterwards)."""
     if work_dir is None:
         with tempfile.TemporaryDirectory(prefix="bench-preference-") as tmp:
-            return measure(shape, repeats, warmup, tmp, n_pairs, log)
+            return measure(shape, repeats, warmup, tmp, n_pairs, log, budget)
     preset, batch, seq = SHAPES[shape]
     pairs = make_pairs(n_pairs, min_tokens=seq + 2)
     model_dir = write_base_model(preset, os.path.join(work_dir, "base"))
@@ -311,7 +316,8 @@ def measure(shape: str, repeats: int, warmup: int, work_dir: str | None = None, 
                 result["first_step_s"][loop.name] = time.perf_counter() - start
                 loops[loop.name] = loop
                 log(f"  [{shape}] built {loop.name}: set-up + first step {result['first_step_s'][loop.name]:.1f}s")
-        runs = interleaved_runs({name: loop.step for name, loop in loops.items()}, repeats=repeats, warmup=warmup)
+        runs = interleaved_runs({name: loop.step for name, loop in loops.items()}, repeats=repeats, warmup=warmup,
+                                budget=budget)
     finally:
         for loop in loops.values():
             loop.close()
@@ -359,24 +365,28 @@ def preference_figures(res: dict) -> dict:
     return f
 
 
-def run(quick: bool = False, log=print) -> dict:
+def run(quick: bool = False, log=print, budget_s: float | None = None) -> dict:
+    budget = time_budget(quick, budget_s)
     torch.set_num_threads(THREADS)
     shape, repeats, warmup = ("tiny", 5, 1) if quick else ("small", 9, 2)
     figures: dict = {f"machine_{k}": v for k, v in machine_info().items()}
-    log(f"bench_preference: {shape} shape {SHAPES[shape]}, DPO and reward model (LoRA), ours vs TRL, {repeats} "
-        f"interleaved repeats after {warmup} warm-up steps")
-    res = measure(shape, repeats, warmup, log=log)
-    figures.update(preference_figures(res))
+    figures["preference_budget_s"] = budget.seconds
+    # The memory probes first: a fixed cost, so that the timed rounds fill what is left of the budget.
     for kind in KINDS:
         for side in SIDES:
             log(f"  [{shape}] peak memory of {side}:{kind} (subprocess)")
             for key, value in memory(side, kind, shape).items():
                 figures[f"preference_{key}[{side}:{kind}]"] = value
-    rows = [(name, figures[f"preference_step_s[{name}]"], figures[f"preference_pairs_per_s[{name}]"],
-             figures[f"preference_step_cpu_s[{name}]"], figures.get(f"preference_peak_rss_mb[{name}]"),
-             figures.get(f"preference_train_rss_mb[{name}]"))
+    log(f"bench_preference: {shape} shape {SHAPES[shape]}, DPO and reward model (LoRA), ours vs TRL, up to {repeats} "
+        f"interleaved repeats after {warmup} warm-up steps"
+        + (f", within a budget of {budget.seconds:g} s ({budget.spent():.0f} s spent)" if budget.seconds else ""))
+    res = measure(shape, repeats, warmup, log=log, budget=budget)
+    figures.update(preference_figures(res))
+    rows = [(name, figures[f"preference_step_s[{name}]"], figures[f"preference_rounds[{name}]"],
+             figures[f"preference_pairs_per_s[{name}]"], figures[f"preference_step_cpu_s[{name}]"],
+             figures.get(f"preference_peak_rss_mb[{name}]"), figures.get(f"preference_train_rss_mb[{name}]"))
             for name in (f"{side}:{kind}" for kind in KINDS for side in SIDES)]
-    print_table(rows, headers=("loop", "step s", "pairs/s", "cpu s", "peak RSS MB", "RSS growth MB"))
+    print_table(rows, headers=("loop", "step s", "rounds", "pairs/s", "cpu s", "peak RSS MB", "RSS growth MB"))
     for kind in KINDS:
         log(f"  {kind}_vs_trl {figures[f'{kind}_vs_trl']:.2f} (paired {figures[f'{kind}_vs_trl_paired']:.2f}, "
             f"CPU time {figures[f'{kind}_vs_trl_cpu']:.2f}; target >= {TARGETS[kind]})")
@@ -385,4 +395,4 @@ def run(quick: bool = False, log=print) -> dict:
 
 
 if __name__ == "__main__":
-    command_line(run, __doc__.splitlines()[0], "the tiny shape, fewer repeats (a few minutes)")
+    command_line(run, __doc__.splitlines()[0], "the tiny shape, fewer repeats (a few minutes)", budget=True)

@@ -11,10 +11,11 @@ median of the repeats, 2 threads everywhere:
             `prepare` uses, so prepare / this is the cost of everything prepare adds.
 Throughput counts the same content tokens for all three (prepare's <|endoftext|> separators are
 not counted). CPU seconds of the process (all threads) are reported too: on a shared, loaded
-machine they are far steadier than wall time. Peak memory: the RSS high-water mark (VmHWM) of a fresh child process that loads
+machine they are far steadier than wall time. The rounds fill what is left of the time budget (`--budget-s`, 60 s
+with --quick); their number is reported (`prepare_rounds`). Peak memory: the RSS high-water mark (VmHWM) of a fresh child process that loads
 the tokenizer and runs one prepare, plus the tracemalloc peak of what prepare itself allocates (see measure_prepare_memory).
 
-Run: `python -m bench.bench_prepare [--quick]`.
+Run: `python -m bench.bench_prepare [--quick] [--budget-s S]`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.common import current_rss_bytes, interleaved_runs, median, print_table, ratio, run_json_subprocess
+from bench.common import (current_rss_bytes, interleaved_runs, median, print_table, ratio, run_json_subprocess,
+                          time_budget)
 from llm.prepare import prepare
 from llm.tokenizer import get_tokenizer
 
@@ -124,7 +126,8 @@ def measure_prepare_memory(corpus_path: str, out_dir: str) -> dict:
     return {"rss_before_mb": rss_before, "peak_rss_mb": peak_rss, "traced_peak_mb": traced_peak}
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, budget_s: float | None = None) -> dict:
+    budget = time_budget(quick, budget_s)
     repeats = 3 if quick else 5
     tokenizer = get_tokenizer(TOKENIZER)
     encoding = tokenizer.encoding
@@ -148,7 +151,7 @@ def run(quick: bool = False) -> dict:
             "prepare": run_prepare,
             "tiktoken": lambda: encoding.encode_ordinary_batch(documents, num_threads=THREADS),
             "tiktoken_numpy": lambda: list(pool.map(encode_half_to_numpy, halves)),
-        }, repeats=repeats, warmup=1)
+        }, repeats=repeats, warmup=1, budget=budget)
         pool.shutdown()
         memory = run_json_subprocess("bench.bench_prepare", "measure_prepare_memory",
                                      {"corpus_path": str(corpus_path), "out_dir": str(tmp_dir / "memory")})
@@ -167,6 +170,8 @@ def run(quick: bool = False) -> dict:
         "content_tokens": content_tokens,
         "threads": THREADS,
         "repeats": repeats,
+        "prepare_rounds": len(runs["prepare"]["wall"]),
+        "prepare_budget_s": budget.seconds,
         "prepare_s": seconds["prepare"],
         "tiktoken_s": seconds["tiktoken"],
         "tiktoken_numpy_s": seconds["tiktoken_numpy"],
@@ -192,6 +197,7 @@ def run(quick: bool = False) -> dict:
         ("tiktoken encode_to_numpy", result["tiktoken_numpy_s"], result["tiktoken_numpy_tokens_per_s"],
          result["prepare_vs_tiktoken_numpy"]),
     ], headers=("prepare bench", "median s", "tokens/s", "prepare speed / this"))
+    print(f"medians of {result['prepare_rounds']} rounds")
     print(f"CPU seconds (all threads): prepare {result['prepare_cpu_s']:.3f}, tiktoken {result['tiktoken_cpu_s']:.3f}"
           f" -> prepare_vs_tiktoken_cpu {result['prepare_vs_tiktoken_cpu']:.3f}")
     print(f"corpus {result['corpus_mb']} MB, {result['documents']:,} documents, {content_tokens:,} tokens;"
@@ -204,7 +210,7 @@ def run(quick: bool = False) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     from bench.common import command_line
 
-    return command_line(run, __doc__.splitlines()[0], "2 MB corpus, 3 repeats", argv)
+    return command_line(run, __doc__.splitlines()[0], "2 MB corpus, 3 repeats", argv, budget=True)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,11 @@ Peak memory: the RSS high-water mark (VmHWM) of a fresh subprocess per side and 
 transformers, datasets, peft, TRL and llm.sft, then sets up the run and trains 3 steps; `sft_train_rss_mb`
 is the growth over the process right before the run was set up (data, model, optimizer, activations).
 
-Run: `python -m bench.bench_sft [--quick]`.
+Time budget (`--budget-s`, 60 s with --quick): the memory probes, loss checks and set-up run first, the timed
+rounds fill what is left (at least one); `sft_rounds[...]` says how many each median is of. Everything is
+float32 here, so what the CPU does natively in bf16 changes nothing.
+
+Run: `python -m bench.bench_sft [--quick] [--budget-s S]`.
 """
 
 from __future__ import annotations
@@ -50,8 +54,9 @@ from typing import Callable
 
 import torch
 
-from bench.common import (interleaved_runs, loop_figures, machine_info, median, print_figures, print_table,
-                          run_json_subprocess, stepped_loop_memory, versus_peer_figures)
+from bench.common import (TimeBudget, add_budget_argument, interleaved_runs, loop_figures, machine_info, median,
+                          print_figures, print_table, run_json_subprocess, stepped_loop_memory, time_budget,
+                          versus_peer_figures)
 
 THREADS = 2
 SHAPES = {  # name -> (preset, batch size, sequence length)
@@ -494,12 +499,13 @@ def _loop(side: str, mode: str, model_dir, conversations, batch: int, seq: int, 
 
 
 def measure(shape: str, repeats: int, warmup: int, modes=MODES, work_dir: str | None = None,
-            n_conversations: int = N_CONVERSATIONS, log=print) -> dict:
-    """Loss checks, then every (side, mode) loop built and timed step by step, interleaved. Models, TRL's
-    output and our checkpoints go to `work_dir` (default: a temporary directory, removed afterwards)."""
+            n_conversations: int = N_CONVERSATIONS, log=print, budget: TimeBudget | None = None) -> dict:
+    """Loss checks, then every (side, mode) loop built and timed step by step, interleaved, in as many of the
+    `repeats` rounds as fit the `budget`. Models, TRL's output and our checkpoints go to `work_dir` (default:
+    a temporary directory, removed afterwards)."""
     if work_dir is None:
         with tempfile.TemporaryDirectory(prefix="bench-sft-") as tmp:
-            return measure(shape, repeats, warmup, modes, tmp, n_conversations, log)
+            return measure(shape, repeats, warmup, modes, tmp, n_conversations, log, budget)
     preset, batch, seq = SHAPES[shape]
     conversations = make_conversations(n_conversations, min_tokens=seq + 2)
     model_dir = write_base_model(preset, os.path.join(work_dir, "base"))
@@ -531,7 +537,8 @@ def measure(shape: str, repeats: int, warmup: int, modes=MODES, work_dir: str | 
                 result["first_step_s"][loop.name] = time.perf_counter() - start
                 loops[loop.name] = loop
                 log(f"  [{shape}] built {loop.name}: set-up + first step {result['first_step_s'][loop.name]:.1f}s")
-        runs = interleaved_runs({name: loop.step for name, loop in loops.items()}, repeats=repeats, warmup=warmup)
+        runs = interleaved_runs({name: loop.step for name, loop in loops.items()}, repeats=repeats, warmup=warmup,
+                                budget=budget)
     finally:
         for loop in loops.values():
             loop.close()
@@ -580,31 +587,35 @@ def sft_figures(res: dict, modes=MODES) -> dict:
     return f
 
 
-def run(quick: bool = False, log=print) -> dict:
+def run(quick: bool = False, log=print, budget_s: float | None = None) -> dict:
+    budget = time_budget(quick, budget_s)
     torch.set_num_threads(THREADS)
-    shape, repeats, warmup = ("tiny", 7, 2) if quick else ("small", 9, 2)
+    shape, repeats, warmup = ("tiny", 7, 1) if quick else ("small", 9, 2)
     figures: dict = {f"machine_{k}": v for k, v in machine_info().items()}
     figures["sft_peak_rss_method"] = ("VmHWM of a fresh subprocess per side and mode: import torch, transformers, "
                                       "datasets, peft, trl, llm.sft; set up the run; 3 training steps")
     figures["sft_timing_method"] = ("each side's own training loop in a thread, paused after every optimizer step "
                                     "and timed step by step, the four loops interleaved")
-    log(f"bench_sft: {shape} shape {SHAPES[shape]}, LoRA and full, ours vs TRL, {repeats} interleaved repeats "
-        f"after {warmup} warm-up steps")
-    res = measure(shape, repeats, warmup, log=log)
-    figures.update(sft_figures(res))
+    figures["sft_budget_s"] = budget.seconds
+    # The memory probes first: a fixed cost, so that the timed rounds fill what is left of the budget.
     for mode in MODES:
         for side in SIDES:
             log(f"  [{shape}] peak memory of {side}:{mode} (subprocess)")
             for key, value in memory(side, mode, shape).items():
                 figures[f"sft_{key}[{side}:{mode}]"] = value
+    log(f"bench_sft: {shape} shape {SHAPES[shape]}, LoRA and full, ours vs TRL, up to {repeats} interleaved repeats "
+        f"after {warmup} warm-up steps" + (f", within a budget of {budget.seconds:g} s ({budget.spent():.0f} s spent)"
+                                           if budget.seconds else ""))
+    res = measure(shape, repeats, warmup, log=log, budget=budget)
+    figures.update(sft_figures(res))
     rows = []
     for mode in MODES:
         for side in SIDES:
             name = f"{side}:{mode}"
-            rows.append((name, figures[f"sft_step_s[{name}]"], figures[f"sft_tokens_per_s[{name}]"],
-                         figures[f"sft_step_cpu_s[{name}]"], figures.get(f"sft_peak_rss_mb[{name}]"),
-                         figures.get(f"sft_train_rss_mb[{name}]")))
-    print_table(rows, headers=("loop", "step s", "tokens/s", "cpu s", "peak RSS MB", "RSS growth MB"))
+            rows.append((name, figures[f"sft_step_s[{name}]"], figures[f"sft_rounds[{name}]"],
+                         figures[f"sft_tokens_per_s[{name}]"], figures[f"sft_step_cpu_s[{name}]"],
+                         figures.get(f"sft_peak_rss_mb[{name}]"), figures.get(f"sft_train_rss_mb[{name}]")))
+    print_table(rows, headers=("loop", "step s", "rounds", "tokens/s", "cpu s", "peak RSS MB", "RSS growth MB"))
     for mode in MODES:
         log(f"  sft_{mode}_vs_trl {figures[f'sft_{mode}_vs_trl']:.2f} "
             f"(paired {figures[f'sft_{mode}_vs_trl_paired']:.2f}, CPU time {figures[f'sft_{mode}_vs_trl_cpu']:.2f}; "
@@ -616,8 +627,9 @@ def run(quick: bool = False, log=print) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the tiny shape, fewer repeats (a few minutes)")
+    add_budget_argument(parser)
     args = parser.parse_args(argv)
-    figures = run(quick=args.quick)
+    figures = run(quick=args.quick, budget_s=args.budget_s)
     print_figures(figures, "bench_sft")
     print(json.dumps({k: v for k, v in figures.items() if not isinstance(v, (dict, list))}, default=str))
 

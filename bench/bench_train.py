@@ -16,7 +16,14 @@ across fork + exec) of a fresh subprocess per variant that
 imports torch + transformers, builds one model and runs three training steps; `*_peak_rss_mb` is the
 whole process, `*_train_rss_mb` the growth over the process right before the model was built.
 
-Run on its own: `python -m bench.bench_train [--quick]`, or with ad-hoc variants:
+What the CPU computes natively decides what is timed (`bench.common.bf16_emulated`): without bf16 in hardware
+(no avx512_bf16 / amx_bf16 flag) bf16 autocast is emulated, several times slower than float32, so `--quick`
+skips the bf16 variants, the bf16 matmul probe and the bf16 loss check (figures "skipped": {variant: why}),
+and a full run times them in EMULATED_ROUNDS rounds only ("emulated": {variant: why}). The timed rounds
+fill what is left of the time budget (`--budget-s`; 60 s per benchmark with --quick) after building the
+models and the loss check; the rounds each median is of are reported beside it (`train_rounds[...]`).
+
+Run on its own: `python -m bench.bench_train [--quick] [--budget-s S]`, or with ad-hoc variants:
 `python -m bench.bench_train --variants ours:fp32,ours:bf16:compile,hf-sdpa:fp32 --shape tiny --repeats 9`.
 """
 
@@ -34,8 +41,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.common import (PAGE_MB, current_rss_bytes, interleaved_runs, loop_figures, machine_info, median,
-                          paired_speedup, peak_rss_bytes, print_figures, print_table, run_json_subprocess)
+from bench.common import (PAGE_MB, TimeBudget, add_budget_argument, bf16_emulated, current_rss_bytes,
+                          interleaved_runs, loop_figures, machine_info, median, paired_speedup, peak_rss_bytes,
+                          print_figures, print_table, run_json_subprocess, time_budget)
 
 THREADS = 2
 VOCAB = 50304
@@ -162,8 +170,10 @@ def flops_per_token(preset: str, seq: int) -> float:
 # ----------------------------------------------------------------------------- measurements
 
 def measure(variants: list[Variant], shape: str, repeats: int, warmup: int, matmul: bool = True,
-            log=print) -> dict:
-    """Interleaved timing of the variants (plus fp32/bf16 matmul probes); returns raw and median figures."""
+            log=print, bf16_matmul: bool = True, budget: TimeBudget | None = None,
+            fewer_rounds: dict[str, int] | None = None) -> dict:
+    """Interleaved timing of the variants (plus float32 and, with `bf16_matmul`, bf16 matmul probes); returns
+    raw and median figures. `budget` and `fewer_rounds`: see `bench.common.interleaved_runs`."""
     preset, batch, seq = SHAPES[shape]
     fns, first_step_s = {}, {}
     for variant in variants:
@@ -178,11 +188,12 @@ def measure(variants: list[Variant], shape: str, repeats: int, warmup: int, matm
     if matmul:
         # Several back-to-back products per probe: a single 0.1 s mm right after a training step measured
         # well below the peak (cold caches), which made training look faster than the matmul "peak".
-        mats = {dt: (torch.randn(size, size, dtype=dt), torch.randn(size, size, dtype=dt))
-                for dt in (torch.float32, torch.bfloat16)}
+        dtypes = (torch.float32, torch.bfloat16) if bf16_matmul else (torch.float32,)
+        mats = {dt: (torch.randn(size, size, dtype=dt), torch.randn(size, size, dtype=dt)) for dt in dtypes}
         fns["matmul_fp32"] = lambda: [torch.mm(*mats[torch.float32]) for _ in range(mm_calls)]
-        fns["matmul_bf16"] = lambda: [torch.mm(*mats[torch.bfloat16]) for _ in range(mm_calls)]
-    runs = interleaved_runs(fns, repeats=repeats, warmup=warmup)
+        if bf16_matmul:
+            fns["matmul_bf16"] = lambda: [torch.mm(*mats[torch.bfloat16]) for _ in range(mm_calls)]
+    runs = interleaved_runs(fns, repeats=repeats, warmup=warmup, budget=budget, fewer_rounds=fewer_rounds)
     result = {"shape": shape, "preset": preset, "batch": batch, "seq": seq, "tokens_per_step": batch * seq,
               "flops_per_token": flops_per_token(preset, seq), "runs": runs, "first_step_s": first_step_s}
     for name, timing in runs.items():
@@ -191,8 +202,9 @@ def measure(variants: list[Variant], shape: str, repeats: int, warmup: int, matm
     if matmul:
         # A peak is the best the machine did: the fastest round, not the median (training gets medians,
         # so the utilisation figures lean against us).
-        result["matmul_fp32_flops"] = mm_calls * 2 * size ** 3 / min(runs["matmul_fp32"]["wall"])
-        result["matmul_bf16_flops"] = mm_calls * 2 * size ** 3 / min(runs["matmul_bf16"]["wall"])
+        for name in ("matmul_fp32", "matmul_bf16"):
+            if name in runs:
+                result[f"{name}_flops"] = mm_calls * 2 * size ** 3 / min(runs[name]["wall"])
     for variant in variants:
         seconds = result["median_s"][variant.name]
         # Compile time = what the first step cost beyond a normal (warm) step plus its warm-up steps.
@@ -263,6 +275,8 @@ def bf16_loss_check(steps: int, preset: str = "tiny", batch: int = 8, seq: int =
 # precision (fp32, bf16 autocast) x, for HF, attention implementation (sdpa, eager). Compiled variants
 # (full mode only) are reported on their own: compiling costs tens of seconds per run on this CPU.
 OURS_FP32 = "ours:fp32"
+EMULATED_ROUNDS = 3  # a full run's timed rounds of an emulated precision: each of its steps costs several native ones
+BF16_PROBES = ("matmul_bf16", "bf16_check")  # the bf16 measurements besides the variants
 
 
 def _plan(quick: bool) -> dict:
@@ -276,13 +290,29 @@ def _plan(quick: bool) -> dict:
             "124m": (big + ["hf-eager:fp32"] + compiled, 7, 1)}
 
 
+def precision_plan(plan: dict, quick: bool, bf16_reason: str | None) -> tuple[dict, dict, dict]:
+    """What runs where bf16 is emulated for `bf16_reason` (None: native, the plan as it is):
+    (plan, skipped {name: why}, emulated {name: why}). `--quick` skips every bf16 measurement (the variants,
+    the bf16 matmul probe, the bf16 loss check); a full run keeps them, timed in EMULATED_ROUNDS rounds."""
+    if bf16_reason is None:
+        return plan, {}, {}
+    bf16 = [spec for specs, _, _ in plan.values() for spec in specs if Variant.parse(spec).dtype == "bf16"]
+    names = {name: bf16_reason for name in [*dict.fromkeys(bf16), *BF16_PROBES]}
+    if not quick:
+        return plan, {}, names
+    kept = {shape: ([spec for spec in specs if spec not in names], repeats, warmup)
+            for shape, (specs, repeats, warmup) in plan.items()}
+    return kept, names, {}
+
+
 def _shape_figures(res: dict, specs: list[str], suffix: str) -> dict:
+    """The figures of one measured shape; the bf16 ones only where bf16 variants (and the bf16 probe) ran."""
     tps, runs = res["tokens_per_s"], res["runs"]
     eager = [s for s in specs if ":compile" not in s]
     ours_best = max((s for s in eager if s.startswith("ours")), key=tps.get)
     hf_best = max((s for s in eager if s.startswith("hf")), key=tps.get)
     hf_fp32 = max((s for s in eager if s.startswith("hf") and ":fp32" in s), key=tps.get)
-    hf_bf16 = max((s for s in eager if s.startswith("hf") and ":bf16" in s), key=tps.get)
+    hf_bf16 = max((s for s in eager if s.startswith("hf") and ":bf16" in s), key=tps.get, default=None)
     fpt = res["flops_per_token"]
     f = loop_figures("train", res, "tokens_per_s", specs, suffix)
     for spec, seconds in res.get("compile_s", {}).items():
@@ -298,36 +328,63 @@ def _shape_figures(res: dict, specs: list[str], suffix: str) -> dict:
         f"train_vs_hf{suffix}": tps[OURS_FP32] / tps[hf_fp32],
         f"train_vs_hf_paired{suffix}": paired_speedup(runs[hf_fp32]["wall"], runs[OURS_FP32]["wall"]),
         f"train_vs_hf_cpu{suffix}": res["median_cpu_s"][hf_fp32] / res["median_cpu_s"][OURS_FP32],
-        f"train_vs_hf_bf16{suffix}": tps["ours:bf16"] / tps[hf_bf16],
         # Each side's fastest eager configuration (may compare bf16 with float32), and ours-best vs HF default.
         f"train_vs_hf_best{suffix}": tps[ours_best] / tps[hf_best],
         f"train_vs_hf_default{suffix}": tps[ours_best] / tps[hf_fp32],
         f"flops_per_token{suffix}": fpt,
         f"matmul_fp32_flops{suffix}": res["matmul_fp32_flops"],
-        f"matmul_bf16_flops{suffix}": res["matmul_bf16_flops"],
         f"train_flops{suffix}": fpt * tps[OURS_FP32],
-        f"train_flops_bf16{suffix}": fpt * tps["ours:bf16"],
         # Training FLOP/s over the FLOP/s of a 2048^3 torch.mm of the same precision, measured interleaved.
         f"train_flops_vs_matmul_peak{suffix}": fpt * tps[OURS_FP32] / res["matmul_fp32_flops"],
-        f"train_flops_vs_bf16_matmul_peak{suffix}": fpt * tps["ours:bf16"] / res["matmul_bf16_flops"],
     })
+    if "ours:bf16" in tps:
+        f[f"train_flops_bf16{suffix}"] = fpt * tps["ours:bf16"]
+        if hf_bf16 is not None:
+            f[f"train_vs_hf_bf16{suffix}"] = tps["ours:bf16"] / tps[hf_bf16]
+        if "matmul_bf16_flops" in res:
+            f[f"matmul_bf16_flops{suffix}"] = res["matmul_bf16_flops"]
+            f[f"train_flops_vs_bf16_matmul_peak{suffix}"] = fpt * tps["ours:bf16"] / res["matmul_bf16_flops"]
     if "ours:bf16:compile" in tps and "hf-sdpa:bf16:compile" in tps:
         f[f"train_vs_hf_compiled{suffix}"] = tps["ours:bf16:compile"] / tps["hf-sdpa:bf16:compile"]
     return f
 
 
-def run(quick: bool = False, log=print) -> dict:
+def print_variants(res: dict, skipped: dict, emulated: dict) -> None:
+    """One shape's variants: median step, the rounds it is of, tokens/s; what was skipped or emulated, and why."""
+    rows = [(name, res["median_s"][name], len(res["runs"][name]["wall"]), res.get("tokens_per_s", {}).get(name, ""),
+             f"emulated: {emulated[name]}" if name in emulated else "")
+            for name in res["runs"]]
+    rows += [(name, "", 0, "", f"skipped: {why}") for name, why in skipped.items()]
+    print_table(rows, headers=(f"{res['shape']} variant", "median s", "rounds", "tokens/s", ""))
+
+
+def run(quick: bool = False, log=print, budget_s: float | None = None) -> dict:
+    budget = time_budget(quick, budget_s)
     torch.set_num_threads(THREADS)
     # A fresh inductor cache, so compile_s is the honest cold-start cost (later runs of a real job reuse it).
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-inductor-")
     figures: dict = {f"machine_{k}": v for k, v in machine_info().items()}
     figures["train_peak_rss_method"] = ("VmHWM of a fresh subprocess per variant: import torch+transformers, "
                                         "build the model, run 3 training steps")
+    figures["train_budget_s"] = budget.seconds
+    plan, skipped, emulated = precision_plan(_plan(quick), quick, bf16_emulated("cpu"))
+    for name, why in skipped.items():
+        log(f"bench_train: skipped {name}: {why}")
+    for name, why in emulated.items():
+        log(f"bench_train: {name} is emulated ({why}): timed in {EMULATED_ROUNDS} rounds")
+    # The loss check first: a fixed cost, so that the timed rounds fill what is left of the budget.
+    if "bf16_check" not in skipped:
+        log("bench_train: bf16 vs float32 loss check (tiny preset)")
+        figures.update({f"train_{k}": v for k, v in bf16_loss_check(steps=20 if quick else 60).items()})
     raw = {}
-    for shape, (specs, repeats, warmup) in _plan(quick).items():
-        log(f"bench_train: {shape} shape {SHAPES[shape]}, {len(specs)} variants, {repeats} interleaved repeats")
-        res = measure([Variant.parse(s) for s in specs], shape, repeats, warmup, log=log)
+    for shape, (specs, repeats, warmup) in plan.items():
+        log(f"bench_train: {shape} shape {SHAPES[shape]}, {len(specs)} variants, up to {repeats} interleaved repeats"
+            + (f" within a budget of {budget.seconds:g} s ({budget.spent():.0f} s spent)" if budget.seconds else ""))
+        res = measure([Variant.parse(s) for s in specs], shape, repeats, warmup, log=log,
+                      bf16_matmul="matmul_bf16" not in skipped, budget=budget,
+                      fewer_rounds={name: EMULATED_ROUNDS for name in emulated})
         raw[shape] = res
+        print_variants(res, skipped, emulated)
         # The headline figures (no suffix) come from GPT-2 124M, or from the tiny shape when it is the only one.
         suffix = "" if shape == "124m" or quick else "_tiny"
         shape_figures = _shape_figures(res, specs, suffix)
@@ -342,9 +399,8 @@ def run(quick: bool = False, log=print) -> dict:
             log(f"  [{shape}] peak memory of {spec} (subprocess)")
             for key, value in memory(spec, shape).items():
                 figures[f"train_{key}{suffix}[{spec}]"] = value
-    log("bench_train: bf16 vs float32 loss check (tiny preset)")
-    figures.update({f"train_{k}": v for k, v in bf16_loss_check(steps=20 if quick else 60).items()})
     figures["train_headline_shape"] = "tiny" if quick else "124m"
+    figures["skipped"], figures["emulated"] = skipped, emulated
     figures["train_raw"] = raw
     return figures
 
@@ -356,25 +412,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=1)
+    add_budget_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
     if not args.variants:
-        figures = run(quick=args.quick)
+        figures = run(quick=args.quick, budget_s=args.budget_s)
         print_figures(figures, "bench_train")
         return
     variants = [Variant.parse(s) for s in args.variants.split(",")]
-    res = measure(variants, args.shape, args.repeats, args.warmup)
+    bf16_reason = bf16_emulated("cpu")
+    if bf16_reason and any(v.dtype == "bf16" for v in variants):
+        print(f"note: bf16 is emulated here ({bf16_reason}); its variants run several times slower than float32")
+    res = measure(variants, args.shape, args.repeats, args.warmup, budget=time_budget(args.quick, args.budget_s))
     base = variants[0].name
     rows = []
     for name, timing in res["runs"].items():
         wall, cpu = timing["wall"], timing["cpu"]
         paired = median([b / a for a, b in zip(wall, res["runs"][base]["wall"])])
-        rows.append((name, median(wall), res["tokens_per_s"].get(name, float("nan")),
+        rows.append((name, median(wall), len(wall), res["tokens_per_s"].get(name, float("nan")),
                      median(res["runs"][base]["wall"]) / median(wall), paired,
                      min(res["runs"][base]["wall"]) / min(wall), median(cpu),
                      median(res["runs"][base]["cpu"]) / median(cpu), median(timing["faults"]) * PAGE_MB,
                      res["first_step_s"].get(name, float("nan"))))
-    print_table(rows, headers=("variant", "median_s", "tok/s", f"speed vs {base}", "paired", "min-ratio",
+    print_table(rows, headers=("variant", "median_s", "rounds", "tok/s", f"speed vs {base}", "paired", "min-ratio",
                                "cpu_s", "cpu-ratio", "faulted_MB", "first_s"))
     print(f"matmul fp32 {res['matmul_fp32_flops'] / 1e9:.1f} GFLOP/s, bf16 {res['matmul_bf16_flops'] / 1e9:.1f}; "
           f"flops/token {res['flops_per_token']:.4g}")

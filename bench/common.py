@@ -1,4 +1,5 @@
-"""Timing helpers shared by the benchmarks: medians, interleaved A/B runs, matmul peak, memory, tables.
+"""Timing helpers shared by the benchmarks: medians, interleaved A/B runs, time budgets, what the hardware
+does natively, matmul peak, memory, tables.
 
 The machines these run on are shared and noisy, so every comparison is measured *interleaved*: one
 repeat of A, one of B, one of B, one of A, ... in the same process, and compared by medians.
@@ -16,6 +17,8 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, Iterable
 
 
@@ -38,22 +41,80 @@ def time_median(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> 
     return median(times), times
 
 
+# ---------------------------------------------------------------------------- time budgets
+
+QUICK_BUDGET_S = 60.0  # --quick's default: wall-clock seconds one benchmark may take (issue 23: quick = minutes)
+
+
+@dataclass
+class TimeBudget:
+    """The wall-clock seconds one benchmark may take, counted from when it was made; `seconds` None: no limit.
+
+    Only timed rounds are cut to fit it (`interleaved_runs`): set-up, correctness checks and memory probes
+    are not, so a benchmark runs them first and its timed rounds fill what is left. At least one round
+    is always timed, so a budget already spent still yields figures (and says: 1 round).
+    """
+    seconds: float | None = None
+    clock: Callable[[], float] = time.perf_counter
+    started: float = field(init=False)
+
+    def __post_init__(self):
+        if self.seconds is not None and self.seconds < 0:
+            raise ValueError(f"a time budget cannot be negative, got {self.seconds} s")
+        self.started = self.clock()
+
+    def spent(self) -> float:
+        return self.clock() - self.started
+
+    def fits(self, seconds: float) -> bool:
+        """Would `seconds` more work end within the budget?"""
+        return self.seconds is None or self.spent() + seconds <= self.seconds
+
+
+def time_budget(quick: bool, seconds: float | None = None) -> TimeBudget:
+    """One benchmark's budget: `seconds` when given (0 = no limit), else QUICK_BUDGET_S with --quick, none in a
+    full run. Every benchmark makes its own at its start (`run(quick, budget_s)`), so each gets the whole of it."""
+    if seconds is None:
+        seconds = QUICK_BUDGET_S if quick else 0
+    return TimeBudget(seconds or None)
+
+
+def add_budget_argument(parser) -> None:
+    """`--budget-s`, the same for `workbench bench` and every `python -m bench.bench_<name>`."""
+    parser.add_argument("--budget-s", type=float, metavar="SECONDS",
+                        help=f"wall-clock seconds each benchmark may take; timed rounds are cut to fit, and the "
+                             f"rounds timed are reported beside each median (default: {QUICK_BUDGET_S:g} with "
+                             f"--quick, no limit otherwise; 0 = no limit)")
+
+
 def interleaved_runs(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
-                     gc_between: bool = True) -> dict[str, dict[str, list[float]]]:
+                     gc_between: bool = True, budget: TimeBudget | None = None,
+                     fewer_rounds: dict[str, int] | None = None) -> dict[str, dict[str, list[float]]]:
     """Time several functions interleaved: round r runs them in order, round r+1 in reverse order.
 
     Alternating the order cancels the "who runs right after whom" bias (caches, CPU boost, a neighbour's
     burst of load). Returns, per name, the wall times ("wall"), this process's CPU times ("cpu", all
     threads; less sensitive to other processes' load than wall time) and minor page faults ("faults":
-    fresh memory the kernel had to map and zero) of every timed call.
+    fresh memory the kernel had to map and zero) of every timed call; `len(...["wall"])` is the number of
+    rounds that name was timed in.
+
+    `budget`: after the first timed round, a round starts only if one more like the last still fits.
+    `fewer_rounds`: {name: n}: names timed in the first n rounds only (an emulated precision, whose every
+    call costs several of the others', in a full run).
     """
     names = list(fns)
+    fewer_rounds = fewer_rounds or {}
     for _ in range(warmup):
         for name in names:
             fns[name]()
     runs: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": [], "faults": []} for name in names}
+    last_round_s = 0.0
     for r in range(repeats):
-        order = names if r % 2 == 0 else names[::-1]
+        if r > 0 and budget is not None and not budget.fits(last_round_s):
+            break
+        in_round = [name for name in names if r < fewer_rounds.get(name, repeats)]
+        order = in_round if r % 2 == 0 else in_round[::-1]
+        round_start = budget.clock() if budget is not None else 0.0
         for name in order:
             if gc_between:
                 gc.collect()
@@ -63,13 +124,15 @@ def interleaved_runs(fns: dict[str, Callable[[], object]], repeats: int = 5, war
             runs[name]["wall"].append(time.perf_counter() - wall_start)
             runs[name]["cpu"].append(time.process_time() - cpu_start)
             runs[name]["faults"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_start)
+        if budget is not None:
+            last_round_s = budget.clock() - round_start
     return runs
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
-                gc_between: bool = True) -> dict[str, list[float]]:
+                gc_between: bool = True, budget: TimeBudget | None = None) -> dict[str, list[float]]:
     """Like `interleaved_runs`, but only the wall times: {name: [seconds of each timed call]}."""
-    runs = interleaved_runs(fns, repeats=repeats, warmup=warmup, gc_between=gc_between)
+    runs = interleaved_runs(fns, repeats=repeats, warmup=warmup, gc_between=gc_between, budget=budget)
     return {name: run["wall"] for name, run in runs.items()}
 
 
@@ -89,11 +152,13 @@ PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 def loop_figures(prefix: str, res: dict, rate: str, names: Iterable[str] | None = None, suffix: str = "") -> dict:
     """Per loop measured by `interleaved_runs` (all of `res["runs"]`, or `names`): its throughput `res[rate]`,
-    median step wall and CPU seconds, and page faults in MB, as `{prefix}_{figure}{suffix}[{loop}]`."""
+    median step wall and CPU seconds, the rounds those medians are of, and page faults in MB, as
+    `{prefix}_{figure}{suffix}[{loop}]`."""
     figures = {}
     for name in res["runs"] if names is None else names:
         figures[f"{prefix}_{rate}{suffix}[{name}]"] = res[rate][name]
         figures[f"{prefix}_step_s{suffix}[{name}]"] = res["median_s"][name]
+        figures[f"{prefix}_rounds{suffix}[{name}]"] = len(res["runs"][name]["wall"])
         figures[f"{prefix}_step_cpu_s{suffix}[{name}]"] = res["median_cpu_s"][name]
         figures[f"{prefix}_page_faults_mb{suffix}[{name}]"] = median(res["runs"][name]["faults"]) * PAGE_MB
     return figures
@@ -107,6 +172,59 @@ def versus_peer_figures(key: str, res: dict, rate: str, variant: str, target: fl
             f"{key}_vs_{peer}_paired": paired_speedup(res["runs"][theirs]["wall"], res["runs"][ours]["wall"]),
             f"{key}_vs_{peer}_cpu": ratio(res["median_cpu_s"][theirs], res["median_cpu_s"][ours]),
             f"{key}_target": target}
+
+
+# ---------------------------------------------------------------------------- what the hardware does natively
+
+# CPU flags (/proc/cpuinfo) of bf16 arithmetic in hardware: x86 AVX512-BF16 and AMX-BF16 (what oneDNN's bf16
+# kernels use), ARM's BF16 extension. Without one, bf16 autocast converts to float32 and back around every op:
+# slower than float32 itself (issue 23: 3-4x on a 2-core EPYC without AVX-512).
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+CUDA_BF16_CAPABILITY = (8, 0)  # Ampere: the first NVIDIA GPUs with bf16 tensor cores
+
+
+@lru_cache(maxsize=None)
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str] | None:
+    """The CPU's feature flags: the "flags" (x86) or "Features" (ARM) line of /proc/cpuinfo; None if unreadable."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return None
+
+
+def cpu_bf16_emulated(flags: frozenset[str] | None) -> str | None:
+    """Why bf16 would be emulated on a CPU with these flags, or None where it computes bf16 natively."""
+    if flags is None:
+        return "no native bf16 on this CPU (its flags could not be read from /proc/cpuinfo)"
+    if flags & set(CPU_BF16_FLAGS):
+        return None
+    return f"no native bf16 on this CPU (none of the flags {', '.join(CPU_BF16_FLAGS)})"
+
+
+def cuda_bf16_emulated(capability: tuple[int, int], rocm: bool = False) -> str | None:
+    """Why bf16 would be emulated on a GPU of this compute capability, or None where it is native.
+    (`torch.cuda.is_bf16_supported()` says True on older GPUs too: it counts emulation.)"""
+    if rocm or tuple(capability) >= CUDA_BF16_CAPABILITY:
+        return None
+    major, minor = capability
+    return (f"no native bf16 on this GPU (compute capability {major}.{minor}; bf16 tensor cores need "
+            f"{CUDA_BF16_CAPABILITY[0]}.{CUDA_BF16_CAPABILITY[1]})")
+
+
+def bf16_emulated(device: str = "cpu") -> str | None:
+    """The one answer every benchmark uses: why bf16 would be emulated on `device` ("cpu", "cuda", "cuda:1"), a
+    sentence for the tables and the JSON; None where the hardware computes bf16 itself."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return cuda_bf16_emulated(torch.cuda.get_device_capability(device), rocm=bool(torch.version.hip))
+    return cpu_bf16_emulated(cpu_flags())
 
 
 # ---------------------------------------------------------------------------- hardware figures
@@ -139,6 +257,8 @@ def machine_info() -> dict:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the vector ISA torch's kernels use
+        "cpu_bf16": bf16_emulated("cpu") or "native",
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
@@ -250,13 +370,18 @@ def print_figures(figures: dict, title: str | None = None, file=None) -> None:
                        key=lambda kv: kv[0]), headers=("figure", "value"), file=file)
 
 
-def command_line(run, description: str, quick_help: str, argv: list[str] | None = None) -> dict:
-    """The `python -m bench.bench_<name> [--quick]` entry point every benchmark shares:
-    run it, print its figures as one JSON line, return them."""
+def command_line(run, description: str, quick_help: str, argv: list[str] | None = None,
+                 budget: bool = False) -> dict:
+    """The `python -m bench.bench_<name> [--quick] [--budget-s S]` entry point every benchmark shares:
+    run it, print its figures as one JSON line, return them. `budget`: `run` takes `budget_s` (its timed rounds
+    are cut to fit a time budget)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help=quick_help)
-    result = run(quick=parser.parse_args(argv).quick)
+    if budget:
+        add_budget_argument(parser)
+    args = parser.parse_args(argv)
+    result = run(quick=args.quick, **({"budget_s": args.budget_s} if budget else {}))
     print(json.dumps(result, default=str))
     return result

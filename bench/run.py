@@ -1,14 +1,20 @@
 """Run the benchmarks (train, generate, prepare, sft, preference), print one table of every figure, then one JSON line.
 
-    python -m bench.run [--quick] [--only train,generate,prepare,sft,preference]   (--only platform,labeling: the web-app benchmarks)
-    workbench bench [--quick] [--only ...]
+    python -m bench.run [--quick] [--budget-s S] [--only train,generate,prepare,sft,preference]
+        (--only platform,labeling: the web-app benchmarks)
+    workbench bench [--quick] [--budget-s S] [--only ...]
 
-Each benchmark is a module `bench.bench_<name>` with `run(quick: bool = False) -> dict` of figures;
-they are imported only when they run. The last line printed is a JSON object with every scalar
-figure (the headline ratios `train_vs_hf`, `generate_vs_hf`, `generate_samples_vs_hf`,
-`prepare_vs_tiktoken`, `train_flops_vs_matmul_peak`, `sft_lora_vs_trl`, `sft_full_vs_trl`, `dpo_vs_trl`,
-`reward_vs_trl` always present,
-null where a benchmark did not run or failed), so scripts can read `... | tail -1`.
+Each benchmark is a module `bench.bench_<name>` with `run(quick: bool = False, budget_s=None) -> dict` of
+figures (the web-app ones, which run a fixed load for a fixed time, take no budget); they are imported only
+when they run. `--budget-s` is each benchmark's own time budget (default 60 s with --quick): its timed rounds
+are cut to fit and the rounds timed are reported beside each median (`*_rounds[...]`).
+
+The last line printed is a JSON object with every scalar figure (the headline ratios `train_vs_hf`,
+`generate_vs_hf`, `generate_samples_vs_hf`, `prepare_vs_tiktoken`, `train_flops_vs_matmul_peak`,
+`sft_lora_vs_trl`, `sft_full_vs_trl`, `dpo_vs_trl`, `reward_vs_trl` always present, null where a benchmark did
+not run or failed), plus `"skipped"` and `"emulated"`: {measurement: why} of what --quick left out and what a
+full run timed in fewer rounds because the hardware only emulates it (e.g. `"ours:bf16": "no native bf16 on
+this CPU (...)"`), so scripts can read `... | tail -1`.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ import sys
 import time
 import traceback
 
-from bench.common import print_figures
+from bench.common import add_budget_argument, print_figures
 
 BENCHMARKS = ("train", "generate", "prepare", "sft", "preference")  # what runs by default, in this order
-OPTIONAL = ("platform", "labeling")  # only with --only (they start the web app)
+OPTIONAL = ("platform", "labeling")  # only with --only (they start the web app; a fixed load for a fixed time)
+NOTES = ("skipped", "emulated")  # {measurement: why} each benchmark may return; merged into one of each
 HEADLINE = ("train_vs_hf", "generate_vs_hf", "generate_samples_vs_hf", "prepare_vs_tiktoken",
             "train_flops_vs_matmul_peak", "sft_lora_vs_trl", "sft_full_vs_trl", "dpo_vs_trl", "reward_vs_trl")
 
@@ -59,17 +66,20 @@ def main(argv: list[str] | None = None) -> dict:
                                        f"(default: all of them; also: {','.join(OPTIONAL)})")
     parser.add_argument("--json-out", metavar="FILE",
                         help="also write every figure, raw timings included, to FILE as JSON")
+    add_budget_argument(parser)
     args = parser.parse_args(argv)
     selected = _parse_only(args.only)
 
     figures: dict = {"bench_quick": args.quick, "bench_ran": ",".join(selected)}
+    notes: dict[str, dict[str, str]] = {note: {} for note in NOTES}
     failed: list[str] = []
     for name in selected:
         print(f"== bench_{name}{' (quick)' if args.quick else ''}", flush=True)
         start = time.perf_counter()
         try:
             module = importlib.import_module(f"bench.bench_{name}")
-            result = module.run(quick=args.quick)
+            budget = {"budget_s": args.budget_s} if name in BENCHMARKS else {}
+            result = module.run(quick=args.quick, **budget)
         except Exception as exc:  # one broken benchmark must not hide the others' figures
             traceback.print_exc()
             failed.append(name)
@@ -77,6 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         finally:
             figures[f"bench_{name}_seconds"] = time.perf_counter() - start
+        for note in NOTES:
+            for what, why in result.pop(note, {}).items():
+                notes[note][what if what not in notes[note] else f"{name}:{what}"] = why
         for key, value in result.items():
             if key in figures and figures[key] != value and not key.startswith("machine_"):
                 key = f"{name}_{key}"  # two benchmarks used one name: keep both
@@ -86,11 +99,13 @@ def main(argv: list[str] | None = None) -> dict:
     scalars = {key: _scalar(value) for key, value in figures.items() if not isinstance(value, (dict, list, tuple))}
     for key in HEADLINE:
         scalars.setdefault(key, None)
+    figures.update(notes)
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(figures, f, indent=1, sort_keys=True, default=_scalar)
-    print_figures(scalars, "all figures")
-    print(json.dumps(scalars, sort_keys=True), flush=True)
+    noted = {f"{note}[{what}]": why for note, whats in notes.items() for what, why in whats.items()}
+    print_figures({**scalars, **noted}, "all figures")
+    print(json.dumps({**scalars, **notes}, sort_keys=True), flush=True)
     if failed:
         raise SystemExit(1)
     return figures

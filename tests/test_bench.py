@@ -1,10 +1,17 @@
 """The benchmarks' figure arithmetic (bench/bench_train.py, bench/bench_sft.py): which measured variants each
-ratio compares; and bench_sft's data, tokenizer and (slow) quick path."""
+ratio compares; what the hardware does natively and what --quick skips for it; time budgets and the rounds
+they leave; bench/run.py's JSON line; and bench_sft's data, tokenizer and (slow) quick path."""
+
+import json
+import sys
+import types
 
 import pytest
 
-from bench import bench_sft
+from bench import bench_sft, bench_train
 from bench.bench_train import _shape_figures
+from bench.common import (QUICK_BUDGET_S, TimeBudget, bf16_emulated, cpu_bf16_emulated, cpu_flags,
+                          cuda_bf16_emulated, interleaved_runs, loop_figures, time_budget)
 
 SPECS = ["ours:fp32", "ours:bf16", "hf-sdpa:fp32", "hf-eager:fp32", "hf-sdpa:bf16"]
 
@@ -44,6 +51,151 @@ def test_suffix_and_hf_eager_winning_float32():
     assert figures["train_vs_hf_best_tiny"] == 120 / 80
 
 
+def test_without_bf16_figures_the_float32_ones_are_all_there():
+    """--quick on a CPU without native bf16 measures no bf16 variant and no bf16 matmul: no bf16 figure, the
+    float32 headline and the best-of figures over what ran."""
+    tps = {"ours:fp32": 150.0, "hf-sdpa:fp32": 100.0, "hf-eager:fp32": 120.0}
+    res = fake_result(tps)
+    del res["matmul_bf16_flops"]
+    figures = _shape_figures(res, list(tps), "")
+    assert figures["train_vs_hf"] == 150 / 120 and figures["train_hf_best"] == "hf-eager:fp32"
+    assert figures["train_ours_best"] == "ours:fp32" and figures["train_rounds[ours:fp32]"] == 3
+    assert not [key for key in figures if "bf16" in key]
+
+
+# ----------------------------------------------------------------------------- what the hardware does natively
+
+def test_cpu_bf16_is_native_with_avx512_bf16_amx_or_arm_bf16_and_emulated_without():
+    for flags in ({"avx2", "avx512f", "avx512_bf16"}, {"amx_bf16", "amx_tile"}, {"fp", "asimd", "bf16"}):
+        assert cpu_bf16_emulated(frozenset(flags)) is None
+    why = cpu_bf16_emulated(frozenset({"avx2", "fma", "avx512f", "avx512bw"}))  # e.g. a Zen 3 EPYC, a Skylake Xeon
+    assert why.startswith("no native bf16 on this CPU") and "avx512_bf16" in why
+    assert cpu_bf16_emulated(None).startswith("no native bf16 on this CPU")  # flags unreadable: say so, assume emulated
+
+
+def test_cuda_bf16_is_native_from_compute_capability_8():
+    assert cuda_bf16_emulated((8, 0)) is None and cuda_bf16_emulated((9, 0)) is None
+    assert cuda_bf16_emulated((7, 5)) == ("no native bf16 on this GPU (compute capability 7.5; bf16 tensor cores "
+                                          "need 8.0)")
+    assert cuda_bf16_emulated((7, 5), rocm=True) is None
+
+
+def test_cpu_flags_are_read_from_cpuinfo_on_x86_and_arm(tmp_path):
+    x86, arm = tmp_path / "x86", tmp_path / "arm"
+    x86.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 fma\n\nprocessor\t: 1\n")
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\nCPU implementer\t: 0x41\n")
+    assert cpu_flags(str(x86)) == {"fpu", "avx2", "fma"}
+    assert cpu_flags(str(arm)) == {"fp", "asimd", "bf16", "i8mm"}
+    assert cpu_flags(str(tmp_path / "missing")) is None
+
+
+def test_this_machines_answer_follows_its_cpu_flags():
+    assert bf16_emulated("cpu") == cpu_bf16_emulated(cpu_flags())
+
+
+def test_quick_skips_every_bf16_measurement_on_a_cpu_without_it_and_says_why():
+    why = cpu_bf16_emulated(frozenset({"avx2"}))
+    plan, skipped, emulated = bench_train.precision_plan(bench_train._plan(True), True, why)
+    specs, repeats, warmup = plan["tiny"]
+    assert specs == ["ours:fp32", "hf-sdpa:fp32", "hf-eager:fp32"] and (repeats, warmup) == (7, 1)
+    assert skipped == {"ours:bf16": why, "hf-sdpa:bf16": why, "matmul_bf16": why, "bf16_check": why}
+    assert emulated == {}
+
+
+def test_a_full_run_times_emulated_bf16_in_fewer_rounds_and_says_so():
+    why = cpu_bf16_emulated(frozenset({"avx2"}))
+    full = bench_train._plan(False)
+    plan, skipped, emulated = bench_train.precision_plan(full, False, why)
+    assert plan == full and skipped == {}
+    assert set(emulated) == {"ours:bf16", "hf-sdpa:bf16", "hf-eager:bf16", "ours:bf16:compile",
+                             "hf-sdpa:bf16:compile", "matmul_bf16", "bf16_check"}
+    assert set(emulated.values()) == {why}
+    # ... and with native bf16 nothing changes, in either mode
+    for quick in (True, False):
+        assert bench_train.precision_plan(bench_train._plan(quick), quick, None) == (bench_train._plan(quick), {}, {})
+
+
+# ----------------------------------------------------------------------------- time budgets and rounds
+
+def rounds(runs: dict) -> dict[str, int]:
+    """How many rounds each name of an `interleaved_runs` result was timed in."""
+    return {name: len(run["wall"]) for name, run in runs.items()}
+
+
+class FakeClock:
+    """Seconds that pass only when a timed function says so: budgets tested without waiting."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def work(self, seconds: float):
+        return lambda: setattr(self, "now", self.now + seconds)
+
+
+def test_a_budget_that_allows_only_one_round_reports_one_round():
+    clock = FakeClock()
+    budget = TimeBudget(1.5, clock=clock)
+    runs = interleaved_runs({"ours": clock.work(0.25), "peer": clock.work(0.5)}, repeats=7, warmup=1, budget=budget)
+    # warm-up 0.75 s + a round 0.75 s = 1.5 s spent: another round would end past 1.5 s
+    assert rounds(runs) == {"ours": 1, "peer": 1}
+    res = {"runs": runs, "rate": {"ours": 1.0, "peer": 1.0}, "median_s": {"ours": 0.25, "peer": 0.5},
+           "median_cpu_s": {"ours": 0.0, "peer": 0.0}}
+    figures = loop_figures("x", res, "rate")
+    assert figures["x_rounds[ours]"] == figures["x_rounds[peer]"] == 1
+
+
+def test_rounds_fill_the_budget_and_an_exhausted_budget_still_times_one():
+    clock = FakeClock()
+    assert rounds(interleaved_runs({"a": clock.work(1.0)}, repeats=9, warmup=0,
+                                   budget=TimeBudget(3.5, clock=clock))) == {"a": 3}
+    spent = TimeBudget(2.0, clock=clock)
+    clock.now += 5  # set-up and checks already took more than the budget
+    assert rounds(interleaved_runs({"a": clock.work(1.0)}, repeats=9, warmup=0, budget=spent)) == {"a": 1}
+    assert rounds(interleaved_runs({"a": clock.work(1.0)}, repeats=4, warmup=0, budget=TimeBudget(None))) == {"a": 4}
+
+
+def test_fewer_rounds_for_some_names_keeps_the_others_interleaved():
+    calls = []
+    runs = interleaved_runs({name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")},
+                            repeats=4, warmup=0, gc_between=False, fewer_rounds={"b": 2})
+    assert rounds(runs) == {"a": 4, "b": 2, "c": 4}
+    assert calls == ["a", "b", "c", "c", "b", "a", "a", "c", "c", "a"]
+
+
+def test_default_budgets():
+    assert time_budget(quick=True).seconds == QUICK_BUDGET_S == 60
+    assert time_budget(quick=False).seconds is None
+    assert time_budget(quick=True, seconds=0).seconds is None  # 0: no limit
+    assert time_budget(quick=False, seconds=30).seconds == 30
+    with pytest.raises(ValueError, match="negative"):
+        TimeBudget(-1)
+
+
+def test_the_json_line_carries_what_was_skipped_and_why(monkeypatch, capsys):
+    """bench/run.py gives each benchmark --budget-s, and merges their "skipped" notes into the table and the
+    JSON line (a stand-in benchmark module: the real one takes minutes)."""
+    why = "no native bf16 on this CPU (none of the flags avx512_bf16, amx_bf16, bf16)"
+    seen = {}
+
+    def run(quick=False, budget_s=None):
+        seen.update(quick=quick, budget_s=budget_s)
+        return {"train_vs_hf": 1.4, "train_rounds[ours:fp32]": 2, "skipped": {"ours:bf16": why}, "emulated": {}}
+
+    monkeypatch.setitem(sys.modules, "bench.bench_train", types.SimpleNamespace(run=run))
+    from bench.run import main
+
+    figures = main(["--quick", "--only", "train", "--budget-s", "45"])
+    assert seen == {"quick": True, "budget_s": 45.0}
+    out = capsys.readouterr().out
+    line = json.loads(out.strip().splitlines()[-1])
+    assert line["skipped"] == {"ours:bf16": why} and line["emulated"] == {}
+    assert line["train_vs_hf"] == 1.4 and line["train_rounds[ours:fp32]"] == 2 and line["generate_vs_hf"] is None
+    assert "skipped[ours:bf16]" in out and figures["skipped"] == {"ours:bf16": why}
+
+
 # ----------------------------------------------------------------------------- bench_sft
 
 SFT_LOOPS = ["ours:lora", "trl:lora", "ours:full", "trl:full"]
@@ -64,6 +216,7 @@ def test_sft_ratios_compare_ours_with_trl_in_the_same_mode():
     assert figures["sft_lora_vs_trl_cpu"] == pytest.approx(3.0)
     assert figures["sft_full_vs_trl"] == pytest.approx(1.5)        # ours full / TRL full, not vs TRL's LoRA
     assert figures["sft_tokens_per_s[ours:lora]"] == pytest.approx(1024.0)
+    assert figures["sft_rounds[ours:lora]"] == 3  # the rounds the median step is of
     assert figures["sft_lora_target"] == 1.5 and figures["sft_full_target"] == 1.3
     assert set(bench_sft.TARGETS) == set(bench_sft.MODES)
 

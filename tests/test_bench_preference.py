@@ -36,6 +36,7 @@ def test_ratios_compare_ours_with_trl_on_the_same_kind():
     assert figures["dpo_vs_trl_cpu"] == pytest.approx(4.0)
     assert figures["reward_vs_trl"] == pytest.approx(1.5)
     assert figures["preference_pairs_per_s[ours:dpo]"] == pytest.approx(8.0)
+    assert figures["preference_rounds[ours:dpo]"] == 3  # the rounds the median step is of
     assert figures["dpo_target"] == 1.5 and figures["reward_target"] == 1.3
     assert set(bench_preference.TARGETS) == set(bench_preference.KINDS)
 

@@ -42,7 +42,8 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     # The benchmarks live beside the product, not inside llm/ (which never imports bench/).
     from bench.run import main as bench_main
 
-    bench_main((["--quick"] if args.quick else []) + (["--only", args.only] if args.only else []))
+    bench_main((["--quick"] if args.quick else []) + (["--only", args.only] if args.only else [])
+               + (["--budget-s", str(args.budget_s)] if args.budget_s is not None else []))
 
 
 # ----------------------------------------------------------------------------- users
@@ -174,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = subparsers.add_parser("bench", help="run the benchmarks against their peers", description=text)
     bench.add_argument("--quick", action="store_true", help="fewer, smaller repeats (minutes)")
     bench.add_argument("--only", help="comma-separated subset, e.g. train,generate,prepare,sft")
+    bench.add_argument("--budget-s", type=float, metavar="SECONDS",
+                       help="each benchmark's time budget; timed rounds are cut to fit (default: 60 with --quick)")
     bench.set_defaults(func=_cmd_bench)
 
     _add_users_commands(subparsers)
