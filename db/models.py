@@ -116,6 +116,21 @@ class DatasetKind(str, enum.Enum):
     benchmark = "benchmark"    # multiple-choice questions (question, choices, answer) to evaluate models on
 
 
+# Each kind as the Datasets tab offers it (it lists DatasetKind, so a new kind shows there with its entry here):
+# (what it is for, the files it takes, in Markdown).
+DATASET_KIND_HELP = {
+    DatasetKind.text: ("pretraining corpus", "txt documents separated by a blank line, jsonl with a `text` field, "
+                       "csv / parquet with a `text` column; duplicate and empty documents are dropped and counted"),
+    DatasetKind.chat: ("conversations for fine-tuning", "jsonl: OpenAI `messages`, ShareGPT `conversations`, "
+                       "Alpaca `instruction`/`output`, or `prompt`/`completion`"),
+    DatasetKind.preference: ("pairs for reward models and DPO", "jsonl: `prompt`/`chosen`/`rejected`, "
+                             "`chosen`/`rejected`, or HH-RLHF transcripts"),
+    DatasetKind.prompts: ("prompts to generate answers for", "txt one per line, or jsonl with a `prompt`"),
+    DatasetKind.benchmark: ("multiple-choice questions to evaluate models on", "jsonl: `question`, `choices` (a list), "
+                            "`answer` (the right choice's index), optional `context`"),
+}
+
+
 class JobKind(enum.StrEnum):
     prepare = "prepare"
     train_tokenizer = "train_tokenizer"

@@ -86,3 +86,19 @@ def test_delete_confirmation_wording():
     assert possible and "Nothing uses it" in text
     text, possible = delete_confirmation(dataset, ["job #3 (pretrain, queued)"], [])
     assert not possible and "job #3 (pretrain, queued)" in text
+
+
+@SQLITE
+def test_every_dataset_kind_is_offered_and_explained(api_settings):
+    """The Kind dropdown and the introduction list DatasetKind itself: a new kind shows with no edit to the tab."""
+    from db.models import DATASET_KIND_HELP, DatasetKind
+
+    with gr.Blocks() as blocks:
+        build(api_settings)
+    dropdown = next(block for block in blocks.blocks.values() if getattr(block, "elem_id", None) == "ds-kind")
+    assert [value for _, value in dropdown.choices] == [kind.value for kind in DatasetKind]
+    intro = next(block for block in blocks.blocks.values() if isinstance(block, gr.Markdown)
+                 and "Upload a dataset" in (block.value or ""))
+    assert set(DATASET_KIND_HELP) == set(DatasetKind)  # each kind says what it is for and which files it takes
+    for kind, (purpose, files) in DATASET_KIND_HELP.items():
+        assert f"**{kind.value}** ({purpose}): {files}." in intro.value

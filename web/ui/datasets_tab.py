@@ -20,15 +20,28 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from db.models import DATASET_KIND_HELP, DatasetKind
 from web.ui import can_write, current_user, db_session, error_text
 from llm.stats import COUNT_NAME
 from web.ui.plots import (CONVERSATION_KINDS, dataset_stat_cards, field, histogram_figure, human_bytes,
                           message_html, stat_cards_html, token_histograms_figure)
 
-KINDS = ["text", "chat", "preference", "prompts"]
+KINDS = [kind.value for kind in DatasetKind]
 TABLE_COLUMNS = ["id", "name", "kind", "format", "documents", "size", "file", "created"]
 PREVIEW_COLUMNS = ["#", "characters", "text"]  # a conversation's text is its rendered chat template
 FILE_TYPES = [".txt", ".jsonl", ".csv", ".parquet"]
+
+
+def kind_help(kind: DatasetKind) -> str:
+    """One kind in the tab's introduction, from its entry in DATASET_KIND_HELP (db/models.py)."""
+    purpose, files = DATASET_KIND_HELP.get(kind, ("", ""))
+    return f"**{kind.value}** ({purpose}): {files}." if purpose else f"**{kind.value}**."
+
+
+# Every DatasetKind is offered and explained, in the enum's order.
+INTRO = ("Upload a dataset; the file is checked before anything is stored. "
+         + " ".join(kind_help(kind) for kind in DatasetKind) + " Files must be UTF-8 text (or Parquet).")
+KIND_INFO = ", ".join(f"{kind.value} = {DATASET_KIND_HELP[kind][0]}" for kind in DatasetKind if kind in DATASET_KIND_HELP)
 
 
 # ----------------------------------------------------------------------------- pure shaping
@@ -167,13 +180,7 @@ def listing_outputs(datasets: list[dict], keep: Any = None) -> tuple:
 def build(settings) -> DatasetsTab:
     from web import services
 
-    gr.Markdown("Upload a dataset; the file is checked before anything is stored. **text** (pretraining): "
-                "txt documents separated by a blank line, jsonl with a `text` field, csv / parquet with a `text` "
-                "column; duplicate and empty documents are dropped and counted. **chat** (fine-tuning, jsonl): "
-                "OpenAI `messages`, ShareGPT `conversations`, Alpaca `instruction`/`output`, or "
-                "`prompt`/`completion`. **preference** (jsonl): `prompt`/`chosen`/`rejected`, `chosen`/`rejected`, "
-                "or HH-RLHF transcripts. **prompts**: txt one per line, or jsonl with a `prompt`. Files must be "
-                "UTF-8 text (or Parquet).")
+    gr.Markdown(INTRO)
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=320):
             upload = gr.File(label="Dataset file", file_types=FILE_TYPES, type="filepath",
@@ -181,8 +188,8 @@ def build(settings) -> DatasetsTab:
             with gr.Row():
                 name = gr.Textbox(label="Name", placeholder="defaults to the file name", elem_id="ds-name",
                                   max_length=200)
-                kind = gr.Dropdown(KINDS, value="text", label="Kind", elem_id="ds-kind",
-                                   info="text = pretraining corpus, chat = conversations for fine-tuning")
+                kind = gr.Dropdown(KINDS, value=DatasetKind.text.value, label="Kind", elem_id="ds-kind",
+                                   info=KIND_INFO)
             submit = gr.Button("Upload and validate", variant="primary", elem_id="ds-upload")
             message = gr.HTML(elem_id="ds-message")
         with gr.Column(scale=3, min_width=420):
