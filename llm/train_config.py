@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llm.params import setting
+from llm.params import setting, settings_of
 
 
 @dataclass
@@ -46,14 +46,17 @@ class TrainConfig:
     peak_flops: float | None = None  # FLOP/s for MFU; None = the GPU's data sheet or a measured matmul
 
     def __post_init__(self):
-        for name in ("max_steps", "batch_size", "block_size", "grad_accum", "log_every", "eval_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup", "eval_every", "checkpoint_every", "weight_decay", "grad_clip"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        # The declarations above are the one rule: a value a job's params or a CLI flag would refuse is refused
+        # here too, in the job layer's words ("block_size: must be at least 8, got 4"), and a value they would
+        # convert (a whole float, "CUDA:0") is converted the same way.
+        for name, declared in settings_of(TrainConfig).items():
+            value = getattr(self, name)
+            if value is None and declared.default is None:  # optional: decided when the run starts (min_lr)
+                continue
+            try:
+                setattr(self, name, declared.check(name, value))
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from None
 
     @property
     def final_lr(self) -> float:

@@ -241,6 +241,41 @@ def test_invalid_config_is_rejected():
         resolve_dtype(torch.device("cuda"), "float16")
 
 
+def refused_values(setting):
+    """Values a declared setting refuses: just past each bound, and a word it does not take."""
+    if setting.type in ("int", "float"):
+        if setting.minimum is not None:
+            yield setting.minimum if setting.exclusive_minimum else setting.minimum - 1
+        if setting.maximum is not None:
+            yield setting.maximum + 1
+    yield {"device": "mps", "compile": "sometimes", "bool": "yes"}.get(setting.type, "nonsense")
+
+
+def test_train_config_refuses_what_its_declarations_refuse_in_the_same_words():
+    """One rule (llm/params.py): TrainConfig applies its declared bounds, not looser copies of them (it took
+    block_size=4 and lr=5 before), and says what a job's params and the CLI say."""
+    from llm.params import settings_of
+    from worker.jobs.params import JobParamsError, check_params
+
+    declared = settings_of(TrainConfig)
+    checked = 0
+    for name, setting in declared.items():
+        for value in refused_values(setting):
+            with pytest.raises(ValueError) as by_the_declaration:
+                setting.check(name, value)
+            with pytest.raises(ValueError) as by_the_config:
+                TrainConfig(**{name: value})
+            with pytest.raises(JobParamsError) as by_a_job:
+                check_params("pretrain", declared, {name: value})
+            assert str(by_the_config.value) == str(by_a_job.value) == f"{name}: {by_the_declaration.value}"
+            checked += 1
+    assert checked > 2 * len(declared)
+    assert str(pytest.raises(ValueError, TrainConfig, block_size=4).value) == "block_size: must be at least 8, got 4"
+    # What a declaration converts, the config converts too.
+    config = TrainConfig(max_steps=30.0, device=" CUDA:1 ", min_lr=None)
+    assert config.max_steps == 30 and isinstance(config.max_steps, int) and config.device == "cuda:1"
+
+
 def test_mfu_math_and_peak_lookup():
     # 6 MFLOP per token at 1,000 tokens/s is 6 GFLOP/s: 60% of a 10 GFLOP/s chip.
     assert mfu(6e6, 1000, 1e10) == pytest.approx(0.6)
