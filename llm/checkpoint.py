@@ -5,7 +5,8 @@ A full model ("gpt": a pretraining run's output, an imported GPT-2, a merged or 
                                "tokenizer": "gpt2" | "cl100k" | <trained name or dir>, ...}
   model.safetensors           the weights (tied embeddings are stored once)
 
-A LoRA adapter ("lora_adapter", written by `llm.lora.save_adapter`), which loads onto its base model:
+A LoRA adapter ("lora_adapter", written by `llm.lora.save_adapter`), which loads onto its base model
+(`load_adapter`: loading is this module's; llm/lora.py builds on it, never the other way round):
   config.json                 {"architecture": "lora_adapter", "base_model": <base model dir, relative to
                                this directory when possible>, "model": the base's GPTConfig, "tokenizer", ...}
   adapter_config.json         peft's LoraConfig
@@ -104,8 +105,6 @@ def load_weights(model_dir: str | os.PathLike, base_model_dir: str | os.PathLike
     the weights; a base that is itself an adapter is loaded the same way, so chains of fine-tunes load."""
     model_dir = Path(model_dir)
     if read_architecture(model_dir) == ADAPTER_ARCHITECTURE:
-        from llm.lora import load_adapter  # peft is imported only when an adapter is loaded
-
         base = load_weights(base_model_dir or base_model_dir_of(model_dir))
         return load_adapter(base, model_dir).merge_and_unload()
     model = GPT(GPTConfig.from_dict(read_config(model_dir)["model"]))
@@ -116,6 +115,14 @@ def load_weights(model_dir: str | os.PathLike, base_model_dir: str | os.PathLike
     return model
 
 
+def load_adapter(base_model: torch.nn.Module, adapter_dir: str | os.PathLike, trainable: bool = False):
+    """`base_model` (a GPT, modified in place) with the adapter saved in `adapter_dir` attached (a peft model):
+    to train it further (`trainable`), switch it off, or merge it (`merge_and_unload`)."""
+    import peft  # only when an adapter is loaded: peft takes a second to import
+
+    return peft.PeftModel.from_pretrained(base_model, str(adapter_dir), is_trainable=trainable)
+
+
 def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu",
                data_dir: str | os.PathLike | None = None,
                base_model_dir: str | os.PathLike | None = None) -> tuple[GPT, Tokenizer]:
@@ -123,8 +130,8 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu",
 
     Full models and LoRA adapters alike (see `load_weights`; `base_model_dir` overrides the base an
     adapter names, e.g. for the worker, whose database knows the parent). An adapter comes back merged:
-    inference then costs what the base model costs, with no adapter matmuls. (`llm.lora.load_adapter`
-    keeps an adapter separate, for training it further or switching it off.)
+    inference then costs what the base model costs, with no adapter matmuls. (`load_adapter` keeps an
+    adapter separate, for training it further or switching it off.)
     """
     if read_architecture(model_dir) == REWARD_ARCHITECTURE:
         raise ValueError(f"{model_dir} is a reward model: it scores answers, it does not write them "

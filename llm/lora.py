@@ -4,7 +4,9 @@
     save_adapter(peft_model, out_dir, base_model_dir, tokenizer_name)
                                          -> peft's adapter_config.json + adapter_model.safetensors, and our
                                             config.json naming the base (see llm/checkpoint.py)
-    load_adapter(base_model, adapter_dir) -> the base with the saved adapter attached (peft model)
+    llm.checkpoint.load_adapter(base_model, adapter_dir)
+                                         -> the base with the saved adapter attached (peft model); loading a
+                                            model directory is llm/checkpoint.py's, which this module builds on
     merge_adapter(adapter_dir, out_dir)  -> a full model directory (W + B A * alpha / r in each matrix)
 
 How peft is attached, and why (peft's docs assume a transformers model; ours is a plain nn.Module):
@@ -114,13 +116,6 @@ def save_adapter(peft_model, out_dir: str | os.PathLike, base_model_dir: str | o
               "tokenizer": tokenizer_name, "model": base_config["model"]}
     atomic_write_text(out_dir / CONFIG_FILE, json.dumps(config, indent=2))
     return out_dir
-
-
-def load_adapter(base_model: nn.Module, adapter_dir: str | os.PathLike, trainable: bool = False):
-    """`base_model` (a GPT, modified in place) with the adapter saved in `adapter_dir` attached."""
-    import peft
-
-    return peft.PeftModel.from_pretrained(base_model, str(adapter_dir), is_trainable=trainable)
 
 
 def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike,

@@ -2,8 +2,8 @@
 
   - llm/ is the core: it never imports web, worker, db or bench (not even inside a function);
   - web/services and web/api never import web/ui (the UI is a client of the services, like the API);
-  - worker/ has no import cycle, counting imports inside functions and a package's imports of its own
-    submodules (a registry that imports a kind which imports the registry back is a cycle too);
+  - worker/ and llm/ have no import cycle, counting imports inside functions and a package's imports of its
+    own submodules (a registry that imports a kind which imports the registry back is a cycle too);
   - the job layer (worker/jobs, worker/kinds) never imports the runtime (worker/runtime), not even inside a
     function, and importing it loads no Celery and no torch;
   - every job kind's declaration is complete (a handler, a form, defaults its own checks accept).
@@ -55,8 +55,9 @@ def test_services_and_api_import_nothing_of_the_ui():
     assert offenders == {}
 
 
-def test_worker_has_no_import_cycle():
-    modules = {module_name(path): path for path in (REPO / "worker").rglob("*.py")}
+def import_cycles(package: str) -> list[list[str]]:
+    """The import cycles among `package`'s modules, each as the modules around it (first one repeated)."""
+    modules = {module_name(path): path for path in (REPO / package).rglob("*.py")}
     graph = {name: {other for other in imports_of(path) if other in modules and other != name}
              for name, path in modules.items()}
 
@@ -66,7 +67,7 @@ def test_worker_has_no_import_cycle():
         if node in done:
             return
         if node in visiting:
-            cycles.append(stack[stack.index(node):] + [node])
+            cycles.append(stack[stack.index(node):])  # the stack ends with `node` again
             return
         visiting.add(node)
         for neighbour in sorted(graph[node]):
@@ -76,7 +77,22 @@ def test_worker_has_no_import_cycle():
 
     for name in sorted(graph):
         visit(name, [name])
-    assert cycles == []
+    return cycles
+
+
+def test_worker_has_no_import_cycle():
+    assert import_cycles("worker") == []
+
+
+# Known cycles being broken by another change of issue 17 (the CLI's private helpers imported back). Listed so
+# that no other cycle gets in meanwhile; the test fails once one is gone, to take it off this list.
+KNOWN_LLM_CYCLES = [["llm.cli", "llm.cli_preferences", "llm.cli"]]
+
+
+def test_llm_has_no_import_cycle():
+    cycles = import_cycles("llm")
+    assert [cycle for cycle in cycles if cycle not in KNOWN_LLM_CYCLES] == []
+    assert [cycle for cycle in KNOWN_LLM_CYCLES if cycle not in cycles] == [], "fixed: take it off KNOWN_LLM_CYCLES"
 
 
 def test_the_job_layer_never_imports_the_runtime():

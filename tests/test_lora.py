@@ -9,10 +9,9 @@ import shutil
 import pytest
 import torch
 
-from llm.checkpoint import (ADAPTER_ARCHITECTURE, load_model, load_weights, read_architecture, read_config,
-                            save_model)
-from llm.lora import (apply_lora, load_adapter, merge_adapter, save_adapter, target_modules,
-                      trainable_parameter_count)
+from llm.checkpoint import (ADAPTER_ARCHITECTURE, load_adapter, load_model, load_weights, read_architecture,
+                            read_config, save_model)
+from llm.lora import apply_lora, merge_adapter, save_adapter, target_modules, trainable_parameter_count
 from llm.model import GPT, config_from_preset
 from llm.sft_config import SFTConfig
 
