@@ -1,4 +1,4 @@
-"""Reading chat, preference and prompt datasets into one normal form, refusing bad lines by number.
+"""Reading chat, preference, prompt and benchmark datasets into one normal form, refusing bad lines by number.
 
 Normal forms (plain JSON-ready values):
   chat        a conversation: [{"role": "system"|"user"|"assistant", "content": str}, ...] with at least
@@ -6,6 +6,8 @@ Normal forms (plain JSON-ready values):
   preference  {"prompt": [messages ending with a user turn], "chosen": [assistant messages],
                "rejected": [assistant messages]} (+ "margin": float when the line has one)
   prompts     a conversation ending with a user turn
+  benchmark   {"question": str, "choices": [str, ...] (at least 2, distinct), "answer": index of the right
+               choice, "context": str ("" when the line has none)}: a multiple-choice question
 
 Formats accepted (JSON Lines unless said otherwise):
   chat        OpenAI {"messages": [{role, content}]}; ShareGPT {"conversations": [{from, value}]} with
@@ -16,6 +18,7 @@ Formats accepted (JSON Lines unless said otherwise):
               transcripts ("\\n\\nHuman: … \\n\\nAssistant: …", leading blank lines optional) in
               either form; an explicit HH prompt may end with the empty "\\n\\nAssistant:" cue
   prompts     .txt one prompt per non-empty line; .jsonl {"prompt": str | messages}
+  benchmark   {"question", "choices", "answer", "context"?} (other keys, such as an id, are ignored)
 
 A line that cannot be read raises `DataFormatError(file, line, field, problem)`; nothing is returned
 half-way. Lines are read one at a time; a line longer than MAX_LINE_BYTES or nested deeper than
@@ -37,7 +40,7 @@ MAX_LINE_BYTES = 1 << 20   # 1 MiB: a conversation, not a book
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 HH_PROMPT_CUE = re.compile(r"\n\nAssistant:\s*$")
-EXTENSIONS = {"chat": (".jsonl",), "preference": (".jsonl",), "prompts": (".txt", ".jsonl")}
+EXTENSIONS = {"chat": (".jsonl",), "preference": (".jsonl",), "prompts": (".txt", ".jsonl"), "benchmark": (".jsonl",)}
 
 
 class DataFormatError(ValueError):
@@ -311,9 +314,39 @@ def read_prompts(path: str | Path, display_name: str | None = None) -> list[list
     return _read(path, display_name, "prompts", _prompt_record)
 
 
+# ----------------------------------------------------------------------------- benchmark
+
+def _benchmark_record(record: dict) -> dict:
+    missing = [key for key in ("question", "choices", "answer") if key not in record]
+    if missing:
+        raise _Bad(None, f"expected question, choices and answer (and optionally context); missing "
+                         f"{', '.join(missing)}")
+    question = _text(record["question"], "question")
+    context = _text(record["context"], "context", allow_empty=True) if record.get("context") is not None else ""
+    choices = record["choices"]
+    if not isinstance(choices, list) or len(choices) < 2:
+        raise _Bad("choices", "must be a list of at least 2 answers to choose from")
+    choices = [_text(choice, f"choices[{index}]") for index, choice in enumerate(choices)]
+    for index, choice in enumerate(choices):
+        if choice in choices[:index]:
+            raise _Bad(f"choices[{index}]", f"repeats choices[{choices.index(choice)}]: no way to tell them apart")
+    answer = record["answer"]
+    if isinstance(answer, bool) or not isinstance(answer, int):
+        raise _Bad("answer", f"must be the index of the right choice (a whole number), got {answer!r}")
+    if not 0 <= answer < len(choices):
+        raise _Bad("answer", f"must be an index into choices, from 0 to {len(choices) - 1}; got {answer}")
+    return {"question": question, "choices": choices, "answer": answer, "context": context}
+
+
+def read_benchmark(path: str | Path, display_name: str | None = None) -> list[dict]:
+    """Every multiple-choice question of a benchmark .jsonl in the normal form; DataFormatError on the first
+    bad line."""
+    return _read(path, display_name, "benchmark", _benchmark_record)
+
+
 # ----------------------------------------------------------------------------- dispatch
 
-READERS = {"chat": read_chat, "preference": read_preference, "prompts": read_prompts}
+READERS = {"chat": read_chat, "preference": read_preference, "prompts": read_prompts, "benchmark": read_benchmark}
 
 
 def _read(path: str | Path, display_name: str | None, kind: str, parse) -> list:
@@ -331,7 +364,7 @@ def _read(path: str | Path, display_name: str | None, kind: str, parse) -> list:
 
 
 def read_dataset(kind: str, path: str | Path, display_name: str | None = None) -> list:
-    """The items of a dataset of `kind` (chat, preference, prompts) in their normal form."""
+    """The items of a dataset of `kind` (chat, preference, prompts, benchmark) in their normal form."""
     path = Path(path)
     name = display_name or path.name
     if kind not in READERS:

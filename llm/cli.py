@@ -313,6 +313,10 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add_data_dir(p)
 
+    from llm.cli_evaluate import register_evaluate_command
+
+    register_evaluate_command(add, add_data_dir)
+
     p = add("generate", "Generate text from a model, streamed as it is produced.", _cmd_generate)
     p.add_argument("--model", required=True, help="model or adapter directory")
     p.add_argument("--prompt", required=True)

@@ -31,7 +31,7 @@ MAX_CUDA_INDEX = 63
 class Setting:
     """How one user-facing value is checked and offered."""
 
-    type: str                         # "int" | "float" | "bool" | "str" | "compile" | "device"
+    type: str                         # "int" | "float" | "bool" | "str" | "compile" | "device" | "ids"
     default: Any = None
     help: str = ""
     minimum: float | None = None
@@ -39,7 +39,7 @@ class Setting:
     exclusive_minimum: bool = False   # "greater than" instead of "at least"
     choices: tuple[str, ...] | None = None
     required: bool = False
-    max_length: int = 200
+    max_length: int = 200             # characters of a "str"; how many an "ids" may list
     label: str = ""                   # form label; default: the name with spaces
     advanced: bool = False            # forms put these under "Advanced"
 
@@ -51,6 +51,8 @@ class Setting:
 
         The caller adds where the value came from (a job's field, a CLI flag).
         """
+        if self.type == "ids":
+            return self._check_ids(name, value)
         if self.type == "int":
             # bool is an int in Python; True as "max_steps" is a mistake, not 1.
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -94,6 +96,30 @@ class Setting:
         elif self.choices is not None and value not in self.choices:
             raise ValueError(f"must be one of {', '.join(self.choices)}; got {value!r}")
         return value
+
+
+    def _check_ids(self, name: str, value: Any) -> list[int]:
+        """Several row ids (e.g. models to compare): a list of whole numbers, or text such as "3, 5" (a form's
+        or a flag's), each within the bounds; none twice, at most `max_length` of them."""
+        if isinstance(value, str):
+            parts = [part.strip() for part in value.split(",") if part.strip()]
+            if not all(part.isascii() and part.isdigit() for part in parts):
+                raise ValueError(f"must be ids separated by commas, such as 3, 5; got {value!r}")
+            value = [int(part) for part in parts]
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"must be a list of one or more ids, got {value!r}")
+        if len(value) > self.max_length:
+            raise ValueError(f"must list at most {self.max_length} ids, got {len(value)}")
+        each = Setting("int", minimum=self.minimum, maximum=self.maximum)
+        ids = []
+        for index, item in enumerate(value):
+            try:
+                ids.append(each.check(name, item))
+            except ValueError as error:
+                raise ValueError(f"item {index + 1} {error}") from None
+            if ids[-1] in ids[:-1]:
+                raise ValueError(f"lists {ids[-1]} twice")
+        return ids
 
 
 def check_device(value: str) -> str:

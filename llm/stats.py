@@ -1,5 +1,5 @@
-"""Summaries of datasets for the upload page: length histograms, and what a chat, preference or prompt
-dataset holds (how many items, turns, tokens per role, a rendered preview)."""
+"""Summaries of datasets for the upload page: length histograms, and what a chat, preference, prompt or
+benchmark dataset holds (how many items, turns or choices, tokens per role or part, a rendered preview)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ HISTOGRAM_MAX_BINS = 24   # log2 bins: from 1 to 16 M fits in 24
 TOKENIZE_THREADS = 8      # at most this many threads count tokens (one chunk of texts each)
 PREVIEW_CHARS = 1000      # each previewed item is cut to this many characters
 # Which part of an item a dataset's headline histogram counts, per kind.
-MAIN_PART = {"chat": "assistant", "preference": "chosen", "prompts": "user"}
-COUNT_NAME = {"chat": "conversations", "preference": "pairs", "prompts": "prompts"}
+MAIN_PART = {"chat": "assistant", "preference": "chosen", "prompts": "user", "benchmark": "question"}
+COUNT_NAME = {"chat": "conversations", "preference": "pairs", "prompts": "prompts", "benchmark": "questions"}
 
 
 def length_histogram(lengths: list[int]) -> dict:
@@ -61,6 +61,9 @@ def _parts(kind: str, item) -> dict[str, list[dict]]:
     """The messages of an item grouped into the parts whose tokens are counted."""
     if kind == "preference":
         return {"prompt": item["prompt"], "chosen": item["chosen"], "rejected": item["rejected"]}
+    if kind == "benchmark":
+        return {"question": [{"content": item["context"]}, {"content": item["question"]}],
+                "choices": [{"content": choice} for choice in item["choices"]]}
     parts: dict[str, list[dict]] = {}
     for message in item:
         parts.setdefault(message["role"], []).append(message)
@@ -71,6 +74,10 @@ def _preview(kind: str, item) -> str:
     if kind == "preference":
         text = (render_text(item["prompt"]) + "\n— chosen —\n" + render_text(item["chosen"])
                 + "\n— rejected —\n" + render_text(item["rejected"]))
+    elif kind == "benchmark":  # the right answer marked with a check mark
+        text = "\n".join([item["context"], item["question"]] if item["context"] else [item["question"]]) + "\n" + \
+            "\n".join(f"{'✓' if index == item['answer'] else ' '} {index}. {choice}"
+                      for index, choice in enumerate(item["choices"]))
     else:
         text = render_text(item)
     return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS - 1] + "…"
@@ -78,11 +85,11 @@ def _preview(kind: str, item) -> str:
 
 def inspect_dataset(kind: str, path: str | Path, tokenizer: Tokenizer, display_name: str | None = None,
                     preview: int = 5) -> dict:
-    """Read and validate a chat / preference / prompts dataset and summarise it (JSON-ready).
+    """Read and validate a chat / preference / prompts / benchmark dataset and summarise it (JSON-ready).
 
-    {"kind", "items", <"conversations" | "pairs" | "prompts">: n, "tokens": total,
+    {"kind", "items", <"conversations" | "pairs" | "prompts" | "questions">: n, "tokens": total,
      "tokens_by_part": {part: total}, "token_histograms": {part: length_histogram of tokens per item},
-     "turns_histogram" (chat, prompts), "main_part", "length_histogram" (of the main part: what the
+     "turns_histogram" (chat, prompts), "choices_histogram" (benchmark), "main_part", "length_histogram" (of the main part: what the
      page plots first), "preview": [rendered text]}. Raises llm.chat_data.DataFormatError.
     """
     from llm.chat_data import read_dataset
@@ -108,6 +115,8 @@ def inspect_dataset(kind: str, path: str | Path, tokenizer: Tokenizer, display_n
         "length_histogram": length_histogram(per_part.get(MAIN_PART[kind], [])),
         "preview": [_preview(kind, item) for item in items[:preview]],
     }
-    if kind != "preference":
+    if kind in ("chat", "prompts"):
         stats["turns_histogram"] = length_histogram([len(item) for item in items])
+    elif kind == "benchmark":
+        stats["choices_histogram"] = length_histogram([len(item["choices"]) for item in items])
     return stats
