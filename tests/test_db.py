@@ -36,7 +36,6 @@ from db.models import (
     JobKind,
     JobLog,
     JobStatus,
-    Label,
     Metric,
     Model,
     ModelKind,
@@ -46,6 +45,7 @@ from db.models import (
 )
 from db.session import SessionLocal, create_workbench_engine, get_engine, session_scope
 from db.users import authenticate, create_user, ensure_admin, hash_password, verify_password
+from llm.preference_labels import Label
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
