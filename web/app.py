@@ -32,7 +32,7 @@ from fastapi import FastAPI  # noqa: E402
 
 from db.settings import Settings, get_settings  # noqa: E402
 from web.api import include_api  # noqa: E402
-from web.auth import gradio_login  # noqa: E402
+from web.auth import SessionsOfEnabledUsers, gradio_login  # noqa: E402
 from web.login_throttle import LoginThrottle  # noqa: E402
 from web.security import install as install_cross_site_guard  # noqa: E402
 
@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     include_api(app)
     install_cross_site_guard(app, settings)
     blocks = build_blocks(settings)
-    return gr.mount_gradio_app(
+    app = gr.mount_gradio_app(
         app,
         blocks,
         path="/",
@@ -114,3 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ssr_mode=False,
         show_error=True,
     )
+    # A disabled user's open UI sessions end at their next request (web.auth.SessionsOfEnabledUsers).
+    gradio_app = next(route.app for route in app.routes if isinstance(getattr(route, "app", None), gr.routes.App))
+    gradio_app.tokens = SessionsOfEnabledUsers(settings.database_url)
+    return app

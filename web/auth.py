@@ -232,6 +232,48 @@ AdminUser = Annotated[User, Depends(user_allowed_to(services.Action.manage_model
 # ----------------------------------------------------------------------------- Gradio UI
 
 
+class SessionsOfEnabledUsers(dict):
+    """Gradio's table of UI sessions (cookie token -> user name) that forgets every session of a user who is
+    disabled (or deleted), whichever process disabled them (the Admin tab, the API, `workbench users disable`).
+
+    Gradio resolves each request's cookie with `tokens.get(token)` (its `get_current_user`, behind every UI
+    route), so a token whose user is no longer enabled resolves to nobody: the next request of that browser
+    is a logged-out one. Whether a user is enabled is read from the database at most every
+    `RECHECK_SECONDS` per user (the UI sends many requests a second while it is used).
+    """
+
+    RECHECK_SECONDS = 2.0
+
+    def __init__(self, database_url: str):
+        super().__init__()
+        self.database_url = database_url
+        self._checked: dict[str, tuple[float, bool]] = {}  # name -> (monotonic time, enabled)
+        self._lock = threading.Lock()
+
+    def get(self, token, default=None):
+        name = super().get(token, default)
+        if name is None or name is default or self._enabled(name):
+            return name
+        with self._lock:
+            for other in [t for t, user in self.items() if user == name]:
+                self.pop(other, None)
+        return default
+
+    def _enabled(self, name: str) -> bool:
+        now = time.monotonic()
+        checked = self._checked.get(name)
+        if checked is not None and now - checked[0] < self.RECHECK_SECONDS:
+            return checked[1]
+        try:
+            with session_scope(self.database_url) as session:
+                user = user_named(session, name)
+                enabled = user is not None and not user.disabled
+        except Exception:  # a database that cannot answer now: keep the last answer, else let it be
+            return checked[1] if checked is not None else True
+        self._checked[name] = (now, enabled)
+        return enabled
+
+
 def gradio_login(settings: Settings, throttle: LoginThrottle | None = None):
     """The `auth=` callable for `gr.mount_gradio_app`: (username, password) -> bool.
 
