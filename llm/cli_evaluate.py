@@ -5,7 +5,7 @@
 
 A file is a benchmark (`llm.multiple_choice`); a directory is prepared token data (`workbench prepare`), of
 which the validation split is read, so models with different tokenizers need data prepared with each. The
-table is `llm.evaluate.results_table`, the one the Models tab's comparison shows.
+table is `llm.evaluation_table`'s, the one the Models tab's comparison shows.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from llm.params import add_arguments, settings_of, values_from_arguments
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from llm.chat_data import read_dataset
-    from llm.evaluate import evaluate, format_table, results_table
+    from llm.evaluate import evaluate
+    from llm.evaluation_table import format_table, results_table
     from llm.multiple_choice import evaluate_benchmark
 
     config = EvaluateConfig(**values_from_arguments(args, settings_of(EvaluateConfig)))

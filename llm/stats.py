@@ -89,8 +89,8 @@ def inspect_dataset(kind: str, path: str | Path, tokenizer: Tokenizer, display_n
 
     {"kind", "items", <"conversations" | "pairs" | "prompts" | "questions">: n, "tokens": total,
      "tokens_by_part": {part: total}, "token_histograms": {part: length_histogram of tokens per item},
-     "turns_histogram" (chat, prompts), "choices_histogram" (benchmark), "main_part", "length_histogram" (of the main part: what the
-     page plots first), "preview": [rendered text]}. Raises llm.chat_data.DataFormatError.
+     "turns_histogram" (chat, prompts), "choices_histogram" (benchmark), "main_part", "length_histogram" (of
+     the main part: what the page plots first), "preview": [rendered text]}. Raises llm.chat_data.DataFormatError.
     """
     from llm.chat_data import read_dataset
 

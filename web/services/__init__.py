@@ -5,6 +5,7 @@
     datasets   validated uploads (an identical file answers with its dataset), listing, rename, delete
     jobs       submit, list, detail, metrics, logs, events; cancel, resume, rename, delete (owner or admin)
     models     listing, files, rename, delete (owner or admin)
+    compare    models side by side: their evaluations and training curves
     estimates  size, memory and time of a run before it is submitted (the kind's own estimate)
     users      user management for admins: add, change role, disable, reset password
 
@@ -20,6 +21,7 @@ Everything is re-exported here: callers write `services.submit_job(...)`.
 
 from web.services.access import (ALLOWED_ROLES, Action, can, can_change, get_user, require, require_owner,
                                  resolve_user)
+from web.services.compare import compare_models
 from web.services.common import (Conflict, InvalidInput, NotFound, PermissionDenied, ServiceError, UploadTooLarge,
                                  parse_enum)
 from web.services.datasets import (ALLOWED_EXTENSIONS, DatasetDependents, StoredUpload, check_upload_size,

@@ -1,6 +1,7 @@
 """Models tab: every model with its kind, parent and size; its report card and lineage graph (the data,
 labels, votes and jobs that made it, and what was made from it); download as a zip; rename or delete (its
-owner or an admin, after a confirmation naming what depends on it); admins import GPT-2.
+owner or an admin, after a confirmation naming what depends on it); several models compared side by side
+(`compare_view`: their evaluations and loss curves); admins import GPT-2.
 
 Downloads are built by `services.model_zip` (Hugging Face-format files: a transformers GPT-2 directory
 for a full model, peft's files for an adapter). Importing reads only sub-directories of the configured
@@ -17,7 +18,7 @@ from typing import Any
 
 import gradio as gr
 
-from web.ui import current_user, db_session, error_text
+from web.ui import compare_view, current_user, db_session, error_text
 from web.services.lineage import model_lineage, report_card
 from web.ui.lineage_view import lineage_figure, lineage_html
 from web.ui.plots import human_bytes, message_html, stat_cards_html
@@ -103,6 +104,7 @@ def build(settings) -> ModelsTab:
         card = gr.HTML(elem_id="models-card")
         lineage = gr.Plot(elem_id="models-lineage", show_label=False)
         lineage_text = gr.HTML(elem_id="models-lineage-text")
+    compare = compare_view.build(settings)
     with gr.Accordion("Import a Hugging Face GPT-2 (admins)", open=False, visible=False,
                       elem_id="models-import") as import_panel:
         gr.Markdown(f"Put a GPT-2 directory (`config.json` + `model.safetensors`) in the import directory "
@@ -129,9 +131,10 @@ def build(settings) -> ModelsTab:
         sources = services.importable_models(settings) if admin else []
         return (models_table_html(models), gr.Dropdown(choices=choices, value=keep if keep in ids else
                                                        (ids[0] if ids else None)),
-                gr.Accordion(visible=admin), gr.Dropdown(choices=sources, value=sources[0] if sources else None))
+                gr.Accordion(visible=admin), gr.Dropdown(choices=sources, value=sources[0] if sources else None),
+                gr.Dropdown(choices=choices))
 
-    outputs = [table, picker, import_panel, source]
+    outputs = [table, picker, import_panel, source, compare.picker]
 
     def make_zip(model_id):
         if not model_id:

@@ -18,10 +18,11 @@ reads `KINDS`.
 from __future__ import annotations
 
 from db.models import JobKind
-from worker.kinds import dpo, generate, pretrain, prepare, reward, sft, train_tokenizer
+from worker.kinds import dpo, evaluate, generate, pretrain, prepare, reward, sft, train_tokenizer
 from worker.jobs.spec import JobKindSpec, Plot
 
-_DECLARED = (prepare.SPEC, train_tokenizer.SPEC, pretrain.SPEC, sft.SPEC, generate.SPEC, reward.SPEC, dpo.SPEC)
+_DECLARED = (prepare.SPEC, train_tokenizer.SPEC, pretrain.SPEC, sft.SPEC, generate.SPEC, reward.SPEC, dpo.SPEC,
+             evaluate.SPEC)
 
 KINDS: dict[JobKind, JobKindSpec] = {spec.kind: spec for spec in _DECLARED}
 
