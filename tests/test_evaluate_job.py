@@ -284,3 +284,35 @@ def test_compare_models_lays_their_evaluations_and_curves_side_by_side(workbench
         compare_models([base.id, 999], session=session, viewer=TRAINER)
     with pytest.raises(PermissionDenied):
         compare_models([base.id], session=session, viewer={"name": "lab", "role": "labeler"})
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_models_tab_offers_every_model_to_compare_and_shows_the_comparison(api_settings, session, users):
+    import gradio as gr
+
+    from conftest import LABELER
+    from conftest import TRAINER as TRAINER_LOGIN
+    from web.ui import models_tab
+
+    class Request:  # what the handlers read of gr.Request
+        def __init__(self, login):
+            self.username = login[0]
+
+    with gr.Blocks() as blocks:
+        tab = models_tab.build(api_settings)
+    found = {block.fn.__qualname__.split("<locals>.")[-1]: block.fn for block in blocks.fns.values() if block.fn}
+    run = add_training_run(session, [5.0, 4.0])
+    base = add_model(session, api_settings, "base", 0, job_id=run.id)
+    other = add_model(session, api_settings, "other", 1)
+    job = jobs.create_job(session, "evaluate", {"model_ids": [base.id, other.id],
+                                                "dataset_id": add_benchmark(session, api_settings).id})
+    assert execute_job(job.id, claim(session, job.id), api_settings) == JobStatus.succeeded
+
+    *_, compare_picker = tab.refresh_fn(Request(TRAINER_LOGIN))
+    assert [value for _, value in compare_picker.choices] == [other.id, base.id]
+    table, bars, curves = found["show"]([base.id, other.id], Request(TRAINER_LOGIN))
+    assert table.count("<tr>") == 3 and ">base<" in table and ">other<" in table
+    assert len(bars.axes) == 1 and len(curves.axes[0].lines) == 2  # base's loss and val loss; other has no run
+    table, bars, curves = found["show"]([base.id], Request(LABELER))
+    assert "wb-msg-error" in table and "that needs the admin or trainer role" in table, table
+    assert bars is None and curves is None
