@@ -67,7 +67,7 @@ def populate(database_url: str, labelers: int, prompts: int = 300, answers: int 
     a project over it; returns the project id."""
     import db.users
     from db.migrate import upgrade
-    from db.models import Completion, Job, JobKind, JobStatus, Prompt, Role
+    from db.models import Completion, Job, JobStatus, Prompt, Role
     from db.session import SessionLocal
     from web.services.labeling import create_project
 
@@ -77,7 +77,7 @@ def populate(database_url: str, labelers: int, prompts: int = 300, answers: int 
         trainer = db.users.create_user(session, "bench-trainer", PASSWORD, Role.trainer)
         for number in range(labelers):
             db.users.create_user(session, f"labeler{number}", PASSWORD, Role.labeler)
-        job = Job(kind=JobKind.generate, status=JobStatus.succeeded, params={}, progress=1.0, attempts=1,
+        job = Job(kind="generate", status=JobStatus.succeeded, params={}, progress=1.0, attempts=1,
                   cancel_requested=False)
         session.add(job)
         session.flush()

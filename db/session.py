@@ -5,7 +5,7 @@ Usage::
     from db.session import session_scope
 
     with session_scope() as session:          # commits on success, rolls back on error
-        session.add(Job(kind=JobKind.pretrain))
+        session.add(Job(kind="pretrain"))
 
 Engines are cached per ``(url, process id)`` and the cache is emptied in a forked child, so a
 Celery prefork worker never shares its parent's pooled connections (a shared socket or SQLite

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from db.models import MAX_TIME_SPENT_S, SQL_INTEGER_MAX, DatasetKind, JobKind, JobStatus, ModelKind
+from db.models import MAX_TIME_SPENT_S, SQL_INTEGER_MAX, DatasetKind, JobStatus, ModelKind
 from llm.preference_labels import VOTES, Choice, Label
 
 RowId = Annotated[int, Field(ge=1, le=SQL_INTEGER_MAX)]  # a row's id in a request body
@@ -74,7 +74,7 @@ class JobSubmit(BaseModel):
         "priority": 0,
     }]})
 
-    kind: JobKind
+    kind: str = Field(description="a kind of GET /api/job-kinds: pretrain, sft, evaluate, ...")
     params: dict[str, Any] = Field(default_factory=dict,
                                    description="the CLI flags of the job, with underscores "
                                                "(dataset_id, tokenizer, preset, max_steps, batch_size, ...)")
@@ -84,7 +84,7 @@ class JobSubmit(BaseModel):
 class JobOut(BaseModel):
     id: int
     name: str | None = Field(None, description="a label people give the job; none: show the kind")
-    kind: JobKind
+    kind: str
     status: JobStatus
     priority: int
     progress: float = Field(description="0..1")
@@ -153,7 +153,7 @@ class ModelImport(BaseModel):
 
 
 class JobKindOut(BaseModel):
-    kind: JobKind
+    kind: str
     title: str
     description: str
     params: dict[str, dict[str, Any]] = Field(
