@@ -178,3 +178,42 @@ def test_time_spent_is_bounded_at_a_day_in_one_place(client, session, users):
     assert voted.status_code == 201, voted.text
     session.expire_all()
     assert session.get(Comparison, voted.json()["comparison_id"]).time_spent_s == MAX_TIME_SPENT_S
+
+
+def test_a_retry_racing_an_undo_is_refused_not_an_error(client, session, users, database_url):
+    """A label's retry whose label is undone between its refused insert and its lookup of the stored label (the
+    race an undo stress run hit) answers 409 saying so, with nothing stored, not a 500."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    from db.session import SessionLocal
+    from web.services.labeling import undo_last_label
+
+    job = make_generate_job(session, prompts=1, answers=2)  # one pair
+    project = client.post("/api/labeling/projects", auth=TRAINER,
+                          json={"name": "p", "source_job_ids": [job.id], "overlap": 2}).json()
+    base = f"/api/labeling/projects/{project['id']}"
+    pair = client.get(f"{base}/next", auth=LABELER).json()
+    body = {"pair_id": pair["pair_id"], "choice": "left", "idempotency_key": "k",
+            "left_completion_id": pair["left"]["completion_id"]}
+    assert client.post(f"{base}/labels", auth=LABELER, json=body).status_code == 201
+
+    undone: list[int] = []
+
+    def undo_once(rolled_back: Session) -> None:  # the retry's insert was refused: the undo lands now
+        if not undone:
+            undone.append(0)
+            with SessionLocal(database_url) as other:
+                undone[0] = undo_last_label(other, LABELER[0], project["id"])["undone"]
+
+    event.listen(Session, "after_rollback", undo_once)
+    try:
+        retried = client.post(f"{base}/labels", auth=LABELER, json=body)
+    finally:
+        event.remove(Session, "after_rollback", undo_once)
+    assert undone and undone[0]
+    assert retried.status_code == 409, retried.text
+    assert "undone" in retried.json()["detail"]
+    assert session.scalar(select(func.count(Comparison.id))) == 0
+    # Labeling the pair again stores it (the count was given back with the undo).
+    assert client.post(f"{base}/labels", auth=LABELER, json={**body, "idempotency_key": "k2"}).status_code == 201

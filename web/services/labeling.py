@@ -15,7 +15,11 @@ How the overlap holds with many labelers at once (tests/test_labeling.py, bench/
     `LabelingAssignment` that holds a slot for ASSIGNMENT_MINUTES; of two labelers who took a last slot
     at once, the later assignment (higher id) steps back and takes the next pair.
   - A (pair, labeler) unique constraint and an optional client idempotency key make a double click or a
-    retried request store one label; the repeat gets the stored one back.
+    retried request store one label; the repeat gets the stored one back (a 409 when that label was undone
+    meanwhile).
+  - `label_count` changes only with the labels themselves, in their transaction: a label raises it before its
+    INSERT (a refused INSERT rolls it back), an undo lowers it before its DELETE and rolls back when the DELETE
+    removed nothing (tests/test_labeling_races.py: concurrent labels, retries and undos).
 Labels are stored un-swapped ("a": completion_a is better) with `swapped` saying what the labeler saw; the
 client names the completion it showed on the left, so a submit needs no server-side memory of the screen.
 """
@@ -27,7 +31,7 @@ from datetime import datetime, timedelta, timezone
 from itertools import combinations
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -307,7 +311,7 @@ def submit_label(session: Session, who, project_id: int, pair_id: int, choice: C
         stored = keyed[0] if keyed else (found[0] if found else None)
         return {**comparison_to_dict(stored), "duplicate": True} if stored is not None else None
 
-    def answer_with_stored(otherwise: Exception) -> dict:
+    def answer_with_stored(otherwise: Conflict) -> dict:
         """After a write was refused: the stored label if this was a retry of it, else `otherwise` is raised."""
         session.rollback()
         already = stored_already()
@@ -342,34 +346,39 @@ def submit_label(session: Session, who, project_id: int, pair_id: int, choice: C
         stored_id = session.execute(queries.STORE_LABEL, values).scalar_one()
         session.execute(queries.RELEASE_LABELED_HOLD, {"pair_id": pair.id, "user_id": user.id})
         session.commit()
-    except IntegrityError as error:  # stored already, by an earlier or a concurrent try (the count rolls back too)
-        return answer_with_stored(error)
+    except IntegrityError:  # stored already, by an earlier or a concurrent try (the count rolls back too)
+        # ... unless the label this repeats was undone in between (a retry racing an undo): nothing is stored.
+        return answer_with_stored(Conflict(f"your label on pair {pair_id} was undone while this request repeated "
+                                           "it; nothing is stored: label the pair again"))
     return with_progress_and_next({**comparison_to_dict(Comparison(id=stored_id, **values)), "duplicate": False})
 
 
 def undo_last_label(session: Session, who, project_id: int) -> dict:
-    """Remove this labeler's latest label in the project and hand its pair back, shown as before."""
+    """Remove this labeler's latest label in the project and hand its pair back, shown as before; `undone` names
+    the label removed.
+
+    The pair's `label_count` changes only with the label's removal, in one transaction: the slot is given back
+    first (locking the pair, as a label does), then the label is deleted, and when that deletes nothing (another
+    undo of the same label, a double click, got there first) the whole undo rolls back and is refused (409)."""
     project = _project(session, project_id)
     user = _require_labeler(session, who, project)
-    last = session.scalar(select(Comparison).join(LabelingPair, Comparison.pair_id == LabelingPair.id)
-                          .where(LabelingPair.project_id == project.id, Comparison.annotator_id == user.id)
-                          .order_by(Comparison.id.desc()).limit(1))
+    if user is None:
+        raise InvalidInput("labeling needs a user")
+    last = session.execute(queries.LAST_LABEL, {"project_id": project.id, "user_id": user.id}).first()
     if last is None:
         raise Conflict("there is no label of yours to undo in this project")
-    pair = session.get(LabelingPair, last.pair_id)
     if last.label != Label.skip:
-        session.execute(update(LabelingPair).where(LabelingPair.id == pair.id, LabelingPair.label_count > 0)
-                        .values(label_count=LabelingPair.label_count - 1))
-    swapped = last.swapped
-    session.delete(last)
-    session.execute(delete(LabelingAssignment).where(LabelingAssignment.user_id == user.id,
-                                                     LabelingAssignment.pair_id.in_(
-                                                         select(LabelingPair.id).where(
-                                                             LabelingPair.project_id == project.id))))
-    session.add(LabelingAssignment(pair_id=pair.id, user_id=user.id, swapped=swapped,
-                                   expires_at=utcnow() + timedelta(minutes=ASSIGNMENT_MINUTES)))
+        session.execute(queries.GIVE_BACK_A_SLOT, {"pair_id": last.pair_id})
+    if not session.execute(queries.REMOVE_LABEL, {"label_id": last.id, "pair_id": last.pair_id, "user_id": user.id,
+                                                  "label": last.label}).rowcount:
+        session.rollback()
+        raise Conflict(f"your label {last.id} was undone a moment ago by another request; nothing more is undone")
+    session.execute(queries.RELEASE_HOLDS_IN_PROJECT, {"project_id": project.id, "user_id": user.id})
+    now = utcnow()
+    session.execute(queries.HOLD_A_PAIR, {"pair_id": last.pair_id, "user_id": user.id, "swapped": last.swapped,
+                                          "expires_at": now + timedelta(minutes=ASSIGNMENT_MINUTES), "now": now})
     session.commit()
-    return {**_pair_screen(session, project, user, pair.id, swapped), "undone": last.id}
+    return {**_pair_screen(session, project, user, last.pair_id, last.swapped), "undone": last.id}
 
 
 def progress(session: Session, who, project_id: int) -> dict:

@@ -75,6 +75,37 @@ TAKE_A_SLOT = (update(LabelingPair.__table__)
 # A label (the Comparison's columns as parameters); answers its id.
 STORE_LABEL = insert(Comparison.__table__).returning(Comparison.id)
 
+# ----------------------------------------------------------------------------- undoing a label
+
+# A labeler's latest label in a project: (id, pair_id, label, swapped), or nothing.   project_id, user_id
+LAST_LABEL = (select(Comparison.id, Comparison.pair_id, Comparison.label, Comparison.swapped)
+              .join(LabelingPair, Comparison.pair_id == LabelingPair.id)
+              .where(LabelingPair.project_id == bindparam("project_id"), Comparison.annotator_id == bindparam("user_id"))
+              .order_by(Comparison.id.desc()).limit(1))
+
+# The overlap guard's slot given back, for a label about to be removed. It locks the pair's row before the label's
+# (as a label takes TAKE_A_SLOT before STORE_LABEL), so an undo and a label on one pair wait for each other
+# instead of deadlocking; it is rolled back with the undo when REMOVE_LABEL finds the label gone.   pair_id
+GIVE_BACK_A_SLOT = (update(LabelingPair.__table__).where(LabelingPair.id == bindparam("pair_id"))
+                    .values(label_count=LabelingPair.label_count - 1))
+
+# A label removed; its rowcount says whether this request removed it (0: another request did). The pair, labeler
+# and label are matched too, so what is removed is what the slot was given back for.
+#   label_id, pair_id, user_id, label
+REMOVE_LABEL = delete(Comparison.__table__).where(
+    Comparison.id == bindparam("label_id"), Comparison.pair_id == bindparam("pair_id"),
+    Comparison.annotator_id == bindparam("user_id"), Comparison.label == bindparam("label"))
+
+# Every hold of a labeler in a project.   project_id, user_id
+RELEASE_HOLDS_IN_PROJECT = delete(LabelingAssignment.__table__).where(
+    LabelingAssignment.user_id == bindparam("user_id"),
+    LabelingAssignment.pair_id.in_(select(LabelingPair.id).where(LabelingPair.project_id == bindparam("project_id"))))
+
+# A hold on a pair for a labeler, shown the given way round.   pair_id, user_id, swapped, expires_at, now
+HOLD_A_PAIR = insert(LabelingAssignment.__table__).values(
+    pair_id=bindparam("pair_id"), user_id=bindparam("user_id"), swapped=bindparam("swapped"),
+    expires_at=bindparam("expires_at", type_=UTCDateTime()), created_at=bindparam("now", type_=UTCDateTime()))
+
 # ----------------------------------------------------------------------------- progress
 
 # A labeler's counts in a project: one statement of two counts, one over this labeler's own labels, one over
