@@ -33,8 +33,8 @@ llm.dpo / llm.reward, then sets up the run and trains 3 steps; `*_train_rss_mb` 
 right before the run was set up.
 
 Time budget (`--budget-s`, 60 s with --quick): the memory probes, checks and set-up run first, the timed rounds
-fill what is left (at least one); `preference_rounds[...]` says how many each median is of. Everything is
-float32 here, so what the CPU does natively in bf16 changes nothing.
+fill what is left (at least one); `preference_rounds[...]` says how many each median is of. --quick measures no
+peak memory, as bench_sft. Everything is float32 here, so what the CPU does natively in bf16 changes nothing.
 
 Run: `python -m bench.bench_preference [--quick] [--budget-s S]`.
 """
@@ -50,8 +50,8 @@ from typing import Callable
 
 import torch
 
-from bench.bench_sft import (BETAS, EPS, GRAD_CLIP, LORA, LORA_TARGETS, SEED, THREADS, SteppedLoop, _WORDS,
-                             hf_tokenizer, write_base_model)
+from bench.bench_sft import (BETAS, EPS, GRAD_CLIP, LORA, LORA_TARGETS, QUICK_SKIPS_MEMORY, SEED, THREADS,
+                             SteppedLoop, _WORDS, hf_tokenizer, write_base_model)
 from bench.common import (TimeBudget, command_line, interleaved_runs, loop_figures, machine_info, median,
                           print_table, run_json_subprocess, stepped_loop_memory, time_budget, versus_peer_figures)
 
@@ -371,8 +371,9 @@ def run(quick: bool = False, log=print, budget_s: float | None = None) -> dict:
     shape, repeats, warmup = ("tiny", 5, 1) if quick else ("small", 9, 2)
     figures: dict = {f"machine_{k}": v for k, v in machine_info().items()}
     figures["preference_budget_s"] = budget.seconds
+    figures["skipped"] = {"preference_peak_rss_mb": QUICK_SKIPS_MEMORY} if quick else {}
     # The memory probes first: a fixed cost, so that the timed rounds fill what is left of the budget.
-    for kind in KINDS:
+    for kind in KINDS if not quick else ():
         for side in SIDES:
             log(f"  [{shape}] peak memory of {side}:{kind} (subprocess)")
             for key, value in memory(side, kind, shape).items():
@@ -384,7 +385,7 @@ def run(quick: bool = False, log=print, budget_s: float | None = None) -> dict:
     figures.update(preference_figures(res))
     rows = [(name, figures[f"preference_step_s[{name}]"], figures[f"preference_rounds[{name}]"],
              figures[f"preference_pairs_per_s[{name}]"], figures[f"preference_step_cpu_s[{name}]"],
-             figures.get(f"preference_peak_rss_mb[{name}]"), figures.get(f"preference_train_rss_mb[{name}]"))
+             figures.get(f"preference_peak_rss_mb[{name}]", "-"), figures.get(f"preference_train_rss_mb[{name}]", "-"))
             for name in (f"{side}:{kind}" for kind in KINDS for side in SIDES)]
     print_table(rows, headers=("loop", "step s", "rounds", "pairs/s", "cpu s", "peak RSS MB", "RSS growth MB"))
     for kind in KINDS:

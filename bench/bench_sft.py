@@ -33,8 +33,9 @@ transformers, datasets, peft, TRL and llm.sft, then sets up the run and trains 3
 is the growth over the process right before the run was set up (data, model, optimizer, activations).
 
 Time budget (`--budget-s`, 60 s with --quick): the memory probes, loss checks and set-up run first, the timed
-rounds fill what is left (at least one); `sft_rounds[...]` says how many each median is of. Everything is
-float32 here, so what the CPU does natively in bf16 changes nothing.
+rounds fill what is left (at least one); `sft_rounds[...]` says how many each median is of. --quick measures
+no peak memory (four fresh processes importing TRL: most of a quick run on a busy 2-core machine; "skipped"
+says so). Everything is float32 here, so what the CPU does natively in bf16 changes nothing.
 
 Run: `python -m bench.bench_sft [--quick] [--budget-s S]`.
 """
@@ -73,6 +74,7 @@ GRAD_CLIP = 1.0
 SEED = 1337
 LOSS_TOLERANCE = 1e-4
 TARGETS = {"lora": 1.5, "full": 1.3}
+QUICK_SKIPS_MEMORY = "--quick: peak memory is measured in full runs (a fresh process per loop, importing TRL)"
 MODES = ("lora", "full")
 SIDES = ("ours", "trl")
 
@@ -352,13 +354,19 @@ class SteppedLoop:
 
 # ----------------------------------------------------------------------------- our side
 
+def ours_sft_config(mode: str):
+    """Our SFTConfig: full fine-tuning or peft's LoRA settings (`trl_lora_config`)."""
+    from llm.sft_config import SFTConfig
+
+    return SFTConfig(full=mode == "full", lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                     lora_targets="attn,mlp", val_fraction=0.0)
+
+
 def ours_configs(mode: str, batch: int, seq: int, max_steps: int = 100_000):
     """(SFTConfig, TrainConfig) of our run: the same hyperparameters as `trl_config`."""
-    from llm.sft_config import SFTConfig
     from llm.train_config import TrainConfig
 
-    sft_config = SFTConfig(full=mode == "full", lora_r=LORA["r"], lora_alpha=LORA["alpha"],
-                           lora_dropout=LORA["dropout"], lora_targets="attn,mlp", val_fraction=0.0)
+    sft_config = ours_sft_config(mode)
     train_config = TrainConfig(max_steps=max_steps, batch_size=batch, block_size=seq, grad_accum=1,
                                lr=LR[mode], min_lr=LR[mode], warmup=0,  # constant, like TRL's "constant"
                                weight_decay=0.0, beta1=BETAS[0], beta2=BETAS[1], grad_clip=GRAD_CLIP,
@@ -396,9 +404,8 @@ def ours_model(mode: str, model_dir):
 
     model = load_weights(model_dir)
     if mode == "lora":
-        sft_config, _ = ours_configs(mode, 1, 1)
         torch.manual_seed(SEED)
-        model = apply_lora(model, sft_config)
+        model = apply_lora(model, ours_sft_config(mode))
     return model.train()
 
 
@@ -597,8 +604,9 @@ def run(quick: bool = False, log=print, budget_s: float | None = None) -> dict:
     figures["sft_timing_method"] = ("each side's own training loop in a thread, paused after every optimizer step "
                                     "and timed step by step, the four loops interleaved")
     figures["sft_budget_s"] = budget.seconds
+    figures["skipped"] = {"sft_peak_rss_mb": QUICK_SKIPS_MEMORY} if quick else {}
     # The memory probes first: a fixed cost, so that the timed rounds fill what is left of the budget.
-    for mode in MODES:
+    for mode in MODES if not quick else ():
         for side in SIDES:
             log(f"  [{shape}] peak memory of {side}:{mode} (subprocess)")
             for key, value in memory(side, mode, shape).items():
@@ -614,7 +622,7 @@ def run(quick: bool = False, log=print, budget_s: float | None = None) -> dict:
             name = f"{side}:{mode}"
             rows.append((name, figures[f"sft_step_s[{name}]"], figures[f"sft_rounds[{name}]"],
                          figures[f"sft_tokens_per_s[{name}]"], figures[f"sft_step_cpu_s[{name}]"],
-                         figures.get(f"sft_peak_rss_mb[{name}]"), figures.get(f"sft_train_rss_mb[{name}]")))
+                         figures.get(f"sft_peak_rss_mb[{name}]", "-"), figures.get(f"sft_train_rss_mb[{name}]", "-")))
     print_table(rows, headers=("loop", "step s", "rounds", "tokens/s", "cpu s", "peak RSS MB", "RSS growth MB"))
     for mode in MODES:
         log(f"  sft_{mode}_vs_trl {figures[f'sft_{mode}_vs_trl']:.2f} "
