@@ -401,3 +401,20 @@ class Comparison(Base):
     swapped: Mapped[bool] = mapped_column(Boolean, default=False)
     note: Mapped[Optional[str]] = mapped_column(Text)
     idempotency_key: Mapped[Optional[str]] = mapped_column(String(64), unique=True)
+
+
+class ArenaBattle(Base):
+    """Two anonymous answers the arena showed one person: the one thing their vote may name, once (the vote's
+    comparison), and the one way to learn which models wrote them, after that vote. Ids are never reused
+    (SQLite AUTOINCREMENT): a battle id someone kept names that battle or none."""
+
+    __tablename__ = "arena_battles"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)  # whom it was shown to
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"))
+    left_completion_id: Mapped[int] = mapped_column(ForeignKey("completions.id"))   # shown as model A
+    right_completion_id: Mapped[int] = mapped_column(ForeignKey("completions.id"))  # shown as model B
+    comparison_id: Mapped[Optional[int]] = mapped_column(ForeignKey("comparisons.id"), unique=True)  # the vote
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -35,17 +35,13 @@ def test_a_battle_a_vote_and_the_leaderboard(client, session, api_settings):
         "messages": [{"role": "user", "content": "Name a colour."}], "max_new_tokens": 8, "seed": 3})
     assert battle.status_code == 201, battle.text
     body = battle.json()
-    assert set(body) == {"prompt_id", "left", "right"}  # no model names before the vote
-    vote = client.post("/api/arena/votes", auth=LABELER, json={
-        "left_completion_id": body["left"]["completion_id"], "right_completion_id": body["right"]["completion_id"],
-        "choice": "left"})
+    assert set(body) == {"battle_id", "left", "right"} and set(body["left"]) == {"text"}  # no names, no ids
+    vote = client.post("/api/arena/votes", auth=LABELER, json={"battle_id": body["battle_id"], "choice": "left"})
     assert vote.status_code == 201
     revealed = vote.json()
     assert {revealed["left_model"]["name"], revealed["right_model"]["name"]} == {"chat-a", "chat-b"}
-    again = client.post("/api/arena/votes", auth=LABELER, json={
-        "left_completion_id": body["left"]["completion_id"], "right_completion_id": body["right"]["completion_id"],
-        "choice": "right"})
-    assert again.json()["duplicate"] and again.json()["label"] == "a"  # one vote per person per battle
+    again = client.post("/api/arena/votes", auth=LABELER, json={"battle_id": body["battle_id"], "choice": "right"})
+    assert again.status_code == 200 and again.json()["duplicate"] and again.json()["label"] == "a"  # one vote
     session.expire_all()
     stored = session.query(Comparison).one()
     assert stored.source == "arena" and stored.label.value == "a"
@@ -66,8 +62,7 @@ def test_a_battle_a_vote_and_the_leaderboard(client, session, api_settings):
     second_battle = client.post("/api/arena/battles", auth=LABELER, json={
         "messages": [{"role": "user", "content": "Name a fruit."}], "max_new_tokens": 8, "seed": 4}).json()
     assert client.post("/api/arena/votes", auth=LABELER, json={
-        "left_completion_id": second_battle["left"]["completion_id"],
-        "right_completion_id": second_battle["right"]["completion_id"], "choice": "tie"}).status_code == 201
+        "battle_id": second_battle["battle_id"], "choice": "tie"}).status_code == 201
     assert client.get("/api/arena/leaderboard", auth=LABELER).json() == client.get(
         "/api/arena/leaderboard", auth=LABELER).json()
     assert all(row["votes"] == 2 for row in client.get("/api/arena/leaderboard", auth=LABELER).json())
@@ -100,3 +95,51 @@ def test_the_pool_of_arena_models(client, session, api_settings):
     client.put("/api/arena/models", auth=TRAINER, json={"model_ids": [first.id]})
     refused = client.post("/api/arena/battles", auth=LABELER, json={"messages": [{"role": "user", "content": "Hi"}]})
     assert refused.status_code == 409 and "pool" in refused.json()["detail"]
+
+
+def test_a_vote_names_a_battle_the_arena_showed_the_voter_once(client, session, api_settings):
+    """The attacks of issue 19 item 2, each refused with nothing stored and no name told: a vote on another
+    person's battle, a second vote on one battle (by swapping the answers, or choosing again), a vote on a
+    labeling pair that was never a battle, with the ids a labeler reads off the Label screen."""
+    from tests.test_labeling import make_generate_job
+
+    add_chat_model(session, api_settings, "chat-a", 1), add_chat_model(session, api_settings, "chat-b", 2)
+    conversation = {"messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 4, "seed": 1}
+    theirs = client.post("/api/arena/battles", auth=TRAINER, json=conversation).json()
+    mine = client.post("/api/arena/battles", auth=LABELER, json=conversation).json()
+
+    def arena_votes() -> int:
+        session.expire_all()
+        return session.query(Comparison).filter(Comparison.source == "arena").count()
+
+    # Another person's battle: not found (its existence is not even confirmed), nothing revealed.
+    refused = client.post("/api/arena/votes", auth=LABELER, json={"battle_id": theirs["battle_id"], "choice": "left"})
+    assert refused.status_code == 404 and "chat-" not in refused.text
+    # A battle id that is none.
+    assert client.post("/api/arena/votes", auth=LABELER, json={"battle_id": mine["battle_id"] + 100,
+                                                               "choice": "left"}).status_code == 404
+    assert arena_votes() == 0
+
+    # One vote per battle: a second one, whatever it chooses, answers the first.
+    first = client.post("/api/arena/votes", auth=LABELER, json={"battle_id": mine["battle_id"], "choice": "left"})
+    assert first.status_code == 201
+    for choice in ("right", "tie", "left"):
+        again = client.post("/api/arena/votes", auth=LABELER, json={"battle_id": mine["battle_id"], "choice": choice})
+        assert again.status_code == 200 and again.json()["duplicate"]
+        assert again.json()["comparison_id"] == first.json()["comparison_id"] and again.json()["label"] == "a"
+    assert arena_votes() == 1
+
+    # A labeling pair, with the ids the Label screen shows: the old request shape (answers named by their ids,
+    # in either order) is no vote at all, and the pair's id is no battle of the labeler's.
+    job = make_generate_job(session, prompts=1, answers=2)
+    project = client.post("/api/labeling/projects", auth=TRAINER, json={"name": "p", "source_job_ids": [job.id]}).json()
+    pair = client.get(f"/api/labeling/projects/{project['id']}/next", auth=LABELER).json()
+    shown = [pair["left"]["completion_id"], pair["right"]["completion_id"]]
+    for left, right in (shown, shown[::-1]):
+        old_shape = client.post("/api/arena/votes", auth=LABELER, json={
+            "left_completion_id": left, "right_completion_id": right, "choice": "left"})
+        assert old_shape.status_code == 422 and old_shape.json()["detail"][0]["loc"] == ["body", "battle_id"]
+    assert pair["pair_id"] != mine["battle_id"]  # (the first pair and the trainer's battle are both id 1)
+    as_battle = client.post("/api/arena/votes", auth=LABELER, json={"battle_id": pair["pair_id"], "choice": "left"})
+    assert as_battle.status_code == 404
+    assert arena_votes() == 1

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 import db.users
 from db.migrate import current_revision, downgrade, head_revision, is_up_to_date, upgrade
 from db.models import (
+    ArenaBattle,
     Base,
     Comparison,
     Completion,
@@ -101,7 +102,7 @@ def _new_job(session: Session, **fields: Any) -> Job:
 def test_upgrade_from_empty_matches_the_models(empty_database_url: str) -> None:
     assert current_revision(empty_database_url) is None
     upgrade(empty_database_url)
-    assert current_revision(empty_database_url) == head_revision() == "0005"
+    assert current_revision(empty_database_url) == head_revision() == "0006"
     assert is_up_to_date(empty_database_url)
 
     engine = create_workbench_engine(empty_database_url)
@@ -150,8 +151,8 @@ def test_migrate_module_runs_from_the_command_line(empty_database_url: str, tmp_
         [sys.executable, "-m", "db.migrate"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "database at 0005" in upgraded.stdout
-    assert current_revision(empty_database_url) == "0005"
+    assert "database at 0006" in upgraded.stdout
+    assert current_revision(empty_database_url) == "0006"
 
 
 # --- engines and sessions --------------------------------------------------------------------
@@ -581,7 +582,7 @@ def test_0005_keeps_every_row_and_lets_any_job_kind_in(empty_database_url: str) 
         before = _every_row(engine)
         assert all(before.values()), [name for name, rows in before.items() if not rows]  # every table has rows
 
-        upgrade(empty_database_url)
+        upgrade(empty_database_url, "0005")
         assert _every_row(engine) == before
         with SessionLocal(empty_database_url) as fresh:
             assert [job.kind for job in fresh.scalars(select(Job).order_by(Job.id))] == list(JOB_KINDS_AT_0004)
@@ -596,6 +597,40 @@ def test_0005_keeps_every_row_and_lets_any_job_kind_in(empty_database_url: str) 
             connection.execute(text("DELETE FROM jobs WHERE kind = 'clean'"))
             connection.execute(text("DELETE FROM datasets WHERE kind = 'benchmark'"))
         downgrade(empty_database_url, "0004")  # and back: 0004's CHECKs hold these rows too
+        assert _every_row(engine) == before
+    finally:
+        engine.dispose()
+
+
+def test_0006_adds_arena_battles_keeping_every_row(empty_database_url: str) -> None:
+    upgrade(empty_database_url, "0005")
+    engine = create_workbench_engine(empty_database_url)
+    try:
+        tables = MetaData()
+        tables.reflect(engine)
+        with engine.begin() as connection:
+            for name, rows in _rows_at_0004():  # every one a 0005 row too
+                connection.execute(tables.tables[name].insert(), rows)
+            connection.execute(text("INSERT INTO comparisons (id, prompt_id, completion_a_id, completion_b_id, label, "
+                                    "annotator_id, source, created_at, swapped) VALUES (2, 2, 1, 2, 'a', 2, 'arena', "
+                                    "CURRENT_TIMESTAMP, false)"))  # an arena vote from before battles
+        before = _every_row(engine)
+
+        upgrade(empty_database_url, "0006")
+        after = _every_row(engine)
+        assert after.pop("arena_battles") == [] and after == before
+        with SessionLocal(empty_database_url) as fresh:
+            battle = ArenaBattle(user_id=2, prompt_id=2, left_completion_id=1, right_completion_id=2)
+            fresh.add(battle)
+            fresh.commit()
+            battle.comparison_id = 2
+            fresh.commit()
+            # One vote per battle, by the database too.
+            fresh.add(ArenaBattle(user_id=2, prompt_id=2, left_completion_id=1, right_completion_id=2,
+                                  comparison_id=2))
+            with pytest.raises(IntegrityError):
+                fresh.commit()
+        downgrade(empty_database_url, "0005")  # and back: the battles go, every other row stays
         assert _every_row(engine) == before
     finally:
         engine.dispose()

@@ -40,7 +40,7 @@ def test_a_battle_and_a_vote(api_settings, users, session):
     request = FakeRequest(LABELER[0])
     updates = list(found["run_battle"]("Name a colour.", request))
     left, right, state, status = updates[-1][:4]
-    assert state and state["left_completion_id"] != state["right_completion_id"]
+    assert state and state["battle_id"]
     assert "Which answer is better?" in status
     assert left[0]["content"] == "Name a colour." and "chat-" not in str(updates)  # anonymous until the vote
     cast = next(fn for name, fn in found.items() if name == "cast")

@@ -323,14 +323,13 @@ class BattleCreate(BaseModel):
 
 
 class BattleAnswer(BaseModel):
-    completion_id: int
     text: str
 
 
 class BattleOut(BaseModel):
-    """Two anonymous answers; which model wrote which is told only by the vote."""
+    """Two anonymous answers; which model wrote which is told only by the vote on this battle."""
 
-    prompt_id: int
+    battle_id: int = Field(description="what the vote names (POST /api/arena/votes); yours only, one vote")
     left: BattleAnswer
     right: BattleAnswer
 
@@ -339,16 +338,16 @@ ArenaVote = Literal[tuple(choice.value for choice in VOTES)]  # FastChat's vote 
 
 
 class VoteCreate(BaseModel):
-    left_completion_id: int = Field(ge=1, le=SQL_INTEGER_MAX)
-    right_completion_id: int = Field(ge=1, le=SQL_INTEGER_MAX)
+    battle_id: RowId = Field(description="a battle the arena showed you (POST /api/arena/battles)")
     choice: ArenaVote = Field(description="the better answer as seen (left is model A), or neither")
     time_spent_s: TimeSpent | None = None
 
 
 class VoteOut(BaseModel):
+    battle_id: int
     comparison_id: int
     label: Label
-    duplicate: bool
+    duplicate: bool = Field(description="true when the battle had its vote already: this is that vote")
     left_model: dict[str, Any]
     right_model: dict[str, Any]
 

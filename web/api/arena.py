@@ -1,17 +1,18 @@
-"""/api/arena: the pool of chat models, battles between two of them anonymously, votes (which reveal the
-names), the leaderboard."""
+"""/api/arena: the pool of chat models, battles between two of them anonymously, votes (one per battle, on
+your own battles only, which reveal the names), the leaderboard."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Query, Response, status
 from sqlalchemy.orm import Session
 
 from db.settings import Settings
 from web.api.errors import ERROR_RESPONSES
 from web.auth import CurrentUser, get_app_settings, get_db_session
-from web.schemas import ArenaModelOut, ArenaPoolChange, BattleCreate, BattleOut, LeaderboardRow, VoteCreate, VoteOut
+from web.schemas import (ArenaModelOut, ArenaPoolChange, BattleCreate, BattleOut, ErrorOut, LeaderboardRow, VoteCreate,
+                         VoteOut)
 from web.services import arena
 from web.services.access import Action, require
 
@@ -44,15 +45,18 @@ def battle(body: BattleCreate, user: CurrentUser, session: DbSession, settings: 
     left = arena.generate_answer(settings, session, left_id, body.messages, **options)
     right = arena.generate_answer(settings, session, right_id, body.messages, **options)
     stored = arena.record_answers(session, user, body.messages, left, right)
-    return {"prompt_id": stored["prompt_id"],
-            "left": {"completion_id": stored["left_completion_id"], "text": left["text"]},
-            "right": {"completion_id": stored["right_completion_id"], "text": right["text"]}}
+    return {"battle_id": stored["battle_id"], "left": {"text": left["text"]}, "right": {"text": right["text"]}}
 
 
-@router.post("/votes", response_model=VoteOut, status_code=status.HTTP_201_CREATED)
-def vote(body: VoteCreate, user: CurrentUser, session: DbSession) -> Any:
-    return arena.vote(session, user, body.left_completion_id, body.right_completion_id, body.choice,
-                      body.time_spent_s)
+@router.post("/votes", response_model=VoteOut, status_code=status.HTTP_201_CREATED,
+             responses={404: {"model": ErrorOut, "description": "no battle of yours with this id"}})
+def vote(body: VoteCreate, user: CurrentUser, session: DbSession, response: Response) -> Any:
+    """Vote on a battle the arena showed you; the answer tells which models wrote its answers. A battle takes
+    one vote: voting again answers 200 with the first one."""
+    stored = arena.vote(session, user, body.battle_id, body.choice, body.time_spent_s)
+    if stored["duplicate"]:
+        response.status_code = status.HTTP_200_OK
+    return stored
 
 
 @router.get("/leaderboard", response_model=list[LeaderboardRow])

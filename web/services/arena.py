@@ -5,9 +5,10 @@ after the vote, every vote becomes a preference pair (source "arena"), and a lea
     set_arena_models(session, who, model_ids)  choose that pool (admins and trainers)
     draw_battle(session, model_ids, seed)      two distinct models in random left/right order
     record_answers(session, who, messages, left, right)
-                                               the prompt and both answers stored (before the vote)
-    vote(session, who, left_completion_id, right_completion_id, choice)
-                                               a Comparison (source arena) and the two names revealed
+                                               the prompt, both answers and the battle shown to `who` stored
+                                               (before the vote): its id is what the vote names
+    vote(session, who, battle_id, choice)      one vote per battle, on a battle of the voter's only: a
+                                               Comparison (source arena), and the two names revealed
     leaderboard(session)                       Bradley–Terry ratings with 95 % intervals (llm/ratings.py)
 
 Generation itself happens in the front end that shows it (the Chat tab streams it, the API generates it
@@ -20,10 +21,10 @@ import functools
 import random
 from typing import Any, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from db.models import Comparison, Completion, Model, ModelKind, Prompt
+from db.models import SQL_INTEGER_MAX, ArenaBattle, Comparison, Completion, Model, ModelKind, Prompt, User
 from llm.preference_labels import VOTES, Choice, Label
 from llm.ratings import leaderboard as rate
 from web.services.access import Action, require, resolve_user
@@ -94,10 +95,9 @@ def _check_messages(messages: Any) -> list[dict]:
 
 
 def record_answers(session: Session, who, messages: list[dict], left: dict, right: dict) -> dict:
-    """Store the prompt and both answers ({model_id, text, sampling, seed, token_count}); returns the ids
-    the vote names. Nothing about which model is which is returned."""
-    user = resolve_user(session, who)
-    require(user, Action.chat)
+    """Store the prompt, both answers ({model_id, text, sampling, seed, token_count}) and the battle shown to
+    `who`; returns {battle_id}, what their vote names. Nothing about which model is which is returned."""
+    user = _person(session, who)
     messages = _check_messages(messages)
     for side in (left, right):
         if session.get(Model, side["model_id"]) is None:
@@ -112,35 +112,60 @@ def record_answers(session: Session, who, messages: list[dict], left: dict, righ
                                 token_count=side.get("token_count"))
         session.add(completion)
         stored.append(completion)
+    session.flush()
+    battle = ArenaBattle(user_id=user.id, prompt_id=prompt.id, left_completion_id=stored[0].id,
+                         right_completion_id=stored[1].id)
+    session.add(battle)
     session.commit()
-    return {"prompt_id": prompt.id, "left_completion_id": stored[0].id, "right_completion_id": stored[1].id}
+    return {"battle_id": battle.id}
 
 
-def vote(session: Session, who, left_completion_id: int, right_completion_id: int, choice: Choice | str,
-         time_spent_s: float | None = None) -> dict:
-    """Store the vote as a comparison (completion_a = the left answer) and reveal both names.
-
-    One vote per person per battle: voting again on the same battle returns the first vote."""
+def _person(session: Session, who) -> User:
+    """The person a battle is for (battles and votes are a person's: an internal caller names one)."""
     user = resolve_user(session, who)
     require(user, Action.chat)
+    if user is None:
+        raise InvalidInput("an arena battle is shown to a person: name the user")
+    return user
+
+
+def vote(session: Session, who, battle_id: int, choice: Choice | str, time_spent_s: float | None = None) -> dict:
+    """Store the vote on a battle the arena showed `who` as a comparison (completion_a = the left answer) and
+    tell which models wrote the two answers.
+
+    A battle takes one vote: voting on it again answers with the first vote (`duplicate`), whatever the choice.
+    Another person's battle, or an id that is no battle, is not found (404): a vote can name no other answers."""
+    user = _person(session, who)
     if choice not in VOTES:
         raise InvalidInput(f"choice must be one of {', '.join(VOTES)}", field="choice")
     check_time_spent(time_spent_s)
-    left = session.get(Completion, left_completion_id) if 0 < left_completion_id < 2 ** 63 else None
-    right = session.get(Completion, right_completion_id) if 0 < right_completion_id < 2 ** 63 else None
-    if left is None or right is None or left.prompt_id != right.prompt_id or left.id == right.id:
-        raise NotFound("no arena battle with these two answers")
-    existing = session.scalar(select(Comparison).where(
-        Comparison.source == "arena", Comparison.completion_a_id == left.id, Comparison.completion_b_id == right.id,
-        Comparison.annotator_id == (user.id if user else None)))
-    comparison = existing or Comparison(prompt_id=left.prompt_id, completion_a_id=left.id, completion_b_id=right.id,
-                                        label=Choice(choice).label(), annotator_id=user.id if user else None,
-                                        source="arena", time_spent_s=time_spent_s, swapped=False)
-    if existing is None:
+    battle = session.get(ArenaBattle, battle_id) if 0 < battle_id <= SQL_INTEGER_MAX else None
+    if battle is None or battle.user_id != user.id:
+        raise NotFound(f"no arena battle {battle_id} of yours")
+    comparison = None
+    if battle.comparison_id is None:
+        comparison = Comparison(prompt_id=battle.prompt_id, completion_a_id=battle.left_completion_id,
+                                completion_b_id=battle.right_completion_id, label=Choice(choice).label(),
+                                annotator_id=user.id, source="arena", time_spent_s=time_spent_s, swapped=False)
         session.add(comparison)
-        session.commit()
+        session.flush()
+        # The battle takes this vote only if it has none yet: of two votes at once, one is stored.
+        taken = session.execute(update(ArenaBattle).where(ArenaBattle.id == battle.id,
+                                                          ArenaBattle.comparison_id.is_(None))
+                                .values(comparison_id=comparison.id)).rowcount
+        if taken:
+            session.commit()
+        else:
+            session.rollback()
+            comparison = None
+    duplicate = comparison is None
+    if duplicate:
+        session.refresh(battle)
+        comparison = session.get(Comparison, battle.comparison_id)
+    left, right = session.get(Completion, battle.left_completion_id), session.get(Completion, battle.right_completion_id)
     names = {m.id: m.name for m in session.scalars(select(Model).where(Model.id.in_([left.model_id, right.model_id])))}
-    return {"comparison_id": comparison.id, "label": comparison.label.value, "duplicate": existing is not None,
+    return {"battle_id": battle.id, "comparison_id": comparison.id, "label": comparison.label.value,
+            "duplicate": duplicate,
             "left_model": {"id": left.model_id, "name": names.get(left.model_id)},
             "right_model": {"id": right.model_id, "name": names.get(right.model_id)}}
 

@@ -109,7 +109,7 @@ def build(settings) -> ArenaTab:
 
     gr.Markdown("Two anonymous chat models answer the same message. Vote for the better answer; the names are "
                 "shown after your vote, and the vote becomes a preference pair for reward and DPO training.")
-    battle_state = gr.State(None)  # server-side: {"messages", "left", "right"} with model and completion ids
+    battle_state = gr.State(None)  # server-side: {"battle_id", "started"}: what the vote names, and when
     with gr.Row():
         prompt = gr.Textbox(show_label=False, placeholder="Ask both models something and press Enter", scale=6,
                             elem_id="arena-input", lines=1, max_lines=6)
@@ -185,8 +185,7 @@ def build(settings) -> ArenaTab:
         except Exception as error:
             yield (shown["left"], shown["right"], None, message_html(error_text(error), "error"), *locked)
             return
-        state = {"left_completion_id": stored["left_completion_id"],
-                 "right_completion_id": stored["right_completion_id"], "started": time.time()}
+        state = {"battle_id": stored["battle_id"], "started": time.time()}
         open_buttons = [gr.Button(interactive=True)] * len(buttons)
         yield (shown["left"], shown["right"], state, message_html("Which answer is better?", "info"), *open_buttons)
 
@@ -204,8 +203,8 @@ def build(settings) -> ArenaTab:
             try:
                 user = current_user(settings, request)
                 with db_session(settings) as session:
-                    result = arena.vote(session, user["name"] if user else None, state["left_completion_id"],
-                                        state["right_completion_id"], choice, seconds_since(state["started"]))
+                    result = arena.vote(session, user["name"] if user else None, state["battle_id"], choice,
+                                        seconds_since(state["started"]))
             except Exception as error:
                 return (state, message_html(error_text(error), "error"), gr.skip(), gr.skip(), *locked)
             reveal = (f"Model A was {result['left_model']['name'] or '?'}, model B was "
