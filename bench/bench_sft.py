@@ -639,7 +639,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     figures = run(quick=args.quick, budget_s=args.budget_s)
     print_figures(figures, "bench_sft")
-    print(json.dumps({k: v for k, v in figures.items() if not isinstance(v, (dict, list))}, default=str))
+    print(json.dumps({k: v for k, v in figures.items() if not isinstance(v, (dict, list)) or k == "skipped"}, default=str))
 
 
 if __name__ == "__main__":
