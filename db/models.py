@@ -385,6 +385,9 @@ class Comparison(Base):
         CheckConstraint("completion_a_id <> completion_b_id", name="ck_comparisons_distinct_completions"),
         # One label per labeler per pair: a double click or a retried request stores one row.
         UniqueConstraint("pair_id", "annotator_id"),
+        # Ids are never reused (SQLite would give a removed newest label's id to the next one): a label's id, as
+        # an idempotent retry or an undo answers it, names that label or none.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

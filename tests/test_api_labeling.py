@@ -132,7 +132,7 @@ def test_choices_are_the_one_declared_vocabulary(client, users):
         assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["body", "choice"], answer.text
     for refused in ("skip", "a", "bothbad"):  # the arena has no skip: a vote names the better answer, or neither
         answer = client.post("/api/arena/votes", auth=LABELER,
-                             json={"left_completion_id": 1, "right_completion_id": 2, "choice": refused})
+                             json={"battle_id": 1, "choice": refused})
         assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["body", "choice"], answer.text
 
 
@@ -166,8 +166,7 @@ def test_time_spent_is_bounded_at_a_day_in_one_place(client, session, users):
     session.commit()
     battle = arena.record_answers(session, LABELER[0], [{"role": "user", "content": "Hi"}],
                                   {"model_id": models[0].id, "text": "Hello"}, {"model_id": models[1].id, "text": "Hey"})
-    vote = {"left_completion_id": battle["left_completion_id"], "right_completion_id": battle["right_completion_id"],
-            "choice": "tie"}
+    vote = {"battle_id": battle["battle_id"], "choice": "tie"}
     for refused in (-0.001, MAX_TIME_SPENT_S + 0.001):
         answer = client.post("/api/arena/votes", auth=LABELER, json={**vote, "time_spent_s": refused})
         assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["body", "time_spent_s"], answer.text
@@ -217,3 +216,40 @@ def test_a_retry_racing_an_undo_is_refused_not_an_error(client, session, users, 
     assert session.scalar(select(func.count(Comparison.id))) == 0
     # Labeling the pair again stores it (the count was given back with the undo).
     assert client.post(f"{base}/labels", auth=LABELER, json={**body, "idempotency_key": "k2"}).status_code == 201
+
+
+def test_label_ids_are_never_reused_and_the_undo_names_the_label_it_removed(client, session, users):
+    """The newest label undone, another label stored: it gets a new id (SQLite gave the removed one again), so
+    an id a retry or an undo answers names one label only."""
+    from db.models import Role
+    from db.users import create_user
+
+    create_user(session, "labeler2", "labeler2-password", Role.labeler)
+    session.commit()
+    second = ("labeler2", "labeler2-password")
+    job = make_generate_job(session, prompts=2, answers=2)  # 2 pairs
+    project = client.post("/api/labeling/projects", auth=TRAINER,
+                          json={"name": "p", "source_job_ids": [job.id], "overlap": 2}).json()
+    base = f"/api/labeling/projects/{project['id']}"
+
+    def label(auth) -> dict:
+        pair = client.get(f"{base}/next", auth=auth).json()
+        stored = client.post(f"{base}/labels", auth=auth, json={
+            "pair_id": pair["pair_id"], "choice": "tie", "left_completion_id": pair["left"]["completion_id"]})
+        assert stored.status_code == 201, stored.text
+        return stored.json()
+
+    label(LABELER)
+    newest = label(LABELER)
+    undone = client.post(f"{base}/undo", auth=LABELER)
+    assert undone.status_code == 200 and undone.json()["undone"] == newest["id"]
+    assert undone.json()["pair_id"] == newest["pair_id"]
+    other = label(second)  # another labeler's label, stored right after the newest one was removed
+    assert other["id"] > newest["id"]
+    again = label(LABELER)
+    assert again["id"] > other["id"]
+    assert session.scalar(select(func.max(Comparison.id))) == again["id"]
+    # Nothing left to undo twice over: the second undo of the same request is refused, not a 500.
+    client.post(f"{base}/undo", auth=LABELER)
+    client.post(f"{base}/undo", auth=LABELER)
+    assert client.post(f"{base}/undo", auth=LABELER).status_code == 409

@@ -102,7 +102,7 @@ def _new_job(session: Session, **fields: Any) -> Job:
 def test_upgrade_from_empty_matches_the_models(empty_database_url: str) -> None:
     assert current_revision(empty_database_url) is None
     upgrade(empty_database_url)
-    assert current_revision(empty_database_url) == head_revision() == "0006"
+    assert current_revision(empty_database_url) == head_revision() == "0007"
     assert is_up_to_date(empty_database_url)
 
     engine = create_workbench_engine(empty_database_url)
@@ -151,8 +151,8 @@ def test_migrate_module_runs_from_the_command_line(empty_database_url: str, tmp_
         [sys.executable, "-m", "db.migrate"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "database at 0006" in upgraded.stdout
-    assert current_revision(empty_database_url) == "0006"
+    assert "database at 0007" in upgraded.stdout
+    assert current_revision(empty_database_url) == "0007"
 
 
 # --- engines and sessions --------------------------------------------------------------------
@@ -632,6 +632,40 @@ def test_0006_adds_arena_battles_keeping_every_row(empty_database_url: str) -> N
                 fresh.commit()
         downgrade(empty_database_url, "0005")  # and back: the battles go, every other row stays
         assert _every_row(engine) == before
+    finally:
+        engine.dispose()
+
+
+def test_0007_keeps_every_label_and_never_gives_an_id_twice(empty_database_url: str) -> None:
+    upgrade(empty_database_url, "0006")
+    engine = create_workbench_engine(empty_database_url)
+    try:
+        tables = MetaData()
+        tables.reflect(engine)
+        with engine.begin() as connection:
+            for name, rows in _rows_at_0004():
+                connection.execute(tables.tables[name].insert(), rows)
+            if engine.dialect.name == "postgresql":  # rows inserted with their ids leave the sequence behind
+                connection.execute(text("SELECT setval('comparisons_id_seq', (SELECT MAX(id) FROM comparisons))"))
+        before = _every_row(engine)
+
+        upgrade(empty_database_url, "0007")
+        assert _every_row(engine) == before
+
+        def newest_removed_then_one_stored() -> int:
+            with engine.begin() as connection:
+                newest = connection.execute(text("SELECT MAX(id) FROM comparisons")).scalar_one()
+                connection.execute(text("DELETE FROM comparisons WHERE id = :id"), {"id": newest})
+                connection.execute(text(
+                    "INSERT INTO comparisons (prompt_id, completion_a_id, completion_b_id, label, annotator_id, "
+                    "source, created_at, swapped) VALUES (1, 1, 2, 'tie', 1, 'label', CURRENT_TIMESTAMP, false)"))
+                return newest, connection.execute(text("SELECT MAX(id) FROM comparisons")).scalar_one()
+
+        removed, stored = newest_removed_then_one_stored()
+        assert stored > removed
+        downgrade(empty_database_url, "0006")  # and back: every row kept (ids may be reused again there)
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT id FROM comparisons")).scalars().all() == [stored]
     finally:
         engine.dispose()
 

@@ -232,6 +232,12 @@ class PairOut(BaseModel):
     progress: LabelingProgressOut
 
 
+class UndoOut(PairOut):
+    """The pair whose label was undone, to label again."""
+
+    undone: int = Field(description="the id of the label removed (label ids are never given to another label)")
+
+
 class LabelSubmit(BaseModel):
     pair_id: int = Field(ge=1, le=SQL_INTEGER_MAX)
     choice: Choice = Field(description="what the labeler chose, as seen on screen")

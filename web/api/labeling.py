@@ -16,7 +16,7 @@ from web.api.errors import ERROR_RESPONSES
 from web.api.ids import ProjectId
 from web.auth import CurrentUser, get_db_session
 from web.schemas import (AgreementOut, ErrorOut, GuidelinesUpdate, LabelingProgressOut, LabelingProjectCreate,
-                         LabelingProjectOut, LabelOut, LabelSubmit, PairOut)
+                         LabelingProjectOut, LabelOut, LabelSubmit, PairOut, UndoOut)
 from web.services import labeling, labeling_results
 
 DbSession = Annotated[Session, Depends(get_db_session)]
@@ -71,9 +71,12 @@ def submit_label(project_id: ProjectId, body: LabelSubmit, user: CurrentUser, se
     return stored
 
 
-@router.post("/projects/{project_id}/undo", response_model=PairOut)
+@router.post("/projects/{project_id}/undo", response_model=UndoOut,
+             responses={409: {"model": ErrorOut, "description": "no label of yours to undo here, or another "
+                                                                "request undid it a moment ago"}})
 def undo_last_label(project_id: ProjectId, user: CurrentUser, session: DbSession) -> Any:
-    """Remove this labeler's last label here; the answer is that pair, to label again."""
+    """Remove this labeler's last label here; the answer is that pair, to label again, and the removed label's
+    id (`undone`)."""
     return labeling.undo_last_label(session, user, project_id)
 
 
