@@ -71,12 +71,12 @@ def test_required_fields_say_so_instead_of_offering_a_default():
 # ----------------------------------------------------------------------------- datasets are chosen by people
 
 def test_no_dataset_is_chosen_for_the_person(workbench_env, session):
-    from web.ui import pretrain_tab, tokenizer_tab
+    from web.ui import train_tab
 
     dataset = add_text_dataset(session)
     with gr.Blocks():
-        pretrain = pretrain_tab.build(workbench_env)
-        tokenizer = tokenizer_tab.build(workbench_env)
+        pretrain = train_tab.build(workbench_env, PRETRAIN)
+        tokenizer = train_tab.build(workbench_env, KINDS[JobKind.train_tokenizer])
     # A refresh offers the choices and leaves the value alone (not even sent: a pick made while the
     # refresh was under way stays), unless the chosen dataset has gone.
     dropdown, _ = pretrain.refresh_choices(None, None)
@@ -85,7 +85,7 @@ def test_no_dataset_is_chosen_for_the_person(workbench_env, session):
     assert "value" not in kept.constructor_args
     gone, _ = pretrain.refresh_choices(dataset.id + 1000, None)
     assert "value" in gone.constructor_args and gone.value is None
-    dropdown, _ = tokenizer.refresh(None)
+    dropdown, _ = tokenizer.refresh_choices(None)
     assert "value" not in dropdown.constructor_args
 
 
@@ -119,7 +119,7 @@ def test_the_tokenizer_sub_tab_comes_before_pretrain_which_stays_the_landing_tab
 
 def test_a_tokenizer_job_is_queued_from_its_form_and_a_trained_one_is_offered_to_pretrain(workbench_env, session,
                                                                                         job_queue):
-    from web.ui import pretrain_tab, tokenizer_tab
+    from web.ui import train_tab
 
     dataset = add_text_dataset(session)
     spec = KINDS[JobKind.train_tokenizer]
@@ -135,9 +135,49 @@ def test_a_tokenizer_job_is_queued_from_its_form_and_a_trained_one_is_offered_to
     trained.mkdir(parents=True)
     (trained / "tokenizer.json").write_text(json.dumps({"name": "village-bpe", "vocab_size": 517}))
     with gr.Blocks():
-        pretrain = pretrain_tab.build(workbench_env)
-        tokenizer = tokenizer_tab.build(workbench_env)
+        pretrain = train_tab.build(workbench_env, PRETRAIN)
+        tokenizer = train_tab.build(workbench_env, spec)
     _, tokenizers = pretrain.refresh_choices(None, None)
     assert "village-bpe" in [value for _, value in tokenizers.choices]
-    _, listed = tokenizer.refresh(None)
+    _, listed = tokenizer.refresh_choices(None)
     assert "village-bpe" in listed and "517 tokens" in listed
+
+
+# ----------------------------------------------------------------------------- sub-tabs from the registry
+
+def test_every_kind_in_the_registry_has_a_train_sub_tab(tmp_path, monkeypatch):
+    from db.settings import get_settings
+    from web.ui import build_ui
+
+    monkeypatch.setenv("WORKBENCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("WORKBENCH_DATABASE_URL", f"sqlite:///{tmp_path}/never-created.db")
+    blocks = build_ui(get_settings())
+    ids = {getattr(block, "elem_id", None) for block in blocks.blocks.values()}
+    for spec in KINDS.values():
+        names = spec.form_names
+        assert {f"tab-{names.tab_id}", f"{names.prefix}-submit", f"{names.prefix}-result",
+                f"{names.prefix}-estimate"} <= ids, spec.kind
+
+
+def test_a_kind_without_form_code_gets_a_working_sub_tab(workbench_env, session, job_queue):
+    """The prepare kind has no form.py: its sub-tab is its declaration alone, and it queues a job."""
+    from web.ui import train_tab
+
+    spec = KINDS[JobKind.prepare]
+    assert train_tab.kind_form_module(spec) is None
+    dataset = add_text_dataset(session)
+    with gr.Blocks() as blocks:
+        tab = train_tab.build(workbench_env, spec)
+    datasets, tokenizers = tab.refresh_choices(None, "gpt2")
+    assert dataset.id in [value for _, value in datasets.choices] and "value" not in datasets.constructor_args
+    assert "gpt2" in [value for _, value in tokenizers.choices]
+    submit = next(fn for fn in blocks.fns.values() if fn.fn is not None and fn.fn.__name__ == "do_submit")
+    values = {component: getattr(component, "value", None) for component in submit.inputs}
+    message, job_id = submit.fn(values, None)
+    assert job_id is None and "Choose a dataset first" in message
+    values[tab.inputs["dataset_id"]], values[tab.inputs["val_fraction"]] = dataset.id, " 0.1 "
+    message, job_id = submit.fn(values, None)
+    assert job_id, message
+    job = session.get(Job, job_id)
+    assert job.kind == "prepare" and job.params == {"dataset_id": dataset.id, "tokenizer": "gpt2",
+                                                    "val_fraction": 0.1, "scrub_pii": False}

@@ -10,7 +10,9 @@ from db.models import DatasetKind, Job, JobKind
 from tests.conftest import TRAINER
 from tests.test_api_arena import add_chat_model
 from tests.test_sft_job import add_dataset
-from web.ui.candidates_tab import NO_MODEL, build
+from web.ui.train_tab import NONE as NO_MODEL
+from web.ui.train_tab import build
+from worker.kinds import KINDS
 
 
 class FakeRequest:
@@ -23,13 +25,14 @@ def test_submitting_the_candidates_form(api_settings, users, session):
     prompts = add_dataset(session, api_settings, DatasetKind.prompts, ['{"prompt": "Hi?"}', '{"prompt": "Why?"}'],
                           "questions")
     with gr.Blocks() as blocks:
-        tab = build(api_settings)
+        tab = build(api_settings, KINDS[JobKind.generate])
     handler = next(fn for fn in blocks.fns.values() if fn.fn is not None and fn.fn.__name__ == "do_submit")
     values = {component: getattr(component, "value", None) for component in handler.inputs}
-    values[tab.dataset], values[tab.model], values[tab.model_b] = None, chat.id, NO_MODEL
+    values[tab.inputs["dataset_id"]], values[tab.inputs["model_id"]], values[tab.inputs["model_id_b"]] = \
+        None, chat.id, NO_MODEL
     message, job_id = handler.fn(values, FakeRequest(TRAINER[0]))
     assert job_id is None and "Choose a prompts dataset first" in message
-    values[tab.dataset] = prompts.id
+    values[tab.inputs["dataset_id"]] = prompts.id
     message, job_id = handler.fn(values, FakeRequest(TRAINER[0]))
     assert job_id, message
     job = session.scalar(select(Job).where(Job.id == job_id))

@@ -12,7 +12,9 @@ from db.models import DatasetKind, Job, JobKind
 from tests.conftest import TRAINER
 from tests.test_preference_jobs import labeled_project, preference_lines
 from tests.test_sft_job import add_base_model, add_dataset
-from web.ui.preference_tab import build, count_pairs, pair_counts_html
+from web.ui.train_tab import build
+from worker.kinds import KINDS
+from worker.kinds.reward.form import count_pairs, pair_counts_html
 
 
 class FakeRequest:
@@ -32,15 +34,16 @@ def test_submitting_the_dpo_form(api_settings, users, session):
     base = add_base_model(session, api_settings)
     project = labeled_project(session)
     with gr.Blocks() as blocks:
-        tab = build(api_settings, JobKind.dpo, "dpo", "")
+        tab = build(api_settings, KINDS[JobKind.dpo])
     submit = next(fn.fn for fn in blocks.fns.values() if fn.fn is not None and fn.fn.__name__ == "do_submit")
     inputs = next(fn.inputs for fn in blocks.fns.values() if fn.fn is not None and fn.fn.__name__ == "do_submit")
     values = {component: getattr(component, "value", None) for component in inputs}
-    values[tab.model], values[tab.dataset], values[tab.projects] = base.id, 0, [project.id]
+    values[tab.inputs["model_id"]], values[tab.inputs["dataset_id"]], values[tab.inputs["project_ids"]] = \
+        base.id, 0, [project.id]
     message, job_id = submit(values, FakeRequest(TRAINER[0]))
     assert job_id, message
     job = session.scalar(select(Job).where(Job.id == job_id))
     assert job.kind == JobKind.dpo and job.params["project_ids"] == str(project.id) and job.dataset_id is None
-    values[tab.projects] = []
+    values[tab.inputs["project_ids"]] = []
     message, job_id = submit(values, FakeRequest(TRAINER[0]))
     assert job_id is None and "choose where the pairs come from" in message

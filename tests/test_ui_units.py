@@ -207,8 +207,13 @@ def test_job_detail_pieces():
 # ----------------------------------------------------------------------------- pretrain form
 
 def test_form_params_converts_whole_floats_and_drops_empty_fields():
-    from web.ui.pretrain_tab import form_params
+    from functools import partial
 
+    from db.models import JobKind
+    from web.ui.job_form import form_params
+    from worker.kinds import KINDS
+
+    form_params = partial(form_params, KINDS[JobKind.pretrain])
     params = form_params({"dataset_id": 2.0, "tokenizer": " gpt2 ", "preset": "tiny", "name": "  ",
                           "max_steps": 40.0, "batch_size": None, "lr": 0.001, "seed": 0.0})
     assert params == {"dataset_id": 2, "tokenizer": "gpt2", "preset": "tiny", "max_steps": 40, "lr": 0.001,
@@ -219,7 +224,7 @@ def test_form_params_converts_whole_floats_and_drops_empty_fields():
 
 
 def test_estimate_html():
-    from web.ui.pretrain_tab import estimate_html
+    from web.ui.train_tab import estimate_html
 
     html = estimate_html({"params_count": 3_323_648, "tokens_per_step": 512, "total_tokens": 20480,
                           "est_seconds": 84.0, "device": "cpu", "utilisation": 0.3})

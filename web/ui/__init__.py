@@ -1,6 +1,9 @@
 """The Gradio UI: one module per tab, assembled by `build_ui(settings)`.
 
-    Datasets · Train ▸ Tokenizer | Pretrain | Fine-tune | Candidates | Reward model | DPO · Jobs · Chat · Arena · Label · Models · Admin (admins only)
+    Datasets · Train ▸ one sub-tab per job kind · Jobs · Chat · Arena · Label · Models · Admin (admins only)
+
+The Train sub-tabs are built from the job registry (`worker.kinds.KINDS`, in its order) by `train_tab.build`:
+a kind added to the registry gets its form with no code here.
 
 Every tab reads and changes things only through `web.services` (the REST API uses the same
 functions), and keeps no state of its own beyond what the browser shows: datasets, jobs, metrics,
@@ -67,6 +70,8 @@ def can_write(user: dict | None) -> bool:
     return can(user, Action.write)
 
 
+FIRST_TRAIN_TAB = "pretrain"  # the Train sub-tab that opens first
+
 # The training team's tabs (Action.read_training); the Admin tab has its own rule (admin_tab).
 TRAINING_TABS = ("datasets", "train", "jobs", "models")
 REMEMBERED_TAB_KEY = "workbench-tab"
@@ -123,10 +128,8 @@ def header_html(user: dict | None) -> str:
 
 def build_ui(settings) -> gr.Blocks:
     """The whole UI for `settings` (data dir, database URL); mounted at "/" by web.app."""
-    from db.models import JobKind
-    from web.ui import (admin_tab, arena_tab, candidates_tab, chat_tab, datasets_tab, finetune_tab, jobs_tab,
-                        models_tab, preference_tab, pretrain_tab, tokenizer_tab)
-    from web.ui import label_tab
+    from web.ui import admin_tab, arena_tab, chat_tab, datasets_tab, jobs_tab, label_tab, models_tab, train_tab
+    from worker.kinds import KINDS
 
     with gr.Blocks(title=TITLE, fill_width=True) as blocks:
         header = gr.HTML(header_html(None), elem_id="wb-header")
@@ -134,21 +137,12 @@ def build_ui(settings) -> gr.Blocks:
             with gr.Tab("Datasets", id="datasets", elem_id="tab-datasets", visible=False) as datasets_page:
                 datasets = datasets_tab.build(settings)
             with gr.Tab("Train", id="train", elem_id="tab-train", visible=False) as train_page:
-                with gr.Tabs(selected="pretrain"):
-                    with gr.Tab("Tokenizer", id="tokenizer", elem_id="tab-tokenizer") as tokenizer_page:
-                        tokenizer = tokenizer_tab.build(settings)
-                    with gr.Tab("Pretrain", id="pretrain", elem_id="tab-pretrain") as pretrain_page:
-                        pretrain = pretrain_tab.build(settings)
-                    with gr.Tab("Fine-tune", id="finetune", elem_id="tab-finetune"):
-                        finetune = finetune_tab.build(settings)
-                    with gr.Tab("Candidates", id="candidates", elem_id="tab-candidates"):
-                        candidates = candidates_tab.build(settings)
-                    with gr.Tab("Reward model", id="reward", elem_id="tab-reward"):
-                        reward = preference_tab.build(settings, JobKind.reward, "rm",
-                                                      "Best-of-N in Chat and DPO's evaluation use it.")
-                    with gr.Tab("DPO", id="dpo", elem_id="tab-dpo"):
-                        dpo = preference_tab.build(settings, JobKind.dpo, "dpo",
-                                                   "Start from an SFT model; the result is a chat model.")
+                train_forms = []  # (form, its sub-tab)
+                with gr.Tabs(selected=FIRST_TRAIN_TAB):
+                    for spec in KINDS.values():
+                        names = spec.form_names
+                        with gr.Tab(names.tab, id=names.tab_id, elem_id=f"tab-{names.tab_id}") as page:
+                            train_forms.append((train_tab.build(settings, spec), page))
             with gr.Tab("Jobs", id="jobs", elem_id="tab-jobs", visible=False) as jobs_page:
                 jobs = jobs_tab.build(settings)
             with gr.Tab("Chat", id="chat", elem_id="tab-chat") as chat_page:
@@ -181,12 +175,8 @@ def build_ui(settings) -> gr.Blocks:
         # Each tab refreshes what other tabs may have changed when it is opened (new datasets for
         # the pretrain form, new models for chat), and the jobs timer runs only while Jobs is open.
         datasets.wire(blocks, datasets_page)
-        tokenizer.wire(blocks, train_page, tokenizer_page)
-        pretrain.wire(blocks, train_page, pretrain_page)  # a tokenizer trained meanwhile is offered
-        finetune.wire(blocks, train_page)
-        candidates.wire(blocks, train_page)
-        reward.wire(blocks, train_page)
-        dpo.wire(blocks, train_page)
+        for form, page in train_forms:  # a dataset uploaded or a model trained meanwhile is offered
+            form.wire(blocks, train_page, page)
         jobs.wire(blocks, jobs_page)
         chat.wire(blocks, chat_page)
         arena.wire(blocks, arena_page)
@@ -196,10 +186,6 @@ def build_ui(settings) -> gr.Blocks:
         # "→ model #n" in a job opens Chat with that model.
         jobs.open_models_in(tabs, "chat", remembered_tab, chat)
         # After a successful submit, jump to Jobs and show the new job.
-        tokenizer.after_submit(tabs, "jobs", jobs.on_job)
-        pretrain.after_submit(tabs, "jobs", jobs.on_job)
-        finetune.after_submit(tabs, "jobs", jobs.on_job)
-        candidates.after_submit(tabs, "jobs", jobs.on_job)
-        reward.after_submit(tabs, "jobs", jobs.on_job)
-        dpo.after_submit(tabs, "jobs", jobs.on_job)
+        for form, _ in train_forms:
+            form.after_submit(tabs, "jobs", jobs.on_job)
     return blocks

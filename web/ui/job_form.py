@@ -1,7 +1,7 @@
 """Train forms derived from a job kind's declaration (`worker.kinds`): one input per declared setting.
 
-A tab lays out its own choosers (dataset, model, tokenizer: they need choices from the database) and
-asks `build_fields` for the rest. Each field's type, default, bounds, label and help text come from
+`web/ui/train_tab.py` lays out a kind's sub-tab: its choosers (dataset, model, tokenizer: they need choices from
+the database) and, from `build_fields`, the rest. Each field's type, default, bounds, label and help text come from
 the kind's `Setting`, so a form can never offer another default than the worker applies. The
 settings a kind lists in `form_fields` come first; the others marked `advanced` go in an
 "Advanced" accordion. `form_params` turns what the browser sends back into job params.
@@ -14,9 +14,11 @@ from typing import Any
 import gradio as gr
 
 from llm.params import Setting
+from llm.train_config import SCHEDULE_FIELDS, fit_schedule_to_steps, schedule_problems
 from worker.kinds import JobKindSpec
 
 FIELDS_PER_ROW = 4
+SCHEDULE_NAMES = ("max_steps", *SCHEDULE_FIELDS)  # the settings the schedule notes read
 
 
 def label_of(name: str, setting: Setting) -> str:
@@ -57,8 +59,10 @@ def _rows(prefix: str, spec: JobKindSpec, names: list[str]) -> dict[str, gr.Comp
 
 
 def build_fields(spec: JobKindSpec, prefix: str, exclude: tuple[str, ...] = ()) -> dict[str, gr.Component]:
-    """Inputs for the kind's settings except `exclude` (which the tab builds itself), by param name."""
-    main = [name for name in spec.form_fields if name not in exclude]
+    """Inputs for the kind's settings except `exclude` (which the tab builds itself), by param name: those the kind
+    lists in `form_fields` (a kind that lists none: every setting not marked advanced), then the advanced ones."""
+    first = spec.form_fields or tuple(name for name, setting in spec.params.items() if not setting.advanced)
+    main = [name for name in first if name not in exclude]
     advanced = [name for name, setting in spec.params.items()
                 if name not in main and name not in exclude and setting.advanced]
     components = _rows(prefix, spec, main)
@@ -66,16 +70,6 @@ def build_fields(spec: JobKindSpec, prefix: str, exclude: tuple[str, ...] = ()) 
         with gr.Accordion("Advanced", open=False, elem_id=f"{prefix}-advanced"):
             components.update(_rows(prefix, spec, advanced))
     return components
-
-
-def dataset_dropdown(choices: list, current: Any) -> gr.Dropdown:
-    """A dataset chooser's refreshed choices. The value is never chosen for the person: it is cleared only
-    when the current one has gone, and otherwise left alone (not even sent), so a refresh that answers after
-    the person picked a dataset cannot undo the pick."""
-    ids = [value for _, value in choices]
-    if current is not None and current not in ids:
-        return gr.Dropdown(choices=choices, value=None)
-    return gr.Dropdown(choices=choices)
 
 
 def submit_column(prefix: str, title: str, button: str) -> tuple[gr.HTML, gr.Button, gr.HTML, gr.Number]:
@@ -134,9 +128,7 @@ def schedule_notes(spec: JobKindSpec, params: dict[str, Any]) -> list[tuple[str,
     """(level, sentence) notes on how warmup / eval_every / checkpoint_every fit max_steps, before submit: the
     defaults that shrink with a short run (info), mismatches (warn) and what submit refuses (error). The
     rules are the kinds' own (llm.train_config), so the form says exactly what the check will do."""
-    from llm.train_config import SCHEDULE_FIELDS, fit_schedule_to_steps, schedule_problems
-
-    names = ("max_steps", *SCHEDULE_FIELDS)
+    names = SCHEDULE_NAMES
     if not all(name in spec.params for name in names):
         return []
     defaults = {name: spec.params[name].default for name in names}
@@ -167,9 +159,7 @@ def schedule_notes_html(spec: JobKindSpec, params: dict[str, Any]) -> str:
 def wire_schedule_notes(spec: JobKindSpec, fields: dict[str, gr.Component], params_of: Any, inputs: list,
                         notes: gr.HTML) -> None:
     """Refresh `notes` (under the form) whenever max_steps or a step-counted setting changes."""
-    from llm.train_config import SCHEDULE_FIELDS
-
-    triggers = [fields[name].change for name in ("max_steps", *SCHEDULE_FIELDS) if name in fields]
+    triggers = [fields[name].change for name in SCHEDULE_NAMES if name in fields]
     gr.on(triggers, lambda *args: schedule_notes_html(spec, params_of(args)), inputs, notes,
           trigger_mode="always_last", show_progress="hidden", api_visibility="private")
 

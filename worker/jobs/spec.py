@@ -11,7 +11,9 @@ A kind's declaration holds everything the rest of the system needs to know about
   - `check`: cross-field checks that need the database or other parameters (it may also fill in a
     default that depends on another parameter, so the stored row says what runs);
   - `estimate`: the run's size before it is queued (`estimate.py`), the one function the form's preview and
-    the submit check (`check`) both call.
+    the submit check (`check`) both call;
+  - `form_fields` and `form`: which params its Train sub-tab shows first, and how the sub-tab is named (the
+    web builds the sub-tab from the rest; what it has of its own is in the kind's optional `form.py`).
 
 This module imports no torch and no web code: the web process reads declarations cheaply.
 """
@@ -55,6 +57,18 @@ class ReportRow:
 
 
 @dataclass(frozen=True)
+class TrainFormNames:
+    """How a kind's Train sub-tab is named (everything else on it derives from the declaration): the tab's label
+    and id, the prefix of its elements' ids (`<prefix>-submit`, `<prefix>-dataset`, ...; the browser tests
+    address them) and a sentence shown after the kind's description."""
+
+    prefix: str
+    tab: str
+    tab_id: str
+    intro: str = ""
+
+
+@dataclass(frozen=True)
 class JobKindSpec:
     kind: JobKind
     title: str                                   # "Pretrain", "Fine-tune (SFT)"
@@ -73,6 +87,11 @@ class JobKindSpec:
     # More report-card rows read from the finished run's directory (e.g. DPO's KL estimate).
     run_report: Callable[[Path], list[tuple[str, str]]] | None = None
     form_fields: tuple[str, ...] = field(default=())  # the params a Train form shows first, in order
+    form: TrainFormNames | None = None                # default: the kind's name and title
+
+    @property
+    def form_names(self) -> TrainFormNames:
+        return self.form or TrainFormNames(prefix=str(self.kind), tab=self.title, tab_id=str(self.kind))
 
 
 # Parameters several kinds share, declared once.

@@ -8,6 +8,8 @@ A kind's folder holds its parts, each in its own file where the kind has it:
     handler.py    `run(ctx)`, what the worker runs (heavy `llm` imports inside it: importing the registry
                   loads no torch)
     card.py       its metric cards and plots for the Jobs tab, its model's report-card rows
+    form.py       (optional, read by the web UI only) what its Train sub-tab has of its own; web/ui/train_tab.py
+                  builds the rest of the sub-tab from the declaration
     __init__.py   exposes `SPEC`
 
 Adding a kind = its folder + its `llm/` code, and one line in `_DECLARED` below. Everything else (validation,

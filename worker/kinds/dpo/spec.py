@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from db.models import DatasetKind, JobKind, ModelKind
 from llm.dpo_config import DPO_DEFAULTS, DPOConfig
-from worker.jobs.spec import JobKindSpec
+from worker.jobs.spec import JobKindSpec, TrainFormNames
 from worker.kinds.dpo.card import METRIC_CARDS, PLOTS, REPORT_CARD, run_report
 from worker.kinds.dpo.handler import run
 from worker.kinds.reward.spec import preference_check, preference_params
@@ -25,4 +25,5 @@ SPEC = JobKindSpec(
     metric_cards=METRIC_CARDS, plots=PLOTS, report_card=REPORT_CARD, run_report=run_report,
     form_fields=("model_id", "dataset_id", "project_ids", "include_arena", "beta", "loss_type", "full", "lora_r",
                  "max_steps", "batch_size", "block_size", "lr", "eval_every", "seed", "name"),
+    form=TrainFormNames(prefix="dpo", tab="DPO", tab_id="dpo", intro="Start from an SFT model; the result is a chat model."),
 )

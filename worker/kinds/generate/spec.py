@@ -14,7 +14,7 @@ from llm.candidates import MAX_CANDIDATES, MAX_SEED
 from llm.params import Setting
 from worker.jobs.params import JobParamsError
 from worker.jobs.references import check_reference
-from worker.jobs.spec import MODEL_ID, JobKindSpec
+from worker.jobs.spec import MODEL_ID, JobKindSpec, TrainFormNames
 from worker.kinds.generate.card import METRIC_CARDS, PLOTS
 from worker.kinds.generate.handler import greedy, run, slots
 
@@ -75,4 +75,6 @@ SPEC = JobKindSpec(
     metric_cards=METRIC_CARDS, plots=PLOTS,
     form_fields=("dataset_id", "model_id", "model_id_b", "k", "temperature", "temperature_b", "top_p", "top_k",
                  "max_new_tokens", "seed"),
+    form=TrainFormNames(prefix="gen", tab="Candidates", tab_id="candidates",
+                        intro="Pair the answers for people to compare in Label ▸ Projects."),
 )

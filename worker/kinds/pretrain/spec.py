@@ -14,7 +14,7 @@ from llm.pretrain_config import PretrainConfig
 from llm.train_config import TrainConfig
 from worker.jobs.fit import check_memory, check_schedule, check_text_dataset_fits_block
 from worker.jobs.params import JobParamsError, with_defaults
-from worker.jobs.spec import DATASET_ID, MODEL_NAME, TOKENIZER, JobKindSpec
+from worker.jobs.spec import DATASET_ID, MODEL_NAME, TOKENIZER, JobKindSpec, TrainFormNames
 from worker.kinds.pretrain.card import METRIC_CARDS, PLOTS, REPORT_CARD
 from worker.kinds.pretrain.estimate import estimate
 from worker.kinds.pretrain.handler import run
@@ -46,4 +46,5 @@ SPEC = JobKindSpec(
     estimate=estimate, metric_cards=METRIC_CARDS, plots=PLOTS, report_card=REPORT_CARD,
     form_fields=("dataset_id", "tokenizer", "preset", "max_steps", "batch_size", "block_size", "lr", "warmup",
                  "eval_every", "checkpoint_every", "seed", "name"),
+    form=TrainFormNames(prefix="pt", tab="Pretrain", tab_id="pretrain", intro="The job shows up in **Jobs**."),
 )

@@ -20,7 +20,7 @@ from llm.train_config import FineTuningDefaults
 from worker.jobs.fit import check_schedule
 from worker.jobs.params import JobParamsError, fine_tuning_loop_params
 from worker.jobs.preference_pairs import parse_project_ids
-from worker.jobs.spec import MODEL_ID, MODEL_NAME, JobKindSpec
+from worker.jobs.spec import MODEL_ID, MODEL_NAME, JobKindSpec, TrainFormNames
 from worker.kinds.reward.card import METRIC_CARDS, PLOTS, REPORT_CARD
 from worker.kinds.reward.handler import run
 
@@ -83,4 +83,6 @@ SPEC = JobKindSpec(
     metric_cards=METRIC_CARDS, plots=PLOTS, report_card=REPORT_CARD,
     form_fields=("model_id", "dataset_id", "project_ids", "include_arena", "full", "lora_r", "max_steps",
                  "batch_size", "block_size", "lr", "eval_every", "seed", "name"),
+    form=TrainFormNames(prefix="rm", tab="Reward model", tab_id="reward",
+                        intro="Best-of-N in Chat and DPO's evaluation use it."),
 )

@@ -16,7 +16,7 @@ from llm.params import settings_of
 from llm.sft_config import SFT_DEFAULTS, SFTConfig
 from worker.jobs.fit import check_memory, check_schedule
 from worker.jobs.params import JobParamsError, fine_tuning_loop_params
-from worker.jobs.spec import DATASET_ID, MODEL_ID, MODEL_NAME, JobKindSpec
+from worker.jobs.spec import DATASET_ID, MODEL_ID, MODEL_NAME, JobKindSpec, TrainFormNames
 from worker.kinds.sft.card import METRIC_CARDS, PLOTS, REPORT_CARD
 from worker.kinds.sft.estimate import estimate
 from worker.kinds.sft.handler import run
@@ -48,4 +48,7 @@ SPEC = JobKindSpec(
     metric_cards=METRIC_CARDS, plots=PLOTS, report_card=REPORT_CARD,
     form_fields=("model_id", "dataset_id", "full", "lora_r", "lora_alpha", "max_steps", "batch_size", "block_size",
                  "lr", "warmup", "eval_every", "checkpoint_every", "seed", "name"),
+    form=TrainFormNames(prefix="ft", tab="Fine-tune", tab_id="finetune",
+                        intro="LoRA trains a small adapter that loads onto its base model; **all weights** writes "
+                              "a full model."),
 )

@@ -10,7 +10,7 @@ from db.models import DatasetKind, JobKind
 from db.settings import Settings
 from llm.params import Setting
 from worker.jobs.params import JobParamsError
-from worker.jobs.spec import DATASET_ID, JobKindSpec
+from worker.jobs.spec import DATASET_ID, JobKindSpec, TrainFormNames
 from worker.kinds.train_tokenizer.handler import run
 
 PARAMS = {
@@ -35,4 +35,7 @@ SPEC = JobKindSpec(
     description="Train a byte-level BPE tokenizer on a text dataset; the chat special tokens are added.",
     params=PARAMS, handler=run, dataset_kinds=(DatasetKind.text,), check=check,
     form_fields=("dataset_id", "vocab_size", "name"),
+    form=TrainFormNames(prefix="tok", tab="Tokenizer", tab_id="tokenizer",
+                        intro="When the job has succeeded, choose the tokenizer by its name in **Pretrain**. "
+                              "The job shows up in **Jobs**."),
 )
