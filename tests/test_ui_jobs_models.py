@@ -87,16 +87,18 @@ def test_time_left_comes_from_progress_and_elapsed():
 
 
 def test_a_chart_with_one_point_per_series_draws_points():
-    from web.ui.jobs_tab import draws_single_points
+    from web.ui.jobs_tab import plot_update
 
     one_eval = metrics_frame([{"step": 50, "name": "val_bpb", "value": 1.9}], {"val_bpb": "val bits/byte"})
     two_evals = metrics_frame([{"step": 50, "name": "val_bpb", "value": 1.9},
                                {"step": 100, "name": "val_bpb", "value": 1.7}], {"val_bpb": "val bits/byte"})
     assert needs_markers(one_eval) and not needs_markers(two_evals) and not needs_markers(metrics_frame([], {}))
-    plot = draws_single_points(gr.LinePlot(x="step", y="value", color="series"))
-    assert plot.postprocess(one_eval).mark == "point"
-    assert plot.postprocess(two_evals).mark == "line"
-    assert plot.postprocess(None) is None
+    # The mark travels in the update's value: Gradio rebuilds the component from its arguments for each update.
+    shown = plot_update(one_eval)
+    assert shown.value["mark"] == "point" and shown.value["data"] == [[50, 1.9, "val bits/byte"]]
+    assert plot_update(two_evals).value["mark"] == "line"
+    plot = gr.LinePlot(x="step", y="value", color="series")
+    assert plot.postprocess(shown.value) == shown.value  # passed to the browser as it is
 
 
 def test_empty_states_say_what_to_do():

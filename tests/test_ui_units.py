@@ -54,6 +54,19 @@ def test_metrics_frame_of_nothing_is_an_empty_frame_with_the_plot_columns():
     assert frame.empty and list(frame.columns) == ["step", "value", "series"]
 
 
+def test_a_long_run_is_thinned_to_a_few_hundred_points_per_series_keeping_its_extremes():
+    from web.ui.plots import MAX_POINTS_PER_SERIES, thin_curves
+
+    records = [rec(step, "loss", 1.0 / step) for step in range(1, 5001)] + [rec(2500, "loss", 9.0)]  # a spike
+    records += [rec(step, "val_loss", 2.0) for step in range(100, 5001, 100)]
+    frame = thin_curves(metrics_frame(records, LOSS_PLOT.series))
+    loss = frame[frame["series"] == "train loss"]
+    assert len(loss) <= MAX_POINTS_PER_SERIES + 2
+    assert loss["step"].iloc[0] == 1 and loss["step"].iloc[-1] == 5000 and loss["step"].is_monotonic_increasing
+    assert loss["value"].max() == 9.0 and loss["value"].min() == 1.0 / 5000  # the spike and the lowest point
+    assert len(frame[frame["series"] == "val loss"]) == 50  # short series are kept whole
+
+
 def test_latest_metrics_and_signature():
     records = [rec(10, "loss", 3.0), rec(20, "loss", 2.0), rec(20, "val_bpb", 1.1), rec(10, "mfu", 0.2)]
     assert latest_metrics(records) == {"loss": (20, 2.0), "val_bpb": (20, 1.1), "mfu": (10, 0.2)}

@@ -28,8 +28,8 @@ import pandas as pd
 from web.ui import current_user, db_session, error_text
 from worker.kinds import get_spec
 from web.ui.plots import (JOBS_TABLE_CSS, elapsed_seconds, eta_seconds, events_html, format_metric, human_duration,
-                          job_title, jobs_table_html, message_html, metrics_frame, metrics_signature, needs_markers,
-                          progress_bar_html, stat_cards_html, status_badge_html)
+                          job_title, jobs_table_html, line_plot_value, message_html, metrics_frame, metrics_signature,
+                          progress_bar_html, stat_cards_html, status_badge_html, thin_curves)
 
 TICK_SECONDS = 2.0
 QUEUE_LIMIT = 50
@@ -61,27 +61,6 @@ FALLBACK_CARDS = (("step", "step"), ("loss", "loss"))
 
 
 # ----------------------------------------------------------------------------- pure shaping
-
-def draws_single_points(plot: gr.LinePlot) -> gr.LinePlot:
-    """Make `plot` draw points instead of lines while a series has a single point: a line through one
-    point draws nothing (the validation chart after the first evaluation was empty).
-
-    The native plot's frontend draws the mark its data names ("line" for a LinePlot, "point" for a
-    ScatterPlot), so this instance's postprocess names "point" for such a frame. (Wrapping the
-    instance, not subclassing: Gradio writes a .pyi stub next to any module defining a component class.)
-    """
-    line_postprocess = plot.postprocess
-
-    def postprocess(value):
-        data = line_postprocess(value)
-        if isinstance(value, pd.DataFrame) and data is not None and not isinstance(data, dict) \
-                and needs_markers(value):
-            data.mark = "point"
-        return data
-
-    plot.postprocess = postprocess
-    return plot
-
 
 def job_choices(jobs: list[dict]) -> list[tuple[str, int]]:
     return [(f"#{j['id']} · {job_title(j)} · {j['status']}", int(j["id"])) for j in jobs]
@@ -163,13 +142,15 @@ def plot_updates(detail: dict, metrics: list[dict]) -> list[gr.LinePlot]:
 
 def plot_update(frame: pd.DataFrame, max_steps: Any = None, title: str | None = None) -> gr.LinePlot:
     """A LinePlot update: hidden while there are no points (vega draws an empty frame with infinite
-    axes), and an x axis spanning the whole run so the curve fills in as training goes."""
+    axes), and an x axis spanning the whole run so the curve fills in as training goes. At most
+    MAX_POINTS_PER_SERIES points a series go to the browser, and a series of one point is drawn as a
+    marker (`line_plot_value`)."""
     if frame.empty:
         return gr.LinePlot(value=frame, visible=False)
     last = int(frame["step"].max())
     end = max(last, int(max_steps)) if isinstance(max_steps, (int, float)) and max_steps > 0 else last
     extra = {"title": title} if title else {}
-    return gr.LinePlot(value=frame, visible=True, x_lim=[0, max(end, 1)], **extra)
+    return gr.LinePlot(value=line_plot_value(thin_curves(frame)), visible=True, x_lim=[0, max(end, 1)], **extra)
 
 
 # ----------------------------------------------------------------------------- the tab
@@ -180,15 +161,21 @@ class JobsTab:
     timer: gr.Timer
     selected: gr.BrowserState
     header: gr.HTML
-    refresh_fn: Any
+    refresh_fn: Any  # paints the whole job (a new selection, the first paint)
+    tick_fn: Any     # sends only what changed since the last paint
     refresh_inputs: list
     refresh_outputs: list
 
     def wire(self, blocks: gr.Blocks, page: gr.Tab) -> None:
-        # First paint on page load, then on every tick; opening the tab refreshes at once.
-        for event in (blocks.load, page.select):
-            event(self.refresh_fn, self.refresh_inputs, self.refresh_outputs, show_progress="hidden",
-                  api_visibility="private")
+        self.selected.render()  # at the top level (see build)
+        # The first paint on page load, from the database, straight away: unqueued, it does not wait behind
+        # the other tabs' load events (through the queue a reload showed blank charts for seconds).
+        blocks.load(self.refresh_fn, self.refresh_inputs, self.refresh_outputs, queue=False, show_progress="hidden",
+                    api_visibility="private")
+        # Opening the tab sends what changed since (the timer ticks only while the tab is shown); resending
+        # everything there made each opening redraw every chart.
+        page.select(self.tick_fn, self.refresh_inputs, self.refresh_outputs, show_progress="hidden",
+                    api_visibility="private")
 
     def on_job(self, job_id_component: gr.Component) -> tuple:
         """(fn, inputs, outputs) for `.then(...)`: select `job_id` and refresh (used after a submit)."""
@@ -227,7 +214,9 @@ def build(settings) -> JobsTab:
     from web import services
 
     timer = gr.Timer(TICK_SECONDS)
-    selected = gr.BrowserState(None, storage_key="workbench-selected-job")
+    # Rendered by `wire` at the page's top level: a BrowserState inside a tab is read from localStorage only
+    # when that tab is first drawn, after the load event has already asked for it (a reload lost the job).
+    selected = gr.BrowserState(None, storage_key="workbench-selected-job", render=False)
     # What this browser was last sent, so a tick sends only changes: {queue, job, detail, metrics, log_id, logs}.
     seen = gr.State({})
 
@@ -245,12 +234,10 @@ def build(settings) -> JobsTab:
     with gr.Row():
         # The first slot is every training kind's loss curve; the second is the kind's own (bits per byte,
         # token accuracy, ...).
-        loss_plot = draws_single_points(gr.LinePlot(
-            empty_plot(), x="step", y="value", color="series", title="Loss", visible=False, x_title="step",
-            height=280, elem_id="jobs-loss-plot", show_label=False, color_title=""))
-        second_plot = draws_single_points(gr.LinePlot(
-            empty_plot(), x="step", y="value", color="series", visible=False, x_title="step", height=280,
-            elem_id="jobs-second-plot", show_label=False, color_title=""))
+        loss_plot = gr.LinePlot(empty_plot(), x="step", y="value", color="series", title="Loss", visible=False,
+                                x_title="step", height=280, elem_id="jobs-loss-plot", show_label=False, color_title="")
+        second_plot = gr.LinePlot(empty_plot(), x="step", y="value", color="series", visible=False, x_title="step",
+                                  height=280, elem_id="jobs-second-plot", show_label=False, color_title="")
     error = gr.HTML(elem_id="jobs-error")
     with gr.Row():
         logs = gr.Textbox(label="Log", lines=12, max_lines=12, autoscroll=True, interactive=False,
@@ -465,4 +452,4 @@ def build(settings) -> JobsTab:
     confirm_no.click(lambda: gr.Group(visible=False), None, [confirm_box], queue=False, api_visibility="private")
 
     return JobsTab(settings=settings, timer=timer, selected=selected, header=header, refresh_fn=select_job,
-                   refresh_inputs=tick_inputs, refresh_outputs=outputs)
+                   tick_fn=refresh, refresh_inputs=tick_inputs, refresh_outputs=outputs)

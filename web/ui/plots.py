@@ -149,29 +149,64 @@ def metrics_frame(records: Iterable[Mapping[str, Any]], series: Mapping[str, str
     """
     rows: dict[tuple[str, int], float] = {}
     for rec in records:
-        name = field(rec, "name")
-        if name not in series:
-            continue
-        value = field(rec, "value")
-        step = field(rec, "step")
-        if value is None or step is None:
+        # Plain dicts are what the services give (tens of thousands for a long run): read them directly.
+        name, step, value = ((rec.get("name"), rec.get("step"), rec.get("value")) if isinstance(rec, dict)
+                             else (field(rec, "name"), field(rec, "step"), field(rec, "value")))
+        if name not in series or value is None or step is None:
             continue
         value = float(value)
         if not math.isfinite(value):
             continue
         rows[(series[name], int(step))] = value
     frame = pd.DataFrame(
-        [{"step": step, "value": value, "series": label} for (label, step), value in rows.items()],
-        columns=["step", "value", "series"],
-    )
+        [(step, value, label) for (label, step), value in rows.items()], columns=["step", "value", "series"])
     if not frame.empty:
         frame = frame.sort_values(["series", "step"], kind="stable").reset_index(drop=True)
     return frame.astype({"step": "int64", "value": "float64", "series": "object"})
 
 
+# A chart is at most this many points per series: the browser draws a few hundred pixels across, and a
+# 5,000-step run's every point made each redraw ship ~200 KB and lay out 25,000 SVG marks.
+MAX_POINTS_PER_SERIES = 400
+
+
+def thin_curves(frame: pd.DataFrame, max_points: int = MAX_POINTS_PER_SERIES) -> pd.DataFrame:
+    """At most about `max_points` rows per series, keeping the curve's shape: each series' steps are cut into
+    max_points / 2 buckets and each bucket keeps its lowest and highest value (a spike stays visible), plus
+    the first and the last point. Series short enough are kept whole."""
+    if frame.empty:
+        return frame
+    kept = []
+    for _, part in frame.groupby("series", sort=False):
+        if len(part) <= max_points:
+            kept.append(part)
+            continue
+        buckets = (part["step"] - part["step"].iloc[0]) * (max_points // 2) // (
+            part["step"].iloc[-1] - part["step"].iloc[0] + 1)
+        values = part["value"].groupby(buckets)
+        chosen = set(values.idxmin()) | set(values.idxmax()) | {part.index[0], part.index[-1]}
+        kept.append(part.loc[sorted(chosen)])
+    return pd.concat(kept).reset_index(drop=True)
+
+
 def needs_markers(frame: pd.DataFrame) -> bool:
     """Whether a chart must draw points: a line through one point draws nothing (one evaluation so far)."""
     return not frame.empty and int(frame.groupby("series")["step"].count().min()) < 2
+
+
+def line_plot_value(frame: pd.DataFrame) -> dict:
+    """What a gr.LinePlot sends the browser for `frame`, with the mark chosen here: "point" while a series has
+    a single point (a line through one point draws nothing: the first evaluation of every run was invisible),
+    "line" otherwise.
+
+    Handlers return this as the plot's value: Gradio rebuilds a component from its constructor arguments for
+    every update, so a mark chosen in an overridden postprocess is lost, while a value that is already the
+    plot's data passes through untouched."""
+    split = frame.to_dict(orient="split")  # Python numbers, not numpy scalars
+    return {"columns": list(split["columns"]), "data": [list(row) for row in split["data"]],
+            "datatypes": {column: "quantitative" if pd.api.types.is_numeric_dtype(frame[column]) else "nominal"
+                          for column in frame.columns},
+            "mark": "point" if needs_markers(frame) else "line"}
 
 
 def latest_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int, float]]:

@@ -1,0 +1,116 @@
+"""A new team's first day, in a browser (issue 19, items 14 to 19): what only a browser shows.
+
+`workbench serve` in a subprocess (tests/test_ui_e2e.py's server), headless Chromium. The rows a team would have
+after a few runs are put in the server's database directly (jobs with their curves, models, generated answers, a
+labeling project, arena votes), so each test looks at one screen without training anything.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+from tests.test_ui_e2e import browser, log_in, open_tab, server  # noqa: F401 (fixtures)
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+LONG_RUN_STEPS = 3000
+
+# A chart has drawn a series when its SVG holds a line with a path, or a point of visible size (vega keeps
+# zero-size points for the hover layer).
+DRAWN_MARKS = """(selector) => {
+  const root = document.querySelector(selector);
+  if (!root || root.offsetParent === null) return {lines: 0, points: 0};
+  const paths = [...root.querySelectorAll('svg path')];
+  const lines = paths.filter(p => p.getAttribute('aria-roledescription') === 'line mark'
+                                  && (p.getAttribute('d') || '').length > 20).length;
+  const points = paths.filter(p => p.getAttribute('aria-roledescription') === 'point'
+                                   && p.getBoundingClientRect().width >= 3
+                                   && parseFloat(p.getAttribute('opacity') || '1') > 0).length;
+  return {lines, points};
+}"""
+
+
+def database(server):
+    from db.session import SessionLocal
+
+    return SessionLocal(f"sqlite:///{server.data_dir / 'workbench.db'}")
+
+
+@pytest.fixture(scope="module")
+def team(server):
+    """The rows of a team's first day: ids by name."""
+    from db.models import Job, JobStatus, Metric, User
+    from worker.jobs.lifecycle import record_event
+
+    ids = {}
+    with database(server) as session:
+        admin = session.query(User).filter_by(name="admin").one()
+
+        def finished_job(kind: str, params: dict, curves: dict[str, list[tuple[int, float]]]) -> int:
+            job = Job(kind=kind, status=JobStatus.succeeded, params=params, owner_id=admin.id, progress=1.0,
+                      attempts=1)
+            session.add(job)
+            session.flush()
+            job.run_dir = f"runs/{job.id}"
+            record_event(session, job.id, "submitted", admin.id)
+            session.add_all(Metric(job_id=job.id, step=step, name=name, value=value)
+                            for name, points in curves.items() for step, value in points)
+            session.commit()
+            return job.id
+
+        # The first minute of a run: a few loss points and the first evaluation (one point).
+        ids["first_eval"] = finished_job("pretrain", {"max_steps": 100}, {
+            "loss": [(step, 4.0 - step / 20) for step in range(1, 21)], "val_loss": [(20, 3.2)],
+            "val_bpb": [(20, 1.9)]})
+        # A long run: every step's loss, speed and learning rate (what made the first open of Jobs slow).
+        ids["long_run"] = finished_job("pretrain", {"max_steps": LONG_RUN_STEPS}, {
+            "loss": [(step, 4 * math.exp(-step / 800) + 0.5) for step in range(1, LONG_RUN_STEPS + 1)],
+            "tokens_per_s": [(step, 50_000.0) for step in range(1, LONG_RUN_STEPS + 1)],
+            "lr": [(step, 3e-4) for step in range(1, LONG_RUN_STEPS + 1)],
+            "val_loss": [(step, 4 * math.exp(-step / 800) + 0.6) for step in range(100, LONG_RUN_STEPS + 1, 100)],
+            "val_bpb": [(step, 1.5 * math.exp(-step / 800) + 0.7) for step in range(100, LONG_RUN_STEPS + 1, 100)]})
+    return ids
+
+
+def drawn(page, selector: str) -> dict:
+    return page.evaluate(DRAWN_MARKS, selector)
+
+
+def show_job(page, job_id: int) -> None:
+    page.locator(f"#jobs-queue tr[data-job='{job_id}']").click()
+    page.locator("#jobs-detail-header .wb-job-head").filter(has_text=f"Job #{job_id}").wait_for()
+
+
+def test_charts_draw_a_single_point_open_fast_and_are_drawn_again_on_reload(server, browser, team):
+    """Item 14: a series of one point is a visible marker; the first open of Jobs with a long run in the queue and
+    a reload on Jobs draw their charts from the database without waiting for the timer."""
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    log_in(page, server.url, server.password)
+
+    started = time.monotonic()
+    open_tab(page, "Jobs")  # the newest job (the long run) is shown first
+    page.locator("#jobs-detail-header .wb-job-head").filter(has_text=f"Job #{team['long_run']}").wait_for()
+    page.wait_for_function(f"() => ({DRAWN_MARKS})('#jobs-loss-plot').lines >= 2")
+    first_open_s = time.monotonic() - started
+    print(f"first open of Jobs with a {LONG_RUN_STEPS}-step run: charts drawn after {first_open_s:.2f} s")
+
+    show_job(page, team["first_eval"])
+    page.wait_for_function(f"() => ({DRAWN_MARKS})('#jobs-second-plot').points >= 1")
+    assert drawn(page, "#jobs-second-plot")["points"] == 1  # val bits/byte: its one evaluation
+    loss = drawn(page, "#jobs-loss-plot")
+    assert loss["points"] == 21, loss  # 20 train-loss points and the one val-loss point, all visible
+    page.screenshot(path=str(server.data_dir.parent / "one-point.png"), full_page=True)
+
+    page.wait_for_timeout(2_500)  # the selection is stored in the browser
+    page.reload()
+    reloaded = time.monotonic()
+    # The job looked at before the reload, drawn from the load event (the timer was not waited for).
+    page.locator("#jobs-detail-header .wb-job-head").filter(has_text=f"Job #{team['first_eval']}").wait_for()
+    page.wait_for_function(f"() => ({DRAWN_MARKS})('#jobs-second-plot').points >= 1")
+    print(f"reload on Jobs: charts drawn after {time.monotonic() - reloaded:.2f} s")
+    context.close()
