@@ -2,17 +2,27 @@
 
 `register_commands(subparsers)` adds the subcommands to any argparse parser; the `workbench`
 console script (web/cli.py) adds `serve` and `worker` beside them. `python -m llm` runs these alone.
-Heavy imports (torch, tiktoken) happen inside the handlers so `--help` stays fast.
+A training subcommand's flags come from the config dataclasses' declarations (`llm.params.setting`), the
+same ones the worker's job kinds take their params from. Heavy imports (torch, tiktoken) happen inside the
+handlers so `--help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
+
+from llm.cli_common import add_data_dir, add_training_flags, refuse_to_overwrite
+from llm.cli_evaluate import register_evaluate_command
+from llm.cli_preferences import register_preference_commands
+from llm.params import add_arguments, settings_of, values_from_arguments
+from llm.prepare_config import PrepareConfig
+from llm.pretrain_config import PretrainConfig
+from llm.sft_config import SFT_DEFAULTS, SFTConfig
+from llm.tokenizer_config import TokenizerConfig
+from llm.train_config import TrainConfig
 
 
 def _cmd_tokenizers(args) -> None:
@@ -29,8 +39,9 @@ def _cmd_train_tokenizer(args) -> None:
     from llm.tokenizer import train_tokenizer
 
     out = Path(args.out)
+    config = TokenizerConfig(**values_from_arguments(args, settings_of(TokenizerConfig)))
     with tqdm_progress("reading the corpus") as progress:
-        tokenizer = train_tokenizer(iter_documents(args.data), args.vocab_size, out, name=args.name or out.name,
+        tokenizer = train_tokenizer(iter_documents(args.data), config.vocab_size, out, name=config.name or out.name,
                                     on_progress=progress)
     sample = "Hello world! Tokenizers turn text into tokens."
     print(f"trained {tokenizer.name}: {tokenizer.vocab_size} ids (incl. specials) -> {out}")
@@ -40,63 +51,39 @@ def _cmd_train_tokenizer(args) -> None:
 def _cmd_prepare(args) -> None:
     from llm.prepare import prepare, tqdm_progress
 
+    options = values_from_arguments(args, settings_of(PrepareConfig))
     progress = tqdm_progress("prepare")
     try:
-        stats = prepare(args.data, args.tokenizer, args.out, val_fraction=args.val_fraction, seed=args.seed,
-                        data_dir=args.data_dir, on_progress=progress, scrub_pii=args.scrub_pii)
+        stats = prepare(args.data, args.tokenizer, args.out, data_dir=args.data_dir, on_progress=progress,
+                        **options)
     finally:
         progress.close()
     print(json.dumps(stats, indent=2))
 
 
-def _train_settings(defaults: dict | None = None) -> dict:
-    """TrainConfig's declared settings (llm/train_config.py), with a job's own defaults shown in --help."""
-    from llm.params import settings_of
-    from llm.train_config import TrainConfig
-
-    return {name: spec.with_default(defaults[name]) if defaults and name in defaults else spec
-            for name, spec in settings_of(TrainConfig).items()}
-
-
-def _fine_tuning_train_settings(defaults) -> dict:
-    """The same for a kind that starts from trained weights (`llm.train_config.FineTuningDefaults`): --lr has
-    no fixed default, since it depends on --full."""
-    settings = _train_settings(defaults.loop)
-    settings["lr"] = dataclasses.replace(settings["lr"], default=None, help=defaults.lr_help)
-    return settings
-
-
-def _refuse_to_overwrite(out: Path, resume: bool) -> None:
-    if (out / "checkpoint").exists() and not resume:
-        raise ValueError(f"{out} already holds a training checkpoint: pass --resume to continue it, "
-                         f"or choose another --out")
-
-
 def _cmd_pretrain(args) -> None:
-    from llm.params import values_from_arguments
     from llm.pretrain import pretrain
-    from llm.train import TrainConfig
 
     out = Path(args.out)
-    _refuse_to_overwrite(out, args.resume)
-    train_config = TrainConfig(**values_from_arguments(args, _train_settings()))
-    result = pretrain(args.data, out, preset=args.preset, train_config=train_config,
-                      data_dir=args.data_dir, resume=args.resume)
+    refuse_to_overwrite(out, args.resume)
+    model = PretrainConfig(**values_from_arguments(args, settings_of(PretrainConfig)))
+    train_config = TrainConfig(**values_from_arguments(args, settings_of(TrainConfig)))
+    result = pretrain(args.data, out, preset=model.preset, train_config=train_config,
+                      model_overrides=model.overrides or None, data_dir=args.data_dir, resume=args.resume)
     print(json.dumps(result, indent=2, default=str))
 
 
 def _cmd_sft(args) -> None:
     from tqdm import tqdm
 
-    from llm.params import settings_of, values_from_arguments
     from llm.sft import sft
-    from llm.sft_config import SFT_DEFAULTS, SFTConfig, sft_train_config
+    from llm.sft_config import sft_train_config
     from llm.train import checkpoint_step
 
     out = Path(args.out)
-    _refuse_to_overwrite(out, args.resume)
+    refuse_to_overwrite(out, args.resume)
     sft_config = SFTConfig(**values_from_arguments(args, settings_of(SFTConfig)))
-    train_config = sft_train_config(sft_config, **values_from_arguments(args, _fine_tuning_train_settings(SFT_DEFAULTS)))
+    train_config = sft_train_config(sft_config, **values_from_arguments(args, SFT_DEFAULTS.settings()))
     bar = tqdm(total=train_config.max_steps, initial=checkpoint_step(out) if args.resume else 0, desc="sft",
                unit="step", dynamic_ncols=True)
 
@@ -242,10 +229,6 @@ def _cmd_export_hf(args) -> None:
 
 def register_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add the llm subcommands (each sets `func`) to an argparse subparsers object."""
-    # Declarations only (no torch): training flags come from the config dataclasses' own declarations.
-    from llm.params import add_arguments, settings_of
-    from llm.sft_config import SFT_DEFAULTS, SFTConfig
-
     def add(name: str, help_text: str, func) -> argparse.ArgumentParser:
         parser = subparsers.add_parser(name, help=help_text, description=help_text)
         parser.set_defaults(func=func)
@@ -259,19 +242,14 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("--seed", type=int, default=None, help="same seed, same text")
         parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
-    def add_data_dir(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--data-dir", default=os.environ.get("WORKBENCH_DATA_DIR"),
-                            help="workbench data directory (for trained tokenizers); default $WORKBENCH_DATA_DIR")
-
     p = add("tokenizers", "List the tokenizers available offline.", _cmd_tokenizers)
     add_data_dir(p)
 
     p = add("train-tokenizer", "Train a BPE tokenizer (rustbpe) on a corpus; saved in tiktoken format.",
             _cmd_train_tokenizer)
     p.add_argument("--data", required=True, help="corpus file (.txt, .jsonl, .csv, .parquet)")
-    p.add_argument("--vocab-size", type=int, default=8192, help="base vocabulary size (specials come on top)")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--name", help="tokenizer name (default: the output directory's name)")
+    p.add_argument("--out", required=True, help="output directory (its name is the tokenizer's unless --name)")
+    add_arguments(p, settings_of(TokenizerConfig))
 
     p = add("prepare", "Clean, deduplicate, split and tokenize a corpus into token files + stats.json.",
             _cmd_prepare)
@@ -279,18 +257,13 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
                                                  ".jsonl: a 'text' field; .csv/.parquet: a 'text' column)")
     p.add_argument("--tokenizer", default="gpt2", help="gpt2, cl100k, or a trained tokenizer (name or dir)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--val-fraction", type=float, default=0.05, help="fraction of documents held out")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scrub-pii", action="store_true", help="replace e-mail addresses and phone numbers")
+    add_arguments(p, settings_of(PrepareConfig))
     add_data_dir(p)
 
     p = add("pretrain", "Pretrain a GPT from scratch on prepared token files.", _cmd_pretrain)
     p.add_argument("--data", required=True, help="prepared directory (from `workbench prepare`)")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--preset", default="tiny", help="tiny | small | gpt2-124m")
-    add_arguments(p, _train_settings())
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
-    add_data_dir(p)
+    add_training_flags(p, settings_of(PretrainConfig), settings_of(TrainConfig))
 
     p = add("sft", "Fine-tune a model on conversations (a LoRA adapter, or every weight with --full); the loss "
                    "is on the assistant's answers only.", _cmd_sft)
@@ -298,14 +271,9 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="chat dataset (.jsonl): OpenAI messages, ShareGPT conversations, Alpaca "
                                                  "instruction/output, or prompt/completion")
     p.add_argument("--out", required=True, help="run directory; becomes the adapter (or model) directory")
-    add_arguments(p, settings_of(SFTConfig))
-    add_arguments(p, _fine_tuning_train_settings(SFT_DEFAULTS))
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
-    add_data_dir(p)
+    add_training_flags(p, settings_of(SFTConfig), SFT_DEFAULTS.settings())
 
-    from llm.cli_preferences import register_preference_commands
-
-    register_preference_commands(add, add_data_dir)
+    register_preference_commands(add)
 
     p = add("eval", "Validation loss, perplexity and bits per byte of a model on prepared data.", _cmd_eval)
     p.add_argument("--model", required=True, help="model directory")
@@ -313,9 +281,7 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add_data_dir(p)
 
-    from llm.cli_evaluate import register_evaluate_command
-
-    register_evaluate_command(add, add_data_dir)
+    register_evaluate_command(add)
 
     p = add("generate", "Generate text from a model, streamed as it is produced.", _cmd_generate)
     p.add_argument("--model", required=True, help="model or adapter directory")

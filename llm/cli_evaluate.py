@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from llm.cli_common import add_data_dir
 from llm.evaluate_config import EvaluateConfig
 from llm.params import add_arguments, settings_of, values_from_arguments
 
@@ -40,8 +41,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
 
-def register_evaluate_command(add, add_data_dir) -> None:
-    """Add `evaluate` with `add(name, help, func)` and `add_data_dir(parser)` (llm.cli's helpers)."""
+def register_evaluate_command(add) -> None:
+    """Add `evaluate` with llm/cli.py's `add(name, help, func)`."""
     parser = add("evaluate", "Compare models on a multiple-choice benchmark (.jsonl: question, choices, answer; "
                              "acc and acc_norm with standard errors) or on prepared text (loss, perplexity, bits "
                              "per byte).", _cmd_evaluate)

@@ -14,6 +14,11 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from llm.cli_common import add_data_dir, add_training_flags, refuse_to_overwrite
+from llm.dpo_config import DPO_DEFAULTS, DPOConfig
+from llm.params import settings_of, values_from_arguments
+from llm.reward_config import REWARD_DEFAULTS, RewardConfig
+
 
 def _progress_bar(total: int, initial: int, name: str, keys: tuple[str, ...]):
     from tqdm import tqdm
@@ -29,14 +34,12 @@ def _progress_bar(total: int, initial: int, name: str, keys: tuple[str, ...]):
 
 def _train(args, name: str, config_class, defaults, train_config_of: Callable, run: Callable,
            keys: tuple[str, ...]) -> None:
-    from llm.cli import _fine_tuning_train_settings, _refuse_to_overwrite
-    from llm.params import settings_of, values_from_arguments
     from llm.train import checkpoint_step
 
     out = Path(args.out)
-    _refuse_to_overwrite(out, args.resume)
+    refuse_to_overwrite(out, args.resume)
     config = config_class(**values_from_arguments(args, settings_of(config_class)))
-    train_config = train_config_of(config, **values_from_arguments(args, _fine_tuning_train_settings(defaults)))
+    train_config = train_config_of(config, **values_from_arguments(args, defaults.settings()))
     bar, on_metrics, write = _progress_bar(train_config.max_steps, checkpoint_step(out) if args.resume else 0, name, keys)
     try:
         result = run(args.model, args.data, out, config, train_config, on_metrics, write)
@@ -48,7 +51,7 @@ def _train(args, name: str, config_class, defaults, train_config_of: Callable, r
 
 def _cmd_reward(args) -> None:
     from llm.reward import reward
-    from llm.reward_config import REWARD_DEFAULTS, RewardConfig, reward_train_config
+    from llm.reward_config import reward_train_config
 
     def run(model, data, out, config, train_config, on_metrics, write):
         return reward(model, data, out, reward_config=config, train_config=train_config, data_dir=args.data_dir,
@@ -60,7 +63,7 @@ def _cmd_reward(args) -> None:
 
 def _cmd_dpo(args) -> None:
     from llm.dpo import dpo
-    from llm.dpo_config import DPO_DEFAULTS, DPOConfig, dpo_train_config
+    from llm.dpo_config import dpo_train_config
 
     def run(model, data, out, config, train_config, on_metrics, write):
         return dpo(model, data, out, dpo_config=config, train_config=train_config, data_dir=args.data_dir,
@@ -83,18 +86,10 @@ def _cmd_score(args) -> None:
             print(f"  {group[3:]} {value}: accuracy {summary['accuracy']:.4f} on {summary['pairs']:,} pairs")
 
 
-def register_preference_commands(add, add_data_dir) -> None:
-    """Add `reward`, `score` and `dpo` with llm/cli.py's `add` and `add_data_dir` helpers."""
-    from llm.cli import _fine_tuning_train_settings
-    from llm.dpo_config import DPO_DEFAULTS, DPOConfig
-    from llm.params import add_arguments, settings_of
-    from llm.reward_config import REWARD_DEFAULTS, RewardConfig
-
+def register_preference_commands(add) -> None:
+    """Add `reward`, `score` and `dpo` with llm/cli.py's `add(name, help, func)`."""
     def training_flags(parser, config_class, defaults) -> None:
-        add_arguments(parser, settings_of(config_class))
-        add_arguments(parser, _fine_tuning_train_settings(defaults))
-        parser.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
-        add_data_dir(parser)
+        add_training_flags(parser, settings_of(config_class), defaults.settings())
 
     p = add("reward", "Train a reward model on preference pairs (Bradley-Terry; LoRA + a scalar head, or --full).",
             _cmd_reward)

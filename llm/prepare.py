@@ -35,6 +35,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from llm.corpus import CleanDocument, CleaningStats, corpus_format, iter_clean_documents, no_documents_error
+from llm.prepare_config import PrepareConfig
 from llm.tokenizer import Tokenizer, get_tokenizer
 
 # Documents tokenised per step: enough to keep every thread busy, small enough that memory
@@ -193,9 +194,10 @@ class _Stopped(Exception):
 
 
 def prepare(data_path: str | os.PathLike, tokenizer_name: str, out_dir: str | os.PathLike,
-            val_fraction: float = 0.05, seed: int = 0, data_dir: str | os.PathLike | None = None,
+            val_fraction: float = PrepareConfig.val_fraction, seed: int = PrepareConfig.seed,
+            data_dir: str | os.PathLike | None = None,
             on_progress: ProgressCallback | None = None, num_threads: int | None = None,
-            scrub_pii: bool = False, should_stop: Callable[[], bool] | None = None) -> dict:
+            scrub_pii: bool = PrepareConfig.scrub_pii, should_stop: Callable[[], bool] | None = None) -> dict:
     """Clean, split and tokenise the corpus at `data_path` into `out_dir`; return stats.json's content.
 
     `on_progress(done_documents, total)` is called after every chunk with total=None (a

@@ -7,9 +7,9 @@ validation, the Train forms and the CLI flags all read these declarations. Kept 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from llm.params import setting, settings_of
+from llm.params import Setting, setting, settings_of
 
 
 @dataclass
@@ -88,6 +88,14 @@ class FineTuningDefaults:
     @property
     def lr_help(self) -> str:
         return f"peak learning rate; empty: {self.loop['lr']:g} with LoRA, {self.full_lr:g} when training all weights"
+
+    def settings(self) -> dict[str, Setting]:
+        """TrainConfig's declared settings with these defaults, the learning rate left empty (a run fills it in
+        by LoRA or all weights, `learning_rate`): what the kind's form and its CLI flags offer."""
+        declared = {name: spec.with_default(self.loop[name]) if name in self.loop else spec
+                    for name, spec in settings_of(TrainConfig).items()}
+        declared["lr"] = replace(declared["lr"], default=None, help=self.lr_help)
+        return declared
 
 
 # ----------------------------------------------------------------------------- a schedule that fits the run

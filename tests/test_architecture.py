@@ -84,15 +84,8 @@ def test_worker_has_no_import_cycle():
     assert import_cycles("worker") == []
 
 
-# Known cycles being broken by another change of issue 17 (the CLI's private helpers imported back). Listed so
-# that no other cycle gets in meanwhile; the test fails once one is gone, to take it off this list.
-KNOWN_LLM_CYCLES = [["llm.cli", "llm.cli_preferences", "llm.cli"]]
-
-
 def test_llm_has_no_import_cycle():
-    cycles = import_cycles("llm")
-    assert [cycle for cycle in cycles if cycle not in KNOWN_LLM_CYCLES] == []
-    assert [cycle for cycle in KNOWN_LLM_CYCLES if cycle not in cycles] == [], "fixed: take it off KNOWN_LLM_CYCLES"
+    assert import_cycles("llm") == []
 
 
 def test_the_job_layer_never_imports_the_runtime():

@@ -104,6 +104,45 @@ def test_training_flags_come_from_the_declarations():
     assert "optimizer steps (default: 200)" in " ".join(sft_help.split())  # SFT_DEFAULTS, not pretraining's
 
 
+# A training subcommand and its job kind: the kind's params that are not rows of the database or the run's name.
+KIND_OF_COMMAND = {"train-tokenizer": "train_tokenizer", "prepare": "prepare", "pretrain": "pretrain", "sft": "sft",
+                   "reward": "reward", "dpo": "dpo"}
+ROWS_AND_NAMES = {"dataset_id", "model_id", "project_ids", "include_arena", "tokenizer"}
+
+
+@pytest.mark.parametrize("command", KIND_OF_COMMAND)
+def test_each_training_command_offers_its_kinds_settings_with_the_same_rules(command, tmp_path, capsys):
+    """Every setting a job kind declares is a flag of its subcommand (both derive from the llm config dataclasses),
+    and a number out of the kind's bounds is refused by the command in the same words."""
+    from llm.cli import build_parser
+    from worker.jobs.params import JobParamsError, check_params
+    from worker.kinds import KINDS
+
+    spec = KINDS[KIND_OF_COMMAND[command]]
+    subcommand = build_parser()._subparsers._group_actions[0].choices[command]
+    flags = {action.dest for action in subcommand._actions}
+    declared = {name for name in spec.params if name not in ROWS_AND_NAMES}
+    if command != "train-tokenizer":
+        declared.discard("name")  # the model a run makes is named by its --out directory
+    assert declared <= flags, declared - flags
+    required = ["--data", str(tmp_path / "none"), "--out", str(tmp_path / "out")]
+    if command in ("sft", "reward", "dpo"):
+        required += ["--model", str(tmp_path / "none")]
+    checked = 0
+    for name in sorted(declared):
+        setting = spec.params[name]
+        if setting.type not in ("int", "float") or setting.minimum is None:
+            continue
+        wrong = setting.minimum - 1
+        with pytest.raises(JobParamsError) as refused:
+            check_params(spec.kind, {name: spec.params[name]}, {name: wrong})
+        flag = "--" + name.replace("_", "-")
+        assert main([command, *required, flag, str(wrong)]) == 2, flag
+        assert capsys.readouterr().err.strip() == f"error: {flag} {refused.value.message}"
+        checked += 1
+    assert checked
+
+
 @pytest.mark.slow
 def test_sft_then_chat_merge_and_export(tmp_path, capsys, monkeypatch):
     import io

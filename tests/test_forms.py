@@ -180,4 +180,4 @@ def test_a_kind_without_form_code_gets_a_working_sub_tab(workbench_env, session,
     assert job_id, message
     job = session.get(Job, job_id)
     assert job.kind == "prepare" and job.params == {"dataset_id": dataset.id, "tokenizer": "gpt2",
-                                                    "val_fraction": 0.1, "scrub_pii": False}
+                                                    "val_fraction": 0.1, "seed": 0, "scrub_pii": False}

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from llm.params import Setting, settings_of
-from llm.train_config import FineTuningDefaults, TrainConfig
+from llm.params import Setting
+from llm.train_config import FineTuningDefaults
 
 
 class JobParamsError(ValueError):
@@ -69,9 +69,7 @@ def with_defaults(declared: dict[str, Setting], defaults: dict[str, Any]) -> dic
 
 
 def fine_tuning_loop_params(defaults: FineTuningDefaults) -> dict[str, Setting]:
-    """The loop's settings for a kind that starts from trained weights: its defaults, the device left to the
-    worker, and the learning rate left empty; the kind's check fills it in with `defaults.learning_rate`
-    (it depends on `full`), so the stored row says what runs."""
-    params = with_defaults(settings_of(TrainConfig), {**defaults.loop, "device": None, "lr": None})
-    params["lr"] = Setting(**{**vars(params["lr"]), "help": defaults.lr_help})
-    return params
+    """The loop's settings for a kind that starts from trained weights (`FineTuningDefaults.settings`, as its CLI
+    flags), with the device left to the worker. The learning rate is left empty; the kind's check fills it in with
+    `defaults.learning_rate` (it depends on `full`), so the stored row says what runs."""
+    return with_defaults(defaults.settings(), {"device": None})

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 
+from llm.params import settings_of
+from llm.prepare_config import PrepareConfig
 from worker.jobs.context import JobContext, Outcome, ensure_prepared
+
+PREPARE_FIELDS = tuple(settings_of(PrepareConfig))
 
 
 def run(ctx: JobContext) -> Outcome:
     params = ctx.params
-    options = {name: params[name] for name in ("val_fraction", "seed", "scrub_pii") if name in params}
+    options = {name: params[name] for name in PREPARE_FIELDS if name in params}
     # An explicit prepare job always re-prepares: that is why someone asked for it.
     out_dir = ensure_prepared(ctx, params["tokenizer"], force=True, **options)
     if out_dir is None:

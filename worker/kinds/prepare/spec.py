@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from db.models import DatasetKind, JobKind
-from llm.params import Setting
+from llm.params import settings_of
+from llm.prepare_config import PrepareConfig
 from worker.jobs.spec import DATASET_ID, TOKENIZER, JobKindSpec
 from worker.kinds.prepare.handler import run
 
 PARAMS = {
     "dataset_id": DATASET_ID,
     "tokenizer": TOKENIZER,
-    "val_fraction": Setting("float", minimum=0, maximum=0.5, exclusive_minimum=True,
-                            help="share of documents held out for validation (default 0.05)"),
-    "seed": Setting("int", minimum=0, maximum=2**32 - 1, help="seed of the split (default 0)"),
-    "scrub_pii": Setting("bool", help="replace emails and phone numbers before tokenizing"),
+    **settings_of(PrepareConfig),  # how the corpus is split and cleaned, as `workbench prepare` takes it
 }
 
 SPEC = JobKindSpec(

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from db.models import DatasetKind, JobKind
 from db.settings import Settings
-from llm.params import Setting
+from llm.params import settings_of
+from llm.tokenizer_config import TokenizerConfig
 from worker.jobs.params import JobParamsError
 from worker.jobs.spec import DATASET_ID, JobKindSpec, TrainFormNames
 from worker.kinds.train_tokenizer.handler import run
 
+# A job names its tokenizer and its size (`workbench train-tokenizer` has defaults for both: the declared size, and
+# the name of its output directory).
 PARAMS = {
     "dataset_id": DATASET_ID,
-    "vocab_size": Setting("int", required=True, minimum=257, maximum=262_144, help="256 byte tokens + merges"),
-    "name": Setting("str", required=True, max_length=64, help="letters, digits, '.', '_', '-'"),
+    **{name: replace(spec, required=True, default=None) for name, spec in settings_of(TokenizerConfig).items()},
 }
 
 
