@@ -131,17 +131,6 @@ DATASET_KIND_HELP = {
 }
 
 
-class JobKind(enum.StrEnum):
-    prepare = "prepare"
-    train_tokenizer = "train_tokenizer"
-    pretrain = "pretrain"
-    sft = "sft"
-    generate = "generate"
-    reward = "reward"
-    dpo = "dpo"
-    evaluate = "evaluate"
-
-
 class JobStatus(str, enum.Enum):
     queued = "queued"
     running = "running"

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.engine import make_url
 
-from db.models import Dataset, Job, JobKind
+from db.models import Dataset, Job
 from db.settings import Settings
 from tests.conftest import TRAINER
 from web.auth import get_db_session
@@ -111,7 +111,7 @@ def test_impossible_devices_are_refused_at_submit(client: TestClient):
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_locked_sqlite_database_answers_503_quickly(client: TestClient, api_settings: Settings, session,
                                                        users: dict):
-    job = Job(kind=JobKind.pretrain, params={}, owner_id=users["trainer"].id)
+    job = Job(kind="pretrain", params={}, owner_id=users["trainer"].id)
     session.add(job)
     session.commit()
     path = make_url(api_settings.database_url).database
@@ -137,7 +137,7 @@ def test_a_locked_postgresql_row_answers_503_quickly(client: TestClient, api_set
                                                      users: dict):
     import psycopg
 
-    job = Job(kind=JobKind.pretrain, params={}, owner_id=users["trainer"].id)
+    job = Job(kind="pretrain", params={}, owner_id=users["trainer"].id)
     session.add(job)
     session.commit()
     url = make_url(api_settings.database_url)

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from conftest import ADMIN, LABELER, TRAINER
-from db.models import Dataset, Job, JobEvent, JobKind, JobStatus, Role
+from db.models import Dataset, Job, JobEvent, JobStatus, Role
 from db.settings import Settings
 from db.users import create_user
 
@@ -27,7 +27,7 @@ def upload(client: TestClient, content: str, auth=TRAINER, name: str = "corpus")
     return response.json()
 
 
-def add_job(session: Session, dataset_id: int, status: JobStatus, kind: JobKind = JobKind.pretrain) -> int:
+def add_job(session: Session, dataset_id: int, status: JobStatus, kind: str = "pretrain") -> int:
     job = Job(kind=kind, status=status, params={"dataset_id": dataset_id}, dataset_id=dataset_id)
     session.add(job)
     session.commit()
@@ -58,7 +58,7 @@ def test_delete_is_refused_while_jobs_use_it_naming_them(client: TestClient, api
                                                           session: Session):
     dataset = upload(client, "one\n\ntwo")
     queued = add_job(session, dataset["id"], JobStatus.queued)
-    running = add_job(session, dataset["id"], JobStatus.running, JobKind.prepare)
+    running = add_job(session, dataset["id"], JobStatus.running, "prepare")
     response = client.delete(f"/api/datasets/{dataset['id']}", auth=TRAINER)
     assert response.status_code == 409
     assert f"job #{queued} (pretrain, queued)" in response.json()["detail"]

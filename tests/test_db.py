@@ -34,7 +34,6 @@ from db.models import (
     Dataset,
     DatasetKind,
     Job,
-    JobKind,
     JobLog,
     JobStatus,
     Metric,
@@ -90,7 +89,7 @@ def _new_user(session: Session, name: str = "ada", role: Role = Role.trainer) ->
 
 
 def _new_job(session: Session, **fields: Any) -> Job:
-    job = Job(kind=fields.pop("kind", JobKind.pretrain), **fields)
+    job = Job(kind=fields.pop("kind", "pretrain"), **fields)
     session.add(job)
     session.flush()
     return job
@@ -227,7 +226,7 @@ def test_every_table_round_trips(session: Session, database_url: str) -> None:
     session.flush()
     started = datetime(2026, 1, 2, 12, 30, 15, 123456, tzinfo=UTC_PLUS_2)
     pretrain_job = _new_job(
-        session, kind=JobKind.pretrain, status=JobStatus.succeeded, params={"preset": "tiny", "steps": [1, 2, 3]},
+        session, kind="pretrain", status=JobStatus.succeeded, params={"preset": "tiny", "steps": [1, 2, 3]},
         priority=3, progress=1.0, started_at=started, finished_at=started + timedelta(minutes=5),
         heartbeat_at=started + timedelta(minutes=4), worker_host="gpu-1", attempts=1, run_dir="runs/1",
         dataset=dataset, output_model=base_model, owner=owner,
@@ -237,7 +236,7 @@ def test_every_table_round_trips(session: Session, database_url: str) -> None:
                       parent=base_model)
     session.add(sft_model)
     session.flush()
-    sft_job = _new_job(session, kind=JobKind.sft, input_model=base_model, output_model=sft_model,
+    sft_job = _new_job(session, kind="sft", input_model=base_model, output_model=sft_model,
                        cancel_requested=True, error="Traceback …")
     sft_model.job_id = sft_job.id
     session.add_all([
@@ -269,7 +268,7 @@ def test_every_table_round_trips(session: Session, database_url: str) -> None:
 
         job = fresh.get(Job, pretrain_job.id)
         assert job is not None
-        assert (job.kind, job.status) == (JobKind.pretrain, JobStatus.succeeded)
+        assert (job.kind, job.status) == ("pretrain", JobStatus.succeeded)
         assert job.status.finished
         assert job.params == {"preset": "tiny", "steps": [1, 2, 3]}
         assert (job.priority, job.progress, job.attempts, job.worker_host) == (3, 1.0, 1, "gpu-1")

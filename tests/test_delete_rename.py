@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import Job, JobEvent, JobKind, JobLog, JobStatus, Metric, Model, ModelKind
+from db.models import Job, JobEvent, JobLog, JobStatus, Metric, Model, ModelKind
 from tests.conftest import ADMIN, TRAINER
 from tests.test_roles import make_job
 

@@ -11,13 +11,13 @@ import json
 import gradio as gr
 from sqlalchemy import func, select
 
-from db.models import Dataset, DatasetKind, Job, JobKind
+from db.models import Dataset, DatasetKind, Job
 from web import services
 from web.ui import job_form
 from worker.kinds import KINDS
 
-PRETRAIN = KINDS[JobKind.pretrain]
-SFT = KINDS[JobKind.sft]
+PRETRAIN = KINDS["pretrain"]
+SFT = KINDS["sft"]
 
 
 def add_text_dataset(session, name: str = "stories") -> Dataset:
@@ -61,7 +61,7 @@ def test_the_estimate_warns_when_the_workers_have_less_memory(workbench_env):
 
 def test_required_fields_say_so_instead_of_offering_a_default():
     with gr.Blocks():
-        fields = job_form.build_fields(KINDS[JobKind.train_tokenizer], "tok", exclude=("dataset_id",))
+        fields = job_form.build_fields(KINDS["train_tokenizer"], "tok", exclude=("dataset_id",))
     assert fields["vocab_size"].placeholder == "required" and fields["name"].placeholder == "required"
     with gr.Blocks():
         pretrain_fields = job_form.build_fields(PRETRAIN, "pt", exclude=("dataset_id", "tokenizer", "preset"))
@@ -76,7 +76,7 @@ def test_no_dataset_is_chosen_for_the_person(workbench_env, session):
     dataset = add_text_dataset(session)
     with gr.Blocks():
         pretrain = train_tab.build(workbench_env, PRETRAIN)
-        tokenizer = train_tab.build(workbench_env, KINDS[JobKind.train_tokenizer])
+        tokenizer = train_tab.build(workbench_env, KINDS["train_tokenizer"])
     # A refresh offers the choices and leaves the value alone (not even sent: a pick made while the
     # refresh was under way stays), unless the chosen dataset has gone.
     dropdown, _ = pretrain.refresh_choices(None, None)
@@ -122,12 +122,12 @@ def test_a_tokenizer_job_is_queued_from_its_form_and_a_trained_one_is_offered_to
     from web.ui import train_tab
 
     dataset = add_text_dataset(session)
-    spec = KINDS[JobKind.train_tokenizer]
+    spec = KINDS["train_tokenizer"]
     params = job_form.form_params(spec, {"dataset_id": dataset.id, "vocab_size": "512", "name": " village-bpe "})
     message, job_id = job_form.submit_from_form(workbench_env, "train_tokenizer", params, None, {})
     assert job_id is not None, message
     job = session.get(Job, job_id)
-    assert job.kind == JobKind.train_tokenizer and job.params == {"dataset_id": dataset.id, "vocab_size": 512,
+    assert job.kind == "train_tokenizer" and job.params == {"dataset_id": dataset.id, "vocab_size": 512,
                                                                    "name": "village-bpe"}
 
     # What the job writes when it succeeds (llm.tokenizer's layout) is offered by Pretrain and listed.
@@ -163,7 +163,7 @@ def test_a_kind_without_form_code_gets_a_working_sub_tab(workbench_env, session,
     """The prepare kind has no form.py: its sub-tab is its declaration alone, and it queues a job."""
     from web.ui import train_tab
 
-    spec = KINDS[JobKind.prepare]
+    spec = KINDS["prepare"]
     assert train_tab.kind_form_module(spec) is None
     dataset = add_text_dataset(session)
     with gr.Blocks() as blocks:

@@ -20,7 +20,7 @@ import redis
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Dataset, DatasetKind, Job, JobKind, JobLog, JobStatus, utcnow
+from db.models import Dataset, DatasetKind, Job, JobLog, JobStatus, utcnow
 from db.session import SessionLocal
 from worker.jobs import lifecycle as jobs
 from worker.runtime.heartbeat import JobHeartbeat
@@ -58,7 +58,7 @@ def test_create_job_stores_a_queued_job_with_normalized_params(workbench_env, se
     session.expire_all()
     stored = session.get(Job, job.id)
     assert stored.status == JobStatus.queued
-    assert stored.kind == JobKind.pretrain
+    assert stored.kind == "pretrain"
     assert stored.priority == 3
     assert stored.run_dir == f"runs/{job.id}"
     assert stored.dataset_id == dataset.id

@@ -11,7 +11,7 @@ import threading
 import pytest
 from sqlalchemy import event, func, select
 
-from db.models import Comparison, Completion, Job, JobKind, JobStatus, LabelingPair, Prompt, Role
+from db.models import Comparison, Completion, Job, JobStatus, LabelingPair, Prompt, Role
 from db.session import SessionLocal
 from db.users import create_user
 from web.services.common import Conflict, InvalidInput, PermissionDenied
@@ -21,7 +21,7 @@ from web.services.labeling_results import agreement_report, consensus_pairs, exp
 
 
 def make_generate_job(session, prompts=3, answers=3, status=JobStatus.succeeded, chat=True):
-    job = Job(kind=JobKind.generate, status=status, params={}, progress=1.0, attempts=1, cancel_requested=False)
+    job = Job(kind="generate", status=status, params={}, progress=1.0, attempts=1, cancel_requested=False)
     session.add(job)
     session.flush()
     for p in range(prompts):

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from db.models import Job, JobKind, JobStatus, Metric, Model, ModelKind
+from db.models import Job, JobStatus, Metric, Model, ModelKind
 from tests.test_preference_jobs import labeled_project
 from tests.test_sft_job import add_base_model
 from web.services.lineage import model_lineage, report_card
@@ -35,10 +35,10 @@ def add_job(session, settings, kind, input_model, **extra):
 
 def test_the_graph_and_the_cards(workbench_env, session):
     base = add_base_model(session, workbench_env)
-    sft_job = add_job(session, workbench_env, JobKind.sft, base)
+    sft_job = add_job(session, workbench_env, "sft", base)
     sft = add_model(session, "chat", ModelKind.sft, base, sft_job)
     project = labeled_project(session)
-    dpo_job = add_job(session, workbench_env, JobKind.dpo, sft)
+    dpo_job = add_job(session, workbench_env, "dpo", sft)
     (workbench_env.data_dir / dpo_job.run_dir / "pairs_sources.json").write_text(json.dumps(
         {"counts": {"label": 2, "arena": 3}, "project_ids": [project.id], "arena": True}))
     (workbench_env.data_dir / dpo_job.run_dir / "dpo_report.json").write_text(json.dumps({"kl": 0.25}))
@@ -86,7 +86,7 @@ def test_the_models_tab_shows_the_card_and_the_graph(workbench_env, session):
     from web.ui.models_tab import build
 
     base = add_base_model(session, workbench_env)
-    sft_job = add_job(session, workbench_env, JobKind.sft, base)
+    sft_job = add_job(session, workbench_env, "sft", base)
     session.add(Metric(job_id=sft_job.id, step=3, name="val_loss", value=1.25))
     session.commit()
     sft = add_model(session, "chat", ModelKind.sft, base, sft_job)

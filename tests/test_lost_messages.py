@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from db.models import Dataset, DatasetKind, Job, JobEvent, JobKind, JobStatus, utcnow
+from db.models import Dataset, DatasetKind, Job, JobEvent, JobStatus, utcnow
 from worker.jobs import lifecycle as jobs
 from worker.runtime.broker_state import waiting_job_ids
 from worker.jobs.messages import send_run_job
@@ -22,7 +22,7 @@ from worker.runtime.runner import run_next_job
 
 def queued_job(session, *, queued_ago_s: float) -> Job:
     """A queued prepare job whose last event (its submission) is `queued_ago_s` old."""
-    job = Job(kind=JobKind.prepare, status=JobStatus.queued, params={"dataset_id": 1, "tokenizer": "gpt2"},
+    job = Job(kind="prepare", status=JobStatus.queued, params={"dataset_id": 1, "tokenizer": "gpt2"},
               created_at=utcnow() - timedelta(seconds=queued_ago_s))
     session.add(job)
     session.flush()
@@ -77,7 +77,7 @@ def test_a_duplicate_message_runs_no_job_twice(workbench_env, session):
                       original_filename="gone.txt", size_bytes=1, stats={})
     session.add(dataset)
     session.commit()
-    job = Job(kind=JobKind.prepare, status=JobStatus.queued, params={"dataset_id": dataset.id, "tokenizer": "gpt2"},
+    job = Job(kind="prepare", status=JobStatus.queued, params={"dataset_id": dataset.id, "tokenizer": "gpt2"},
               dataset_id=dataset.id)
     session.add(job)
     session.commit()

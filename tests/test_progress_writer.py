@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from db.models import Job, JobKind, JobLog, JobStatus, Metric
+from db.models import Job, JobLog, JobStatus, Metric
 from tests.conftest import StopOnQuestion
 from worker.jobs.progress_writer import ProgressWriter
 from worker.runtime.runner import _make_context
@@ -39,7 +39,7 @@ def hold_write_lock(database_path: str, seconds: float, locked: threading.Event,
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_training_keeps_stepping_while_the_database_is_locked_and_loses_no_metric(workbench_env, session):
-    row = Job(kind=JobKind.pretrain, status=JobStatus.running, params={}, attempts=1)
+    row = Job(kind="pretrain", status=JobStatus.running, params={}, attempts=1)
     session.add(row)
     session.commit()
     writer = ProgressWriter(row.id, 1, workbench_env.database_url).start()
@@ -80,7 +80,7 @@ def test_training_keeps_stepping_while_the_database_is_locked_and_loses_no_metri
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_progress_of_an_older_attempt_is_not_written(workbench_env, session):
-    row = Job(kind=JobKind.pretrain, status=JobStatus.running, params={}, attempts=2, progress=0.1)
+    row = Job(kind="pretrain", status=JobStatus.running, params={}, attempts=2, progress=0.1)
     session.add(row)
     session.commit()
     writer = ProgressWriter(row.id, 1, workbench_env.database_url).start()  # attempt 1 was reaped

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from db.models import Job, JobKind, JobStatus, Model, ModelKind
+from db.models import Job, JobStatus, Model, ModelKind
 from tests.conftest import ADMIN, LABELER, TRAINER
 from web.services import Action, can, can_change
 from worker.jobs.lifecycle import record_event
@@ -16,7 +16,7 @@ from worker.jobs.lifecycle import record_event
 
 def make_job(session: Session, owner, status: JobStatus = JobStatus.running, **values) -> int:
     """A job row as the worker leaves it (no queue involved: these tests are about who may change it)."""
-    job = Job(kind=JobKind.pretrain, status=status, params={"max_steps": 100}, owner_id=owner.id, **values)
+    job = Job(kind="pretrain", status=status, params={"max_steps": 100}, owner_id=owner.id, **values)
     session.add(job)
     session.flush()
     job.run_dir = f"runs/{job.id}"

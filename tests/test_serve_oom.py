@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from db.models import Job, JobKind, JobStatus
+from db.models import Job, JobStatus
 from web import serve
 
 
@@ -28,7 +28,7 @@ class DeadWorker:
 
 
 def running_job(session, pid: int) -> Job:
-    job = Job(kind=JobKind.pretrain, status=JobStatus.running, params={}, progress=0.3, attempts=1,
+    job = Job(kind="pretrain", status=JobStatus.running, params={}, progress=0.3, attempts=1,
               cancel_requested=False, worker_host=f"workbench-{pid}@{socket.gethostname()}:{pid}")
     session.add(job)
     session.commit()

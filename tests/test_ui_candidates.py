@@ -6,7 +6,7 @@ from __future__ import annotations
 import gradio as gr
 from sqlalchemy import select
 
-from db.models import DatasetKind, Job, JobKind
+from db.models import DatasetKind, Job
 from tests.conftest import TRAINER
 from tests.test_api_arena import add_chat_model
 from tests.test_sft_job import add_dataset
@@ -25,7 +25,7 @@ def test_submitting_the_candidates_form(api_settings, users, session):
     prompts = add_dataset(session, api_settings, DatasetKind.prompts, ['{"prompt": "Hi?"}', '{"prompt": "Why?"}'],
                           "questions")
     with gr.Blocks() as blocks:
-        tab = build(api_settings, KINDS[JobKind.generate])
+        tab = build(api_settings, KINDS["generate"])
     handler = next(fn for fn in blocks.fns.values() if fn.fn is not None and fn.fn.__name__ == "do_submit")
     values = {component: getattr(component, "value", None) for component in handler.inputs}
     values[tab.inputs["dataset_id"]], values[tab.inputs["model_id"]], values[tab.inputs["model_id_b"]] = \
@@ -36,5 +36,5 @@ def test_submitting_the_candidates_form(api_settings, users, session):
     message, job_id = handler.fn(values, FakeRequest(TRAINER[0]))
     assert job_id, message
     job = session.scalar(select(Job).where(Job.id == job_id))
-    assert job.kind == JobKind.generate and job.params["k"] == 2 and "model_id_b" not in job.params
+    assert job.kind == "generate" and job.params["k"] == 2 and "model_id_b" not in job.params
     assert job.dataset_id == prompts.id and job.input_model_id == chat.id

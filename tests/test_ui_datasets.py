@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from conftest import TRAINER
-from db.models import Dataset, Job, JobKind, JobStatus
+from db.models import Dataset, Job, JobStatus
 from web.ui.datasets_tab import EMPTY_NOTE, DatasetsTab, build, delete_confirmation
 
 SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -64,7 +64,7 @@ def test_rename_and_a_delete_confirmation_that_names_what_uses_it(api_settings, 
     renamed = handlers["do_rename"](dataset_id, "renamed corpus", request)
     assert "is now called “renamed corpus”" in renamed[0]
 
-    job = Job(kind=JobKind.pretrain, status=JobStatus.running, params={}, dataset_id=dataset_id)
+    job = Job(kind="pretrain", status=JobStatus.running, params={}, dataset_id=dataset_id)
     session.add(job)
     session.commit()
     box, text, confirm, _ = handlers["ask_delete"](dataset_id)

@@ -8,7 +8,7 @@ import html
 import gradio as gr
 from sqlalchemy import select
 
-from db.models import DatasetKind, Job, JobKind
+from db.models import DatasetKind, Job
 from tests.conftest import TRAINER
 from tests.test_preference_jobs import labeled_project, preference_lines
 from tests.test_sft_job import add_base_model, add_dataset
@@ -34,7 +34,7 @@ def test_submitting_the_dpo_form(api_settings, users, session):
     base = add_base_model(session, api_settings)
     project = labeled_project(session)
     with gr.Blocks() as blocks:
-        tab = build(api_settings, KINDS[JobKind.dpo])
+        tab = build(api_settings, KINDS["dpo"])
     submit = next(fn.fn for fn in blocks.fns.values() if fn.fn is not None and fn.fn.__name__ == "do_submit")
     inputs = next(fn.inputs for fn in blocks.fns.values() if fn.fn is not None and fn.fn.__name__ == "do_submit")
     values = {component: getattr(component, "value", None) for component in inputs}
@@ -43,7 +43,7 @@ def test_submitting_the_dpo_form(api_settings, users, session):
     message, job_id = submit(values, FakeRequest(TRAINER[0]))
     assert job_id, message
     job = session.scalar(select(Job).where(Job.id == job_id))
-    assert job.kind == JobKind.dpo and job.params["project_ids"] == str(project.id) and job.dataset_id is None
+    assert job.kind == "dpo" and job.params["project_ids"] == str(project.id) and job.dataset_id is None
     values[tab.inputs["project_ids"]] = []
     message, job_id = submit(values, FakeRequest(TRAINER[0]))
     assert job_id is None and "choose where the pairs come from" in message

@@ -222,11 +222,10 @@ def test_job_detail_pieces():
 def test_form_params_converts_whole_floats_and_drops_empty_fields():
     from functools import partial
 
-    from db.models import JobKind
     from web.ui.job_form import form_params
     from worker.kinds import KINDS
 
-    form_params = partial(form_params, KINDS[JobKind.pretrain])
+    form_params = partial(form_params, KINDS["pretrain"])
     params = form_params({"dataset_id": 2.0, "tokenizer": " gpt2 ", "preset": "tiny", "name": "  ",
                           "max_steps": 40.0, "batch_size": None, "lr": 0.001, "seed": 0.0})
     assert params == {"dataset_id": 2, "tokenizer": "gpt2", "preset": "tiny", "max_steps": 40, "lr": 0.001,
@@ -438,11 +437,10 @@ def test_fields_without_a_default_stay_empty_and_typed_numbers_become_numbers():
     show and send 0 (which the service refuses), so such fields are text boxes parsed by form_params."""
     import gradio as gr
 
-    from db.models import JobKind
     from web.ui.job_form import field_component, form_params
     from worker.kinds import KINDS
 
-    spec = KINDS[JobKind.sft]
+    spec = KINDS["sft"]
     with gr.Blocks():
         assert isinstance(field_component("ft", "lr", spec.params["lr"]), gr.Textbox)
         assert isinstance(field_component("ft", "max_steps", spec.params["max_steps"]), gr.Number)

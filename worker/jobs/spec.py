@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from db.models import DatasetKind, JobKind, ModelKind
+from db.models import DatasetKind, ModelKind
 from llm.params import Setting
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class TrainFormNames:
 
 @dataclass(frozen=True)
 class JobKindSpec:
-    kind: JobKind
+    kind: str                                    # its name: the registry's key, a job row's kind
     title: str                                   # "Pretrain", "Fine-tune (SFT)"
     description: str                             # one sentence for forms and docs
     params: dict[str, Setting]

@@ -1,4 +1,4 @@
-"""The job kinds the workbench runs, one folder each; `KINDS` maps a `JobKind` to its declaration.
+"""The job kinds the workbench runs, one folder each; `KINDS` maps a kind's name to its declaration.
 
 A kind's folder holds its parts, each in its own file where the kind has it:
 
@@ -19,14 +19,13 @@ reads `KINDS`.
 
 from __future__ import annotations
 
-from db.models import JobKind
 from worker.kinds import dpo, evaluate, generate, pretrain, prepare, reward, sft, train_tokenizer
 from worker.jobs.spec import JobKindSpec, Plot
 
 _DECLARED = (prepare.SPEC, train_tokenizer.SPEC, pretrain.SPEC, sft.SPEC, generate.SPEC, reward.SPEC, dpo.SPEC,
              evaluate.SPEC)
 
-KINDS: dict[JobKind, JobKindSpec] = {spec.kind: spec for spec in _DECLARED}
+KINDS: dict[str, JobKindSpec] = {spec.kind: spec for spec in _DECLARED}
 
 
 def get_spec(kind: str) -> JobKindSpec | None:

@@ -6,7 +6,7 @@ output is a chat model of kind dpo whose parent is the policy it started from (a
 
 from __future__ import annotations
 
-from db.models import DatasetKind, JobKind, ModelKind
+from db.models import DatasetKind, ModelKind
 from llm.dpo_config import DPO_DEFAULTS, DPOConfig
 from worker.jobs.spec import JobKindSpec, TrainFormNames
 from worker.kinds.dpo.card import METRIC_CARDS, PLOTS, REPORT_CARD, run_report
@@ -16,7 +16,7 @@ from worker.kinds.reward.spec import preference_check, preference_params
 PARAMS = preference_params(DPOConfig, DPO_DEFAULTS)
 
 SPEC = JobKindSpec(
-    kind=JobKind.dpo, title="DPO",
+    kind="dpo", title="DPO",
     description="Direct Preference Optimization: make the chosen answers more likely than the rejected ones, "
                 "relative to where the model started. Both rewards often fall; what matters is their margin.",
     params=PARAMS, handler=run, dataset_kinds=(DatasetKind.preference,),

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.models import SQL_INTEGER_MAX, Dataset, DatasetKind, JobKind, Model, ModelKind
+from db.models import SQL_INTEGER_MAX, Dataset, DatasetKind, Model, ModelKind
 from db.settings import Settings
 from llm.evaluate_config import EvaluateConfig
 from llm.params import Setting, settings_of
@@ -43,7 +43,7 @@ def check(session: Session, params: dict[str, Any], settings: Settings) -> None:
 
 
 SPEC = JobKindSpec(
-    kind=JobKind.evaluate, title="Evaluate",
+    kind="evaluate", title="Evaluate",
     description="Compare models on a multiple-choice benchmark (each choice's log-likelihood, as "
                 "lm-evaluation-harness scores HellaSwag and ARC: acc and acc_norm with standard errors) or on a "
                 "text dataset's validation split (loss, perplexity, bits per byte).",

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.models import DatasetKind, JobKind, Model, ModelKind
+from db.models import DatasetKind, Model, ModelKind
 from db.settings import Settings
 from llm.candidates import MAX_CANDIDATES, MAX_SEED
 from llm.params import Setting
@@ -68,7 +68,7 @@ def check(session: Session, params: dict[str, Any], settings: Settings) -> None:
 
 
 SPEC = JobKindSpec(
-    kind=JobKind.generate, title="Generate candidates",
+    kind="generate", title="Generate candidates",
     description="Answer every prompt of a prompts dataset K times (one or two models, through the chat "
                 "template), storing each answer with the settings and seed that reproduce it, for labeling.",
     params=PARAMS, handler=run, dataset_kinds=(DatasetKind.prompts,), model_kinds=MODEL_KINDS, check=check,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from db.models import DatasetKind, JobKind
+from db.models import DatasetKind
 from llm.params import settings_of
 from llm.prepare_config import PrepareConfig
 from worker.jobs.spec import DATASET_ID, TOKENIZER, JobKindSpec
@@ -15,7 +15,7 @@ PARAMS = {
 }
 
 SPEC = JobKindSpec(
-    kind=JobKind.prepare, title="Prepare data",
+    kind="prepare", title="Prepare data",
     description="Clean, deduplicate, split and tokenize a text dataset (pretraining does this on its own).",
     params=PARAMS, handler=run, dataset_kinds=(DatasetKind.text,),
 )

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.models import DatasetKind, JobKind, ModelKind
+from db.models import DatasetKind, ModelKind
 from db.settings import Settings
 from llm.params import settings_of
 from llm.pretrain_config import PretrainConfig
@@ -39,7 +39,7 @@ def check(session: Session, params: dict[str, Any], settings: Settings) -> None:
 
 
 SPEC = JobKindSpec(
-    kind=JobKind.pretrain, title="Pretrain",
+    kind="pretrain", title="Pretrain",
     description="Pretrain a base model on a text dataset; the data is tokenized the first time a "
                 "dataset/tokenizer pair is used.",
     params=PARAMS, handler=run, dataset_kinds=(DatasetKind.text,), produces=ModelKind.base, check=check,

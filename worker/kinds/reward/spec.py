@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.models import DatasetKind, JobKind, LabelingProject, ModelKind
+from db.models import DatasetKind, LabelingProject, ModelKind
 from db.settings import Settings
 from llm.params import Setting, settings_of
 from llm.reward_config import REWARD_DEFAULTS, RewardConfig
@@ -74,7 +74,7 @@ def preference_check(declared: dict[str, Setting], defaults: FineTuningDefaults)
 PARAMS = preference_params(RewardConfig, REWARD_DEFAULTS)
 
 SPEC = JobKindSpec(
-    kind=JobKind.reward, title="Reward model",
+    kind="reward", title="Reward model",
     description="Train a reward model on preference pairs (Bradley-Terry): a scalar score on the model's last "
                 "hidden state that ranks the chosen answer above the rejected one.",
     params=PARAMS, handler=run, dataset_kinds=(DatasetKind.preference,),

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.models import DatasetKind, JobKind, ModelKind
+from db.models import DatasetKind, ModelKind
 from db.settings import Settings
 from llm.params import settings_of
 from llm.sft_config import SFT_DEFAULTS, SFTConfig
@@ -40,7 +40,7 @@ def check(session: Session, params: dict[str, Any], settings: Settings) -> None:
 
 
 SPEC = JobKindSpec(
-    kind=JobKind.sft, title="Fine-tune (SFT)",
+    kind="sft", title="Fine-tune (SFT)",
     description="Fine-tune a model on conversations (LoRA adapter or all weights); the loss is on the "
                 "assistant's answers only, including the end-of-turn token so the model learns to stop.",
     params=PARAMS, handler=run, dataset_kinds=(DatasetKind.chat,), model_kinds=(ModelKind.base, ModelKind.sft),

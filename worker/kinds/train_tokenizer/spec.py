@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.models import DatasetKind, JobKind
+from db.models import DatasetKind
 from db.settings import Settings
 from llm.params import settings_of
 from llm.tokenizer_config import TokenizerConfig
@@ -34,7 +34,7 @@ def check(session: Session, params: dict[str, Any], settings: Settings) -> None:
 
 
 SPEC = JobKindSpec(
-    kind=JobKind.train_tokenizer, title="Train tokenizer",
+    kind="train_tokenizer", title="Train tokenizer",
     description="Train a byte-level BPE tokenizer on a text dataset; the chat special tokens are added.",
     params=PARAMS, handler=run, dataset_kinds=(DatasetKind.text,), check=check,
     form_fields=("dataset_id", "vocab_size", "name"),
