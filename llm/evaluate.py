@@ -111,4 +111,3 @@ def evaluate(model_or_dir: nn.Module | str | os.PathLike, prepared_dir: str | os
     finally:
         model.train(was_training)
     return summarize(totals)
-
