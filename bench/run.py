@@ -23,6 +23,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 import sys
 import time
 import traceback
@@ -69,8 +70,14 @@ def main(argv: list[str] | None = None) -> dict:
     add_budget_argument(parser)
     args = parser.parse_args(argv)
     selected = _parse_only(args.only)
+    if args.quick and "torch" not in sys.modules:
+        # OpenMP threads that wait for each other by sleeping, not spinning (read when torch loads libgomp). On a
+        # busy 2-core machine a spinning thread burns the time slice its partner needs: the tiny shape's 2-thread
+        # steps took 3-5x longer than with passive waits beside other processes (2026-12-07, load 8-10).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-    figures: dict = {"bench_quick": args.quick, "bench_ran": ",".join(selected)}
+    figures: dict = {"bench_quick": args.quick, "bench_ran": ",".join(selected),
+                     "bench_omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (spinning)")}
     notes: dict[str, dict[str, str]] = {note: {} for note in NOTES}
     failed: list[str] = []
     for name in selected:
