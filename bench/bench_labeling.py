@@ -183,7 +183,7 @@ def label_for(base_url: str, project_id: int, labelers: int, seconds: float, thi
                     pair = shown.json()
                 time.sleep(rng.uniform(*think_s))
                 body = {"pair_id": pair["pair_id"], "choice": rng.choice(["left", "right", "tie", "both_bad"]),
-                        "left_completion_id": pair["left"]["completion_id"], "idempotency_key": uuid.uuid4().hex}
+                        "left_answer_id": pair["left"]["answer_id"], "idempotency_key": uuid.uuid4().hex}
                 started = time.perf_counter()
                 answer = client.post(f"{path}/labels", params=params, json=body)
                 submit_ms = 1000 * (time.perf_counter() - started)
@@ -354,7 +354,7 @@ def service_cpu_per_label(database_url: str, labelers: int = 50, labels: int = 5
         cpu_started, wall_started = time.thread_time(), time.perf_counter()
         with SessionLocal(database_url) as session:
             stored = submit_label(session, user_named(session, f"labeler{number}"), project_id, pair["pair_id"],
-                                  rng.choice(["left", "right", "tie"]), pair["left"]["completion_id"],
+                                  rng.choice(["left", "right", "tie"]), pair["left"]["answer_id"],
                                   idempotency_key=uuid.uuid4().hex, and_next=True)
         if count >= labelers:
             cpu_ms.append(1000 * (time.thread_time() - cpu_started))

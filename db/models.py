@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import secrets
 from datetime import datetime, timezone
 from typing import Any, Optional
 
@@ -332,6 +333,9 @@ class LabelingProject(Base):
     labeler_ids: Mapped[Optional[list[int]]] = mapped_column(JSON)     # None: every labeler
     owner_id: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The key of the opaque ids a labeler's screen gives the answers (web.services.labeling.answer_id): random
+    # per project, never shown.
+    answer_key: Mapped[str] = mapped_column(String(64), default=lambda: secrets.token_hex(32))
 
 
 class LabelingPair(Base):

@@ -19,6 +19,7 @@ tests can change a variable with ``monkeypatch.setenv`` and see it at once.
 | `WORKBENCH_DEVICE` | `auto` | Torch device for jobs: `auto` (CUDA, then MPS, then CPU), `cpu`, `cuda`, `cuda:1`, `mps`. |
 | `WORKBENCH_ALLOWED_ORIGINS` | *(empty)* | Comma-separated origins (`https://tools.example.com`) other than the app's own that browsers may send credentialed and state-changing requests from. Empty: same origin only. |
 | `WORKBENCH_PUBLIC_HOSTS` | this machine's names and addresses, `localhost` | Comma-separated host names (or addresses) people type to reach the app. A browser page may change something only when its origin names one of them (and the port it was served on): a page of another domain that resolves to this machine (DNS rebinding) is refused. Add your proxy's public name here. |
+| `WORKBENCH_BLIND_LABELERS` | `true` | Labelers are never told which model wrote an answer: model names are replaced by `model #<id>` (and where a model came from is left out) everywhere a labeler looks (Chat's model list, the Arena's leaderboard and its answer after a vote), as the Label screen never shows them. `false` tells labelers the names, as the training team is always told. |
 | `WORKBENCH_SECURE_COOKIES` | `false` | `true` marks every cookie `Secure` (for a TLS proxy that does not send `X-Forwarded-Proto: https`; with that header, or on https, cookies are `Secure` anyway). |
 
 Paths built from ids (``runs/<job id>``, ``datasets/<dataset id>``) go through `safe_join`,
@@ -72,6 +73,7 @@ class Settings:
     import_dir: Path | None = None  # None: <data dir>/import
     allowed_origins: tuple[str, ...] = ()  # besides the app's own origin
     secure_cookies: bool = False  # True: Secure on every cookie, whatever the request's scheme
+    blind_labelers: bool = True  # labelers are not told model names (web.services.access.sees_model_names)
     public_hosts: tuple[str, ...] = field(default_factory=lambda: default_public_hosts())
 
     @property
@@ -160,6 +162,7 @@ def get_settings(environ: Mapping[str, str] | None = None) -> Settings:
         import_dir=Path(text("WORKBENCH_IMPORT_DIR")).expanduser().resolve() if text("WORKBENCH_IMPORT_DIR") else None,
         allowed_origins=_origins(text("WORKBENCH_ALLOWED_ORIGINS")),
         secure_cookies=_flag(env, "WORKBENCH_SECURE_COOKIES"),
+        blind_labelers=_flag(env, "WORKBENCH_BLIND_LABELERS", default=True),
         public_hosts=_host_names(text("WORKBENCH_PUBLIC_HOSTS")) or default_public_hosts(),
     )
 
@@ -252,9 +255,11 @@ def _host_names(raw: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(hosts))
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
+def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     raw = env.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
+    if raw == "":
+        return default
+    if raw in ("0", "false", "no", "off"):
         return False
     if raw in ("1", "true", "yes", "on"):
         return True

@@ -323,7 +323,8 @@ def test_models_list_shows_lineage(client: TestClient, session: Session, users):
     models = client.get("/api/models", auth=TRAINER).json()
     assert [(m["name"], m["kind"], m["tokenizer"], m["parent_model_id"]) for m in models] == [
         ("chat-1", "sft", "gpt2", base.id), ("base-1", "base", "gpt2", None)]
-    assert [m["name"] for m in client.get("/api/models", auth=LABELER).json()] == ["chat-1"]  # chat models only
+    # Labelers: the chat models only, not by name (blind labelers, on by default).
+    assert [m["name"] for m in client.get("/api/models", auth=LABELER).json()] == [f"model #{models[0]['id']}"]
     assert set(models[0]) >= {"id", "name", "kind", "tokenizer", "parent_model_id", "job_id"}
     assert [m["name"] for m in client.get("/api/models?kind=base", auth=TRAINER).json()] == ["base-1"]
 

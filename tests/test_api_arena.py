@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from db.models import Comparison, Model, ModelKind
+from db.models import Comparison, Completion, Model, ModelKind
 from tests.conftest import LABELER, TRAINER
 
 
@@ -27,7 +27,7 @@ def test_a_battle_a_vote_and_the_leaderboard(client, session, api_settings):
     assert client.post("/api/arena/battles", auth=TRAINER, json={
         "messages": [{"role": "user", "content": "Hi"}]}).status_code == 409  # fewer than two chat models
     first, second = add_chat_model(session, api_settings, "chat-a", 1), add_chat_model(session, api_settings, "chat-b", 2)
-    assert {m["name"] for m in client.get("/api/arena/models", auth=LABELER).json()} == {"chat-a", "chat-b"}
+    assert {m["name"] for m in client.get("/api/arena/models", auth=TRAINER).json()} == {"chat-a", "chat-b"}
     bad = client.post("/api/arena/battles", auth=LABELER, json={"messages": [{"role": "assistant", "content": "x"}]})
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "messages"
 
@@ -38,16 +38,16 @@ def test_a_battle_a_vote_and_the_leaderboard(client, session, api_settings):
     assert set(body) == {"battle_id", "left", "right"} and set(body["left"]) == {"text"}  # no names, no ids
     vote = client.post("/api/arena/votes", auth=LABELER, json={"battle_id": body["battle_id"], "choice": "left"})
     assert vote.status_code == 201
-    revealed = vote.json()
-    assert {revealed["left_model"]["name"], revealed["right_model"]["name"]} == {"chat-a", "chat-b"}
+    assert vote.json()["left_model"] is None and vote.json()["right_model"] is None  # labelers are blind
     again = client.post("/api/arena/votes", auth=LABELER, json={"battle_id": body["battle_id"], "choice": "right"})
     assert again.status_code == 200 and again.json()["duplicate"] and again.json()["label"] == "a"  # one vote
     session.expire_all()
     stored = session.query(Comparison).one()
     assert stored.source == "arena" and stored.label.value == "a"
 
-    board = client.get("/api/arena/leaderboard", auth=LABELER).json()
-    assert board[0]["name"] == revealed["left_model"]["name"] and board[0]["rating"] > board[1]["rating"]
+    board = client.get("/api/arena/leaderboard", auth=TRAINER).json()
+    winner = session.get(Model, session.get(Completion, stored.completion_a_id).model_id)
+    assert board[0]["name"] == winner.name and board[0]["rating"] > board[1]["rating"]
     assert all(row["votes"] == 1 for row in board)
 
     # The vote is a preference pair for reward and DPO jobs.
@@ -71,7 +71,7 @@ def test_a_battle_a_vote_and_the_leaderboard(client, session, api_settings):
 def test_the_pool_of_arena_models(client, session, api_settings):
     first, second = add_chat_model(session, api_settings, "chat-a", 1), add_chat_model(session, api_settings, "chat-b", 2)
     third = add_chat_model(session, api_settings, "chat-c", 3)
-    everyone = client.get("/api/arena/models?everyone=true", auth=LABELER).json()
+    everyone = client.get("/api/arena/models?everyone=true", auth=TRAINER).json()
     assert [(m["name"], m["in_arena"]) for m in everyone] == [("chat-a", True), ("chat-b", True), ("chat-c", True)]
 
     # Only the training team chooses; a labeler is refused and nothing changes.
@@ -82,7 +82,7 @@ def test_the_pool_of_arena_models(client, session, api_settings):
     answer = client.put("/api/arena/models", auth=TRAINER, json={"model_ids": [first.id, third.id]})
     assert answer.status_code == 200, answer.text
     assert {m["name"]: m["in_arena"] for m in answer.json()} == {"chat-a": True, "chat-b": False, "chat-c": True}
-    assert [m["name"] for m in client.get("/api/arena/models", auth=LABELER).json()] == ["chat-a", "chat-c"]
+    assert [m["name"] for m in client.get("/api/arena/models", auth=TRAINER).json()] == ["chat-a", "chat-c"]
 
     # Random battles draw from the pool only; a caller may still name any chat model.
     from web.services.arena import draw_battle
@@ -134,8 +134,11 @@ def test_a_vote_names_a_battle_the_arena_showed_the_voter_once(client, session, 
     job = make_generate_job(session, prompts=1, answers=2)
     project = client.post("/api/labeling/projects", auth=TRAINER, json={"name": "p", "source_job_ids": [job.id]}).json()
     pair = client.get(f"/api/labeling/projects/{project['id']}/next", auth=LABELER).json()
-    shown = [pair["left"]["completion_id"], pair["right"]["completion_id"]]
-    for left, right in (shown, shown[::-1]):
+    from db.models import LabelingPair
+
+    completions = session.get(LabelingPair, pair["pair_id"])  # what the screen's ids stand for, had it shown them
+    shown = [pair["left"]["answer_id"], pair["right"]["answer_id"]]
+    for left, right in (shown, shown[::-1], (completions.completion_a_id, completions.completion_b_id)):
         old_shape = client.post("/api/arena/votes", auth=LABELER, json={
             "left_completion_id": left, "right_completion_id": right, "choice": "left"})
         assert old_shape.status_code == 422 and old_shape.json()["detail"][0]["loc"] == ["body", "battle_id"]
@@ -143,3 +146,47 @@ def test_a_vote_names_a_battle_the_arena_showed_the_voter_once(client, session, 
     as_battle = client.post("/api/arena/votes", auth=LABELER, json={"battle_id": pair["pair_id"], "choice": "left"})
     assert as_battle.status_code == 404
     assert arena_votes() == 1
+
+
+def test_labelers_are_blind_to_model_names_unless_the_setting_is_off(client, session, api_settings, users,
+                                                                      monkeypatch):
+    """WORKBENCH_BLIND_LABELERS (on by default): a labeler is told no model's name (nor its job, parent or owner)
+    in the model list they chat from, the arena's pool and leaderboard, or after a vote; the training team is.
+    Turned off, labelers are told the names too."""
+    from web.services import arena, list_models
+
+    first, second = add_chat_model(session, api_settings, "chat-a", 1), add_chat_model(session, api_settings, "chat-b", 2)
+    aliases = {f"model #{first.id}", f"model #{second.id}"}
+    conversation = {"messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 4, "seed": 1}
+
+    def told(auth) -> dict:
+        battle = client.post("/api/arena/battles", auth=auth, json=conversation)
+        assert battle.status_code == 201, battle.text
+        battle = battle.json()
+        vote = client.post("/api/arena/votes", auth=auth, json={"battle_id": battle["battle_id"], "choice": "tie"})
+        assert vote.status_code == 201, vote.text
+        listed = client.get("/api/models", auth=auth).json()
+        return {"models": {m["name"] for m in listed}, "jobs": {m["job_id"] for m in listed},
+                "pool": {m["name"] for m in client.get("/api/arena/models?everyone=true", auth=auth).json()},
+                "board": {row["name"] for row in client.get("/api/arena/leaderboard", auth=auth).json()},
+                "vote": vote.json()["left_model"], "one": client.get(f"/api/models/{first.id}", auth=auth).json()}
+
+    session.query(Model).filter(Model.id == first.id).update({Model.job_id: None, Model.owner_id: users["trainer"].id})
+    session.commit()
+    labeler = told(LABELER)
+    assert labeler["models"] == labeler["pool"] == labeler["board"] == aliases and labeler["vote"] is None
+    assert labeler["one"]["name"] == f"model #{first.id}" and labeler["one"]["owner_id"] is None  # (it has one)
+    trainer = told(TRAINER)
+    assert trainer["models"] == trainer["pool"] == trainer["board"] == {"chat-a", "chat-b"}
+    assert trainer["vote"]["name"] in {"chat-a", "chat-b"}
+    # The services say the same to a labeler (the UI's path): a vote reveals nothing, the list is aliases.
+    labeler_row = users["labeler"]
+    battle = arena.record_answers(session, labeler_row, [{"role": "user", "content": "Hi"}],
+                                  {"model_id": first.id, "text": "a"}, {"model_id": second.id, "text": "b"})
+    assert arena.vote(session, labeler_row, battle["battle_id"], "left")["right_model"] is None
+    assert {m["name"] for m in list_models(session=session, viewer=labeler_row)} == aliases
+
+    monkeypatch.setenv("WORKBENCH_BLIND_LABELERS", "false")
+    seeing = told(LABELER)
+    assert seeing["models"] == seeing["pool"] == seeing["board"] == {"chat-a", "chat-b"}
+    assert seeing["vote"]["name"] in {"chat-a", "chat-b"}

@@ -42,7 +42,7 @@ def test_a_labeling_round_through_the_api(client, session, users):
             pair = shown.json()
             assert pair["prompt"]["messages"][0]["role"] == "user"
             body = {"pair_id": pair["pair_id"], "choice": "left", "idempotency_key": f"{auth[0]}-{pair['pair_id']}",
-                    "left_completion_id": pair["left"]["completion_id"]}
+                    "left_answer_id": pair["left"]["answer_id"]}
             first = client.post(f"{base}/labels", auth=auth, json=body)
             retried = client.post(f"{base}/labels", auth=auth, json=body)  # a retry after a lost answer
             assert first.status_code == 201 and retried.status_code == 200
@@ -56,7 +56,7 @@ def test_a_labeling_round_through_the_api(client, session, users):
     assert undone.status_code == 200 and undone.json()["progress"]["done"] == 1
     again = undone.json()
     assert client.post(f"{base}/labels", auth=second, json={
-        "pair_id": again["pair_id"], "choice": "left", "left_completion_id": again["left"]["completion_id"]
+        "pair_id": again["pair_id"], "choice": "left", "left_answer_id": again["left"]["answer_id"]
     }).status_code == 201
 
     assert client.get(f"{base}/agreement", auth=LABELER).status_code == 403
@@ -81,7 +81,7 @@ def test_ids_beyond_the_columns_are_422_naming_the_parameter(client, users):
         answer = client.get(url, auth=TRAINER)
         assert answer.status_code == 422 and answer.json()["detail"][0]["loc"][-1] == "project_id", answer.text
     answer = client.post("/api/labeling/projects/1/labels", auth=TRAINER,
-                         json={"pair_id": huge, "choice": "left", "left_completion_id": 1})
+                         json={"pair_id": huge, "choice": "left", "left_answer_id": "1"})
     assert answer.status_code == 422 and answer.json()["detail"][0]["loc"][-1] == "pair_id"
     assert client.get(f"/api/datasets/{huge}", auth=TRAINER).json()["detail"][0]["loc"][-1] == "dataset_id"
     assert client.patch(f"/api/users/{huge}", auth=ADMIN, json={"disabled": True}).json()["detail"][0]["loc"][-1] \
@@ -95,7 +95,7 @@ def test_a_label_answered_with_the_next_pair(client, session, users):
                           json={"name": "one request per label", "source_job_ids": [job.id]}).json()
     base = f"/api/labeling/projects/{project['id']}"
     pair = client.get(f"{base}/next", auth=LABELER).json()
-    body = {"pair_id": pair["pair_id"], "choice": "right", "left_completion_id": pair["left"]["completion_id"],
+    body = {"pair_id": pair["pair_id"], "choice": "right", "left_answer_id": pair["left"]["answer_id"],
             "idempotency_key": "first"}
     first = client.post(f"{base}/labels?next=true", auth=LABELER, json=body)
     assert first.status_code == 201, first.text
@@ -106,7 +106,7 @@ def test_a_label_answered_with_the_next_pair(client, session, users):
     assert retried.status_code == 200 and retried.json()["id"] == first.json()["id"]
     assert retried.json()["next"] == following
     last = client.post(f"{base}/labels?next=true", auth=LABELER, json={
-        "pair_id": following["pair_id"], "choice": "tie", "left_completion_id": following["left"]["completion_id"]})
+        "pair_id": following["pair_id"], "choice": "tie", "left_answer_id": following["left"]["answer_id"]})
     assert last.status_code == 201 and last.json()["next"] is None and last.json()["progress"]["left"] == 0
     # Without ?next the answer has no `next` at all (not a null that would read as "nothing left").
     plain = client.post(f"{base}/labels", auth=LABELER, json=body)
@@ -128,7 +128,7 @@ def test_choices_are_the_one_declared_vocabulary(client, users):
     assert schemas["Label"]["enum"] == [label.value for label in Label] == ["a", "b", "tie", "both_bad", "skip"]
     for refused in ("A", "a", "Left", "", 1):
         answer = client.post("/api/labeling/projects/1/labels", auth=LABELER,
-                             json={"pair_id": 1, "choice": refused, "left_completion_id": 1})
+                             json={"pair_id": 1, "choice": refused, "left_answer_id": "1"})
         assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["body", "choice"], answer.text
     for refused in ("skip", "a", "bothbad"):  # the arena has no skip: a vote names the better answer, or neither
         answer = client.post("/api/arena/votes", auth=LABELER,
@@ -148,7 +148,7 @@ def test_time_spent_is_bounded_at_a_day_in_one_place(client, session, users):
                           json={"name": "timed", "source_job_ids": [job.id]}).json()
     base = f"/api/labeling/projects/{project['id']}"
     shown = client.get(f"{base}/next", auth=LABELER).json()
-    label = {"pair_id": shown["pair_id"], "choice": "left", "left_completion_id": shown["left"]["completion_id"]}
+    label = {"pair_id": shown["pair_id"], "choice": "left", "left_answer_id": shown["left"]["answer_id"]}
     for refused in (-0.001, MAX_TIME_SPENT_S + 0.001, 10 ** 9):
         answer = client.post(f"{base}/labels", auth=LABELER, json={**label, "time_spent_s": refused})
         assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["body", "time_spent_s"], answer.text
@@ -194,7 +194,7 @@ def test_a_retry_racing_an_undo_is_refused_not_an_error(client, session, users, 
     base = f"/api/labeling/projects/{project['id']}"
     pair = client.get(f"{base}/next", auth=LABELER).json()
     body = {"pair_id": pair["pair_id"], "choice": "left", "idempotency_key": "k",
-            "left_completion_id": pair["left"]["completion_id"]}
+            "left_answer_id": pair["left"]["answer_id"]}
     assert client.post(f"{base}/labels", auth=LABELER, json=body).status_code == 201
 
     undone: list[int] = []
@@ -235,7 +235,7 @@ def test_label_ids_are_never_reused_and_the_undo_names_the_label_it_removed(clie
     def label(auth) -> dict:
         pair = client.get(f"{base}/next", auth=auth).json()
         stored = client.post(f"{base}/labels", auth=auth, json={
-            "pair_id": pair["pair_id"], "choice": "tie", "left_completion_id": pair["left"]["completion_id"]})
+            "pair_id": pair["pair_id"], "choice": "tie", "left_answer_id": pair["left"]["answer_id"]})
         assert stored.status_code == 201, stored.text
         return stored.json()
 
@@ -253,3 +253,36 @@ def test_label_ids_are_never_reused_and_the_undo_names_the_label_it_removed(clie
     client.post(f"{base}/undo", auth=LABELER)
     client.post(f"{base}/undo", auth=LABELER)
     assert client.post(f"{base}/undo", auth=LABELER).status_code == 409
+
+
+def test_a_labeler_sees_answers_by_opaque_ids(client, session, users):
+    """The screen names a pair's answers by ids that are not the completions' (those follow the generate jobs,
+    so the models), differ from pair to pair for one answer, and are what a label names (a completion's
+    database id is refused, naming the field)."""
+    from db.models import LabelingPair
+
+    job = make_generate_job(session, prompts=1, answers=3)  # 3 pairs; every answer is in two of them
+    project = client.post("/api/labeling/projects", auth=TRAINER,
+                          json={"name": "p", "source_job_ids": [job.id], "overlap": 1}).json()
+    base = f"/api/labeling/projects/{project['id']}"
+    seen: dict[int, str] = {}  # completion id -> an id it was shown with
+    for _ in range(3):
+        pair = client.get(f"{base}/next", auth=LABELER).json()
+        stored_pair = session.get(LabelingPair, pair["pair_id"])
+        completions = {stored_pair.completion_a_id, stored_pair.completion_b_id}
+        shown = {pair["left"]["answer_id"], pair["right"]["answer_id"]}
+        assert not shown & {str(c) for c in completions} and len(shown) == 2
+        wrong = client.post(f"{base}/labels", auth=LABELER, json={
+            "pair_id": pair["pair_id"], "choice": "left", "left_answer_id": str(stored_pair.completion_a_id)})
+        assert wrong.status_code == 422 and wrong.json()["detail"][0]["loc"] == ["body", "left_answer_id"]
+        stored = client.post(f"{base}/labels", auth=LABELER, json={
+            "pair_id": pair["pair_id"], "choice": "left", "left_answer_id": pair["left"]["answer_id"]})
+        assert stored.status_code == 201
+        left = session.get(Comparison, stored.json()["id"])
+        left_completion = left.completion_b_id if left.swapped else left.completion_a_id
+        assert stored.json()["label"] == ("b" if left.swapped else "a")
+        for completion in completions:
+            seen.setdefault(completion, set()).update(shown)
+        assert left_completion in completions
+    # Each answer was in two pairs, with two different ids.
+    assert all(len(ids) == 4 for ids in seen.values())

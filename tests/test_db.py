@@ -101,7 +101,7 @@ def _new_job(session: Session, **fields: Any) -> Job:
 def test_upgrade_from_empty_matches_the_models(empty_database_url: str) -> None:
     assert current_revision(empty_database_url) is None
     upgrade(empty_database_url)
-    assert current_revision(empty_database_url) == head_revision() == "0007"
+    assert current_revision(empty_database_url) == head_revision() == "0008"
     assert is_up_to_date(empty_database_url)
 
     engine = create_workbench_engine(empty_database_url)
@@ -150,8 +150,8 @@ def test_migrate_module_runs_from_the_command_line(empty_database_url: str, tmp_
         [sys.executable, "-m", "db.migrate"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "database at 0007" in upgraded.stdout
-    assert current_revision(empty_database_url) == "0007"
+    assert "database at 0008" in upgraded.stdout
+    assert current_revision(empty_database_url) == "0008"
 
 
 # --- engines and sessions --------------------------------------------------------------------
@@ -665,6 +665,31 @@ def test_0007_keeps_every_label_and_never_gives_an_id_twice(empty_database_url: 
         downgrade(empty_database_url, "0006")  # and back: every row kept (ids may be reused again there)
         with engine.connect() as connection:
             assert connection.execute(text("SELECT id FROM comparisons")).scalars().all() == [stored]
+    finally:
+        engine.dispose()
+
+
+def test_0008_gives_every_labeling_project_its_own_answer_key(empty_database_url: str) -> None:
+    upgrade(empty_database_url, "0007")
+    engine = create_workbench_engine(empty_database_url)
+    try:
+        tables = MetaData()
+        tables.reflect(engine)
+        with engine.begin() as connection:
+            for name, rows in _rows_at_0004():
+                connection.execute(tables.tables[name].insert(), rows)
+            connection.execute(tables.tables["labeling_projects"].insert(), [
+                {**_rows_at_0004()[9][1][0], "id": 2, "name": "second"}])
+        before = _every_row(engine)
+
+        upgrade(empty_database_url, "0008")
+        after = _every_row(engine)
+        keys = [row[-1] for row in after["labeling_projects"]]
+        assert len(set(keys)) == 2 and all(len(key) == 64 and int(key, 16) >= 0 for key in keys)
+        after["labeling_projects"] = [tuple(row[:-1]) for row in after["labeling_projects"]]
+        assert after == {name: [tuple(row) for row in rows] for name, rows in before.items()}
+        downgrade(empty_database_url, "0007")  # and back: the keys go, every row stays
+        assert _every_row(engine) == before
     finally:
         engine.dispose()
 

@@ -11,11 +11,11 @@ import threading
 import pytest
 from sqlalchemy import event, func, select
 
-from db.models import Comparison, Completion, Job, JobStatus, LabelingPair, Prompt, Role
+from db.models import Comparison, Completion, Job, JobStatus, LabelingPair, LabelingProject, Prompt, Role
 from db.session import SessionLocal
 from db.users import create_user
 from web.services.common import Conflict, InvalidInput, PermissionDenied
-from web.services.labeling import (create_project, form_pairs, list_projects, next_pair, progress, submit_label,
+from web.services.labeling import (answer_id, create_project, form_pairs, list_projects, next_pair, progress, submit_label,
                                    undo_last_label)
 from web.services.labeling_results import agreement_report, consensus_pairs, export_labels_csv, export_trl_jsonl
 
@@ -33,6 +33,11 @@ def make_generate_job(session, prompts=3, answers=3, status=JobStatus.succeeded,
             session.add(Completion(prompt_id=prompt.id, job_id=job.id, text=f"answer {p}.{a}", sampling={}, seed=a))
     session.commit()
     return job
+
+
+def shown_id(session, pair: LabelingPair, completion_id: int) -> str:
+    """The answer_id a labeler's screen gives completion `completion_id` of `pair` (what a submit names)."""
+    return answer_id(session.get(LabelingProject, pair.project_id), pair.id, completion_id)
 
 
 @pytest.fixture
@@ -79,11 +84,15 @@ def test_labels_are_unswapped_idempotent_and_undoable(session, team):
     shown = next_pair(session, lea, project.id)
     assert next_pair(session, lea, project.id)["pair_id"] == shown["pair_id"]  # a refresh shows the same pair
     pair = session.get(LabelingPair, shown["pair_id"])
-    left = shown["left"]["completion_id"]
+    left = shown["left"]["answer_id"]
+    # The screen names answers by opaque ids, not by the completions' database ids.
+    assert {left, shown["right"]["answer_id"]} == {shown_id(session, pair, pair.completion_a_id),
+                                                   shown_id(session, pair, pair.completion_b_id)}
+    assert not {left, shown["right"]["answer_id"]} & {str(pair.completion_a_id), str(pair.completion_b_id)}
     stored = submit_label(session, lea, project.id, pair.id, "left", left, note="clearer", idempotency_key="k1")
     # "left" means the completion shown on the left won, whichever of a/b it is.
-    assert stored["label"] == ("a" if left == pair.completion_a_id else "b")
-    assert stored["swapped"] == (left == pair.completion_b_id)
+    assert stored["label"] == ("a" if left == shown_id(session, pair, pair.completion_a_id) else "b")
+    assert stored["swapped"] == (left == shown_id(session, pair, pair.completion_b_id))
     again = submit_label(session, lea, project.id, pair.id, "left", left, idempotency_key="k1")
     assert again["duplicate"] and again["id"] == stored["id"]
     assert submit_label(session, lea, project.id, pair.id, "right", left)["id"] == stored["id"]  # one per labeler
@@ -99,20 +108,21 @@ def test_labels_are_unswapped_idempotent_and_undoable(session, team):
     assert progress(session, lea, project.id) == {"done": 1, "today": 1, "left": 1, "pairs": 2, "complete_pairs": 1}
     # Undo: the label goes, the count drops, the same pair comes back shown the same way.
     back = undo_last_label(session, lea, project.id)
-    assert back["pair_id"] == pair.id and back["left"]["completion_id"] == left
+    assert back["pair_id"] == pair.id and back["left"]["answer_id"] == left
     session.refresh(pair)
     assert pair.label_count == 0 and session.scalar(select(func.count(Comparison.id))) == 0
     with pytest.raises(InvalidInput, match="choice"):
         submit_label(session, lea, project.id, pair.id, "A", left)
-    with pytest.raises(InvalidInput, match="not one of pair") as refused:
-        submit_label(session, lea, project.id, pair.id, "left", 10 ** 9)
-    assert refused.value.field == "left_completion_id"
+    for not_shown in (str(pair.completion_a_id), other["left"]["answer_id"]):  # a database id; another pair's
+        with pytest.raises(InvalidInput, match="not one of pair") as refused:
+            submit_label(session, lea, project.id, pair.id, "left", not_shown)
+        assert refused.value.field == "left_answer_id"
     # A retried skip stores one skip; a key already used for another label is refused, and its overlap guard's
     # count rolls back with it.
     skip = submit_label(session, lea, project.id, pair.id, "skip", left, idempotency_key="k2")
     assert submit_label(session, lea, project.id, pair.id, "skip", left)["id"] == skip["id"]
     with pytest.raises(Conflict, match="idempotency key was used for another label"):
-        submit_label(session, team["leo"], project.id, other["pair_id"], "tie", other["left"]["completion_id"],
+        submit_label(session, team["leo"], project.id, other["pair_id"], "tie", other["left"]["answer_id"],
                      idempotency_key="k2")
     assert session.scalar(select(func.count(Comparison.id))) == 1
     assert session.get(LabelingPair, other["pair_id"]).label_count == 0
@@ -123,7 +133,7 @@ def test_a_label_can_bring_the_next_pair(session, team):
     project = create_project(session, team["tina"], name="p", source_job_ids=[job.id], overlap=1)
     lea = team["lea"]
     shown = next_pair(session, lea, project.id)
-    stored = submit_label(session, lea, project.id, shown["pair_id"], "left", shown["left"]["completion_id"],
+    stored = submit_label(session, lea, project.id, shown["pair_id"], "left", shown["left"]["answer_id"],
                           idempotency_key="k1", and_next=True)
     following = stored["next"]
     assert not stored["duplicate"] and following["pair_id"] != shown["pair_id"]
@@ -132,22 +142,22 @@ def test_a_label_can_bring_the_next_pair(session, team):
     assert stored["progress"] == following["progress"] == progress(session, lea, project.id) == {
         "done": 1, "today": 1, "left": 1, "pairs": 2, "complete_pairs": 1}
     # A retry gets the stored label and the same next pair, not a third one.
-    again = submit_label(session, lea, project.id, shown["pair_id"], "left", shown["left"]["completion_id"],
+    again = submit_label(session, lea, project.id, shown["pair_id"], "left", shown["left"]["answer_id"],
                          idempotency_key="k1", and_next=True)
     assert again["duplicate"] and again["id"] == stored["id"] and again["next"] == following
     # After the last pair: next is None, and the progress is still there.
-    last = submit_label(session, lea, project.id, following["pair_id"], "tie", following["left"]["completion_id"],
+    last = submit_label(session, lea, project.id, following["pair_id"], "tie", following["left"]["answer_id"],
                         and_next=True)
     assert last["next"] is None and last["progress"]["done"] == 2 and last["progress"]["left"] == 0
     assert "next" not in submit_label(session, lea, project.id, following["pair_id"], "tie",
-                                      following["left"]["completion_id"])
+                                      following["left"]["answer_id"])
 
 
 def test_skip_takes_no_slot_and_never_comes_back(session, team):
     job = make_generate_job(session, prompts=1, answers=2)
     project = create_project(session, team["tina"], name="p", source_job_ids=[job.id], overlap=1)
     shown = next_pair(session, team["lea"], project.id)
-    submit_label(session, team["lea"], project.id, shown["pair_id"], "skip", shown["left"]["completion_id"])
+    submit_label(session, team["lea"], project.id, shown["pair_id"], "skip", shown["left"]["answer_id"])
     assert next_pair(session, team["lea"], project.id) is None
     assert next_pair(session, team["leo"], project.id)["pair_id"] == shown["pair_id"]
 
@@ -167,7 +177,7 @@ def test_concurrent_labelers_never_exceed_the_overlap(session, team, database_ur
                 if shown is None:
                     return
                 try:
-                    submit_label(own, user_id, project.id, shown["pair_id"], "left", shown["left"]["completion_id"])
+                    submit_label(own, user_id, project.id, shown["pair_id"], "left", shown["left"]["answer_id"])
                 except Conflict:
                     pass  # refused without storing: allowed, the guard's job
         except Exception as error:  # noqa: BLE001 - reported below
@@ -195,7 +205,7 @@ def test_agreement_consensus_and_exports_follow_the_labels(session, team):
     wanted = {"lea": ["a", "a", "tie"], "leo": ["a", "b", "tie"]}
     for name, labels in wanted.items():
         for pair, label in zip(pairs, labels):
-            shown_left = pair.completion_a_id
+            shown_left = shown_id(session, pair, pair.completion_a_id)
             choice = {"a": "left", "b": "right"}.get(label, label)
             submit_label(session, team[name], project.id, pair.id, choice, shown_left)
     report = agreement_report(project.id, team["boss"], session=session)
@@ -243,7 +253,7 @@ def test_the_export_gives_exactly_the_pairs_a_preference_job_trains_on(session, 
             swapped = (index + turn) % 2 == 1
             left = pair.completion_b_id if swapped else pair.completion_a_id
             choice = {"a": "right" if swapped else "left", "b": "left" if swapped else "right"}.get(label, label)
-            stored = submit_label(session, team[name], project.id, pair.id, choice, left)
+            stored = submit_label(session, team[name], project.id, pair.id, choice, shown_id(session, pair, left))
             assert stored["label"] == label
     texts = {c.id: c.text for c in session.scalars(select(Completion))}
     expected = [(pairs[0].completion_a_id, pairs[0].completion_b_id), (pairs[1].completion_b_id, pairs[1].completion_a_id),
@@ -300,7 +310,7 @@ def test_a_label_with_its_next_pair_runs_eight_statements(session, team):
 
     event.listen(engine, "before_cursor_execute", record)
     try:
-        stored = submit_label(session, lea, project.id, shown["pair_id"], "left", shown["left"]["completion_id"],
+        stored = submit_label(session, lea, project.id, shown["pair_id"], "left", shown["left"]["answer_id"],
                               and_next=True)
     finally:
         event.remove(engine, "before_cursor_execute", record)

@@ -67,7 +67,7 @@ class Labeler:
         if shown is None:
             return
         self.last_request = {"pair_id": shown["pair_id"], "choice": choice,
-                             "left_completion_id": shown["left"]["completion_id"],
+                             "left_answer_id": shown["left"]["answer_id"],
                              "idempotency_key": f"{self.user_id}-{self.rng.getrandbits(64):x}"}
         self.request(submit_label, **self.last_request, and_next=self.rng.random() < 0.5)
 

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from db.models import MAX_TIME_SPENT_S, Comparison, JobStatus, LabelingPair, Role
 from db.users import create_user
 from tests.conftest import ADMIN, LABELER, TRAINER
-from tests.test_labeling import make_generate_job
+from tests.test_labeling import make_generate_job, shown_id
 from web.services import PermissionDenied
 from web.services.labeling import labeler_choices
 from web.services.labeling_results import agreement_report, export_trl_jsonl
@@ -84,9 +84,9 @@ def test_shaping_helpers():
     assert 'aria-valuenow="100"' in progress_html({"done": 0, "left": 0, "today": 0, "pairs": 0, "complete_pairs": 0})
     pair = {"project_id": 1, "pair_id": 7, "prompt": {"text": "hi", "messages": [
         {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]},
-        "left": {"completion_id": 12, "text": "a"}, "right": {"completion_id": 11, "text": "b"}}
+        "left": {"answer_id": "9f2c", "text": "a"}, "right": {"answer_id": "01ab", "text": "b"}}
     shown = read_shown(shown_token(pair))
-    assert (shown["pair_id"], shown["left_completion_id"]) == (7, 12)
+    assert (shown["pair_id"], shown["left_answer_id"]) == (7, "9f2c")
     assert read_shown(shown_token(pair))["key"] != shown["key"]  # a key per showing
     for bad in (None, "", "{", "[]", json.dumps({"pair_id": 7})):
         assert read_shown(bad) is None
@@ -126,7 +126,7 @@ def test_labeling_through_the_tab(tab, users, session):
     label = stored[0]
     pair = session.get(LabelingPair, shown["pair_id"])
     # "A is better" names the answer shown on the left, stored un-swapped.
-    assert label.label.value == ("a" if shown["left_completion_id"] == pair.completion_a_id else "b")
+    assert label.label.value == ("a" if shown["left_answer_id"] == shown_id(session, pair, pair.completion_a_id) else "b")
     assert label.note == "clear winner" and label.idempotency_key == shown["key"]
     assert 0.05 <= label.time_spent_s < 60
 
@@ -202,7 +202,7 @@ def test_agreement_guidelines_and_exports(tab, users, session, second_labeler):
     def prefers_first(screen):
         shown = read_shown(screen[SHOWN])
         pair = session.get(LabelingPair, shown["pair_id"])
-        return "left" if shown["left_completion_id"] == pair.completion_a_id else "right"
+        return "left" if shown["left_answer_id"] == shown_id(session, pair, pair.completion_a_id) else "right"
 
     def mostly_first(screen):
         shown = read_shown(screen[SHOWN])

@@ -216,8 +216,9 @@ class LabelingProgressOut(BaseModel):
     complete_pairs: int
 
 
-class ShownCompletion(BaseModel):
-    completion_id: int
+class ShownAnswer(BaseModel):
+    answer_id: str = Field(description="this answer's id on this pair's screen: opaque (not the completion's "
+                                       "database id); send the left one's back as left_answer_id")
     text: str
 
 
@@ -227,8 +228,8 @@ class PairOut(BaseModel):
     pair_id: int
     project_id: int
     prompt: dict[str, Any] = Field(description="{text, messages}: the conversation so far")
-    left: ShownCompletion
-    right: ShownCompletion
+    left: ShownAnswer
+    right: ShownAnswer
     progress: LabelingProgressOut
 
 
@@ -241,7 +242,7 @@ class UndoOut(PairOut):
 class LabelSubmit(BaseModel):
     pair_id: int = Field(ge=1, le=SQL_INTEGER_MAX)
     choice: Choice = Field(description="what the labeler chose, as seen on screen")
-    left_completion_id: int = Field(ge=1, le=SQL_INTEGER_MAX, description="the completion that was shown on the left")
+    left_answer_id: str = Field(min_length=1, max_length=64, description="the answer_id of the answer shown on the left")
     note: str | None = None
     time_spent_s: TimeSpent | None = None
     idempotency_key: str | None = Field(None, description="repeat a request with the same key: one label stored")
@@ -354,8 +355,8 @@ class VoteOut(BaseModel):
     comparison_id: int
     label: Label
     duplicate: bool = Field(description="true when the battle had its vote already: this is that vote")
-    left_model: dict[str, Any]
-    right_model: dict[str, Any]
+    left_model: dict[str, Any] | None = Field(description="{id, name} of model A; null for a blind labeler")
+    right_model: dict[str, Any] | None = Field(description="{id, name} of model B; null for a blind labeler")
 
 
 class LeaderboardRow(BaseModel):

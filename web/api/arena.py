@@ -26,7 +26,7 @@ def arena_models(user: CurrentUser, session: DbSession,
                  everyone: Annotated[bool, Query(description="every chat model, in the pool or not")] = False) -> Any:
     """The chat models battles are drawn from (with `everyone`, every SFT and DPO model and whether it is in)."""
     require(user, Action.chat)
-    return arena.arena_models(session, everyone=everyone)
+    return arena.arena_models(session, everyone=everyone, viewer=user)
 
 
 @router.put("/models", response_model=list[ArenaModelOut])
@@ -51,8 +51,8 @@ def battle(body: BattleCreate, user: CurrentUser, session: DbSession, settings: 
 @router.post("/votes", response_model=VoteOut, status_code=status.HTTP_201_CREATED,
              responses={404: {"model": ErrorOut, "description": "no battle of yours with this id"}})
 def vote(body: VoteCreate, user: CurrentUser, session: DbSession, response: Response) -> Any:
-    """Vote on a battle the arena showed you; the answer tells which models wrote its answers. A battle takes
-    one vote: voting again answers 200 with the first one."""
+    """Vote on a battle the arena showed you; the answer tells which models wrote its answers (null for a blind
+    labeler: WORKBENCH_BLIND_LABELERS). A battle takes one vote: voting again answers 200 with the first one."""
     stored = arena.vote(session, user, body.battle_id, body.choice, body.time_spent_s)
     if stored["duplicate"]:
         response.status_code = status.HTTP_200_OK
@@ -63,4 +63,4 @@ def vote(body: VoteCreate, user: CurrentUser, session: DbSession, response: Resp
 def leaderboard(user: CurrentUser, session: DbSession) -> Any:
     """Bradley-Terry ratings on the Elo scale with 95 % bootstrap intervals and each model's vote count."""
     require(user, Action.chat)
-    return arena.leaderboard(session)
+    return arena.leaderboard(session, viewer=user)

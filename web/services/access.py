@@ -4,7 +4,8 @@ Every service function that changes something calls `require(user, action)` (or,
 an owner, `require_owner`); the API's dependencies and the UI (which hides or greys out what a role
 cannot do) ask `can(user, action)`. The rule lives here once: admins do everything; trainers work
 with data, jobs and models and change only their own datasets, jobs and models; labelers label and chat (they
-see neither datasets nor jobs, and of the models only the chat models).
+see neither datasets nor jobs, and of the models only the chat models, by name only where blind labelers is off:
+`sees_model_names`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import enum
 from sqlalchemy.orm import Session
 
 from db.models import Role, User
+from db.settings import get_settings
 from db.users import user_named
 from web.services.common import PermissionDenied, enum_value, reading
 
@@ -33,6 +35,7 @@ class Action(str, enum.Enum):
     manage_models = "import models"
     manage_arena = "choose which chat models the arena draws from"
     manage_users = "manage users"
+    see_model_names = "be told which model wrote an answer (labelers are, only where blind labelers is off)"
 
 
 ALLOWED_ROLES: dict[Action, tuple[Role, ...]] = {
@@ -50,6 +53,7 @@ ALLOWED_ROLES: dict[Action, tuple[Role, ...]] = {
     Action.manage_models: (Role.admin,),
     Action.manage_arena: (Role.admin, Role.trainer),
     Action.manage_users: (Role.admin,),
+    Action.see_model_names: (Role.admin, Role.trainer),
 }
 
 
@@ -94,6 +98,13 @@ def require_owner(user: User | dict | None, owner_id: int | None, own: Action, a
     roles = " or ".join(r.value for r in ALLOWED_ROLES[anyone])
     raise PermissionDenied(f"{what} belongs to someone else; user {_field(user, 'name')!r} can {own.value}, "
                            f"and changing another person's needs the {roles} role")
+
+
+def sees_model_names(user: User | dict | None) -> bool:
+    """Whether `user` is told model names (and where a model came from): the training team always, labelers
+    only when the workbench's "blind labelers" setting (WORKBENCH_BLIND_LABELERS, on by default) is off, so that
+    what they label and vote is not swayed by knowing, or learning, which model wrote it."""
+    return can(user, Action.see_model_names) or not get_settings().blind_labelers
 
 
 def resolve_user(session: Session, who: User | int | str | None) -> User | None:

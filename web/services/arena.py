@@ -8,7 +8,8 @@ after the vote, every vote becomes a preference pair (source "arena"), and a lea
                                                the prompt, both answers and the battle shown to `who` stored
                                                (before the vote): its id is what the vote names
     vote(session, who, battle_id, choice)      one vote per battle, on a battle of the voter's only: a
-                                               Comparison (source arena), and the two names revealed
+                                               Comparison (source arena), and the two names revealed (not
+                                               to blind labelers: access.sees_model_names)
     leaderboard(session)                       Bradley–Terry ratings with 95 % intervals (llm/ratings.py)
 
 Generation itself happens in the front end that shows it (the Chat tab streams it, the API generates it
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import random
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 from sqlalchemy import select, update
@@ -27,22 +29,25 @@ from sqlalchemy.orm import Session
 from db.models import SQL_INTEGER_MAX, ArenaBattle, Comparison, Completion, Model, ModelKind, Prompt, User
 from llm.preference_labels import VOTES, Choice, Label
 from llm.ratings import leaderboard as rate
-from web.services.access import Action, require, resolve_user
+from web.services.access import Action, require, resolve_user, sees_model_names
 from web.services.common import Conflict, InvalidInput, NotFound, reading
 from web.services.labeling import check_time_spent
+from web.services.models import blind_model_name
 
 ARENA_KINDS = (ModelKind.sft, ModelKind.dpo)
 MAX_PROMPT_CHARS = 20_000
 
 
-def arena_models(session: Session | None = None, *, everyone: bool = False) -> list[dict]:
+def arena_models(session: Session | None = None, *, everyone: bool = False, viewer=None) -> list[dict]:
     """[{id, name, kind, in_arena}] of the chat models (SFT and DPO) the arena draws from, or with `everyone`
-    of every chat model, in the pool or not."""
+    of every chat model, in the pool or not; named as `viewer` may be told (a blind labeler: `model #<id>`)."""
     with reading(session) as s:
         query = select(Model).where(Model.kind.in_(ARENA_KINDS)).order_by(Model.id)
         if not everyone:
             query = query.where(Model.in_arena.is_(True))
-        return [{"id": m.id, "name": m.name, "kind": m.kind.value, "in_arena": m.in_arena} for m in s.scalars(query)]
+        named = sees_model_names(viewer)
+        return [{"id": m.id, "name": m.name if named else blind_model_name(m.id), "kind": m.kind.value,
+                 "in_arena": m.in_arena} for m in s.scalars(query)]
 
 
 def set_arena_models(session: Session, who, model_ids: Sequence[int]) -> list[dict]:
@@ -162,11 +167,13 @@ def vote(session: Session, who, battle_id: int, choice: Choice | str, time_spent
     if duplicate:
         session.refresh(battle)
         comparison = session.get(Comparison, battle.comparison_id)
+    answer = {"battle_id": battle.id, "comparison_id": comparison.id, "label": comparison.label.value,
+              "duplicate": duplicate, "left_model": None, "right_model": None}
+    if not sees_model_names(user):  # a blind labeler learns no model's style from its votes
+        return answer
     left, right = session.get(Completion, battle.left_completion_id), session.get(Completion, battle.right_completion_id)
     names = {m.id: m.name for m in session.scalars(select(Model).where(Model.id.in_([left.model_id, right.model_id])))}
-    return {"battle_id": battle.id, "comparison_id": comparison.id, "label": comparison.label.value,
-            "duplicate": duplicate,
-            "left_model": {"id": left.model_id, "name": names.get(left.model_id)},
+    return {**answer, "left_model": {"id": left.model_id, "name": names.get(left.model_id)},
             "right_model": {"id": right.model_id, "name": names.get(right.model_id)}}
 
 
@@ -186,11 +193,14 @@ def _ratings(votes: tuple[tuple[int, int, str], ...], rounds: int) -> list[dict]
     return rate(votes, rounds=rounds, seed=0)
 
 
-def leaderboard(session: Session | None = None, rounds: int = 100) -> list[dict]:
-    """[{model_id, name, kind, rating, lower, upper, votes}] best first."""
+def leaderboard(session: Session | None = None, rounds: int = 100, viewer=None) -> list[dict]:
+    """[{model_id, name, kind, rating, lower, upper, votes}] best first, named as `viewer` may be told."""
     with reading(session) as s:
         rows = _ratings(tuple(arena_votes(s)), rounds)
         models = {m.id: m for m in s.scalars(select(Model).where(Model.id.in_([r["model"] for r in rows])))}
+        if not sees_model_names(viewer):
+            models = {model_id: SimpleNamespace(name=blind_model_name(model_id), kind=model.kind)
+                      for model_id, model in models.items()}
         return [{"model_id": r["model"], "name": models[r["model"]].name if r["model"] in models else "(deleted)",
                  "kind": models[r["model"]].kind.value if r["model"] in models else None,
                  **{key: r[key] for key in ("rating", "lower", "upper", "votes")}} for r in rows]

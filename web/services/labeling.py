@@ -21,11 +21,14 @@ How the overlap holds with many labelers at once (tests/test_labeling.py, bench/
     INSERT (a refused INSERT rolls it back), an undo lowers it before its DELETE and rolls back when the DELETE
     removed nothing (tests/test_labeling_races.py: concurrent labels, retries and undos).
 Labels are stored un-swapped ("a": completion_a is better) with `swapped` saying what the labeler saw; the
-client names the completion it showed on the left, so a submit needs no server-side memory of the screen.
+client names the answer it showed on the left (by its opaque `answer_id`, never a completion's database id),
+so a submit needs no server-side memory of the screen.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
 from datetime import datetime, timedelta, timezone
 from itertools import combinations
@@ -43,6 +46,7 @@ from web.services.access import Action, can, require, resolve_user
 from web.services.common import Conflict, InvalidInput, NotFound, PermissionDenied, reading
 
 ASSIGNMENT_MINUTES = 10          # how long a handed-out pair holds its overlap slot
+ANSWER_ID_CHARS = 20             # hex digits of an answer's id on a labeler's screen (80 bits)
 MAX_OVERLAP = 20
 PAIRINGS = ("all", "random")
 
@@ -195,10 +199,19 @@ def update_guidelines(session: Session, who, project_id: int, guidelines: str) -
 
 # ----------------------------------------------------------------------------- the queue
 
-def _screen(row, pair_id: int, swapped: bool) -> dict:
+def answer_id(project: LabelingProject, pair_id: int, completion_id: int) -> str:
+    """How a labeler's screen names an answer of a pair: opaque, the same every time the pair is shown, different
+    in every pair. Completion ids follow the generate jobs that wrote them, hence the models: shown, they would
+    tell a labeler which answers came from one model. A keyed hash (the project's own key) of the pair and the
+    completion, so a submit needs no memory of the screen to learn which answer was on the left."""
+    message = f"{pair_id}:{completion_id}".encode()
+    return hmac.new(project.answer_key.encode(), message, hashlib.sha256).hexdigest()[:ANSWER_ID_CHARS]
+
+
+def _screen(project: LabelingProject, row, pair_id: int, swapped: bool) -> dict:
     """A pair as the labeler sees it, with their progress, from a PAIR_SCREEN row."""
-    answers = [{"completion_id": row.first_id, "text": row.first_text},
-               {"completion_id": row.second_id, "text": row.second_text}]
+    answers = [{"answer_id": answer_id(project, pair_id, row.first_id), "text": row.first_text},
+               {"answer_id": answer_id(project, pair_id, row.second_id), "text": row.second_text}]
     left, right = answers[::-1] if swapped else answers
     return {"pair_id": pair_id, "project_id": row.project_id,
             "prompt": {"text": row.prompt_text,
@@ -211,7 +224,7 @@ def _screen_parameters(project: LabelingProject, user: User, pair_id: int) -> di
 
 
 def _pair_screen(session: Session, project: LabelingProject, user: User, pair_id: int, swapped: bool) -> dict:
-    return _screen(session.execute(queries.PAIR_SCREEN, _screen_parameters(project, user, pair_id)).one(),
+    return _screen(project, session.execute(queries.PAIR_SCREEN, _screen_parameters(project, user, pair_id)).one(),
                    pair_id, swapped)
 
 
@@ -253,7 +266,7 @@ def next_pair(session: Session, who, project_id: int) -> dict | None:
                                                             "assignment_id": assignment_id}).one()
         if shown.label_count + shown.older_holds < project.overlap:
             session.commit()
-            return _screen(shown, pair_id, swapped)
+            return _screen(project, shown, pair_id, swapped)
         session.execute(queries.DROP_HOLD, {"assignment_id": assignment_id})
         skipped.append(pair_id)
     session.commit()
@@ -272,7 +285,7 @@ def comparison_to_dict(comparison: Comparison) -> dict:
             "created_at": comparison.created_at.isoformat()}
 
 
-def submit_label(session: Session, who, project_id: int, pair_id: int, choice: Choice | str, left_completion_id: int,
+def submit_label(session: Session, who, project_id: int, pair_id: int, choice: Choice | str, left_answer_id: str,
                  note: str | None = None, time_spent_s: float | None = None,
                  idempotency_key: str | None = None, and_next: bool = False) -> dict:
     """Store one label; a repeat (same labeler and pair, or same idempotency key) returns the stored one.
@@ -296,9 +309,11 @@ def submit_label(session: Session, who, project_id: int, pair_id: int, choice: C
     pair = session.get(LabelingPair, pair_id) if 0 < pair_id < 2 ** 63 else None
     if pair is None or pair.project_id != project.id:
         raise NotFound(f"pair {pair_id} is not in project {project_id}")
-    if left_completion_id not in (pair.completion_a_id, pair.completion_b_id):
-        raise InvalidInput(f"completion {left_completion_id} is not one of pair {pair_id}'s",
-                           field="left_completion_id")
+    left_completion_id = {answer_id(project, pair.id, completion_id): completion_id
+                          for completion_id in (pair.completion_a_id, pair.completion_b_id)}.get(left_answer_id)
+    if left_completion_id is None:
+        raise InvalidInput(f"answer {str(left_answer_id)[:64]!r} is not one of pair {pair_id}'s (send the answer_id "
+                           "the pair was shown with on the left)", field="left_answer_id")
 
     def stored_already() -> dict | None:
         """This labeler's label on this pair, or the label this idempotency key stored (one query)."""

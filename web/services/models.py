@@ -2,8 +2,8 @@
 GPT-2 (admins, from the configured import directory only), downloading one as a zip, and renaming or
 deleting one (its owner or an admin; deleting is refused while anything depends on it).
 
-Labelers see only the chat models (`CHAT_MODEL_KINDS`): they need their names to chat, nothing more;
-the viewer is passed as `viewer=` (None: an internal caller, which sees everything).
+Labelers see only the chat models (`CHAT_MODEL_KINDS`), to chat with, and with blind labelers on (the default)
+not by name (`as_seen_by`); the viewer is passed as `viewer=` (None: an internal caller, which sees everything).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Completion, Job, Model, ModelKind, User
 from db.settings import Settings, safe_join
-from web.services.access import Action, can, require, require_owner, resolve_user
+from web.services.access import Action, can, require, require_owner, resolve_user, sees_model_names
 from web.services.common import (Conflict, InvalidInput, NotFound, enum_value, parse_enum, reading,
                                  stored_all_or_nothing)
 
@@ -45,6 +45,20 @@ def model_to_dict(model: Model) -> dict:
     }
 
 
+def blind_model_name(model_id: int) -> str:
+    """A model's name as a blind labeler reads it (access.sees_model_names)."""
+    return f"model #{model_id}"
+
+
+def as_seen_by(viewer: User | dict | None, models: list[dict]) -> list[dict]:
+    """`models` (model_to_dict's) as `viewer` is told them: whole, or for a blind labeler each name replaced by
+    `blind_model_name` and where the model came from (job, parent, owner) left out."""
+    if sees_model_names(viewer):
+        return models
+    return [{**model, "name": blind_model_name(model["id"]), "parent_model_id": None, "job_id": None,
+             "owner_id": None} for model in models]
+
+
 def visible_kinds(viewer: User | dict | None) -> tuple[ModelKind, ...] | None:
     """The model kinds a viewer may see: all (None) for the training team, the chat models otherwise."""
     return None if can(viewer, Action.read_training) else CHAT_MODEL_KINDS
@@ -59,7 +73,7 @@ def list_models(kind: str | None = None, session: Session | None = None,
             query = query.where(Model.kind == parse_enum(ModelKind, kind, "kind"))
         if (kinds := visible_kinds(viewer)) is not None:
             query = query.where(Model.kind.in_(kinds))
-        return [model_to_dict(m) for m in s.scalars(query)]
+        return as_seen_by(viewer, [model_to_dict(m) for m in s.scalars(query)])
 
 
 def model_dir(settings: Settings, model_id: int, session: Session | None = None) -> tuple[Path, dict]:
@@ -77,7 +91,7 @@ def get_model(model_id: int, session: Session | None = None, viewer: User | dict
         kinds = visible_kinds(viewer)
         if model is None or (kinds is not None and model.kind not in kinds):
             raise NotFound(f"model {model_id} does not exist")  # a hidden model is not even confirmed
-        return model_to_dict(model)
+        return as_seen_by(viewer, [model_to_dict(model)])[0]
 
 
 def model_size_bytes(directory: Path) -> int:

@@ -1,5 +1,6 @@
 """Arena tab: two anonymous chat models answer the same prompt side by side, streaming; you vote A, B, tie or
-both bad; only then are their names shown. Every vote is a preference pair for reward and DPO jobs, and the
+both bad; only then are their names shown (labelers are never told them while the workbench keeps them blind,
+WORKBENCH_BLIND_LABELERS, and read the leaderboard by `model #<id>`). Every vote is a preference pair for reward and DPO jobs, and the
 leaderboard (Bradley–Terry ratings on the Elo scale, 95 % bootstrap intervals) updates after each vote.
 
 Which model is on which side lives only in the server-side session state (gr.State), never in the page,
@@ -80,11 +81,11 @@ class ArenaTab:
     pool_box: gr.Accordion
     pool: gr.CheckboxGroup
 
-    def refresh(self):
+    def refresh(self, request: gr.Request | None = None):
         from web.services import arena
 
         with db_session(self.settings) as session:
-            rows = arena.leaderboard(session)
+            rows = arena.leaderboard(session, viewer=current_user(self.settings, request))
         return leaderboard_html(rows), leaderboard_figure(rows)
 
     def refresh_pool(self, request: gr.Request | None = None):
@@ -108,7 +109,8 @@ def build(settings) -> ArenaTab:
     from web.services import arena
 
     gr.Markdown("Two anonymous chat models answer the same message. Vote for the better answer; the names are "
-                "shown after your vote, and the vote becomes a preference pair for reward and DPO training.")
+                "shown after your vote (not to labelers, while labelers are kept blind), and the vote becomes a "
+                "preference pair for reward and DPO training.")
     battle_state = gr.State(None)  # server-side: {"battle_id", "started"}: what the vote names, and when
     with gr.Row():
         prompt = gr.Textbox(show_label=False, placeholder="Ask both models something and press Enter", scale=6,
@@ -207,9 +209,12 @@ def build(settings) -> ArenaTab:
                                         seconds_since(state["started"]))
             except Exception as error:
                 return (state, message_html(error_text(error), "error"), gr.skip(), gr.skip(), *locked)
-            reveal = (f"Model A was {result['left_model']['name'] or '?'}, model B was "
-                      f"{result['right_model']['name'] or '?'}. Thanks — your vote is stored.")
-            board_html, board_figure = tab.refresh()
+            if result["left_model"] is None:  # a blind labeler (WORKBENCH_BLIND_LABELERS)
+                reveal = "Thanks — your vote is stored. Labelers are not told which models answered."
+            else:
+                reveal = (f"Model A was {result['left_model']['name'] or '?'}, model B was "
+                          f"{result['right_model']['name'] or '?'}. Thanks — your vote is stored.")
+            board_html, board_figure = tab.refresh(request)
             return (None, message_html(reveal, "ok"), board_html, board_figure, *locked)
 
         return cast

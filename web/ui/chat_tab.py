@@ -13,7 +13,8 @@ What a "reply" is depends on the model:
     stops at <|im_end|>. User text is encoded as ordinary text, so a literal "<|im_start|>" typed by
     a user never becomes a special token.
 
-Labelers are offered the chat models only (`services.list_models(viewer=...)`). The Jobs tab's
+Labelers are offered the chat models only, and not by name while labelers are kept blind
+(`services.list_models(viewer=...)`, WORKBENCH_BLIND_LABELERS). The Jobs tab's
 "→ model #n" link opens this tab with model n selected (`ChatTab.show_model`).
 """
 

@@ -104,7 +104,7 @@ def progress_html(progress: dict | None) -> str:
 def shown_token(pair: dict) -> str:
     """What the page keeps of the pair on screen (the hidden SHOWN box): enough to submit a label for it."""
     return json.dumps({"project_id": pair["project_id"], "pair_id": pair["pair_id"],
-                       "left_completion_id": pair["left"]["completion_id"], "key": uuid.uuid4().hex,
+                       "left_answer_id": pair["left"]["answer_id"], "key": uuid.uuid4().hex,
                        "shown_at": time.time()})
 
 
@@ -112,7 +112,7 @@ def read_shown(text: str | None) -> dict | None:
     """The SHOWN box's content, or None when no pair is on screen (or the box was tampered with)."""
     try:
         shown = json.loads(text or "")
-        fields = ("project_id", "pair_id", "left_completion_id", "key", "shown_at")
+        fields = ("project_id", "pair_id", "left_answer_id", "key", "shown_at")
         if isinstance(shown, dict) and all(shown.get(f) is not None for f in fields):
             return shown
     except (TypeError, ValueError):
@@ -231,7 +231,7 @@ class LabelTab:
             with db_session(self.settings) as session:
                 try:
                     stored = labeling.submit_label(session, who, project_id, int(shown["pair_id"]), choice,
-                                                   int(shown["left_completion_id"]), note=(note or "").strip() or None,
+                                                   str(shown["left_answer_id"]), note=(note or "").strip() or None,
                                                    time_spent_s=seconds_on(shown), idempotency_key=str(shown["key"]),
                                                    and_next=True)
                 except Conflict as error:  # the pair got its last label from someone else meanwhile
