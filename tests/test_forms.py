@@ -181,3 +181,31 @@ def test_a_kind_without_form_code_gets_a_working_sub_tab(workbench_env, session,
     job = session.get(Job, job_id)
     assert job.kind == "prepare" and job.params == {"dataset_id": dataset.id, "tokenizer": "gpt2",
                                                     "val_fraction": 0.1, "seed": 0, "scrub_pii": False}
+
+
+def test_the_evaluate_sub_tab_picks_several_models(workbench_env, session, job_queue):
+    """A kind that takes several models (`model_ids`) gets checkboxes of the models of its kinds, with no code of
+    its own: what is ticked is what the job compares."""
+    from db.models import Model, ModelKind
+    from web.ui import train_tab
+
+    spec = KINDS["evaluate"]
+    dataset = add_text_dataset(session)
+    models = [Model(name=f"m{index}", kind=kind, tokenizer="gpt2", path=f"models/m{index}", config={})
+              for index, kind in enumerate((ModelKind.base, ModelKind.sft, ModelKind.reward))]
+    session.add_all(models)
+    session.commit()
+    with gr.Blocks() as blocks:
+        tab = train_tab.build(workbench_env, spec)
+    picker, datasets = tab.refresh_choices([], None)
+    offered = [value for _, value in picker.choices]
+    assert offered == [models[1].id, models[0].id]  # newest first; a reward model writes no text to score
+    submit = next(fn for fn in blocks.fns.values() if fn.fn is not None and fn.fn.__name__ == "do_submit")
+    values = {component: getattr(component, "value", None) for component in submit.inputs}
+    values[tab.inputs["dataset_id"]] = dataset.id
+    message, job_id = submit.fn(values, None)
+    assert job_id is None and "Choose one or more models first" in message
+    values[tab.inputs["model_ids"]] = offered
+    message, job_id = submit.fn(values, None)
+    assert job_id, message
+    assert session.get(Job, job_id).params["model_ids"] == offered
