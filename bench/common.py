@@ -50,9 +50,9 @@ QUICK_BUDGET_S = 60.0  # --quick's default: wall-clock seconds one benchmark may
 class TimeBudget:
     """The wall-clock seconds one benchmark may take, counted from when it was made; `seconds` None: no limit.
 
-    Only timed rounds are cut to fit it (`interleaved_runs`): set-up, correctness checks and memory probes
-    are not, so a benchmark runs them first and its timed rounds fill what is left. At least one round
-    is always timed, so a budget already spent still yields figures (and says: 1 round).
+    Only warm-up and timed rounds are cut to fit it (`interleaved_runs`): set-up, correctness checks and memory
+    probes are not, so a benchmark runs them first and its rounds fill what is left. At least one round is
+    always timed, so a budget already spent still yields figures (and says: 1 round).
     """
     seconds: float | None = None
     clock: Callable[[], float] = time.perf_counter
@@ -98,13 +98,16 @@ def interleaved_runs(fns: dict[str, Callable[[], object]], repeats: int = 5, war
     fresh memory the kernel had to map and zero) of every timed call; `len(...["wall"])` is the number of
     rounds that name was timed in.
 
-    `budget`: after the first timed round, a round starts only if one more like the last still fits.
+    `budget`: no warm-up round starts once it is spent (the loops built so far ran their first step already),
+    and after the first timed round a round starts only if one more like the last still fits.
     `fewer_rounds`: {name: n}: names timed in the first n rounds only (an emulated precision, whose every
     call costs several of the others', in a full run).
     """
     names = list(fns)
     fewer_rounds = fewer_rounds or {}
     for _ in range(warmup):
+        if budget is not None and not budget.fits(0):
+            break
         for name in names:
             fns[name]()
     runs: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": [], "faults": []} for name in names}

@@ -152,8 +152,10 @@ def test_rounds_fill_the_budget_and_an_exhausted_budget_still_times_one():
     assert rounds(interleaved_runs({"a": clock.work(1.0)}, repeats=9, warmup=0,
                                    budget=TimeBudget(3.5, clock=clock))) == {"a": 3}
     spent = TimeBudget(2.0, clock=clock)
-    clock.now += 5  # set-up and checks already took more than the budget
-    assert rounds(interleaved_runs({"a": clock.work(1.0)}, repeats=9, warmup=0, budget=spent)) == {"a": 1}
+    clock.now += 5  # set-up and checks already took more than the budget: no warm-up, one timed round
+    calls = []
+    runs = interleaved_runs({"a": lambda: calls.append(clock.work(1.0)())}, repeats=9, warmup=2, budget=spent)
+    assert rounds(runs) == {"a": 1} and len(calls) == 1
     assert rounds(interleaved_runs({"a": clock.work(1.0)}, repeats=4, warmup=0, budget=TimeBudget(None))) == {"a": 4}
 
 
