@@ -336,6 +336,8 @@ class LabelingProject(Base):
     # The key of the opaque ids a labeler's screen gives the answers (web.services.labeling.answer_id): random
     # per project, never shown.
     answer_key: Mapped[str] = mapped_column(String(64), default=lambda: secrets.token_hex(32))
+    # Who else may change it, see its agreement and export it with labelers' names (besides its owner and admins).
+    co_owner_ids: Mapped[Optional[list[int]]] = mapped_column(JSON)
 
 
 class LabelingPair(Base):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 
 from db.models import Comparison, Completion, Model, ModelKind
-from tests.conftest import LABELER, TRAINER
+from tests.conftest import ADMIN, LABELER, TRAINER
 
 
-def add_chat_model(session, settings, name, seed):
+def add_chat_model(session, settings, name, seed, owner=None):
     from llm.checkpoint import save_model
     from llm.model import GPT, config_from_preset
     from llm.tokenizer import get_tokenizer
@@ -17,7 +17,8 @@ def add_chat_model(session, settings, name, seed):
     torch.manual_seed(seed)
     model = GPT(config_from_preset("tiny", get_tokenizer("gpt2").vocab_size, block_size=64))
     save_model(model, settings.data_dir / "models" / name, "gpt2", extra={"chat": True})
-    row = Model(name=name, kind=ModelKind.sft, tokenizer="gpt2", config=model.config.to_dict(), path=f"models/{name}")
+    row = Model(name=name, kind=ModelKind.sft, tokenizer="gpt2", config=model.config.to_dict(), path=f"models/{name}",
+                owner_id=owner.id if owner is not None else None)
     session.add(row)
     session.commit()
     return row
@@ -68,9 +69,11 @@ def test_a_battle_a_vote_and_the_leaderboard(client, session, api_settings):
     assert all(row["votes"] == 2 for row in client.get("/api/arena/leaderboard", auth=LABELER).json())
 
 
-def test_the_pool_of_arena_models(client, session, api_settings):
-    first, second = add_chat_model(session, api_settings, "chat-a", 1), add_chat_model(session, api_settings, "chat-b", 2)
-    third = add_chat_model(session, api_settings, "chat-c", 3)
+def test_the_pool_of_arena_models(client, session, api_settings, users):
+    trainer = users["trainer"]
+    first, second = (add_chat_model(session, api_settings, "chat-a", 1, trainer),
+                     add_chat_model(session, api_settings, "chat-b", 2, trainer))
+    third = add_chat_model(session, api_settings, "chat-c", 3, trainer)
     everyone = client.get("/api/arena/models?everyone=true", auth=TRAINER).json()
     assert [(m["name"], m["in_arena"]) for m in everyone] == [("chat-a", True), ("chat-b", True), ("chat-c", True)]
 
@@ -190,3 +193,36 @@ def test_labelers_are_blind_to_model_names_unless_the_setting_is_off(client, ses
     seeing = told(LABELER)
     assert seeing["models"] == seeing["pool"] == seeing["board"] == {"chat-a", "chat-b"}
     assert seeing["vote"]["name"] in {"chat-a", "chat-b"}
+
+
+def test_a_trainer_moves_only_their_own_models_in_or_out_of_the_arena(client, session, api_settings, users):
+    """The arena pool is its models' owners' (and admins'): another trainer can neither empty it nor take one of
+    someone else's models out or put it in; a refused pool changes nothing."""
+    from db.models import Role
+    from db.users import create_user
+
+    other = create_user(session, "trainer2", "trainer2-password", Role.trainer)
+    session.commit()
+    other_auth = ("trainer2", "trainer2-password")
+    mine = add_chat_model(session, api_settings, "mine", 1, users["trainer"])
+    theirs = add_chat_model(session, api_settings, "theirs", 2, other)
+    nobody = add_chat_model(session, api_settings, "imported", 3)  # no owner: admins only
+
+    def pool() -> dict:
+        return {m["name"]: m["in_arena"] for m in client.get("/api/arena/models?everyone=true", auth=ADMIN).json()}
+
+    everything = {"mine": True, "theirs": True, "imported": True}
+    for model_ids in ([], [mine.id], [mine.id, theirs.id]):  # empty it; take theirs or the imported one out
+        refused = client.put("/api/arena/models", auth=TRAINER, json={"model_ids": model_ids})
+        assert refused.status_code == 403 and "belongs to someone else" in refused.json()["detail"]
+        assert pool() == everything
+    assert "'theirs'" in client.put("/api/arena/models", auth=TRAINER, json={"model_ids": []}).json()["detail"]
+    # Their own, alone: taken out, and put back.
+    kept = [theirs.id, nobody.id]
+    assert client.put("/api/arena/models", auth=TRAINER, json={"model_ids": kept}).status_code == 200
+    assert pool() == {**everything, "mine": False}
+    assert client.put("/api/arena/models", auth=other_auth, json={"model_ids": [nobody.id]}).status_code == 200
+    assert pool() == {"mine": False, "theirs": False, "imported": True}
+    # An admin moves anyone's.
+    assert client.put("/api/arena/models", auth=ADMIN, json={"model_ids": [mine.id, theirs.id]}).status_code == 200
+    assert pool() == {"mine": True, "theirs": True, "imported": False}

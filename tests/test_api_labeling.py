@@ -286,3 +286,48 @@ def test_a_labeler_sees_answers_by_opaque_ids(client, session, users):
         assert left_completion in completions
     # Each answer was in two pairs, with two different ids.
     assert all(len(ids) == 4 for ids in seen.values())
+
+
+def test_a_project_is_changed_and_exported_with_names_by_its_owners_and_admins(client, session, users):
+    """Another trainer may neither change a project's guidelines nor see its agreement or export its labels with
+    the labelers' names; its owner, the co-owners it names (people who manage labeling) and admins may."""
+    from db.models import Role
+    from db.users import create_user
+
+    other = create_user(session, "trainer2", "trainer2-password", Role.trainer)
+    session.commit()
+    other_auth = ("trainer2", "trainer2-password")
+    job = make_generate_job(session, prompts=1, answers=2)
+    created = client.post("/api/labeling/projects", auth=TRAINER, json={"name": "mine", "source_job_ids": [job.id]})
+    project = created.json()
+    assert project["owner_id"] == users["trainer"].id and project["co_owner_ids"] == []
+    base = f"/api/labeling/projects/{project['id']}"
+
+    def allowed(auth) -> dict[str, int]:
+        return {"guidelines": client.put(f"{base}/guidelines", auth=auth, json={"guidelines": "Be kind."}).status_code,
+                "agreement": client.get(f"{base}/agreement", auth=auth).status_code,
+                "labels with names": client.get(f"{base}/export?format=csv", auth=auth).status_code,
+                "co-owners": client.put(f"{base}/co-owners", auth=auth, json={"co_owner_ids": []}).status_code,
+                "pairs": client.get(f"{base}/export?format=trl", auth=auth).status_code}
+
+    refused = client.put(f"{base}/guidelines", auth=other_auth, json={"guidelines": "Mine now."})
+    assert refused.status_code == 403 and "belongs to someone else" in refused.json()["detail"]
+    assert allowed(other_auth) == {"guidelines": 403, "agreement": 403, "labels with names": 403, "co-owners": 403,
+                                   "pairs": 200}  # the consensus pairs name nobody
+    assert client.get(base, auth=TRAINER).json()["guidelines"] == ""  # nothing changed
+    assert allowed(LABELER) == {key: 403 for key in ("guidelines", "agreement", "labels with names", "co-owners",
+                                                     "pairs")}
+    assert set(allowed(TRAINER).values()) == set(allowed(ADMIN).values()) == {200}
+
+    # The owner names a co-owner, who may then do what the owner does; a labeler cannot be one.
+    wrong = client.put(f"{base}/co-owners", auth=TRAINER, json={"co_owner_ids": [users["labeler"].id]})
+    assert wrong.status_code == 422 and wrong.json()["detail"][0]["loc"] == ["body", "co_owner_ids"]
+    named = client.put(f"{base}/co-owners", auth=TRAINER, json={"co_owner_ids": [other.id, other.id]})
+    assert named.status_code == 200 and named.json()["co_owner_ids"] == [other.id]
+    assert set(allowed(other_auth).values()) == {200}  # (which also named no co-owners again)
+    assert client.get(base, auth=TRAINER).json()["co_owner_ids"] == []
+    assert allowed(other_auth)["guidelines"] == 403
+    co_owned = client.post("/api/labeling/projects", auth=TRAINER, json={
+        "name": "shared", "source_job_ids": [job.id], "co_owner_ids": [other.id]}).json()
+    assert client.put(f"/api/labeling/projects/{co_owned['id']}/guidelines", auth=other_auth,
+                      json={"guidelines": "ok"}).status_code == 200

@@ -60,7 +60,8 @@ def test_a_battle_and_a_vote(api_settings, users, session, who):
 def test_the_pool_editor_is_shown_to_trainers_only_and_saves(api_settings, users, session):
     from tests.conftest import TRAINER
 
-    first, second = add_chat_model(session, api_settings, "chat-a", 1), add_chat_model(session, api_settings, "chat-b", 2)
+    first, second = (add_chat_model(session, api_settings, "chat-a", 1, users["trainer"]),
+                     add_chat_model(session, api_settings, "chat-b", 2, users["trainer"]))
     with gr.Blocks() as blocks:
         tab = build(api_settings)
     box, pool = tab.refresh_pool(FakeRequest(LABELER[0]))
@@ -73,7 +74,7 @@ def test_the_pool_editor_is_shown_to_trainers_only_and_saves(api_settings, users
     saved, message = save([second.id], FakeRequest(TRAINER[0]))
     assert saved.value == [second.id] and "1 of 2 chat models" in message
     _, refused = save([first.id], FakeRequest(LABELER[0]))
-    assert "which cannot choose which chat models the arena draws from" in refused
+    assert "which cannot put their own chat models in the arena or take them out" in refused
     session.expire_all()
     assert [m.in_arena for m in session.query(Model).order_by(Model.id)] == [False, True]
 

@@ -186,6 +186,9 @@ class LabelingProjectCreate(BaseModel):
     overlap: int = Field(1, description="labels wanted per pair, each from a different labeler")
     guidelines: str = Field("", description="Markdown shown to labelers")
     labeler_ids: list[int] | None = Field(None, description="who may label; null: everyone with the labeler role")
+    co_owner_ids: list[int] | None = Field(None, description="trainers or admins who may change the project, see its "
+                                                             "agreement and export it with labelers' names, "
+                                                             "besides you (its owner) and admins")
     seed: int = 0
 
 
@@ -198,10 +201,16 @@ class LabelingProjectOut(BaseModel):
     pairs_per_prompt: int | None
     overlap: int
     labeler_ids: list[int] | None
+    owner_id: int | None = Field(description="who created it; null: made by the system")
+    co_owner_ids: list[int]
     created_at: datetime
     pairs: int
     complete_pairs: int
     labels: int
+
+
+class CoOwnersUpdate(BaseModel):
+    co_owner_ids: list[RowId] = Field(max_length=1000, description="the project's co-owners (every other leaves)")
 
 
 class GuidelinesUpdate(BaseModel):

@@ -31,7 +31,8 @@ def arena_models(user: CurrentUser, session: DbSession,
 
 @router.put("/models", response_model=list[ArenaModelOut])
 def set_arena_models(body: ArenaPoolChange, user: CurrentUser, session: DbSession) -> Any:
-    """Choose the pool: the named chat models enter, every other leaves (admins and trainers)."""
+    """Choose the pool: the named chat models enter, every other leaves (trainers may move only their own
+    models, admins any: a pool that moves another's model is refused whole, 403)."""
     return arena.set_arena_models(session, user, body.model_ids)
 
 

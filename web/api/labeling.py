@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from web.api.errors import ERROR_RESPONSES
 from web.api.ids import ProjectId
 from web.auth import CurrentUser, get_db_session
-from web.schemas import (AgreementOut, ErrorOut, GuidelinesUpdate, LabelingProgressOut, LabelingProjectCreate,
+from web.schemas import (AgreementOut, CoOwnersUpdate, ErrorOut, GuidelinesUpdate, LabelingProgressOut, LabelingProjectCreate,
                          LabelingProjectOut, LabelOut, LabelSubmit, PairOut, UndoOut)
 from web.services import labeling, labeling_results
 
@@ -43,7 +43,14 @@ def get_project(project_id: ProjectId, user: CurrentUser, session: DbSession) ->
 
 @router.put("/projects/{project_id}/guidelines", response_model=LabelingProjectOut)
 def update_guidelines(project_id: ProjectId, body: GuidelinesUpdate, user: CurrentUser, session: DbSession) -> Any:
+    """New guidelines (the project's owner and co-owners, and admins)."""
     return labeling.update_guidelines(session, user, project_id, body.guidelines)
+
+
+@router.put("/projects/{project_id}/co-owners", response_model=LabelingProjectOut)
+def set_co_owners(project_id: ProjectId, body: CoOwnersUpdate, user: CurrentUser, session: DbSession) -> Any:
+    """Name the project's co-owners (its owner and co-owners, and admins)."""
+    return labeling.set_co_owners(session, user, project_id, body.co_owner_ids)
 
 
 @router.get("/projects/{project_id}/next", response_model=PairOut | None,

@@ -3,7 +3,8 @@
 Every service function that changes something calls `require(user, action)` (or, for a thing with
 an owner, `require_owner`); the API's dependencies and the UI (which hides or greys out what a role
 cannot do) ask `can(user, action)`. The rule lives here once: admins do everything; trainers work
-with data, jobs and models and change only their own datasets, jobs and models; labelers label and chat (they
+with data, jobs and models and change only their own datasets, jobs, models, labeling projects (theirs, or
+those they co-own) and the arena places of their own models; labelers label and chat (they
 see neither datasets nor jobs, and of the models only the chat models, by name only where blind labelers is off:
 `sees_model_names`).
 """
@@ -11,6 +12,7 @@ see neither datasets nor jobs, and of the models only the chat models, by name o
 from __future__ import annotations
 
 import enum
+from collections.abc import Collection
 
 from sqlalchemy.orm import Session
 
@@ -31,9 +33,12 @@ class Action(str, enum.Enum):
     change_any_model = "rename or delete anyone's models"
     chat = "chat with models"
     label = "label answers"
-    manage_labeling = "create labeling projects, edit their guidelines, see agreement and export labels"
+    manage_labeling = ("create labeling projects, and change their own (guidelines, co-owners), see their agreement "
+                       "and export them with the labelers' names")
+    change_any_project = "change anyone's labeling project, see its agreement and export it with the labelers' names"
     manage_models = "import models"
-    manage_arena = "choose which chat models the arena draws from"
+    manage_arena = "put their own chat models in the arena or take them out"
+    manage_any_arena = "put anyone's chat models in the arena or take them out"
     manage_users = "manage users"
     see_model_names = "be told which model wrote an answer (labelers are, only where blind labelers is off)"
 
@@ -50,8 +55,10 @@ ALLOWED_ROLES: dict[Action, tuple[Role, ...]] = {
     Action.chat: (Role.admin, Role.trainer, Role.labeler),
     Action.label: (Role.admin, Role.trainer, Role.labeler),
     Action.manage_labeling: (Role.admin, Role.trainer),
+    Action.change_any_project: (Role.admin,),
     Action.manage_models: (Role.admin,),
     Action.manage_arena: (Role.admin, Role.trainer),
+    Action.manage_any_arena: (Role.admin,),
     Action.manage_users: (Role.admin,),
     Action.see_model_names: (Role.admin, Role.trainer),
 }
@@ -82,14 +89,17 @@ def require(user: User | dict | None, action: Action) -> None:
                                f"which cannot {action.value}; that needs the {roles} role")
 
 
-def can_change(user: User | dict | None, owner_id: int | None, own: Action, anyone: Action) -> bool:
-    """Whether `user` may change a thing owned by `owner_id`: anyone's with `anyone`, or their own with `own`."""
+def can_change(user: User | dict | None, owner_id: int | Collection[int] | None, own: Action, anyone: Action) -> bool:
+    """Whether `user` may change a thing owned by `owner_id` (an id, or the ids of its owners: a labeling project's
+    owner and co-owners): anyone's with `anyone`, or their own with `own`."""
     if can(user, anyone):
         return True
-    return can(user, own) and owner_id is not None and owner_id == _field(user, "id")
+    owners = {owner_id} if owner_id is None or isinstance(owner_id, int) else set(owner_id)
+    return can(user, own) and _field(user, "id") in owners - {None}
 
 
-def require_owner(user: User | dict | None, owner_id: int | None, own: Action, anyone: Action, what: str) -> None:
+def require_owner(user: User | dict | None, owner_id: int | Collection[int] | None, own: Action, anyone: Action,
+                  what: str) -> None:
     """Refuse a change to `what` (e.g. "job 7") unless it is the user's own and their role may change their
     own, or their role may change anyone's (PermissionDenied, API 403)."""
     if can_change(user, owner_id, own, anyone):

@@ -2,7 +2,7 @@
 after the vote, every vote becomes a preference pair (source "arena"), and a leaderboard ranks the models.
 
     arena_models(session)                      the chat models (SFT and DPO) the arena draws from
-    set_arena_models(session, who, model_ids)  choose that pool (admins and trainers)
+    set_arena_models(session, who, model_ids)  choose that pool (trainers move their own models, admins any)
     draw_battle(session, model_ids, seed)      two distinct models in random left/right order
     record_answers(session, who, messages, left, right)
                                                the prompt, both answers and the battle shown to `who` stored
@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from db.models import SQL_INTEGER_MAX, ArenaBattle, Comparison, Completion, Model, ModelKind, Prompt, User
 from llm.preference_labels import VOTES, Choice, Label
 from llm.ratings import leaderboard as rate
-from web.services.access import Action, require, resolve_user, sees_model_names
+from web.services.access import Action, require, require_owner, resolve_user, sees_model_names
 from web.services.common import Conflict, InvalidInput, NotFound, reading
 from web.services.labeling import check_time_spent
 from web.services.models import blind_model_name
@@ -52,17 +52,24 @@ def arena_models(session: Session | None = None, *, everyone: bool = False, view
 
 def set_arena_models(session: Session, who, model_ids: Sequence[int]) -> list[dict]:
     """Make `model_ids` the arena's pool: those chat models enter, every other chat model leaves (a new chat
-    model enters until someone takes it out). Returns every chat model with its place."""
-    require(resolve_user(session, who), Action.manage_arena)
+    model enters until someone takes it out). A trainer moves their own models only: a pool that would move
+    another's is refused whole (PermissionDenied naming it); admins move any. Returns every chat model with its
+    place."""
+    user = resolve_user(session, who)
+    require(user, Action.manage_arena)
     chat_models = {m.id: m for m in session.scalars(select(Model).where(Model.kind.in_(ARENA_KINDS)))}
     wanted = set(model_ids)
     unknown = sorted(wanted - set(chat_models))
     if unknown:
         raise InvalidInput(f"model {unknown[0]} is not a chat model (SFT or DPO)", field="model_ids")
-    for model_id, model in chat_models.items():
-        model.in_arena = model_id in wanted
+    moved = [model for model_id, model in sorted(chat_models.items()) if model.in_arena != (model_id in wanted)]
+    for model in moved:
+        require_owner(user, model.owner_id, Action.manage_arena, Action.manage_any_arena,
+                      f"model {model.name!r} (#{model.id})")
+    for model in moved:
+        model.in_arena = not model.in_arena
     session.commit()
-    return arena_models(session, everyone=True)
+    return arena_models(session, everyone=True, viewer=user)
 
 
 def draw_battle(session: Session, model_ids: Sequence[int] | None = None, seed: int | None = None) -> tuple[int, int]:

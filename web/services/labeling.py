@@ -42,12 +42,13 @@ from db.models import (MAX_TIME_SPENT_S, Comparison, Completion, Job, JobStatus,
                        LabelingPair, LabelingProject, User, utcnow)
 from llm.preference_labels import Choice, Label
 from web.services import labeling_queries as queries
-from web.services.access import Action, can, require, resolve_user
+from web.services.access import Action, can, require, require_owner, resolve_user
 from web.services.common import Conflict, InvalidInput, NotFound, PermissionDenied, reading
 
 ASSIGNMENT_MINUTES = 10          # how long a handed-out pair holds its overlap slot
 ANSWER_ID_CHARS = 20             # hex digits of an answer's id on a labeler's screen (80 bits)
 MAX_OVERLAP = 20
+MAX_CO_OWNERS = 20
 PAIRINGS = ("all", "random")
 
 
@@ -94,8 +95,10 @@ def form_pairs(completions_by_prompt: dict[int, list[int]], pairing: str, pairs_
 
 def create_project(session: Session, who, *, name: str, source_job_ids: list[int], pairing: str = "all",
                    pairs_per_prompt: int | None = None, overlap: int = 1, guidelines: str = "",
-                   labeler_ids: list[int] | None = None, seed: int = 0) -> LabelingProject:
-    """A project over the completions of finished generate jobs; all of it is stored, or nothing."""
+                   labeler_ids: list[int] | None = None, co_owner_ids: list[int] | None = None,
+                   seed: int = 0) -> LabelingProject:
+    """A project over the completions of finished generate jobs, owned by `who` (and `co_owner_ids`); all of it is
+    stored, or nothing."""
     user = resolve_user(session, who)
     require(user, Action.manage_labeling)
     name = (name or "").strip()
@@ -122,6 +125,7 @@ def create_project(session: Session, who, *, name: str, source_job_ids: list[int
         missing = [i for i in labeler_ids if i not in known]
         if missing:
             raise InvalidInput(f"no user with id {missing[0]}", field="labeler_ids")
+    co_owner_ids = _co_owners(session, co_owner_ids, owner_id=user.id if user else None)
 
     completions_by_prompt: dict[int, list[int]] = {}
     for prompt_id, completion_id in session.execute(
@@ -133,7 +137,8 @@ def create_project(session: Session, who, *, name: str, source_job_ids: list[int
                            field="source_job_ids")
     project = LabelingProject(name=name, guidelines=guidelines or "", source_job_ids=list(source_job_ids),
                               pairing=pairing, pairs_per_prompt=pairs_per_prompt, overlap=overlap,
-                              labeler_ids=labeler_ids, owner_id=user.id if user else None)
+                              labeler_ids=labeler_ids, owner_id=user.id if user else None,
+                              co_owner_ids=co_owner_ids or None)
     session.add(project)
     session.flush()
     session.add_all(LabelingPair(project_id=project.id, prompt_id=p, completion_a_id=a, completion_b_id=b,
@@ -148,6 +153,44 @@ def create_project(session: Session, who, *, name: str, source_job_ids: list[int
     return project
 
 
+def _co_owners(session: Session, co_owner_ids: list[int] | None, owner_id: int | None) -> list[int]:
+    """`co_owner_ids` checked: each once, at most MAX_CO_OWNERS, people whose role may manage labeling (the
+    owner needs no naming); InvalidInput naming co_owner_ids otherwise."""
+    wanted = [i for i in dict.fromkeys(co_owner_ids or []) if i != owner_id]
+    if len(wanted) > MAX_CO_OWNERS:
+        raise InvalidInput(f"a project has at most {MAX_CO_OWNERS} co-owners", field="co_owner_ids")
+    people = {u.id: u for u in session.scalars(select(User).where(User.id.in_(wanted)))}
+    for person_id in wanted:
+        if person_id not in people:
+            raise InvalidInput(f"no user with id {person_id}", field="co_owner_ids")
+        if not can(people[person_id], Action.manage_labeling):
+            raise InvalidInput(f"user {people[person_id].name!r} is a {people[person_id].role.value}: co-owners "
+                               "are people who manage labeling (trainers or admins)", field="co_owner_ids")
+    return wanted
+
+
+def project_owner_ids(project: LabelingProject) -> set[int]:
+    """Who owns the project: its creator and its co-owners (admins may change it too: access.require_owner)."""
+    return {project.owner_id, *(project.co_owner_ids or [])} - {None}
+
+
+def require_project_owner(session: Session, who, project: LabelingProject, doing: str) -> User | None:
+    """The user, if they own `project` (or co-own it), or may change anyone's; PermissionDenied otherwise."""
+    user = resolve_user(session, who)
+    require_owner(user, project_owner_ids(project), Action.manage_labeling, Action.change_any_project,
+                  f"labeling project {project.name!r} (to {doing})")
+    return user
+
+
+def set_co_owners(session: Session, who, project_id: int, co_owner_ids: list[int]) -> dict:
+    """Make `co_owner_ids` the project's co-owners (its owner's or an admin's decision)."""
+    project = _project(session, project_id)
+    require_project_owner(session, who, project, "name its co-owners")
+    project.co_owner_ids = _co_owners(session, co_owner_ids, project.owner_id) or None
+    session.commit()
+    return project_to_dict(session, project)
+
+
 def project_to_dict(session: Session, project: LabelingProject) -> dict:
     pairs, complete = session.execute(
         select(func.count(LabelingPair.id),
@@ -158,7 +201,8 @@ def project_to_dict(session: Session, project: LabelingProject) -> dict:
     return {"id": project.id, "name": project.name, "guidelines": project.guidelines,
             "source_job_ids": project.source_job_ids, "pairing": project.pairing,
             "pairs_per_prompt": project.pairs_per_prompt, "overlap": project.overlap,
-            "labeler_ids": project.labeler_ids, "created_at": project.created_at.isoformat(),
+            "labeler_ids": project.labeler_ids, "owner_id": project.owner_id,
+            "co_owner_ids": project.co_owner_ids or [], "created_at": project.created_at.isoformat(),
             "pairs": pairs, "complete_pairs": complete, "labels": labels}
 
 
@@ -188,8 +232,9 @@ def get_project(project_id: int, who, session: Session | None = None) -> dict:
 
 
 def update_guidelines(session: Session, who, project_id: int, guidelines: str) -> dict:
-    require(resolve_user(session, who), Action.manage_labeling)
+    """New guidelines for the project (its owners' or an admin's)."""
     project = _project(session, project_id)
+    require_project_owner(session, who, project, "change its guidelines")
     if len(guidelines) > 100_000:
         raise InvalidInput("guidelines are limited to 100,000 characters", field="guidelines")
     project.guidelines = guidelines

@@ -8,6 +8,9 @@
                                       when the prompt is a chat
     export_labels_csv(project_id)     every raw label, skips included
 
+The agreement report and the CSV name the labelers: they are for the project's owners (its creator and
+co-owners) and admins; the consensus pairs and the TRL export (no names) for anyone who manages labeling.
+
 The math lives in `llm.agreement` (pure functions); which labels make which pairs is read once, by
 `worker.jobs.preference_pairs.consensus_pairs`, for this export and for the training snapshot alike.
 """
@@ -26,17 +29,21 @@ from web.services.access import Action, require, resolve_user
 from llm.agreement import (LabelRow, against_majority, alpha_reading, consensus, consensus_counts, disagreements,
                            krippendorff_alpha, pairwise_kappas, percent_agreement)
 from web.services.common import InvalidInput, NotFound, reading
-from web.services.labeling import labels_of_project
+from web.services.labeling import labels_of_project, require_project_owner
 from worker.jobs import preference_pairs
 
 MIN_SHARED_FOR_KAPPA = 5  # fewer shared items make kappa mostly noise
 
 
-def _project(session: Session, project_id: int, who) -> LabelingProject:
+def _project(session: Session, project_id: int, who, doing: str | None = None) -> LabelingProject:
+    """The project, for someone who manages labeling; with `doing` (what names its labelers), for its owners and
+    admins only (labeling.require_project_owner)."""
     require(resolve_user(session, who), Action.manage_labeling)
     project = session.get(LabelingProject, project_id)
     if project is None:
         raise NotFound(f"labeling project {project_id} does not exist")
+    if doing is not None:
+        require_project_owner(session, who, project, doing)
     return project
 
 
@@ -47,7 +54,7 @@ def _rows(labels: list[dict]) -> list[LabelRow]:
 def agreement_report(project_id: int, who, session: Session | None = None) -> dict:
     """Everything the agreement panel shows, for people who manage labeling."""
     with reading(session) as s:
-        project = _project(s, project_id, who)
+        project = _project(s, project_id, who, "see its agreement, which names its labelers")
         labels = labels_of_project(s, project.id)
         rows = _rows(labels)
         alpha = krippendorff_alpha(rows)
@@ -110,7 +117,7 @@ CSV_COLUMNS = ("label_id", "pair_id", "prompt_id", "completion_a_id", "completio
 def export_labels_csv(project_id: int, who, session: Session | None = None) -> str:
     """Every label as stored (un-swapped: "a" means completion_a is better), skips included."""
     with reading(session) as s:
-        project = _project(s, project_id, who)
+        project = _project(s, project_id, who, "export its labels with the labelers' names")
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(CSV_COLUMNS)
