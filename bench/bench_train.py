@@ -376,7 +376,7 @@ def run(quick: bool = False, log=print, budget_s: float | None = None) -> dict:
     if "bf16_check" not in skipped:
         log("bench_train: bf16 vs float32 loss check (tiny preset)")
         start = time.perf_counter()
-        figures.update({f"train_{k}": v for k, v in bf16_loss_check(steps=20 if quick else 60).items()})
+        figures.update({f"train_{k}": v for k, v in bf16_loss_check(steps=10 if quick else 60).items()})
         figures["train_bf16_check_s"] = time.perf_counter() - start
     raw = {}
     for shape, (specs, repeats, warmup) in plan.items():
