@@ -61,6 +61,21 @@ from db.settings import Settings, get_settings
 
 DATABASE_BACKENDS = ["sqlite", "postgresql"]
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by what it needs, from its fixtures (the markers are listed in pyproject.toml): the
+    [postgresql] case of a database fixture is `postgres`, a test using Redis is `redis`, a test driving the
+    browser is `browser`. `pytest -m "not slow and not postgres and not browser"` is the quick inner loop."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "postgresql" in (params.get("database_url"), params.get("empty_database_url")):
+            item.add_marker(pytest.mark.postgres)
+        if "redis_url" in fixtures:
+            item.add_marker(pytest.mark.redis)
+        if "browser" in fixtures:
+            item.add_marker(pytest.mark.browser)
+
 # ---------------------------------------------------------------------------------------------
 # PostgreSQL server
 # ---------------------------------------------------------------------------------------------

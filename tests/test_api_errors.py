@@ -45,6 +45,7 @@ def test_ids_beyond_64_bits_in_paths_are_refused_not_500(client: TestClient, hug
     assert answer.status_code == 422 and loc_of(answer) == ["path", "job_id"]
 
 
+@pytest.mark.subprocess
 def test_a_route_without_bounded_ids_answers_422_not_500(client: TestClient):
     # The net in web/api/errors.py, for a route that takes a plain int: the driver's overflow (SQLite
     # beyond 64 bits, PostgreSQL beyond its 32-bit INTEGER) is the person's mistake, not the server's.

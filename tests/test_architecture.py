@@ -14,6 +14,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -98,6 +100,7 @@ def test_the_job_layer_never_imports_the_runtime():
     assert offenders == {}
 
 
+@pytest.mark.subprocess
 def test_importing_the_job_layer_loads_no_celery_and_no_torch():
     import subprocess
     import sys

@@ -19,6 +19,7 @@ def write_corpus(path, num_documents=120, seed=0):
     return documents
 
 
+@pytest.mark.subprocess
 def test_every_command_has_help():
     result = subprocess.run([sys.executable, "-m", "llm", "--help"], capture_output=True, text=True, check=True)
     commands = ["tokenizers", "train-tokenizer", "prepare", "pretrain", "sft", "eval", "generate", "chat",
@@ -85,6 +86,7 @@ def test_full_cli_flow(tmp_path, capsys):
     assert first.startswith("the quick") and len(first.strip()) > len("the quick")
 
 
+@pytest.mark.subprocess
 def test_training_flags_come_from_the_declarations():
     """pretrain and sft offer every declared TrainConfig setting under its usual flag; sft shows its own defaults."""
     from llm.cli import build_parser

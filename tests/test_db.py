@@ -143,6 +143,7 @@ def test_concurrent_upgrades_do_not_collide(empty_database_url: str) -> None:
     assert current_revision(empty_database_url) == head_revision()
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("empty_database_url", ["sqlite"], indirect=True)
 def test_migrate_module_runs_from_the_command_line(empty_database_url: str, tmp_path: Path) -> None:
     env = {**os.environ, "WORKBENCH_DATABASE_URL": empty_database_url, "WORKBENCH_DATA_DIR": str(tmp_path)}
@@ -165,6 +166,7 @@ def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(engine: Engine
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_postgres_pool_survives_a_killed_connection(engine: Engine) -> None:
     # pool_pre_ping: a pooled connection the server dropped (restart, idle timeout) is

@@ -26,7 +26,7 @@ import pytest
 
 from tests.test_serve import Server, admin_password, command_line, descendants
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 FAST = {"WORKBENCH_HEARTBEAT_SECONDS": "1", "WORKBENCH_STALE_AFTER_SECONDS": "4",
         "WORKBENCH_RESEND_AFTER_SECONDS": "3",

@@ -175,6 +175,7 @@ def test_cancel_resume_and_a_stale_attempt_neither_lose_nor_double_completions(w
     assert answers(session, straight.id) == answers(session, interrupted.id)
 
 
+@pytest.mark.subprocess
 def test_a_worker_killed_mid_run_loses_no_prompt_and_the_next_attempt_doubles_none(workbench_env, session,
                                                                                     one_torch_thread):
     prompt_count = 40  # enough that the kill, two prompts in, lands mid-run

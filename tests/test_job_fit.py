@@ -360,6 +360,7 @@ def test_preference_runs_get_the_same_schedule_rules(workbench_env, session, kin
     assert error.field == "warmup" and "never decays" in error.message
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_real_worker_reports_its_capacity_and_the_check_names_it(workbench_env, job_queue, session, tmp_path):
     """`python -m worker.runtime.main` beats its RAM (and its GPUs' memory where CUDA is) into its presence record."""

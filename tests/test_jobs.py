@@ -378,6 +378,7 @@ def test_embedded_redis_serves_tcp_and_stops_cleanly(tmp_path):
     broker.stop()  # idempotent
 
 
+@pytest.mark.subprocess
 def test_embedded_redis_dies_with_its_parent(tmp_path):
     """Even `kill -9` of the app leaves no orphan redis-server (PR_SET_PDEATHSIG)."""
     parent = subprocess.Popen(

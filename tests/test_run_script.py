@@ -22,7 +22,7 @@ import pytest
 
 from tests.test_serve import alive, descendants, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 300.0

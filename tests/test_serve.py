@@ -159,6 +159,7 @@ def test_workbench_help(capsys: pytest.CaptureFixture, argv: list[str], expected
         assert word in help_text
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_serve_runs_a_job_and_leaves_no_process_behind(tmp_path: Path):
     data_dir = tmp_path / "data"

@@ -48,6 +48,7 @@ def test_the_job_of_a_worker_killed_for_memory_fails(workbench_env, session, mon
         assert job.status == JobStatus.queued and job.resumable
 
 
+@pytest.mark.subprocess
 def test_killed_for_memory_needs_sigkill_and_a_new_oom_kill(monkeypatch):
     counts = iter([7, 8])
     monkeypatch.setattr(serve, "kernel_oom_kills", lambda: next(counts))

@@ -295,6 +295,7 @@ def test_mfu_math_and_peak_lookup():
     assert line == "step 120/500 | loss 3.2100 | val_bpb 1.5200 | 8,400 tok/s | MFU 41.0%"
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_importing_the_training_modules_creates_no_cuda_context():
     # A fresh interpreter: another test in this process may have used CUDA on a GPU machine.

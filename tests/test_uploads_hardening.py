@@ -281,6 +281,7 @@ def test_the_same_file_twice_answers_with_the_first_dataset(client, api_settings
     assert dataset_count(session) == 3
 
 
+@pytest.mark.subprocess
 def test_two_identical_uploads_at_the_same_instant_store_one_dataset(serve, api_settings, users, session,
                                                                     monkeypatch):
     """Both uploads pass the dedupe check before either stores its row (held at a barrier right after the

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from db.models import Dataset, DatasetKind, Job, JobLog, JobStatus, Metric, Model, ModelKind
 from worker.jobs import lifecycle as jobs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_RUN = {"preset": "tiny", "tokenizer": "gpt2", "block_size": 32, "batch_size": 4, "lr": 3e-3,

@@ -24,7 +24,7 @@ from tests.test_worker_integration import (  # noqa: F401  (fixtures used by nam
     wait_for_status)
 from worker.jobs import lifecycle as jobs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 
 @pytest.fixture
