@@ -147,7 +147,9 @@ def ours_configs(kind: str, batch: int, seq: int):
 
     lora = dict(lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], lora_targets="attn,mlp",
                 val_fraction=0.0)
-    config = DPOConfig(beta=BETA, loss_type="sigmoid", **lora) if kind == "dpo" else RewardConfig(**lora)
+    # Plain DPO as TRL's default runs it: no RPO term, no degeneration watch (it samples at evaluations only).
+    config = (DPOConfig(beta=BETA, loss_type="sigmoid", rpo_alpha=0.0, stop_on_degeneration=False, **lora)
+              if kind == "dpo" else RewardConfig(**lora))
     train_config = TrainConfig(max_steps=100_000, batch_size=batch, block_size=seq, grad_accum=1, lr=LR[kind],
                                min_lr=LR[kind], warmup=0, weight_decay=0.0, beta1=BETAS[0], beta2=BETAS[1],
                                grad_clip=GRAD_CLIP, eval_every=0, checkpoint_every=0, log_every=10, seed=SEED,

@@ -11,6 +11,7 @@ or not, HH-RLHF transcripts). Training flags come from the config dataclasses' d
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -47,6 +48,8 @@ def _train(args, name: str, config_class, defaults, train_config_of: Callable, r
         bar.close()
     result.pop("report", None)  # the rewards of every held-out pair: in reward_report.json, not on the terminal
     print(json.dumps(result, indent=2, default=str))
+    if result.get("degeneration"):  # DPO's watch flagged the run (llm/degeneration.py): said last, where it is seen
+        print(f"WARNING: {result['degeneration']}", file=sys.stderr)
 
 
 def _cmd_reward(args) -> None:
@@ -81,9 +84,10 @@ def _cmd_score(args) -> None:
     print(f"{result['scored']:,} of {result['pairs']:,} pairs scored ({result['dropped']:,} too long)")
     print(f"accuracy {overall['accuracy']:.4f}  (chosen scored above rejected)")
     print(f"margin   {overall['margin']:.4f}  (mean chosen - rejected reward)")
-    for group in ("by_source", "by_labeler"):
-        for value, summary in result.get(group, {}).items():
-            print(f"  {group[3:]} {value}: accuracy {summary['accuracy']:.4f} on {summary['pairs']:,} pairs")
+    for group in (key for key in result if key.startswith("by_")):  # source, labeler, prompt length, longer answer
+        for value, summary in result[group].items():
+            print(f"  {group[3:].replace('_', ' ')} {value}: accuracy {summary['accuracy']:.4f} on "
+                  f"{summary['pairs']:,} pairs")
 
 
 def register_preference_commands(add) -> None:

@@ -6,20 +6,29 @@ chosen answers more likely than the rejected ones, relative to a frozen referenc
 Both answers of a batch go through the model in one forward pass (chosen rows, then rejected rows:
 `llm/preference_batches.py`), and only the final answer's tokens are scored; the prompt never is.
 
-The reference costs no second model in memory:
+The reference:
   LoRA (default)  the same network with the adapter switched off (`peft`'s `disable_adapter`), under no_grad.
   full            every pair's reference log-probs are computed once before training, by the untouched
-                  network, and kept with the run (reference_logps.json); training then needs one model.
+                  network, and kept with the run (reference_logps.json), so training steps run one model; a
+                  frozen copy of the starting weights (no gradients, no optimizer state) serves the watch below.
 
-The output is what SFT writes (an adapter of the policy, or a full model), chat-ready. At the end, on the
-held-out pairs: preference accuracy (rewards/accuracies) and an estimate of the KL divergence from the
-reference (answers sampled from the trained policy, mean log pi - log ref per answer).
+`rpo_alpha` adds RPO's NLL term on the chosen answers (llm/preference_losses.py: chosen_nll), which keeps them
+likely while the margin grows.
+
+Every evaluation is watched (llm/degeneration.py): the chosen and rejected log-probabilities per token against
+the start, the KL to the reference on answers the policy samples to fixed prompts, and whether those answers
+collapse (one answer for every prompt, repetition). The answers go to the log, everything to the run's report
+(dpo_report.json); a flag says what to change, and with `stop_on_degeneration` (the default) stops the run and
+keeps the weights of the last evaluation that passed.
+
+The output is what SFT writes (an adapter of the policy, or a full model), chat-ready.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -27,34 +36,34 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from llm.chat import end_of_turn_id, render_for_completion
-from llm.chat_batches import IGNORE_INDEX
 from llm.atomic_files import atomic_write_text
 from llm.checkpoint import ADAPTER_ARCHITECTURE, GPT_ARCHITECTURE, load_weights, save_model
 from llm.dpo_config import DPOConfig, dpo_train_config
-from llm.generate import SamplingSettings, generate_tokens
+from llm.degeneration import DegenerationBounds, DegenerationGuard, SampleWatch
 from llm.lora import trainable_parameter_count
 from llm.preference_batches import (PairExample, PreferenceBatches, iterate_pair_batches, read_pairs,
                                     tokenize_and_split)
-from llm.preference_losses import dpo_loss, sequence_logps
+from llm.preference_losses import chosen_nll, dpo_loss, sequence_logps
 from llm.sft import chat_base, inherited_config, training_flops_per_token
-from llm.train import TrainConfig, train
+from llm.train import TrainConfig, checkpoint_step, train
 
 REFERENCE_FILE = "reference_logps.json"
 REPORT_FILE = "dpo_report.json"
-KL_SAMPLES = 16          # held-out prompts sampled for the KL estimate
-KL_MAX_NEW_TOKENS = 48
 
 
 class DPOObjective:
-    """The DPO loss on each batch, with TRL's metric names; `evaluate` gives the same on held-out pairs."""
+    """The DPO loss on each batch (+ RPO's NLL term with `rpo_alpha`), with TRL's metric names; `evaluate` gives
+    the same on the evaluation pairs, the chosen and rejected log-probabilities per token of the policy and the
+    chosen one of the reference (where the policy started), and what `watch(model)` adds (the sampled answers'
+    signals: llm/degeneration.py)."""
 
-    def __init__(self, config: DPOConfig, val_examples: Sequence[PairExample], batch_size: int, eval_batches: int,
-                 pad_id: int):
+    def __init__(self, config: DPOConfig, eval_examples: Sequence[PairExample], batch_size: int, eval_batches: int,
+                 pad_id: int, watch: Callable[[nn.Module], dict] | None = None):
         self.config = config
-        self.val_examples = list(val_examples)
+        self.eval_examples = list(eval_examples)
         self.batch_size, self.eval_batches, self.pad_id = batch_size, eval_batches, pad_id
-        if not self.val_examples:
+        self.watch = watch
+        if not self.eval_examples:
             self.evaluate = None
 
     def reference_logps(self, model: nn.Module, batch: dict) -> torch.Tensor:
@@ -63,13 +72,18 @@ class DPOObjective:
         with torch.no_grad(), model.disable_adapter():
             return sequence_logps(model, batch["inputs"], batch["targets"])[0]
 
-    def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+    def _loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
         policy, counts = sequence_logps(model, batch["inputs"], batch["targets"])
-        loss, metrics = dpo_loss(policy, self.reference_logps(model, batch), counts, self.config.beta,
-                                 self.config.loss_type)
-        if self.config.sft_weight:
-            chosen, chosen_counts = policy.chunk(2)[0], counts.chunk(2)[0]
-            loss = loss + self.config.sft_weight * -(chosen / chosen_counts.clamp(min=1)).mean()
+        reference = self.reference_logps(model, batch)
+        loss, metrics = dpo_loss(policy, reference, counts, self.config.beta, self.config.loss_type)
+        if self.config.rpo_alpha:
+            nll = chosen_nll(policy, counts)
+            loss = loss + self.config.rpo_alpha * nll
+            metrics["nll_loss"] = nll.detach()
+        return loss, metrics, reference, counts
+
+    def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        loss, metrics, _, _ = self._loss(model, batch)
         return loss, metrics
 
     def tokens_in(self, batch: dict) -> int:
@@ -79,14 +93,28 @@ class DPOObjective:
         device = next(model.parameters()).device
         totals: dict[str, float] = {}
         pairs = 0
-        for batch in iterate_pair_batches(self.val_examples, self.batch_size, self.pad_id, self.eval_batches):
+        per_token = {"logps/chosen": 0.0, "logps/rejected": 0.0, "reference_logps/chosen": 0.0}
+        chosen_tokens = rejected_tokens = 0
+        for batch in iterate_pair_batches(self.eval_examples, self.batch_size, self.pad_id, self.eval_batches):
             batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
-            loss, metrics = self.loss(model, batch)
+            loss, metrics, reference, counts = self._loss(model, batch)
             count = batch["margin"].numel()
             for key, value in {"loss": loss, **metrics}.items():
                 totals[key] = totals.get(key, 0.0) + float(value) * count
             pairs += count
-        return {f"val_{key}": value / pairs for key, value in totals.items()}
+            # Per token over every evaluation pair's tokens (not a mean of the batches' ratios).
+            per_token["logps/chosen"] += float(metrics["logps/chosen_per_token"]) * int(counts[:count].sum())
+            per_token["logps/rejected"] += float(metrics["logps/rejected_per_token"]) * int(counts[count:].sum())
+            per_token["reference_logps/chosen"] += float(reference[:count].sum())
+            chosen_tokens += int(counts[:count].sum())
+            rejected_tokens += int(counts[count:].sum())
+        result = {f"val_{key}": value / pairs for key, value in totals.items()}
+        result["val_logps/chosen_per_token"] = per_token["logps/chosen"] / max(chosen_tokens, 1)
+        result["val_logps/rejected_per_token"] = per_token["logps/rejected"] / max(rejected_tokens, 1)
+        result["val_reference_logps/chosen_per_token"] = per_token["reference_logps/chosen"] / max(chosen_tokens, 1)
+        if self.watch is not None:
+            result.update(self.watch(model))
+        return result
 
 
 @torch.no_grad()
@@ -107,48 +135,52 @@ def precompute_reference(model: nn.Module, examples: Sequence[PairExample], batc
     return result
 
 
-@torch.no_grad()
-def estimate_kl(policy: nn.Module, reference: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tokenizer,
-                prompts: Sequence[list[dict]], seed: int) -> float | None:
-    """Mean over sampled answers of log pi(answer) - log ref(answer): a Monte-Carlo estimate of KL(pi || ref).
+def watched_prompts(pairs: Sequence[dict], parts: Sequence[Sequence[tuple[int, PairExample]]], count: int
+                    ) -> list[list[dict]]:
+    """The first `count` distinct prompts of the held-out pairs, then of the training pairs: fixed for a run."""
+    seen, prompts = set(), []
+    for part in parts:
+        for index, _ in part:
+            key = json.dumps(pairs[index]["prompt"], sort_keys=True)
+            if key not in seen and len(prompts) < count:
+                seen.add(key)
+                prompts.append(list(pairs[index]["prompt"]))
+    return prompts
 
-    `reference(inputs, targets)` gives the reference's summed log-probs of the same rows."""
-    if not prompts:
-        return None
-    stop = end_of_turn_id(tokenizer)
-    settings = SamplingSettings(max_new_tokens=KL_MAX_NEW_TOKENS, temperature=1.0, seed=seed)
-    differences = []
-    for prompt in prompts:
-        prompt_ids = render_for_completion(tokenizer, prompt)
-        room = policy.config.block_size - len(prompt_ids) - 1
-        if room < 1:
-            continue
-        answer = [int(step[0]) for step in generate_tokens(
-            policy, prompt_ids, replace(settings, max_new_tokens=min(KL_MAX_NEW_TOKENS, room)), 1, {stop},
-            tokenizer.vocab_size) if int(step[0]) >= 0]
-        if not answer:
-            continue
-        ids = torch.tensor([prompt_ids + answer])
-        inputs, targets = ids[:, :-1], ids[:, 1:].clone()
-        targets[:, :len(prompt_ids) - 1] = IGNORE_INDEX
-        differences.append(float(sequence_logps(policy, inputs, targets)[0] - reference(inputs, targets)))
-    return sum(differences) / len(differences) if differences else None
+
+def degeneration_advice(dpo_config: DPOConfig, lr: float) -> str:
+    return (f"What to change: lower the learning rate (now {lr:g}), raise beta (now {dpo_config.beta:g}) or add an "
+            f"NLL term on the chosen answers (rpo_alpha, now {dpo_config.rpo_alpha:g})")
+
+
+# What each evaluation keeps in the report besides the sampled answers' signals: record name -> report name.
+EVALUATION_FIGURES = {"val_loss": "loss", "val_rewards/accuracies": "accuracy", "val_rewards/margins": "margin",
+                      "val_logps/chosen_per_token": "chosen_logp_per_token",
+                      "val_logps/rejected_per_token": "rejected_logp_per_token",
+                      "val_reference_logps/chosen_per_token": "start_chosen_logp_per_token"}
+# The sampled answers' signals in the metrics: report name -> metric name.
+WATCH_METRICS = {"kl_per_token": "val_kl", "same_answer_share": "val_samples/same_answer_share",
+                 "distinct_2": "val_samples/distinct_2"}
 
 
 def dpo(policy_model_dir: str | os.PathLike, data: str | os.PathLike | list, out_dir: str | os.PathLike, *,
         dpo_config: DPOConfig | None = None, train_config: TrainConfig | None = None,
         data_dir: str | os.PathLike | None = None, on_metrics: Callable[[dict], None] | None = None,
         should_stop: Callable[[], bool] | None = None, resume: bool = True,
-        log: Callable[[str], None] = print) -> dict:
+        bounds: DegenerationBounds | None = None, log: Callable[[str], None] = print) -> dict:
     """Train the model in `policy_model_dir` with DPO on preference pairs (a list in the normal form of
-    `llm.chat_data.read_preference`, or a preference dataset file).
+    `llm.chat_data.read_preference`, or a preference dataset file), watched for degeneration (`bounds`).
 
-    Returns {"stopped", "step", "loss", "val_loss", "val_rewards/accuracies", "val_rewards/margins",
-    "kl", "pairs", "truncated", "dropped", "train_pairs", "val_pairs", "trainable_params", "total_params",
-    "model_dir" (None when stopped), "architecture"}.
+    Returns {"stopped", "step", "loss", "val_loss", "val_rewards/accuracies", "val_rewards/margins", "kl" (nats
+    per token), "kl_per_answer", "held_out", "degeneration" (a sentence when flagged, else None), "kept_step"
+    (the evaluation whose weights are the result, when a flag stopped the run), "samples", "pairs", "truncated",
+    "dropped", "train_pairs", "val_pairs", "trainable_params", "total_params", "model_dir" (None when stopped),
+    "architecture"}. The figures are those of the weights the run keeps.
+    Raises `llm.degeneration.Degenerated` when a flag stops the run before any evaluation passed.
     """
     dpo_config = dpo_config or DPOConfig()
     config = train_config or dpo_train_config(dpo_config)
+    bounds = bounds or DegenerationBounds()
     policy_model_dir, out_dir = Path(policy_model_dir), Path(out_dir)
     base_config, tokenizer_name, tokenizer = chat_base(policy_model_dir, out_dir, data_dir)
     pairs = read_pairs(data)
@@ -168,21 +200,41 @@ def dpo(policy_model_dir: str | os.PathLike, data: str | os.PathLike | list, out
             train_examples = [replace(e, reference_logps=tuple(r)) for e, r in zip(train_examples, stored["train"])]
             val_examples = [replace(e, reference_logps=tuple(r)) for e, r in zip(val_examples, stored["val"])]
         else:
-            log("computing the reference log-probabilities once (full DPO keeps no second model)")
+            log("computing the reference log-probabilities once (full DPO keeps no second model for them)")
             train_examples = precompute_reference(model, train_examples, config.batch_size, tokenizer.eot_id)
             val_examples = precompute_reference(model, val_examples, config.batch_size, tokenizer.eot_id)
             out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(reference_file, json.dumps({
                 "train": [e.reference_logps for e in train_examples], "val": [e.reference_logps for e in val_examples]}))
+        # The watch's KL and the start's answers need the reference's next-token distributions on answers sampled
+        # during the run: a frozen copy of the starting weights (no gradients, no optimizer state).
+        reference_model = load_weights(policy_model_dir).eval().requires_grad_(False)
+
+        def policy_of(trained: nn.Module) -> nn.Module:
+            return trained
+
+        @contextmanager
+        def reference():
+            yield reference_model.to(next(model.parameters()).device)
     else:
         from llm.lora import apply_lora, save_adapter  # peft is imported only for LoRA runs
 
         architecture = ADAPTER_ARCHITECTURE
         model = apply_lora(model, dpo_config)
+
+        def policy_of(trained: nn.Module) -> nn.Module:
+            return trained.get_base_model()  # peft injects the adapters into the GPT's own layers
+
+        @contextmanager
+        def reference():
+            with model.disable_adapter():
+                yield model.get_base_model()
     trainable = [p for p in model.parameters() if p.requires_grad]
     trainable_count, total_count = trainable_parameter_count(model)
     log(f"{'full' if dpo_config.full else f'LoRA r={dpo_config.lora_r} on {dpo_config.lora_targets}'} DPO "
-        f"({dpo_config.loss_type}, beta {dpo_config.beta}): {trainable_count:,} trainable parameters of {total_count:,}")
+        f"({dpo_config.loss_type}, beta {dpo_config.beta}"
+        f"{f', rpo_alpha {dpo_config.rpo_alpha:g}' if dpo_config.rpo_alpha else ''}): "
+        f"{trainable_count:,} trainable parameters of {total_count:,}")
 
     extra = {**inherited_config(policy_model_dir), "chat": True, "dpo": asdict(dpo_config)}
 
@@ -194,37 +246,61 @@ def dpo(policy_model_dir: str | os.PathLike, data: str | os.PathLike | list, out
         else:
             save_adapter(trained, directory, policy_model_dir, tokenizer_name, extra=extra)
 
-    objective = DPOObjective(dpo_config, val_examples, config.batch_size, config.eval_batches, tokenizer.eot_id)
-    batches = PreferenceBatches(train_examples, config.batch_size, config.seed, tokenizer.eot_id)
-    result = train(model, objective, batches, config, out_dir, on_metrics=on_metrics, should_stop=should_stop,
-                   trainable_params=trainable, flops_per_token=flops_per_token, save_model_fn=save,
-                   resume=resume, log=log)
-    summary = {"stopped": result["stopped"], "step": result["step"], "loss": result["loss"],
-               "val_loss": result.get("val_loss"), "val_rewards/accuracies": result.get("val_rewards/accuracies"),
-               "val_rewards/margins": result.get("val_rewards/margins"), "kl": None,
-               "pairs": tokenized.pairs, "truncated": tokenized.truncated, "dropped": tokenized.dropped,
-               "train_pairs": len(train_examples), "val_pairs": len(val_examples),
-               "trainable_params": trainable_count, "total_params": total_count,
-               "model_dir": None if result["stopped"] else str(out_dir), "architecture": architecture}
-    if result["stopped"]:
-        return summary
+    # Evaluation and the watch: the held-out pairs, or the first training pairs when none are held out.
+    held_out = bool(val_examples)
+    eval_examples = val_examples or train_examples[:config.batch_size * config.eval_batches]
+    if not held_out:
+        log("no pairs held out: evaluations (and the degeneration watch) read training pairs")
+    watch = SampleWatch(tokenizer, watched_prompts(pairs, (val_part, train_part), bounds.prompts), bounds, config.seed)
+    guard = DegenerationGuard(out_dir, out_dir / REPORT_FILE, bounds, watch, dpo_config.stop_on_degeneration,
+                              degeneration_advice(dpo_config, config.lr), log,
+                              resume_step=checkpoint_step(out_dir) if resume else None)
+    measured: dict = {}
 
-    # KL from the reference on held-out prompts (the training prompts when nothing is held out).
-    held_out = [pairs[index]["prompt"] for index, _ in (val_part or train_part)][:KL_SAMPLES]
-    model.eval()
-    if dpo_config.full:
-        policy, reference_model = model, load_weights(policy_model_dir).eval()
+    def watch_signals(trained: nn.Module) -> dict:
+        """At each evaluation (eval mode, no gradients): the start's answers once, then the policy's."""
+        guard.observe_start(reference)
+        measured.clear()
+        measured.update(watch.measure(policy_of(trained), reference))
+        return {metric: measured[name] for name, metric in WATCH_METRICS.items() if measured.get(name) is not None}
 
-        def reference(inputs, targets):
-            return sequence_logps(reference_model, inputs, targets)[0]
+    def on_record(record: dict) -> None:
+        if measured:  # an evaluation step: check it before anyone reads its metrics
+            signals = {**measured, **{name: record.get(key) for key, name in EVALUATION_FIGURES.items()}}
+            measured.clear()
+            record["degeneration_problems"] = len(guard.observe(record["step"], signals, model))
+        if on_metrics is not None:
+            on_metrics(record)
+
+    objective = DPOObjective(dpo_config, eval_examples, config.batch_size, config.eval_batches, tokenizer.eot_id,
+                             watch=watch_signals)
+    if guard.stopped:  # an earlier attempt stopped on a flag: its kept weights are the result
+        log(f"this run stopped on a degeneration flag at step {guard.report['flag']['step']}; keeping its result")
+        result = {"stopped": False, "step": guard.report["flag"]["step"], "loss": None}
     else:
-        # peft injects the adapters into the GPT's own layers: the GPT it wraps samples as the policy.
-        policy = model.get_base_model()
+        batches = PreferenceBatches(train_examples, config.batch_size, config.seed, tokenizer.eot_id)
+        result = train(model, objective, batches, config, out_dir, on_metrics=on_record,
+                       should_stop=lambda: guard.should_stop() or (should_stop is not None and should_stop()),
+                       trainable_params=trainable, flops_per_token=flops_per_token, save_model_fn=save,
+                       resume=resume, log=log)
+    if guard.stopped:
+        kept = guard.restore(model)
+        save(model, out_dir)
+        log(f"kept the weights of step {kept}, the last evaluation that passed, as the result")
+    elif result["stopped"]:
+        return {"stopped": True, "step": result["step"], "loss": result["loss"], "model_dir": None,
+                "architecture": architecture}
 
-        def reference(inputs, targets):
-            with model.disable_adapter():
-                return sequence_logps(policy, inputs, targets)[0]
-    summary["kl"] = estimate_kl(policy, reference, tokenizer, held_out, config.seed)
-    atomic_write_text(out_dir / REPORT_FILE, json.dumps({key: summary[key] for key in (
-        "val_loss", "val_rewards/accuracies", "val_rewards/margins", "kl", "val_pairs")}))
-    return summary
+    # The figures of the weights kept: the last evaluation, or the last one that passed when a flag stopped it.
+    evaluations = guard.report["evaluations"]
+    kept_step = guard.report["kept_step"] if guard.stopped else None
+    final = next((e for e in reversed(evaluations) if kept_step is None or e["step"] == kept_step), {})
+    closing = {"val_loss": final.get("loss"), "val_rewards/accuracies": final.get("accuracy"),
+               "val_rewards/margins": final.get("margin"), "kl": final.get("kl_per_token"),
+               "kl_per_answer": final.get("kl_per_answer"), "samples": final.get("samples"), "held_out": held_out,
+               "val_pairs": len(val_examples), "degeneration": guard.summary()}
+    guard.save(**closing)
+    return {"stopped": False, "step": result["step"], "loss": result["loss"], **closing,
+            "kept_step": kept_step, "pairs": tokenized.pairs, "truncated": tokenized.truncated,
+            "dropped": tokenized.dropped, "train_pairs": len(train_examples), "trainable_params": trainable_count,
+            "total_params": total_count, "model_dir": str(out_dir), "architecture": architecture}

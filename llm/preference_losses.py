@@ -4,6 +4,7 @@ loss and DPO's sigmoid / IPO / hinge losses, with the metrics TRL logs under the
     reward_loss(chosen_rewards, rejected_rewards, margin, center_coefficient) -> (loss, metrics)
     sequence_logps(model, inputs, targets)                                   -> (2B,) summed answer log-probs
     dpo_loss(policy_logps, reference_logps, answer_tokens, beta, loss_type)  -> (loss, metrics)
+    chosen_nll(policy_logps, answer_tokens)                                  -> RPO's NLL term
 
 Batches put the B chosen rows first and the B rejected rows after them (`llm/preference_batches.py`).
 Formulas (as in TRL 1.x, which tests/test_preference_losses.py and the trainers' parity tests check):
@@ -13,6 +14,10 @@ Formulas (as in TRL 1.x, which tests/test_preference_losses.py and the trainers'
            sigmoid: -logsigmoid(beta h)   hinge: relu(1 - beta h)
            ipo: (h' - 1 / (2 beta))^2 with h' the same difference of *per-token averaged* log ratios
   rewards/chosen = beta (log pi(y_c) - log ref(y_c)); the margin and accuracy compare those of y_c and y_r.
+  logps/chosen is TRL's: the mean over pairs of the summed answer log-probs; logps/chosen_per_token (ours) is
+           their sum over the batch's chosen tokens divided by those tokens, so answers of any length compare
+  RPO      + alpha * chosen_nll: the chosen answers' negative log-likelihood per token over the batch's chosen
+           tokens (TRL 1.x: loss_type ["sigmoid", "sft"] with loss_weights [1, alpha]; TRL 0.x: rpo_alpha)
 """
 
 from __future__ import annotations
@@ -94,4 +99,13 @@ def dpo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, answer_t
                    "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
                    "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
                    "logps/chosen": chosen_logps.detach().mean(), "logps/rejected": rejected_logps.detach().mean()}
+        for name, logps, tokens in zip(("chosen", "rejected"), (chosen_logps, rejected_logps), answer_tokens.chunk(2)):
+            metrics[f"logps/{name}_per_token"] = logps.detach().sum() / tokens.sum().clamp(min=1)
     return losses.mean(), metrics
+
+
+def chosen_nll(policy_logps: torch.Tensor, answer_tokens: torch.Tensor) -> torch.Tensor:
+    """The chosen answers' negative log-likelihood per token, over all chosen tokens of the batch (TRL's "sft"
+    loss, which RPO adds to DPO's): it keeps what the policy should say likely while the margin grows."""
+    chosen_logps, chosen_tokens = policy_logps.chunk(2)[0], answer_tokens.chunk(2)[0]
+    return -chosen_logps.sum() / chosen_tokens.sum().clamp(min=1)

@@ -41,9 +41,15 @@ def test_the_graph_and_the_cards(workbench_env, session):
     dpo_job = add_job(session, workbench_env, "dpo", sft)
     (workbench_env.data_dir / dpo_job.run_dir / "pairs_sources.json").write_text(json.dumps(
         {"counts": {"label": 2, "arena": 3}, "project_ids": [project.id], "arena": True}))
-    (workbench_env.data_dir / dpo_job.run_dir / "dpo_report.json").write_text(json.dumps({"kl": 0.25}))
-    session.add_all([Metric(job_id=dpo_job.id, step=4, name="val_rewards/accuracies", value=0.875),
-                     Metric(job_id=dpo_job.id, step=2, name="val_rewards/accuracies", value=0.5)])
+    # The run's report (llm/dpo.py) holds the figures of the weights it kept: a flag at step 4 threw away the last
+    # step's, whose metric (0.5) the card must not show.
+    (workbench_env.data_dir / dpo_job.run_dir / "dpo_report.json").write_text(json.dumps({
+        "val_rewards/accuracies": 0.875, "kl": 0.25, "kl_per_answer": 2.5, "held_out": True,
+        "evaluations": [{"step": 2}, {"step": 4}], "flag": {"step": 4, "stopped": True},
+        "degeneration": "degeneration flagged at step 4: KL ...; kept the weights of step 2",
+        "samples": [{"prompt": "What should I do?", "answer": "Send it kindly."}]}))
+    session.add_all([Metric(job_id=dpo_job.id, step=4, name="val_rewards/accuracies", value=0.5),
+                     Metric(job_id=dpo_job.id, step=2, name="val_rewards/accuracies", value=0.875)])
     session.commit()
     dpo = add_model(session, "chat-dpo", ModelKind.dpo, sft, dpo_job)
 
@@ -57,8 +63,10 @@ def test_the_graph_and_the_cards(workbench_env, session):
     assert next(n for n in graph["nodes"] if n["id"] == f"model:{sft.id}")["selected"]
 
     card = dict(report_card(workbench_env, dpo.id, session=session))
-    assert card["DPO held-out preference accuracy"] == "87.5%"  # the last step's value
-    assert card["KL from the policy it started from"] == "0.250 nats per answer"
+    assert card["DPO held-out preference accuracy"] == "87.5%"  # the kept weights', not the last step's
+    assert card["KL from the policy it started from"] == "0.250 nats per token (2.50 per answer)"
+    assert card["degeneration watch"].startswith("degeneration flagged at step 4")
+    assert card["sample: What should I do?"] == "Send it kindly."
     from llm.model import GPT, GPTConfig
 
     expected = sum(p.numel() for p in GPT(GPTConfig.from_dict(base.config)).parameters())

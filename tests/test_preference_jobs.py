@@ -107,8 +107,12 @@ def test_a_dpo_job_runs_through_the_runner(workbench_env, session):
     model = session.get(Model, job.output_model_id)
     assert model.kind == ModelKind.dpo and model.parent_model_id == base.id and model.name == "tiny-dpo"
     names = set(session.scalars(select(Metric.name).where(Metric.job_id == job.id)))
-    assert {"loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "val_rewards/accuracies"} <= names
+    assert {"loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "val_rewards/accuracies",
+            # the degeneration watch (llm/degeneration.py), at every evaluation: what the Jobs tab's cards show
+            "val_logps/chosen_per_token", "val_logps/rejected_per_token", "val_kl", "degeneration_problems"} <= names
     from db.models import JobLog
 
-    last_line = session.scalar(select(JobLog.line).where(JobLog.job_id == job.id).order_by(JobLog.id.desc()).limit(1))
-    assert last_line.startswith("succeeded:") and "held-out preference accuracy" in last_line and "KL" in last_line
+    lines = list(session.scalars(select(JobLog.line).where(JobLog.job_id == job.id).order_by(JobLog.id)))
+    assert any(line.startswith("sample at step 2: 'What should I do with") for line in lines)
+    assert lines[-1].startswith("succeeded:") and "held-out preference accuracy" in lines[-1] and "KL" in lines[-1]
+    assert job.error is None  # nothing flagged: no notice

@@ -93,9 +93,12 @@ def trl_args(config_class, tmp_path, **settings):
                         activation_checkpointing=False, save_strategy="no", disable_tqdm=True, **settings)
 
 
-def trl_dpo_loss(trainer, inputs: dict, loss_type: str) -> tuple[float, dict]:
-    """TRL's loss and the metrics `_compute_loss` records, for one loss type (set as DPOConfig would set it)."""
+def trl_dpo_loss(trainer, inputs: dict, loss_type: str, rpo_alpha: float = 0.0) -> tuple[float, dict]:
+    """TRL's loss and the metrics `_compute_loss` records, for one loss type (set as DPOConfig would set it); with
+    `rpo_alpha`, TRL 1.x's RPO: the "sft" loss added with that weight (TRL 0.x called the weight rpo_alpha)."""
     trainer.loss_types, trainer.loss_weights = [loss_type], [1.0]
+    if rpo_alpha:
+        trainer.loss_types, trainer.loss_weights = [loss_type, "sft"], [1.0, rpo_alpha]
     trainer._metrics["train"].clear()
     trainer.model.train()  # dropout is 0: train mode only makes TRL file the metrics under "train"
     with torch.no_grad():
@@ -104,10 +107,11 @@ def trl_dpo_loss(trainer, inputs: dict, loss_type: str) -> tuple[float, dict]:
 
 
 def assert_same(ours_loss, ours_metrics: dict, trl_loss: float, trl_metrics: dict, names) -> None:
-    assert abs(float(ours_loss) - trl_loss) <= TOLERANCE, (float(ours_loss), trl_loss)
+    """Equal within TOLERANCE, relative above 1: summed log-probs reach -80, where float32's spacing is ~8e-6."""
+    assert abs(float(ours_loss) - trl_loss) <= TOLERANCE * max(1.0, abs(trl_loss)), (float(ours_loss), trl_loss)
     for name in names:
-        assert abs(float(ours_metrics[name]) - trl_metrics[name]) <= TOLERANCE, (name, ours_metrics[name],
-                                                                                 trl_metrics[name])
+        assert abs(float(ours_metrics[name]) - trl_metrics[name]) <= TOLERANCE * max(1.0, abs(trl_metrics[name])), (
+            name, ours_metrics[name], trl_metrics[name])
 
 
 def test_the_exported_model_computes_our_logits(gpt):
@@ -130,27 +134,55 @@ def test_trl_inputs_score_the_same_tokens_as_our_targets(batch):
     assert int(inputs["completion_mask"].sum()) == int((ours["targets"] != IGNORE_INDEX).sum())
 
 
-def test_dpo_full_weights_with_a_reference_model_matches_trl(batch, gpt, hf_tokenizer_fixture, tmp_path):
+def full_weights_setup(batch, gpt, hf_tokenizer_fixture, tmp_path):
+    """(policy, our batch with the reference's log-probs, TRL's trainer with a reference model, TRL's inputs)."""
     ours_batch, examples = batch
     policy = copy.deepcopy(gpt)
+    torch.manual_seed(4)  # the same policy whichever tests ran before
     with torch.no_grad():  # a policy that has moved away from the reference
         for param in policy.parameters():
             param.add_(torch.randn_like(param) * 0.02)
     with_reference = precompute_reference(gpt, examples, batch_size=len(examples), pad_id=PAD_ID)
     full_batch = pad_pairs(with_reference, PAD_ID)
     assert torch.equal(full_batch["inputs"], ours_batch["inputs"])
-
     trainer = trl.DPOTrainer(model=to_hf_gpt2(policy), ref_model=to_hf_gpt2(gpt),
                              args=trl_args(trl.DPOConfig, tmp_path, beta=BETA, precompute_ref_log_probs=False),
                              train_dataset=preference_dataset(), processing_class=hf_tokenizer_fixture)
-    inputs = trl_dpo_inputs(ours_batch)
+    return policy, full_batch, trainer, trl_dpo_inputs(ours_batch)
+
+
+def test_dpo_full_weights_with_a_reference_model_matches_trl(batch, gpt, hf_tokenizer_fixture, tmp_path):
+    policy, full_batch, trainer, inputs = full_weights_setup(batch, gpt, hf_tokenizer_fixture, tmp_path)
     for loss_type in DPO_LOSSES:
-        objective = DPOObjective(DPOConfig(full=True, beta=BETA, loss_type=loss_type), [], len(examples), 1, PAD_ID)
+        objective = DPOObjective(DPOConfig(full=True, beta=BETA, loss_type=loss_type, rpo_alpha=0.0), [],
+                                 len(PAIRS), 1, PAD_ID)
         with torch.no_grad():
             ours_loss, ours_metrics = objective.loss(policy, full_batch)
         trl_loss, trl_metrics = trl_dpo_loss(trainer, inputs, loss_type)
         assert_same(ours_loss, ours_metrics, trl_loss, trl_metrics, DPO_METRICS)
         assert trl_metrics["rewards/margins"] != 0  # the policy differs from the reference: a real comparison
+
+
+def test_rpo_alpha_matches_trl_dpo_with_its_sft_loss_added(batch, gpt, hf_tokenizer_fixture, tmp_path):
+    """RPO: our `rpo_alpha` adds what TRL 1.x adds with loss_type [<loss>, "sft"] and loss_weights [1, alpha]:
+    the chosen answers' NLL per token over the batch's chosen tokens (not a mean of per-answer means: the
+    answers here are 2 to 7 tokens long, so the two would differ)."""
+    policy, full_batch, trainer, inputs = full_weights_setup(batch, gpt, hf_tokenizer_fixture, tmp_path)
+    alpha = 0.7
+    for loss_type in DPO_LOSSES:
+        with_rpo = DPOObjective(DPOConfig(full=True, beta=BETA, loss_type=loss_type, rpo_alpha=alpha), [],
+                                len(PAIRS), 1, PAD_ID)
+        without = DPOObjective(DPOConfig(full=True, beta=BETA, loss_type=loss_type, rpo_alpha=0.0), [],
+                               len(PAIRS), 1, PAD_ID)
+        with torch.no_grad():
+            ours_loss, ours_metrics = with_rpo.loss(policy, full_batch)
+            dpo_only, _ = without.loss(policy, full_batch)
+        trl_loss, trl_metrics = trl_dpo_loss(trainer, inputs, loss_type, rpo_alpha=alpha)
+        assert_same(ours_loss, ours_metrics, trl_loss, trl_metrics, DPO_METRICS)
+        # A real term, of the size it should have: alpha times the NLL per chosen token.
+        assert float(ours_loss - dpo_only) == pytest.approx(alpha * float(ours_metrics["nll_loss"]), rel=1e-5)
+        assert float(ours_metrics["nll_loss"]) == pytest.approx(-float(ours_metrics["logps/chosen_per_token"]))
+        assert float(ours_metrics["nll_loss"]) > 1.0
 
 
 def test_dpo_lora_with_the_adapter_switched_off_as_reference_matches_trl(batch, gpt, hf_tokenizer_fixture,
@@ -183,7 +215,8 @@ def test_dpo_lora_with_the_adapter_switched_off_as_reference_matches_trl(batch, 
 
     inputs = trl_dpo_inputs(ours_batch)
     for loss_type in DPO_LOSSES:
-        objective = DPOObjective(DPOConfig(beta=BETA, loss_type=loss_type), [], len(examples), 1, PAD_ID)
+        objective = DPOObjective(DPOConfig(beta=BETA, loss_type=loss_type, rpo_alpha=0.0), [], len(examples), 1,
+                                 PAD_ID)
         with torch.no_grad():
             ours_loss, ours_metrics = objective.loss(policy, ours_batch)
         trl_loss, trl_metrics = trl_dpo_loss(trainer, inputs, loss_type)

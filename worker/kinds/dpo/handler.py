@@ -1,9 +1,12 @@
 """The `dpo` kind's handler: the pairs snapshotted as the reward kind's, then DPO of the input policy (`llm.dpo`),
-reporting its held-out preference accuracy and how far it moved (KL)."""
+reporting its held-out preference accuracy, how far it moved (KL) and, when the degeneration watch flagged the
+run, what it found and what to change: in the log, the summary line and the job's notice in the Jobs tab."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 from db.models import ModelKind
 from llm.dpo_config import DPOConfig
@@ -33,8 +36,22 @@ def run(ctx: JobContext) -> Outcome:
         return result
 
     outcome = run_training(ctx, train, produces=ModelKind.dpo, parent_model_id=ctx.input_model.id)
-    if not outcome.stopped and facts.get("val_rewards/accuracies") is not None:
-        outcome.summary += f"; held-out preference accuracy {facts['val_rewards/accuracies']:.1%}"
+    if outcome.stopped:
+        return outcome
+    if facts.get("val_rewards/accuracies") is not None:
+        pairs_kind = "held-out" if facts.get("held_out") else "training-pair"
+        outcome.summary += f"; {pairs_kind} preference accuracy {facts['val_rewards/accuracies']:.1%}"
         if facts.get("kl") is not None:
-            outcome.summary += f", KL from the start {facts['kl']:.3f} nats"
+            outcome.summary += f", KL from the start {facts['kl']:.3f} nats per token"
+    warning = facts.get("degeneration")
+    if warning:
+        ctx.log(f"WARNING: {warning}")
+        outcome.summary += f"; WARNING: {warning}"
+        record = outcome.finalize
+
+        def finalize(session: Session) -> dict[str, Any]:
+            # The job's notice (shown as a warning on a job that succeeded): the run is kept, but not as it ran.
+            return {**(record(session) if record is not None else {}), "error": warning}
+
+        outcome.finalize = finalize
     return outcome
