@@ -23,11 +23,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
 from llm.atomic_files import atomic_write_text
+from llm.chat_batches import IGNORE_INDEX
 from llm.checkpoint import (CONFIG_FILE, REWARD_ARCHITECTURE, atomic_save_safetensors,
                             load_weights, read_architecture, read_config, save_model)
 from llm.lora import trainable_parameter_count
@@ -133,10 +135,40 @@ def pair_rewards(model: RewardModel, examples: Sequence[PairExample], batch_size
     return chosen_all, rejected_all
 
 
+# Prompt lengths (tokens of the rendered prompt) are grouped by powers of two: the buckets a reward model's
+# accuracy is shown by, so one that only works on short prompts shows.
+PROMPT_LENGTH_EDGES = (16, 32, 64, 128, 256, 512)
+
+
+def prompt_length_bucket(tokens: int) -> str:
+    """`tokens` as its bucket's name: "17-32 tokens", ..., "over 512 tokens"."""
+    lower = 1
+    for upper in PROMPT_LENGTH_EDGES:
+        if tokens <= upper:
+            return f"{lower}-{upper} tokens"
+        lower = upper + 1
+    return f"over {PROMPT_LENGTH_EDGES[-1]} tokens"
+
+
+def length_groups(examples: Sequence[PairExample]) -> dict[str, list[str]]:
+    """Per example: its prompt's length bucket, and which answer is longer in tokens. A reward model that learned
+    "longer wins" is right where the chosen answer is longer and wrong where it is shorter."""
+    prompt_buckets, longer = [], []
+    for example in examples:
+        chosen_targets, rejected_targets = example.chosen[1], example.rejected[1]
+        answered = np.flatnonzero(chosen_targets != IGNORE_INDEX)
+        prompt_buckets.append(prompt_length_bucket(int(answered[0]) + 1))  # targets are the ids shifted by one
+        chosen_length = int((chosen_targets != IGNORE_INDEX).sum())
+        rejected_length = int((rejected_targets != IGNORE_INDEX).sum())
+        longer.append("chosen" if chosen_length > rejected_length else
+                      "rejected" if rejected_length > chosen_length else "neither")
+    return {"prompt_length": prompt_buckets, "longer_answer": longer}
+
+
 def accuracy_report(chosen: list[float], rejected: list[float], groups: dict[str, list[str | None]] | None = None
                     ) -> dict:
-    """Accuracy (chosen scored higher) and mean margin overall and per value of each grouping (source,
-    labeler), plus the rewards themselves for a histogram of chosen vs. rejected."""
+    """Accuracy (chosen scored higher) and mean margin overall and per value of each grouping (source, labeler,
+    prompt length, longer answer), plus the rewards themselves for a histogram of chosen vs. rejected."""
     def summary(indices: list[int]) -> dict:
         wins = [chosen[i] > rejected[i] for i in indices]
         return {"pairs": len(indices), "accuracy": sum(wins) / len(indices) if indices else None,
@@ -152,10 +184,12 @@ def accuracy_report(chosen: list[float], rejected: list[float], groups: dict[str
     return report
 
 
-def _groups(pairs: Sequence[dict], kept: list[int]) -> dict[str, list]:
-    """Per kept pair, its `source` and `labeler` when the data says (labeling exports and snapshots do)."""
-    return {key: [pairs[i].get(key) for i in kept] for key in ("source", "labeler")
-            if any(pairs[i].get(key) is not None for i in kept)}
+def _groups(pairs: Sequence[dict], kept: list[int], examples: Sequence[PairExample]) -> dict[str, list]:
+    """Per kept pair (and its example): its `source` and `labeler` when the data says (labeling exports and
+    snapshots do), its prompt's length bucket and which answer is longer."""
+    return {**{key: [pairs[i].get(key) for i in kept] for key in ("source", "labeler")
+               if any(pairs[i].get(key) is not None for i in kept)},
+            **length_groups(examples)}
 
 
 def reward(base_model_dir: str | os.PathLike, data: str | os.PathLike | list, out_dir: str | os.PathLike, *,
@@ -219,7 +253,8 @@ def reward(base_model_dir: str | os.PathLike, data: str | os.PathLike | list, ou
     report_examples = val_examples or train_examples
     report_indices = [index for index, _ in (val_part or train_part)]
     chosen, rejected = pair_rewards(scorer, report_examples, config.batch_size, tokenizer.eot_id)
-    report = {"held_out": bool(val_examples), **accuracy_report(chosen, rejected, _groups(pairs, report_indices))}
+    report = {"held_out": bool(val_examples),
+              **accuracy_report(chosen, rejected, _groups(pairs, report_indices, report_examples))}
     atomic_write_text(out_dir / REPORT_FILE, json.dumps(report))
     summary["report"] = report
     return summary
@@ -234,4 +269,4 @@ def score(reward_model_dir: str | os.PathLike, data: str | os.PathLike | list, b
     tokenized = tokenize_pairs(tokenizer, pairs, model.gpt.config.block_size - 1)
     chosen, rejected = pair_rewards(model, tokenized.examples, batch_size, tokenizer.eot_id)
     return {"pairs": tokenized.pairs, "scored": len(chosen), "dropped": tokenized.dropped,
-            **accuracy_report(chosen, rejected, _groups(pairs, tokenized.kept))}
+            **accuracy_report(chosen, rejected, _groups(pairs, tokenized.kept, tokenized.examples))}

@@ -67,6 +67,46 @@ def test_a_reward_model_is_saved_whole_and_refused_for_chat(base_dir, tmp_path):
     scored = score(tmp_path / "rm", polite_pairs(8, 1))
     assert scored["scored"] == 8 and 0.0 <= scored["overall"]["accuracy"] <= 1.0
     assert set(scored["by_source"]) == {"upload"}
+    assert set(scored["by_prompt_length"]) == {"17-32 tokens"}  # "What should I do with ...?" in the template
+    assert sum(group["pairs"] for group in scored["by_longer_answer"].values()) == 8
+
+
+def test_a_reward_model_that_learned_longer_wins_shows_on_its_report_card(tmp_path):
+    """Scored by answer length (what a reward model that learned "longer wins" does), pairs whose chosen answer is
+    the longer one are all right and the others all wrong: the card's rows by longer answer say so, beside
+    accuracy by prompt length and the two score histograms."""
+    import json
+
+    from llm.preference_batches import tokenize_pairs
+    from llm.reward import accuracy_report, length_groups
+    from worker.kinds.reward.card import run_report
+
+    tokenizer = get_tokenizer("gpt2")
+    pairs = []
+    for index in range(12):
+        question = "Why?" if index % 3 else "Why is the sky blue on a clear day, and grey on most other days here? " * 2
+        long, short = "Because light scatters off the air, blue most of all.", "Air."
+        chosen, rejected = (long, short) if index % 2 == 0 else (short, long)
+        pairs.append({"prompt": [{"role": "user", "content": question}],
+                      "chosen": [{"role": "assistant", "content": chosen}],
+                      "rejected": [{"role": "assistant", "content": rejected}]})
+    examples = tokenize_pairs(tokenizer, pairs, 200).examples
+    lengths = [(int((e.chosen[1] >= 0).sum()), int((e.rejected[1] >= 0).sum())) for e in examples]
+    report = {"held_out": True, **accuracy_report([float(c) for c, _ in lengths], [float(r) for _, r in lengths],
+                                                  length_groups(examples))}
+    assert report["by_longer_answer"] == {"chosen": {"pairs": 6, "accuracy": 1.0, "margin": 11.0},
+                                          "rejected": {"pairs": 6, "accuracy": 0.0, "margin": -11.0}}
+    assert {bucket: group["pairs"] for bucket, group in report["by_prompt_length"].items()} == {
+        "1-16 tokens": 8, "33-64 tokens": 4}
+    (tmp_path / "reward_report.json").write_text(json.dumps(report))
+    rows = dict(run_report(tmp_path))
+    assert rows["accuracy where the chosen answer is longer"] == "100.0% of 6 pairs"
+    assert rows["accuracy where the rejected answer is longer"] == "0.0% of 6 pairs"
+    assert list(rows)[2:4] == ["accuracy, prompts of 1-16 tokens", "accuracy, prompts of 33-64 tokens"]
+    chosen_bars = rows["held-out scores of chosen answers (16 bins from 3.00 to 14.00)"]
+    rejected_bars = rows["held-out scores of rejected answers (same bins)"]
+    # Both hold the same two scores (3 and 14 tokens, six of each): a bar at each end, nothing between.
+    assert chosen_bars == rejected_bars == "█" + "·" * 14 + "█"
 
 
 @pytest.mark.parametrize("full", [False, True])

@@ -21,7 +21,7 @@ from worker.jobs.fit import check_schedule
 from worker.jobs.params import JobParamsError, fine_tuning_loop_params
 from worker.jobs.preference_pairs import parse_project_ids
 from worker.jobs.spec import MODEL_ID, MODEL_NAME, JobKindSpec, TrainFormNames
-from worker.kinds.reward.card import METRIC_CARDS, PLOTS, REPORT_CARD
+from worker.kinds.reward.card import METRIC_CARDS, PLOTS, REPORT_CARD, run_report
 from worker.kinds.reward.handler import run
 
 # Where the pairs come from; at least one must be given (checked in `check_pair_sources`). Shared with DPO.
@@ -80,7 +80,7 @@ SPEC = JobKindSpec(
     params=PARAMS, handler=run, dataset_kinds=(DatasetKind.preference,),
     model_kinds=(ModelKind.base, ModelKind.sft), produces=ModelKind.reward,
     check=preference_check(PARAMS, REWARD_DEFAULTS),
-    metric_cards=METRIC_CARDS, plots=PLOTS, report_card=REPORT_CARD,
+    metric_cards=METRIC_CARDS, plots=PLOTS, report_card=REPORT_CARD, run_report=run_report,
     form_fields=("model_id", "dataset_id", "project_ids", "include_arena", "full", "lora_r", "max_steps",
                  "batch_size", "block_size", "lr", "eval_every", "seed", "name"),
     form=TrainFormNames(prefix="rm", tab="Reward model", tab_id="reward",
