@@ -65,7 +65,12 @@ def team(server):
         ids["first_eval"] = finished_job("pretrain", {"max_steps": 100}, {
             "loss": [(step, 4.0 - step / 20) for step in range(1, 21)], "val_loss": [(20, 3.2)],
             "val_bpb": [(20, 1.9)]})
-        # A long run: every step's loss, speed and learning rate (what made the first open of Jobs slow).
+        # Two fine-tunes named in the Train form (the name is their model's; job.name stays empty).
+        for name, rate in (("sft-lr-1e-4", 1.0), ("sft-lr-3e-4", 2.0)):
+            ids[name] = finished_job("sft", {"max_steps": 40, "name": name}, {
+                "loss": [(step, 3.0 * math.exp(-rate * step / 40)) for step in range(1, 41)]})
+        # A long run, the newest job: every step's loss, speed and learning rate (it made the first open of Jobs
+        # slow).
         ids["long_run"] = finished_job("pretrain", {"max_steps": LONG_RUN_STEPS}, {
             "loss": [(step, 4 * math.exp(-step / 800) + 0.5) for step in range(1, LONG_RUN_STEPS + 1)],
             "tokens_per_s": [(step, 50_000.0) for step in range(1, LONG_RUN_STEPS + 1)],
@@ -73,10 +78,6 @@ def team(server):
             "val_loss": [(step, 4 * math.exp(-step / 800) + 0.6) for step in range(100, LONG_RUN_STEPS + 1, 100)],
             "val_bpb": [(step, 1.5 * math.exp(-step / 800) + 0.7) for step in range(100, LONG_RUN_STEPS + 1, 100)]})
     return ids
-
-
-def drawn(page, selector: str) -> dict:
-    return page.evaluate(DRAWN_MARKS, selector)
 
 
 def show_job(page, job_id: int) -> None:
@@ -100,10 +101,9 @@ def test_charts_draw_a_single_point_open_fast_and_are_drawn_again_on_reload(serv
     print(f"first open of Jobs with a {LONG_RUN_STEPS}-step run: charts drawn after {first_open_s:.2f} s")
 
     show_job(page, team["first_eval"])
-    page.wait_for_function(f"() => ({DRAWN_MARKS})('#jobs-second-plot').points >= 1")
-    assert drawn(page, "#jobs-second-plot")["points"] == 1  # val bits/byte: its one evaluation
-    loss = drawn(page, "#jobs-loss-plot")
-    assert loss["points"] == 21, loss  # 20 train-loss points and the one val-loss point, all visible
+    # val bits/byte: its one evaluation; the loss chart: 20 train-loss points and the one val-loss point.
+    page.wait_for_function(f"""() => ({DRAWN_MARKS})('#jobs-second-plot').points === 1
+                                     && ({DRAWN_MARKS})('#jobs-loss-plot').points === 21""")
     page.screenshot(path=str(server.data_dir.parent / "one-point.png"), full_page=True)
 
     page.wait_for_timeout(2_500)  # the selection is stored in the browser
@@ -113,4 +113,45 @@ def test_charts_draw_a_single_point_open_fast_and_are_drawn_again_on_reload(serv
     page.locator("#jobs-detail-header .wb-job-head").filter(has_text=f"Job #{team['first_eval']}").wait_for()
     page.wait_for_function(f"() => ({DRAWN_MARKS})('#jobs-second-plot').points >= 1")
     print(f"reload on Jobs: charts drawn after {time.monotonic() - reloaded:.2f} s")
+    context.close()
+
+
+def curves_of(page, selector: str) -> tuple[set[str], list[str]]:
+    """(the stroke colours of the lines a chart draws, its legend's labels)."""
+    return tuple(page.evaluate("""(selector) => {
+      const root = document.querySelector(selector);
+      const strokes = [...root.querySelectorAll('svg path[aria-roledescription="line mark"]')]
+        .filter(p => (p.getAttribute('d') || '').length > 20).map(p => p.getAttribute('stroke'));
+      const legend = [...root.querySelectorAll('svg .role-legend-label text')].map(t => t.textContent);
+      return [[...new Set(strokes)], legend];
+    }""", selector))
+
+
+def test_named_runs_show_their_names_and_compare_on_one_chart(server, browser, team):
+    """Item 18: the queue names the runs their forms named ("sft, sft" before); two runs chosen in "Compare runs"
+    are two curves of two colours on one chart, with both in the legend."""
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    log_in(page, server.url, server.password)
+    open_tab(page, "Jobs")
+    first, second = team["sft-lr-1e-4"], team["sft-lr-3e-4"]
+    for job_id, name in ((first, "sft-lr-1e-4"), (second, "sft-lr-3e-4")):
+        page.locator(f"#jobs-queue tr[data-job='{job_id}'] .wb-job-name").filter(has_text=name).wait_for()
+    show_job(page, first)
+    assert page.locator("#jobs-name input, #jobs-name textarea").first.input_value() == "sft-lr-1e-4"
+
+    page.locator("#jobs-compare-panel").get_by_text("Compare runs").click()
+    for job_id, name in ((first, "sft-lr-1e-4"), (second, "sft-lr-3e-4")):
+        page.locator("#jobs-compare-runs input").first.click()
+        page.get_by_role("option", name=f"#{job_id} · {name} · succeeded").click()
+    page.keyboard.press("Escape")
+    page.wait_for_function("""() => document.querySelectorAll(
+        '#jobs-compare-plot svg .role-legend-label text').length === 2""")
+    page.wait_for_function("""() => new Set([...document.querySelectorAll(
+        '#jobs-compare-plot svg path[aria-roledescription="line mark"]')]
+        .map(p => p.getAttribute('stroke'))).size === 2""")
+    strokes, legend = curves_of(page, "#jobs-compare-plot")
+    assert len(strokes) == 2 and sorted(legend) == sorted([f"#{first} sft-lr-1e-4", f"#{second} sft-lr-3e-4"])
+    page.locator("#jobs-compare-panel").screenshot(path=str(server.data_dir.parent / "compare.png"))
     context.close()

@@ -20,7 +20,7 @@ from web.ui.plots import eta_seconds, jobs_table_html, metrics_frame, needs_mark
 # Handler behaviour does not depend on the backend (tests/test_roles.py covers PostgreSQL).
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 OUTPUTS = ("selected", "seen", "queue", "picker", "header", "cards", "loss", "second", "error", "logs", "params",
-           "cancel", "resume", "history", "name", "rename", "remove")
+           "cancel", "resume", "history", "name", "rename", "remove", "compare")
 
 
 class FakeRequest:
@@ -188,6 +188,62 @@ def test_rename_then_delete_a_job_with_its_confirmation(jobs_tab, session, users
     assert box.visible is False and f"Job #{job_id} deleted" in message
     session.expire_all()
     assert session.get(Job, job_id) is None
+
+
+@SQLITE_ONLY
+def test_runs_named_in_their_form_show_that_name_and_several_runs_compare_on_one_chart(jobs_tab, session, users):
+    def sft_run(name: str) -> int:  # named in the Train form: the name is its model's, job.name stays empty
+        job = Job(kind="sft", status=JobStatus.succeeded, params={"max_steps": 3, "name": name},
+                  owner_id=users["trainer"].id)
+        session.add(job)
+        session.commit()
+        return job.id
+
+    first, second = sft_run("sft-lr-1e-4"), sft_run("sft-lr-3e-4")
+    session.add_all([Metric(job_id=job_id, step=step, name=name, value=value)
+                     for job_id, scale in ((first, 1.0), (second, 0.5))
+                     for step in (1, 2, 3) for name, value in (("loss", scale * 4 / step), ("val_loss", scale))])
+    session.commit()
+
+    shown = show(jobs_tab, first)
+    assert "sft-lr-1e-4" in shown["queue"] and "sft-lr-3e-4" in shown["queue"]  # was "sft" and "sft"
+    assert shown["name"] == "sft-lr-1e-4" and f"Job #{first} · sft-lr-1e-4" in shown["header"]
+    assert [label for label, _ in shown["compare"].choices][:2] == [f"#{second} · sft-lr-3e-4 · succeeded",
+                                                                   f"#{first} · sft-lr-1e-4 · succeeded"]
+
+    compare, held_back = jobs_tab["compare_staged"], jobs_tab["pending_comparison"]
+    metric, chart, note, charts = compare([first, second], "loss", {}, as_user(TRAINER))
+    assert metric.value == "loss" and metric.choices == [("loss", "loss"), ("val_loss", "val_loss")]
+    assert chart.visible and note == ""
+    runs = {row[2] for row in chart.value["data"]}
+    assert runs == {f"#{first} sft-lr-1e-4", f"#{second} sft-lr-3e-4"} and len(chart.value["data"]) == 6
+    assert chart.color_map == {f"#{first} sft-lr-1e-4": "#4c78a8", f"#{second} sft-lr-3e-4": "#f58518"}
+    # Another curve changes the chart's title: the chart is hidden, then shown with it (see staged_charts).
+    metric, chart, _, charts = compare([first, second], "val_loss", charts, as_user(TRAINER))
+    assert metric.value == "val_loss" and chart.visible == "hidden"
+    charts, chart = held_back(charts)
+    assert {row[1] for row in chart.value["data"]} == {1.0, 0.5} and chart.visible is True
+    assert held_back(charts) == (gr.skip(), gr.skip())  # sent once
+    metric, chart, note, _ = compare([], "loss", charts, as_user(TRAINER))
+    assert chart.visible is False and "Choose two or more runs" in note
+
+
+def test_a_chart_whose_settings_change_is_hidden_then_shown_with_its_new_points():
+    from web.ui.jobs_tab import plot_update, staged_charts
+
+    loss = metrics_frame([{"step": step, "name": "loss", "value": 1.0} for step in (1, 2)], {"loss": "train loss"})
+    both = metrics_frame([{"step": step, "name": name, "value": 1.0}
+                          for step in (1, 2) for name in ("loss", "val_loss")],
+                         {"loss": "train loss", "val_loss": "val loss"})
+    state: dict = {}
+    first = staged_charts(state, {"loss": plot_update(loss, 10)})["loss"]
+    assert first.visible is True  # a chart shown from hidden is built from its points
+    assert staged_charts(state, {"loss": plot_update(loss, 10)})["loss"].visible is True  # only points change
+    assert not state["pending_charts"]
+    changed = staged_charts(state, {"loss": plot_update(both, 10)})["loss"]  # a new series: new colours
+    assert changed.visible == "hidden" and state["pending_charts"]["loss"]["color_map"] == {
+        "train loss": "#4c78a8", "val loss": "#f58518"}
+    assert staged_charts(state, {"loss": gr.skip()})["loss"] == gr.skip()
 
 
 # ----------------------------------------------------------------------------- Models and Chat

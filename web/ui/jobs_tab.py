@@ -11,7 +11,9 @@ Click a row of the queue (or pick from the dropdown) to select a job. Cancel ask
 checkpoint and stop (a queued job never starts); Resume queues a failed or cancelled job again,
 continuing from its last checkpoint (not offered for a job marked not resumable). Rename and Delete
 (with a confirmation naming what depends on the job) are for its owner and admins; the services
-check it. The history lists who changed the job. "→ model #n" opens Chat with that model.
+check it. The history lists who changed the job. "→ model #n" opens Chat with that model. "Compare runs"
+overlays one curve (loss, val_loss, ...) of several jobs on one chart. A job goes by the name its form gave
+(the model's) until someone renames it.
 Labelers never see this tab (web/ui/__init__.py hides it; the services refuse them anyway).
 """
 
@@ -28,8 +30,9 @@ import pandas as pd
 from web.ui import current_user, db_session, error_text
 from worker.kinds import get_spec
 from web.ui.plots import (JOBS_TABLE_CSS, elapsed_seconds, eta_seconds, events_html, format_metric, human_duration,
-                          job_title, jobs_table_html, line_plot_value, message_html, metrics_frame, metrics_signature,
-                          progress_bar_html, stat_cards_html, status_badge_html, thin_curves)
+                          job_name, job_title, jobs_table_html, line_plot_value, message_html, metrics_frame,
+                          metrics_signature, progress_bar_html, runs_frame, series_colours, stat_cards_html,
+                          status_badge_html, thin_curves)
 
 TICK_SECONDS = 2.0
 QUEUE_LIMIT = 50
@@ -54,6 +57,10 @@ element.addEventListener('click', (event) => {
 });
 """
 NO_JOBS = "No jobs yet — train a model in Train."
+
+# "Compare runs": how many jobs one chart overlays, and the curve it opens on.
+MAX_COMPARED_RUNS = 8
+COMPARED_FIRST = "loss"
 
 # Each kind declares its cards and charts (worker/kinds/); the tab has this many chart slots.
 PLOT_SLOTS = 2
@@ -136,21 +143,58 @@ def plot_updates(detail: dict, metrics: list[dict]) -> list[gr.LinePlot]:
     spec = get_spec(detail.get("kind") or "")
     plots = list(spec.plots if spec is not None else ())[:PLOT_SLOTS]
     max_steps = (detail.get("params") or {}).get("max_steps")
-    updates = [plot_update(metrics_frame(metrics, plot.series), max_steps, title=plot.title) for plot in plots]
+    updates = [plot_update(metrics_frame(metrics, plot.series), max_steps, title=plot.title,
+                           series_order=list(plot.series.values())) for plot in plots]
     return updates + [plot_update(empty_plot())] * (PLOT_SLOTS - len(updates))
 
 
-def plot_update(frame: pd.DataFrame, max_steps: Any = None, title: str | None = None) -> gr.LinePlot:
+def plot_update(frame: pd.DataFrame, max_steps: Any = None, title: str | None = None,
+                series_order: list[str] | None = None) -> gr.LinePlot:
     """A LinePlot update: hidden while there are no points (vega draws an empty frame with infinite
     axes), and an x axis spanning the whole run so the curve fills in as training goes. At most
-    MAX_POINTS_PER_SERIES points a series go to the browser, and a series of one point is drawn as a
-    marker (`line_plot_value`)."""
+    MAX_POINTS_PER_SERIES points a series go to the browser, a series of one point is drawn as a
+    marker (`line_plot_value`), and each series has its colour (`series_colours`, in `series_order`)."""
     if frame.empty:
         return gr.LinePlot(value=frame, visible=False)
     last = int(frame["step"].max())
     end = max(last, int(max_steps)) if isinstance(max_steps, (int, float)) and max_steps > 0 else last
     extra = {"title": title} if title else {}
-    return gr.LinePlot(value=line_plot_value(thin_curves(frame)), visible=True, x_lim=[0, max(end, 1)], **extra)
+    return gr.LinePlot(value=line_plot_value(thin_curves(frame)), visible=True, x_lim=[0, max(end, 1)],
+                       color_map=series_colours(frame, series_order or ()), **extra)
+
+
+def chart_key(update: Any) -> str | None:
+    """What the browser builds a chart from besides its points (title, colours, mark, x range); None for a
+    hidden chart. (Read from the arguments the update was made with: made in an event handler, a component
+    has only those.)"""
+    args = update.constructor_args
+    if args.get("visible") is not True or not isinstance(args.get("value"), dict):
+        return None
+    return json.dumps([args.get("title"), args.get("color_map"), args["value"].get("mark"), args.get("x_lim")])
+
+
+def staged_charts(state: dict, updates: dict[str, Any]) -> dict[str, Any]:
+    """The chart updates to send now. Gradio's plot rebuilds its chart when a setting changes (title, colours,
+    mark, x range) but fills the rebuilt chart with the points it had before the update (its rebuild races
+    the new points): a job chosen after another showed the other job's curves. So a chart whose settings
+    change is hidden now and shown again with the update by `pending_charts` (a chart shown from hidden is
+    built from its new points); a chart whose settings stay gets the update at once (only its points change).
+    `state` keeps each chart's settings ("chart_keys") and the held updates ("pending_charts")."""
+    keys, pending = state.setdefault("chart_keys", {}), state.setdefault("pending_charts", {})
+    now = {}
+    for slot, update in updates.items():
+        if not isinstance(update, gr.LinePlot):
+            now[slot] = update  # gr.skip(): nothing changes
+            continue
+        key = chart_key(update)
+        if key is not None and keys.get(slot) not in (None, key):
+            pending[slot] = update.constructor_args
+            now[slot] = gr.LinePlot(visible="hidden")
+        else:
+            pending.pop(slot, None)
+            now[slot] = update
+        keys[slot] = key
+    return now
 
 
 # ----------------------------------------------------------------------------- the tab
@@ -165,17 +209,18 @@ class JobsTab:
     tick_fn: Any     # sends only what changed since the last paint
     refresh_inputs: list
     refresh_outputs: list
+    then_show_charts: Any  # chains the sending of charts held back by `staged_charts` after an event
 
     def wire(self, blocks: gr.Blocks, page: gr.Tab) -> None:
         self.selected.render()  # at the top level (see build)
         # The first paint on page load, from the database, straight away: unqueued, it does not wait behind
         # the other tabs' load events (through the queue a reload showed blank charts for seconds).
-        blocks.load(self.refresh_fn, self.refresh_inputs, self.refresh_outputs, queue=False, show_progress="hidden",
-                    api_visibility="private")
+        self.then_show_charts(blocks.load(self.refresh_fn, self.refresh_inputs, self.refresh_outputs, queue=False,
+                                          show_progress="hidden", api_visibility="private"))
         # Opening the tab sends what changed since (the timer ticks only while the tab is shown); resending
         # everything there made each opening redraw every chart.
-        page.select(self.tick_fn, self.refresh_inputs, self.refresh_outputs, show_progress="hidden",
-                    api_visibility="private")
+        self.then_show_charts(page.select(self.tick_fn, self.refresh_inputs, self.refresh_outputs,
+                                          show_progress="hidden", api_visibility="private"))
 
     def on_job(self, job_id_component: gr.Component) -> tuple:
         """(fn, inputs, outputs) for `.then(...)`: select `job_id` and refresh (used after a submit)."""
@@ -246,8 +291,8 @@ def build(settings) -> JobsTab:
                          scale=2, max_lines=14)
     history = gr.HTML(elem_id="jobs-events")
     with gr.Row(equal_height=True):
-        name_box = gr.Textbox(label="Name", placeholder="blank: the kind shows", elem_id="jobs-name", scale=3,
-                              max_length=200)
+        name_box = gr.Textbox(label="Name", placeholder="blank: the name its form gave, else the kind",
+                              elem_id="jobs-name", scale=3, max_length=200)
         rename = gr.Button("Rename", elem_id="jobs-rename", interactive=False, scale=1)
         remove = gr.Button("Delete job…", variant="stop", elem_id="jobs-delete", interactive=False, scale=1)
     with gr.Group(visible=False, elem_id="jobs-delete-confirm") as confirm_box:
@@ -256,10 +301,22 @@ def build(settings) -> JobsTab:
             confirm_yes = gr.Button("Delete it", variant="stop", elem_id="jobs-delete-yes")
             confirm_no = gr.Button("Keep it", elem_id="jobs-delete-no")
 
+    with gr.Accordion("Compare runs", open=False, elem_id="jobs-compare-panel"):
+        with gr.Row():
+            compare_runs = gr.Dropdown(label="Runs", choices=[], multiselect=True, max_choices=MAX_COMPARED_RUNS,
+                                       elem_id="jobs-compare-runs", scale=3,
+                                       info=f"up to {MAX_COMPARED_RUNS} jobs: their curves on one chart")
+            compare_metric = gr.Dropdown(label="Curve", choices=[COMPARED_FIRST], value=COMPARED_FIRST,
+                                         elem_id="jobs-compare-metric", scale=1)
+        compare_plot = gr.LinePlot(empty_plot(), x="step", y="value", color="series", visible=False, x_title="step",
+                                   height=320, elem_id="jobs-compare-plot", show_label=False, color_title="run")
+        compare_note = gr.HTML(elem_id="jobs-compare-note")
+        compare_charts = gr.State({})  # the comparison chart's settings and held-back update (staged_charts)
+
     outputs = [selected, seen, queue, picker, header, cards, loss_plot, second_plot, error, logs, params, cancel,
-               resume, history, name_box, rename, remove]
+               resume, history, name_box, rename, remove, compare_runs]
     parts = ("queue", "picker", "header", "cards", "loss", "second", "error", "logs", "params", "cancel", "resume",
-             "history", "name", "rename", "remove")
+             "history", "name", "rename", "remove", "compare")
 
     def nothing() -> tuple:
         return tuple(gr.skip() for _ in outputs)
@@ -309,6 +366,7 @@ def build(settings) -> JobsTab:
         picker_key = json.dumps([choices, selected_id])
         if picker_key != seen_state.get("picker"):
             out["picker"] = gr.Dropdown(choices=choices, value=selected_id)
+            out["compare"] = gr.Dropdown(choices=job_choices(jobs))  # the runs chosen to compare stay chosen
             seen_state["picker"] = picker_key
 
         if detail is None:
@@ -324,7 +382,7 @@ def build(settings) -> JobsTab:
             if seen_state.get("job") != selected_id:
                 seen_state.update(job=selected_id, detail=None, metrics=None, log_id=0, logs=[],
                                   final_metrics=False, logs_sent=False)
-                out["name"] = detail.get("name") or ""  # only on a new selection, never over someone's typing
+                out["name"] = job_name(detail) or ""  # only on a new selection, never over someone's typing
             status = detail["status"]
             detail_key = json.dumps([detail.get(k) for k in ("status", "progress", "error", "attempts",
                                                              "cancel_requested", "output_model_id",
@@ -360,6 +418,7 @@ def build(settings) -> JobsTab:
                     seen_state["log_id"] = new_logs[-1]["id"]
                 seen_state["logs_sent"] = True
                 out["logs"] = "\n".join(lines)
+        out.update(staged_charts(seen_state, {"loss": out["loss"], "second": out["second"]}))
         # A tick writes the selection back only when it had to change it (none yet, or deleted): a tick
         # that started before someone picked another job must not put the old one back.
         selected_out = selected_id if (explicit or selected_id != requested) else gr.skip()
@@ -379,11 +438,25 @@ def build(settings) -> JobsTab:
             return nothing()
         return select_job(job_id, seen_state, request)
 
+    def pending_charts(seen_state):
+        """(state, loss chart, second chart): the chart updates `staged_charts` held back, now."""
+        state = dict(seen_state or {})
+        pending = state.pop("pending_charts", None) or {}
+        if not pending:
+            return gr.skip(), gr.skip(), gr.skip()
+        return (state, *(gr.LinePlot(**pending[slot]) if slot in pending else gr.skip()
+                         for slot in ("loss", "second")))
+
+    def then_show_charts(dependency) -> None:
+        dependency.then(pending_charts, [seen], [seen, loss_plot, second_plot], show_progress="hidden",
+                        api_visibility="private")
+
     tick_inputs = [selected, seen]
-    timer.tick(refresh, tick_inputs, outputs, show_progress="hidden", concurrency_limit=8,
-               trigger_mode="always_last", api_visibility="private")
-    picker.input(select_job, [picker, seen], outputs, show_progress="hidden", api_visibility="private")
-    queue.click(select_from_row, [seen], outputs, show_progress="hidden", api_visibility="private")
+    then_show_charts(timer.tick(refresh, tick_inputs, outputs, show_progress="hidden", concurrency_limit=8,
+                                trigger_mode="always_last", api_visibility="private"))
+    then_show_charts(picker.input(select_job, [picker, seen], outputs, show_progress="hidden",
+                                  api_visibility="private"))
+    then_show_charts(queue.click(select_from_row, [seen], outputs, show_progress="hidden", api_visibility="private"))
 
     def redrawn(job_id, seen_state, request) -> tuple:
         state = dict(seen_state or {})
@@ -413,8 +486,49 @@ def build(settings) -> JobsTab:
         return run
 
     for button, kind in ((cancel, "cancel"), (resume, "resume"), (rename, "rename")):
-        button.click(do_action(kind), [selected, seen, name_box], [action] + outputs, show_progress="hidden",
-                     api_visibility="private")
+        then_show_charts(button.click(do_action(kind), [selected, seen, name_box], [action] + outputs,
+                                      show_progress="hidden", api_visibility="private"))
+
+    def compare(job_ids, metric, request: gr.Request = None):
+        """(curve choices, chart, note) for the chosen runs: `metric` of each on one chart, a colour a run."""
+        job_ids = [int(job_id) for job_id in job_ids or []][:MAX_COMPARED_RUNS]
+        if not job_ids:
+            return (gr.Dropdown(choices=[COMPARED_FIRST], value=COMPARED_FIRST), plot_update(empty_plot()),
+                    message_html("Choose two or more runs to see their curves on one chart.", "info"))
+        user = current_user(settings, request)
+        try:
+            with db_session(settings) as session:
+                details = [services.get_job_detail(job_id, session=session, viewer=user) for job_id in job_ids]
+                names = sorted({name for detail in details for name in detail["metrics"]},
+                               key=lambda name: (name != COMPARED_FIRST, name))
+                metric = metric if metric in names else (names[0] if names else COMPARED_FIRST)
+                curves = {f"#{detail['id']} {job_title(detail)}": services.job_metrics(
+                    detail["id"], name=metric, session=session, viewer=user) for detail in details}
+        except (services.ServiceError, ValueError) as err:
+            return gr.skip(), gr.skip(), message_html(error_text(err), "error")
+        frame = runs_frame(curves, metric)
+        missing = [label for label, records in curves.items() if not records]
+        note = message_html(f"No {metric} in: {', '.join(missing)}.", "warn") if missing else ""
+        return (gr.Dropdown(choices=names or [COMPARED_FIRST], value=metric),
+                plot_update(frame, title=f"{metric} of {len(curves) - len(missing)} run(s)",
+                            series_order=list(curves)), note)
+
+    def compare_staged(job_ids, metric, charts_state, request: gr.Request = None):
+        """`compare`, its chart held back when its settings change (see `staged_charts`)."""
+        metric_update, chart, note = compare(job_ids, metric, request)
+        state = dict(charts_state or {})
+        return metric_update, staged_charts(state, {"compare": chart})["compare"], note, state
+
+    def pending_comparison(charts_state):
+        state = dict(charts_state or {})
+        pending = (state.pop("pending_charts", None) or {}).get("compare")
+        return (state, gr.LinePlot(**pending)) if pending else (gr.skip(), gr.skip())
+
+    for changed in (compare_runs.input, compare_metric.input):
+        changed(compare_staged, [compare_runs, compare_metric, compare_charts],
+                [compare_metric, compare_plot, compare_note, compare_charts], show_progress="hidden",
+                api_visibility="private").then(pending_comparison, [compare_charts], [compare_charts, compare_plot],
+                                               show_progress="hidden", api_visibility="private")
 
     def ask_delete(job_id, request: gr.Request):
         """Open the confirmation, saying what depends on the job (its models, generated answers)."""
@@ -447,9 +561,10 @@ def build(settings) -> JobsTab:
 
     remove.click(ask_delete, [selected], [confirm_box, confirm_text, confirm_yes, action], show_progress="hidden",
                  api_visibility="private")
-    confirm_yes.click(do_delete, [selected, seen], [confirm_box, action] + outputs, show_progress="hidden",
-                      api_visibility="private")
+    then_show_charts(confirm_yes.click(do_delete, [selected, seen], [confirm_box, action] + outputs,
+                                       show_progress="hidden", api_visibility="private"))
     confirm_no.click(lambda: gr.Group(visible=False), None, [confirm_box], queue=False, api_visibility="private")
 
     return JobsTab(settings=settings, timer=timer, selected=selected, header=header, refresh_fn=select_job,
-                   tick_fn=refresh, refresh_inputs=tick_inputs, refresh_outputs=outputs)
+                   tick_fn=refresh, refresh_inputs=tick_inputs, refresh_outputs=outputs,
+                   then_show_charts=then_show_charts)

@@ -194,6 +194,23 @@ def needs_markers(frame: pd.DataFrame) -> bool:
     return not frame.empty and int(frame.groupby("series")["step"].count().min()) < 2
 
 
+# Vega's category colours: a series keeps its colour from one update to the next.
+SERIES_COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#eeca3b", "#9d755d",
+                  "#ff9da6", "#bab0ac")
+
+
+def series_colours(frame: pd.DataFrame, order: Sequence[str] = ()) -> dict[str, str]:
+    """{series: colour} for the series `frame` holds, coloured by their place in `order` (then by first
+    appearance). A LinePlot is given this as its color_map with every update: Gradio's plot fixes its colour
+    scale to the series present when it last built its chart, and rebuilds only when a setting such as the
+    colour map changes, so a series that arrived later (the first evaluation, a run added to a comparison)
+    was not drawn at all."""
+    present = list(dict.fromkeys(frame["series"])) if not frame.empty else []
+    ranked = [label for label in order if label in present] + [label for label in present if label not in order]
+    return {label: SERIES_COLOURS[(list(order).index(label) if label in order else index) % len(SERIES_COLOURS)]
+            for index, label in enumerate(ranked)}
+
+
 def line_plot_value(frame: pd.DataFrame) -> dict:
     """What a gr.LinePlot sends the browser for `frame`, with the mark chosen here: "point" while a series has
     a single point (a line through one point draws nothing: the first evaluation of every run was invisible),
@@ -390,19 +407,26 @@ def _owner_name(owner: Any) -> str | None:
     return field(owner, "name")
 
 
+def job_name(job: Any) -> str | None:
+    """The name a job goes by: the one people gave it (a rename), else the name its form gave what it makes
+    (params["name"]: the model or tokenizer), else None."""
+    params = field(job, "params") or {}
+    return field(job, "name") or (params.get("name") if isinstance(params, Mapping) else None) or None
+
+
 def job_title(job: Any) -> str:
-    """What a job is called: the name people gave it, else its kind."""
-    return str(field(job, "name") or enum_value(field(job, "kind")) or "")
+    """What a job is called: its name, else its kind."""
+    return str(job_name(job) or enum_value(field(job, "kind")) or "")
 
 
 def job_row(job: Any) -> dict[str, Any]:
     """Normalise a job (ORM row or dict from web.services) into the fields the queue shows."""
     status = str(enum_value(field(job, "status")) or "queued")
     created = as_datetime(field(job, "created_at"))
-    kind = str(enum_value(field(job, "kind")) or "")
     return {
         "id": field(job, "id"),
-        "kind": kind if job_title(job) == kind else f"{job_title(job)} ({kind})",
+        "name": job_name(job) or "",
+        "kind": str(enum_value(field(job, "kind")) or ""),
         "status": status,
         "progress": float(field(job, "progress") or 0.0),
         "owner": _owner_name(field(job, "owner")) or field(job, "owner_name") or "",
@@ -418,21 +442,31 @@ def jobs_table_html(jobs: Sequence[Any], selected_id: int | None = None) -> str:
     if not jobs:
         return ('<div class="wb-empty" style="padding:18px;text-align:center;opacity:.7">'
                 'No jobs yet — train a model in Train.</div>')
-    head = ("<thead><tr><th>#</th><th>kind</th><th>status</th><th style='width:35%'>progress</th>"
+    head = ("<thead><tr><th>#</th><th>name</th><th>kind</th><th>status</th><th style='width:30%'>progress</th>"
             "<th>owner</th><th>created</th><th>elapsed</th></tr></thead>")
     body = []
     for job in jobs:
         row = job_row(job)
         sel = " wb-selected" if selected_id is not None and row["id"] == selected_id else ""
+        name = (f'<b class="wb-job-name">{html.escape(row["name"])}</b>' if row["name"]
+                else '<span style="opacity:.5">—</span>')
         body.append(
             f'<tr class="wb-job-row{sel}" data-job="{row["id"]}" title="Show job #{row["id"]}">'
-            f'<td>{row["id"]}</td><td>{html.escape(row["kind"])}</td>'
+            f'<td>{row["id"]}</td><td>{name}</td><td>{html.escape(row["kind"])}</td>'
             f'<td>{status_badge_html(row["status"])}</td>'
             f'<td>{progress_bar_html(row["progress"], row["status"])}</td>'
             f'<td>{html.escape(str(row["owner"]))}</td><td>{html.escape(row["created"])}</td>'
             f'<td>{human_duration(row["elapsed"]) if row["elapsed"] is not None else "—"}</td></tr>'
         )
     return f'<table class="wb-jobs">{head}<tbody>{"".join(body)}</tbody></table>'
+
+
+def runs_frame(curves: Mapping[str, Iterable[Mapping[str, Any]]], metric: str) -> pd.DataFrame:
+    """One metric of several runs in one long frame (step, value, series = the run's label), for overlaying
+    their curves: `curves` maps each run's label to its {step, name, value} records."""
+    frames = [metrics_frame(records, {metric: label}) for label, records in curves.items()]
+    frames = [frame for frame in frames if not frame.empty]
+    return pd.concat(frames, ignore_index=True) if frames else metrics_frame([], {})
 
 
 EVENT_WORDS = {"submitted": "submitted", "cancel_requested": "asked to cancel", "cancelled": "cancelled",
