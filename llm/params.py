@@ -15,6 +15,8 @@ import math
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
+from llm.printable import first_unprintable
+
 _META_KEY = "workbench"
 
 # Whole numbers are stored (job params as JSON, counters in BIGINT-sized places) and handed to torch,
@@ -81,6 +83,8 @@ class Setting:
             value = value.strip()
             if len(value) > self.max_length:
                 raise ValueError(f"must be at most {self.max_length} characters")
+            if (found := first_unprintable(value)) is not None:
+                raise ValueError(f"holds {found}: control and bidirectional control characters are not allowed")
         if self.type in ("int", "float"):
             if self.minimum is not None:
                 too_small = value <= self.minimum if self.exclusive_minimum else value < self.minimum

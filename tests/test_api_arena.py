@@ -158,7 +158,8 @@ def test_labelers_are_blind_to_model_names_unless_the_setting_is_off(client, ses
     Turned off, labelers are told the names too."""
     from web.services import arena, list_models
 
-    first, second = add_chat_model(session, api_settings, "chat-a", 1), add_chat_model(session, api_settings, "chat-b", 2)
+    first, second = (add_chat_model(session, api_settings, "chat-a", 1),
+                     add_chat_model(session, api_settings, "chat-b", 2))
     aliases = {f"model #{first.id}", f"model #{second.id}"}
     conversation = {"messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 4, "seed": 1}
 

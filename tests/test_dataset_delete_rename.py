@@ -44,7 +44,8 @@ def other_trainer(users, session: Session):
 def test_owner_and_admin_rename_others_may_not(client: TestClient, other_trainer, session: Session):
     dataset = upload(client, "one\n\ntwo")
     path = f"/api/datasets/{dataset['id']}"
-    renamed = client.patch(path, json={"name": "  web crawl \u202e "}, auth=TRAINER)
+    assert client.patch(path, json={"name": "  web crawl \u202e "}, auth=TRAINER).status_code == 422  # a bidi override
+    renamed = client.patch(path, json={"name": "  web crawl  "}, auth=TRAINER)
     assert renamed.status_code == 200 and renamed.json()["name"] == "web crawl"
     assert client.patch(path, json={"name": "mine now"}, auth=OTHER_TRAINER).status_code == 403
     assert client.patch(path, json={"name": "labels"}, auth=LABELER).status_code == 403

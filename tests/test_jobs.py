@@ -75,7 +75,11 @@ def test_create_job_stores_a_queued_job_with_normalized_params(workbench_env, se
     assert stored.params["warmup"] == round(defaults.warmup * 30 / defaults.max_steps)
     assert "device" not in stored.params and "min_lr" not in stored.params
     assert stored.attempts == 0 and not stored.cancel_requested
-    assert log_lines(session, job.id) == ["queued pretrain job (priority 3)"]
+    # ... and the log says so.
+    assert log_lines(session, job.id) == ["queued pretrain job (priority 3)",
+                                          "warmup 100 → 3, eval_every 250 → 8, checkpoint_every 500 → 15: equal to "
+                                          "their defaults, they were fitted to this 30-step run (send other values "
+                                          "to keep yours)"]
 
 
 BAD_PARAMS = [

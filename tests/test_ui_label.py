@@ -126,7 +126,8 @@ def test_labeling_through_the_tab(tab, users, session):
     label = stored[0]
     pair = session.get(LabelingPair, shown["pair_id"])
     # "A is better" names the answer shown on the left, stored un-swapped.
-    assert label.label.value == ("a" if shown["left_answer_id"] == shown_id(session, pair, pair.completion_a_id) else "b")
+    first_answer = shown_id(session, pair, pair.completion_a_id)
+    assert label.label.value == ("a" if shown["left_answer_id"] == first_answer else "b")
     assert label.note == "clear winner" and label.idempotency_key == shown["key"]
     assert 0.05 <= label.time_spent_s < 60
 
@@ -141,10 +142,13 @@ def test_labeling_through_the_tab(tab, users, session):
     assert "every pair has all the labels it needs" in final[STATUS] and 'data-left="0"' in final[PROGRESS]
 
 
-def test_refusals_are_messages(tab, users, session):
+def test_refusals_are_messages(tab, users, session, second_labeler):
     job = make_generate_job(session, prompts=1, answers=2)
     message, picker, *_ = create(tab, ADMIN[0], [job.id], who_labels=CHOSEN,
-                                 labeler_ids=[users["trainer"].id])  # the labeler is not one of them
+                                 labeler_ids=[second_labeler.id])  # the labeler is not one of them
+    # Trainers and admins label every project: naming one among the labelers is refused, saying the rule.
+    refused = create(tab, ADMIN[0], [job.id], who_labels=CHOSEN, labeler_ids=[users["trainer"].id])[0]
+    assert "Chosen labelers: user &#x27;trainer1&#x27; is a trainer" in refused
     project_id = picker.value
     labeler = as_user(LABELER[0])
     assert tab.refresh(None, labeler).choices == []
@@ -184,7 +188,7 @@ def test_lists_for_the_form(tab, users, session, second_labeler):
     picker, jobs, labelers = tab.admin.refresh(None, as_user(TRAINER[0]))
     assert [value for _, value in jobs.choices] == [job.id]  # finished generate jobs only
     names = [label.split(" ")[0] for label, _ in labelers.choices]
-    assert set(names) == {ADMIN[0], TRAINER[0], LABELER[0], "labeler2"}
+    assert set(names) == {LABELER[0], "labeler2"}  # the labelers: trainers and admins label every project
     second_labeler.disabled = True
     session.commit()
     assert "labeler2" not in [u["name"] for u in labeler_choices(TRAINER[0])]

@@ -238,11 +238,14 @@ def test_files_that_are_not_utf8_text_say_what_they_are(client, api_settings, se
 
 # ----------------------------------------------------------------------------- names and duplicates
 
-def test_control_and_bidi_characters_are_stripped_from_stored_names(client, session):
-    response = upload(client, "hello\n\nworld", "invoice\u202egpj.txt", name="my\u2066 data\u0007set")
+def test_control_and_bidi_characters_are_stripped_from_file_names_and_refused_in_typed_names(client, session):
+    response = upload(client, "hello\n\nworld", "invoice\u202egpj.txt", name="my dataset")
     assert response.status_code == 201, response.text
-    assert response.json()["original_filename"] == "invoicegpj.txt"
+    assert response.json()["original_filename"] == "invoicegpj.txt"  # the browser's file name, cleaned
     assert response.json()["name"] == "my dataset"
+    refused = upload(client, "hello\n\nagain", "b.txt", name="my\u2066 data\u0007set")  # a name typed: refused
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "name"]
+    assert "U+2066 LEFT-TO-RIGHT ISOLATE" in refused.text
 
 
 def test_nul_in_a_file_name_from_the_ui_is_stripped(api_settings, users, session, tmp_path):

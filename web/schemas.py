@@ -184,7 +184,7 @@ class LabelingProjectCreate(BaseModel):
     pairing: str = Field("all", description="all: every two answers of a prompt; random: pairs_per_prompt of them")
     pairs_per_prompt: int | None = None
     overlap: int = Field(1, description="labels wanted per pair, each from a different labeler")
-    guidelines: str = Field("", description="Markdown shown to labelers")
+    guidelines: str = Field("", description="Markdown shown to labelers (at most 64 KB)")
     labeler_ids: list[int] | None = Field(None, description="who may label; null: everyone with the labeler role")
     co_owner_ids: list[int] | None = Field(None, description="trainers or admins who may change the project, see its "
                                                              "agreement and export it with labelers' names, "
@@ -192,10 +192,11 @@ class LabelingProjectCreate(BaseModel):
     seed: int = 0
 
 
-class LabelingProjectOut(BaseModel):
+class LabelingProjectSummaryOut(BaseModel):
+    """A project as a list shows it: without its guidelines (GET the project for them)."""
+
     id: int
     name: str
-    guidelines: str
     source_job_ids: list[int]
     pairing: str
     pairs_per_prompt: int | None
@@ -207,6 +208,10 @@ class LabelingProjectOut(BaseModel):
     pairs: int
     complete_pairs: int
     labels: int
+
+
+class LabelingProjectOut(LabelingProjectSummaryOut):
+    guidelines: str = Field(description="Markdown shown to labelers (at most 64 KB)")
 
 
 class CoOwnersUpdate(BaseModel):
@@ -251,7 +256,8 @@ class UndoOut(PairOut):
 class LabelSubmit(BaseModel):
     pair_id: int = Field(ge=1, le=SQL_INTEGER_MAX)
     choice: Choice = Field(description="what the labeler chose, as seen on screen")
-    left_answer_id: str = Field(min_length=1, max_length=64, description="the answer_id of the answer shown on the left")
+    left_answer_id: str = Field(min_length=1, max_length=64,
+                                description="the answer_id of the answer shown on the left")
     note: str | None = None
     time_spent_s: TimeSpent | None = None
     idempotency_key: str | None = Field(None, description="repeat a request with the same key: one label stored")

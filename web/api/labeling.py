@@ -15,17 +15,18 @@ from sqlalchemy.orm import Session
 from web.api.errors import ERROR_RESPONSES
 from web.api.ids import ProjectId
 from web.auth import CurrentUser, get_db_session
-from web.schemas import (AgreementOut, CoOwnersUpdate, ErrorOut, GuidelinesUpdate, LabelingProgressOut, LabelingProjectCreate,
-                         LabelingProjectOut, LabelOut, LabelSubmit, PairOut, UndoOut)
+from web.schemas import (AgreementOut, CoOwnersUpdate, ErrorOut, GuidelinesUpdate, LabelingProgressOut,
+                         LabelingProjectCreate, LabelingProjectOut, LabelingProjectSummaryOut, LabelOut, LabelSubmit,
+                         PairOut, UndoOut)
 from web.services import labeling, labeling_results
 
 DbSession = Annotated[Session, Depends(get_db_session)]
 router = APIRouter(prefix="/api/labeling", responses=ERROR_RESPONSES, tags=["labeling"])
 
 
-@router.get("/projects", response_model=list[LabelingProjectOut])
+@router.get("/projects", response_model=list[LabelingProjectSummaryOut])
 def list_projects(user: CurrentUser, session: DbSession) -> Any:
-    """The projects this user may label (all of them for admins and trainers)."""
+    """The projects this user may label (all of them for admins and trainers), without their guidelines."""
     return labeling.list_projects(user, session=session)
 
 

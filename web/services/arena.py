@@ -178,7 +178,8 @@ def vote(session: Session, who, battle_id: int, choice: Choice | str, time_spent
               "duplicate": duplicate, "left_model": None, "right_model": None}
     if not sees_model_names(user):  # a blind labeler learns no model's style from its votes
         return answer
-    left, right = session.get(Completion, battle.left_completion_id), session.get(Completion, battle.right_completion_id)
+    left = session.get(Completion, battle.left_completion_id)
+    right = session.get(Completion, battle.right_completion_id)
     names = {m.id: m.name for m in session.scalars(select(Model).where(Model.id.in_([left.model_id, right.model_id])))}
     return {**answer, "left_model": {"id": left.model_id, "name": names.get(left.model_id)},
             "right_model": {"id": right.model_id, "name": names.get(right.model_id)}}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import unicodedata
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from db.session import session_scope
 from db.settings import safe_join
+from llm.printable import first_unprintable
 
 
 
@@ -52,16 +52,13 @@ class Conflict(ServiceError):
 
 
 
-# Characters that must never reach a stored name: bidirectional overrides and isolates (they make
-# "gpj.exe" display as "exe.jpg") and the marks that steer them; control characters (NUL included) are
-# found by their Unicode category instead.
-BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-def printable_name(text: str) -> str:
-    """`text` without control characters (category Cc: NUL, newlines, escapes...) and bidirectional controls,
-    for a name that is stored and shown to people (file names, dataset names)."""
-    return "".join(c for c in text if c not in BIDI_CONTROLS and unicodedata.category(c) != "Cc")
+def refuse_unprintable(text: str, field: str) -> None:
+    """InvalidInput naming `field` when the name `text` holds a control or bidirectional control character
+    (llm/printable.py says which and why)."""
+    found = first_unprintable(text)
+    if found is not None:
+        raise InvalidInput(f"{field} holds {found}: control and bidirectional control characters are not allowed "
+                           "in names", field=field)
 
 
 @contextmanager

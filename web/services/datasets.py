@@ -18,8 +18,9 @@ from db.models import Dataset, DatasetKind, Job, JobStatus, Prompt, User
 from db.settings import Settings, safe_join
 from llm.stats import length_histogram
 from web.services.access import Action, require, require_owner, resolve_user
-from web.services.common import (Conflict, InvalidInput, NotFound, UploadTooLarge, enum_value, parse_enum,
-                                 printable_name, reading, stored_all_or_nothing)
+from llm.printable import printable
+from web.services.common import (Conflict, InvalidInput, NotFound, UploadTooLarge, enum_value, parse_enum, reading,
+                                 refuse_unprintable, stored_all_or_nothing)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def display_filename(original_filename: str) -> str:
     """The user's file name as stored and shown: its last path component (browsers on Windows send
     "C:\\...\\file.txt"), without control or bidirectional-override characters, at most 255 characters
     (a longer name is shortened in the middle of its stem, keeping its extension)."""
-    base = printable_name(PurePosixPath((original_filename or "").replace("\\", "/")).name).strip()
+    base = printable(PurePosixPath((original_filename or "").replace("\\", "/")).name).strip()
     if len(base) <= FILENAME_MAX_CHARS:
         return base
     stem, dot, extension = base.rpartition(".")
@@ -83,11 +84,12 @@ def upload_extension(original_filename: str) -> str:
 
 
 def dataset_name(typed: str | None, filename: str) -> str:
-    """The dataset's name: the one typed (cleaned; refused when over 200 characters), else the file's stem
-    shortened to 200 characters."""
+    """The dataset's name: the one typed (refused when over 200 characters, or holding a control or bidirectional
+    control character), else the file's stem (cleaned: display_filename) shortened to 200 characters."""
     if typed is not None and not isinstance(typed, str):
         raise InvalidInput(f"the dataset name must be text, got {typed!r}", field="name")
-    name = printable_name(typed or "").strip()
+    refuse_unprintable(typed or "", "name")
+    name = (typed or "").strip()
     if len(name) > NAME_MAX_CHARS:
         raise InvalidInput(f"the dataset name is {len(name)} characters; the limit is {NAME_MAX_CHARS}", field="name")
     return name or (filename.rsplit(".", 1)[0].strip() or filename)[:NAME_MAX_CHARS]

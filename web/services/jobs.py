@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from db.models import Completion, Job, JobEvent, JobLog, JobStatus, Metric, Model, User
 from db.settings import Settings, safe_join
 from web.services.access import Action, require, require_owner, resolve_user
-from web.services.common import Conflict, InvalidInput, NotFound, enum_value, parse_enum, reading
+from web.services.common import Conflict, InvalidInput, NotFound, enum_value, parse_enum, reading, refuse_unprintable
 
 log = logging.getLogger(__name__)
 
@@ -225,9 +225,11 @@ def resume_job(session: Session, job_id: int, user: User | int | str | None = No
 
 
 def clean_name(name: object, what: str) -> str | None:
-    """A display name as stored: trimmed, at most NAME_MAX_CHARS; blank means none (the default shows)."""
+    """A display name as stored: trimmed, at most NAME_MAX_CHARS, no control or bidirectional control character;
+    blank means none (the default shows)."""
     if name is not None and not isinstance(name, str):
         raise InvalidInput(f"the {what} name must be text, got {name!r}", field="name")
+    refuse_unprintable(name or "", "name")
     text = (name or "").strip()
     if len(text) > NAME_MAX_CHARS:
         raise InvalidInput(f"the {what} name is {len(text)} characters; the limit is {NAME_MAX_CHARS}", field="name")

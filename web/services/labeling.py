@@ -38,17 +38,20 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import (MAX_TIME_SPENT_S, Comparison, Completion, Job, JobStatus, LabelingAssignment,
-                       LabelingPair, LabelingProject, User, utcnow)
+from db.models import (MAX_TIME_SPENT_S, SQL_INTEGER_MAX, Comparison, Completion, Job, JobStatus, LabelingAssignment,
+                       LabelingPair, LabelingProject, Role, User, utcnow)
 from llm.preference_labels import Choice, Label
 from web.services import labeling_queries as queries
 from web.services.access import Action, can, require, require_owner, resolve_user
-from web.services.common import Conflict, InvalidInput, NotFound, PermissionDenied, reading
+from web.services.common import Conflict, InvalidInput, NotFound, PermissionDenied, reading, refuse_unprintable
 
 ASSIGNMENT_MINUTES = 10          # how long a handed-out pair holds its overlap slot
 ANSWER_ID_CHARS = 20             # hex digits of an answer's id on a labeler's screen (80 bits)
 MAX_OVERLAP = 20
 MAX_CO_OWNERS = 20
+MAX_GUIDELINES_BYTES = 64 * 1024  # Markdown a labeler's screen loads with each project it opens
+MAX_SOURCE_JOBS = 100            # generate jobs one project pairs the answers of
+MAX_NAMED_LABELERS = 1000        # labelers one project may be limited to
 PAIRINGS = ("all", "random")
 
 
@@ -104,6 +107,8 @@ def create_project(session: Session, who, *, name: str, source_job_ids: list[int
     name = (name or "").strip()
     if not name or len(name) > 200:
         raise InvalidInput("name must be 1 to 200 characters", field="name")
+    refuse_unprintable(name, "name")
+    check_guidelines(guidelines)
     if pairing not in PAIRINGS:
         raise InvalidInput(f"pairing must be one of {', '.join(PAIRINGS)}", field="pairing")
     if pairing == "random" and (not isinstance(pairs_per_prompt, int) or not 1 <= pairs_per_prompt <= 1000):
@@ -111,20 +116,23 @@ def create_project(session: Session, who, *, name: str, source_job_ids: list[int
                            field="pairs_per_prompt")
     if isinstance(overlap, bool) or not isinstance(overlap, int) or not 1 <= overlap <= MAX_OVERLAP:
         raise InvalidInput(f"overlap must be a whole number from 1 to {MAX_OVERLAP}", field="overlap")
+    source_job_ids = list(dict.fromkeys(source_job_ids or []))  # a job named twice is one source
     if not source_job_ids:
         raise InvalidInput("choose at least one finished generate job", field="source_job_ids")
+    if len(source_job_ids) > MAX_SOURCE_JOBS:
+        raise InvalidInput(f"{len(source_job_ids):,} generate jobs named; a project pairs the answers of at most "
+                           f"{MAX_SOURCE_JOBS}", field="source_job_ids")
+    jobs = {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(
+        [i for i in source_job_ids if isinstance(i, int) and 0 < i <= SQL_INTEGER_MAX])))}
     for job_id in source_job_ids:
-        job = session.get(Job, job_id) if isinstance(job_id, int) and 0 < job_id < 2 ** 63 else None
+        job = jobs.get(job_id)
         if job is None or job.kind != "generate":
             raise InvalidInput(f"job {job_id} is not a generate job", field="source_job_ids")
         if job.status != JobStatus.succeeded:
             raise InvalidInput(f"generate job {job_id} is {job.status.value}; wait until it has succeeded",
                                field="source_job_ids")
     if labeler_ids is not None:
-        known = set(session.scalars(select(User.id).where(User.id.in_(labeler_ids))))
-        missing = [i for i in labeler_ids if i not in known]
-        if missing:
-            raise InvalidInput(f"no user with id {missing[0]}", field="labeler_ids")
+        labeler_ids = _labelers(session, labeler_ids)
     co_owner_ids = _co_owners(session, co_owner_ids, owner_id=user.id if user else None)
 
     completions_by_prompt: dict[int, list[int]] = {}
@@ -151,6 +159,32 @@ def create_project(session: Session, who, *, name: str, source_job_ids: list[int
         session.execute(text("ANALYZE labeling_pairs"))
         session.commit()
     return project
+
+
+def _labelers(session: Session, labeler_ids: list[int]) -> list[int]:
+    """`labeler_ids` checked: each once, at most MAX_NAMED_LABELERS, accounts with the labeler role. Trainers and
+    admins label every project already (may_label), so naming them would limit nothing: refused, saying so."""
+    wanted = list(dict.fromkeys(labeler_ids))
+    if len(wanted) > MAX_NAMED_LABELERS:
+        raise InvalidInput(f"{len(wanted):,} labelers named; a project names at most {MAX_NAMED_LABELERS} (or none: "
+                           "then every labeler may label it)", field="labeler_ids")
+    people = {u.id: u for u in session.scalars(select(User).where(User.id.in_(wanted)))}
+    for person_id in wanted:
+        if person_id not in people:
+            raise InvalidInput(f"no user with id {person_id}", field="labeler_ids")
+        if people[person_id].role != Role.labeler:
+            raise InvalidInput(f"user {people[person_id].name!r} is a {people[person_id].role.value}, who labels "
+                               "every project already: labeler_ids names accounts with the labeler role only",
+                               field="labeler_ids")
+    return wanted
+
+
+def check_guidelines(guidelines: str | None) -> None:
+    """Guidelines are Markdown of at most MAX_GUIDELINES_BYTES (UTF-8): a labeler's screen loads them."""
+    size = len((guidelines or "").encode("utf-8", "surrogatepass"))
+    if size > MAX_GUIDELINES_BYTES:
+        raise InvalidInput(f"guidelines are {size:,} bytes; the limit is {MAX_GUIDELINES_BYTES:,} "
+                           f"({MAX_GUIDELINES_BYTES // 1024} KB)", field="guidelines")
 
 
 def _co_owners(session: Session, co_owner_ids: list[int] | None, owner_id: int | None) -> list[int]:
@@ -191,14 +225,16 @@ def set_co_owners(session: Session, who, project_id: int, co_owner_ids: list[int
     return project_to_dict(session, project)
 
 
-def project_to_dict(session: Session, project: LabelingProject) -> dict:
+def project_to_dict(session: Session, project: LabelingProject, with_guidelines: bool = True) -> dict:
+    """The project and its counts; its guidelines (up to MAX_GUIDELINES_BYTES) only `with_guidelines` (a list of
+    projects leaves them out: the one opened is read whole)."""
     pairs, complete = session.execute(
         select(func.count(LabelingPair.id),
                func.count(LabelingPair.id).filter(LabelingPair.label_count >= project.overlap))
         .where(LabelingPair.project_id == project.id)).one()
     labels = session.scalar(select(func.count(Comparison.id)).join(LabelingPair, Comparison.pair_id == LabelingPair.id)
                             .where(LabelingPair.project_id == project.id, Comparison.label != Label.skip))
-    return {"id": project.id, "name": project.name, "guidelines": project.guidelines,
+    return {"id": project.id, "name": project.name, **({"guidelines": project.guidelines} if with_guidelines else {}),
             "source_job_ids": project.source_job_ids, "pairing": project.pairing,
             "pairs_per_prompt": project.pairs_per_prompt, "overlap": project.overlap,
             "labeler_ids": project.labeler_ids, "owner_id": project.owner_id,
@@ -207,21 +243,21 @@ def project_to_dict(session: Session, project: LabelingProject) -> dict:
 
 
 def list_projects(who, session: Session | None = None) -> list[dict]:
-    """The projects `who` may label (every project for admins), newest first."""
+    """The projects `who` may label (every project for admins), newest first, without their guidelines."""
     with reading(session) as s:
         user = resolve_user(s, who)
         require(user, Action.label)
         projects = s.scalars(select(LabelingProject).order_by(LabelingProject.id.desc()))
-        return [project_to_dict(s, p) for p in projects if may_label(user, p)]
+        return [project_to_dict(s, p, with_guidelines=False) for p in projects if may_label(user, p)]
 
 
 def labeler_choices(who, session: Session | None = None) -> list[dict]:
-    """The enabled accounts that may label, by name ({id, name, role}): whom a project can be limited to
-    (for people who manage labeling; trainers cannot list users otherwise)."""
+    """The enabled labelers, by name ({id, name, role}): whom a project can be limited to (trainers and admins
+    label every project); for people who manage labeling (trainers cannot list users otherwise)."""
     with reading(session) as s:
         require(resolve_user(s, who), Action.manage_labeling)
-        users = s.scalars(select(User).where(User.disabled.is_(False)).order_by(User.name))
-        return [{"id": u.id, "name": u.name, "role": u.role.value} for u in users if can(u, Action.label)]
+        users = s.scalars(select(User).where(User.disabled.is_(False), User.role == Role.labeler).order_by(User.name))
+        return [{"id": u.id, "name": u.name, "role": u.role.value} for u in users]
 
 
 def get_project(project_id: int, who, session: Session | None = None) -> dict:
@@ -235,8 +271,7 @@ def update_guidelines(session: Session, who, project_id: int, guidelines: str) -
     """New guidelines for the project (its owners' or an admin's)."""
     project = _project(session, project_id)
     require_project_owner(session, who, project, "change its guidelines")
-    if len(guidelines) > 100_000:
-        raise InvalidInput("guidelines are limited to 100,000 characters", field="guidelines")
+    check_guidelines(guidelines)
     project.guidelines = guidelines
     session.commit()
     return project_to_dict(session, project)

@@ -80,7 +80,8 @@ STORE_LABEL = insert(Comparison.__table__).returning(Comparison.id)
 # A labeler's latest label in a project: (id, pair_id, label, swapped), or nothing.   project_id, user_id
 LAST_LABEL = (select(Comparison.id, Comparison.pair_id, Comparison.label, Comparison.swapped)
               .join(LabelingPair, Comparison.pair_id == LabelingPair.id)
-              .where(LabelingPair.project_id == bindparam("project_id"), Comparison.annotator_id == bindparam("user_id"))
+              .where(LabelingPair.project_id == bindparam("project_id"),
+                     Comparison.annotator_id == bindparam("user_id"))
               .order_by(Comparison.id.desc()).limit(1))
 
 # The overlap guard's slot given back, for a label about to be removed. It locks the pair's row before the label's

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from db.models import Dataset, Job, JobEvent, JobLog, JobStatus, Model, utcnow
 from db.settings import get_settings
 from llm.tokenizer import tokenizer_names
+from llm.train_config import SCHEDULE_FIELDS
 from worker.jobs.fit import RunEstimate
 from worker.kinds import KINDS, JobKindSpec, get_spec
 from worker.jobs.messages import send_run_job
@@ -63,13 +64,24 @@ def validate_params(session: Session, kind: str, params: dict[str, Any] | None) 
     missing required ones, then each value in turn, then the dataset, model and tokenizer it names,
     then the kind's own cross-field checks).
     """
+    return _validated(session, kind, params)[0]
+
+
+def _validated(session: Session, kind: str, params: dict[str, Any] | None
+               ) -> tuple[dict[str, Any], dict[str, tuple[Any, Any]]]:
+    """`validate_params`'s answer, and the step-counted settings the kind's checks fitted to the run ({name:
+    (value given or defaulted, value stored)}: `worker.jobs.fit.check_schedule` shrinks a warmup, eval_every or
+    checkpoint_every equal to its default with a run shorter than the default one, whether or not it was typed)."""
     spec = _check_kind(kind)
     normalized = check_params(spec.kind, spec.params, params)
     settings = get_settings()
     _check_references(session, spec, normalized, settings)
+    before = dict(normalized)
     if spec.check is not None:
         spec.check(session, normalized, settings)
-    return normalized
+    fitted = {name: (before[name], normalized[name]) for name in SCHEDULE_FIELDS
+              if name in before and normalized.get(name) != before[name]}
+    return normalized, fitted
 
 
 def preview(session: Session, kind: str,
@@ -124,7 +136,7 @@ def create_job(session: Session, kind: str, params: dict[str, Any] | None,
     if not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
         raise JobParamsError("priority", f"must be between {PRIORITY_RANGE[0]} and {PRIORITY_RANGE[1]}")
     kind = str(_check_kind(kind).kind)  # the registry's name, stored as a plain string
-    normalized = validate_params(session, kind, params)
+    normalized, fitted = _validated(session, kind, params)
     job = Job(kind=kind, status=JobStatus.queued, params=normalized, priority=priority,
               owner_id=owner_id, dataset_id=normalized.get("dataset_id"),
               input_model_id=normalized.get("model_id"), progress=0.0, attempts=0,
@@ -135,6 +147,12 @@ def create_job(session: Session, kind: str, params: dict[str, Any] | None,
     job.run_dir = f"runs/{job.id}"
     session.add(JobLog(job_id=job.id, line=f"queued {kind} job (priority {priority})"))
     record_event(session, job.id, "submitted", owner_id)
+    if fitted:  # said, not done silently: the job's events (the submit's answer) and its log tell it
+        note = (", ".join(f"{name} {given} → {stored}" for name, (given, stored) in fitted.items())
+                + f": equal to their defaults, they were fitted to this {normalized['max_steps']}-step run "
+                "(send other values to keep yours)")
+        session.add(JobLog(job_id=job.id, line=note))
+        record_event(session, job.id, "adjusted", None, note)
     session.commit()
     return job
 
