@@ -17,6 +17,9 @@ from tests.test_ui_e2e import browser, log_in, open_tab, server  # noqa: F401 (f
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 LONG_RUN_STEPS = 3000
+LABELER, LABELER_PASSWORD = "lea", "lea-password-1"
+MARKDOWN_ANSWER = "*stars* stay stars, 2 * 3 = 6\n# no heading"
+LONG_TAIL = " and a much longer answer" * 12  # one answer of each prompt is longer than the others
 
 # A chart has drawn a series when its SVG holds a line with a path, or a point of visible size (vega keeps
 # zero-size points for the hover layer).
@@ -42,12 +45,16 @@ def database(server):
 @pytest.fixture(scope="module")
 def team(server):
     """The rows of a team's first day: ids by name."""
-    from db.models import Job, JobStatus, Metric, User
+    from db.models import Completion, Job, JobStatus, Metric, Prompt, Role, User
+    from db.users import create_user
+    from web.services import labeling
     from worker.jobs.lifecycle import record_event
 
     ids = {}
     with database(server) as session:
         admin = session.query(User).filter_by(name="admin").one()
+        ids["labeler"] = create_user(session, LABELER, LABELER_PASSWORD, Role.labeler).id
+        session.commit()
 
         def finished_job(kind: str, params: dict, curves: dict[str, list[tuple[int, float]]]) -> int:
             job = Job(kind=kind, status=JobStatus.succeeded, params=params, owner_id=admin.id, progress=1.0,
@@ -77,6 +84,24 @@ def team(server):
             "lr": [(step, 3e-4) for step in range(1, LONG_RUN_STEPS + 1)],
             "val_loss": [(step, 4 * math.exp(-step / 800) + 0.6) for step in range(100, LONG_RUN_STEPS + 1, 100)],
             "val_bpb": [(step, 1.5 * math.exp(-step / 800) + 0.7) for step in range(100, LONG_RUN_STEPS + 1, 100)]})
+
+        # Answers a model wrote with Markdown's characters in them, to label (2 prompts x 3 answers: 6 pairs).
+        generate = Job(kind="generate", status=JobStatus.succeeded, params={}, owner_id=admin.id, progress=1.0,
+                       attempts=1)
+        session.add(generate)
+        session.flush()
+        for p in range(2):
+            question = f"Is *this* 2*3? ({p})"
+            prompt = Prompt(text=question, messages=[{"role": "user", "content": question}])
+            session.add(prompt)
+            session.flush()
+            session.add_all(Completion(prompt_id=prompt.id, job_id=generate.id, sampling={}, seed=a,
+                                       text=f"{MARKDOWN_ANSWER} {p}.{a}" + LONG_TAIL * (a == 2)) for a in range(3))
+        session.commit()
+        ids["generate"] = generate.id
+        ids["project"] = labeling.create_project(session, admin, name="first project", source_job_ids=[generate.id],
+                                                 overlap=1).id
+        session.commit()
     return ids
 
 
@@ -155,3 +180,65 @@ def test_named_runs_show_their_names_and_compare_on_one_chart(server, browser, t
     assert len(strokes) == 2 and sorted(legend) == sorted([f"#{first} sft-lr-1e-4", f"#{second} sft-lr-3e-4"])
     page.locator("#jobs-compare-panel").screenshot(path=str(server.data_dir.parent / "compare.png"))
     context.close()
+
+
+def log_in_as(page, url: str, name: str, password: str) -> None:
+    page.goto(url)
+    page.get_by_label("username").fill(name)
+    page.get_by_label("password").fill(password)
+    page.get_by_role("button", name="Login").click()
+    page.locator("#wb-whoami").filter(has_text=name).wait_for(timeout=60_000)
+
+
+def open_project(page) -> None:
+    open_tab(page, "Label")
+    page.locator("#label-project input").first.click()
+    page.get_by_role("option").filter(has_text="first project").first.click()
+    page.locator("#label-a:not([disabled])").wait_for()
+
+
+def test_the_label_screen_counts_skips_apart_shows_text_as_text_and_fits_a_phone(server, browser, team):
+    """Item 16: a skip is not "done"; a model's `*` stays a `*`; answers A and B line up whatever their lengths;
+    at 390 px the progress counts are whole on screen."""
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    log_in_as(page, server.url, LABELER, LABELER_PASSWORD)
+    open_project(page)
+    for side in ("left", "right"):
+        text = page.locator(f"#label-{side} .wb-answer-text").inner_text()
+        assert text.startswith("*stars* stay stars, 2 * 3 = 6\n# no heading"), text
+        assert page.locator(f"#label-{side} em, #label-{side} h1").count() == 0
+    assert "Is *this* 2*3?" in page.locator("#label-prompt").inner_text()  # the prompt as written too
+
+    page.keyboard.press("s")
+    page.locator('#label-progress-bar[data-skipped="1"]').wait_for()
+    page.keyboard.press("1")
+    page.locator('#label-progress-bar[data-labeled="1"]').wait_for()
+    assert page.locator("#label-progress .wb-progress-counts").inner_text() == "1 done · 1 skipped · 4 left · 2 today"
+
+    # A pair with the long answer on one side: both boxes start and end at the same height.
+    while LONG_TAIL.strip() not in page.locator("#label-answers").inner_text():
+        done = int(page.locator("#label-progress-bar").get_attribute("data-done"))
+        page.keyboard.press("3")
+        page.locator(f'#label-progress-bar[data-done="{done + 1}"]').wait_for()
+    left, right = (page.locator(f"#label-{side}").bounding_box() for side in ("left", "right"))
+    prompt, first_button = page.locator("#label-prompt").bounding_box(), page.locator("#label-a").bounding_box()
+    assert (left["y"], left["height"]) == (right["y"], right["height"])
+    assert left["x"] == prompt["x"] == first_button["x"]  # the boxes' edges line up with the blocks around them
+    page.screenshot(path=str(server.data_dir.parent / "label-1440.png"), full_page=True)
+    context.close()
+
+    phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    page = phone.new_page()
+    page.set_default_timeout(60_000)
+    log_in_as(page, server.url, LABELER, LABELER_PASSWORD)
+    open_project(page)
+    counts = page.locator("#label-progress .wb-progress-counts")
+    box = counts.bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 390
+    assert counts.evaluate("e => e.scrollWidth <= e.clientWidth && e.scrollHeight <= e.clientHeight")
+    assert "done" in counts.inner_text() and "left" in counts.inner_text()
+    assert page.locator("#label-progress-bar [role=progressbar]").bounding_box()["width"] >= 300
+    page.screenshot(path=str(server.data_dir.parent / "label-390.png"), full_page=True)
+    phone.close()

@@ -477,7 +477,8 @@ def undo_last_label(session: Session, who, project_id: int) -> dict:
 
 
 def progress(session: Session, who, project_id: int) -> dict:
-    """{done, today, left, pairs, complete_pairs} for one labeler (skips count as done for them).
+    """{done, skipped, today, left, pairs, complete_pairs} for one labeler: `done` counts the pairs they labeled
+    or skipped (neither is left for them), `skipped` the skips among them (the Label tab shows them apart).
 
     Every pair shown and every label answers with it, so it is one cheap statement (queries.PROGRESS; a pair
     shown reads it in the same statement as the pair, queries.PAIR_SCREEN).
@@ -494,7 +495,8 @@ def _progress_parameters(project: LabelingProject, user: User) -> dict:
 
 
 def _progress_of(counts) -> dict:
-    return {"done": counts.done, "today": counts.today, "left": counts.open - counts.done_of_open,
+    return {"done": counts.done, "skipped": counts.skipped, "today": counts.today,
+            "left": counts.open - counts.done_of_open,
             "pairs": counts.pairs, "complete_pairs": counts.pairs - counts.open}
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import Boolean, Integer, bindparam, delete, exists, func, insert
 from sqlalchemy.orm import aliased
 
 from db.models import Comparison, Completion, LabelingAssignment, LabelingPair, Prompt, UTCDateTime
+from llm.preference_labels import Label
 
 # ----------------------------------------------------------------------------- handing out pairs
 
@@ -113,7 +114,9 @@ HOLD_A_PAIR = insert(LabelingAssignment.__table__).values(
 # the project's pairs on the queue index; no per-pair lookups.   project_id, overlap, user_id, start_of_day
 _is_open = LabelingPair.label_count < bindparam("overlap")
 _mine = (select(func.count(Comparison.id).label("done"),
-                func.count(Comparison.id).filter(Comparison.created_at >= bindparam("start_of_day")).label("today"),
+                func.count(Comparison.id).filter(Comparison.label == Label.skip).label("skipped"),
+                func.count(Comparison.id).filter(Comparison.created_at >= bindparam("start_of_day"))
+                .label("today"),
                 func.count(Comparison.id).filter(_is_open).label("done_of_open"))
          .join(LabelingPair, Comparison.pair_id == LabelingPair.id)
          .where(LabelingPair.project_id == bindparam("project_id"), Comparison.annotator_id == bindparam("user_id"))

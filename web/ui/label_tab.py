@@ -20,6 +20,7 @@ buttons are hidden (another tab open) or disabled (nothing to label).
 
 from __future__ import annotations
 
+import html
 import json
 import time
 import uuid
@@ -31,13 +32,14 @@ import gradio as gr
 from db.models import MAX_TIME_SPENT_S
 from llm.preference_labels import Choice
 from web.ui import current_user, db_session, error_text
-from web.ui.plots import message_html, progress_bar_html
+from web.ui.plots import STATUS_COLORS, message_html
 
 # A button per Choice (llm/preference_labels.py), in its order, worded by `Choice.words`; the Arena tab's
 # vote buttons read the same icons.
 ICONS = {Choice.left: "👈", Choice.right: "👉", Choice.tie: "🤝", Choice.both_bad: "👎"}
 KEYS = {Choice.left: "1", Choice.right: "2", Choice.tie: "3", Choice.both_bad: "4", Choice.skip: "S"}
 UNDO_ID = "label-undo"
+SKIPPED_COLOUR = "#a8a29e"  # the skipped part of the progress bar
 UNDO_KEYS = ("U", "Backspace")
 
 
@@ -90,15 +92,39 @@ def project_choices(projects: list[dict]) -> list[tuple[str, int]]:
 
 
 def progress_html(progress: dict | None) -> str:
-    """The labeler's bar: done out of done + left, with today's count."""
+    """The labeler's bar and counts: the pairs labeled out of all theirs (labeled, skipped, left), skips drawn
+    apart in grey and never counted as done; the counts are written under the bar, where a narrow screen can
+    wrap them (inside the bar a phone clipped them)."""
     if not progress:
         return ""
     done, left, today = progress["done"], progress["left"], progress["today"]
-    total = done + left
-    label = f"{done} done · {left} left · {today} today"
-    return (f'<div id="label-progress-bar" data-done="{done}" data-left="{left}" data-today="{today}">'
-            + progress_bar_html(done / total if total else 1.0, "succeeded" if left == 0 else "running", label)
-            + "</div>")
+    skipped = progress.get("skipped", 0)  # `done` counts the skips too (neither is left for the labeler)
+    labeled, total = done - skipped, done + left
+    shares = [(100 * labeled / total, STATUS_COLORS["succeeded" if left == 0 else "running"], "labeled"),
+              (100 * skipped / total, SKIPPED_COLOUR, "skipped")] if total else [(100.0, STATUS_COLORS["succeeded"],
+                                                                                  "labeled")]
+    segments = "".join(f'<div class="wb-progress-{what}" style="width:{share:.2f}%;background:{colour}"></div>'
+                       for share, colour, what in shares if share > 0)
+    counts = [f"{labeled} done"] + ([f"{skipped} skipped"] if skipped else []) + [f"{left} left", f"{today} today"]
+    return (f'<div id="label-progress-bar" data-done="{done}" data-labeled="{labeled}" data-skipped="{skipped}" '
+            f'data-left="{left}" data-today="{today}" style="min-width:0">'
+            f'<div role="progressbar" aria-valuemin="0" aria-valuemax="100" '
+            f'aria-valuenow="{round(100 * labeled / total) if total else 100}" aria-label="pairs labeled" '
+            'style="display:flex;height:10px;border-radius:5px;overflow:hidden;background:rgba(100,116,139,.18)">'
+            f'{segments}</div>'
+            f'<div class="wb-progress-counts" style="font-size:13px;margin-top:4px;overflow-wrap:anywhere">'
+            f'{" · ".join(counts)}</div></div>')
+
+
+def answer_html(side: str, text: str | None) -> str:
+    """Answer A or B as the model wrote it: its text as text (escaped, line breaks kept; Markdown would turn
+    a `*` into italics and "# x" into a heading), the side's name inside the box, so both boxes line up."""
+    body = (html.escape(text) if text is not None
+            else '<span style="opacity:.55">No pair on screen.</span>')
+    return (f'<div class="wb-answer" data-side="{side}" style="min-height:140px">'
+            f'<div style="font-size:13px;font-weight:650;opacity:.75;margin-bottom:6px">Answer {side}</div>'
+            '<div class="wb-answer-text" style="white-space:pre-wrap;overflow-wrap:anywhere;'
+            f'font-size:15px;line-height:1.5">{body}</div></div>')
 
 
 def shown_token(pair: dict) -> str:
@@ -158,10 +184,11 @@ class LabelTab:
         can_undo = gr.Button(interactive=bool(progress and progress["done"]))
         guide = gr.skip() if guidelines is None else guidelines
         if pair is None:
-            return ("", guide, progress_html(progress), [], "", "", message, "",
-                    *[gr.Button(interactive=False)] * len(Choice), can_undo)
-        return (shown_token(pair), guide, progress_html(progress), conversation(pair), pair["left"]["text"],
-                pair["right"]["text"], message, "", *[gr.Button(interactive=True)] * len(Choice), can_undo)
+            return ("", guide, progress_html(progress), [], answer_html("A", None), answer_html("B", None), message,
+                    "", *[gr.Button(interactive=False)] * len(Choice), can_undo)
+        return (shown_token(pair), guide, progress_html(progress), conversation(pair),
+                answer_html("A", pair["left"]["text"]), answer_html("B", pair["right"]["text"]), message, "",
+                *[gr.Button(interactive=True)] * len(Choice), can_undo)
 
     def _unchanged(self, message: str) -> tuple:
         return (gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), message, gr.skip(),
@@ -277,19 +304,17 @@ def build(settings) -> LabelTab:
 
     with gr.Tabs(elem_id="label-subtabs", selected="label-work"):
         with gr.Tab("Label", id="label-work", elem_id="tab-label-work") as work_page:
-            with gr.Row(equal_height=True):
-                project = gr.Dropdown(label="Project", choices=[], value=None, elem_id="label-project", scale=3)
-                progress = gr.HTML(elem_id="label-progress", scale=2)
+            project = gr.Dropdown(label="Project", choices=[], value=None, elem_id="label-project")
+            # Under the project, the page's whole width: beside it a phone squeezed the bar and clipped its counts.
+            progress = gr.HTML(elem_id="label-progress")
             with gr.Accordion("Guidelines", open=True, elem_id="label-guidelines-panel"):
                 guidelines = gr.Markdown(elem_id="label-guidelines")
-            prompt = gr.Chatbot(label="Prompt", height=220, elem_id="label-prompt", feedback_options=None)
-            with gr.Row(equal_height=True):
-                with gr.Column():
-                    gr.Markdown("**Answer A**")
-                    left = gr.Markdown(elem_id="label-left", container=True, min_height=120, line_breaks=True)
-                with gr.Column():
-                    gr.Markdown("**Answer B**")
-                    right = gr.Markdown(elem_id="label-right", container=True, min_height=120, line_breaks=True)
+            prompt = gr.Chatbot(label="Prompt", height=220, elem_id="label-prompt", feedback_options=None,
+                                render_markdown=False)  # what the person wrote, as text
+            with gr.Row(equal_height=True, elem_id="label-answers"):
+                # In block containers, like the prompt's: both boxes start, end and line up as the blocks around.
+                left = gr.HTML(answer_html("A", None), elem_id="label-left", min_width=260, container=True)
+                right = gr.HTML(answer_html("B", None), elem_id="label-right", min_width=260, container=True)
             with gr.Row():
                 buttons = [gr.Button(f"{button_text(choice)} [{KEYS[choice]}]", interactive=False,
                                      elem_id=button_id(choice),
