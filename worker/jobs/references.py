@@ -20,8 +20,8 @@ def check_reference(session: Session, spec: JobKindSpec, field: str, row_class: 
         raise JobParamsError(field, f"no {noun} with id {row_id}")
     if row.kind not in allowed_kinds:
         wanted = " or ".join(kind.value for kind in allowed_kinds)
-        raise JobParamsError(field, f"{noun} {row_id} is a {row.kind.value} {noun}; {spec.kind} jobs "
-                                    f"{'need' if noun == 'dataset' else 'start from'} a {wanted} {noun}")
+        raise JobParamsError(field, f"{noun} {row_id} is a {row.kind.value} {noun}; the {spec.kind} job "
+                                    f"{'needs' if noun == 'dataset' else 'starts from'} a {wanted} {noun}")
     if not row.path:
         raise JobParamsError(field, f"{noun} {row_id} has no stored files")
     return row
