@@ -49,7 +49,7 @@ def test_a_labeling_round_through_the_api(client, session, users):
             assert retried.json()["id"] == first.json()["id"] and retried.json()["duplicate"]
     assert session.scalar(select(func.count(Comparison.id))) == 4
     assert client.get(f"{base}/progress", auth=LABELER).json() == {
-        "done": 2, "today": 2, "left": 0, "pairs": 2, "complete_pairs": 2}
+        "done": 2, "skipped": 0, "today": 2, "left": 0, "pairs": 2, "complete_pairs": 2}
 
     # Undo hands the pair back; labeling it again restores the count.
     undone = client.post(f"{base}/undo", auth=second)

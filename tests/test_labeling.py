@@ -105,7 +105,8 @@ def test_labels_are_unswapped_idempotent_and_undoable(session, team):
     with pytest.raises(Conflict, match="already has its 1 label"):
         submit_label(session, team["leo"], project.id, pair.id, "tie", left)
     # leo holds the other pair but has not labeled it: it still counts as left for lea.
-    assert progress(session, lea, project.id) == {"done": 1, "today": 1, "left": 1, "pairs": 2, "complete_pairs": 1}
+    assert progress(session, lea, project.id) == {"done": 1, "skipped": 0, "today": 1, "left": 1, "pairs": 2,
+                                                  "complete_pairs": 1}
     # Undo: the label goes, the count drops, the same pair comes back shown the same way.
     back = undo_last_label(session, lea, project.id)
     assert back["pair_id"] == pair.id and back["left"]["answer_id"] == left
@@ -140,7 +141,7 @@ def test_a_label_can_bring_the_next_pair(session, team):
     # It is handed out as GET next would: held for lea (the same pair and sides again), counted once.
     assert next_pair(session, lea, project.id) == following
     assert stored["progress"] == following["progress"] == progress(session, lea, project.id) == {
-        "done": 1, "today": 1, "left": 1, "pairs": 2, "complete_pairs": 1}
+        "done": 1, "skipped": 0, "today": 1, "left": 1, "pairs": 2, "complete_pairs": 1}
     # A retry gets the stored label and the same next pair, not a third one.
     again = submit_label(session, lea, project.id, shown["pair_id"], "left", shown["left"]["answer_id"],
                          idempotency_key="k1", and_next=True)

@@ -224,6 +224,7 @@ class GuidelinesUpdate(BaseModel):
 
 class LabelingProgressOut(BaseModel):
     done: int = Field(description="pairs this labeler labeled or skipped")
+    skipped: int = Field(description="the skips among them (not counted as labeled)")
     today: int
     left: int = Field(description="pairs still open to this labeler")
     pairs: int
