@@ -45,7 +45,7 @@ def database(server):
 @pytest.fixture(scope="module")
 def team(server):
     """The rows of a team's first day: ids by name."""
-    from db.models import Completion, Job, JobStatus, Metric, Prompt, Role, User
+    from db.models import Completion, Job, JobStatus, Metric, Model, ModelKind, Prompt, Role, User
     from db.users import create_user
     from web.services import labeling
     from worker.jobs.lifecycle import record_event
@@ -86,16 +86,19 @@ def team(server):
             "val_bpb": [(step, 1.5 * math.exp(-step / 800) + 0.7) for step in range(100, LONG_RUN_STEPS + 1, 100)]})
 
         # Answers a model wrote with Markdown's characters in them, to label (2 prompts x 3 answers: 6 pairs).
-        generate = Job(kind="generate", status=JobStatus.succeeded, params={}, owner_id=admin.id, progress=1.0,
-                       attempts=1)
-        session.add(generate)
+        writers = [Model(name=name, kind=ModelKind.sft, tokenizer="gpt2", config={}, path=f"models/{name}")
+                   for name in ("sft-small", "sft-large")]
+        generate = Job(kind="generate", status=JobStatus.succeeded, params={"name": "first candidates"},
+                       owner_id=admin.id, progress=1.0, attempts=1)
+        session.add_all([*writers, generate])
         session.flush()
         for p in range(2):
             question = f"Is *this* 2*3? ({p})"
             prompt = Prompt(text=question, messages=[{"role": "user", "content": question}])
             session.add(prompt)
             session.flush()
-            session.add_all(Completion(prompt_id=prompt.id, job_id=generate.id, sampling={}, seed=a,
+            session.add_all(Completion(prompt_id=prompt.id, job_id=generate.id, model_id=writers[a % 2].id,
+                                       sampling={"temperature": 0.7, "max_new_tokens": 64}, seed=a,
                                        text=f"{MARKDOWN_ANSWER} {p}.{a}" + LONG_TAIL * (a == 2)) for a in range(3))
         session.commit()
         ids["generate"] = generate.id
@@ -242,3 +245,37 @@ def test_the_label_screen_counts_skips_apart_shows_text_as_text_and_fits_a_phone
     assert page.locator("#label-progress-bar [role=progressbar]").bounding_box()["width"] >= 300
     page.screenshot(path=str(server.data_dir.parent / "label-390.png"), full_page=True)
     phone.close()
+
+
+def test_the_training_team_browses_candidates_and_labelers_do_not_see_them(server, browser, team):
+    """Item 15: Label ▸ Candidates lists each prompt with its answers, their models and settings; a search keeps
+    the prompts that have the words and marks them."""
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    log_in(page, server.url, server.password)
+    open_tab(page, "Label")
+    page.get_by_role("tab", name="Candidates").click()
+    cards = page.locator("#candidates-cards .wb-candidate")
+    cards.first.wait_for()
+    assert cards.count() == 2 and page.locator("#candidates-page").inner_text().strip() == "prompts 1–2 of 2"
+    first = cards.first
+    assert first.locator(".wb-candidate-answer").count() == 3
+    meta = first.locator(".wb-candidate-answer .wb-candidate-meta").first.inner_text()
+    assert "sft-small" in meta and "temperature 0.7" in meta and "up to 64 tokens" in meta
+    assert first.locator(".wb-candidate-prompt").inner_text() == "Is *this* 2*3? (1)"
+
+    page.locator("#candidates-search input, #candidates-search textarea").first.fill("(0)")
+    page.keyboard.press("Enter")
+    page.locator("#candidates-page").filter(has_text="prompts 1–1 of 1").wait_for()
+    assert page.locator("#candidates-cards mark").first.inner_text() == "(0)"
+    page.screenshot(path=str(server.data_dir.parent / "candidates.png"), full_page=True)
+    context.close()
+
+    labeler = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = labeler.new_page()
+    log_in_as(page, server.url, LABELER, LABELER_PASSWORD)
+    open_tab(page, "Label")
+    page.locator("#label-project").wait_for()
+    assert page.get_by_role("tab", name="Candidates").count() == 0
+    labeler.close()

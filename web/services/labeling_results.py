@@ -2,6 +2,7 @@
 
     agreement_report(project_id)      percent agreement, Krippendorff's alpha (with how to read it), Cohen's
                                       kappa per labeler pair, each labeler vs. the majority, disagreements
+                                      (with the prompt and both answers)
     consensus_pairs(project_id)       chosen/rejected pairs by the consensus rule: the pairs a reward or DPO
                                       job on the project trains on (worker/jobs/preference_pairs.py)
     export_trl_jsonl(project_id)      TRL's preference format: prompt / chosen / rejected, conversational
@@ -22,9 +23,9 @@ import io
 import json
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
-from db.models import LabelingPair, LabelingProject, Prompt
+from db.models import Completion, LabelingPair, LabelingProject, Prompt
 from web.services.access import Action, require, resolve_user
 from llm.agreement import (LabelRow, against_majority, alpha_reading, consensus, consensus_counts, disagreements,
                            krippendorff_alpha, pairwise_kappas, percent_agreement)
@@ -33,6 +34,7 @@ from web.services.labeling import labels_of_project, require_project_owner
 from worker.jobs import preference_pairs
 
 MIN_SHARED_FOR_KAPPA = 5  # fewer shared items make kappa mostly noise
+SHOWN_CHARS = 1000        # of a disagreement's prompt and answers, in the report
 
 
 def _project(session: Session, project_id: int, who, doing: str | None = None) -> LabelingProject:
@@ -62,24 +64,35 @@ def agreement_report(project_id: int, who, session: Session | None = None) -> di
         for label in labels:
             per_labeler[label["labeler"]] = per_labeler.get(label["labeler"], 0) + 1
         disagreeing = disagreements(rows)
-        prompts = _prompt_texts(s, [item["item"] for item in disagreeing])
+        texts = _pair_texts(s, [item["item"] for item in disagreeing])
         return {
             "project_id": project.id, "labels": len(labels), "labelers": per_labeler,
             "percent_agreement": percent_agreement(rows), "alpha": alpha, "alpha_reading": alpha_reading(alpha),
             "kappas": pairwise_kappas(rows, MIN_SHARED_FOR_KAPPA), "against_majority": against_majority(rows),
-            "disagreements": [{"pair_id": item["item"], "labels": item["labels"],
-                               "prompt": prompts.get(item["item"], "")} for item in disagreeing],
+            "disagreements": [{"pair_id": item["item"], "labels": item["labels"], **texts[item["item"]]}
+                              for item in disagreeing],
             "consensus": consensus_counts(consensus(rows, project.overlap)),
             "min_labels": project.overlap,
         }
 
 
-def _prompt_texts(session: Session, pair_ids: list[int]) -> dict[int, str]:
+def _pair_texts(session: Session, pair_ids: list[int]) -> dict[int, dict[str, str]]:
+    """{pair id: {prompt, answer_a, answer_b}}: what the labelers who disagree on a pair read (the answers in the
+    pair's order, which its labels as stored name: a is its first answer), each cut to SHOWN_CHARS."""
     if not pair_ids:
         return {}
-    query = (select(LabelingPair.id, Prompt.text).join(Prompt, LabelingPair.prompt_id == Prompt.id)
+    first, second = aliased(Completion), aliased(Completion)
+    query = (select(LabelingPair.id, Prompt.text, first.text, second.text)
+             .join(Prompt, LabelingPair.prompt_id == Prompt.id)
+             .join(first, first.id == LabelingPair.completion_a_id)
+             .join(second, second.id == LabelingPair.completion_b_id)
              .where(LabelingPair.id.in_(pair_ids)))
-    return {pair_id: text[:300] for pair_id, text in session.execute(query)}
+    return {pair_id: {"prompt": _cut(prompt), "answer_a": _cut(answer_a), "answer_b": _cut(answer_b)}
+            for pair_id, prompt, answer_a, answer_b in session.execute(query)}
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 1] + "…"
 
 
 def consensus_pairs(project_id: int, who, min_labels: int | None = None,

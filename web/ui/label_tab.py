@@ -4,7 +4,9 @@
                             and answers A and B side by side → "A is better" [1], "B is better" [2], "Tie" [3],
                             "Both bad" [4], "Skip" [S], an optional note, and Undo [U or Backspace]
     Projects & agreement    (admins and trainers only, web/ui/labeling_admin.py) create projects, edit
-                            guidelines, watch agreement, export
+                            guidelines, watch agreement and the answers labelers disagree on, export
+    Candidates              (the training team only, web/ui/candidates_browser.py) every prompt generate jobs
+                            answered with its answers, their models and settings; search and filters
 
 The queue, the overlap and the labels' storage are `web.services.labeling`'s (the REST API calls the same
 functions). What the page shows of a pair — its id, which answer is on the left, when it was shown and an
@@ -172,6 +174,8 @@ class LabelTab:
     admin: Any
     work_page: gr.Tab
     manage_page: gr.Tab
+    candidates: Any = None             # the Candidates sub-tab (web/ui/candidates_browser.py)
+    candidates_page: gr.Tab | None = None
 
     # SCREEN: shown, guidelines, progress, prompt, answer A, answer B, status, note, 5 choice buttons, undo
 
@@ -290,6 +294,12 @@ class LabelTab:
         manager = can(current_user(self.settings, request), Action.manage_labeling)
         return gr.Tab(visible=manager)
 
+    def candidates_shown(self, request: gr.Request | None = None):
+        """The Candidates sub-tab, for the training team: candidates name their models (labelers label blind)."""
+        from web.services import Action, can
+
+        return gr.Tab(visible=can(current_user(self.settings, request), Action.read_training))
+
     def wire(self, blocks: gr.Blocks, page: gr.Tab) -> None:
         private = {"api_visibility": "private"}
         blocks.load(self.on_load, None, [self.manage_page], queue=False, **private)
@@ -297,10 +307,12 @@ class LabelTab:
         for opened in (page, self.work_page):
             opened.select(self.refresh, [self.project], [self.project], queue=False, **private)
         self.admin.wire(blocks, self.manage_page, self.work_page)
+        blocks.load(self.candidates_shown, None, [self.candidates_page], queue=False, **private)
+        self.candidates.wire(self.candidates_page)
 
 
 def build(settings) -> LabelTab:
-    from web.ui import labeling_admin
+    from web.ui import candidates_browser, labeling_admin
 
     with gr.Tabs(elem_id="label-subtabs", selected="label-work"):
         with gr.Tab("Label", id="label-work", elem_id="tab-label-work") as work_page:
@@ -313,8 +325,8 @@ def build(settings) -> LabelTab:
                                 render_markdown=False)  # what the person wrote, as text
             with gr.Row(equal_height=True, elem_id="label-answers"):
                 # In block containers, like the prompt's: both boxes start, end and line up as the blocks around.
-                left = gr.HTML(answer_html("A", None), elem_id="label-left", min_width=260, container=True)
-                right = gr.HTML(answer_html("B", None), elem_id="label-right", min_width=260, container=True)
+                left = gr.HTML(answer_html("A", None), elem_id="label-left", container=True)
+                right = gr.HTML(answer_html("B", None), elem_id="label-right", container=True)
             with gr.Row():
                 buttons = [gr.Button(f"{button_text(choice)} [{KEYS[choice]}]", interactive=False,
                                      elem_id=button_id(choice),
@@ -331,10 +343,13 @@ def build(settings) -> LabelTab:
         with gr.Tab("Projects & agreement", id="label-manage", elem_id="tab-label-manage",
                     visible=False) as manage_page:  # shown on load to admins and trainers
             admin = labeling_admin.build(settings)
+        with gr.Tab("Candidates", id="label-candidates", elem_id="tab-label-candidates",
+                    visible=False) as candidates_page:  # shown on load to the training team
+            candidates = candidates_browser.build(settings)
 
     screen = [shown, guidelines, progress, prompt, left, right, status, note, *buttons, undo]
     tab = LabelTab(settings=settings, project=project, screen=screen, admin=admin, work_page=work_page,
-                   manage_page=manage_page)
+                   manage_page=manage_page, candidates=candidates, candidates_page=candidates_page)
     private = {"api_visibility": "private"}
     project.change(tab.open_project, [project], screen, **private)
 

@@ -5,8 +5,8 @@
     A project       its guidelines (edit and save, previewed as the labelers see them); the live agreement:
                     percent agreement, Krippendorff's alpha with how to read it, consensus counts, Cohen's
                     kappa per labeler pair, each labeler against the others' majority, and the pairs they
-                    disagree on (to adjudicate); exports as file downloads (TRL JSONL of the consensus pairs,
-                    CSV of every raw label)
+                    disagree on, with the prompt and both answers (to adjudicate); exports as file downloads
+                    (TRL JSONL of the consensus pairs, CSV of every raw label)
 
 It is a sub-tab of the Label tab rather than a tab of its own: labeling has one home, labelers never see this
 part (hidden on load; `web.services` refuses them anyway: `Action.manage_labeling`), and the top tab bar does
@@ -26,13 +26,13 @@ import gradio as gr
 import pandas as pd
 
 from web.ui import current_user, db_session, error_text
-from web.ui.plots import message_html, stat_cards_html
+from web.ui.plots import job_title, message_html, stat_cards_html
 
 TICK_SECONDS = 10.0
 EVERYONE, CHOSEN = "everyone who may label", "chosen people"
 KAPPA_COLUMNS = ["labeler A", "labeler B", "pairs both labeled", "Cohen's kappa"]
 MAJORITY_COLUMNS = ["labeler", "pairs compared", "agrees with the others' majority"]
-DISAGREEMENT_COLUMNS = ["pair", "prompt", "labels"]
+DISAGREEMENT_COLUMNS = ["pair", "prompt", "answer a", "answer b", "labels"]
 # The service's field names → the form's labels, so a refusal says which field to fix.
 FORM_FIELDS = {"name": "Name", "source_job_ids": "Finished generate jobs", "pairing": "Pairing",
                "pairs_per_prompt": "Pairs per prompt", "overlap": "Overlap", "labeler_ids": "Chosen labelers",
@@ -77,15 +77,16 @@ def majority_frame(report: dict) -> pd.DataFrame:
 
 
 def disagreement_frame(report: dict) -> pd.DataFrame:
-    """Labels as stored: "a"/"b" name the pair's first/second answer whatever side each labeler saw them on."""
-    rows = [[d["pair_id"], d["prompt"], ", ".join(f"{who}: {label}" for who, label in sorted(d["labels"].items()))]
+    """What the labelers disagree on: the prompt, both answers and each one's label. Labels as stored: "a"/"b"
+    name the pair's first/second answer (the columns), whatever side each labeler saw them on."""
+    rows = [[d["pair_id"], d["prompt"], d["answer_a"], d["answer_b"],
+             ", ".join(f"{who}: {label}" for who, label in sorted(d["labels"].items()))]
             for d in report["disagreements"]]
     return pd.DataFrame(rows, columns=DISAGREEMENT_COLUMNS)
 
 
 def job_choices(jobs: list[dict]) -> list[tuple[str, int]]:
-    return [(f"#{j['id']} {j['name'] or 'generate'}" + (f" · {j['owner']}" if j.get("owner") else ""), j["id"])
-            for j in jobs]
+    return [(f"#{j['id']} {job_title(j)}" + (f" · {j['owner']}" if j.get("owner") else ""), j["id"]) for j in jobs]
 
 
 def labeler_choices(users: list[dict]) -> list[tuple[str, int]]:
@@ -271,8 +272,10 @@ def build(settings) -> LabelingAdmin:
         majority = gr.Dataframe(pd.DataFrame(columns=MAJORITY_COLUMNS), label="Each labeler vs the majority",
                                 interactive=False, elem_id="labeling-majority")
     disagreements = gr.Dataframe(pd.DataFrame(columns=DISAGREEMENT_COLUMNS), interactive=False, wrap=True,
-                                 label="Disagreements (labels as stored: a = the pair's first answer)",
-                                 elem_id="labeling-disagreements", max_height=320)
+                                 label="Disagreements: the prompt, both answers and each labeler's label "
+                                       "(a and b are the answers in these columns)",
+                                 column_widths=["6%", "20%", "30%", "30%", "14%"],
+                                 elem_id="labeling-disagreements", max_height=520)
     with gr.Row():
         refresh = gr.Button("Refresh agreement", size="sm", elem_id="labeling-refresh")
         export_trl = gr.Button("Export TRL JSONL (consensus pairs)", size="sm", elem_id="labeling-export-trl")
