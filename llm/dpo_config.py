@@ -12,10 +12,12 @@ from llm.sft_config import SFTConfig
 from llm.train_config import FineTuningDefaults, TrainConfig
 
 DPO_LOSSES = ("sigmoid", "ipo", "hinge")  # llm/preference_losses.py implements each
-# RPO's weight by default (bench/README.md, "DPO degeneration", tiny preset): at 1.0 every run up to 200 times the
-# default learning rate (all weights) and 40 times it (LoRA) stayed coherent and moved the preferred property
-# further, where plain DPO lost coherence from 20 (all weights) and 10 (LoRA) times the default rate on; at the default rates it changed
-# neither coherence nor the property's share. 0.1 still broke at 60 times the rate. 1.0 is also the RPO paper's.
+# RPO's weight by default, measured on the tiny preset (bench/README.md, "DPO degeneration"): with all weights at
+# 20 to 200 times the default learning rate, plain DPO ended with 0-40 % of its sampled answers in the SFT format
+# (85 % at the start), RPO at 1.0 with 75-88 % and 62-93 % of them polite (the preferred property; 40 % at the
+# start); at 0.3 and 0.1 with 72-82 % and 47-85 %. LoRA at 10-100 times its rate: 0 % without, 50-72 % with it.
+# At the default rates it changed neither share; held-out accuracy 93 % and 87 % against 100 % (1-2 of 15 pairs).
+# 1.0 is also the RPO paper's.
 RPO_ALPHA = 1.0
 
 

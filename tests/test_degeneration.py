@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import pytest
 import torch
@@ -70,21 +70,17 @@ def test_the_switched_off_adapter_gives_the_reference_and_never_leaks_into_the_p
                 param.normal_(std=0.3)
     peft_model.eval()
     policy = peft_model.get_base_model()
-    watch = SampleWatch(tokenizer, PROMPTS, DegenerationBounds(answer_tokens=12), seed=3)
 
-    def adapter_off():
-        class Off:
-            def __enter__(self):
-                self.context = peft_model.disable_adapter()
-                self.context.__enter__()
-                return policy
+    @contextmanager
+    def adapter_off():  # as llm/dpo.py's LoRA reference
+        with peft_model.disable_adapter():
+            yield policy
 
-            def __exit__(self, *exc):
-                return self.context.__exit__(*exc)
-
-        return Off()
-
+    # A prompt too long for the context is skipped; the others keep their own prompt text.
+    too_long = [{"role": "user", "content": "word " * 80}]
+    watch = SampleWatch(tokenizer, [PROMPTS[0], too_long, *PROMPTS[1:]], DegenerationBounds(answer_tokens=12), seed=3)
     through_peft = watch.measure(policy, adapter_off)
+    assert [sample["prompt"] for sample in through_peft["samples"]] == [p[0]["content"] for p in PROMPTS]
     with_a_copy = watch.measure(policy, lambda: nullcontext(reference))
     assert through_peft["samples"] == with_a_copy["samples"]  # same seeds, same policy: the same answers
     assert through_peft["kl_per_token"] > 0.01
@@ -102,7 +98,7 @@ def test_the_kl_is_what_k3_estimates_from_the_policys_tokens_not_the_reverse(gpt
     with torch.no_grad():  # random networks are near uniform over the vocabulary, where KL is nearly symmetric
         policy.lm_head.weight.mul_(4)
     watch = SampleWatch(tokenizer, PROMPTS, DegenerationBounds(answer_tokens=12), seed=3)
-    prompt, answer, stopped = watch.sample(policy)[0]
+    _, prompt, answer, stopped = watch.sample(policy)[0]
     with torch.no_grad():
         policy_logps = watch.next_token_log_probs(policy, prompt, answer, stopped)
         reference_logps = watch.next_token_log_probs(reference, prompt, answer, stopped)

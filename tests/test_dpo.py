@@ -58,12 +58,18 @@ def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_one(base_dir, t
 
 
 def test_the_first_step_starts_at_log_2(base_dir, tmp_path):
-    # Policy = reference before any update: every log ratio is 0, so the sigmoid loss is -log sigmoid(0).
-    records = []
-    dpo(base_dir, polite_pairs(8, 4), tmp_path / "run", dpo_config=DPOConfig(full=True, val_fraction=0),
-        train_config=small_run(max_steps=1, lr=1e-9), on_metrics=records.append, log=quiet)
-    assert records[0]["loss"] == pytest.approx(0.693147, abs=1e-4)
-    assert records[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-4)
+    # Policy = reference before any update: every log ratio is 0, so the sigmoid loss is -log sigmoid(0); RPO (the
+    # default) adds its weight times the chosen answers' NLL per token, which is minus their log-prob per token.
+    for rpo_alpha in (0.0, DPOConfig().rpo_alpha):
+        records = []
+        dpo(base_dir, polite_pairs(8, 4), tmp_path / f"run-{rpo_alpha}", log=quiet, on_metrics=records.append,
+            dpo_config=DPOConfig(full=True, val_fraction=0, rpo_alpha=rpo_alpha),
+            train_config=small_run(max_steps=1, lr=1e-9))
+        nll = records[0].get("nll_loss", 0.0)
+        assert records[0]["loss"] == pytest.approx(0.693147 + rpo_alpha * nll, abs=1e-4)
+        assert records[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-4)
+        assert nll == pytest.approx(-records[0]["logps/chosen_per_token"] if rpo_alpha else 0.0, abs=1e-4)
+    assert rpo_alpha == 1.0 and nll > 5  # a random model: the chosen answers are far from likely
 
 
 HELD_OUT = [pair["prompt"] for pair in polite_pairs(60, 99)]
@@ -104,9 +110,10 @@ def test_dpo_makes_the_preferred_answers_more_likely(base_dir, tmp_path):
     sft_dir = train_mixed_sft(base_dir, tmp_path / "sft")
     before = polite_share(sft_dir, HELD_OUT, seed=1000)
     # Full DPO, beta 0.5: a tiny model drifts into broken words at beta 0.1 (measured: KL 9 to 19 nats after
-    # 300 steps at lr 1e-4 to 3e-4, with many answers that are neither polite nor pushy any more).
+    # 300 steps at lr 1e-4 to 3e-4, with many answers that are neither polite nor pushy any more). Plain DPO, as
+    # measured here: no RPO term, the watch only warns (tests/test_dpo_degeneration.py tests those).
     result = dpo(sft_dir, polite_pairs(300, 7), tmp_path / "dpo",
-                 dpo_config=DPOConfig(full=True, beta=0.5),
+                 dpo_config=DPOConfig(full=True, beta=0.5, rpo_alpha=0.0, stop_on_degeneration=False),
                  train_config=small_run(max_steps=300, batch_size=8, lr=2e-4, eval_every=150, eval_batches=5),
                  log=quiet)
     after = polite_share(result["model_dir"], HELD_OUT, seed=1000)

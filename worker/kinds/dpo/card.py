@@ -11,7 +11,7 @@ from worker.jobs.spec import LOSS_PLOT, SPEED_CARDS, TOKENS_ROW, Plot
 
 METRIC_CARDS = (("step", "step"), ("loss", "loss"), ("rewards/margins", "reward margin"),
                 ("val_rewards/accuracies", "val accuracy"), ("val_logps/chosen_per_token", "chosen log-p / token"),
-                ("val_kl", "KL / token"), ("degeneration_problems", "degeneration problems")) + SPEED_CARDS
+                ("val_kl", "KL / token")) + SPEED_CARDS
 # The margin can grow while both answers' likelihood falls until the policy leaves language: the drift chart
 # shows what the margin hides (the chosen answers' log-probability against the start, and the KL).
 PLOTS = (LOSS_PLOT, Plot("Drift from the start (per token)", {
