@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -45,9 +46,10 @@ def database(server):
 @pytest.fixture(scope="module")
 def team(server):
     """The rows of a team's first day: ids by name."""
-    from db.models import Completion, Job, JobStatus, Metric, Model, ModelKind, Prompt, Role, User
+    from db.models import (Completion, Dataset, DatasetKind, Job, JobStatus, Metric, Model, ModelKind, Prompt, Role,
+                           User)
     from db.users import create_user
-    from web.services import labeling
+    from web.services import delete_dataset, labeling
     from worker.jobs.lifecycle import record_event
 
     ids = {}
@@ -105,6 +107,22 @@ def team(server):
         ids["project"] = labeling.create_project(session, admin, name="first project", source_job_ids=[generate.id],
                                                  overlap=1).id
         session.commit()
+
+        # The long run made a base model, the first fine-tune a chat model from chats that were deleted since.
+        chats = Dataset(name="team-chats", kind=DatasetKind.chat, format="jsonl", path="datasets/chats",
+                        original_filename="chats.jsonl", size_bytes=1, stats={}, owner_id=admin.id)
+        session.add(chats)
+        session.flush()
+        fine_tune = session.get(Job, ids["sft-lr-1e-4"])
+        fine_tune.dataset_id, fine_tune.params = chats.id, {**fine_tune.params, "dataset_id": chats.id}
+        base = Model(name="team-base", kind=ModelKind.base, tokenizer="gpt2", config={}, path="models/team-base",
+                     job_id=ids["long_run"], owner_id=admin.id)
+        session.add(base)
+        session.flush()
+        session.add(Model(name="team-chat", kind=ModelKind.sft, tokenizer="gpt2", config={}, path="models/team-chat",
+                          job_id=fine_tune.id, parent_model_id=base.id, owner_id=admin.id))
+        session.commit()
+        delete_dataset(session, SimpleNamespace(data_dir=server.data_dir), chats.id, admin)  # all it reads
     return ids
 
 
@@ -279,3 +297,22 @@ def test_the_training_team_browses_candidates_and_labelers_do_not_see_them(serve
     page.locator("#label-project").wait_for()
     assert page.get_by_role("tab", name="Candidates").count() == 0
     labeler.close()
+
+
+def test_the_lineage_shows_a_deleted_dataset_and_is_drawn_at_a_readable_size(server, browser, team):
+    """Item 17: the Models tab draws the chat model's lineage with the deleted chats marked deleted, the figure shown
+    at (nearly) its own size so its 10-point labels stay readable."""
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    log_in(page, server.url, server.password)
+    open_tab(page, "Models")
+    page.locator("#models-picker input").first.click()
+    page.get_by_role("option").filter(has_text="team-chat").first.click()
+    page.locator("#models-lineage-text").filter(has_text="team-chats (deleted)").wait_for()
+    figure = page.locator("#models-lineage img").first
+    figure.wait_for()
+    natural, shown = figure.evaluate("img => [img.naturalWidth, img.getBoundingClientRect().width]")
+    assert shown >= 0.75 * natural, (natural, shown)
+    page.locator("#models-lineage-panel").screenshot(path=str(server.data_dir.parent / "lineage.png"))
+    context.close()

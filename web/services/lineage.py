@@ -2,7 +2,9 @@
 
     model_lineage(model_id)   {"nodes": [...], "edges": [...]}: dataset → job → model → child models, for the
                               model's ancestors and descendants, with the labeling projects and arena votes
-                              that trained each reward / DPO model (read from the run's pairs_sources.json)
+                              that trained each reward / DPO model (read from the run's pairs_sources.json),
+                              the trained tokenizer a job used and the train_tokenizer job (and its data) that
+                              made it; a deleted dataset stays, marked deleted (`deleted: True`)
     report_card(model_id)     kind, tokenizer, shape and parameters, the rows the kind of job that made it
                               declares (its card.py: validation bits per byte, SFT token accuracy, reward-model
                               accuracy, DPO's held-out preference accuracy and KL, tokens seen, ...), arena rating
@@ -13,13 +15,16 @@ nothing here is stored twice.
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Dataset, Job, LabelingProject, Metric, Model
+from db.models import Dataset, Job, JobEvent, JobStatus, LabelingProject, Metric, Model
 from db.settings import Settings, safe_join
+from llm.tokenizer import BUILTIN_TOKENIZERS
 from web.services.common import NotFound, enum_value, reading
 from worker.kinds import get_spec
 
@@ -74,16 +79,10 @@ def model_lineage(settings: Settings, model_id: int, session: Session | None = N
                 if parent_key:
                     edges.append((parent_key, model_key))
                 continue
-            job_key = add(f"job:{job.id}", type="job", label=f"job #{job.id} {enum_value(job.kind)}", job_id=job.id)
+            job_key = _add_job(s, job, add, edges)
             edges.append((job_key, model_key))
             if parent_key:
                 edges.append((parent_key, job_key))
-            if job.dataset_id:
-                dataset = s.get(Dataset, job.dataset_id)
-                if dataset is not None:
-                    edges.append((add(f"dataset:{dataset.id}", type="dataset",
-                                      label=f"{dataset.name} ({enum_value(dataset.kind)})", dataset_id=dataset.id),
-                                  job_key))
             sources = _pair_sources(settings, job)
             for project_id in sources.get("project_ids", []):
                 project = s.get(LabelingProject, project_id)
@@ -93,7 +92,57 @@ def model_lineage(settings: Settings, model_id: int, session: Session | None = N
             if arena_votes:
                 edges.append((add("arena", type="arena", label="arena votes"), job_key))
                 nodes["arena"].setdefault("votes", {})[job.id] = arena_votes
+            tokenizer = (job.params or {}).get("tokenizer")
+            if tokenizer and tokenizer not in BUILTIN_TOKENIZERS:  # trained here: by a train_tokenizer job
+                tokenizer_key = add(f"tokenizer:{tokenizer}", type="tokenizer", label=f"tokenizer {tokenizer}",
+                                    tokenizer=tokenizer)
+                edges.append((tokenizer_key, job_key))
+                maker = _tokenizer_job(s, tokenizer)
+                if maker is not None:
+                    edges.append((_add_job(s, maker, add, edges), tokenizer_key))
         return {"nodes": list(nodes.values()), "edges": [{"from": a, "to": b} for a, b in dict.fromkeys(edges)]}
+
+
+def _add_job(session: Session, job: Job, add, edges: list[tuple[str, str]]) -> str:
+    """The job's node, with the dataset it read: a deleted one stays in the graph, marked deleted (the job keeps
+    its id in its params and the deletion's event keeps its name)."""
+    job_key = add(f"job:{job.id}", type="job", label=f"job #{job.id} {enum_value(job.kind)}", job_id=job.id)
+    dataset_id = job.dataset_id or (job.params or {}).get("dataset_id")
+    if isinstance(dataset_id, int):
+        dataset = session.get(Dataset, dataset_id) if dataset_id == job.dataset_id else None
+        if dataset is not None:
+            key = add(f"dataset:{dataset.id}", type="dataset", label=f"{dataset.name} ({enum_value(dataset.kind)})",
+                      dataset_id=dataset.id)
+        else:
+            name = _deleted_dataset_name(session, job.id, dataset_id)
+            key = add(f"dataset:{dataset_id}", type="dataset", deleted=True, dataset_id=dataset_id,
+                      label=f"{name or f'dataset #{dataset_id}'} (deleted)")
+        edges.append((key, job_key))
+    return job_key
+
+
+DELETED_DATASET = re.compile(r"^dataset #(\d+) (.+) deleted$")  # the detail services.delete_dataset records
+
+
+def _deleted_dataset_name(session: Session, job_id: int, dataset_id: int) -> str | None:
+    """The name a deleted dataset had, from the event its deletion left on the job."""
+    details = session.scalars(select(JobEvent.detail).where(JobEvent.job_id == job_id,
+                                                            JobEvent.action == "dataset_deleted"))
+    for detail in details:
+        found = DELETED_DATASET.match(detail or "")
+        if found and int(found.group(1)) == dataset_id:
+            try:
+                return str(ast.literal_eval(found.group(2)))  # stored as repr(name)
+            except (ValueError, SyntaxError):
+                return found.group(2)
+    return None
+
+
+def _tokenizer_job(session: Session, name: str) -> Job | None:
+    """The newest finished train_tokenizer job that made the tokenizer `name`."""
+    jobs = session.scalars(select(Job).where(Job.kind == "train_tokenizer", Job.status == JobStatus.succeeded)
+                           .order_by(Job.id.desc()))
+    return next((job for job in jobs if (job.params or {}).get("name") == name), None)
 
 
 def _final_metrics(session: Session, job_id: int) -> dict[str, float]:

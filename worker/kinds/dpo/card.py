@@ -23,6 +23,14 @@ REPORT_CARD = (TOKENS_ROW,)
 SAMPLES_SHOWN = 3
 
 
+def older_kl_row(value: float) -> tuple[str, str]:
+    """The row of a report written before the watch measured the exact KL: its "kl" was the mean of
+    log policy(answer) - log start(answer) over 16 sampled answers, an estimate of KL(policy || start) whose
+    noise, for a policy that barely moved, was below 0 (no KL is); so it is named for what it is."""
+    note = " (below 0: sampling noise, not a KL)" if value < 0 else ""
+    return "log-ratio to the start on sampled answers (older runs' KL estimate)", f"{value:.3f} nats per answer{note}"
+
+
 def run_report(run_dir: Path) -> list[tuple[str, str]]:
     """Rows from the run's dpo_report.json: held-out figures of the kept weights, KL, the watch's verdict, samples."""
     path = run_dir / "dpo_report.json"
@@ -36,7 +44,7 @@ def run_report(run_dir: Path) -> list[tuple[str, str]]:
     if report.get("val_rewards/accuracies") is not None:
         rows.append((f"DPO {pairs} preference accuracy", f"{report['val_rewards/accuracies']:.1%}"))
     if report.get("kl") is not None and "evaluations" not in report:  # written before the watch: per answer
-        rows.append(("KL from the policy it started from", f"{report['kl']:.3f} nats per answer"))
+        rows.append(older_kl_row(report["kl"]))
     elif report.get("kl") is not None:
         per_answer = report.get("kl_per_answer")
         rows.append(("KL from the policy it started from", f"{report['kl']:.3f} nats per token"
