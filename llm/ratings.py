@@ -2,6 +2,8 @@
 
     bradley_terry(votes)                 -> {model: rating}        (mean rating 1000)
     leaderboard(votes, rounds=100, seed) -> rows sorted by rating, each with its 95 % interval and vote count
+    records(votes)                       -> {model: {battles, won, tied, lost}}
+    head_to_head(votes)                  -> {(model, opponent): {battles, score}}: what the win-rate matrix shows
 
 A vote is (model_a, model_b, outcome), the outcome one of `llm.preference_labels.JUDGEMENTS` ("a", "b", "tie",
 "both_bad"); ties and both-bad count as half a win for each side (as FastChat's leaderboard does). Under
@@ -104,3 +106,29 @@ def leaderboard(votes: Sequence[Vote], rounds: int = 100, seed: int = 0) -> list
     rows = [{"model": model, "rating": rating, "lower": percentile(samples[model], 0.025),
              "upper": percentile(samples[model], 0.975), "votes": counts[model]} for model, rating in ratings.items()]
     return sorted(rows, key=lambda row: -row["rating"])
+
+
+def records(votes: Sequence[Vote]) -> dict:
+    """{model: {battles, won, tied, lost}} as the votes said it (a tie and both bad count as tied)."""
+    found: dict = defaultdict(lambda: {"battles": 0, "won": 0, "tied": 0, "lost": 0})
+    for a, b, outcome in votes:
+        if a == b:
+            continue
+        for model, won in ((a, Label.a), (b, Label.b)):
+            found[model]["battles"] += 1
+            found[model]["won" if outcome == won else "tied" if outcome not in (Label.a, Label.b) else "lost"] += 1
+    return dict(found)
+
+
+def head_to_head(votes: Sequence[Vote]) -> dict:
+    """{(model, opponent): {battles, score}} for every two models that met, both ways round; score counts a win 1
+    and a tie or both bad 1/2, so score / battles is the model's observed win rate against that opponent."""
+    found: dict = defaultdict(lambda: {"battles": 0, "score": 0.0})
+    for a, b, outcome in votes:
+        if a == b:
+            continue
+        share = {Label.a: 1.0, Label.b: 0.0}.get(outcome, 0.5)
+        for model, opponent, score in ((a, b, share), (b, a, 1.0 - share)):
+            found[model, opponent]["battles"] += 1
+            found[model, opponent]["score"] += score
+    return dict(found)

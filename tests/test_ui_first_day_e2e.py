@@ -49,6 +49,7 @@ def team(server):
     from db.models import (Completion, Dataset, DatasetKind, Job, JobStatus, Metric, Model, ModelKind, Prompt, Role,
                            User)
     from db.users import create_user
+    from tests.test_api_arena import add_chat_model
     from web.services import delete_dataset, labeling
     from worker.jobs.lifecycle import record_event
 
@@ -88,8 +89,8 @@ def team(server):
             "val_bpb": [(step, 1.5 * math.exp(-step / 800) + 0.7) for step in range(100, LONG_RUN_STEPS + 1, 100)]})
 
         # Answers a model wrote with Markdown's characters in them, to label (2 prompts x 3 answers: 6 pairs).
-        writers = [Model(name=name, kind=ModelKind.sft, tokenizer="gpt2", config={}, path=f"models/{name}")
-                   for name in ("sft-small", "sft-large")]
+        writers = [Model(name=name, kind=ModelKind.sft, tokenizer="gpt2", config={}, path=f"models/{name}",
+                         in_arena=False) for name in ("sft-small", "sft-large")]  # rows without weights: no battles
         generate = Job(kind="generate", status=JobStatus.succeeded, params={"name": "first candidates"},
                        owner_id=admin.id, progress=1.0, attempts=1)
         session.add_all([*writers, generate])
@@ -120,9 +121,13 @@ def team(server):
         session.add(base)
         session.flush()
         session.add(Model(name="team-chat", kind=ModelKind.sft, tokenizer="gpt2", config={}, path="models/team-chat",
-                          job_id=fine_tune.id, parent_model_id=base.id, owner_id=admin.id))
+                          job_id=fine_tune.id, parent_model_id=base.id, owner_id=admin.id, in_arena=False))
         session.commit()
         delete_dataset(session, SimpleNamespace(data_dir=server.data_dir), chats.id, admin)  # all it reads
+
+        # Two tiny chat models for the arena (random weights: what they say does not matter here).
+        for seed, name in enumerate(("arena-left", "arena-right")):
+            add_chat_model(session, SimpleNamespace(data_dir=server.data_dir), name, seed)
     return ids
 
 
@@ -315,4 +320,35 @@ def test_the_lineage_shows_a_deleted_dataset_and_is_drawn_at_a_readable_size(ser
     natural, shown = figure.evaluate("img => [img.naturalWidth, img.getBoundingClientRect().width]")
     assert shown >= 0.75 * natural, (natural, shown)
     page.locator("#models-lineage-panel").screenshot(path=str(server.data_dir.parent / "lineage.png"))
+    context.close()
+
+
+def test_the_arena_labels_its_input_offers_a_next_battle_and_shows_records_and_win_rates(server, browser, team):
+    """Item 19: the message box has a label; after a vote "Next battle" clears the screen for the next message;
+    under the leaderboard, each model's battles won/tied/lost, the sentence on intervals, the win-rate matrix."""
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(120_000)
+    log_in(page, server.url, server.password)
+    open_tab(page, "Arena")
+    message = page.get_by_label("Your message to both models")  # was an unlabelled "Textbox"
+    message.fill("Name a colour.")
+    assert page.locator("#arena-next").is_disabled()
+    page.locator("#arena-battle").click()
+    page.locator("#arena-status").filter(has_text="Which answer is better?").wait_for()
+    page.locator("#arena-vote-left").click()
+    page.locator("#arena-status").filter(has_text="Model A was").wait_for()
+    page.locator("#arena-next:not([disabled])").wait_for()
+    board = page.locator("#arena-leaderboard")
+    board.locator(".wb-win-rates").wait_for()
+    assert "won · tied · lost" in board.inner_text() and "1 · 0 · 0" in board.inner_text()
+    assert "interval is wider" in board.locator(".wb-intervals-why").inner_text()
+    assert board.locator(".wb-win-rates td[data-battles='1']").count() == 2  # each against the other, once
+    page.screenshot(path=str(server.data_dir.parent / "arena.png"), full_page=True)
+
+    page.locator("#arena-next").click()
+    page.locator("#arena-status").filter(has_text="next message").wait_for()
+    assert message.input_value() == "" and page.locator("#arena-vote-left").is_disabled()
+    assert page.locator("#arena-left .message, #arena-right .message").count() == 0
+    page.wait_for_function("() => document.activeElement && document.activeElement.closest('#arena-input')")
     context.close()

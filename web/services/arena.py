@@ -11,6 +11,7 @@ after the vote, every vote becomes a preference pair (source "arena"), and a lea
                                                Comparison (source arena), and the two names revealed (not
                                                to blind labelers: access.sees_model_names)
     leaderboard(session)                       Bradley–Terry ratings with 95 % intervals (llm/ratings.py)
+    battle_table(session)                      each model's battles won/tied/lost and the win-rate matrix
 
 Generation itself happens in the front end that shows it (the Chat tab streams it, the API generates it
 whole): this module stores and decides, so both front ends share every rule.
@@ -28,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from db.models import SQL_INTEGER_MAX, ArenaBattle, Comparison, Completion, Model, ModelKind, Prompt, User
 from llm.preference_labels import VOTES, Choice, Label
+from llm.ratings import head_to_head, records
 from llm.ratings import leaderboard as rate
 from web.services.access import Action, require, require_owner, resolve_user, sees_model_names
 from web.services.common import Conflict, InvalidInput, NotFound, reading
@@ -212,6 +214,20 @@ def leaderboard(session: Session | None = None, rounds: int = 100, viewer=None) 
         return [{"model_id": r["model"], "name": models[r["model"]].name if r["model"] in models else "(deleted)",
                  "kind": models[r["model"]].kind.value if r["model"] in models else None,
                  **{key: r[key] for key in ("rating", "lower", "upper", "votes")}} for r in rows]
+
+
+def battle_table(session: Session | None = None, viewer=None) -> dict:
+    """The leaderboard's models (in its order, named as `viewer` may be told) with their battles won, tied and
+    lost, and the win-rate matrix: win_rates[i][j] is {battles, win_rate} of model i against model j (a tie or
+    both bad counting half), None where the two never met."""
+    with reading(session) as s:
+        board = leaderboard(s, viewer=viewer)
+        votes = arena_votes(s)
+    played, met = records(votes), head_to_head(votes)
+    order = [row["model_id"] for row in board]
+    return {"models": [{"model_id": row["model_id"], "name": row["name"], **played[row["model_id"]]} for row in board],
+            "win_rates": [[{"battles": met[a, b]["battles"], "win_rate": met[a, b]["score"] / met[a, b]["battles"]}
+                           if (a, b) in met else None for b in order] for a in order]}
 
 
 def generate_answer(settings, session: Session, model_id: int, messages: list[dict], *, max_new_tokens: int = 128,

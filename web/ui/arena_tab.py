@@ -6,7 +6,9 @@ leaderboard (Bradley–Terry ratings on the Elo scale, 95 % bootstrap intervals)
 Which model is on which side lives only in the server-side session state (gr.State), never in the page,
 so nothing in the browser gives the models away before the vote. The rules (which models may battle, how a
 vote is stored, one vote per battle) are `web.services.arena`'s, shared with the REST API. Admins and trainers
-choose the pool battles are drawn from in "Models in the arena" (hidden from everyone else).
+choose the pool battles are drawn from in "Models in the arena" (hidden from everyone else). After a vote,
+"Next battle" clears the screen for the next message. Under the leaderboard: each model's battles won, tied and
+lost, why two equal ratings can have intervals of different widths, and the win-rate matrix.
 """
 
 from __future__ import annotations
@@ -24,21 +26,65 @@ from web.ui.label_tab import button_text, seconds_since
 from web.ui.plots import message_html
 
 MIN_YIELD_SECONDS = 0.03
+# "Next battle" puts the cursor in the message box, ready for the next question.
+FOCUS_INPUT_JS = ("() => { setTimeout(() => document.querySelector('#arena-input textarea, #arena-input input')"
+                  "?.focus(), 50); }")
 
 
-def leaderboard_html(rows: list[dict]) -> str:
+INTERVALS_EXPLAINED = ("Two models can share a rating and not its interval: the interval says how sure the rating "
+                       "is, and a model with fewer battles, or battles against fewer opponents, is pinned down less, "
+                       "so its interval is wider.")
+
+
+def leaderboard_html(rows: list[dict], table: dict | None = None) -> str:
+    """The leaderboard (rank, model, kind, rating, interval, battles and, with `table` — services.arena's
+    battle_table — won · tied · lost), why intervals differ, and the win-rate matrix."""
     if not rows:
         return ('<div class="wb-empty" style="opacity:.7;padding:8px">No votes yet: battle and vote, and the '
                 'models appear here.</div>')
+    played = {model["model_id"]: model for model in (table or {}).get("models", [])}
     body = "".join(
         f"<tr><td>{rank}</td><td>{html.escape(row['name'])}</td><td>{html.escape(row['kind'] or '')}</td>"
         f"<td><b>{row['rating']:.0f}</b></td>"
-        f"<td>{row['lower']:.0f} – {row['upper']:.0f}</td><td>{row['votes']}</td></tr>"
+        f"<td>{row['lower']:.0f} – {row['upper']:.0f}</td><td>{row['votes']}</td>"
+        + (f"<td>{record['won']} · {record['tied']} · {record['lost']}</td>"
+           if (record := played.get(row.get("model_id"))) else ("<td></td>" if played else ""))
+        + "</tr>"
         for rank, row in enumerate(rows, start=1))
-    return ('<table class="wb-leaderboard" style="width:100%;font-size:14px"><thead><tr><th>#</th><th>model</th>'
-            '<th>kind</th><th>rating</th><th>95 % interval</th><th>votes</th></tr></thead>'
-            f'<tbody>{body}</tbody></table><div style="font-size:12px;opacity:.7">Bradley–Terry on the Elo scale: '
-            'a 100-point gap means the higher model wins about 64 % of its battles.</div>')
+    head = ("<th>#</th><th>model</th><th>kind</th><th>rating</th><th>95 % interval</th><th>battles</th>"
+            + ("<th>won · tied · lost</th>" if played else ""))
+    return ('<table class="wb-leaderboard" style="width:100%;font-size:14px">'
+            f'<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+            '<div style="font-size:12px;opacity:.75;margin-top:4px">Bradley–Terry on the Elo scale: a 100-point gap '
+            'means the higher model wins about 64 % of its battles.</div>'
+            f'<p class="wb-intervals-why" style="font-size:13px;margin:6px 0 0 0">{html.escape(INTERVALS_EXPLAINED)}</p>'
+            + (win_rate_matrix_html(table) if table else ""))
+
+
+def win_rate_matrix_html(table: dict) -> str:
+    """Each model's observed win rate against each other (row against column; a tie or both bad is half a win),
+    with the battles behind it; green above 50 %, red below, blank where two never met."""
+    models = table["models"]
+    if len(models) < 2:
+        return ""
+    head = "".join(f'<th style="font-weight:600">{html.escape(model["name"])}</th>' for model in models)
+    body = []
+    for model, cells in zip(models, table["win_rates"]):
+        shown = []
+        for cell in cells:
+            if cell is None:
+                shown.append('<td style="opacity:.4;text-align:center">—</td>')
+                continue
+            rate = cell["win_rate"]
+            green, strength = rate >= .5, abs(rate - .5) * .9
+            tint = f"rgba(22,163,74,{strength:.2f})" if green else f"rgba(220,38,38,{strength:.2f})"
+            shown.append(f'<td style="text-align:center;background:{tint}" data-battles="{cell["battles"]}">'
+                         f'{rate:.0%} <span style="opacity:.6;font-size:11px">({cell["battles"]})</span></td>')
+        body.append(f'<tr><th style="text-align:left">{html.escape(model["name"])}</th>{"".join(shown)}</tr>')
+    return ('<div class="wb-win-rates" style="margin-top:12px"><div style="font-size:13px;font-weight:600">'
+            'Win rate of each model (row) against each other (column), battles in brackets</div>'
+            '<table style="width:auto;font-size:13px;border-collapse:collapse"><thead><tr><th></th>'
+            f'{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
 
 
 def leaderboard_figure(rows: list[dict]):
@@ -84,9 +130,11 @@ class ArenaTab:
     def refresh(self, request: gr.Request | None = None):
         from web.services import arena
 
+        viewer = current_user(self.settings, request)
         with db_session(self.settings) as session:
-            rows = arena.leaderboard(session, viewer=current_user(self.settings, request))
-        return leaderboard_html(rows), leaderboard_figure(rows)
+            rows = arena.leaderboard(session, viewer=viewer)
+            table = arena.battle_table(session, viewer=viewer)
+        return leaderboard_html(rows, table), leaderboard_figure(rows)
 
     def refresh_pool(self, request: gr.Request | None = None):
         """The pool editor, shown (with every chat model) only to those who may change the pool."""
@@ -113,8 +161,9 @@ def build(settings) -> ArenaTab:
                 "preference pair for reward and DPO training.")
     battle_state = gr.State(None)  # server-side: {"battle_id", "started"}: what the vote names, and when
     with gr.Row():
-        prompt = gr.Textbox(show_label=False, placeholder="Ask both models something and press Enter", scale=6,
-                            elem_id="arena-input", lines=1, max_lines=6)
+        prompt = gr.Textbox(label="Your message to both models",
+                            placeholder="Ask both models something and press Enter", scale=6, elem_id="arena-input",
+                            lines=1, max_lines=6)
         start = gr.Button("⚔️ Battle", variant="primary", scale=1, min_width=100, elem_id="arena-battle")
     with gr.Row(equal_height=True):
         left = gr.Chatbot(label="Model A", height=300, elem_id="arena-left", feedback_options=None)
@@ -122,6 +171,7 @@ def build(settings) -> ArenaTab:
     with gr.Row():
         buttons = [gr.Button(button_text(choice), interactive=False, elem_id=f"arena-vote-{choice.replace('_', '-')}")
                    for choice in VOTES]
+        next_battle = gr.Button("⏭ Next battle", interactive=False, variant="primary", elem_id="arena-next")
     status = gr.HTML(elem_id="arena-status")
     gr.Markdown("#### Leaderboard")
     board = gr.HTML(leaderboard_html([]), elem_id="arena-leaderboard")
@@ -197,6 +247,15 @@ def build(settings) -> ArenaTab:
     start.click(run_battle, [prompt], outputs, concurrency_limit=2, concurrency_id="chat",
                 show_progress="hidden", api_visibility="private")
 
+    def voted(state: dict | None):
+        """"Next battle" is offered once the battle on screen has its vote (its state is cleared)."""
+        return gr.Button(interactive=state is None)
+
+    def new_battle():
+        """A clean screen for the next battle: both answers, the status and the message cleared, no vote open."""
+        return ([], [], None, message_html("Type your next message for a new pair of models.", "info"), "",
+                gr.Button(interactive=False), *[gr.Button(interactive=False)] * len(buttons))
+
     def make_vote(choice: Choice):
         def cast(state: dict | None, request: gr.Request):
             locked = [gr.Button(interactive=False)] * len(buttons)
@@ -221,5 +280,10 @@ def build(settings) -> ArenaTab:
 
     for choice, button in zip(VOTES, buttons):
         button.click(make_vote(choice), [battle_state], [battle_state, status, board, figure, *buttons],
-                     api_visibility="private")
+                     api_visibility="private").then(voted, [battle_state], [next_battle], queue=False,
+                                                    api_visibility="private")
+    for started in (prompt.submit, start.click):  # a battle under way: no next one yet
+        started(lambda: gr.Button(interactive=False), None, [next_battle], queue=False, api_visibility="private")
+    next_battle.click(new_battle, None, [left, right, battle_state, status, prompt, next_battle, *buttons],
+                      queue=False, api_visibility="private", js=FOCUS_INPUT_JS)
     return tab
