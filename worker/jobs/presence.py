@@ -82,14 +82,14 @@ class WorkerPresence:
         self._thread = threading.Thread(target=self._run, name="workbench-worker-presence", daemon=True)
 
     def start(self) -> "WorkerPresence":
+        """Beat once now (the worker is listed as soon as this returns), then every `interval_s`."""
+        self.beat()
         self._thread.start()
         return self
 
     def _run(self) -> None:
-        while True:
+        while not self._stop.wait(self.interval_s):
             self.beat()
-            if self._stop.wait(self.interval_s):
-                return
 
     def beat(self) -> bool:
         """Store one presence record per queue; False (logged) when the broker is unreachable."""
