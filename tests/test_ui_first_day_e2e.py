@@ -12,6 +12,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.test_ui_e2e import browser, log_in, open_tab, server  # noqa: F401 (fixtures)
 
@@ -79,15 +80,6 @@ def team(server):
         for name, rate in (("sft-lr-1e-4", 1.0), ("sft-lr-3e-4", 2.0)):
             ids[name] = finished_job("sft", {"max_steps": 40, "name": name}, {
                 "loss": [(step, 3.0 * math.exp(-rate * step / 40)) for step in range(1, 41)]})
-        # A long run, the newest job: every step's loss, speed and learning rate (it made the first open of Jobs
-        # slow).
-        ids["long_run"] = finished_job("pretrain", {"max_steps": LONG_RUN_STEPS}, {
-            "loss": [(step, 4 * math.exp(-step / 800) + 0.5) for step in range(1, LONG_RUN_STEPS + 1)],
-            "tokens_per_s": [(step, 50_000.0) for step in range(1, LONG_RUN_STEPS + 1)],
-            "lr": [(step, 3e-4) for step in range(1, LONG_RUN_STEPS + 1)],
-            "val_loss": [(step, 4 * math.exp(-step / 800) + 0.6) for step in range(100, LONG_RUN_STEPS + 1, 100)],
-            "val_bpb": [(step, 1.5 * math.exp(-step / 800) + 0.7) for step in range(100, LONG_RUN_STEPS + 1, 100)]})
-
         # Answers a model wrote with Markdown's characters in them, to label (2 prompts x 3 answers: 6 pairs).
         writers = [Model(name=name, kind=ModelKind.sft, tokenizer="gpt2", config={}, path=f"models/{name}",
                          in_arena=False) for name in ("sft-small", "sft-large")]  # rows without weights: no battles
@@ -109,7 +101,7 @@ def team(server):
                                                  overlap=1).id
         session.commit()
 
-        # The long run made a base model, the first fine-tune a chat model from chats that were deleted since.
+        # The first run made a base model, the first fine-tune a chat model from chats that were deleted since.
         chats = Dataset(name="team-chats", kind=DatasetKind.chat, format="jsonl", path="datasets/chats",
                         original_filename="chats.jsonl", size_bytes=1, stats={}, owner_id=admin.id)
         session.add(chats)
@@ -117,7 +109,7 @@ def team(server):
         fine_tune = session.get(Job, ids["sft-lr-1e-4"])
         fine_tune.dataset_id, fine_tune.params = chats.id, {**fine_tune.params, "dataset_id": chats.id}
         base = Model(name="team-base", kind=ModelKind.base, tokenizer="gpt2", config={}, path="models/team-base",
-                     job_id=ids["long_run"], owner_id=admin.id)
+                     job_id=ids["first_eval"], owner_id=admin.id)
         session.add(base)
         session.flush()
         session.add(Model(name="team-chat", kind=ModelKind.sft, tokenizer="gpt2", config={}, path="models/team-chat",
@@ -128,6 +120,14 @@ def team(server):
         # Two tiny chat models for the arena (random weights: what they say does not matter here).
         for seed, name in enumerate(("arena-left", "arena-right")):
             add_chat_model(session, SimpleNamespace(data_dir=server.data_dir), name, seed)
+        # A long run, the newest job: every step's loss, speed and learning rate (it made the first open of Jobs
+        # slow).
+        ids["long_run"] = finished_job("pretrain", {"max_steps": LONG_RUN_STEPS}, {
+            "loss": [(step, 4 * math.exp(-step / 800) + 0.5) for step in range(1, LONG_RUN_STEPS + 1)],
+            "tokens_per_s": [(step, 50_000.0) for step in range(1, LONG_RUN_STEPS + 1)],
+            "lr": [(step, 3e-4) for step in range(1, LONG_RUN_STEPS + 1)],
+            "val_loss": [(step, 4 * math.exp(-step / 800) + 0.6) for step in range(100, LONG_RUN_STEPS + 1, 100)],
+            "val_bpb": [(step, 1.5 * math.exp(-step / 800) + 0.7) for step in range(100, LONG_RUN_STEPS + 1, 100)]})
     return ids
 
 
@@ -190,7 +190,7 @@ def test_named_runs_show_their_names_and_compare_on_one_chart(server, browser, t
     for job_id, name in ((first, "sft-lr-1e-4"), (second, "sft-lr-3e-4")):
         page.locator(f"#jobs-queue tr[data-job='{job_id}'] .wb-job-name").filter(has_text=name).wait_for()
     show_job(page, first)
-    assert page.locator("#jobs-name input, #jobs-name textarea").first.input_value() == "sft-lr-1e-4"
+    expect(page.locator("#jobs-name input, #jobs-name textarea").first).to_have_value("sft-lr-1e-4")
 
     page.locator("#jobs-compare-panel").get_by_text("Compare runs").click()
     for job_id, name in ((first, "sft-lr-1e-4"), (second, "sft-lr-3e-4")):
