@@ -2,7 +2,7 @@
 weight (llm/dpo_config.py: RPO_ALPHA), on the tiny preset. Not a speed benchmark: bench/README.md, "DPO
 degeneration", has the figures and what was taken from them.
 
-    python -m bench.dpo_degeneration [--out runs.jsonl] [--quick]
+    python -m bench.dpo_degeneration [--out runs.jsonl] [--quick] [--gpt2]
 
 The policy is tests/test_dpo_degeneration.py's: a tiny GPT taught by SFT to answer "<Verb> <thing> and <thing>."
 with a polite or a pushy word, half and half; DPO prefers the polite one. Each run (all weights or LoRA, a
@@ -10,7 +10,9 @@ learning rate from the default up, RPO's weight) trains 200 steps and is evaluat
 never stops a run here); at each evaluation 40 more answers are sampled (fixed seeds) to measure what the watch
 is meant to see: the share that is still coherent (the SFT grammar, exactly) and the share that is polite.
 An evaluation is healthy when at least 80 % are coherent, broken under 70 % (the SFT model: 85 %); the output
-says how many of each every candidate bound would flag.
+says how many of each every candidate bound would flag. `--gpt2`: the same with tests/test_dpo.py's policy, a tiny
+GPT with GPT-2's 50,257-token vocabulary (its SFT takes minutes), on a smaller grid: is the KL budget, in nats per
+token, the same on a vocabulary 125 times larger?
 """
 
 from __future__ import annotations
@@ -36,6 +38,22 @@ HELD_OUT = [pair["prompt"] for pair in polite_pairs(40, 99)]
 GRID = [(True, (5e-6, 3e-5, 1e-4, 3e-4, 1e-3), (0.0, 1.0)), (True, (1e-4, 3e-4, 1e-3), (0.1, 0.3)),
         (False, (5e-5, 5e-4, 2e-3, 5e-3), (0.0, 1.0)), (False, (5e-4, 2e-3), (0.3,))]
 QUICK_GRID = [(True, (5e-6, 1e-3), (0.0, 1.0))]
+# ... and (all weights?, rates, RPO weights, beta): tests/test_dpo.py's learning test runs beta 0.5 at 2e-4.
+GPT2_GRID = [(True, (5e-6, 3e-5, 1e-4, 3e-4), (0.0,)), (True, (2e-4,), (0.0,), 0.5),
+             (False, (5e-5, 5e-4, 2e-3), (0.0,)), (True, (3e-4,), (1.0,)), (False, (2e-3,), (1.0,))]
+
+
+def gpt2_vocabulary_sft_model(root: Path) -> Path:
+    """tests/test_dpo.py's policy: a tiny GPT with GPT-2's vocabulary, full SFT (600 steps) on both kinds of answer."""
+    from llm.checkpoint import save_model
+    from llm.model import GPT, config_from_preset
+    from llm.tokenizer import get_tokenizer
+    from tests.test_dpo import train_mixed_sft
+
+    torch.manual_seed(0)
+    base = save_model(GPT(config_from_preset("tiny", get_tokenizer("gpt2").vocab_size, block_size=64)),
+                      root / "base", "gpt2")
+    return Path(train_mixed_sft(base, root / "sft"))
 
 
 def polite(text: str) -> bool:
@@ -58,15 +76,16 @@ class MeasuredWatch(SampleWatch):
         return result
 
 
-def run_grid(grid, out: Path, steps: int) -> list[dict]:
+def run_grid(grid, out: Path, steps: int, make_policy=coherent_sft_model) -> list[dict]:
     runs = []
     llm.dpo.SampleWatch = MeasuredWatch  # what dpo() builds its watch with, for this measurement only
     with tempfile.TemporaryDirectory() as root:
-        sft_dir = coherent_sft_model(Path(root))
-        for full, rates, alphas in grid:
+        sft_dir = make_policy(Path(root))
+        for full, rates, alphas, *beta in grid:
             for lr in rates:
                 for alpha in alphas:
-                    config = DPOConfig(full=full, rpo_alpha=alpha, stop_on_degeneration=False)
+                    config = DPOConfig(full=full, rpo_alpha=alpha, beta=beta[0] if beta else 0.1,
+                                       stop_on_degeneration=False)
                     run_dir = Path(root) / f"dpo-{len(runs)}"
                     started = time.perf_counter()
                     dpo(sft_dir, polite_pairs(300, 7), run_dir, dpo_config=config, log=lambda _: None,
@@ -74,14 +93,16 @@ def run_grid(grid, out: Path, steps: int) -> list[dict]:
                                                       eval_every=steps // 10, eval_batches=5, warmup=10,
                                                       checkpoint_every=0, device="cpu"))
                     report = json.loads((run_dir / REPORT_FILE).read_text())
-                    run = {"full": full, "lr": lr, "rpo_alpha": alpha, "seconds": time.perf_counter() - started,
+                    run = {"full": full, "lr": lr, "rpo_alpha": alpha, "beta": config.beta,
+                           "seconds": time.perf_counter() - started,
                            "evaluations": [{key: value for key, value in e.items() if key != "samples"}
                                            for e in report["evaluations"]]}
                     runs.append(run)
                     with open(out, "a") as file:
                         file.write(json.dumps(run) + "\n")
                     last = run["evaluations"][-1]
-                    print(f"{'full' if full else 'LoRA'} lr {lr:g} rpo_alpha {alpha:g}: coherent {last['coherent']:.0%}"
+                    print(f"{'full' if full else 'LoRA'} lr {lr:g} beta {config.beta:g} rpo_alpha {alpha:g}: "
+                          f"coherent {last['coherent']:.0%}"
                           f" polite {last['polite']:.0%} accuracy {last['accuracy']:.0%} KL/token "
                           f"{last['kl_per_token']:.3f} ({run['seconds']:.0f} s)", flush=True)
     return runs
@@ -110,9 +131,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="dpo_degeneration.jsonl", help="one JSON line per run is appended here")
     parser.add_argument("--quick", action="store_true", help="4 runs of 60 steps: a smoke run of the script")
+    parser.add_argument("--gpt2", action="store_true", help="the policy with GPT-2's vocabulary, a smaller grid")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    analyse(run_grid(QUICK_GRID if args.quick else GRID, Path(args.out), 60 if args.quick else 200))
+    if args.gpt2:
+        analyse(run_grid(GPT2_GRID, Path(args.out), 200, gpt2_vocabulary_sft_model))
+    else:
+        analyse(run_grid(QUICK_GRID if args.quick else GRID, Path(args.out), 60 if args.quick else 200))
 
 
 if __name__ == "__main__":
