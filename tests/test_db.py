@@ -12,7 +12,9 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -570,15 +572,26 @@ def _every_row(engine: Engine) -> dict[str, list[tuple]]:
                 for name, table in tables.tables.items() if name != "alembic_version"}
 
 
-def test_0005_keeps_every_row_and_lets_any_job_kind_in(empty_database_url: str) -> None:
-    upgrade(empty_database_url, "0004")
-    engine = create_workbench_engine(empty_database_url)
+@contextmanager
+def _database_at(url: str, revision: str) -> Iterator[tuple[Engine, MetaData]]:
+    """A database migrated to `revision` holding a row in every table of 0004 (`_rows_at_0004`), with its engine
+    and reflected tables; the engine is disposed afterwards."""
+    upgrade(url, revision)
+    engine = create_workbench_engine(url)
     try:
         tables = MetaData()
         tables.reflect(engine)
         with engine.begin() as connection:
             for name, rows in _rows_at_0004():
                 connection.execute(tables.tables[name].insert(), rows)
+        yield engine, tables
+    finally:
+        engine.dispose()
+
+
+def test_0005_keeps_every_row_and_lets_any_job_kind_in(empty_database_url: str) -> None:
+    with _database_at(empty_database_url, "0004") as (engine, tables):
+        with engine.begin() as connection:
             connection.execute(text("UPDATE models SET job_id = 4 WHERE id = 2"))  # models <-> jobs both ways
         before = _every_row(engine)
         assert all(before.values()), [name for name, rows in before.items() if not rows]  # every table has rows
@@ -599,19 +612,11 @@ def test_0005_keeps_every_row_and_lets_any_job_kind_in(empty_database_url: str) 
             connection.execute(text("DELETE FROM datasets WHERE kind = 'benchmark'"))
         downgrade(empty_database_url, "0004")  # and back: 0004's CHECKs hold these rows too
         assert _every_row(engine) == before
-    finally:
-        engine.dispose()
 
 
 def test_0006_adds_arena_battles_keeping_every_row(empty_database_url: str) -> None:
-    upgrade(empty_database_url, "0005")
-    engine = create_workbench_engine(empty_database_url)
-    try:
-        tables = MetaData()
-        tables.reflect(engine)
+    with _database_at(empty_database_url, "0005") as (engine, tables):
         with engine.begin() as connection:
-            for name, rows in _rows_at_0004():  # every one a 0005 row too
-                connection.execute(tables.tables[name].insert(), rows)
             connection.execute(text("INSERT INTO comparisons (id, prompt_id, completion_a_id, completion_b_id, label, "
                                     "annotator_id, source, created_at, swapped) VALUES (2, 2, 1, 2, 'a', 2, 'arena', "
                                     "CURRENT_TIMESTAMP, false)"))  # an arena vote from before battles
@@ -633,19 +638,11 @@ def test_0006_adds_arena_battles_keeping_every_row(empty_database_url: str) -> N
                 fresh.commit()
         downgrade(empty_database_url, "0005")  # and back: the battles go, every other row stays
         assert _every_row(engine) == before
-    finally:
-        engine.dispose()
 
 
 def test_0007_keeps_every_label_and_never_gives_an_id_twice(empty_database_url: str) -> None:
-    upgrade(empty_database_url, "0006")
-    engine = create_workbench_engine(empty_database_url)
-    try:
-        tables = MetaData()
-        tables.reflect(engine)
+    with _database_at(empty_database_url, "0006") as (engine, tables):
         with engine.begin() as connection:
-            for name, rows in _rows_at_0004():
-                connection.execute(tables.tables[name].insert(), rows)
             if engine.dialect.name == "postgresql":  # rows inserted with their ids leave the sequence behind
                 connection.execute(text("SELECT setval('comparisons_id_seq', (SELECT MAX(id) FROM comparisons))"))
         before = _every_row(engine)
@@ -667,19 +664,11 @@ def test_0007_keeps_every_label_and_never_gives_an_id_twice(empty_database_url: 
         downgrade(empty_database_url, "0006")  # and back: every row kept (ids may be reused again there)
         with engine.connect() as connection:
             assert connection.execute(text("SELECT id FROM comparisons")).scalars().all() == [stored]
-    finally:
-        engine.dispose()
 
 
 def test_0008_gives_every_labeling_project_its_own_answer_key(empty_database_url: str) -> None:
-    upgrade(empty_database_url, "0007")
-    engine = create_workbench_engine(empty_database_url)
-    try:
-        tables = MetaData()
-        tables.reflect(engine)
+    with _database_at(empty_database_url, "0007") as (engine, tables):
         with engine.begin() as connection:
-            for name, rows in _rows_at_0004():
-                connection.execute(tables.tables[name].insert(), rows)
             connection.execute(tables.tables["labeling_projects"].insert(), [
                 {**_rows_at_0004()[9][1][0], "id": 2, "name": "second"}])
         before = _every_row(engine)
@@ -692,8 +681,6 @@ def test_0008_gives_every_labeling_project_its_own_answer_key(empty_database_url
         assert after == {name: [tuple(row) for row in rows] for name, rows in before.items()}
         downgrade(empty_database_url, "0007")  # and back: the keys go, every row stays
         assert _every_row(engine) == before
-    finally:
-        engine.dispose()
 
 
 # --- the job queue ---------------------------------------------------------------------------
