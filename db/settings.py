@@ -29,6 +29,7 @@ never become paths at all (see DESIGN.md).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -229,9 +230,11 @@ def _origins(raw: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(origins))
 
 
+@functools.lru_cache(maxsize=1)
 def default_public_hosts() -> tuple[str, ...]:
     """The names a browser on this machine or its network may use: localhost, loopback addresses, this
-    machine's host name, fully qualified name and addresses."""
+    machine's host name, fully qualified name and addresses. Looked up once per process: `get_settings()` runs
+    on every request, and `getfqdn` may wait on DNS."""
     import socket
 
     names = ["localhost", "127.0.0.1", "::1", socket.gethostname(), socket.getfqdn()]

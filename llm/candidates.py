@@ -75,6 +75,8 @@ def candidates(model: "nn.Module", tokenizer, prompt: str | Sequence[dict], sett
                seed: int, num_samples: int) -> list[Candidate]:
     """`num_samples` answers to `prompt` sampled together from one prefill; `settings.seed` is ignored
     (the batch is seeded with `seed`, which each candidate records)."""
+    # Here, not at the top: llm.generate imports torch, and the generate kind's declaration reads this
+    # module's limits (MAX_CANDIDATES, MAX_SEED) in the torch-free job layer.
     from llm.generate import SamplingSettings, chat_prompt, generate_ids
 
     _check_seed(seed)
