@@ -4,13 +4,13 @@ degeneration", has the figures and what was taken from them.
 
     python -m bench.dpo_degeneration [--out runs.jsonl] [--quick] [--gpt2]
 
-The policy is tests/test_dpo_degeneration.py's: a tiny GPT taught by SFT to answer "<Verb> <thing> and <thing>."
+The policy is tests/llm/test_dpo_degeneration.py's: a tiny GPT taught by SFT to answer "<Verb> <thing> and <thing>."
 with a polite or a pushy word, half and half; DPO prefers the polite one. Each run (all weights or LoRA, a
 learning rate from the default up, RPO's weight) trains 200 steps and is evaluated every 20 with the watch on (it
 never stops a run here); at each evaluation 40 more answers are sampled (fixed seeds) to measure what the watch
 is meant to see: the share that is still coherent (the SFT grammar, exactly) and the share that is polite.
 An evaluation is healthy when at least 80 % are coherent, broken under 70 % (the SFT model: 85 %); the output
-says how many of each every candidate bound would flag. `--gpt2`: the same with tests/test_dpo.py's policy, a tiny
+says how many of each every candidate bound would flag. `--gpt2`: the same with tests/llm/test_dpo.py's policy, a tiny
 GPT with GPT-2's 50,257-token vocabulary (its SFT takes minutes), on a smaller grid: is the KL budget, in nats per
 token, the same on a vocabulary 125 times larger?
 """
@@ -30,25 +30,25 @@ from llm.degeneration import SampleWatch
 from llm.dpo import REPORT_FILE, dpo
 from llm.dpo_config import DPOConfig, dpo_train_config
 from llm.generate import SamplingSettings, chat_prompt, generate_ids
-from tests.test_dpo_degeneration import coherent, coherent_sft_model
-from tests.test_reward import POLITE, PUSHY, polite_pairs
+from tests.support.polite import coherent, coherent_sft_model
+from tests.support.polite import POLITE, PUSHY, polite_pairs
 
 HELD_OUT = [pair["prompt"] for pair in polite_pairs(40, 99)]
 # (all weights?, learning rates, RPO weights): defaults are 5e-6 (all weights) and 5e-5 (LoRA).
 GRID = [(True, (5e-6, 3e-5, 1e-4, 3e-4, 1e-3), (0.0, 1.0)), (True, (1e-4, 3e-4, 1e-3), (0.1, 0.3)),
         (False, (5e-5, 5e-4, 2e-3, 5e-3), (0.0, 1.0)), (False, (5e-4, 2e-3), (0.3,))]
 QUICK_GRID = [(True, (5e-6, 1e-3), (0.0, 1.0))]
-# ... and (all weights?, rates, RPO weights, beta): tests/test_dpo.py's learning test runs beta 0.5 at 2e-4.
+# ... and (all weights?, rates, RPO weights, beta): tests/llm/test_dpo.py's learning test runs beta 0.5 at 2e-4.
 GPT2_GRID = [(True, (5e-6, 3e-5, 1e-4, 3e-4), (0.0,)), (True, (2e-4,), (0.0,), 0.5),
              (False, (5e-5, 5e-4, 2e-3), (0.0,)), (True, (3e-4,), (1.0,)), (False, (2e-3,), (1.0,))]
 
 
 def gpt2_vocabulary_sft_model(root: Path) -> Path:
-    """tests/test_dpo.py's policy: a tiny GPT with GPT-2's vocabulary, full SFT (600 steps) on both kinds of answer."""
+    """tests/llm/test_dpo.py's policy: a tiny GPT with GPT-2's vocabulary, full SFT (600 steps) on both kinds of answer."""
     from llm.checkpoint import save_model
     from llm.model import GPT, config_from_preset
     from llm.tokenizer import get_tokenizer
-    from tests.test_dpo import train_mixed_sft
+    from tests.support.polite import train_mixed_sft
 
     torch.manual_seed(0)
     base = save_model(GPT(config_from_preset("tiny", get_tokenizer("gpt2").vocab_size, block_size=64)),

@@ -14,7 +14,7 @@ seed. A candidate therefore stores the batch `seed` (a 31-bit number: it goes to
 32-bit on PostgreSQL, where `sample_seed`'s 64-bit values would not fit) and, in its `sampling`
 settings, its `sample_index` and the batch size `samples`. `regenerate` replays sample `sample_index`
 alone; with `alone=False` it replays the whole batch and picks it. Both give the same tokens on the
-CPU (tests/test_candidates.py); on a GPU a different batch size can change the last bits of a matmul,
+CPU (tests/llm/test_candidates.py); on a GPU a different batch size can change the last bits of a matmul,
 so replaying the batch is the bit-exact choice there.
 
 torch is imported only when answers are generated: job declarations read MAX_SEED and MAX_CANDIDATES.

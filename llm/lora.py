@@ -22,7 +22,7 @@ How peft is attached, and why (peft's docs assume a transformers model; ours is 
   - `PeftModel.__init__` calls `enable_input_require_grads()` or hooks `get_input_embeddings()` when the
     model has either (for gradient checkpointing). Our GPT has neither, on purpose: the hook would make
     the token embedding's output require grad (wasted backward work) and, with tied embeddings, touch the
-    matrix lm_head shares. `tests/test_lora.py` checks no hook is added and the tie survives.
+    matrix lm_head shares. `tests/llm/test_lora.py` checks no hook is added and the tie survives.
   - Only the adapters train: `get_peft_model` freezes every base weight, the embeddings included.
 
 Cost (measured, B=8, T=256, one CPU thread, interleaved runs on a shared 2-core machine): the wrapped

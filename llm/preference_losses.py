@@ -7,7 +7,7 @@ loss and DPO's sigmoid / IPO / hinge losses, with the metrics TRL logs under the
     chosen_nll(policy_logps, answer_tokens)                                  -> RPO's NLL term
 
 Batches put the B chosen rows first and the B rejected rows after them (`llm/preference_batches.py`).
-Formulas (as in TRL 1.x, which tests/test_preference_losses.py and the trainers' parity tests check):
+Formulas (as in TRL 1.x, which tests/llm/test_preference_losses.py and the trainers' parity tests check):
 
   reward   -logsigmoid(r_c - r_r - margin), + c * mean((r_c + r_r)^2) with reward centering
   DPO      h = (log pi(y_c) - log ref(y_c)) - (log pi(y_r) - log ref(y_r)), summed over answer tokens

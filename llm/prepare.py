@@ -61,7 +61,7 @@ def _encode_to_arrays(tokenizer: Tokenizer, texts: list[str]) -> list[np.ndarray
 
     tiktoken's `encode_to_numpy` hands back the Rust buffer directly, skipping the Python list of
     ints that `encode_ordinary` builds under the GIL; with no special token allowed it splits
-    the text exactly as `encode_ordinary` does (tests/test_prepare.py checks this).
+    the text exactly as `encode_ordinary` does (tests/llm/test_prepare.py checks this).
     """
     encoding = tokenizer.encoding
     if not hasattr(encoding, "encode_to_numpy"):  # tiktoken < 0.8

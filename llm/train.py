@@ -9,7 +9,7 @@ checkpoints that resume exactly.
 Resuming exactly: the checkpoint holds the trainable weights, the optimizer state, the step, every
 RNG (torch, numpy, python, CUDA) and the batch source's state. The learning rate is a pure function of
 the step, so there is no scheduler state. On the CPU in float32 the loss after resuming equals the
-uninterrupted run's bit for bit (tests/test_train.py checks it).
+uninterrupted run's bit for bit (tests/llm/test_train.py checks it).
 
 Checkpoint layout, `<out_dir>/checkpoint/` (written to `checkpoint.tmp/`, then renamed):
   weights.safetensors  trainable parameters + persistent buffers (a LoRA run stores only the adapter)

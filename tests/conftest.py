@@ -379,7 +379,7 @@ def _fast_password_hashing() -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Worker and queue (owned by worker/; used by tests/test_jobs.py, tests/test_worker_integration.py)
+# Worker and queue (owned by worker/; used by tests/jobs/test_jobs.py, tests/worker/test_worker_integration.py)
 # ---------------------------------------------------------------------------------------------
 
 

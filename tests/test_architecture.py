@@ -6,7 +6,9 @@
     own submodules (a registry that imports a kind which imports the registry back is a cycle too);
   - the job layer (worker/jobs, worker/kinds) never imports the runtime (worker/runtime), not even inside a
     function, and importing it loads no Celery and no torch;
-  - every job kind's declaration is complete (a handler, a form, defaults its own checks accept).
+  - every job kind's declaration is complete (a handler, a form, defaults its own checks accept);
+  - tests mirror the packages (tests/llm, tests/jobs, tests/worker, tests/web, tests/e2e, ...) and no test file
+    imports another: what tests share lives in tests/support or a conftest.py.
 """
 
 from __future__ import annotations
@@ -36,6 +38,29 @@ def module_name(path: Path) -> str:
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
+
+
+def test_no_test_file_imports_another():
+    test_modules = {path.stem for path in (REPO / "tests").rglob("test_*.py")}
+    offenders = {}
+    for path in (REPO / "tests").rglob("*.py"):
+        imported = {name.split(".")[-1] for name in imports_of(path)} | {
+            part for name in imports_of(path) for part in name.split(".")}
+        shared = sorted(imported & test_modules)
+        if shared:
+            offenders[str(path.relative_to(REPO))] = shared
+    assert not offenders, f"test files import test files (move what they share to tests/support): {offenders}"
+    # bench/ may reuse the tests' helpers, never a test module either
+    for path in (REPO / "bench").rglob("*.py"):
+        assert not {part for name in imports_of(path) for part in name.split(".")} & test_modules, path
+
+
+def test_tests_mirror_the_packages():
+    loose = sorted(path.name for path in (REPO / "tests").glob("test_*.py")
+                   if path.name not in ("test_architecture.py", "test_compose.py"))
+    assert not loose, f"put these in the folder of the package they test (tests/llm, tests/web, ...): {loose}"
+    for package in ("llm", "jobs", "worker", "web", "e2e"):
+        assert any((REPO / "tests" / package).glob("test_*.py")), package
 
 
 def test_llm_imports_nothing_of_the_platform():

@@ -8,7 +8,7 @@
     progress            done, left and today's count for one labeler
     labeler_choices     whom a project may be limited to
 
-How the overlap holds with many labelers at once (tests/test_labeling.py, bench/bench_labeling.py):
+How the overlap holds with many labelers at once (tests/web/test_labeling.py, bench/bench_labeling.py):
   - A pair's `label_count` is raised by a conditional UPDATE ... WHERE label_count < overlap; a label
     that would exceed the overlap is refused (409) and nothing is stored. This alone guarantees it.
   - So that labelers are not sent pairs whose slots are all taken, `next_pair` hands a pair out with a
@@ -19,7 +19,7 @@ How the overlap holds with many labelers at once (tests/test_labeling.py, bench/
     meanwhile).
   - `label_count` changes only with the labels themselves, in their transaction: a label raises it before its
     INSERT (a refused INSERT rolls it back), an undo lowers it before its DELETE and rolls back when the DELETE
-    removed nothing (tests/test_labeling_races.py: concurrent labels, retries and undos).
+    removed nothing (tests/web/test_labeling_races.py: concurrent labels, retries and undos).
 Labels are stored un-swapped ("a": completion_a is better) with `swapped` saying what the labeler saw; the
 client names the answer it showed on the left (by its opaque `answer_id`, never a completion's database id),
 so a submit needs no server-side memory of the screen.

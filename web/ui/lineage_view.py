@@ -6,7 +6,7 @@ the column before its first use); an edge that
 spans several columns passes through a slot reserved for it in each column between (a "dummy" node), so no edge
 crosses a box; the order within a column follows the neighbours' (barycentres, swept both ways) so that edges
 cross each other little. Boxes are sized for their wrapped labels, in inches, so the text is drawn at a size people
-read and never spills out of its box (tests/test_lineage.py checks both on drawn figures).
+read and never spills out of its box (tests/web/test_lineage.py checks both on drawn figures).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Pure helpers that shape data for the UI: plot frames, progress bars, number formatting.
 
 Nothing here touches the database, Gradio or torch, so every function is unit-tested on its
-own (tests/test_ui_units.py). The tabs call these with what `web.services` returns.
+own (tests/web/test_ui_units.py). The tabs call these with what `web.services` returns.
 """
 
 from __future__ import annotations

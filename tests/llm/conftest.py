@@ -1,0 +1,18 @@
+"""Fixtures of the llm tests: a tiny GPT-2-vocabulary base model saved on disk."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llm.checkpoint import save_model
+from llm.model import GPT, config_from_preset
+from llm.tokenizer import get_tokenizer
+
+
+# from test_reward.py
+@pytest.fixture
+def base_dir(tmp_path):
+    tokenizer = get_tokenizer("gpt2")
+    torch.manual_seed(0)
+    return save_model(GPT(config_from_preset("tiny", tokenizer.vocab_size, block_size=64)), tmp_path / "base", "gpt2")
