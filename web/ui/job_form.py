@@ -43,8 +43,10 @@ def field_component(prefix: str, name: str, setting: Setting) -> gr.Component:
         # shows and sends 0), so these are text boxes whose text form_params turns into a number.
         return gr.Textbox(value="", label=label, info=info, placeholder=placeholder, elem_id=elem_id)
     if setting.type in ("int", "float"):
+        # No minimum / maximum here: Gradio would refuse a value out of them with a toast naming neither the
+        # field nor the setting; `field_errors` checks the bounds and shows them under the field instead.
         return gr.Number(setting.default, label=label, info=info, precision=0 if setting.type == "int" else None,
-                         minimum=setting.minimum, maximum=setting.maximum, elem_id=elem_id)
+                         elem_id=elem_id)
     return gr.Textbox(value=setting.default if isinstance(setting.default, str) else "", label=label, info=info,
                       placeholder=placeholder if setting.required else None, elem_id=elem_id)
 
@@ -100,6 +102,25 @@ def form_params(spec: JobKindSpec, values: dict[str, Any]) -> dict[str, Any]:
             value = int(value)
         params[name] = value
     return params
+
+
+def field_errors(spec: JobKindSpec, params: dict[str, Any], missing: dict[str, str] | None = None) -> dict[str, str]:
+    """{param: what is wrong with it} for a form's params (`form_params`), every field at once, each said with
+    the field's label and the declared rule ("Learning rate: must be greater than 0, got 0.0"): the checks
+    submit makes (`Setting.check`, required settings), shown under each field before anything is sent.
+    `missing` maps a required chooser to the sentence said when it is empty ("Choose a dataset first")."""
+    errors: dict[str, str] = {}
+    for name, setting in spec.params.items():
+        label = label_of(name, setting)
+        if params.get(name) is None:
+            if setting.required:
+                errors[name] = (missing or {}).get(name) or f"{label}: is required"
+            continue
+        try:
+            setting.check(name, params[name])
+        except ValueError as error:
+            errors[name] = f"{label}: {error}"
+    return errors
 
 
 def _number_or_text(text: str) -> Any:

@@ -11,7 +11,9 @@ Every sub-tab has, for any kind:
     and under them how warmup / eval_every / checkpoint_every fit max_steps, for kinds with that schedule;
   - on the right, the kind's estimate (`services.estimate_run`: the kind's own `estimate.py`, whose memory is
     the figure its submit check compares), the submit button and its result. A submit goes through
-    `services.submit_job`; on success the Jobs tab opens with the new job selected.
+    `services.submit_job`; on success the Jobs tab opens with the new job selected. Before it is sent, every
+    field is checked as submit checks it (`job_form.field_errors`, as Gradio's validator): a wrong value is said
+    under its field, with the field's label and the bound, the other fields' errors and the last result cleared.
 Element ids: `<prefix>-<param>` for inputs (`pt-max-steps`), choosers without their "_id"
 (`pt-dataset`, `ft-model`, `gen-model-b`, `rm-projects`), and `<prefix>-estimate`, `-submit`, `-result`, with the
 prefix and tab names the kind declares (`JobKindSpec.form_names`).
@@ -346,8 +348,18 @@ def build(settings, spec: JobKindSpec) -> TrainTab:
         params = params_of([values[component] for component in inputs])
         return job_form.submit_from_form(settings, str(spec.kind), params, request, missing_sentences)
 
-    submit_event = submit.click(do_submit, set(inputs), [result, job_id], concurrency_limit=2,
-                                api_visibility="private")
+    def check_fields(values: dict) -> dict:
+        """Gradio's validator (run before `do_submit`, which runs only if every field passes): each input gets
+        its own error, shown under it, or none (which clears the one a previous submit left)."""
+        errors = job_form.field_errors(spec, params_of([values[component] for component in inputs]),
+                                       missing_sentences)
+        return {component: gr.validate(name not in errors, errors.get(name, ""))
+                for name, component in components.items()}
+
+    # The previous submit's "Job #n queued" / "Not submitted" goes at once (in the browser), whatever this one says.
+    submit.click(None, None, [result], js="() => ''", api_visibility="private")
+    submit_event = submit.click(do_submit, set(inputs), [result, job_id], validator=check_fields,
+                                concurrency_limit=2, api_visibility="private")
     return TrainTab(settings=settings, spec=spec, inputs=components,
                     refreshed=[chooser for chooser in choosers if not chooser.static],
                     notes=(notes, notes_html) if notes else None, submit_event=submit_event, job_id=job_id,
