@@ -64,7 +64,8 @@ def resolve_dtype(device: torch.device, dtype: str | torch.dtype = "auto") -> to
     if isinstance(dtype, torch.dtype):
         resolved = dtype
     elif dtype == "auto":
-        bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        # Native bf16 only: pre-Ampere GPUs (V100, T4) emulate it, slower than float32.
+        bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
         resolved = torch.bfloat16 if bf16_ok else torch.float32
     elif dtype in DTYPES:
         resolved = DTYPES[dtype]

@@ -314,6 +314,17 @@ def test_device_choice():
     assert type(autocast_context("cpu")).__name__ == "nullcontext"
 
 
+def test_auto_precision_is_bf16_only_on_gpus_that_have_it_natively(monkeypatch):
+    # Pre-Ampere GPUs report bf16 "supported" by emulation, slower than float32: auto keeps float32 there.
+    native = {"value": False}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: including_emulation or native["value"])
+    assert resolve_dtype(torch.device("cuda"), "auto") == torch.float32
+    assert resolve_dtype(torch.device("cuda"), "bfloat16") == torch.bfloat16  # asked for: given
+    native["value"] = True
+    assert resolve_dtype(torch.device("cuda"), "auto") == torch.bfloat16
+
+
 @pytest.fixture(scope="module")
 def text_data(tmp_path_factory):
     """A prepared directory from real text with a small trained tokenizer under a data dir."""
