@@ -10,7 +10,6 @@ from llm.model import GPT, config_from_preset
 from llm.tokenizer import get_tokenizer
 
 
-# from test_reward.py
 @pytest.fixture
 def base_dir(tmp_path):
     tokenizer = get_tokenizer("gpt2")

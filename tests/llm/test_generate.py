@@ -7,7 +7,7 @@ from llm.generate import (FINISHED, SamplingSettings, generate_text, generate_to
                           sample_next, sample_seed, stream_text)
 from llm.model import GPT, GPTConfig, padded_vocab_size
 from llm.tokenizer import get_tokenizer
-from tests.support.recorder import Recorder  # noqa: F401
+from tests.support.recorder import Recorder
 
 
 @pytest.fixture(scope="module")

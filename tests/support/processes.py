@@ -21,7 +21,6 @@ START_TIMEOUT_S = 120.0
 JOB_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 60.0
 
-# from test_serve.py
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

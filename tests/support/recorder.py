@@ -8,7 +8,6 @@ import torch.nn as nn
 from llm.model import GPT
 
 
-# from test_generate.py
 class Recorder(nn.Module):
     """Wraps a GPT, records each forward's input shape and can force chosen tokens.
 

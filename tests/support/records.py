@@ -22,7 +22,6 @@ from web.services.labeling import answer_id, create_project
 from worker.jobs.lifecycle import record_event
 
 
-# from test_sft_job.py
 def add_base_model(session, settings) -> Model:
     from llm.checkpoint import save_model
     from llm.model import GPT, config_from_preset
@@ -60,7 +59,6 @@ def chat_lines(count: int = 40) -> list[str]:
             for word in (rng.choice(words) for _ in range(count))]
 
 
-# from test_labeling.py
 def make_generate_job(session, prompts=3, answers=3, status=JobStatus.succeeded, chat=True):
     job = Job(kind="generate", status=status, params={}, progress=1.0, attempts=1, cancel_requested=False)
     session.add(job)
@@ -81,7 +79,6 @@ def shown_id(session, pair: LabelingPair, completion_id: int) -> str:
     return answer_id(session.get(LabelingProject, pair.project_id), pair.id, completion_id)
 
 
-# from test_roles.py
 def make_job(session: Session, owner, status: JobStatus = JobStatus.running, **values) -> int:
     """A job row as the worker leaves it (no queue involved: these tests are about who may change it)."""
     job = Job(kind="pretrain", status=status, params={"max_steps": 100}, owner_id=owner.id, **values)
@@ -93,7 +90,6 @@ def make_job(session: Session, owner, status: JobStatus = JobStatus.running, **v
     return job.id
 
 
-# from test_delete_rename.py
 def make_model_files(settings, relative: str, config: dict) -> None:
     directory = settings.data_dir / relative
     directory.mkdir(parents=True, exist_ok=True)
@@ -111,7 +107,6 @@ def add_model(session: Session, settings, owner, name: str, kind: ModelKind = Mo
     return model.id
 
 
-# from test_api_arena.py
 def add_chat_model(session, settings, name, seed, owner=None):
     from llm.checkpoint import save_model
     from llm.model import GPT, config_from_preset
@@ -127,7 +122,6 @@ def add_chat_model(session, settings, name, seed, owner=None):
     return row
 
 
-# from test_preference_jobs.py
 def preference_lines(count=24, seed=0):
     return [json.dumps({key: pair[key] for key in ("prompt", "chosen", "rejected")})
             for pair in polite_pairs(count, seed)]
@@ -148,7 +142,6 @@ def labeled_project(session):
     return project
 
 
-# from test_api.py
 CORPUS = (
     "The first document is about tokens and how a model sees text.\n\n"
     "A second, longer document. It talks about training a small language model on a laptop CPU, "

@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session
 from db.models import Job, JobLog, Metric
 
 
-# from test_worker_integration.py
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

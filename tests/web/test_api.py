@@ -23,7 +23,7 @@ from db.models import Dataset, Job, JobLog, JobStatus, Metric, Model, ModelKind,
 from db.settings import Settings
 from db.users import hash_password
 from tests.conftest import ADMIN, LABELER, TRAINER
-from tests.support.records import CORPUS, pretrain_params, upload  # noqa: F401
+from tests.support.records import CORPUS, pretrain_params, upload
 from web.app import create_app
 from web.auth import gradio_login
 

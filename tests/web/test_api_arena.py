@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from db.models import Comparison, Completion, Model
 from tests.conftest import ADMIN, LABELER, TRAINER
-from tests.support.records import add_chat_model  # noqa: F401
+from tests.support.records import add_chat_model
 
 
 def test_a_battle_a_vote_and_the_leaderboard(client, session, api_settings):

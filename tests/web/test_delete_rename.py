@@ -4,7 +4,6 @@ after the row, and every rename recorded with who made it."""
 
 from __future__ import annotations
 
-
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
@@ -12,8 +11,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Job, JobEvent, JobLog, JobStatus, Metric, Model, ModelKind
 from tests.conftest import ADMIN, TRAINER
-from tests.support.records import add_model  # noqa: F401
-from tests.support.records import make_job
+from tests.support.records import add_model, make_job
 
 
 def count(session: Session, table, **where) -> int:

@@ -14,7 +14,7 @@ from sqlalchemy import event, func, select
 from db.models import Comparison, Completion, JobStatus, LabelingPair, Role
 from db.session import SessionLocal
 from db.users import create_user
-from tests.support.records import make_generate_job, shown_id  # noqa: F401
+from tests.support.records import make_generate_job, shown_id
 from web.services.common import Conflict, InvalidInput, PermissionDenied
 from web.services.labeling import (create_project, form_pairs, list_projects, next_pair, progress, submit_label,
                                    undo_last_label)

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Job, JobStatus, Model, ModelKind
 from tests.conftest import ADMIN, LABELER, TRAINER
-from tests.support.records import make_job  # noqa: F401
+from tests.support.records import make_job
 from web.services import Action, can, can_change
 
 

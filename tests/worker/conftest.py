@@ -15,7 +15,6 @@ from db.models import Dataset, DatasetKind
 from tests.support.worker_processes import REPO_ROOT, WorkerProcess, write_corpus
 
 
-# from test_worker_integration.py
 @pytest.fixture(params=["embedded", "redis6379"])
 def broker(request, workbench_env, tmp_path) -> Iterator[str]:
     """Point this process (and workers it starts) at a broker; yields the broker URL.
