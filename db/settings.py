@@ -20,6 +20,7 @@ tests can change a variable with ``monkeypatch.setenv`` and see it at once.
 | `WORKBENCH_ALLOWED_ORIGINS` | *(empty)* | Comma-separated origins (`https://tools.example.com`) other than the app's own that browsers may send credentialed and state-changing requests from. Empty: same origin only. |
 | `WORKBENCH_PUBLIC_HOSTS` | this machine's names and addresses, `localhost` | Comma-separated host names (or addresses) people type to reach the app. A browser page may change something only when its origin names one of them (and the port it was served on): a page of another domain that resolves to this machine (DNS rebinding) is refused. Add your proxy's public name here. |
 | `WORKBENCH_BLIND_LABELERS` | `true` | Labelers are never told which model wrote an answer: model names are replaced by `model #<id>` (and where a model came from is left out) everywhere a labeler looks (Chat's model list, the Arena's leaderboard and its answer after a vote), as the Label screen never shows them. `false` tells labelers the names, as the training team is always told. |
+| `WORKBENCH_THROUGHPUT_PROBES` | `true` | Workers (solo and threads pools) time a few training steps of the standard model shapes, and of shapes the Train forms ask about, while they have no job, and publish the timings with their presence: the forms' time estimates are then what the worker's device measured. `false` (the tests' setting) leaves estimates to a share of peak FLOP/s. |
 | `WORKBENCH_SECURE_COOKIES` | `false` | `true` marks every cookie `Secure` (for a TLS proxy that does not send `X-Forwarded-Proto: https`; with that header, or on https, cookies are `Secure` anyway). |
 
 Paths built from ids (``runs/<job id>``, ``datasets/<dataset id>``) go through `safe_join`,
@@ -75,6 +76,7 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()  # besides the app's own origin
     secure_cookies: bool = False  # True: Secure on every cookie, whatever the request's scheme
     blind_labelers: bool = True  # labelers are not told model names (web.services.access.sees_model_names)
+    throughput_probes: bool = True  # workers time a few steps of standard shapes (worker.jobs.throughput)
     public_hosts: tuple[str, ...] = field(default_factory=lambda: default_public_hosts())
 
     @property
@@ -164,6 +166,7 @@ def get_settings(environ: Mapping[str, str] | None = None) -> Settings:
         allowed_origins=_origins(text("WORKBENCH_ALLOWED_ORIGINS")),
         secure_cookies=_flag(env, "WORKBENCH_SECURE_COOKIES"),
         blind_labelers=_flag(env, "WORKBENCH_BLIND_LABELERS", default=True),
+        throughput_probes=_flag(env, "WORKBENCH_THROUGHPUT_PROBES", default=True),
         public_hosts=_host_names(text("WORKBENCH_PUBLIC_HOSTS")) or default_public_hosts(),
     )
 

@@ -300,6 +300,8 @@ def workbench_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url:
             monkeypatch.delenv(name)
     monkeypatch.setenv("WORKBENCH_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("WORKBENCH_DATABASE_URL", database_url)
+    # Workers started by tests do not probe their device: a probe in progress would hold a test's first job.
+    monkeypatch.setenv("WORKBENCH_THROUGHPUT_PROBES", "false")
     settings = get_settings()
     settings.ensure_directories()
     return settings

@@ -109,6 +109,9 @@ class JobDetailOut(JobOut):
     metrics: dict[str, float] = Field(description="latest value of each metric, e.g. loss, val_loss, tokens_per_s")
     metric_steps: dict[str, int] = Field(description="the step each latest value was recorded at")
     events: list[JobEventOut] = Field(default_factory=list, description="who changed the job and when, oldest first")
+    estimate: dict[str, Any] | None = Field(None, description="the time estimated at submit: {seconds, source} "
+                                                              "(measured, fitted or assumed); compare with "
+                                                              "finished_at - started_at")
 
 
 class JobEventOut(BaseModel):
@@ -169,10 +172,16 @@ class PretrainEstimateOut(BaseModel):
     tokens_per_step: int
     total_tokens: int
     flops_per_token: float
-    est_seconds: float = Field(description="rough: FLOPs / (peak FLOP/s x assumed utilisation)")
+    est_seconds: float = Field(description="training steps and evaluations (not the job's start or tokenizing)")
+    step_seconds: float = Field(description="one micro-batch's training step on the worker's device")
+    time_source: str = Field(description="measured (a worker probed this shape), fitted (from a worker's probes "
+                                         "of other shapes) or assumed (no worker has probed: a share of peak)")
+    time_basis: str = Field(description="time_source in words")
+    head_share: float = Field(description="the vocabulary head's share of a training step's FLOPs")
+    fitting_vocab: int | None = Field(None, description="a vocabulary that fits the model, when the head is most "
+                                                        "of the work")
+    tokenizer_advice: str | None = None
     device: str
-    peak_flops: float
-    utilisation: float
     config: dict[str, Any]
 
 

@@ -239,8 +239,11 @@ def test_estimate_html():
     from web.ui.train_tab import estimate_html
 
     html = estimate_html({"params_count": 3_323_648, "tokens_per_step": 512, "total_tokens": 20480,
-                          "est_seconds": 84.0, "device": "cpu", "utilisation": 0.3})
-    assert "3.32M" in html and "512" in html and "~1m 24s" in html and "30%" in html
+                          "est_seconds": 84.0, "device": "cpu", "time_source": "measured",
+                          "time_basis": "a step of this shape measured on cpu (2 threads) (worker w1)",
+                          "head_share": 0.96, "tokenizer_advice": "The vocabulary head is 96% of this run's work"})
+    assert "3.32M" in html and "512" in html and "~1m 24s (measured)" in html and "worker w1" in html
+    assert "96% of the work" in html and "wb-msg-info" in html
     assert "wb-msg-warn" in estimate_html(None, "max_steps must be at least 1")
 
 

@@ -18,6 +18,7 @@ from db.models import Completion, Job, JobEvent, JobLog, JobStatus, Metric, Mode
 from db.settings import Settings, safe_join
 from web.services.access import Action, require, require_owner, resolve_user
 from web.services.common import Conflict, InvalidInput, NotFound, enum_value, parse_enum, reading, refuse_unprintable
+from worker.jobs.throughput import estimated_seconds
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,8 @@ def get_job_detail(job_id: int, session: Session | None = None, viewer: User | d
 
     `metrics` maps name -> latest value; `metric_steps` maps name -> the step it was recorded at
     (eval metrics such as val_loss arrive less often than loss, so their steps differ); `events` lists
-    who changed the job (see `job_events`).
+    who changed the job (see `job_events`); `estimate` is the time estimated at submit ({seconds, source}, see
+    `worker.jobs.throughput.estimated_seconds`) or None.
     """
     require(viewer, Action.read_training)
     with reading(session) as s:
@@ -137,6 +139,8 @@ def get_job_detail(job_id: int, session: Session | None = None, viewer: User | d
         detail["metrics"] = {name: item["value"] for name, item in latest.items()}
         detail["metric_steps"] = {name: item["step"] for name, item in latest.items()}
         detail["events"] = job_events(s, job_id)
+        estimated = estimated_seconds(detail["events"])
+        detail["estimate"] = {"seconds": estimated[0], "source": estimated[1]} if estimated else None
         return detail
 
 

@@ -31,8 +31,8 @@ from web.ui import current_user, db_session, error_text
 from worker.kinds import get_spec
 from web.ui.plots import (JOBS_TABLE_CSS, elapsed_seconds, eta_seconds, events_html, format_metric, human_duration,
                           job_name, job_title, jobs_table_html, line_plot_value, message_html, metrics_frame,
-                          metrics_signature, progress_bar_html, runs_frame, series_colours, stat_cards_html,
-                          status_badge_html, thin_curves)
+                          metrics_frame_along, metrics_signature, progress_bar_html, runs_frame, series_colours,
+                          stat_cards_html, status_badge_html, thin_curves)
 
 TICK_SECONDS = 2.0
 QUEUE_LIMIT = 50
@@ -144,22 +144,29 @@ def plot_updates(detail: dict, metrics: list[dict]) -> list[gr.LinePlot]:
     plots = list(spec.plots if spec is not None else ())[:PLOT_SLOTS]
     max_steps = (detail.get("params") or {}).get("max_steps")
     updates = [plot_update(metrics_frame(metrics, plot.series), max_steps, title=plot.title,
-                           series_order=list(plot.series.values())) for plot in plots]
+                           series_order=list(plot.series.values())) if plot.x == "step" else
+               plot_update(metrics_frame_along(metrics, plot.series, plot.x, plot.log_x), title=plot.title,
+                           series_order=list(plot.series.values()), x_title=plot.x_title) for plot in plots]
     return updates + [plot_update(empty_plot())] * (PLOT_SLOTS - len(updates))
 
 
 def plot_update(frame: pd.DataFrame, max_steps: Any = None, title: str | None = None,
-                series_order: list[str] | None = None) -> gr.LinePlot:
+                series_order: list[str] | None = None, x_title: str = "step") -> gr.LinePlot:
     """A LinePlot update: hidden while there are no points (vega draws an empty frame with infinite
     axes), and an x axis spanning the whole run so the curve fills in as training goes. At most
     MAX_POINTS_PER_SERIES points a series go to the browser, a series of one point is drawn as a
-    marker (`line_plot_value`), and each series has its colour (`series_colours`, in `series_order`)."""
+    marker (`line_plot_value`), and each series has its colour (`series_colours`, in `series_order`). A chart
+    against something else than the step (`metrics_frame_along`) spans its points, under its `x_title`."""
     if frame.empty:
         return gr.LinePlot(value=frame, visible=False)
-    last = int(frame["step"].max())
-    end = max(last, int(max_steps)) if isinstance(max_steps, (int, float)) and max_steps > 0 else last
+    if x_title == "step":
+        last = int(frame["step"].max())
+        end = max(last, int(max_steps)) if isinstance(max_steps, (int, float)) and max_steps > 0 else last
+        x_lim = [0, max(end, 1)]
+    else:
+        x_lim = [float(frame["step"].min()), float(frame["step"].max())]
     extra = {"title": title} if title else {}
-    return gr.LinePlot(value=line_plot_value(thin_curves(frame)), visible=True, x_lim=[0, max(end, 1)],
+    return gr.LinePlot(value=line_plot_value(thin_curves(frame)), visible=True, x_lim=x_lim, x_title=x_title,
                        color_map=series_colours(frame, series_order or ()), **extra)
 
 

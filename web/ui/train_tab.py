@@ -30,6 +30,7 @@ A kind without form.py gets a working sub-tab all the same.
 
 from __future__ import annotations
 
+import html
 import importlib
 import importlib.util
 from dataclasses import dataclass, field
@@ -233,20 +234,22 @@ def estimate_html(estimate: dict | None, error: str | None = None, cards_id: str
     if estimate.get("total_tokens") is not None:
         cards.append(("total tokens", human_count(estimate["total_tokens"])))
     if estimate.get("est_seconds") is not None:
-        cards.append(("estimated time", "~" + human_duration(estimate["est_seconds"])))
+        cards.append(("estimated time", "~" + human_duration(estimate["est_seconds"])
+                      + (f" ({estimate['time_source']})" if estimate.get("time_source") else "")))
     if estimate.get("memory_bytes") is not None:
         cards.append(("peak memory", "~" + human_bytes(estimate["memory_bytes"])))
+    if isinstance(estimate.get("head_share"), float):
+        cards.append(("vocabulary head", f"{estimate['head_share']:.0%} of the work"))
     note = ""
     if estimate.get("device"):
-        utilisation = estimate.get("utilisation")
         in_model = (f"{human_count(estimate['params_total'])} parameters in the model; "
                     if "trainable_params" in estimate and estimate.get("params_total") else "")
-        note = (f'<div style="font-size:12px;opacity:.65;margin-top:4px">{in_model}on {estimate["device"]}'
-                + (f", assuming {utilisation:.0%} of the measured peak FLOP/s"
-                   if isinstance(utilisation, (int, float)) else "")
-                + "; evaluation and data loading not counted</div>")
+        how = f", {html.escape(estimate['time_basis'])}" if estimate.get("time_basis") else ""
+        note = (f'<div style="font-size:12px;opacity:.65;margin-top:4px">{in_model}on {estimate["device"]}{how}'
+                "; starting the job and tokenizing the data on first use not counted</div>")
+    advice = (message_html(estimate["tokenizer_advice"], "info") if estimate.get("tokenizer_advice") else "")
     opening = f'<div id="{cards_id}">' if cards_id else "<div>"
-    return opening + stat_cards_html(cards) + note + "</div>" + job_form.memory_note_html(estimate)
+    return opening + stat_cards_html(cards) + note + advice + "</div>" + job_form.memory_note_html(estimate)
 
 
 # ----------------------------------------------------------------------------- the sub-tab

@@ -109,8 +109,9 @@ class Outcome:
 # ----------------------------------------------------------------------------- prepared data cache
 
 @contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes on this machine (two jobs preparing the same data)."""
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes on this machine (two jobs preparing the same data, or training the
+    same tokenizer)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -147,7 +148,7 @@ def ensure_prepared(ctx: JobContext, tokenizer: str, *, force: bool = False, **p
     from llm.prepare import prepare
 
     out_dir = prepared_dir_for(ctx.settings, ctx.dataset.id, tokenizer)
-    with _file_lock(out_dir.with_name(out_dir.name + ".lock")):
+    with file_lock(out_dir.with_name(out_dir.name + ".lock")):
         if not force and (out_dir / "stats.json").is_file():
             ctx.log(f"using the prepared data of dataset {ctx.dataset.id} for tokenizer {tokenizer}")
             return out_dir

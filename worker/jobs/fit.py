@@ -43,6 +43,7 @@ class RunEstimate:
     model_field: str                 # the param a refusal names when the model, not the batch, is most of it
     model_hint: str                  # what to do then
     figures: dict[str, Any] = field(default_factory=dict)  # parameter counts, tokens per step, ...
+    shape: Any = None                # llm.throughput.ProbeShape of one micro-batch step: what its time is read for
 
 
 # Used only when no live worker has reported its capacity (none started yet, or the broker cannot be read):

@@ -40,6 +40,7 @@ from worker.kinds import KINDS, JobKindSpec, get_spec
 from worker.jobs.messages import send_run_job
 from worker.jobs.params import JobParamsError, check_params
 from worker.jobs.references import check_reference  # JobParamsError re-exported: callers catch it here
+from worker.jobs.throughput import ESTIMATE_EVENT, submit_estimate
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,9 @@ def create_job(session: Session, kind: str, params: dict[str, Any] | None,
     job.run_dir = f"runs/{job.id}"
     session.add(JobLog(job_id=job.id, line=f"queued {kind} job (priority {priority})"))
     record_event(session, job.id, "submitted", owner_id)
+    estimate = submit_estimate(session, get_spec(kind), normalized, get_settings())
+    if estimate is not None:  # what the job's card compares with the time it took
+        record_event(session, job.id, ESTIMATE_EVENT, None, estimate)
     if fitted:  # said, not done silently: the job's events (the submit's answer) and its log tell it
         note = (", ".join(f"{name} {given} → {stored}" for name, (given, stored) in fitted.items())
                 + f": equal to their defaults, they were fitted to this {normalized['max_steps']}-step run "

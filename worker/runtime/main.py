@@ -9,7 +9,10 @@ forked after CUDA might have been initialised. CPU-only jobs (prepare, train_tok
 
 Each worker also runs the reaper thread (see reaper.py), so jobs of a worker killed with
 `kill -9` are requeued by any surviving worker, even when `serve` is not running, and beats its
-presence into the broker (`worker.jobs.presence.WorkerPresence`) for /api/health.
+presence into the broker (`worker.jobs.presence.WorkerPresence`) for /api/health. Solo and threads workers also
+probe what their device does for the standard model shapes and for shapes estimates ask about
+(`worker.jobs.throughput.Prober`, a background thread that waits while a job runs), and publish the probes with
+their presence, so the Train forms' time estimates are what this device measured.
 
     python -m worker.runtime.main --queues default --concurrency 1 --pool solo --loglevel info
 """
@@ -26,6 +29,7 @@ from worker.runtime import tasks  # noqa: F401  (registers the run_job task with
 from worker.jobs.messages import configure
 from worker.runtime.celery_app import app
 from worker.jobs.presence import WorkerPresence, worker_capacity
+from worker.jobs.throughput import Prober
 
 
 def default_node_name() -> str:
@@ -69,12 +73,17 @@ def run_worker(queues: str | Iterable[str] = "default", concurrency: int = 1, po
     reaper = start_reaper_thread(settings)
     # Seen by /api/health: this worker is alive (the job heartbeats only exist while a job runs); its
     # capacity is what the submit-time fit check compares a job's memory estimate with.
+    capacity = worker_capacity(probe_gpus=pool != "prefork")
     presence = WorkerPresence(app.conf.broker_url, hostname, queue_names, settings.heartbeat_seconds,
-                              settings.stale_after_seconds,
-                              capacity=worker_capacity(probe_gpus=pool != "prefork")).start()
+                              settings.stale_after_seconds, capacity=capacity).start()
+    # Not in a prefork parent: torch's threads (and CUDA) started before the fork are unusable in its children.
+    prober = (Prober(settings.data_dir, capacity, app.conf.broker_url, queue_names, settings.device or "auto").start()
+              if pool != "prefork" and settings.throughput_probes else None)
     try:
         app.worker_main(worker_argv(queue_names, concurrency, pool, loglevel, hostname))
     finally:
+        if prober is not None:
+            prober.stop()
         presence.stop()
         reaper.stop()
 

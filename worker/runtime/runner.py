@@ -42,6 +42,7 @@ from worker.jobs.messages import broker_url_of, job_queue_of
 from worker.runtime.heartbeat import JobHeartbeat
 from worker.kinds import get_spec
 from worker.jobs.progress_writer import DirectWriter, ProgressWriter
+from worker.jobs.throughput import device_in_use
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ def execute_job(job_id: int, attempt: int, settings: Settings | None = None) -> 
                     spec = get_spec(ctx.kind)
                     if spec is None:
                         raise ValueError(f"{ctx.kind} jobs are not available on this worker")
-                    outcome = spec.handler(ctx)
+                    with device_in_use():  # a throughput probe in progress finishes first (worker.jobs.throughput)
+                        outcome = spec.handler(ctx)
                 finally:
                     # The metrics and log lines go in before the outcome: a finished job's record is complete.
                     writer.close()
