@@ -358,7 +358,7 @@ def ours_sft_config(mode: str):
     """Our SFTConfig: full fine-tuning or peft's LoRA settings (`trl_lora_config`)."""
     from llm.sft_config import SFTConfig
 
-    return SFTConfig(full=mode == "full", lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+    return SFTConfig(method=mode, lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                      lora_targets="attn,mlp", val_fraction=0.0)
 
 

@@ -84,7 +84,8 @@ def run_grid(grid, out: Path, steps: int, make_policy=coherent_sft_model) -> lis
         for full, rates, alphas, *beta in grid:
             for lr in rates:
                 for alpha in alphas:
-                    config = DPOConfig(full=full, rpo_alpha=alpha, beta=beta[0] if beta else 0.1,
+                    config = DPOConfig(method="full" if full else "lora", rpo_alpha=alpha,
+                                       beta=beta[0] if beta else 0.1,
                                        stop_on_degeneration=False)
                     run_dir = Path(root) / f"dpo-{len(runs)}"
                     started = time.perf_counter()

@@ -14,8 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-from llm.cli_common import add_data_dir, add_training_flags, refuse_to_overwrite
+from llm.cli_common import (add_data_dir, add_fine_tuning_flags, add_training_flags, fine_tuning_settings,
+                            print_warnings, refuse_to_overwrite)
 from llm.cli_evaluate import register_evaluate_command
+from llm.cli_lr_find import register_lr_find_command
 from llm.cli_preferences import register_preference_commands
 from llm.params import add_arguments, settings_of, values_from_arguments
 from llm.prepare_config import PrepareConfig
@@ -71,6 +73,7 @@ def _cmd_pretrain(args) -> None:
     result = pretrain(args.data, out, preset=model.preset, train_config=train_config,
                       model_overrides=model.overrides or None, data_dir=args.data_dir, resume=args.resume)
     print(json.dumps(result, indent=2, default=str))
+    print_warnings(result, out)
 
 
 def _cmd_sft(args) -> None:
@@ -82,8 +85,7 @@ def _cmd_sft(args) -> None:
 
     out = Path(args.out)
     refuse_to_overwrite(out, args.resume)
-    sft_config = SFTConfig(**values_from_arguments(args, settings_of(SFTConfig)))
-    train_config = sft_train_config(sft_config, **values_from_arguments(args, SFT_DEFAULTS.settings()))
+    sft_config, train_config = fine_tuning_settings(args, SFTConfig, SFT_DEFAULTS, sft_train_config)
     bar = tqdm(total=train_config.max_steps, initial=checkpoint_step(out) if args.resume else 0, desc="sft",
                unit="step", dynamic_ncols=True)
 
@@ -98,6 +100,7 @@ def _cmd_sft(args) -> None:
     finally:
         bar.close()
     print(json.dumps(result, indent=2, default=str))
+    print_warnings(result, out)
 
 
 def _cmd_eval(args) -> None:
@@ -265,15 +268,16 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run directory")
     add_training_flags(p, settings_of(PretrainConfig), settings_of(TrainConfig))
 
-    p = add("sft", "Fine-tune a model on conversations (a LoRA adapter, or every weight with --full); the loss "
-                   "is on the assistant's answers only.", _cmd_sft)
+    p = add("sft", "Fine-tune a model on conversations (every weight, or a LoRA adapter: --method; auto picks by "
+                   "the model's size and says why); the loss is on the assistant's answers only.", _cmd_sft)
     p.add_argument("--model", required=True, help="base model directory (a full model or an adapter)")
     p.add_argument("--data", required=True, help="chat dataset (.jsonl): OpenAI messages, ShareGPT conversations, Alpaca "
                                                  "instruction/output, or prompt/completion")
     p.add_argument("--out", required=True, help="run directory; becomes the adapter (or model) directory")
-    add_training_flags(p, settings_of(SFTConfig), SFT_DEFAULTS.settings())
+    add_fine_tuning_flags(p, SFTConfig, SFT_DEFAULTS.settings())
 
     register_preference_commands(add)
+    register_lr_find_command(add)
 
     p = add("eval", "Validation loss, perplexity and bits per byte of a model on prepared data.", _cmd_eval)
     p.add_argument("--model", required=True, help="model directory")

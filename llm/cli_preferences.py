@@ -1,6 +1,6 @@
 """The CLI's preference commands: `reward`, `score` and `dpo` (added to the same parser by llm/cli.py).
 
-    workbench reward --model SFT_OR_BASE_DIR --data pairs.jsonl --out runs/rm [--full]
+    workbench reward --model SFT_OR_BASE_DIR --data pairs.jsonl --out runs/rm [--method auto|lora|full]
     workbench score  --model runs/rm --data pairs.jsonl
     workbench dpo    --model SFT_DIR --data pairs.jsonl --out runs/dpo [--beta 0.1 --loss-type sigmoid|ipo|hinge]
 
@@ -11,13 +11,12 @@ or not, HH-RLHF transcripts). Training flags come from the config dataclasses' d
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Callable
 
-from llm.cli_common import add_data_dir, add_training_flags, refuse_to_overwrite
+from llm.cli_common import (add_data_dir, add_fine_tuning_flags, fine_tuning_settings, print_warnings,
+                            refuse_to_overwrite)
 from llm.dpo_config import DPO_DEFAULTS, DPOConfig
-from llm.params import settings_of, values_from_arguments
 from llm.reward_config import REWARD_DEFAULTS, RewardConfig
 
 
@@ -39,8 +38,7 @@ def _train(args, name: str, config_class, defaults, train_config_of: Callable, r
 
     out = Path(args.out)
     refuse_to_overwrite(out, args.resume)
-    config = config_class(**values_from_arguments(args, settings_of(config_class)))
-    train_config = train_config_of(config, **values_from_arguments(args, defaults.settings()))
+    config, train_config = fine_tuning_settings(args, config_class, defaults, train_config_of)
     bar, on_metrics, write = _progress_bar(train_config.max_steps, checkpoint_step(out) if args.resume else 0, name, keys)
     try:
         result = run(args.model, args.data, out, config, train_config, on_metrics, write)
@@ -48,8 +46,7 @@ def _train(args, name: str, config_class, defaults, train_config_of: Callable, r
         bar.close()
     result.pop("report", None)  # the rewards of every held-out pair: in reward_report.json, not on the terminal
     print(json.dumps(result, indent=2, default=str))
-    if result.get("degeneration"):  # DPO's watch flagged the run (llm/degeneration.py): said last, where it is seen
-        print(f"WARNING: {result['degeneration']}", file=sys.stderr)
+    print_warnings(result, out)
 
 
 def _cmd_reward(args) -> None:
@@ -93,9 +90,9 @@ def _cmd_score(args) -> None:
 def register_preference_commands(add) -> None:
     """Add `reward`, `score` and `dpo` with llm/cli.py's `add(name, help, func)`."""
     def training_flags(parser, config_class, defaults) -> None:
-        add_training_flags(parser, settings_of(config_class), defaults.settings())
+        add_fine_tuning_flags(parser, config_class, defaults.settings())
 
-    p = add("reward", "Train a reward model on preference pairs (Bradley-Terry; LoRA + a scalar head, or --full).",
+    p = add("reward", "Train a reward model on preference pairs (Bradley-Terry; a scalar head on all weights or a LoRA adapter: --method).",
             _cmd_reward)
     p.add_argument("--model", required=True, help="base or SFT model directory to start from")
     p.add_argument("--data", required=True, help="preference dataset (.jsonl: prompt / chosen / rejected)")
@@ -107,7 +104,8 @@ def register_preference_commands(add) -> None:
     p.add_argument("--data", required=True, help="preference dataset (.jsonl)")
     add_data_dir(p)
 
-    p = add("dpo", "Direct Preference Optimization of a chat model on preference pairs (LoRA, or --full).", _cmd_dpo)
+    p = add("dpo", "Direct Preference Optimization of a chat model on preference pairs (all weights or LoRA: --method).",
+            _cmd_dpo)
     p.add_argument("--model", required=True, help="SFT (or base) model directory: the policy and its reference")
     p.add_argument("--data", required=True, help="preference dataset (.jsonl: prompt / chosen / rejected)")
     p.add_argument("--out", required=True, help="run directory; becomes the adapter (or model) directory")

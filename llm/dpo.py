@@ -6,8 +6,8 @@ chosen answers more likely than the rejected ones, relative to a frozen referenc
 Both answers of a batch go through the model in one forward pass (chosen rows, then rejected rows:
 `llm/preference_batches.py`), and only the final answer's tokens are scored; the prompt never is.
 
-The reference:
-  LoRA (default)  the same network with the adapter switched off (`peft`'s `disable_adapter`), under no_grad.
+The reference, by method ("auto" is resolved to one of them first: `llm.train_config.choose_method`):
+  lora            the same network with the adapter switched off (`peft`'s `disable_adapter`), under no_grad.
   full            every pair's reference log-probs are computed once before training, by the untouched
                   network, and kept with the run (reference_logps.json), so training steps run one model; a
                   frozen copy of the starting weights (no gradients, no optimizer state) serves the watch below.
@@ -45,6 +45,7 @@ from llm.preference_batches import (PairExample, PreferenceBatches, iterate_pair
                                     tokenize_and_split)
 from llm.preference_losses import chosen_nll, dpo_loss, sequence_logps
 from llm.sft import chat_base, inherited_config, training_flops_per_token
+from llm.sft_config import run_settings
 from llm.train import TrainConfig, checkpoint_step, train
 
 REFERENCE_FILE = "reference_logps.json"
@@ -179,10 +180,10 @@ def dpo(policy_model_dir: str | os.PathLike, data: str | os.PathLike | list, out
     Raises `llm.degeneration.Degenerated` when a flag stops the run before any evaluation passed.
     """
     dpo_config = dpo_config or DPOConfig()
-    config = train_config or dpo_train_config(dpo_config)
     bounds = bounds or DegenerationBounds()
     policy_model_dir, out_dir = Path(policy_model_dir), Path(out_dir)
     base_config, tokenizer_name, tokenizer = chat_base(policy_model_dir, out_dir, data_dir)
+    dpo_config, config = run_settings(dpo_config, train_config, base_config["model"], dpo_train_config, log)
     pairs = read_pairs(data)
     max_length = min(config.block_size, base_config["model"]["block_size"])
     tokenized, train_part, val_part = tokenize_and_split(tokenizer, pairs, max_length, dpo_config.val_fraction,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from llm.params import setting
 from llm.sft_config import SFTConfig
-from llm.train_config import FineTuningDefaults, TrainConfig
+from llm.train_config import FineTuningDefaults, TrainConfig, WidthRule
 
 DPO_LOSSES = ("sigmoid", "ipo", "hinge")  # llm/preference_losses.py implements each
 # RPO's weight by default, measured on the tiny preset (bench/README.md, "DPO degeneration"): with all weights at
@@ -42,12 +42,17 @@ class DPOConfig(SFTConfig):
 
 
 # DPO runs are short, with a small learning rate (TRL's default 1e-6 is for billion-parameter models; a LoRA
-# adapter on a small model needs more) and few evaluations.
-DPO_DEFAULTS = FineTuningDefaults(loop={"max_steps": 200, "batch_size": 8, "block_size": 256, "lr": 5e-5,
-                                        "warmup": 10, "eval_every": 50, "checkpoint_every": 100, "weight_decay": 0.0},
-                                  full_lr=5e-6)
+# adapter on a small model needs more) and few evaluations. The learning rate per method at the reference width
+# and its power of the width (llm/sft_config.py says why): placeholders until the sweep (docs/defaults.md)
+# measures them.
+DPO_LORA_LR = WidthRule(at_reference=5e-5, power=1.0)
+DPO_FULL_LR = WidthRule(at_reference=5e-6, power=1.0)
+DPO_DEFAULTS = FineTuningDefaults(loop={"max_steps": 200, "batch_size": 8, "block_size": 256, "warmup": 10,
+                                        "eval_every": 50, "checkpoint_every": 100, "weight_decay": 0.0},
+                                  lora_lr=DPO_LORA_LR, full_lr=DPO_FULL_LR)
 
 
-def dpo_train_config(config: DPOConfig, **given) -> TrainConfig:
-    """The TrainConfig of a DPO run: these defaults, then what the caller gave (None = not given)."""
-    return DPO_DEFAULTS.train_config(config.full, **given)
+def dpo_train_config(config: DPOConfig, n_embd: int | None = None, **given) -> TrainConfig:
+    """The TrainConfig of a DPO run: these defaults, the method's learning rate at the model's width `n_embd`,
+    then what the caller gave (None = not given)."""
+    return DPO_DEFAULTS.train_config(config.method, n_embd, **given)

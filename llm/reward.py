@@ -6,8 +6,9 @@ with the Bradley–Terry loss on preference pairs, through the one training loop
     load_reward_model(directory)             -> RewardModel (eval mode)
     RewardModel(gpt)(inputs, last)           -> (B,) rewards
 
-The base is a pretrained or SFT model (an adapter is merged first). LoRA (default) adapts the projections and
-trains the new head in full (peft's `modules_to_save`); `full=True` trains every weight. Either way the output
+The base is a pretrained or SFT model (an adapter is merged first). method "lora" adapts the projections and
+trains the new head in full (peft's `modules_to_save`); "full" trains every weight ("auto", the default: all
+weights on a small model, LoRA on a large one, `llm.train_config.choose_method`). Either way the output
 directory is a full "reward_model" directory (llm/checkpoint.py): the network with the adapter merged in,
 plus score.safetensors. A reward model is only ever used to score, and merged it scores at the base's cost.
 
@@ -39,6 +40,7 @@ from llm.preference_batches import (PairExample, PreferenceBatches, iterate_pair
 from llm.preference_losses import reward_loss
 from llm.reward_config import RewardConfig, reward_train_config
 from llm.sft import chat_base, inherited_config, training_flops_per_token
+from llm.sft_config import run_settings
 from llm.tokenizer import get_tokenizer
 from llm.train import TrainConfig, train
 
@@ -205,9 +207,9 @@ def reward(base_model_dir: str | os.PathLike, data: str | os.PathLike | list, ou
     "architecture", "report" (held-out accuracy overall / by source / by labeler, with the rewards)}.
     """
     reward_config = reward_config or RewardConfig()
-    config = train_config or reward_train_config(reward_config)
     base_model_dir, out_dir = Path(base_model_dir), Path(out_dir)
     base_config, tokenizer_name, tokenizer = chat_base(base_model_dir, out_dir, data_dir)
+    reward_config, config = run_settings(reward_config, train_config, base_config["model"], reward_train_config, log)
     pairs = read_pairs(data)
     max_length = min(config.block_size, base_config["model"]["block_size"])
     tokenized, train_part, val_part = tokenize_and_split(tokenizer, pairs, max_length, reward_config.val_fraction,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from llm.params import setting
 from llm.sft_config import SFTConfig
-from llm.train_config import FineTuningDefaults, TrainConfig
+from llm.train_config import FineTuningDefaults, TrainConfig, WidthRule
 
 
 @dataclass
@@ -22,13 +22,17 @@ class RewardConfig(SFTConfig):
 
 
 # Reward models are trained briefly (one or two passes over the pairs; longer overfits, as the InstructGPT
-# paper notes), with batches of pairs (each pair is two sequences) and no weight decay (as SFT).
-REWARD_DEFAULTS = FineTuningDefaults(loop={"max_steps": 200, "batch_size": 8, "block_size": 256, "lr": 1e-4,
-                                           "warmup": 10, "eval_every": 50, "checkpoint_every": 100,
-                                           "weight_decay": 0.0},
-                                     full_lr=2e-5)
+# paper notes), with batches of pairs (each pair is two sequences) and no weight decay (as SFT). The learning
+# rate per method at the reference width and its power of the width (llm/sft_config.py says why): placeholders
+# until the sweep (docs/defaults.md) measures them.
+REWARD_LORA_LR = WidthRule(at_reference=1e-4, power=1.0)
+REWARD_FULL_LR = WidthRule(at_reference=2e-5, power=1.0)
+REWARD_DEFAULTS = FineTuningDefaults(loop={"max_steps": 200, "batch_size": 8, "block_size": 256, "warmup": 10,
+                                           "eval_every": 50, "checkpoint_every": 100, "weight_decay": 0.0},
+                                     lora_lr=REWARD_LORA_LR, full_lr=REWARD_FULL_LR)
 
 
-def reward_train_config(config: RewardConfig, **given) -> TrainConfig:
-    """The TrainConfig of a reward run: these defaults, then what the caller gave (None = not given)."""
-    return REWARD_DEFAULTS.train_config(config.full, **given)
+def reward_train_config(config: RewardConfig, n_embd: int | None = None, **given) -> TrainConfig:
+    """The TrainConfig of a reward run: these defaults, the method's learning rate at the model's width `n_embd`,
+    then what the caller gave (None = not given)."""
+    return REWARD_DEFAULTS.train_config(config.method, n_embd, **given)

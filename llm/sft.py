@@ -5,9 +5,11 @@ every weight, through the one training loop (`llm.train.train`).
 
 The data is a list of conversations (each a list of {"role", "content"}, roles system/user/assistant) or
 a chat dataset file. Each conversation is rendered with the one chat template and trained on its
-assistant tokens only (`llm/chat_batches.py`). The output directory becomes
+assistant tokens only (`llm/chat_batches.py`). The method (`SFTConfig.method`; "auto", the default, is all
+weights on a small model and LoRA on a large one: `llm.train_config.choose_method`) decides what the output
+directory becomes:
 
-  LoRA (default)   an adapter directory: adapter_config.json + adapter_model.safetensors (peft's format)
+  lora             an adapter directory: adapter_config.json + adapter_model.safetensors (peft's format)
                    + config.json naming the base model (`llm.lora.save_adapter`); it loads with
                    `llm.checkpoint.load_model` like any model.
   full             a full model directory: config.json + model.safetensors.
@@ -32,7 +34,7 @@ from llm.chat_batches import (IGNORE_INDEX, ConversationBatches, Example, iterat
 from llm.checkpoint import ADAPTER_ARCHITECTURE, GPT_ARCHITECTURE, load_weights, read_config, save_model
 from llm.lora import trainable_parameter_count
 from llm.model import GPT
-from llm.sft_config import SFTConfig, sft_train_config
+from llm.sft_config import SFTConfig, run_settings, sft_train_config
 from llm.tokenizer import get_tokenizer
 from llm.train import METRICS_FILE, MetricsLog, TrainConfig, train
 
@@ -133,16 +135,18 @@ def sft(base_model_dir: str | os.PathLike, data: str | os.PathLike | list, out_d
         resume: bool = True, log: Callable[[str], None] = print) -> dict:
     """Fine-tune the model in `base_model_dir` (a full model or an adapter, which is merged first) on `data`.
 
-    train_config: default `llm.sft_config.sft_train_config(sft_config)` (SFT's defaults). Its block_size
+    sft_config: its method "auto" is resolved here when the caller has not (`llm.sft_config.run_settings`).
+    train_config: default `llm.sft_config.sft_train_config` (SFT's defaults, the learning rate of the method at
+    the model's width). Its block_size
     is the longest conversation kept (capped at the model's context); longer ones are truncated at the end.
     Returns {"stopped", "step", "loss", "val_loss", "mean_token_accuracy", "val_mean_token_accuracy",
     "tokens_seen", "conversations", "truncated", "dropped", "train_conversations", "val_conversations",
     "trainable_params", "total_params", "model_dir" (None when stopped), "architecture"}.
     """
     sft_config = sft_config or SFTConfig()
-    config = train_config or sft_train_config(sft_config)
     base_model_dir, out_dir = Path(base_model_dir), Path(out_dir)
     base_config, tokenizer_name, tokenizer = chat_base(base_model_dir, out_dir, data_dir)
+    sft_config, config = run_settings(sft_config, train_config, base_config["model"], sft_train_config, log)
 
     # Data first: a dataset with nothing to learn should fail before the model is loaded.
     max_length = min(config.block_size, base_config["model"]["block_size"])

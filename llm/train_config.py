@@ -1,4 +1,6 @@
-"""`TrainConfig`: the training-loop settings every training job shares (pretrain, SFT, reward, DPO).
+"""`TrainConfig`: the training-loop settings every training job shares (pretrain, SFT, reward, DPO); and for the
+kinds that start from trained weights, the fine-tuning method (`choose_method`: what `auto` stands for) and the
+learning rate as a rule on the model's width (`FineTuningDefaults`, `WidthRule`).
 
 Each field is declared once with its default, bounds and help (`llm.params.setting`); the worker's
 validation, the Train forms and the CLI flags all read these declarations. Kept apart from
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from llm.memory import gpt_parameter_count
 from llm.params import Setting, setting, settings_of
 
 
@@ -63,39 +66,123 @@ class TrainConfig:
         return self.lr / 10 if self.min_lr is None else self.min_lr
 
 
-# ----------------------------------------------------------------------------- fine-tuning's learning rate
+# ----------------------------------------------------------------------------- fine-tuning: method and learning rate
+
+FINE_TUNING_METHODS = ("auto", "lora", "full")
+# `auto` trains every weight of a model up to this many parameters. Below it the weights, their gradients and
+# AdamW's two moments (16 bytes a parameter in float32: 3.2 GB at 200 M) fit any worker this product runs on,
+# so a LoRA adapter saves nothing that matters, and on small models it learns slower (issue 18: 0 of 30 prompts in
+# the format with LoRA where all weights gave it). Above it, an adapter's memory saving starts to count. The
+# kinds' memory check (worker/jobs/fit.py) still refuses a run that does not fit.
+ALL_WEIGHTS_UP_TO = 200_000_000
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    """What a fine-tuning run trains ("lora" or "full") and why, in plain words (the job log, the form, the CLI)."""
+
+    method: str
+    reason: str
+
+    @property
+    def full(self) -> bool:
+        return self.method == "full"
+
+
+def model_parameters(model_config: dict | None) -> int | None:
+    """Parameters of the GPT a model config (GPTConfig as a dict: a Model row's `config`, a model directory's
+    "model") describes; None when it does not hold the shape (a row made by hand)."""
+    model_config = model_config or {}
+    if not all(isinstance(model_config.get(key), int) for key in ("n_layer", "n_embd", "vocab_size")):
+        return None
+    return gpt_parameter_count(model_config["n_layer"], model_config["n_embd"], model_config["vocab_size"],
+                               model_config.get("block_size") or 0)
+
+
+def choose_method(method: str, model_config: dict | None) -> MethodChoice:
+    """The one rule for `method`: "lora" and "full" are kept; "auto" becomes all weights for a model of up to
+    ALL_WEIGHTS_UP_TO parameters, LoRA above it (or when the model's size is not known). Run once per run: at
+    submit in the job layer (the stored params hold the choice and its reason), at start in the CLI."""
+    if method not in FINE_TUNING_METHODS:
+        raise ValueError(f"method must be one of {', '.join(FINE_TUNING_METHODS)}; got {method!r}")
+    if method == "full":
+        return MethodChoice("full", "all weights, as chosen")
+    if method == "lora":
+        return MethodChoice("lora", "LoRA adapter, as chosen")
+    parameters = model_parameters(model_config)
+    limit = _millions(ALL_WEIGHTS_UP_TO)
+    if parameters is None:
+        return MethodChoice("lora", "LoRA adapter: the model's size is not recorded, and an adapter fits any size")
+    if parameters <= ALL_WEIGHTS_UP_TO:
+        return MethodChoice("full", f"all weights: {_millions(parameters)} parameters; below {limit} an adapter "
+                                    "saves little memory and learns slower")
+    return MethodChoice("lora", f"LoRA adapter: {_millions(parameters)} parameters; above {limit} training all "
+                                f"weights with AdamW needs about {16 * parameters / 1e9:.1f} GB for the weights, "
+                                "gradients and optimizer state")
+
+
+def _millions(count: int) -> str:
+    return f"{count / 1e6:.1f} M" if count < 10_000_000 else f"{count / 1e6:,.0f} M"
+
+
+# The width the learning-rate rules are stated at: GPT-2 small's (the gpt2-124m preset), the widest preset the
+# sweep (bench/sweep_defaults.py) runs, so the rules' constants are read where they were measured.
+REFERENCE_WIDTH = 768
+
+
+@dataclass(frozen=True)
+class WidthRule:
+    """A learning rate as a function of the model's width: lr = at_reference * (REFERENCE_WIDTH / n_embd) ** power.
+    With Adam a weight's update is about lr whatever its gradient's scale, so a wider layer, summing more inputs,
+    moves its outputs more per step and takes a smaller rate (muP's 1 / width is power 1)."""
+
+    at_reference: float
+    power: float
+
+    def at(self, n_embd: int | None) -> float:
+        """The rate for a model `n_embd` wide (to 3 significant digits, as a stored row shows it); at the reference
+        width when the width is not known."""
+        if not n_embd:
+            return self.at_reference
+        rate = self.at_reference * (REFERENCE_WIDTH / n_embd) ** self.power
+        return float(f"{rate:.3g}")  # 6e-4, not 6.000000000000001e-4
+
 
 @dataclass(frozen=True)
 class FineTuningDefaults:
-    """The loop's defaults of a kind that starts from trained weights (SFT, reward, DPO), and the one rule for
-    its learning rate: a LoRA adapter starts at zero and takes a larger rate than training every weight, which
-    moves weights that are already trained. `loop` holds TrainConfig values; its "lr" is the LoRA rate."""
+    """The loop's defaults of a kind that starts from trained weights (SFT, reward, DPO), and its learning rate
+    per method as a rule on the model's width: a LoRA adapter starts at zero and takes a larger rate than training
+    every weight, which moves weights that are already trained. `loop` holds TrainConfig values other than lr."""
 
     loop: dict
-    full_lr: float
+    lora_lr: WidthRule
+    full_lr: WidthRule
 
-    def learning_rate(self, full: bool, given: float | None = None) -> float:
-        """The rate a run uses: the one given, else LoRA's or all weights' default."""
+    def learning_rate(self, method: str, given: float | None = None, n_embd: int | None = None) -> float:
+        """The rate a run uses: the one given, else the method's rule at the model's width."""
         if given is not None:
             return given
-        return self.full_lr if full else self.loop["lr"]
+        if method not in ("lora", "full"):
+            raise ValueError(f"the learning rate depends on the method: resolve {method!r} to lora or full first "
+                             "(llm.train_config.choose_method)")
+        return (self.full_lr if method == "full" else self.lora_lr).at(n_embd)
 
-    def train_config(self, full: bool, **given) -> TrainConfig:
-        """These defaults, then whatever the caller gave (values of None count as not given)."""
+    def train_config(self, method: str, n_embd: int | None = None, **given) -> TrainConfig:
+        """These defaults, then whatever the caller gave (values of None count as not given); the learning rate,
+        unless given, the method's at the model's width."""
         given = {key: value for key, value in given.items() if value is not None}
-        return TrainConfig(**{**self.loop, **given, "lr": self.learning_rate(full, given.get("lr"))})
-
-    @property
-    def lr_help(self) -> str:
-        return f"peak learning rate; empty: {self.loop['lr']:g} with LoRA, {self.full_lr:g} when training all weights"
+        return TrainConfig(**{**self.loop, **given, "lr": self.learning_rate(method, given.get("lr"), n_embd)})
 
     def settings(self) -> dict[str, Setting]:
         """TrainConfig's declared settings with these defaults, the learning rate left empty (a run fills it in
-        by LoRA or all weights, `learning_rate`): what the kind's form and its CLI flags offer."""
+        from the method and the model's width, `learning_rate`): what the kind's form and its CLI flags offer."""
         declared = {name: spec.with_default(self.loop[name]) if name in self.loop else spec
                     for name, spec in settings_of(TrainConfig).items()}
-        declared["lr"] = replace(declared["lr"], default=None, help=self.lr_help)
+        declared["lr"] = replace(declared["lr"], default=None, help=LR_HELP)
         return declared
+
+
+LR_HELP = "peak learning rate; empty: chosen from the model's width (see docs/defaults.md)"
 
 
 # ----------------------------------------------------------------------------- a schedule that fits the run

@@ -109,8 +109,8 @@ def test_sft_memory_counts_the_adapter_or_every_weight(workbench_env, session):
     huge = add_model_row(session, n_layer=96, n_embd=8192)
     lora = refused(session, "sft", {"model_id": huge.id, "dataset_id": chat.id, "device": "cpu"})
     assert lora.field == "model_id" and "choose a smaller model" in lora.message, str(lora)
-    full = refused(session, "sft", {"model_id": huge.id, "dataset_id": chat.id, "full": True, "device": "cpu"})
-    assert full.field == "full" and "LoRA adapter instead" in full.message, str(full)
+    full = refused(session, "sft", {"model_id": huge.id, "dataset_id": chat.id, "method": "full", "device": "cpu"})
+    assert full.field == "method" and "choose the method lora" in full.message, str(full)
 
     small = add_model_row(session, n_layer=2, n_embd=64)
     batch = refused(session, "sft", {"model_id": small.id, "dataset_id": chat.id, "batch_size": 4096,

@@ -10,10 +10,11 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from db.models import Comparison, DatasetKind, Job, JobStatus, Metric, Model, ModelKind
+from db.models import Comparison, DatasetKind, Job, JobLog, JobStatus, Metric, Model, ModelKind
+from llm.dpo_config import DPO_DEFAULTS
+from llm.reward_config import REWARD_DEFAULTS
 from tests.conftest import StopOnQuestion
-from tests.support.records import add_base_model, add_dataset
-from tests.support.records import labeled_project, preference_lines  # noqa: F401
+from tests.support.records import add_base_model, add_dataset, labeled_project, preference_lines
 from worker.jobs import lifecycle as jobs
 from worker.jobs.params import JobParamsError
 from worker.jobs.preference_pairs import PAIRS_FILE, SOURCES_FILE
@@ -45,7 +46,16 @@ def test_pair_sources_are_checked_at_submit(workbench_env, session, kind):
     assert session.scalar(select(func.count()).select_from(Job)) == 0
     project = labeled_project(session)
     job = jobs.create_job(session, kind, run_params(base.id, project_ids=f" {project.id} "))
-    assert job.params["project_ids"] == str(project.id) and job.params["lr"] is not None
+    assert job.params["project_ids"] == str(project.id)
+    # The row says what runs: "auto" on the tiny base is all weights, at the full rule's rate for its width (64).
+    from worker.kinds import KINDS
+
+    defaults = {"reward": REWARD_DEFAULTS, "dpo": DPO_DEFAULTS}[kind]
+    assert job.params["method"] == "full" and job.params["method_reason"].startswith("all weights: 3.3 M parameters")
+    assert job.params["lr"] == defaults.full_lr.at(64) and "full" not in job.params
+    lora = jobs.create_job(session, kind, run_params(base.id, project_ids=str(project.id), method="lora"))
+    assert (lora.params["method"], lora.params["lr"]) == ("lora", defaults.lora_lr.at(64))
+    assert KINDS[kind].params["method"].default == "auto"
 
 
 def test_a_reward_job_snapshots_its_pairs_once_and_records_a_reward_model(workbench_env, session):
@@ -86,9 +96,9 @@ def test_a_dpo_job_runs_through_the_runner(workbench_env, session):
     assert {"loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "val_rewards/accuracies",
             # the degeneration watch (llm/degeneration.py), at every evaluation: what the Jobs tab's cards show
             "val_logps/chosen_per_token", "val_logps/rejected_per_token", "val_kl", "degeneration_problems"} <= names
-    from db.models import JobLog
-
     lines = list(session.scalars(select(JobLog.line).where(JobLog.job_id == job.id).order_by(JobLog.id)))
+    # The job log says what "auto" picked, why, and the learning rate, as the stored params do.
+    assert any(f"({job.params['method_reason']}; learning rate {job.params['lr']:g})" in line for line in lines)
     assert any(line.startswith("sample at step 2: 'What should I do with") for line in lines)
     assert lines[-1].startswith("succeeded:") and "held-out preference accuracy" in lines[-1] and "KL" in lines[-1]
     assert job.error is None  # nothing flagged: no notice

@@ -98,12 +98,52 @@ def test_training_flags_come_from_the_declarations():
     args = parser.parse_args(["pretrain", "--data", "d", "--out", "o", "--max-steps", "7", "--compile", "off",
                               "--device", "cpu", "--min-lr", "1e-5"])
     assert (args.max_steps, args.compile, args.device, args.min_lr, args.lr) == (7, "off", "cpu", 1e-5, None)
-    args = parser.parse_args(["sft", "--model", "m", "--data", "d", "--out", "o", "--full", "--lora-r", "4"])
-    assert args.full is True and args.lora_r == 4 and args.max_steps is None
+    args = parser.parse_args(["sft", "--model", "m", "--data", "d", "--out", "o", "--method", "lora", "--lora-r", "4"])
+    assert args.method == "lora" and args.lora_r == 4 and args.max_steps is None and args.full is None
+    assert parser.parse_args(["sft", "--model", "m", "--data", "d", "--out", "o", "--full"]).full is True  # older name
     sft_help = subprocess.run([sys.executable, "-m", "llm", "sft", "--help"], capture_output=True, text=True).stdout
     for name in [*settings_of(TrainConfig), *settings_of(SFTConfig)]:
         assert "--" + name.replace("_", "-") in sft_help
-    assert "optimizer steps (default: 200)" in " ".join(sft_help.split())  # SFT_DEFAULTS, not pretraining's
+    flat = " ".join(sft_help.split())
+    assert "optimizer steps (default: 200)" in flat  # SFT_DEFAULTS, not pretraining's
+    assert "{auto,lora,full}" in flat and "auto: all weights for a model of up to 200 M parameters" in flat
+    assert "empty: chosen from the model's width (see docs/defaults.md)" in flat
+
+
+def test_the_older_full_flag_and_method_must_agree(tmp_path, capsys):
+    required = ["--model", str(tmp_path / "none"), "--data", str(tmp_path / "none"), "--out", str(tmp_path / "out")]
+    assert main(["sft", *required, "--full", "--method", "lora"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --full means --method full, but --method lora was given: "
+                                               "give only --method")
+
+
+@pytest.mark.slow
+def test_sft_says_what_auto_picked_and_why_before_it_starts(tmp_path, capsys):
+    """No --method, no --lr: the tiny model (3.3 M parameters, 64 wide) is trained in full, at the full rule's rate
+    for its width, and the terminal says so before the run."""
+    import torch
+
+    from llm.checkpoint import read_config, save_model
+    from llm.model import GPT, config_from_preset
+    from llm.sft_config import SFT_DEFAULTS
+
+    torch.manual_seed(0)
+    base = save_model(GPT(config_from_preset("tiny", 50_257, block_size=64)), tmp_path / "base", "gpt2")
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Say {w}."},
+                                                     {"role": "assistant", "content": f"{w} {w}."}]}) + "\n"
+                            for w in ["apple", "river", "stone", "cloud"] * 3))
+    assert main(["sft", "--model", str(base), "--data", str(data), "--out", str(tmp_path / "run"), "--max-steps", "2",
+                 "--batch-size", "4", "--block-size", "64", "--eval-every", "0", "--warmup", "0", "--log-every", "1",
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    rate = SFT_DEFAULTS.full_lr.at(64)
+    assert out.startswith("method full: all weights: 3.3 M parameters; below 200 M an adapter saves little memory")
+    assert f"learning rate {rate:g} (the full rule at the model's width 64; see docs/defaults.md)" in out
+    config = read_config(tmp_path / "run")
+    assert config["architecture"] == "gpt" and config["sft"]["method"] == "full"
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(rate / 10 <= step["lr"] <= rate for step in steps)  # the cosine from that peak to a tenth of it
 
 
 # A training subcommand and its job kind: the kind's params that are not rows of the database or the run's name.
@@ -164,7 +204,8 @@ def test_sft_then_chat_merge_and_export(tmp_path, capsys, monkeypatch):
                                                      {"role": "assistant", "content": f"{w} {w}."}]}) + "\n"
                             for w in ["apple", "river", "stone", "cloud", "tiger", "lemon"] * 4))
     run = tmp_path / "run"
-    sft = ["sft", "--model", str(base), "--data", str(data), "--out", str(run), "--lora-r", "4", "--batch-size", "4",
+    sft = ["sft", "--model", str(base), "--data", str(data), "--out", str(run), "--method", "lora", "--lora-r", "4",
+           "--batch-size", "4",
            "--block-size", "64", "--eval-every", "3", "--checkpoint-every", "3", "--log-every", "1", "--device", "cpu"]
     assert main(sft + ["--max-steps", "3"]) == 0
     assert read_config(run)["architecture"] == "lora_adapter"

@@ -8,8 +8,7 @@ import pytest
 
 from llm.checkpoint import read_architecture
 from llm.cli import main
-from tests.support.polite import polite_pairs
-from tests.support.polite import printed_result  # noqa: F401
+from tests.support.polite import polite_pairs, printed_result
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -21,9 +20,12 @@ def test_reward_score_dpo_and_best_of_from_the_command_line(base_dir, tmp_path, 
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({k: p[k] for k in ("prompt", "chosen", "rejected")}) + "\n"
                             for p in polite_pairs(12, 0)))
-    assert main(["reward", "--model", str(base_dir), "--data", str(data), "--out", str(tmp_path / "rm"), *TINY_RUN]) == 0
-    result = printed_result(capsys.readouterr().out)
+    assert main(["reward", "--model", str(base_dir), "--data", str(data), "--out", str(tmp_path / "rm"), *TINY_RUN,
+                 "--method", "lora"]) == 0
+    out = capsys.readouterr().out
+    result = printed_result(out)
     assert result["step"] == 3 and result["architecture"] == "reward_model"
+    assert out.startswith("method lora: LoRA adapter, as chosen\nlearning rate ")
     assert read_architecture(tmp_path / "rm") == "reward_model"
 
     assert main(["score", "--model", str(tmp_path / "rm"), "--data", str(data)]) == 0
@@ -32,8 +34,11 @@ def test_reward_score_dpo_and_best_of_from_the_command_line(base_dir, tmp_path, 
 
     assert main(["dpo", "--model", str(base_dir), "--data", str(data), "--out", str(tmp_path / "dpo"),
                  "--beta", "0.2", "--loss-type", "ipo", *TINY_RUN]) == 0
-    result = printed_result(capsys.readouterr().out)
-    assert result["step"] == 3 and result["architecture"] == "lora_adapter"
+    out = capsys.readouterr().out
+    result = printed_result(out)
+    # No --method: "auto" trains all weights of the tiny model, and says so before the run.
+    assert result["step"] == 3 and result["architecture"] == "gpt"
+    assert out.startswith("method full: all weights: ") and "parameters; below 200 M" in out
     assert json.loads((tmp_path / "dpo" / "config.json").read_text())["dpo"]["loss_type"] == "ipo"
 
     assert main(["generate", "--model", str(tmp_path / "dpo"), "--chat", "--prompt", "What should I do?",

@@ -17,8 +17,7 @@ from llm.checkpoint import load_model, read_architecture
 from llm.dpo import REFERENCE_FILE, dpo
 from llm.dpo_config import DPOConfig, dpo_train_config
 from llm.generate import SamplingSettings, chat_prompt, generate_tokens
-from tests.support.polite import HELD_OUT, is_polite, quiet, train_mixed_sft  # noqa: F401
-from tests.support.polite import polite_pairs
+from tests.support.polite import HELD_OUT, is_polite, polite_pairs, quiet, train_mixed_sft
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -26,15 +25,16 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def small_run(**overrides):
     settings = dict(max_steps=6, batch_size=4, block_size=64, eval_every=3, eval_batches=2, log_every=1,
                     checkpoint_every=0, warmup=1, device="cpu")
-    return dpo_train_config(DPOConfig(), **{**settings, **overrides})
+    return dpo_train_config(DPOConfig(method="lora"), **{**settings, **overrides})
 
 
-@pytest.mark.parametrize("full", [False, True])
-def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_one(base_dir, tmp_path, full):
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_one(base_dir, tmp_path, method):
     from safetensors.torch import load_file
 
+    full = method == "full"
     config = small_run(grad_accum=2, lr=1e-3 if full else 1e-2)
-    dpo_config = DPOConfig(full=full, lora_dropout=0.1, lora_r=4)
+    dpo_config = DPOConfig(method=method, lora_dropout=0.1, lora_r=4)
     pairs = polite_pairs(24, 2)
     whole = dpo(base_dir, pairs, tmp_path / "whole", dpo_config=dpo_config, train_config=config, log=quiet)
     asked = []
@@ -57,7 +57,7 @@ def test_the_first_step_starts_at_log_2(base_dir, tmp_path):
     for rpo_alpha in (0.0, DPOConfig().rpo_alpha):
         records = []
         dpo(base_dir, polite_pairs(8, 4), tmp_path / f"run-{rpo_alpha}", log=quiet, on_metrics=records.append,
-            dpo_config=DPOConfig(full=True, val_fraction=0, rpo_alpha=rpo_alpha),
+            dpo_config=DPOConfig(method="full", val_fraction=0, rpo_alpha=rpo_alpha),
             train_config=small_run(max_steps=1, lr=1e-9))
         nll = records[0].get("nll_loss", 0.0)
         assert records[0]["loss"] == pytest.approx(0.693147 + rpo_alpha * nll, abs=1e-4)
@@ -86,7 +86,7 @@ def test_dpo_makes_the_preferred_answers_more_likely(base_dir, tmp_path):
     # 300 steps at lr 1e-4 to 3e-4, with many answers that are neither polite nor pushy any more). Plain DPO, as
     # measured here: no RPO term, the watch only warns (tests/llm/test_dpo_degeneration.py tests those).
     result = dpo(sft_dir, polite_pairs(300, 7), tmp_path / "dpo",
-                 dpo_config=DPOConfig(full=True, beta=0.5, rpo_alpha=0.0, stop_on_degeneration=False),
+                 dpo_config=DPOConfig(method="full", beta=0.5, rpo_alpha=0.0, stop_on_degeneration=False),
                  train_config=small_run(max_steps=300, batch_size=8, lr=2e-4, eval_every=150, eval_batches=5),
                  log=quiet)
     after = polite_share(result["model_dir"], HELD_OUT, seed=1000)

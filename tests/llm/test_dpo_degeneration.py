@@ -18,8 +18,7 @@ from llm.cli import main
 from llm.degeneration import DegenerationBounds, SampleWatch
 from llm.dpo import REPORT_FILE, dpo
 from llm.dpo_config import DPOConfig, dpo_train_config
-from tests.support.polite import polite_pairs, printed_result
-from tests.support.polite import coherent, coherent_sft_model  # noqa: F401
+from tests.support.polite import coherent, coherent_sft_model, polite_pairs, printed_result
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -40,7 +39,7 @@ def sft_dir(tmp_path_factory):
 
 
 def run_dpo(sft_dir, out_dir, lr, max_steps, eval_every, **settings):
-    config = DPOConfig(full=True, **settings)
+    config = DPOConfig(method="full", **settings)
     return dpo(sft_dir, polite_pairs(300, 7), out_dir, dpo_config=config, log=quiet,
                train_config=dpo_train_config(config, max_steps=max_steps, batch_size=8, lr=lr, block_size=64,
                                              eval_every=eval_every, eval_batches=5, warmup=5, log_every=10,
@@ -51,7 +50,7 @@ def test_an_aggressive_rate_without_the_guard_leaves_language_and_the_signals_sa
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({key: pair[key] for key in ("prompt", "chosen", "rejected")}) + "\n"
                             for pair in polite_pairs(300, 7)))
-    assert main(["dpo", "--model", str(sft_dir), "--data", str(data), "--out", str(tmp_path / "dpo"), "--full",
+    assert main(["dpo", "--model", str(sft_dir), "--data", str(data), "--out", str(tmp_path / "dpo"), "--full",  # --method full's older name
                  "--lr", str(AGGRESSIVE_LR), "--rpo-alpha", "0", "--no-stop-on-degeneration", "--max-steps", "60",
                  "--eval-every", "20", "--eval-batches", "5", "--warmup", "5", "--batch-size", "8",
                  "--block-size", "64", "--checkpoint-every", "0", "--device", "cpu"]) == 0
@@ -128,7 +127,7 @@ def test_a_flagged_job_says_so_in_its_log_its_summary_and_its_notice(sft_dir, wo
     session.commit()
     pairs = add_dataset(session, workbench_env, DatasetKind.preference, preference_lines(300, 7), "prefs")
     job = jobs.create_job(session, "dpo", {
-        "model_id": policy.id, "dataset_id": pairs.id, "full": True, "lr": AGGRESSIVE_LR, "rpo_alpha": 0.0,
+        "model_id": policy.id, "dataset_id": pairs.id, "method": "full", "lr": AGGRESSIVE_LR, "rpo_alpha": 0.0,
         "stop_on_degeneration": False, "max_steps": 40, "eval_every": 20, "eval_batches": 5, "warmup": 5,
         "batch_size": 8, "block_size": 64, "checkpoint_every": 0, "device": "cpu", "name": "broken"})
     claimed = jobs.claim_next_job(session, "test-host")

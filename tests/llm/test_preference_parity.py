@@ -154,7 +154,7 @@ def full_weights_setup(batch, gpt, hf_tokenizer_fixture, tmp_path):
 def test_dpo_full_weights_with_a_reference_model_matches_trl(batch, gpt, hf_tokenizer_fixture, tmp_path):
     policy, full_batch, trainer, inputs = full_weights_setup(batch, gpt, hf_tokenizer_fixture, tmp_path)
     for loss_type in DPO_LOSSES:
-        objective = DPOObjective(DPOConfig(full=True, beta=BETA, loss_type=loss_type, rpo_alpha=0.0), [],
+        objective = DPOObjective(DPOConfig(method="full", beta=BETA, loss_type=loss_type, rpo_alpha=0.0), [],
                                  len(PAIRS), 1, PAD_ID)
         with torch.no_grad():
             ours_loss, ours_metrics = objective.loss(policy, full_batch)
@@ -170,9 +170,9 @@ def test_rpo_alpha_matches_trl_dpo_with_its_sft_loss_added(batch, gpt, hf_tokeni
     policy, full_batch, trainer, inputs = full_weights_setup(batch, gpt, hf_tokenizer_fixture, tmp_path)
     alpha = 0.7
     for loss_type in DPO_LOSSES:
-        with_rpo = DPOObjective(DPOConfig(full=True, beta=BETA, loss_type=loss_type, rpo_alpha=alpha), [],
+        with_rpo = DPOObjective(DPOConfig(method="full", beta=BETA, loss_type=loss_type, rpo_alpha=alpha), [],
                                 len(PAIRS), 1, PAD_ID)
-        without = DPOObjective(DPOConfig(full=True, beta=BETA, loss_type=loss_type, rpo_alpha=0.0), [],
+        without = DPOObjective(DPOConfig(method="full", beta=BETA, loss_type=loss_type, rpo_alpha=0.0), [],
                                len(PAIRS), 1, PAD_ID)
         with torch.no_grad():
             ours_loss, ours_metrics = with_rpo.loss(policy, full_batch)

@@ -74,12 +74,13 @@ def test_a_reward_model_that_learned_longer_wins_shows_on_its_report_card(tmp_pa
     assert chosen_bars == rejected_bars == "█" + "·" * 14 + "█"
 
 
-@pytest.mark.parametrize("full", [False, True])
-def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_one(base_dir, tmp_path, full):
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_one(base_dir, tmp_path, method):
     from safetensors.torch import load_file
 
+    full = method == "full"
     config = small_run(grad_accum=2, lr=1e-3 if full else 1e-2)
-    reward_config = RewardConfig(full=full, lora_dropout=0.1, lora_r=4)
+    reward_config = RewardConfig(method=method, lora_dropout=0.1, lora_r=4)
     pairs = polite_pairs(24, 2)
     whole = reward(base_dir, pairs, tmp_path / "whole", reward_config=reward_config, train_config=config,
                    log=lambda _: None)
@@ -99,7 +100,7 @@ def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_one(base_dir, t
 def test_the_reward_model_learns_the_preference_rule(base_dir, tmp_path):
     pairs = polite_pairs(200, 3)
     config = small_run(max_steps=150, batch_size=8, lr=3e-3, eval_every=50, eval_batches=10, log_every=10)
-    result = reward(base_dir, pairs, tmp_path / "rm", reward_config=RewardConfig(val_fraction=0.2),
+    result = reward(base_dir, pairs, tmp_path / "rm", reward_config=RewardConfig(method="lora", val_fraction=0.2),
                     train_config=config, log=lambda _: None)
     report = result["report"]
     assert report["held_out"] and report["overall"]["pairs"] == 40
@@ -108,7 +109,8 @@ def test_the_reward_model_learns_the_preference_rule(base_dir, tmp_path):
     # 65 %, 57.5 %, 60 % untrained (near chance, checked below).
     assert report["overall"]["accuracy"] >= 0.95, report["overall"]
     assert report["by_source"]["upload"]["pairs"] == 40
-    untrained = reward(base_dir, pairs, tmp_path / "untrained", reward_config=RewardConfig(val_fraction=0.2),
+    untrained = reward(base_dir, pairs, tmp_path / "untrained",
+                       reward_config=RewardConfig(method="lora", val_fraction=0.2),
                        train_config=small_run(max_steps=1, lr=1e-9), log=lambda _: None)
     assert 0.2 < untrained["report"]["overall"]["accuracy"] < 0.8, untrained["report"]["overall"]
 

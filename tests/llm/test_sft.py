@@ -78,7 +78,7 @@ def quiet(_line):
 def small_run(**overrides):
     settings = dict(max_steps=6, batch_size=4, block_size=64, eval_every=3, eval_batches=2, log_every=1,
                     checkpoint_every=0, warmup=2, lr=1e-2, device="cpu")
-    return sft_train_config(SFTConfig(), **{**settings, **overrides})
+    return sft_train_config(SFTConfig(method="lora"), **{**settings, **overrides})
 
 
 # ----------------------------------------------------------------------------- the data side
@@ -214,8 +214,10 @@ def test_lora_sft_learns_the_pattern_and_to_stop_on_unseen_questions(base_dir, t
     # of model seeds 0-5 (2e-4, LoRA's default for trained bases, barely moves a random one). The loss stays
     # near 4.7 nats even so: the frozen random embeddings (std 0.02) bound how large any logit can get, so
     # the right token wins the argmax without ever getting much probability. Hence greedy answers are checked.
-    config = sft_train_config(SFTConfig(), max_steps=400, lr=3e-3, block_size=64, eval_every=200, device="cpu")
-    result = sft(base_dir, [conversation(c, a) for c, a in seen], tmp_path / "run", train_config=config, log=quiet)
+    lora = SFTConfig(method="lora")
+    config = sft_train_config(lora, max_steps=400, lr=3e-3, block_size=64, eval_every=200, device="cpu")
+    result = sft(base_dir, [conversation(c, a) for c, a in seen], tmp_path / "run", sft_config=lora,
+                 train_config=config, log=quiet)
 
     assert not result["stopped"] and result["step"] == 400 and result["architecture"] == "lora_adapter"
     base_params = sum(p.numel() for p in load_model(base_dir)[0].parameters())
@@ -237,11 +239,12 @@ def test_lora_sft_learns_the_pattern_and_to_stop_on_unseen_questions(base_dir, t
     assert followed >= 0.95 * len(unseen), f"{followed}/{len(unseen)} unseen questions answered by the pattern"
 
 
-@pytest.mark.parametrize("full", [False, True])
-def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_one(base_dir, tmp_path, full):
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_one(base_dir, tmp_path, method):
     conversations = [conversation(c, a) for c, a in all_pairs()[:24]]
     # LoRA dropout and grad_accum > 1: the resumed run must restore the RNG and the data position exactly.
-    sft_config = SFTConfig(full=full, lora_dropout=0.1, lora_r=4)
+    full = method == "full"
+    sft_config = SFTConfig(method=method, lora_dropout=0.1, lora_r=4)
     config = small_run(grad_accum=2, lr=1e-2 if not full else 1e-3)
     whole = sft(base_dir, conversations, tmp_path / "whole", sft_config=sft_config, train_config=config, log=quiet)
 
@@ -263,12 +266,12 @@ def test_full_fine_tuning_writes_a_full_model_directory(base_dir, tmp_path):
     base_hash = file_hash(base_dir / "model.safetensors")
     records = []
     result = sft(base_dir, [conversation(c, a) for c, a in all_pairs()[:20]], tmp_path / "run",
-                 sft_config=SFTConfig(full=True), train_config=small_run(), on_metrics=records.append, log=quiet)
+                 sft_config=SFTConfig(method="full"), train_config=small_run(), on_metrics=records.append, log=quiet)
     assert result["architecture"] == "gpt" and result["trainable_params"] == result["total_params"]
     directory = tmp_path / "run"
     assert (directory / "model.safetensors").is_file() and not (directory / "adapter_config.json").exists()
     config = read_config(directory)
-    assert config["architecture"] == "gpt" and config["chat"] is True and config["sft"]["full"] is True
+    assert config["architecture"] == "gpt" and config["chat"] is True and config["sft"]["method"] == "full"
     assert file_hash(base_dir / "model.safetensors") == base_hash
     model, _ = load_model(directory)
     base, _ = load_model(base_dir)
@@ -280,10 +283,15 @@ def test_full_fine_tuning_writes_a_full_model_directory(base_dir, tmp_path):
 
 
 def test_sft_defaults_and_refusals(base_dir, tmp_path):
-    assert sft_train_config(SFTConfig()).lr == SFT_DEFAULTS.loop["lr"]
-    assert sft_train_config(SFTConfig(full=True)).lr == SFT_DEFAULTS.full_lr
-    assert sft_train_config(SFTConfig(full=True), lr=1e-3, max_steps=None).lr == 1e-3
-    assert sft_train_config(SFTConfig()).max_steps == SFT_DEFAULTS.loop["max_steps"]
+    # The learning rate is the method's rule at the model's width; at the reference width without one.
+    assert sft_train_config(SFTConfig(method="lora")).lr == SFT_DEFAULTS.lora_lr.at_reference
+    assert sft_train_config(SFTConfig(method="full"), 64).lr == SFT_DEFAULTS.full_lr.at(64)
+    assert sft_train_config(SFTConfig(method="full"), lr=1e-3, max_steps=None).lr == 1e-3
+    assert sft_train_config(SFTConfig(method="lora")).max_steps == SFT_DEFAULTS.loop["max_steps"]
+    with pytest.raises(ValueError, match="resolve 'auto' to lora or full first"):
+        sft_train_config(SFTConfig())  # "auto" needs the model: resolved at submit, or by the CLI, or by sft()
+    with pytest.raises(ValueError, match="method: must be one of auto, lora, full"):
+        SFTConfig(method="adapter")
     with pytest.raises(ValueError, match="no conversation has an assistant answer"):
         sft(base_dir, [[question("red", "cat")]], tmp_path / "run", train_config=small_run(), log=quiet)
     with pytest.raises(ValueError, match="starting model's own directory"):

@@ -16,7 +16,6 @@ from llm.sft_config import SFTConfig, sft_train_config
 from llm.tokenizer import get_tokenizer, train_tokenizer
 
 
-# from test_reward.py
 POLITE = ["please", "kindly", "thanks", "gently", "carefully", "politely", "graciously", "warmly"]
 
 
@@ -48,12 +47,11 @@ def polite_pairs(count, seed):
 def small_run(**overrides):
     settings = dict(max_steps=6, batch_size=4, block_size=64, eval_every=3, eval_batches=2, log_every=1,
                     checkpoint_every=0, warmup=1, device="cpu")
-    return reward_train_config(RewardConfig(), **{**settings, **overrides})
+    return reward_train_config(RewardConfig(method="lora"), **{**settings, **overrides})
 
 
 MARKERS = {word.lower() for word in POLITE + PUSHY}
 
-# from test_dpo.py
 def quiet(_line):
     pass
 
@@ -68,7 +66,7 @@ def train_mixed_sft(base_dir, out_dir):
     for pair in polite_pairs(300, 6):
         answer = pair["chosen"] if rng.random() < 0.5 else pair["rejected"]
         conversations.append(pair["prompt"] + answer)
-    full = SFTConfig(full=True)
+    full = SFTConfig(method="full")
     return sft(base_dir, conversations, out_dir, sft_config=full,
                train_config=sft_train_config(full, max_steps=600, batch_size=16, lr=3e-3, block_size=64,
                                              eval_every=0, warmup=10, device="cpu"), log=quiet)["model_dir"]
@@ -79,7 +77,6 @@ def is_polite(tokenizer, text: str) -> bool:
     return bool(words & set(POLITE)) and not words & set(PUSHY)
 
 
-# from test_dpo_degeneration.py
 def coherent(text: str) -> bool:
     """The task's grammar: a verb, a thing, "and", a thing, one polite or pushy word anywhere, one full stop."""
     text = text.strip()
@@ -105,13 +102,12 @@ def coherent_sft_model(root):
     rng = random.Random(5)
     conversations = [pair["prompt"] + (pair["chosen"] if rng.random() < 0.5 else pair["rejected"])
                      for pair in polite_pairs(300, 6)]
-    full = SFTConfig(full=True)
+    full = SFTConfig(method="full")
     return sft(base, conversations, root / "sft", sft_config=full, log=quiet,
                train_config=sft_train_config(full, max_steps=300, batch_size=16, lr=3e-3, block_size=64,
                                              eval_every=0, warmup=10, device="cpu"))["model_dir"]
 
 
-# from test_cli_preferences.py
 def printed_result(out: str) -> dict:
     """The JSON result printed last (log lines come before it)."""
     return json.loads(out[out.rindex("\n{") + 1:] if not out.startswith("{") else out)

@@ -80,7 +80,10 @@ def test_an_sft_job_is_submitted_through_the_api_with_its_declared_defaults(clie
     assert response.status_code == 201, response.text
     job = response.json()
     assert job["kind"] == "sft" and job["input_model_id"] == base.id and job["dataset_id"] == chat["id"]
-    assert job["params"]["lora_r"] == 8 and job["params"]["lr"] == SFT_DEFAULTS.loop["lr"]
+    assert job["params"]["lora_r"] == 8
+    # A model row without its shape: "auto" is an adapter, at the rate of the reference width; the row says why.
+    assert job["params"]["method"] == "lora" and "size is not recorded" in job["params"]["method_reason"]
+    assert job["params"]["lr"] == SFT_DEFAULTS.lora_lr.at_reference
 
     wrong = client.post("/api/jobs", auth=TRAINER, json={"kind": "sft", "params": {
         "model_id": base.id, "dataset_id": corpus["id"]}})

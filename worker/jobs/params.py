@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from llm.params import Setting
-from llm.train_config import FineTuningDefaults
+from llm.params import Setting, settings_of
+from llm.train_config import FineTuningDefaults, MethodChoice, choose_method
 
 
 class JobParamsError(ValueError):
@@ -68,8 +68,47 @@ def with_defaults(declared: dict[str, Setting], defaults: dict[str, Any]) -> dic
             for name, spec in declared.items()}
 
 
+# ----------------------------------------------------------------------------- kinds that fine-tune (SFT, reward, DPO)
+
 def fine_tuning_loop_params(defaults: FineTuningDefaults) -> dict[str, Setting]:
     """The loop's settings for a kind that starts from trained weights (`FineTuningDefaults.settings`, as its CLI
-    flags), with the device left to the worker. The learning rate is left empty; the kind's check fills it in with
-    `defaults.learning_rate` (it depends on `full`), so the stored row says what runs."""
+    flags), with the device left to the worker. The learning rate is left empty; the kind's check fills it in
+    (`resolve_fine_tuning`: it depends on the method and the model's width), so the stored row says what runs."""
     return with_defaults(defaults.settings(), {"device": None})
+
+
+def resolve_fine_tuning(params: dict[str, Any], defaults: FineTuningDefaults,
+                        model_config: dict | None) -> MethodChoice:
+    """At submit (the kinds' `check`): the method "auto" replaced by what it stands for on the model it starts from
+    (`model_config`: the Model row's `config`), its reason in plain words ("method_reason"), and the learning rate
+    the method's rule gives at the model's width unless one was given; written into `params`, so the stored row
+    (and the job log) says what runs and why."""
+    choice = choose_method(params["method"], model_config)
+    params["method"], params["method_reason"] = choice.method, choice.reason
+    params["lr"] = defaults.learning_rate(choice.method, params.get("lr"), (model_config or {}).get("n_embd"))
+    return choice
+
+
+def stored_fine_tuning_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A fine-tuning job's stored params as this version reads them: the one place that maps rows stored before
+    `method` existed, which hold "full": true/false (their lr was filled in at submit, as now)."""
+    if "full" not in params:
+        return params
+    mapped = {name: value for name, value in params.items() if name != "full"}
+    mapped.setdefault("method", "full" if params["full"] else "lora")
+    mapped.setdefault("method_reason", f"{'all weights' if mapped['method'] == 'full' else 'LoRA adapter'}, as "
+                                       "stored (the job predates the method setting)")
+    return mapped
+
+
+def fine_tuning_config(config_class: type, params: dict[str, Any]):
+    """The kind's config (SFTConfig, RewardConfig, DPOConfig) from a job's stored params
+    (`stored_fine_tuning_params`)."""
+    params = stored_fine_tuning_params(params)
+    return config_class(**{name: params[name] for name in settings_of(config_class) if name in params})
+
+
+def method_said(params: dict[str, Any]) -> str:
+    """The method a fine-tuning job runs and why, for its log: its stored reason (`resolve_fine_tuning`)."""
+    params = stored_fine_tuning_params(params)
+    return params.get("method_reason") or f"method {params.get('method', 'auto')}"

@@ -6,27 +6,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from db.models import ModelKind
 from llm.dpo_config import DPOConfig
-from llm.params import settings_of
 from worker.jobs.context import JobContext, Outcome
-from worker.jobs.training import run_training
+from worker.jobs.params import fine_tuning_config, method_said
+from worker.jobs.training import add_warning, run_training
 from worker.kinds.reward.handler import snapshot
-
-DPO_FIELDS = tuple(settings_of(DPOConfig))
 
 
 def run(ctx: JobContext) -> Outcome:
     from llm.dpo import dpo
 
-    dpo_config = DPOConfig(**{name: ctx.params[name] for name in DPO_FIELDS if name in ctx.params})
+    dpo_config = fine_tuning_config(DPOConfig, ctx.params)
     pairs = snapshot(ctx)
     policy_dir = ctx.input_model_dir()
     ctx.log(f"DPO of model {ctx.input_model.id} ({ctx.input_model.name!r}) on {len(pairs):,} pairs "
             f"({dpo_config.loss_type}, beta {dpo_config.beta}, "
-            f"{'all weights' if dpo_config.full else f'LoRA r={dpo_config.lora_r}'})")
+            f"{method_said(ctx.params)}; learning rate {ctx.params['lr']:g})")
     facts: dict[str, Any] = {}
 
     def train(train_config):
@@ -43,15 +39,6 @@ def run(ctx: JobContext) -> Outcome:
         outcome.summary += f"; {pairs_kind} preference accuracy {facts['val_rewards/accuracies']:.1%}"
         if facts.get("kl") is not None:
             outcome.summary += f", KL from the start {facts['kl']:.3f} nats per token"
-    warning = facts.get("degeneration")
-    if warning:
-        ctx.log(f"WARNING: {warning}")
-        outcome.summary += f"; WARNING: {warning}"
-        record = outcome.finalize
-
-        def finalize(session: Session) -> dict[str, Any]:
-            # The job's notice (shown as a warning on a job that succeeded): the run is kept, but not as it ran.
-            return {**(record(session) if record is not None else {}), "error": warning}
-
-        outcome.finalize = finalize
+    # The run is kept, but not as it ran: said in the log, the summary and the job's notice.
+    add_warning(ctx, outcome, facts.get("degeneration"))
     return outcome

@@ -23,7 +23,7 @@ SPEC = JobKindSpec(
     model_kinds=(ModelKind.sft, ModelKind.base, ModelKind.dpo), produces=ModelKind.dpo,
     check=preference_check(PARAMS, DPO_DEFAULTS),
     metric_cards=METRIC_CARDS, plots=PLOTS, report_card=REPORT_CARD, run_report=run_report,
-    form_fields=("model_id", "dataset_id", "project_ids", "include_arena", "beta", "loss_type", "full", "lora_r",
+    form_fields=("model_id", "dataset_id", "project_ids", "include_arena", "beta", "loss_type", "method", "lora_r",
                  "max_steps", "batch_size", "block_size", "lr", "eval_every", "seed", "name"),
     form=TrainFormNames(prefix="dpo", tab="DPO", tab_id="dpo", intro="Start from an SFT model; the result is a chat model."),
 )

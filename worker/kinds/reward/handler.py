@@ -6,13 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from db.models import ModelKind
-from llm.params import settings_of
 from llm.reward_config import RewardConfig
 from worker.jobs.context import JobContext, Outcome, dataset_path
+from worker.jobs.params import fine_tuning_config, method_said
 from worker.jobs.preference_pairs import parse_project_ids, snapshot_pairs
 from worker.jobs.training import run_training
-
-REWARD_FIELDS = tuple(settings_of(RewardConfig))
 
 
 def snapshot(ctx: JobContext) -> list[dict]:
@@ -26,11 +24,11 @@ def snapshot(ctx: JobContext) -> list[dict]:
 def run(ctx: JobContext) -> Outcome:
     from llm.reward import reward
 
-    reward_config = RewardConfig(**{name: ctx.params[name] for name in REWARD_FIELDS if name in ctx.params})
+    reward_config = fine_tuning_config(RewardConfig, ctx.params)
     pairs = snapshot(ctx)
     base_dir = ctx.input_model_dir()
     ctx.log(f"training a reward model from model {ctx.input_model.id} ({ctx.input_model.name!r}) on "
-            f"{len(pairs):,} pairs ({'all weights' if reward_config.full else f'LoRA r={reward_config.lora_r}'})")
+            f"{len(pairs):,} pairs ({method_said(ctx.params)}; learning rate {ctx.params['lr']:g})")
     facts: dict[str, Any] = {}
 
     def train(train_config):

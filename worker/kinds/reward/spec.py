@@ -12,13 +12,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.models import DatasetKind, LabelingProject, ModelKind
+from db.models import DatasetKind, LabelingProject, Model, ModelKind
 from db.settings import Settings
 from llm.params import Setting, settings_of
 from llm.reward_config import REWARD_DEFAULTS, RewardConfig
 from llm.train_config import FineTuningDefaults
 from worker.jobs.fit import check_schedule
-from worker.jobs.params import JobParamsError, fine_tuning_loop_params
+from worker.jobs.params import JobParamsError, fine_tuning_loop_params, resolve_fine_tuning
 from worker.jobs.preference_pairs import parse_project_ids
 from worker.jobs.spec import MODEL_ID, MODEL_NAME, JobKindSpec, TrainFormNames
 from worker.kinds.reward.card import METRIC_CARDS, PLOTS, REPORT_CARD, run_report
@@ -51,7 +51,7 @@ def check_pair_sources(session: Session, params: dict[str, Any]) -> None:
 
 def preference_params(config_class: type, defaults: FineTuningDefaults) -> dict[str, Setting]:
     """The params of a kind that learns from pairs (reward, DPO): the model, the pair sources, its config's
-    settings and the loop's, whose learning rate defaults by LoRA or all weights."""
+    settings and the loop's, whose learning rate defaults by the method and the model's width."""
     return {
         "model_id": MODEL_ID,
         **PAIR_SOURCES,
@@ -62,10 +62,11 @@ def preference_params(config_class: type, defaults: FineTuningDefaults) -> dict[
 
 
 def preference_check(declared: dict[str, Setting], defaults: FineTuningDefaults):
-    """The `check` of such a kind: pair sources, the learning rate filled in (so the row says what runs), schedule."""
+    """The `check` of such a kind: pair sources, the method and learning rate resolved on the model (so the row
+    says what runs), schedule."""
     def check(session: Session, params: dict[str, Any], settings: Settings) -> None:
         check_pair_sources(session, params)
-        params["lr"] = defaults.learning_rate(params["full"], params.get("lr"))
+        resolve_fine_tuning(params, defaults, session.get(Model, params["model_id"]).config)
         check_schedule(params, declared)
 
     return check
@@ -81,7 +82,7 @@ SPEC = JobKindSpec(
     model_kinds=(ModelKind.base, ModelKind.sft), produces=ModelKind.reward,
     check=preference_check(PARAMS, REWARD_DEFAULTS),
     metric_cards=METRIC_CARDS, plots=PLOTS, report_card=REPORT_CARD, run_report=run_report,
-    form_fields=("model_id", "dataset_id", "project_ids", "include_arena", "full", "lora_r", "max_steps",
+    form_fields=("model_id", "dataset_id", "project_ids", "include_arena", "method", "lora_r", "max_steps",
                  "batch_size", "block_size", "lr", "eval_every", "seed", "name"),
     form=TrainFormNames(prefix="rm", tab="Reward model", tab_id="reward",
                         intro="Best-of-N in Chat and DPO's evaluation use it."),

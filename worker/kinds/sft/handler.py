@@ -6,22 +6,20 @@ from __future__ import annotations
 from typing import Any
 
 from db.models import ModelKind
-from llm.params import settings_of
 from llm.sft_config import SFTConfig
 from worker.jobs.context import JobContext, Outcome, dataset_path
+from worker.jobs.params import fine_tuning_config, method_said
 from worker.jobs.training import run_training
-
-SFT_FIELDS = tuple(settings_of(SFTConfig))
 
 
 def run(ctx: JobContext) -> Outcome:
     from llm.sft import sft
 
     params = ctx.params
-    sft_config = SFTConfig(**{name: params[name] for name in SFT_FIELDS if name in params})
+    sft_config = fine_tuning_config(SFTConfig, params)
     base_dir = ctx.input_model_dir()
     ctx.log(f"fine-tuning model {ctx.input_model.id} ({ctx.input_model.name!r}) on dataset {ctx.dataset.id} "
-            f"({'all weights' if sft_config.full else f'LoRA r={sft_config.lora_r}'})")
+            f"({method_said(params)}; learning rate {params['lr']:g})")
     facts: dict[str, Any] = {}
 
     def train(train_config):

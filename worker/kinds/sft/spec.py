@@ -1,7 +1,8 @@
 """The `sft` kind's declaration: supervised fine-tuning of a base (or earlier SFT) model on a chat dataset.
 
-LoRA through peft by default (the output is an adapter directory that loads onto its parent model),
-or every weight with `full`. The loss is on the assistant's tokens only (llm/chat.py's mask).
+Every weight, or a LoRA adapter through peft (an adapter directory that loads onto its parent model): the
+`method`, whose default "auto" is resolved at submit from the model's size (`llm.train_config.choose_method`).
+The loss is on the assistant's tokens only (llm/chat.py's mask).
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.models import DatasetKind, ModelKind
+from db.models import DatasetKind, Model, ModelKind
 from db.settings import Settings
 from llm.params import settings_of
 from llm.sft_config import SFT_DEFAULTS, SFTConfig
 from worker.jobs.fit import check_memory, check_schedule
-from worker.jobs.params import JobParamsError, fine_tuning_loop_params
+from worker.jobs.params import JobParamsError, fine_tuning_loop_params, resolve_fine_tuning
 from worker.jobs.spec import DATASET_ID, MODEL_ID, MODEL_NAME, JobKindSpec, TrainFormNames
 from worker.kinds.sft.card import METRIC_CARDS, PLOTS, REPORT_CARD
 from worker.kinds.sft.estimate import estimate
@@ -31,8 +32,8 @@ PARAMS = {
 
 
 def check(session: Session, params: dict[str, Any], settings: Settings) -> None:
-    # The learning rate's default depends on `full`: fill it in here, so the stored row says what runs.
-    params["lr"] = SFT_DEFAULTS.learning_rate(params["full"], params.get("lr"))
+    # "auto" and the learning rate's default depend on the model: resolved here, so the stored row says what runs.
+    resolve_fine_tuning(params, SFT_DEFAULTS, session.get(Model, params["model_id"]).config)
     if params.get("min_lr") is not None and params["min_lr"] > params["lr"]:
         raise JobParamsError("min_lr", "must not be greater than lr")
     check_schedule(params, PARAMS)
@@ -46,9 +47,10 @@ SPEC = JobKindSpec(
     params=PARAMS, handler=run, dataset_kinds=(DatasetKind.chat,), model_kinds=(ModelKind.base, ModelKind.sft),
     produces=ModelKind.sft, check=check, estimate=estimate,
     metric_cards=METRIC_CARDS, plots=PLOTS, report_card=REPORT_CARD,
-    form_fields=("model_id", "dataset_id", "full", "lora_r", "lora_alpha", "max_steps", "batch_size", "block_size",
+    form_fields=("model_id", "dataset_id", "method", "lora_r", "lora_alpha", "max_steps", "batch_size", "block_size",
                  "lr", "warmup", "eval_every", "checkpoint_every", "seed", "name"),
     form=TrainFormNames(prefix="ft", tab="Fine-tune", tab_id="finetune",
-                        intro="LoRA trains a small adapter that loads onto its base model; **all weights** writes "
-                              "a full model."),
+                        intro="**auto** trains all weights of a small model and a LoRA adapter on a large one "
+                              "(the estimate says which, and why); **lora** trains a small adapter that loads onto "
+                              "its base model; **full** writes a full model."),
 )
