@@ -98,6 +98,29 @@ def test_deleting_a_model_is_refused_naming_children_adapters_and_jobs_that_use_
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_model_named_by_a_queued_job_beyond_its_input_is_not_deleted(client: TestClient, session: Session, users,
+                                                                         api_settings):
+    first = add_model(session, api_settings, users["trainer"], "first")
+    second = add_model(session, api_settings, users["trainer"], "second")
+    third = add_model(session, api_settings, users["trainer"], "third")
+    evaluate = make_job(session, users["trainer"], status=JobStatus.queued)
+    generate = make_job(session, users["trainer"], status=JobStatus.queued)
+    session.get(Job, evaluate).params = {"model_ids": [first, second], "dataset_id": 1}
+    session.get(Job, generate).params = {"model_id": first, "model_id_b": third, "dataset_id": 1}
+    session.commit()
+
+    for model_id, jobs_naming_it in ((second, [evaluate]), (third, [generate])):
+        response = client.delete(f"/api/models/{model_id}", auth=TRAINER)
+        assert response.status_code == 409, response.text
+        assert [f"job #{job_id}" in response.json()["detail"] for job_id in (evaluate, generate)] == [
+            job_id in jobs_naming_it for job_id in (evaluate, generate)]
+    assert count(session, Model) == 3
+    assert client.post(f"/api/jobs/{evaluate}/cancel", auth=TRAINER).status_code == 200
+    assert client.delete(f"/api/jobs/{evaluate}", auth=TRAINER).status_code == 204
+    assert client.delete(f"/api/models/{second}", auth=TRAINER).status_code == 204
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_models_are_renamed_and_deleted_by_their_owner_or_an_admin_only(client: TestClient, session: Session, users,
                                                                         api_settings):
     admins = add_model(session, api_settings, users["admin"], "admins")

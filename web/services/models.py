@@ -24,6 +24,7 @@ from db.settings import Settings, safe_join
 from web.services.access import Action, can, require, require_owner, resolve_user, sees_model_names
 from web.services.common import (Conflict, InvalidInput, NotFound, enum_value, parse_enum, reading,
                                  stored_all_or_nothing)
+from worker.jobs.references import models_named
 
 log = logging.getLogger(__name__)
 
@@ -266,9 +267,12 @@ def model_dependents(settings: Settings, session: Session, model_id: int) -> lis
     found += [f"model #{adapter.id} {adapter.name!r} (a LoRA adapter on it)"
               for adapter in _adapters_based_on(settings, session, model)
               if adapter.id not in {child.id for child in children}]
+    # A job names models in its params beyond its input (a second generate model, the models an evaluate job
+    # compares): a queued one would fail, a finished one would lose what it was run on.
     found += [f"job #{job_id} ({enum_value(kind)}, {enum_value(status)}) uses it as input"
-              for job_id, kind, status in session.execute(
-                  select(Job.id, Job.kind, Job.status).where(Job.input_model_id == model_id).order_by(Job.id))]
+              for job_id, kind, status, input_model_id, params in session.execute(
+                  select(Job.id, Job.kind, Job.status, Job.input_model_id, Job.params).order_by(Job.id))
+              if input_model_id == model_id or model_id in models_named(params)]
     answers = session.scalar(select(func.count()).select_from(Completion).where(Completion.model_id == model_id))
     if answers:
         found.append(f"{answers} generated answer{'s' if answers != 1 else ''} (labeling and arena data)")
