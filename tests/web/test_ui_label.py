@@ -55,7 +55,8 @@ def second_labeler(users, session):
 
 def create(tab, who, job_ids, overlap=2, **overrides):
     fields = {"name": "helpful?", "job_ids": job_ids, "pairing": "all", "pairs_per_prompt": 3, "overlap": overlap,
-              "who_labels": EVERYONE, "labeler_ids": [], "guidelines": "Prefer the **correct** answer."}
+              "who_labels": EVERYONE, "labeler_ids": [], "co_owner_ids": [],
+              "guidelines": "Prefer the **correct** answer."}
     fields.update(overrides)
     return tab.admin.create(*fields.values(), as_user(who))
 
@@ -185,7 +186,7 @@ def test_create_refusals_name_the_field_and_store_nothing(tab, users, session):
 def test_lists_for_the_form(tab, users, session, second_labeler):
     job = make_generate_job(session, prompts=1, answers=2)
     make_generate_job(session, prompts=1, answers=2, status=JobStatus.running)
-    picker, jobs, labelers = tab.admin.refresh(None, as_user(TRAINER[0]))
+    picker, jobs, labelers, co_owners, owners = tab.admin.refresh(None, as_user(TRAINER[0]))
     assert [value for _, value in jobs.choices] == [job.id]  # finished generate jobs only
     names = [label.split(" ")[0] for label, _ in labelers.choices]
     assert set(names) == {LABELER[0], "labeler2"}  # the labelers: trainers and admins label every project
@@ -194,6 +195,29 @@ def test_lists_for_the_form(tab, users, session, second_labeler):
     assert "labeler2" not in [u["name"] for u in labeler_choices(TRAINER[0])]
     with pytest.raises(PermissionDenied):
         labeler_choices(LABELER[0])
+    # Co-owners are chosen among the people who may manage labeling: trainers and admins, never labelers.
+    assert co_owners.choices == owners.choices
+    assert {label.split(" ")[0] for label, _ in co_owners.choices} == {ADMIN[0], TRAINER[0]}
+
+
+def test_a_project_names_its_co_owners_when_made_and_later(tab, users, session):
+    job = make_generate_job(session, prompts=1, answers=2)
+    other = create_user(session, "trainer2", "trainer2-password", Role.trainer)
+    session.commit()
+    refused = create(tab, TRAINER[0], [job.id], co_owner_ids=[users["labeler"].id])
+    assert "Not created — Co-owners:" in refused[0] and "labeler" in refused[0]
+    message, picker, *_, owners = create(tab, TRAINER[0], [job.id], co_owner_ids=[other.id])
+    project_id = picker.value
+    assert "Created" in message and owners.choices  # the lists are fresh after a create
+    assert tab.admin.show(project_id, as_user(TRAINER[0]))[2] == [other.id]
+    # The co-owner may now manage it: here, take themselves off again (an owner's decision).
+    message, owners = tab.admin.save_co_owners(project_id, [], as_user("trainer2"))
+    assert "now has no co-owners" in message and owners == []
+    message, _ = tab.admin.save_co_owners(project_id, [other.id], as_user("trainer2"))
+    assert "Not saved" in message  # no longer an owner
+    message, owners = tab.admin.save_co_owners(project_id, [other.id], as_user(ADMIN[0]))
+    assert "1 co-owner:" in message and owners == [other.id]
+    assert "Choose a project first" in tab.admin.save_co_owners(None, [], as_user(ADMIN[0]))[0]
 
 
 def test_agreement_guidelines_and_exports(tab, users, session, second_labeler):
@@ -217,7 +241,7 @@ def test_agreement_guidelines_and_exports(tab, users, session, second_labeler):
     assert label_everything(tab, LABELER[0], project_id, prefers_first) == 9
     assert label_everything(tab, "labeler2", project_id, mostly_first) == 9
 
-    guidelines, preview, numbers, kappas, majority, disagreements = tab.admin.show(project_id, admin)
+    guidelines, preview, owners, numbers, kappas, majority, disagreements = tab.admin.show(project_id, admin)
     report = agreement_report(project_id, ADMIN[0])
     assert guidelines == preview == "Prefer the **correct** answer."
     assert numbers == agreement_html(report) and f'data-alpha="{report["alpha"]}"' in numbers

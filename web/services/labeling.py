@@ -42,7 +42,7 @@ from db.models import (MAX_TIME_SPENT_S, SQL_INTEGER_MAX, Comparison, Completion
                        LabelingPair, LabelingProject, Role, User, utcnow)
 from llm.preference_labels import Choice, Label
 from web.services import labeling_queries as queries
-from web.services.access import Action, can, require, require_owner, resolve_user
+from web.services.access import ALLOWED_ROLES, Action, can, require, require_owner, resolve_user
 from web.services.common import Conflict, InvalidInput, NotFound, PermissionDenied, reading, refuse_unprintable
 
 ASSIGNMENT_MINUTES = 10          # how long a handed-out pair holds its overlap slot
@@ -257,6 +257,16 @@ def labeler_choices(who, session: Session | None = None) -> list[dict]:
     with reading(session) as s:
         require(resolve_user(s, who), Action.manage_labeling)
         users = s.scalars(select(User).where(User.disabled.is_(False), User.role == Role.labeler).order_by(User.name))
+        return [{"id": u.id, "name": u.name, "role": u.role.value} for u in users]
+
+
+def co_owner_choices(who, session: Session | None = None) -> list[dict]:
+    """The enabled people who may manage labeling, by name ({id, name, role}): whom a project can name as its
+    co-owners (the roles are access.ALLOWED_ROLES[manage_labeling])."""
+    with reading(session) as s:
+        require(resolve_user(s, who), Action.manage_labeling)
+        roles = ALLOWED_ROLES[Action.manage_labeling]
+        users = s.scalars(select(User).where(User.disabled.is_(False), User.role.in_(roles)).order_by(User.name))
         return [{"id": u.id, "name": u.name, "role": u.role.value} for u in users]
 
 

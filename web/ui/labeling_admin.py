@@ -35,7 +35,7 @@ MAJORITY_COLUMNS = ["labeler", "pairs compared", "agrees with the others' majori
 DISAGREEMENT_COLUMNS = ["pair", "prompt", "answer a", "answer b", "labels"]
 # The service's field names → the form's labels, so a refusal says which field to fix.
 FORM_FIELDS = {"name": "Name", "source_job_ids": "Finished generate jobs", "pairing": "Pairing",
-               "pairs_per_prompt": "Pairs per prompt", "overlap": "Overlap", "labeler_ids": "Chosen labelers",
+               "pairs_per_prompt": "Pairs per prompt", "overlap": "Overlap", "labeler_ids": "Chosen labelers", "co_owner_ids": "Co-owners",
                "guidelines": "Guidelines"}
 EXPORTS = {"trl": "project-{id}-pairs.jsonl", "csv": "project-{id}-labels.csv"}  # as the API names them
 
@@ -89,7 +89,7 @@ def job_choices(jobs: list[dict]) -> list[tuple[str, int]]:
     return [(f"#{j['id']} {job_title(j)}" + (f" · {j['owner']}" if j.get("owner") else ""), j["id"]) for j in jobs]
 
 
-def labeler_choices(users: list[dict]) -> list[tuple[str, int]]:
+def person_choices(users: list[dict]) -> list[tuple[str, int]]:
     return [(f"{u['name']} ({u['role']})", u["id"]) for u in users]
 
 
@@ -114,6 +114,8 @@ class LabelingAdmin:
     picker: gr.Dropdown
     jobs: gr.Dropdown
     labelers: gr.Dropdown
+    co_owners: gr.Dropdown          # the new project's
+    owners: gr.Dropdown             # the chosen project's
     timer: gr.Timer
     agreement_outputs: list  # numbers, kappas, majority, disagreements
 
@@ -122,7 +124,8 @@ class LabelingAdmin:
         return user["name"] if user else None
 
     def refresh(self, chosen: int | None = None, request: gr.Request | None = None):
-        """(project picker, finished generate jobs, labelers) for a manager; empty for anyone else."""
+        """(project picker, finished generate jobs, labelers, co-owners of a new project, of the chosen one) for a
+        manager; empty for anyone else."""
         from web.services import ServiceError, labeling, list_jobs
 
         who = self._who(request)
@@ -132,16 +135,19 @@ class LabelingAdmin:
                 jobs = list_jobs(status="succeeded", kind="generate", session=session,
                                  viewer=current_user(self.settings, request))
                 users = labeling.labeler_choices(who, session=session)
+                managers = labeling.co_owner_choices(who, session=session)
         except ServiceError:
-            projects, jobs, users = [], [], []
+            projects, jobs, users, managers = [], [], [], []
         choices = project_choices(projects)
         ids = [value for _, value in choices]
         return (gr.Dropdown(choices=choices, value=chosen if chosen in ids else (ids[0] if ids else None)),
-                gr.Dropdown(choices=job_choices(jobs)), gr.Dropdown(choices=labeler_choices(users)))
+                gr.Dropdown(choices=job_choices(jobs)), gr.Dropdown(choices=person_choices(users)),
+                gr.Dropdown(choices=person_choices(managers)), gr.Dropdown(choices=person_choices(managers)))
 
-    def create(self, name, job_ids, pairing, pairs_per_prompt, overlap, who_labels, labeler_ids, guidelines,
-               request: gr.Request | None = None):
-        """(message, picker, jobs, labelers): the new project chosen, or the refusal naming the field."""
+    def create(self, name, job_ids, pairing, pairs_per_prompt, overlap, who_labels, labeler_ids, co_owner_ids,
+               guidelines, request: gr.Request | None = None):
+        """(message, picker, jobs, labelers, co-owners, owners): the new project chosen, or the refusal naming the
+        field."""
         from web.services import ServiceError, labeling
 
         try:
@@ -155,27 +161,30 @@ class LabelingAdmin:
                     pairing=pairing, pairs_per_prompt=whole_number(pairs_per_prompt, "pairs_per_prompt")
                     if pairing == "random" else None, overlap=whole_number(overlap, "overlap"),
                     guidelines=guidelines or "",
-                    labeler_ids=[int(i) for i in labeler_ids] if who_labels == CHOSEN else None)
+                    labeler_ids=[int(i) for i in labeler_ids] if who_labels == CHOSEN else None,
+                    co_owner_ids=[int(i) for i in co_owner_ids or []])
                 made = labeling.project_to_dict(session, project)
         except ServiceError as error:
             where = FORM_FIELDS.get(getattr(error, "field", None) or "")
             text = f"Not created — {where}: {error_text(error)}" if where else f"Not created — {error_text(error)}"
-            return message_html(text, "error"), gr.skip(), gr.skip(), gr.skip()
+            return message_html(text, "error"), *[gr.skip()] * 5
         message = message_html(f"Created {made['name']}: {made['pairs']} pairs, {made['overlap']} label(s) each. "
                                "Labelers find it in the Label sub-tab.", "ok")
         return (message, *self.refresh(made["id"], request))
 
     def show(self, project_id: int | None, request: gr.Request | None = None):
-        """(guidelines editor, preview, numbers, kappas, majority, disagreements) of the chosen project."""
+        """(guidelines editor, preview, co-owners, numbers, kappas, majority, disagreements) of the chosen
+        project."""
         from web.services import ServiceError, labeling
 
         if not project_id:
-            return ("", "", *self.empty_agreement(""))
+            return ("", "", [], *self.empty_agreement(""))
         try:
             project = labeling.get_project(int(project_id), self._who(request))
         except ServiceError as error:
-            return ("", "", *self.empty_agreement(message_html(error_text(error), "error")))
-        return (project["guidelines"], project["guidelines"], *self.agreement(project_id, request))
+            return ("", "", [], *self.empty_agreement(message_html(error_text(error), "error")))
+        return (project["guidelines"], project["guidelines"], project["co_owner_ids"],
+                *self.agreement(project_id, request))
 
     @staticmethod
     def empty_agreement(numbers: str) -> tuple:
@@ -207,6 +216,23 @@ class LabelingAdmin:
         return message_html(f"Guidelines of {project['name']} saved; labelers see them on their next pair.",
                             "ok"), project["guidelines"]
 
+    def save_co_owners(self, project_id: int | None, co_owner_ids: list | None, request: gr.Request | None = None):
+        """(message, co-owners): who owns the project with its creator, saved (the owners' or an admin's call)."""
+        from web.services import ServiceError, labeling
+
+        if not project_id:
+            return message_html("Choose a project first.", "error"), gr.skip()
+        try:
+            with db_session(self.settings) as session:
+                project = labeling.set_co_owners(session, self._who(request), int(project_id),
+                                                 [int(i) for i in co_owner_ids or []])
+        except ServiceError as error:
+            return message_html(f"Not saved — co-owners: {error_text(error)}", "error"), gr.skip()
+        count = len(project["co_owner_ids"])
+        said = f"{count} co-owner{'s' if count != 1 else ''}" if count else "no co-owners"
+        return (message_html(f"{project['name']} now has {said}: they may change it, see its agreement and export "
+                             "it.", "ok"), project["co_owner_ids"])
+
     def export(self, project_id: int | None, fmt: str, request: gr.Request | None = None):
         """(file, message): the export written to a fresh temporary folder (Gradio serves files from there)."""
         from web.services import ServiceError, labeling_results
@@ -228,7 +254,8 @@ class LabelingAdmin:
     def wire(self, blocks: gr.Blocks, page: gr.Tab, other_page: gr.Tab) -> None:
         """Opening the sub-tab refreshes the lists and starts the agreement timer; the Label sub-tab stops it."""
         private = {"api_visibility": "private"}
-        page.select(self.refresh, [self.picker], [self.picker, self.jobs, self.labelers], queue=False,
+        page.select(self.refresh, [self.picker], [self.picker, self.jobs, self.labelers, self.co_owners, self.owners],
+                    queue=False,
                     **private).then(lambda: gr.Timer(active=True), None, [self.timer], **private)
         other_page.select(lambda: gr.Timer(active=False), None, [self.timer], queue=False, **private)
         self.timer.tick(self.agreement, [self.picker], self.agreement_outputs, show_progress="hidden", **private)
@@ -255,6 +282,8 @@ def build(settings) -> LabelingAdmin:
         with gr.Row():
             who_labels = gr.Radio([EVERYONE, CHOSEN], value=EVERYONE, label="Labelers", elem_id="labeling-who")
             labelers = gr.Dropdown(label="Chosen labelers", choices=[], multiselect=True, elem_id="labeling-labelers")
+            co_owners = gr.Dropdown(label="Co-owners (trainers or admins who may manage it too)", choices=[],
+                                    multiselect=True, elem_id="labeling-co-owners")
         new_guidelines = gr.Textbox(label="Guidelines (Markdown)", lines=4, elem_id="labeling-new-guidelines")
         create = gr.Button("Create project", variant="primary", elem_id="labeling-create")
 
@@ -264,6 +293,11 @@ def build(settings) -> LabelingAdmin:
             guidelines = gr.Textbox(label="Markdown", lines=8, elem_id="labeling-guidelines")
             preview = gr.Markdown(elem_id="labeling-guidelines-preview", container=True)
         save = gr.Button("Save guidelines", elem_id="labeling-save-guidelines")
+    with gr.Accordion("Owners", open=False, elem_id="labeling-owners-panel"):
+        with gr.Row(equal_height=True):
+            owners = gr.Dropdown(label="Co-owners: they may change the project, see its agreement and export it",
+                                 choices=[], multiselect=True, elem_id="labeling-owners", scale=4)
+            save_owners = gr.Button("Save co-owners", elem_id="labeling-save-owners", scale=1)
     gr.Markdown("#### Agreement")
     numbers = gr.HTML(elem_id="labeling-agreement")
     with gr.Row(equal_height=False):
@@ -284,12 +318,13 @@ def build(settings) -> LabelingAdmin:
     timer = gr.Timer(TICK_SECONDS, active=False)
 
     agreement_outputs = [numbers, kappas, majority, disagreements]
-    panel = LabelingAdmin(settings=settings, picker=picker, jobs=jobs, labelers=labelers, timer=timer,
-                          agreement_outputs=agreement_outputs)
+    panel = LabelingAdmin(settings=settings, picker=picker, jobs=jobs, labelers=labelers, co_owners=co_owners,
+                          owners=owners, timer=timer, agreement_outputs=agreement_outputs)
     private = {"api_visibility": "private"}
-    create.click(panel.create, [name, jobs, pairing, per_prompt, overlap, who_labels, labelers, new_guidelines],
-                 [message, picker, jobs, labelers], **private)
-    picker.change(panel.show, [picker], [guidelines, preview, *agreement_outputs], **private)
+    create.click(panel.create, [name, jobs, pairing, per_prompt, overlap, who_labels, labelers, co_owners,
+                                new_guidelines], [message, picker, jobs, labelers, co_owners, owners], **private)
+    picker.change(panel.show, [picker], [guidelines, preview, owners, *agreement_outputs], **private)
+    save_owners.click(panel.save_co_owners, [picker, owners], [message, owners], **private)
     refresh.click(panel.agreement, [picker], agreement_outputs, **private)
     guidelines.change(lambda text: text, [guidelines], [preview], queue=False, show_progress="hidden", **private)
     save.click(panel.save_guidelines, [picker, guidelines], [message, preview], **private)
