@@ -117,4 +117,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # A disabled user's open UI sessions end at their next request (web.auth.SessionsOfEnabledUsers).
     gradio_app = next(route.app for route in app.routes if isinstance(getattr(route, "app", None), gr.routes.App))
     gradio_app.tokens = SessionsOfEnabledUsers(settings.database_url)
+    # Gradio 6.31's queue runs an event's `validator` (the Train forms' field checks) with `blocks.app`'s session
+    # states, and mount_gradio_app leaves that at an App that serves nothing: a dropdown whose choices a refresh
+    # filled was then refused ("Value: 1 is not in the list of choices: []"). `launch()` points it at the server.
+    blocks.app = gradio_app
     return app

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 from playwright.sync_api import expect
 
-from tests.support.browser import log_in, open_tab
+from tests.support.browser import choose, fill_number, log_in, open_tab
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -351,4 +351,43 @@ def test_the_arena_labels_its_input_offers_a_next_battle_and_shows_records_and_w
     assert message.input_value() == "" and page.locator("#arena-vote-left").is_disabled()
     assert page.locator("#arena-left .message, #arena-right .message").count() == 0
     page.wait_for_function("() => document.activeElement && document.activeElement.closest('#arena-input')")
+    context.close()
+
+
+def test_a_wrong_number_in_a_train_form_is_said_under_its_field(server, browser):
+    """Item 13: a value out of its bounds is said under its field, with the field's label and the bound; no toast,
+    the other fields' errors and the last submit's result gone."""
+    from db.models import Dataset, DatasetKind
+
+    with database(server) as session:
+        session.add(Dataset(name="form-check stories", kind=DatasetKind.text, format="txt", path="datasets/none",
+                            original_filename="stories.txt", size_bytes=1, stats={"documents": 1}))
+        session.commit()
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(120_000)
+    log_in(page, server.url, server.password)
+    open_tab(page, "Train")
+    page.locator("#pt-estimate-cards").wait_for()
+    choose(page, "pt-dataset", "form-check stories", exact=False)
+    # A refusal only the server's check makes leaves a result under the button.
+    fill_number(page, "pt-max-steps", 10)
+    fill_number(page, "pt-warmup", 20)
+    page.locator("#pt-submit").click()
+    page.locator("#pt-result .wb-msg-error").filter(has_text="Not submitted").wait_for()
+
+    fill_number(page, "pt-block-size", 4)
+    page.locator("#pt-submit").click()
+    block_error = page.locator("#pt-block-size div.validation-error")  # (the input gets the class too: red)
+    expect(block_error).to_have_text("Block size: must be at least 8, got 4")
+    expect(page.locator("#pt-result .wb-msg")).to_have_count(0)
+
+    fill_number(page, "pt-block-size", 64)
+    fill_number(page, "pt-lr", 0)
+    page.locator("#pt-submit").click()
+    expect(page.locator("#pt-lr div.validation-error")).to_have_text("Learning rate: must be greater than 0, got 0.0")
+    expect(block_error).to_have_count(0)
+    expect(page.locator("#pt-estimate")).to_contain_text("Learning rate: must be greater than 0")
+    page.screenshot(path=str(server.data_dir.parent / "form-errors.png"), full_page=True)
+    assert page.locator("[data-testid='toast-body']").count() == 0
     context.close()

@@ -246,6 +246,9 @@ def test_a_wrong_value_is_said_under_its_field_with_its_label_and_bound(workbenc
     assert wrong == {"lr": "Learning rate: must be greater than 0, got 0.0",
                      "block_size": "Block size: must be at least 8, got 4"}
     assert all(mark["message"] == "" for mark in marks.values() if mark["is_valid"])
+    [(do_estimate, _, _)] = tab.on_load  # the estimate beside the form says the first one the same way
+    assert "Estimate unavailable: Block size: must be at least 8, got 4" in do_estimate(
+        *[values[component] for component in tab.inputs.values()])
 
     # Fixed, block size is no longer marked; a text field that is not a number is named too.
     values[tab.inputs["lr"]], values[tab.inputs["block_size"]] = 1e-3, 64

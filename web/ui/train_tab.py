@@ -385,6 +385,8 @@ def _estimator(settings, spec: JobKindSpec, labels: dict[str, str], params_of: C
             if missing in labels and message == f"{missing}: is required":
                 what = labels[missing].split(" (")[0].lower()
                 return message_html(f"Choose the {what} to see the size of the run.", "info")
+            if missing in spec.params and message.startswith(f"{missing}: "):  # said as its field says it
+                message = f"{job_form.label_of(missing, spec.params[missing])}: {message[len(missing) + 2:]}"
             return estimate_html(None, message)
 
     return do_estimate
