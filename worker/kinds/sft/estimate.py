@@ -15,7 +15,9 @@ from db.settings import Settings
 from llm.memory import gpt_parameter_count, lora_trainable_params, training_memory
 from llm.sft_config import SFT_DEFAULTS
 from llm.train_config import choose_method
+from llm.throughput import ProbeShape
 from worker.jobs.fit import RunEstimate, device_type
+from worker.jobs.throughput import default_dtype
 from worker.jobs.params import required
 
 
@@ -42,6 +44,10 @@ def estimate(session: Session, params: dict[str, Any], settings: Settings) -> Ru
                              device_type=device, dtype=params.get("dtype"))
     tokens_per_step = params["batch_size"] * length * params["grad_accum"]
     trains_all = full and memory.training > memory.weights
+    # What its time is read for (worker.jobs.throughput); the probe runs the head at every position, where SFT
+    # runs it at the answers only: the time errs long by up to the head's share of the step.
+    step_shape = ProbeShape(n_layer, model_config.get("n_head") or 1, n_embd, vocab, params["batch_size"], length,
+                            default_dtype(device, params.get("dtype")), lora_rank=0 if full else params["lora_r"])
     return RunEstimate(
         memory=memory, device_type=device, flops=(6 if full else 4) * total * tokens_per_step * params["max_steps"],
         model_field="method" if trains_all else "model_id",
@@ -50,4 +56,5 @@ def estimate(session: Session, params: dict[str, Any], settings: Settings) -> Ru
         figures={"params_total": total, "trainable_params": trainable, "tokens_per_step": tokens_per_step,
                  "total_tokens": tokens_per_step * params["max_steps"], "method": choice.method,
                  "method_reason": params.get("method_reason") or choice.reason,
-                 "lr": SFT_DEFAULTS.learning_rate(choice.method, params.get("lr"), n_embd)})
+                 "lr": SFT_DEFAULTS.learning_rate(choice.method, params.get("lr"), n_embd)},
+        shape=step_shape)
