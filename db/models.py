@@ -401,6 +401,18 @@ class Comparison(Base):
     idempotency_key: Mapped[Optional[str]] = mapped_column(String(64), unique=True)
 
 
+class UndoneLabelKey(Base):
+    """The idempotency key of a label that was undone: a late retry of the request that stored it (a network
+    retry arriving after the undo) must not store the label again, and the key is no longer on any label to
+    tell it so. Kept for good; a key is at most 64 characters."""
+
+    __tablename__ = "undone_label_keys"
+
+    idempotency_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    undone_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ArenaBattle(Base):
     """Two anonymous answers the arena showed one person: the one thing their vote may name, once (the vote's
     comparison), and the one way to learn which models wrote them, after that vote. Ids are never reused

@@ -103,7 +103,7 @@ def _new_job(session: Session, **fields: Any) -> Job:
 def test_upgrade_from_empty_matches_the_models(empty_database_url: str) -> None:
     assert current_revision(empty_database_url) is None
     upgrade(empty_database_url)
-    assert current_revision(empty_database_url) == head_revision() == "0009"
+    assert current_revision(empty_database_url) == head_revision() == "0010"
     assert is_up_to_date(empty_database_url)
 
     engine = create_workbench_engine(empty_database_url)
@@ -153,8 +153,8 @@ def test_migrate_module_runs_from_the_command_line(empty_database_url: str, tmp_
         [sys.executable, "-m", "db.migrate"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "database at 0009" in upgraded.stdout
-    assert current_revision(empty_database_url) == "0009"
+    assert f"database at {head_revision()}" in upgraded.stdout
+    assert current_revision(empty_database_url) == head_revision()
 
 
 # --- engines and sessions --------------------------------------------------------------------

@@ -93,6 +93,11 @@ def test_labels_are_unswapped_idempotent_and_undoable(session, team):
     assert back["pair_id"] == pair.id and back["left"]["answer_id"] == left
     session.refresh(pair)
     assert pair.label_count == 0 and session.scalar(select(func.count(Comparison.id))) == 0
+    # A late retry of the undone label's request (its key) stores nothing: the labeler took that label back.
+    with pytest.raises(Conflict, match="was undone; nothing is stored"):
+        submit_label(session, lea, project.id, pair.id, "left", left, idempotency_key="k1")
+    session.refresh(pair)
+    assert pair.label_count == 0 and session.scalar(select(func.count(Comparison.id))) == 0
     with pytest.raises(InvalidInput, match="choice"):
         submit_label(session, lea, project.id, pair.id, "A", left)
     for not_shown in (str(pair.completion_a_id), other["left"]["answer_id"]):  # a database id; another pair's

@@ -15,7 +15,7 @@ import threading
 import pytest
 from sqlalchemy import func, select
 
-from db.models import Comparison, LabelingPair, Role
+from db.models import Comparison, LabelingPair, Role, UndoneLabelKey
 from db.session import SessionLocal
 from db.users import create_user
 from llm.preference_labels import Label
@@ -118,4 +118,7 @@ def test_counts_equal_labels_under_concurrent_labels_retries_and_undos(session, 
     assert [(pair, count) for pair, count, labels in pairs if count != labels] == [], pairs
     assert all(labels <= project.overlap for _, _, labels in pairs), pairs
     assert sum(labels for _, _, labels in pairs) > 0  # the schedule did label
+    # No label that was undone came back with a retry of its request.
+    assert session.scalar(select(func.count()).select_from(Comparison).join(
+        UndoneLabelKey, UndoneLabelKey.idempotency_key == Comparison.idempotency_key)) == 0
     assert not errors, errors

@@ -16,7 +16,7 @@ How the overlap holds with many labelers at once (tests/web/test_labeling.py, be
     at once, the later assignment (higher id) steps back and takes the next pair.
   - A (pair, labeler) unique constraint and an optional client idempotency key make a double click or a
     retried request store one label; the repeat gets the stored one back (a 409 when that label was undone
-    meanwhile).
+    meanwhile: an undone label's key is kept, `UndoneLabelKey`, so a retry arriving after the undo stores nothing).
   - `label_count` changes only with the labels themselves, in their transaction: a label raises it before its
     INSERT (a refused INSERT rolls it back), an undo lowers it before its DELETE and rolls back when the DELETE
     removed nothing (tests/web/test_labeling_races.py: concurrent labels, retries and undos).
@@ -449,6 +449,10 @@ def submit_label(session: Session, who, project_id: int, pair_id: int, choice: C
                 return answer_with_stored(Conflict(f"pair {pair_id} already has its {project.overlap} label(s); "
                                                    "take the next pair"))
         stored_id = session.execute(queries.STORE_LABEL, values).scalar_one()
+        if idempotency_key and session.execute(queries.KEY_OF_AN_UNDONE_LABEL, {"key": idempotency_key}).first():
+            session.rollback()  # a late retry of a label that was undone since: the labeler took it back
+            raise Conflict(f"the label this idempotency key stored on pair {pair_id} was undone; nothing is stored: "
+                           "label the pair again (with a new key)")
         session.execute(queries.RELEASE_LABELED_HOLD, {"pair_id": pair.id, "user_id": user.id})
         session.commit()
     except IntegrityError:  # stored already, by an earlier or a concurrent try (the count rolls back too)
@@ -478,6 +482,8 @@ def undo_last_label(session: Session, who, project_id: int) -> dict:
                                                   "label": last.label}).rowcount:
         session.rollback()
         raise Conflict(f"your label {last.id} was undone a moment ago by another request; nothing more is undone")
+    if last.idempotency_key:
+        session.execute(queries.KEEP_UNDONE_KEY, {"key": last.idempotency_key, "user_id": user.id, "now": utcnow()})
     session.execute(queries.RELEASE_HOLDS_IN_PROJECT, {"project_id": project.id, "user_id": user.id})
     now = utcnow()
     session.execute(queries.HOLD_A_PAIR, {"pair_id": last.pair_id, "user_id": user.id, "swapped": last.swapped,

@@ -17,7 +17,7 @@ from __future__ import annotations
 from sqlalchemy import Boolean, Integer, bindparam, delete, exists, func, insert, select, true, update
 from sqlalchemy.orm import aliased
 
-from db.models import Comparison, Completion, LabelingAssignment, LabelingPair, Prompt, UTCDateTime
+from db.models import Comparison, Completion, LabelingAssignment, LabelingPair, Prompt, UndoneLabelKey, UTCDateTime
 from llm.preference_labels import Label
 
 # ----------------------------------------------------------------------------- handing out pairs
@@ -76,10 +76,18 @@ TAKE_A_SLOT = (update(LabelingPair.__table__)
 # A label (the Comparison's columns as parameters); answers its id.
 STORE_LABEL = insert(Comparison.__table__).returning(Comparison.id)
 
+# Whether a label with this idempotency key was stored and then undone (a retry of it must store nothing). Asked
+# after STORE_LABEL, in its transaction: an undo of the label it repeats has committed by then (both lock the
+# pair's row first, or the insert waited on the undone row's unique key).   key
+KEY_OF_AN_UNDONE_LABEL = select(UndoneLabelKey.idempotency_key).where(
+    UndoneLabelKey.idempotency_key == bindparam("key"))
+
 # ----------------------------------------------------------------------------- undoing a label
 
-# A labeler's latest label in a project: (id, pair_id, label, swapped), or nothing.   project_id, user_id
-LAST_LABEL = (select(Comparison.id, Comparison.pair_id, Comparison.label, Comparison.swapped)
+# A labeler's latest label in a project: (id, pair_id, label, swapped, idempotency_key), or nothing.
+#   project_id, user_id
+LAST_LABEL = (select(Comparison.id, Comparison.pair_id, Comparison.label, Comparison.swapped,
+                     Comparison.idempotency_key)
               .join(LabelingPair, Comparison.pair_id == LabelingPair.id)
               .where(LabelingPair.project_id == bindparam("project_id"),
                      Comparison.annotator_id == bindparam("user_id"))
@@ -97,6 +105,10 @@ GIVE_BACK_A_SLOT = (update(LabelingPair.__table__).where(LabelingPair.id == bind
 REMOVE_LABEL = delete(Comparison.__table__).where(
     Comparison.id == bindparam("label_id"), Comparison.pair_id == bindparam("pair_id"),
     Comparison.annotator_id == bindparam("user_id"), Comparison.label == bindparam("label"))
+
+# An undone label's idempotency key, kept (UndoneLabelKey).   key, user_id, now
+KEEP_UNDONE_KEY = insert(UndoneLabelKey.__table__).values(
+    idempotency_key=bindparam("key"), user_id=bindparam("user_id"), undone_at=bindparam("now", type_=UTCDateTime()))
 
 # Every hold of a labeler in a project.   project_id, user_id
 RELEASE_HOLDS_IN_PROJECT = delete(LabelingAssignment.__table__).where(
