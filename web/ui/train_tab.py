@@ -248,8 +248,18 @@ def estimate_html(estimate: dict | None, error: str | None = None, cards_id: str
         note = (f'<div style="font-size:12px;opacity:.65;margin-top:4px">{in_model}on {estimate["device"]}{how}'
                 "; starting the job and tokenizing the data on first use not counted</div>")
     advice = (message_html(estimate["tokenizer_advice"], "info") if estimate.get("tokenizer_advice") else "")
+    method = (method_note_html(estimate["method_reason"], estimate["lr"], estimate.get("lr_given", False))
+              if estimate.get("method_reason") and isinstance(estimate.get("lr"), (int, float)) else "")
     opening = f'<div id="{cards_id}">' if cards_id else "<div>"
-    return opening + stat_cards_html(cards) + note + advice + "</div>" + job_form.memory_note_html(estimate)
+    return (opening + stat_cards_html(cards) + note + advice + method + "</div>"
+            + job_form.memory_note_html(estimate))
+
+
+def method_note_html(reason: str, lr: float, given: bool) -> str:
+    """What a fine-tuning run trains and why (its method, "auto" resolved on the chosen model as submit resolves
+    it: `worker.jobs.params.resolve_fine_tuning`), and the learning rate it gets."""
+    rate = "as given" if given else "chosen from the model's width; see docs/defaults.md"
+    return message_html(f"Method: {reason}.\nLearning rate {lr:g} ({rate}).", "info")
 
 
 # ----------------------------------------------------------------------------- the sub-tab

@@ -1,16 +1,20 @@
 """The `reward` kind's own parts of its Train sub-tab (web/ui/train_tab.py builds the rest; DPO's form.py uses
 the same): the labeling projects whose consensus pairs it learns from, and, where other kinds show their
-estimate, how many pairs each chosen source gives now (what the job would snapshot if it started now)."""
+estimate, how many pairs each chosen source gives now (what the job would snapshot if it started now) and
+what the method "auto" picks on the chosen model, why, and the learning rate the run gets."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from db.models import Dataset, LabelingProject
+from db.models import Dataset, LabelingProject, Model
 from db.settings import safe_join
+from llm.reward_config import REWARD_DEFAULTS
+from llm.train_config import FineTuningDefaults
 from web.ui import db_session, error_text
 from web.ui.plots import field, message_html
-from web.ui.train_tab import Chooser, Panel
+from web.ui.train_tab import Chooser, Panel, method_note_html
+from worker.jobs.params import resolve_fine_tuning
 from worker.jobs.preference_pairs import arena_pairs, parse_project_ids, project_pairs
 
 
@@ -65,9 +69,34 @@ def count_pairs(settings, dataset_id, project_ids, include_arena) -> str:
     return pair_counts_html(dataset_pairs, by_project, arena)
 
 
-def _show_counts(settings, params: dict[str, Any]) -> str:
-    return count_pairs(settings, params.get("dataset_id"), parse_project_ids(params.get("project_ids")),
-                       params.get("include_arena", False))
+def method_html(settings, params: dict[str, Any], defaults: FineTuningDefaults) -> str:
+    """What the run trains on the chosen model and why, and its learning rate: resolved as submit resolves it
+    (`resolve_fine_tuning`, on a copy). Nothing while no model is chosen."""
+    if not params.get("model_id"):
+        return ""
+    lr = params.get("lr")
+    given = isinstance(lr, (int, float)) and not isinstance(lr, bool)
+    resolved = {"method": params.get("method") or "auto", "lr": lr if given else None}
+    try:
+        with db_session(settings) as session:
+            model = session.get(Model, int(params["model_id"]))
+            if model is None:
+                return ""
+            resolve_fine_tuning(resolved, defaults, model.config)
+    except Exception as error:  # a method the form does not offer, a wrong id: say so, never break the form
+        return message_html(f"Could not say what the run trains: {error_text(error)}", "warn")
+    return method_note_html(resolved["method_reason"], resolved["lr"], given)
 
 
-PANEL = Panel("Pairs", _show_counts, inputs=("dataset_id", "project_ids", "include_arena"))
+def pairs_panel(defaults: FineTuningDefaults) -> Panel:
+    """The right-hand panel of a kind that learns from pairs with these defaults (reward, DPO): the pairs each
+    source gives, then the method and learning rate."""
+    def render(settings, params: dict[str, Any]) -> str:
+        counts = count_pairs(settings, params.get("dataset_id"), parse_project_ids(params.get("project_ids")),
+                             params.get("include_arena", False))
+        return counts + method_html(settings, params, defaults)
+
+    return Panel("Pairs", render, inputs=("dataset_id", "project_ids", "include_arena", "model_id", "method", "lr"))
+
+
+PANEL = pairs_panel(REWARD_DEFAULTS)

@@ -56,5 +56,6 @@ def estimate(session: Session, params: dict[str, Any], settings: Settings) -> Ru
         figures={"params_total": total, "trainable_params": trainable, "tokens_per_step": tokens_per_step,
                  "total_tokens": tokens_per_step * params["max_steps"], "method": choice.method,
                  "method_reason": params.get("method_reason") or choice.reason,
-                 "lr": SFT_DEFAULTS.learning_rate(choice.method, params.get("lr"), n_embd)},
+                 "lr": SFT_DEFAULTS.learning_rate(choice.method, params.get("lr"), n_embd),
+                 "lr_given": params.get("lr") is not None},
         shape=step_shape)
