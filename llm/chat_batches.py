@@ -131,14 +131,21 @@ class ConversationBatches:
             self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
         return self._order
 
-    def next_batch(self) -> dict:
+    def _next_indices(self) -> list[int]:
         picked = []
         while len(picked) < self.batch_size:
             if self.position == len(self.examples):
                 self.epoch, self.position = self.epoch + 1, 0
-            picked.append(self.examples[self._order_of(self.epoch)[self.position]])
+            picked.append(int(self._order_of(self.epoch)[self.position]))
             self.position += 1
-        return self.collate(picked, self.pad_id)
+        return picked
+
+    def next_batch(self) -> dict:
+        return self.collate([self.examples[index] for index in self._next_indices()], self.pad_id)
+
+    def skip_batch(self) -> None:
+        """Move past one batch without padding it: another rank trains on it (llm/distributed.py)."""
+        self._next_indices()
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "examples": len(self.examples)}

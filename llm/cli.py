@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 from llm.cli_common import (add_data_dir, add_fine_tuning_flags, add_training_flags, fine_tuning_settings,
@@ -323,16 +325,45 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     add_data_dir(p)
 
 
+# Commands that train through llm/train.py: they take their share of the cores (llm/threads.py) and run under
+# `torchrun --nproc_per_node=N -m llm <command> ...` as N data-parallel ranks (llm/distributed.py).
+TRAINING_COMMANDS = frozenset({"pretrain", "sft", "reward", "dpo", "lr-find"})
+
+
+@contextmanager
+def _stdout_silenced(silent: bool):
+    if not silent:
+        yield
+        return
+    with open(os.devnull, "w") as sink, redirect_stdout(sink):
+        yield
+
+
 def run_command(args: argparse.Namespace) -> int:
-    """Run a parsed subcommand; user errors print one clear line instead of a traceback."""
+    """Run a parsed subcommand; user errors print one clear line instead of a traceback.
+
+    Under torchrun only rank 0 prints its results (the other ranks' stdout goes nowhere; their errors still
+    reach stderr), and every rank leaves the process group at the end."""
+    training = getattr(args, "command", None) in TRAINING_COMMANDS
+    quiet_rank = training and os.environ.get("RANK", "0") != "0"
     try:
-        args.func(args)
+        with _stdout_silenced(quiet_rank):
+            if training:
+                from llm.threads import apply_thread_budget
+
+                apply_thread_budget(log=None)  # the training log says what it runs with
+            args.func(args)
     except (ValueError, FileNotFoundError) as error:  # CorpusError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if training and "WORLD_SIZE" in os.environ:
+            from llm.distributed import leave
+
+            leave()
     return 0
 
 

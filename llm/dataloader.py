@@ -77,14 +77,22 @@ class BatchSampler:
         self.generator = torch.Generator().manual_seed(seed)  # its own: model code never advances it
         self.batches_served = 0
 
+    def _next_starts(self) -> torch.Tensor:
+        # Highest start is len - T - 1, so the window's last target (start + T) is still in the file.
+        starts = torch.randint(0, len(self.data) - self.block_size, (self.batch_size,), generator=self.generator)
+        self.batches_served += 1
+        return starts
+
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         T = self.block_size
-        # Highest start is len - T - 1, so the window's last target (start + T) is still in the file.
-        starts = torch.randint(0, len(self.data) - T, (self.batch_size,), generator=self.generator)
+        starts = self._next_starts()
         rows = np.stack([self.data.tokens[start:start + T + 1] for start in starts.tolist()])
         rows = torch.from_numpy(rows.astype(np.int64))
-        self.batches_served += 1
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+
+    def skip_batch(self) -> None:
+        """Move past one batch without reading it: another rank trains on it (llm/distributed.py)."""
+        self._next_starts()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while True:

@@ -35,8 +35,10 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from llm import distributed
 from llm.atomic_files import atomic_write_text
 from llm.device import autocast_context, mfu, peak_flops, pick_device, resolve_dtype
+from llm.threads import thread_note
 from llm.train_config import TrainConfig  # re-exported: `from llm.train import TrainConfig` keeps working
 
 CHECKPOINT_DIR = "checkpoint"
@@ -164,6 +166,22 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
+class NoMetrics(MetricsLog):
+    """What ranks other than 0 keep instead of metrics.jsonl: nothing (rank 0 alone writes it)."""
+
+    def __init__(self):
+        super().__init__(Path(os.devnull))
+
+    def clear(self) -> None: ...
+
+    def truncate_after(self, step: int) -> None: ...
+
+    def append(self, record: dict) -> None: ...
+
+    def read(self) -> list[dict]:
+        return []
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 def checkpoint_dir(out_dir: str | os.PathLike) -> Path | None:
@@ -288,6 +306,11 @@ def train(model: nn.Module, objective: Objective, batches: BatchSource, config: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(config.device)
+    # Under torchrun: join the other ranks (llm/distributed.py); rank 0 alone writes and talks from here on.
+    ranks = distributed.join(device)
+    device = ranks.device(device)
+    if not ranks.is_main:
+        log, on_metrics = (lambda line: None), None
     precision = resolve_dtype(device, config.dtype)
     seed_everything(config.seed)
     model.to(device)
@@ -295,7 +318,7 @@ def train(model: nn.Module, objective: Objective, batches: BatchSource, config: 
     params = list(trainable_params) if trainable_params is not None else [
         p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, config, device)
-    metrics = MetricsLog(out_dir / METRICS_FILE)
+    metrics = MetricsLog(out_dir / METRICS_FILE) if ranks.is_main else NoMetrics()
     evaluate = getattr(objective, "evaluate", None)
 
     # Pick up where a previous run left off: same weights, moments, RNGs, data position.
@@ -306,21 +329,31 @@ def train(model: nn.Module, objective: Objective, batches: BatchSource, config: 
         step, tokens_seen = restored["step"], restored["tokens_seen"]
         metrics.truncate_after(step)
         log(f"resumed from {previous} at step {step}")
-    else:  # a fresh start: forget an earlier run's records and checkpoints so nothing stale is resumed later
+    elif ranks.is_main:  # a fresh start: forget an earlier run's records and checkpoints so nothing stale is resumed
         metrics.clear()
         for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old", CHECKPOINT_DIR + ".tmp"):
             shutil.rmtree(out_dir / name, ignore_errors=True)
+    distributed.seed_rank(config.seed, ranks, step)
+    # Each rank takes its share of the one stream; the checkpoint's data position is the whole stream's.
+    batches = distributed.shard(batches, ranks)
 
     forward_model = torch.compile(model) if should_compile(config, device) else model
+    loss_of = distributed.loss_function(forward_model, objective, ranks, device)
     if flops_per_token is None and hasattr(model, "flops_per_token"):
         flops_per_token = model.flops_per_token(config.block_size)
-    peak = (config.peak_flops or peak_flops(device)) if flops_per_token else None
+    peak = (config.peak_flops or peak_flops(device)) * ranks.world_size if flops_per_token else None
     n_params = sum(p.numel() for p in params)
     log(f"training {n_params:,} parameters on {device} ({str(precision).removeprefix('torch.')}), "
-        f"{config.batch_size * config.grad_accum * config.block_size:,} tokens per step, "
+        f"{config.batch_size * config.grad_accum * config.block_size * ranks.world_size:,} tokens per step, "
         f"steps {step + 1}..{config.max_steps}")
+    if ranks.active:
+        log(f"data parallel: {ranks.world_size} ranks × batch {config.batch_size} × {config.grad_accum} "
+            f"accumulation = {ranks.world_size * config.batch_size * config.grad_accum} rows per step")
+    log(thread_note())
 
     def run_evaluation() -> dict:
+        if not ranks.is_main:  # rank 0 evaluates the raw model alone; the others wait in the next all-reduce
+            return {}
         model.eval()
         with torch.no_grad(), autocast_context(device, precision):
             results = {key: _as_float(value) for key, value in evaluate(model).items()}
@@ -328,7 +361,8 @@ def train(model: nn.Module, objective: Objective, batches: BatchSource, config: 
         return results
 
     def save(step_: int) -> None:
-        save_checkpoint(out_dir, model, params, optimizer, batches, step_, tokens_seen, config, device)
+        if ranks.is_main:
+            save_checkpoint(out_dir, model, params, optimizer, batches, step_, tokens_seen, config, device)
 
     last_loss: torch.Tensor | None = None
     eval_metrics: dict = {}
@@ -340,19 +374,22 @@ def train(model: nn.Module, objective: Objective, batches: BatchSource, config: 
             group["lr"] = lr
         step_loss = torch.zeros((), device=device)
         step_extras: dict[str, Any] = {}
-        for _ in range(config.grad_accum):
+        step_tokens = 0
+        for micro_step in range(config.grad_accum):
             batch = move_to(batches.next_batch(), device)
             with autocast_context(device, precision):
-                loss, extras = objective.loss(forward_model, batch)
+                # Under DDP the gradients are averaged across ranks in the last micro-batch's backward only.
+                loss, extras = loss_of(batch, micro_step == config.grad_accum - 1)
             # Dividing by grad_accum makes the summed gradients equal those of one big batch.
             (loss / config.grad_accum).backward()
             step_loss += loss.detach().float() / config.grad_accum
             for key, value in extras.items():
                 value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
                 step_extras[key] = step_extras.get(key, 0.0) + value / config.grad_accum
-            tokens = objective.tokens_in(batch)
-            interval_tokens += tokens
-            tokens_seen += tokens
+            step_tokens += objective.tokens_in(batch)
+        step_loss, step_tokens = ranks.reduce_step(step_loss, step_tokens)  # every rank's, under DDP
+        interval_tokens += step_tokens
+        tokens_seen += step_tokens
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip) if config.grad_clip > 0 else None
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -374,7 +411,7 @@ def train(model: nn.Module, objective: Objective, batches: BatchSource, config: 
                       "progress": step / config.max_steps, "tokens": tokens_seen}
             if grad_norm is not None:
                 record["grad_norm"] = grad_norm.item()
-            record.update({key: _as_float(value) for key, value in step_extras.items()})
+            record.update({key: _as_float(value) for key, value in ranks.average(step_extras).items()})
             if is_eval_step:
                 eval_metrics = run_evaluation()
                 record.update(eval_metrics)
@@ -393,7 +430,7 @@ def train(model: nn.Module, objective: Objective, batches: BatchSource, config: 
 
         # Cooperative cancellation: the job's flag is read between steps, and the run stays resumable.
         # After the last step there is nothing left to cancel: the run finishes normally.
-        if should_stop is not None and not is_last and should_stop():
+        if not is_last and ranks.agree_to_stop(should_stop):
             if not saved:
                 save(step)
             log(f"stopped at step {step}; checkpoint saved in {out_dir / CHECKPOINT_DIR}")
@@ -406,7 +443,8 @@ def train(model: nn.Module, objective: Objective, batches: BatchSource, config: 
         eval_metrics = run_evaluation() if evaluate is not None else {}
     else:
         final_loss = last_loss.item()
-    if save_model_fn is not None:
+    if save_model_fn is not None and ranks.is_main:
         save_model_fn(model, out_dir)
+    ranks.barrier()  # every rank returns once the model is written
     return {"stopped": False, "step": step, "loss": final_loss, "tokens_seen": tokens_seen,
             "out_dir": str(out_dir), **eval_metrics}

@@ -1,0 +1,181 @@
+"""Data-parallel training (llm/distributed.py): W ranks with grad_accum A train exactly as one process with grad_accum
+W×A on the same stream; a checkpoint written by 2 ranks resumes on 1; the stream is shared out without a gap or a
+repeat. The runs are the real command line under `torchrun --nproc_per_node=2` on the CPU (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from llm.chat_batches import ConversationBatches
+from llm.checkpoint import save_model
+from llm.cli import main
+from llm.dataloader import BatchSampler, TokenData
+from llm.distributed import RankShard, Ranks, ranks_from_environment, shard
+from llm.model import GPT, config_from_preset
+from llm.tokenizer import get_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+LOSS_TOLERANCE = 1e-5
+
+
+def test_ranks_share_out_the_one_stream_without_gap_or_repeat(tmp_path):
+    directory = tmp_path / "prepared"
+    directory.mkdir()
+    np.arange(5000, dtype=np.uint16).tofile(directory / "train.bin")
+    (directory / "stats.json").write_text(json.dumps({"tokenizer": "synthetic", "dtype": "uint16"}))
+
+    def sampler():
+        return BatchSampler(TokenData(directory, "train"), 3, 8, seed=5)
+
+    single = sampler()
+    expected = [single.next_batch()[0] for _ in range(6)]
+    ranks = [RankShard(sampler(), rank, 2) for rank in range(2)]
+    taken = [ranks[index % 2].next_batch()[0] for index in range(6)]
+    for want, got in zip(expected, taken):
+        assert torch.equal(want, got)
+    # After each round every rank's source stands where the single stream does: rank 0's state is the run's.
+    assert ranks[0].state_dict()["batches_served"] == ranks[1].state_dict()["batches_served"] == 6
+    assert torch.equal(ranks[1].state_dict()["generator"], single.state_dict()["generator"])
+
+    conversations = [(np.arange(i + 2), np.arange(i + 2)) for i in range(7)]
+    whole = ConversationBatches(conversations, 2, seed=3, pad_id=0)
+    halves = [RankShard(ConversationBatches(conversations, 2, seed=3, pad_id=0), rank, 2) for rank in range(2)]
+    for index in range(10):  # crosses epochs
+        assert torch.equal(whole.next_batch()["inputs"], halves[index % 2].next_batch()["inputs"])
+    assert halves[0].state_dict() == halves[1].state_dict()
+
+
+def test_without_world_size_nothing_is_distributed(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ranks = ranks_from_environment()
+    assert ranks == Ranks() and not ranks.active and ranks.is_main
+    source = object()
+    assert shard(source, ranks) is source
+    assert ranks.agree_to_stop(None) is False and ranks.agree_to_stop(lambda: True) is True
+
+
+def test_a_half_set_environment_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(ValueError, match="RANK is not"):
+        ranks_from_environment()
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(ValueError, match="inconsistent"):
+        ranks_from_environment()
+
+
+# ----------------------------------------------------------------------------- the real runs
+
+def write_corpus(path, num_documents=150):
+    rng = np.random.default_rng(0)
+    words = "the quick brown fox jumps over a lazy dog while small models learn to count tokens".split()
+    path.write_text("\n\n".join(" ".join(rng.choice(words, rng.integers(20, 60))) for _ in range(num_documents)))
+
+
+def torchrun(args: list[str], cwd, ranks: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=ranks -m llm ...` (a free port of its own), one thread per rank."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
+               "-m", "llm", *args]
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def losses(run_dir) -> dict[int, float]:
+    return {record["step"]: record["loss"]
+            for record in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """A data directory with a small trained tokenizer (a 50k-id head would be most of each step's work)."""
+    corpus = tmp_path / "corpus.txt"
+    write_corpus(corpus)
+    directory = tmp_path / "data"
+    assert main(["train-tokenizer", "--data", str(corpus), "--vocab-size", "300",
+                 "--out", str(directory / "tokenizers" / "ddp-bpe")]) == 0
+    return directory
+
+
+@pytest.fixture
+def prepared(data_dir, tmp_path):
+    directory = tmp_path / "prepared"
+    assert main(["prepare", "--data", str(tmp_path / "corpus.txt"), "--tokenizer", "ddp-bpe", "--data-dir",
+                 str(data_dir), "--out", str(directory), "--val-fraction", "0.1"]) == 0
+    return directory
+
+
+def pretrain_args(prepared, out, max_steps: int, grad_accum: int) -> list[str]:
+    return ["pretrain", "--data", str(prepared), "--out", str(out), "--preset", "tiny", "--block-size", "32",
+            "--batch-size", "2", "--grad-accum", str(grad_accum), "--max-steps", str(max_steps), "--lr", "3e-3",
+            "--warmup", "2", "--log-every", "1", "--eval-every", "0", "--checkpoint-every", "0",
+            "--eval-batches", "2", "--device", "cpu", "--compile", "off", "--data-dir", str(prepared.parent / "data")]
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_two_ranks_pretrain_as_one_process_with_accumulation_and_resume_on_one(prepared, tmp_path):
+    # One process, 4 micro-batches per step; then resumed to step 8.
+    alone = tmp_path / "alone"
+    assert main(pretrain_args(prepared, alone, 5, 4)) == 0
+    assert main(pretrain_args(prepared, alone, 8, 4) + ["--resume"]) == 0
+    # Two ranks x 2 micro-batches: the same global batch of 4 micro-batches, the same stream.
+    ranks = tmp_path / "ranks"
+    result = torchrun(pretrain_args(prepared, ranks, 5, 2), cwd=tmp_path)
+    assert "data parallel: 2 ranks" in result.stdout + result.stderr
+    assert result.stdout.count('"model_dir"') == 1  # rank 0 alone prints its result
+    two = losses(ranks)
+    assert sorted(two) == [1, 2, 3, 4, 5]
+    one = losses(alone)
+    for step in range(1, 6):
+        assert abs(two[step] - one[step]) < LOSS_TOLERANCE, (step, two[step], one[step])
+    assert two[5] < two[1] - 0.1  # and it learnt something
+    records = [json.loads(line) for line in (ranks / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["tokens"] == 5 * 4 * 2 * 32  # every rank's tokens are counted
+    assert (ranks / "model.safetensors").is_file() and (ranks / "checkpoint" / "checkpoint.json").is_file()
+
+    # The 2-rank checkpoint resumes on 1 rank (grad_accum 4: the same global batch): the data position and the
+    # optimizer's moments carry over, so steps 6..8 are those of the run that never changed its world size.
+    assert main(pretrain_args(prepared, ranks, 8, 4) + ["--resume"]) == 0
+    resumed = losses(ranks)
+    for step in range(6, 9):
+        assert abs(resumed[step] - one[step]) < LOSS_TOLERANCE, (step, resumed[step], one[step])
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_two_ranks_fine_tune_as_one_process_with_accumulation(data_dir, tmp_path):
+    tokenizer = get_tokenizer("ddp-bpe", data_dir=data_dir)
+    torch.manual_seed(0)
+    base_dir = save_model(GPT(config_from_preset("tiny", tokenizer.vocab_size, block_size=64)), tmp_path / "base",
+                          "ddp-bpe")
+    rng = np.random.default_rng(1)
+    colours, animals = ["red", "green", "blue", "gold"], ["cat", "dog", "owl", "fox", "bear"]
+    chats = tmp_path / "chat.jsonl"
+    chats.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"code for the {c} {a}?"},
+        {"role": "assistant", "content": f"CODE {a} {c}" + " ok" * int(rng.integers(0, 4))}]}) + "\n"
+        for c in colours for a in animals))
+
+    def sft_args(out, grad_accum):
+        return ["sft", "--model", str(base_dir), "--data", str(chats), "--out", str(out), "--method", "full",
+                "--batch-size", "2", "--grad-accum", str(grad_accum), "--max-steps", "5", "--lr", "1e-3",
+                "--warmup", "1", "--log-every", "1", "--eval-every", "0", "--checkpoint-every", "0",
+                "--eval-batches", "2", "--device", "cpu", "--compile", "off", "--data-dir", str(data_dir)]
+
+    assert main(sft_args(tmp_path / "alone", 4)) == 0
+    torchrun(sft_args(tmp_path / "ranks", 2), cwd=tmp_path)
+    one, two = losses(tmp_path / "alone"), losses(tmp_path / "ranks")
+    assert sorted(two) == [1, 2, 3, 4, 5]
+    for step in range(1, 6):
+        assert abs(two[step] - one[step]) < LOSS_TOLERANCE, (step, two[step], one[step])
