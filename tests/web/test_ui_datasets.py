@@ -102,3 +102,32 @@ def test_every_dataset_kind_is_offered_and_explained(api_settings):
     assert set(DATASET_KIND_HELP) == set(DatasetKind)  # each kind says what it is for and which files it takes
     for kind, (purpose, files) in DATASET_KIND_HELP.items():
         assert f"**{kind.value}** ({purpose}): {files}." in intro.value
+
+
+@SQLITE
+def test_a_file_uploaded_as_the_wrong_kind_is_told_which_kind_it_looks_like(api_settings, users, session, tmp_path):
+    """Issue 19 item 13: a chat file uploaded as kind text was refused for a missing "text" field and no more."""
+    import json
+
+    _, handlers = built(api_settings)
+    request = FakeRequest(TRAINER[0])
+    chat = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(json.dumps(chat) + "\n" + json.dumps(chat) + "\n")
+    said = handlers["do_upload"](str(chats), "", "text", request)[0]
+    assert ("Not stored: chats.jsonl, line 1: no &#x27;text&#x27; field (fields: messages) — this looks like a chat "
+            "dataset (conversations): upload it as kind chat") in said
+    stories = tmp_path / "stories.txt"
+    stories.write_text("Once upon a time.\n\nThe end.\n")
+    said = handlers["do_upload"](str(stories), "", "chat", request)[0]
+    assert "stories.txt" in said and "this looks like plain text: upload it as kind text" in said
+    assert session.scalar(select(func.count()).select_from(Dataset)) == 0
+
+    # Chat lines in a .txt are valid text: stored as asked, with the same hint beside.
+    chats_txt = tmp_path / "chats.txt"
+    chats_txt.write_text(json.dumps(chat) + "\n\n" + json.dumps(chat) + "\n")
+    said = handlers["do_upload"](str(chats_txt), "", "text", request)[0]
+    assert "Stored dataset #" in said and "wb-msg-warn" in said
+    assert ("Stored as text, but this looks like a chat dataset (conversations): save it as .jsonl and upload it "
+            "as kind chat.") in said
+    assert "wb-msg-warn" not in handlers["do_upload"](str(stories), "", "text", request)[0]

@@ -1,5 +1,6 @@
-"""Datasets: validated uploads (all or nothing, an identical file answered with the dataset that holds it),
-listing, reading one, renaming and deleting (owner or admin; refused while a queued or running job uses it)."""
+"""Datasets: validated uploads (all or nothing, an identical file answered with the dataset that holds it; a file
+that looks like another kind than the one chosen is told which, `llm.dataset_kind`), listing, reading one,
+renaming and deleting (owner or admin; refused while a queued or running job uses it)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Dataset, DatasetKind, Job, JobStatus, Prompt, User
 from db.settings import Settings, safe_join
+from llm.dataset_kind import kind_hint
 from llm.stats import length_histogram
 from web.services.access import Action, require, require_owner, resolve_user
 from llm.printable import printable
@@ -39,6 +41,7 @@ class StoredUpload:
 
     dataset: Dataset
     already_stored: bool = False
+    note: str = ""  # a stored text file that looks like another kind says so ("this looks like a chat dataset: ...")
 
 
 def dataset_to_dict(dataset: Dataset) -> dict:
@@ -203,10 +206,19 @@ def _store_new_dataset(session: Session, settings: Settings, source_path: str | 
         staging.mkdir()
         stored = safe_join(staging, f"original.{extension}")
         shutil.copyfile(source_path, stored)
-        if kind == DatasetKind.text:
-            stats = _corpus_stats(stored, display_name)
-        else:
-            stats = {**_conversation_stats(stored, kind, display_name), "bytes": size}
+        try:
+            if kind == DatasetKind.text:
+                stats = _corpus_stats(stored, display_name)
+            else:
+                stats = {**_conversation_stats(stored, kind, display_name), "bytes": size}
+        except InvalidInput as error:
+            # Refused as the kind chosen: say which kind the file looks like, when it looks like another.
+            hint = kind_hint(stored, kind.value)
+            if not hint:
+                raise
+            raise InvalidInput(f"{error.message} — {hint}", field=error.field) from error
+        # Valid text is stored as asked, but a .txt of chat lines would pretrain on JSON: say what it looks like.
+        note = kind_hint(stored, kind.value) if kind == DatasetKind.text else ""
         dataset = Dataset(name=name, kind=kind, format=extension, path="", original_filename=display_name,
                           size_bytes=size, stats=stats, owner_id=owner.id if owner else None,
                           content_sha256=content_sha256)
@@ -215,7 +227,7 @@ def _store_new_dataset(session: Session, settings: Settings, source_path: str | 
         place(dataset.id)
         dataset.path = f"datasets/{dataset.id}/original.{extension}"  # relative to the data dir, POSIX form
     log.info("dataset %s stored: %s (%s, %d bytes)", dataset.id, name, kind.value, size)
-    return StoredUpload(dataset)
+    return StoredUpload(dataset, note=note)
 
 
 def list_datasets(kind: str | None = None, session: Session | None = None) -> list[dict]:

@@ -239,7 +239,9 @@ def build(settings) -> DatasetsTab:
             return (message_html(f"Not stored: {error_text(error)}", "error"), "", preview_frame(None), None,
                     *(gr.skip(),) * len(listing))
         text, notice = upload_message(info, stored.already_stored)
-        return (message_html(text, notice), *summary_outputs(info), *refreshed(keep=info["id"]))
+        said = message_html(text, notice) + (message_html(f"Stored as text, but {stored.note}.", "warn")
+                                             if stored.note else "")
+        return (said, *summary_outputs(info), *refreshed(keep=info["id"]))
 
     submit.click(do_upload, [upload, name, kind], [message, *summary, *listing],
                  concurrency_limit=2, api_visibility="private")
