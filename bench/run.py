@@ -1,7 +1,8 @@
 """Run the benchmarks (train, generate, prepare, sft, preference), print one table of every figure, then one JSON line.
 
     python -m bench.run [--quick] [--budget-s S] [--only train,generate,prepare,sft,preference]
-        (--only platform,labeling: the web-app benchmarks)
+        (--only platform,labeling: the web-app benchmarks; --only defaults: the fine-tuning defaults' sweep,
+         bench/sweep_defaults.py, tens of minutes)
     workbench bench [--quick] [--budget-s S] [--only ...]
 
 Each benchmark is a module `bench.bench_<name>` with `run(quick: bool = False, budget_s=None) -> dict` of
@@ -31,7 +32,8 @@ import traceback
 from bench.common import add_budget_argument, print_figures
 
 BENCHMARKS = ("train", "generate", "prepare", "sft", "preference")  # what runs by default, in this order
-OPTIONAL = ("platform", "labeling")  # only with --only (they start the web app; a fixed load for a fixed time)
+OPTIONAL = ("platform", "labeling", "defaults")  # only with --only (the web app's fixed loads; the defaults' sweep)
+MODULES = {"defaults": "bench.sweep_defaults"}  # a benchmark whose module is not bench.bench_<name>
 NOTES = ("skipped", "emulated")  # {measurement: why} each benchmark may return; merged into one of each
 HEADLINE = ("train_vs_hf", "generate_vs_hf", "generate_samples_vs_hf", "prepare_vs_tiktoken",
             "train_flops_vs_matmul_peak", "sft_lora_vs_trl", "sft_full_vs_trl", "dpo_vs_trl", "reward_vs_trl")
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"== bench_{name}{' (quick)' if args.quick else ''}", flush=True)
         start = time.perf_counter()
         try:
-            module = importlib.import_module(f"bench.bench_{name}")
+            module = importlib.import_module(MODULES.get(name, f"bench.bench_{name}"))
             budget = {"budget_s": args.budget_s} if name in BENCHMARKS else {}
             result = module.run(quick=args.quick, **budget)
         except Exception as exc:  # one broken benchmark must not hide the others' figures

@@ -3,6 +3,7 @@
     workbench serve [--host 127.0.0.1] [--port 7860] [--data-dir DIR] [--no-worker]
     workbench worker [--queues default] [--concurrency N] [--pool prefork|solo|threads]
     workbench bench [--quick] [--only train,generate,...]
+    workbench sweep [--presets tiny,small] [--kinds sft_full,...]   (the fine-tuning defaults' sweep)
     workbench users list | add NAME --role R | set-role NAME R | disable NAME | enable NAME
                    | reset-password NAME          (--password-stdin to type a password, else one is generated)
     workbench prepare|pretrain|eval|generate|... (from llm.cli.register_commands)
@@ -44,6 +45,12 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
     bench_main((["--quick"] if args.quick else []) + (["--only", args.only] if args.only else [])
                + (["--budget-s", str(args.budget_s)] if args.budget_s is not None else []))
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from bench.sweep_defaults import main as sweep_main
+
+    sweep_main(args.options)
 
 
 # ----------------------------------------------------------------------------- users
@@ -178,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--budget-s", type=float, metavar="SECONDS",
                        help="each benchmark's time budget; timed rounds are cut to fit (default: 60 with --quick)")
     bench.set_defaults(func=_cmd_bench)
+    text = ("Sweep the fine-tuning learning rates on synthetic tasks (bench/sweep_defaults.py; tens of minutes): "
+            "the table docs/defaults.md is fitted on. Options: see `python -m bench.sweep_defaults --help`.")
+    sweep = subparsers.add_parser("sweep", help="sweep the fine-tuning defaults' learning rates", description=text)
+    sweep.add_argument("options", nargs=argparse.REMAINDER, help="passed to bench.sweep_defaults")
+    sweep.set_defaults(func=_cmd_sweep)
 
     _add_users_commands(subparsers)
     register_commands(subparsers)
