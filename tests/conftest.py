@@ -308,12 +308,14 @@ def workbench_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url:
 
 
 @pytest.fixture
-def one_torch_thread() -> Iterator[None]:
+def one_torch_thread(monkeypatch) -> Iterator[None]:
     """Train tiny models on one intra-op thread: with two cores shared by the test worker
-    subprocesses, spinning OpenMP threads make tiny steps many times slower, not faster."""
+    subprocesses, spinning OpenMP threads make tiny steps many times slower, not faster. OMP_NUM_THREADS=1
+    too, so a job run in the test's process keeps it (the thread budget, llm/threads.py, obeys it)."""
     import torch
 
     threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)

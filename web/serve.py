@@ -35,6 +35,8 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from llm.threads import JOB_PROCESSES_ENV
+
 log = logging.getLogger("workbench.serve")
 
 WORKER_STOP_SECONDS = 15.0  # SIGTERM → wait this long for a warm shutdown → kill the group
@@ -209,7 +211,10 @@ def serve(host: str = "127.0.0.1", port: int = 7860, data_dir: str | os.PathLike
             log.info("embedded Redis broker at %s (pid %s)", redis.url, redis.pid)
 
         if not no_worker:
-            worker = supervisor.add("worker", lambda: LocalWorker(dict(os.environ)),
+            # The worker's one job slot and this process's chat both run on this machine: the job takes half the
+            # cores (llm/threads.py), so a chat request beside a training run does not stall it.
+            worker_env = {**os.environ, JOB_PROCESSES_ENV: os.environ.get(JOB_PROCESSES_ENV, "2")}
+            worker = supervisor.add("worker", lambda: LocalWorker(worker_env),
                                     on_exit=take_back_jobs_of_dead_worker)
             log.info("local worker started (pid %s)", worker.pid)
         supervisor.start()

@@ -41,6 +41,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Hashable
 
+from llm.threads import set_threads
+
 DEFAULT_CAPACITY = 2
 
 Loader = Callable[[Path], tuple[Any, Any]]
@@ -69,7 +71,7 @@ def configure_chat_threads() -> int:
             estimate_peak_flops("cpu")
         except Exception:  # the estimate is a nicety; chat must not fail because of it
             pass
-        torch.set_num_threads(threads)
+        set_threads(threads, f"WORKBENCH_CHAT_THREADS={threads}: the web process's chat")
     return torch.get_num_threads()
 
 

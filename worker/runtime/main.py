@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 
 from db.settings import get_settings
 from worker.runtime import tasks  # noqa: F401  (registers the run_job task with the app)
+from llm.threads import JOB_PROCESSES_ENV
 from worker.jobs.messages import configure
 from worker.runtime.celery_app import app
 from worker.jobs.presence import WorkerPresence, worker_capacity
@@ -70,6 +71,9 @@ def run_worker(queues: str | Iterable[str] = "default", concurrency: int = 1, po
     configure(app, settings)
     hostname = hostname or default_node_name()
     queue_names = tuple(queues.split(",")) if isinstance(queues, str) else tuple(queues)
+    # Each job process takes cores ÷ this many torch threads (llm/threads.py); prefork children inherit it. A
+    # launcher that knows of more processes on the machine (serve's chat beside its worker) sets it first.
+    os.environ.setdefault(JOB_PROCESSES_ENV, str(max(1, concurrency)))
     reaper = start_reaper_thread(settings)
     # Seen by /api/health: this worker is alive (the job heartbeats only exist while a job runs); its
     # capacity is what the submit-time fit check compares a job's memory estimate with.

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from db.models import Dataset, Job, JobStatus, Model
 from db.session import with_retries
 from db.settings import Settings, get_settings, safe_join
+from llm.threads import apply_thread_budget
 from worker.jobs import lifecycle as jobs
 from worker.jobs.context import JobContext, Outcome
 from worker.jobs.messages import broker_url_of, job_queue_of
@@ -115,6 +116,8 @@ def execute_job(job_id: int, attempt: int, settings: Settings | None = None) -> 
                     spec = get_spec(ctx.kind)
                     if spec is None:
                         raise ValueError(f"{ctx.kind} jobs are not available on this worker")
+                    # This process's share of the cores (its worker's job slots share them), said in the job's log.
+                    apply_thread_budget(log=ctx.log)
                     with device_in_use():  # a throughput probe in progress finishes first (worker.jobs.throughput)
                         outcome = spec.handler(ctx)
                 finally:
