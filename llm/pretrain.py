@@ -56,11 +56,13 @@ def pretrain(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike, *, pre
              data_dir: str | os.PathLike | None = None,
              on_metrics: Callable[[dict], None] | None = None,
              should_stop: Callable[[], bool] | None = None,
-             resume: bool = True, log: Callable[[str], None] = print) -> dict:
+             resume: bool = True, lr_schedule: Callable[[int], float] | None = None,
+             log: Callable[[str], None] = print) -> dict:
     """Train a GPT of shape `preset` from scratch (or from `out_dir/checkpoint/` when resuming).
 
     Returns {"stopped", "step", "loss", "val_loss", "val_bpb", "tokens_seen", "model_dir"};
     model_dir is None when the run was stopped before the end (its checkpoint can be resumed).
+    lr_schedule: the rate of each step instead of the config's (the range test's: llm/lr_find.py).
     """
     config = train_config or TrainConfig()
     out_dir = Path(out_dir)
@@ -94,7 +96,7 @@ def pretrain(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike, *, pre
                                    config.eval_batches)
     result = train(model, objective, batches, config, out_dir, on_metrics=on_metrics, should_stop=should_stop,
                    save_model_fn=lambda m, d: save_model(m, d, tokenizer_name, extra={"preset": preset}),
-                   resume=resume, log=log)
+                   resume=resume, lr_schedule=lr_schedule, log=log)
     return {"stopped": result["stopped"], "step": result["step"], "loss": result["loss"],
             "val_loss": result.get("val_loss"), "val_bpb": result.get("val_bpb"),
             "tokens_seen": result["tokens_seen"],

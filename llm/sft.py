@@ -132,13 +132,15 @@ def sft(base_model_dir: str | os.PathLike, data: str | os.PathLike | list, out_d
         data_dir: str | os.PathLike | None = None,
         on_metrics: Callable[[dict], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
-        resume: bool = True, log: Callable[[str], None] = print) -> dict:
+        resume: bool = True, lr_schedule: Callable[[int], float] | None = None,
+        log: Callable[[str], None] = print) -> dict:
     """Fine-tune the model in `base_model_dir` (a full model or an adapter, which is merged first) on `data`.
 
     sft_config: its method "auto" is resolved here when the caller has not (`llm.sft_config.run_settings`).
     train_config: default `llm.sft_config.sft_train_config` (SFT's defaults, the learning rate of the method at
     the model's width). Its block_size
     is the longest conversation kept (capped at the model's context); longer ones are truncated at the end.
+    lr_schedule: the rate of each step instead of the config's (the range test's: llm/lr_find.py).
     Returns {"stopped", "step", "loss", "val_loss", "mean_token_accuracy", "val_mean_token_accuracy",
     "tokens_seen", "conversations", "truncated", "dropped", "train_conversations", "val_conversations",
     "trainable_params", "total_params", "model_dir" (None when stopped), "architecture"}.
@@ -199,7 +201,7 @@ def sft(base_model_dir: str | os.PathLike, data: str | os.PathLike | list, out_d
 
     result = train(model, objective, batches, config, out_dir, on_metrics=record_metrics, should_stop=should_stop,
                    trainable_params=trainable, flops_per_token=flops_per_token, save_model_fn=save,
-                   resume=resume, log=log)
+                   resume=resume, lr_schedule=lr_schedule, log=log)
     if not last_record:  # resumed a finished run: nothing trained, the records are in the file
         records = MetricsLog(out_dir / METRICS_FILE).read()
         last_record = records[-1] if records else {}

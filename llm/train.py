@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from llm import distributed
 from llm.atomic_files import atomic_write_text
 from llm.device import autocast_context, mfu, peak_flops, pick_device, resolve_dtype
+from llm.learning_watch import LearningWatch, clear_verdict, save_verdict
 from llm.threads import thread_note
 from llm.train_config import TrainConfig  # re-exported: `from llm.train import TrainConfig` keeps working
 
@@ -47,7 +48,8 @@ METRICS_FILE = "metrics.jsonl"
 
 class Objective(Protocol):
     """How a batch becomes a loss. Implementations may also define `evaluate(model) -> dict`
-    (called in eval mode under no_grad, e.g. returning {"val_loss", "val_bpb"})."""
+    (called in eval mode under no_grad, e.g. returning {"val_loss", "val_bpb"}), and `watch_learning = False`
+    when their loss is not one the not-learning watch can judge (DPO's)."""
 
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict]:
         """The scalar loss to minimise and extra metrics (tensors or floats, averaged over micro-batches)."""
@@ -290,6 +292,7 @@ def train(model: nn.Module, objective: Objective, batches: BatchSource, config: 
           flops_per_token: float | None = None,
           save_model_fn: Callable[[nn.Module, Path], Any] | None = None,
           resume: bool = True,
+          lr_schedule: Callable[[int], float] | None = None,
           log: Callable[[str], None] = print) -> dict:
     """Train `model` on `objective` for config.max_steps optimizer steps; returns a result dict.
 
@@ -300,6 +303,8 @@ def train(model: nn.Module, objective: Objective, batches: BatchSource, config: 
     save_model_fn(model, out_dir): writes the final model when training finishes (pretraining:
         llm.checkpoint.save_model; LoRA: the adapter). Not called when stopped early.
     resume: continue from `out_dir/checkpoint/` when there is one.
+    lr_schedule(step): the learning rate of each step instead of warmup + cosine (`lr_at`); the learning-rate
+        range test's (llm/lr_find.py). Such a run is not watched for learning: its rate is not the config's.
 
     Result: {"stopped", "step", "loss", "tokens_seen", "out_dir"} plus the last evaluation's metrics.
     """
@@ -333,6 +338,14 @@ def train(model: nn.Module, objective: Objective, batches: BatchSource, config: 
         metrics.clear()
         for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old", CHECKPOINT_DIR + ".tmp"):
             shutil.rmtree(out_dir / name, ignore_errors=True)
+    # Is the run learning? Judged once, a share into the run (llm/learning_watch.py); a resumed run's watch
+    # first reads the records it kept, so the verdict does not depend on where the run was interrupted.
+    clear_verdict(out_dir)
+    watched = lr_schedule is None and getattr(objective, "watch_learning", True)
+    watch = LearningWatch(config.max_steps, config.lr, config.warmup) if watched else None
+    for earlier in (metrics.read() if watch is not None and previous is not None else []):
+        if watch.observe(earlier):
+            save_verdict(out_dir, watch.verdict)
     distributed.seed_rank(config.seed, ranks, step)
     # Each rank takes its share of the one stream; the checkpoint's data position is the whole stream's.
     batches = distributed.shard(batches, ranks)
@@ -369,7 +382,7 @@ def train(model: nn.Module, objective: Objective, batches: BatchSource, config: 
     interval_start, interval_tokens, interval_overhead = time.perf_counter(), 0, 0.0
     while step < config.max_steps:
         # One optimizer step over grad_accum micro-batches; the lr follows the schedule, not a scheduler.
-        lr = lr_at(step + 1, config)
+        lr = lr_at(step + 1, config) if lr_schedule is None else lr_schedule(step + 1)
         for group in optimizer.param_groups:
             group["lr"] = lr
         step_loss = torch.zeros((), device=device)
@@ -419,6 +432,9 @@ def train(model: nn.Module, objective: Objective, batches: BatchSource, config: 
             if on_metrics is not None:
                 on_metrics(record)
             log(format_progress(record, config.max_steps))
+            if watch is not None and watch.observe(record):
+                save_verdict(out_dir, watch.verdict)
+                log(f"WARNING: {watch.verdict['warning']}")
             interval_start, interval_tokens, interval_overhead = time.perf_counter(), 0, 0.0
 
         saved = False

@@ -93,7 +93,7 @@ def format_metric(name: str, value: float | None) -> str:
         return f"{value * 100:.2f}%" if value <= 1.5 else f"{value:.2f}%"
     if name in ("tokens_per_s", "tokens/s"):
         return f"{human_count(value)}/s" if value >= 1000 else f"{value:.0f}/s"
-    if name == "lr":
+    if name == "lr" or name.endswith("_lr"):  # a learning rate: 0.0001 would hide 6.3e-05
         return f"{value:.2e}"
     if name == "progress":
         return f"{value * 100:.0f}%"
@@ -163,6 +163,23 @@ def metrics_frame(records: Iterable[Mapping[str, Any]], series: Mapping[str, str
     if not frame.empty:
         frame = frame.sort_values(["series", "step"], kind="stable").reset_index(drop=True)
     return frame.astype({"step": "int64", "value": "float64", "series": "object"})
+
+
+def metrics_frame_along(records: Iterable[Mapping[str, Any]], series: Mapping[str, str], x: str,
+                        log_x: bool = False) -> pd.DataFrame:
+    """`metrics_frame` against another metric instead of the step: each point's x is the value metric `x` has at
+    its step (the range test's loss against its learning rate), log10 of it with `log_x`; points whose step has
+    no such value are left out. The column keeps its name, "step": the chart's x field."""
+    frame = metrics_frame(records, series)
+    along = {}
+    for rec in records:
+        name, step, value = ((rec.get("name"), rec.get("step"), rec.get("value")) if isinstance(rec, dict)
+                             else (field(rec, "name"), field(rec, "step"), field(rec, "value")))
+        if name == x and step is not None and value is not None and math.isfinite(value) and (value > 0 or not log_x):
+            along[int(step)] = math.log10(value) if log_x else float(value)
+    frame = frame[frame["step"].isin(along)].copy()
+    frame["step"] = frame["step"].map(along).astype("float64")
+    return frame.sort_values(["series", "step"], kind="stable").reset_index(drop=True)
 
 
 # A chart is at most this many points per series: the browser draws a few hundred pixels across, and a

@@ -37,10 +37,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Plot:
-    """One chart of the Jobs tab: a title and the metrics drawn as its series (name -> legend)."""
+    """One chart of the Jobs tab: a title and the metrics drawn as its series (name -> legend), against the step
+    or, with `x`, against another metric's value at the same step (the range test's loss against its learning
+    rate); `log_x` draws log10 of it (the chart has no log axis)."""
 
     title: str
     series: dict[str, str]
+    x: str = "step"
+    log_x: bool = False
+    x_title: str = "step"
 
 
 @dataclass(frozen=True)

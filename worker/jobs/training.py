@@ -7,7 +7,10 @@ What is the same for every kind lives here once:
   - resume bookkeeping: the run continues from `runs/<job id>/checkpoint/`, and metrics the lost
     attempt recorded after that checkpoint are deleted (those steps run again);
   - the summary line, and the Model row (kind, parent, tokenizer, config, path) written in the same
-    transaction that marks the job succeeded.
+    transaction that marks the job succeeded;
+  - a warning about the run (`add_warning`: the loop's not-learning watch, llm/learning_watch.py, for every kind;
+    DPO's degeneration watch too): a WARNING line in the log, the end of the summary, and the job's notice,
+    which the Jobs tab shows as a warning on a job that succeeded.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from db.models import Metric, Model, ModelKind
+from llm.learning_watch import read_warning
 from worker.jobs.context import JobContext, Outcome
 
 # Metrics named in the summary line of a finished run, when the run reports them.
@@ -78,4 +82,23 @@ def run_training(ctx: JobContext, train: Callable[[Any], dict[str, Any]], *, pro
         session.flush()
         return {"output_model_id": model.id}
 
-    return Outcome(summary=summary, finalize=finalize)
+    outcome = Outcome(summary=summary, finalize=finalize)
+    add_warning(ctx, outcome, read_warning(ctx.run_dir))
+    return outcome
+
+
+def add_warning(ctx: JobContext, outcome: Outcome, warning: str | None) -> None:
+    """Say `warning` (None: nothing to say) about a run that succeeded: a WARNING line in the job's log, at the end
+    of its summary, and in its notice (the job row's `error`, shown as a warning when the job succeeded); a second
+    warning joins the first."""
+    if not warning:
+        return
+    ctx.log(f"WARNING: {warning}")
+    outcome.summary += f"; WARNING: {warning}"
+    record = outcome.finalize
+
+    def finalize(session: Session) -> dict[str, Any]:
+        values = record(session) if record is not None else {}
+        return {**values, "error": f"{values['error']} {warning}" if values.get("error") else warning}
+
+    outcome.finalize = finalize

@@ -12,7 +12,7 @@ from db.models import ModelKind
 from llm.dpo_config import DPOConfig
 from worker.jobs.context import JobContext, Outcome
 from worker.jobs.params import fine_tuning_config, method_said
-from worker.jobs.training import run_training
+from worker.jobs.training import add_warning, run_training
 from worker.kinds.reward.handler import snapshot
 
 
@@ -41,15 +41,6 @@ def run(ctx: JobContext) -> Outcome:
         outcome.summary += f"; {pairs_kind} preference accuracy {facts['val_rewards/accuracies']:.1%}"
         if facts.get("kl") is not None:
             outcome.summary += f", KL from the start {facts['kl']:.3f} nats per token"
-    warning = facts.get("degeneration")
-    if warning:
-        ctx.log(f"WARNING: {warning}")
-        outcome.summary += f"; WARNING: {warning}"
-        record = outcome.finalize
-
-        def finalize(session: Session) -> dict[str, Any]:
-            # The job's notice (shown as a warning on a job that succeeded): the run is kept, but not as it ran.
-            return {**(record(session) if record is not None else {}), "error": warning}
-
-        outcome.finalize = finalize
+    # The run is kept, but not as it ran: said in the log, the summary and the job's notice.
+    add_warning(ctx, outcome, facts.get("degeneration"))
     return outcome
