@@ -338,17 +338,18 @@ def train(model: nn.Module, objective: Objective, batches: BatchSource, config: 
         metrics.clear()
         for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old", CHECKPOINT_DIR + ".tmp"):
             shutil.rmtree(out_dir / name, ignore_errors=True)
+    distributed.seed_rank(config.seed, ranks, step)
+    # Each rank takes its share of the one stream; the checkpoint's data position is the whole stream's.
+    batches = distributed.shard(batches, ranks)
     # Is the run learning? Judged once, a share into the run (llm/learning_watch.py); a resumed run's watch
     # first reads the records it kept, so the verdict does not depend on where the run was interrupted.
-    clear_verdict(out_dir)
-    watched = lr_schedule is None and getattr(objective, "watch_learning", True)
+    if ranks.is_main:  # rank 0 alone judges and writes the verdict
+        clear_verdict(out_dir)
+    watched = lr_schedule is None and getattr(objective, "watch_learning", True) and ranks.is_main
     watch = LearningWatch(config.max_steps, config.lr, config.warmup) if watched else None
     for earlier in (metrics.read() if watch is not None and previous is not None else []):
         if watch.observe(earlier):
             save_verdict(out_dir, watch.verdict)
-    distributed.seed_rank(config.seed, ranks, step)
-    # Each rank takes its share of the one stream; the checkpoint's data position is the whole stream's.
-    batches = distributed.shard(batches, ranks)
 
     forward_model = torch.compile(model) if should_compile(config, device) else model
     loss_of = distributed.loss_function(forward_model, objective, ranks, device)
