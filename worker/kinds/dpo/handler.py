@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from db.models import ModelKind
 from llm.dpo_config import DPOConfig
 from worker.jobs.context import JobContext, Outcome
