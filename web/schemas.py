@@ -64,6 +64,8 @@ class DatasetOut(BaseModel):
     created_at: datetime
     already_stored: bool = Field(False, description="upload only: true when this exact file (same SHA-256, same "
                                                     "kind) was already a dataset, which is the one returned")
+    note: str = Field("", description="upload only: stored as text, but the file looks like another kind (e.g. chat "
+                                      "lines in a .txt): which kind, and how to upload it as that kind")
 
 
 class JobSubmit(BaseModel):

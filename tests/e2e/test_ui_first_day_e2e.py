@@ -1,4 +1,4 @@
-"""A new team's first day, in a browser (issue 19, items 14 to 19): what only a browser shows.
+"""A new team's first day, in a browser (issue 19, items 13 to 19): what only a browser shows.
 
 `workbench serve` in a subprocess (tests/e2e/test_ui_e2e.py's server), headless Chromium. The rows a team would have
 after a few runs are put in the server's database directly (jobs with their curves, models, generated answers, a

@@ -90,3 +90,21 @@ def test_an_sft_job_is_submitted_through_the_api_with_its_declared_defaults(clie
     assert wrong.status_code == 422
     assert wrong.json()["detail"][0]["loc"] == ["body", "params", "dataset_id"]
     assert "needs a chat dataset" in wrong.json()["detail"][0]["msg"]
+
+
+def test_a_file_of_another_kind_is_told_which_kind_it_looks_like(client, session, api_settings):
+    """A chat file sent as kind text: refused (no "text" field) with the kind to choose; chat lines in a .txt are
+    valid text, stored as asked, with the same hint in the answer's note."""
+    chat = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    response = upload(client, [chat, chat], "text", filename="chats.jsonl")
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["msg"] == ("chats.jsonl, line 1: no 'text' field (fields: messages) — this "
+                                                   "looks like a chat dataset (conversations): upload it as kind chat")
+    assert datasets_stored(session, api_settings) == (0, [])
+    response = upload(client, [{"text": "a story"}], "chat", filename="stories.jsonl")
+    assert response.status_code == 422 and response.json()["detail"][0]["msg"].endswith("upload it as kind text")
+    response = upload(client, [chat], "text", filename="chats.txt")
+    assert response.status_code == 201, response.text
+    assert response.json()["note"] == ("this looks like a chat dataset (conversations): save it as .jsonl and upload "
+                                       "it as kind chat")
+    assert upload(client, [chat], "chat").json()["note"] == ""

@@ -170,7 +170,7 @@ def upload_dataset(
         os.unlink(temp_path)
     if stored.already_stored:
         response.status_code = status.HTTP_200_OK
-    return {**services.dataset_to_dict(stored.dataset), "already_stored": stored.already_stored}
+    return {**services.dataset_to_dict(stored.dataset), "already_stored": stored.already_stored, "note": stored.note}
 
 
 @router.get("/datasets", response_model=list[DatasetOut])
