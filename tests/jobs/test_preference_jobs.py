@@ -98,7 +98,7 @@ def test_a_dpo_job_runs_through_the_runner(workbench_env, session):
             "val_logps/chosen_per_token", "val_logps/rejected_per_token", "val_kl", "degeneration_problems"} <= names
     lines = list(session.scalars(select(JobLog.line).where(JobLog.job_id == job.id).order_by(JobLog.id)))
     # The job log says what "auto" picked, why, and the learning rate, as the stored params do.
-    assert any(f"({job.params['method_reason']}; learning rate {job.params['lr']:g})" in line for line in lines)
+    assert any(f"{job.params['method_reason']}; learning rate {job.params['lr']:g})" in line for line in lines)
     assert any(line.startswith("sample at step 2: 'What should I do with") for line in lines)
     assert lines[-1].startswith("succeeded:") and "held-out preference accuracy" in lines[-1] and "KL" in lines[-1]
     assert job.error is None  # nothing flagged: no notice
