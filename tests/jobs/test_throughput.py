@@ -78,11 +78,29 @@ def test_a_worker_probes_the_standard_shapes_once_publishes_them_and_keeps_them(
     assert probed == [] and len(again.capacity["throughput"]["probes"]) == 4
 
 
-def test_a_job_waits_for_a_probe_in_progress():
-    with throughput.device_in_use():
-        assert not throughput._device_lock.acquire(blocking=False)
-    assert throughput._device_lock.acquire(blocking=False)
-    throughput._device_lock.release()
+def test_jobs_share_the_device_and_a_probe_waits_for_them_and_holds_new_ones():
+    import threading
+
+    use, events = throughput.DeviceUse(), []
+
+    def probe_now():
+        with use.probe():
+            events.append("probe")
+
+    with use.job(), use.job():  # two jobs of a threads pool run together
+        prober = threading.Thread(target=probe_now)
+        prober.start()
+        prober.join(timeout=0.2)
+        assert prober.is_alive() and events == []  # the probe waits while a job runs
+    prober.join(timeout=5)
+    assert events == ["probe"]
+    with use.probe():
+        starter = threading.Thread(target=lambda: use.job().__enter__() and None)
+        starter.start()
+        starter.join(timeout=0.2)
+        assert starter.is_alive()  # a job waits for the probe in progress
+    starter.join(timeout=5)
+    assert not starter.is_alive()
 
 
 def test_a_submit_records_its_estimate_and_the_card_compares_it_with_the_time_taken(workbench_env, session,

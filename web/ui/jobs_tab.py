@@ -86,6 +86,9 @@ def detail_header_html(detail: dict) -> str:
     remaining = eta_seconds(detail.get("progress"), elapsed) if status == "running" else None
     if remaining is not None:
         bits.append(f'<span class="wb-eta">about {human_duration(remaining)} left</span>')
+    estimate = estimate_vs_actual(detail, elapsed)
+    if estimate:
+        bits.append(f'<span class="wb-estimate">{estimate}</span>')
     if detail.get("attempts"):
         bits.append(f"attempt {detail['attempts']}")
     if detail.get("worker_host"):
@@ -104,6 +107,20 @@ def detail_header_html(detail: dict) -> str:
         f'{progress_bar_html(detail.get("progress"), status)}'
         f'<div style="font-size:12px;opacity:.7">{" · ".join(bits)}</div></div>'
     )
+
+
+def estimate_vs_actual(detail: dict, elapsed: float | None) -> str | None:
+    """"estimated ~4m 26s (measured), took 4m 40s: 5% short" for a finished job with an estimate recorded at
+    submit (`detail["estimate"]`; it counts training and evaluation, the time taken also the job's start and
+    tokenizing the data on first use); "estimated ~…" before it finishes; None without an estimate."""
+    estimate = detail.get("estimate") or {}
+    if not isinstance(estimate.get("seconds"), (int, float)):
+        return None
+    said = f"estimated ~{human_duration(estimate['seconds'])} ({html.escape(str(estimate.get('source')))})"
+    if detail.get("status") != "succeeded" or not elapsed:
+        return said
+    error = (estimate["seconds"] - elapsed) / elapsed
+    return f"{said}, took {human_duration(elapsed)}: {abs(error):.0%} {'short' if error < 0 else 'long'}"
 
 
 def metric_cards_html(detail: dict, step_reached: int | None = None) -> str:

@@ -7,7 +7,7 @@ time an estimate gives a run from it.
   - `Prober` (a daemon thread a worker starts, `worker.runtime.main`) probes the standard shapes
     (`standard_shapes`: the presets at the forms' defaults, with GPT-2's vocabulary and a fitting trained one)
     and then any shape an estimate asked for (`request_probe`), one at a time and only while no job runs on
-    this worker (`device_in_use`): a probe never slows a job, and a job never skews a probe. That is its low
+    this worker (`DEVICE_USE`): a probe never slows a job, and a job never skews a probe. That is its low
     priority; niceness would not reach torch's own threads.
   - `step_time` gives an estimate the seconds of a step and of an evaluation batch: a live worker's probe of the
     run's exact shape ("measured"), else a model fitted from that worker's probes ("fitted"; the shape is asked
@@ -39,14 +39,41 @@ PROBE_REQUEST_KEY = "workbench:probe-requests:"   # + queue: a Redis set of Prob
 LONGEST_PROBED_STEP_S = 10.0
 GPT2_VOCAB = 50_304  # GPT-2's 50,257 tokens and our chat specials, padded to 64 (llm.model.padded_vocab_size)
 
-_device_lock = threading.Lock()
+class DeviceUse:
+    """Jobs and probes take turns on this worker's device: any number of jobs at once (a threads pool runs
+    several), a probe only when none runs, and no job starts while a probe runs (it waits a few seconds)."""
+
+    def __init__(self):
+        self._condition = threading.Condition()
+        self._jobs = 0
+        self._probing = False
+
+    @contextmanager
+    def job(self):
+        with self._condition:
+            self._condition.wait_for(lambda: not self._probing)
+            self._jobs += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._jobs -= 1
+                self._condition.notify_all()
+
+    @contextmanager
+    def probe(self):
+        with self._condition:
+            self._condition.wait_for(lambda: self._jobs == 0)
+            self._probing = True
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._probing = False
+                self._condition.notify_all()
 
 
-@contextmanager
-def device_in_use():
-    """Held while a job runs on this worker (worker.runtime.runner) and while a probe runs: one at a time."""
-    with _device_lock:
-        yield
+DEVICE_USE = DeviceUse()  # this process's: worker.runtime.runner runs each job in DEVICE_USE.job()
 
 
 def default_dtype(device_type: str, dtype: str | None) -> str:
@@ -141,7 +168,7 @@ class Prober:
     def _probe(self, shape: ProbeShape, device, path: Path) -> None:
         from llm.throughput import probe
 
-        with device_in_use():
+        with DEVICE_USE.probe():
             measured = probe(shape, device)
         self.probes[shape.key] = measured
         save_probes(path, self.probes)

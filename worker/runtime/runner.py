@@ -43,7 +43,7 @@ from worker.jobs.messages import broker_url_of, job_queue_of
 from worker.runtime.heartbeat import JobHeartbeat
 from worker.kinds import get_spec
 from worker.jobs.progress_writer import DirectWriter, ProgressWriter
-from worker.jobs.throughput import device_in_use
+from worker.jobs.throughput import DEVICE_USE
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def execute_job(job_id: int, attempt: int, settings: Settings | None = None) -> 
                         raise ValueError(f"{ctx.kind} jobs are not available on this worker")
                     # This process's share of the cores (its worker's job slots share them), said in the job's log.
                     apply_thread_budget(log=ctx.log)
-                    with device_in_use():  # a throughput probe in progress finishes first (worker.jobs.throughput)
+                    with DEVICE_USE.job():  # a throughput probe in progress finishes first (worker.jobs.throughput)
                         outcome = spec.handler(ctx)
                 finally:
                     # The metrics and log lines go in before the outcome: a finished job's record is complete.
