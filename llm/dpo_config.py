@@ -45,8 +45,8 @@ class DPOConfig(SFTConfig):
 # adapter on a small model needs more) and few evaluations. The learning rate per method at the reference width
 # and its power of the width (llm/sft_config.py says why): placeholders until the sweep (docs/defaults.md)
 # measures them.
-DPO_LORA_LR = WidthRule(at_reference=5e-5, power=1.0)
-DPO_FULL_LR = WidthRule(at_reference=5e-6, power=1.0)
+DPO_LORA_LR = WidthRule(at_reference=2.5e-4, power=1.0)
+DPO_FULL_LR = WidthRule(at_reference=8.33e-5, power=1.0)
 DPO_DEFAULTS = FineTuningDefaults(loop={"max_steps": 200, "batch_size": 8, "block_size": 256, "warmup": 10,
                                         "eval_every": 50, "checkpoint_every": 100, "weight_decay": 0.0},
                                   lora_lr=DPO_LORA_LR, full_lr=DPO_FULL_LR)

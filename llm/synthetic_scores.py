@@ -82,7 +82,8 @@ def property_share(model_dir: str | os.PathLike, prompts: Sequence[Sequence[dict
 
 @torch.no_grad()
 def best_of_n_share(policy_dir: str | os.PathLike, reward_dir: str | os.PathLike,
-                    prompts: Sequence[Sequence[dict]], family: str, rule: str, n: int = 8, seed: int = 0) -> dict:
+                    prompts: Sequence[Sequence[dict]], family: str, rule: str, n: int = 8, seed: int = 0,
+                    temperature: float = 1.0) -> dict:
     """{"best": share of prompts whose highest-reward sample has the property, "first": the same for the first
     sample alone (what sampling once gives), and "best_well_formed" / "first_well_formed": the same counting only
     well-formed answers}. Best-of-N helps when best > first; it picks among the policy's answers and cannot mend
@@ -94,7 +95,7 @@ def best_of_n_share(policy_dir: str | os.PathLike, reward_dir: str | os.PathLike
     scorer = load_reward_model(reward_dir).eval()
     counts = {"best": 0, "first": 0, "best_well_formed": 0, "first_well_formed": 0}
     for index, messages in enumerate(prompts):
-        settings = SamplingSettings(max_new_tokens=MAX_ANSWER_TOKENS, temperature=1.0, seed=seed + index)
+        settings = SamplingSettings(max_new_tokens=MAX_ANSWER_TOKENS, temperature=temperature, seed=seed + index)
         candidates = best_of_n(policy, tokenizer, list(messages), scorer, n, settings)
         for name, text in (("best", candidates[0].text), ("first", next(c.text for c in candidates if c.index == 0))):
             liked = has_property(text, family, rule)

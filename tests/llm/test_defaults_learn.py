@@ -1,0 +1,160 @@
+"""Learning at the defaults (issue 18, item 3): a team's first loop, run through the CLI with no learning rate,
+step count or method given, must give a model that follows a format, a reward model that ranks right and a DPO
+model that moves.
+
+Each preset starts as a team's does: a 512-id BPE trained on ordinary prose, and a base model pretrained on that
+prose for a few hundred steps (the pretraining run's shape is given; it is not a fine-tuning default). The tasks
+are the "test" family of llm/synthetic_tasks.py: words, templates, answer format and preference rule (a polite
+closing phrase) that the sweep the defaults were fitted on (bench/sweep_defaults.py, family "sweep") never saw,
+and held-out prompts whose nouns no training example contains. Scores: llm/synthetic_scores.py, the sweep's own.
+Expensive set-up (tokenizer, base model, each fine-tuned model) is built once per preset and shared; each stage
+prints how long it took (pytest -s shows it).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from llm import synthetic_tasks as tasks
+from llm.cli import main
+
+pytestmark = pytest.mark.slow
+
+FAMILY, RULE = "test", "polite"
+HELD_OUT = 40
+# The small preset (6 layers of 384) costs ~10x the tiny one (2 of 64) a step: on 2 shared cores its loop takes
+# well over the suite's budget (docs/defaults.md gives the durations), so it runs only when asked:
+# WORKBENCH_TEST_SMALL_PRESET=1 pytest tests/llm/test_defaults_learn.py -s
+PRESETS = ("tiny",) + (("small",) if os.environ.get("WORKBENCH_TEST_SMALL_PRESET") else ())
+# "A few hundred steps" of pretraining on the prose: its shape is given (it is not a fine-tuning default) and sized
+# to cost ~1-2 minutes on 2 cores for the tiny preset.
+PRETRAIN_FLAGS = {"tiny": ["--max-steps", "200", "--batch-size", "8", "--block-size", "128", "--warmup", "30"],
+                  "small": ["--max-steps", "200", "--batch-size", "8", "--block-size", "128", "--warmup", "30"]}
+
+
+def timed(what: str, preset: str, action):
+    started = time.perf_counter()
+    result = action()
+    print(f"[{preset}] {what}: {time.perf_counter() - started:.0f} s")
+    return result
+
+
+def cli(*argv) -> None:
+    assert main([str(arg) for arg in argv]) == 0, f"workbench {' '.join(map(str, argv))} failed"
+
+
+class Loop:
+    """One preset's first loop: the base, then each fine-tuned model, trained on first use."""
+
+    def __init__(self, preset: str, root: Path):
+        self.preset, self.root = preset, root
+        self._built: dict[str, Path] = {}
+
+    def _once(self, name: str, build) -> Path:
+        if name not in self._built:
+            self._built[name] = timed(name, self.preset, build)
+        return self._built[name]
+
+    @property
+    def base(self) -> Path:
+        def build():
+            prose = tasks.write_prose(self.root / "prose.txt", 3000, seed=101, family=FAMILY)
+            cli("train-tokenizer", "--data", prose, "--out", self.root / "tokenizer", "--vocab-size", 512)
+            cli("prepare", "--data", prose, "--tokenizer", self.root / "tokenizer", "--out", self.root / "prepared")
+            cli("pretrain", "--data", self.root / "prepared", "--out", self.root / "base", "--preset", self.preset,
+                *PRETRAIN_FLAGS[self.preset], "--eval-every", 0, "--checkpoint-every", 0)
+            return self.root / "base"
+        return self._once("pretrain on prose (tokenizer, prepare, pretrain)", build)
+
+    def _fine_tune(self, command: str, name: str, model: Path, records: list[dict]) -> Path:
+        data = tasks.write_jsonl(self.root / f"{name}.jsonl", records)
+        cli(command, "--model", model, "--data", data, "--out", self.root / name)  # no --lr, --max-steps, --method
+        return self.root / name
+
+    @property
+    def sft(self) -> Path:
+        return self._once("sft on the format", lambda: self._fine_tune(
+            "sft", "sft", self.base, tasks.format_conversations(800, seed=102, family=FAMILY)))
+
+    @property
+    def policy(self) -> Path:
+        """The preference stage's start: an SFT on chosen and rejected answers, half and half."""
+        return self._once("sft on both kinds of answer", lambda: self._fine_tune(
+            "sft", "policy", self.base, tasks.mixed_conversations(800, seed=103, family=FAMILY, rule=RULE)))
+
+    @property
+    def reward(self) -> Path:
+        return self._once("reward model", lambda: self._fine_tune(
+            "reward", "reward", self.policy, tasks.preference_pairs(400, seed=104, family=FAMILY, rule=RULE)))
+
+    @property
+    def dpo(self) -> Path:
+        return self._once("dpo", lambda: self._fine_tune(
+            "dpo", "dpo", self.policy, tasks.preference_pairs(400, seed=105, family=FAMILY, rule=RULE)))
+
+
+@pytest.fixture(scope="session", params=PRESETS)
+def loop(request, tmp_path_factory) -> Loop:
+    return Loop(request.param, tmp_path_factory.mktemp(f"loop-{request.param}"))
+
+
+def held_out_prompts(seed: int) -> list[list[dict]]:
+    return [pair["prompt"] for pair in tasks.preference_pairs(HELD_OUT, seed=seed, family=FAMILY, rule=RULE,
+                                                              held_out=True)]
+
+
+def test_sft_at_the_defaults_answers_unseen_prompts_in_the_format(loop):
+    from llm.synthetic_scores import format_score
+
+    score = format_score(loop.sft, tasks.format_prompts(HELD_OUT, seed=106, family=FAMILY, held_out=True), FAMILY)
+    print(f"[{loop.preset}] sft: {score}")
+    # 90 %, the issue's bar: the format is one fixed frame around a copied word, so a model that learned it gets
+    # every prompt; the 10 % is for an odd new noun the small BPE splits strangely. At the old defaults (LoRA 2e-4)
+    # it was 0 of 30 prompts; the sweep measured 97-100 % over a wide range of rates around the defaults.
+    assert score["share"] >= 0.9, score
+
+
+def test_the_reward_model_at_the_defaults_ranks_unseen_pairs(loop):
+    from llm.synthetic_scores import pair_accuracy
+
+    accuracy = pair_accuracy(loop.reward, tasks.preference_pairs(100, seed=107, family=FAMILY, rule=RULE,
+                                                                 held_out=True))
+    print(f"[{loop.preset}] reward: held-out accuracy {accuracy:.2f}")
+    # 90 %: the rule is a property of the closing phrase alone (three phrases against three), which a
+    # bag-of-words model separates perfectly; a reward model that learned it misses only pairs whose fresh nouns
+    # confuse it. The old default (LoRA 1e-4) reached 69-70 % on such a rule.
+    assert accuracy >= 0.9
+
+
+def test_dpo_at_the_defaults_raises_the_preferred_share(loop):
+    from llm.synthetic_scores import property_share
+
+    prompts = held_out_prompts(108)
+    before = property_share(loop.policy, prompts, FAMILY, RULE)
+    after = property_share(loop.dpo, prompts, FAMILY, RULE)
+    print(f"[{loop.preset}] dpo: polite share {before['share']:.2f} -> {after['share']:.2f}, "
+          f"ended {after['ended']:.2f}, e.g. {after['examples']}")
+    # +20 points, the issue's bar: the start says a polite closing about half the time (trained on half and
+    # half), 160 samples (40 prompts x 4) measure a share to about +-4 points, so 20 points is a real move, and
+    # well within reach: the sweep's DPO moved the share of its rule by more at the default rate.
+    assert after["share"] >= before["share"] + 0.2
+    # ... while still answering: most samples still end their turn (DPO that leaves language is not a success).
+    assert after["ended"] >= 0.8
+
+
+def test_best_of_8_with_the_reward_model_raises_the_preferred_share(loop):
+    from llm.synthetic_scores import best_of_n_share
+
+    # Sampled as `workbench generate --chat --best-of 8` samples by default (temperature 0.8).
+    shares = best_of_n_share(loop.policy, loop.reward, held_out_prompts(109), FAMILY, RULE, n=8, seed=1,
+                             temperature=0.8)
+    print(f"[{loop.preset}] best-of-8: {shares}")
+    # With about half the samples polite, 8 samples hold a polite one for >99 % of prompts, and a reward model
+    # right on >= 90 % of pairs picks it: the best should be polite for nearly every prompt. +20 points over one
+    # sample (~50 %) leaves room for a 40-prompt measure's noise (+-8 points). (The property alone: best-of-N
+    # picks among the policy's answers and cannot mend a garbled one; the well-formed shares are printed.)
+    assert shares["best"] >= shares["first"] + 0.2
