@@ -73,3 +73,21 @@ def test_an_lr_find_job_records_the_curve_and_names_the_suggestion(workbench_env
     assert len(marker) == 2 and marker[1] == marker[0] + 1  # two neighbouring steps: a near-vertical line
     assert job.output_model_id is None and (workbench_env.data_dir / job.run_dir / "lr_find.json").is_file()
     assert not (workbench_env.data_dir / job.run_dir / "range_test").exists()
+
+
+@SQLITE_ONLY
+def test_an_lr_find_job_on_a_text_dataset_tests_pretraining_a_new_model(workbench_env, session):
+    import json
+    import random
+
+    rng = random.Random(0)
+    words = "the cat sat on a mat while dogs ran past an old red barn near the river".split()
+    documents = [json.dumps({"text": " ".join(rng.choice(words) for _ in range(60)) + "."}) for _ in range(120)]
+    text = add_dataset(session, workbench_env, DatasetKind.text, documents, "corpus")
+    job = run_job(session, workbench_env, "lr_find", {"dataset_id": text.id, "preset": "tiny", "steps": 20,
+                                                      "batch_size": 4, "block_size": 32, "device": "cpu"})
+    lines = list(session.scalars(select(JobLog.line).where(JobLog.job_id == job.id)))
+    assert any("range test of pretraining the tiny preset" in line for line in lines), lines
+    assert lines[-1].startswith("succeeded: suggested learning rate"), lines[-1]
+    steps = set(session.scalars(select(Metric.step).where(Metric.job_id == job.id, Metric.name == "lr")))
+    assert len(steps) >= 10 and job.output_model_id is None
