@@ -22,6 +22,12 @@ class JobParamsError(ValueError):
         self.message = message
 
 
+# Parameters a submit may still send under an older name: (the name now, what to send instead). Rows stored with
+# them still run (`stored_fine_tuning_params`); a new job is asked for the new name.
+RENAMED_PARAMS = {"full": ("method", 'replaced by "method": "full" (every weight), "lora" (an adapter) or "auto" '
+                                     "(the default: all weights on a small model, LoRA on a large one)")}
+
+
 def check_params(kind_name: str, declared: dict[str, Setting], params: Any, *,
                  require: bool = True) -> dict[str, Any]:
     """`params` checked against `declared`, with every declared default filled in.
@@ -38,6 +44,9 @@ def check_params(kind_name: str, declared: dict[str, Setting], params: Any, *,
         raise JobParamsError("params", "must be an object of parameter names to values")
     for name in params:
         if name not in declared:
+            renamed = RENAMED_PARAMS.get(name)
+            if renamed is not None and renamed[0] in declared:
+                raise JobParamsError(name, renamed[1])
             raise JobParamsError(name, f"unknown parameter for a {kind_name} job; "
                                        f"known: {', '.join(sorted(declared))}")
     for name, spec in declared.items():
