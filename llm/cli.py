@@ -18,6 +18,7 @@ from pathlib import Path
 
 from llm.cli_common import (add_data_dir, add_fine_tuning_flags, add_training_flags, fine_tuning_settings,
                             print_warnings, refuse_to_overwrite)
+from llm.cli_demo import register_demo_command
 from llm.cli_evaluate import register_evaluate_command
 from llm.cli_lr_find import register_lr_find_command
 from llm.cli_preferences import register_preference_commands
@@ -288,6 +289,7 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     add_data_dir(p)
 
     register_evaluate_command(add)
+    register_demo_command(add)
 
     p = add("generate", "Generate text from a model, streamed as it is produced.", _cmd_generate)
     p.add_argument("--model", required=True, help="model or adapter directory")
