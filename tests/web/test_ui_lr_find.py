@@ -1,5 +1,5 @@
 """The Jobs tab without a browser, for the not-learning warning and the range test: a finished job whose run was
-not learning shows its warning as a notice (not an error); an `lr_find` job's chart is the loss against log10 of the
+not learning shows its warning as a notice (not an error), and its model's report card has it as a row; an `lr_find` job's chart is the loss against log10 of the
 learning rate with the smoothed curve and the suggestion's marker, and its card names the suggested rate; the
 Train tab offers the kind from its declaration."""
 
@@ -10,9 +10,9 @@ import math
 import gradio as gr
 import pytest
 
-from db.models import Job, JobStatus, Metric
+from db.models import Job, JobStatus, Metric, ModelKind
 from tests.conftest import TRAINER
-from tests.support.records import make_job
+from tests.support.records import add_model, make_job
 from web.ui.plots import metrics_frame_along
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -53,6 +53,21 @@ def test_a_run_that_was_not_learning_shows_its_warning_as_a_notice(select_job, s
     notice = select_job(job_id)["error"]
     assert "not learning" in notice and "try 10x (1e-06)" in notice and "workbench lr-find" in notice
     assert "warn" in notice  # a warning on a job that succeeded, not an error
+
+
+@SQLITE_ONLY
+def test_a_model_from_a_run_that_was_not_learning_says_so_on_its_report_card(api_settings, session, users):
+    from llm.learning_watch import save_verdict
+    from web.services.lineage import report_card
+
+    job_id = make_job(session, users["trainer"], status=JobStatus.succeeded, progress=1.0)
+    set_kind(session, job_id, "sft", {"max_steps": 20, "lr": 1e-7})
+    model_id = add_model(session, api_settings, users["trainer"], "slow-learner", ModelKind.sft, job_id=job_id)
+    assert "learning watch" not in dict(report_card(api_settings, model_id, session))
+    run_dir = api_settings.data_dir / "runs" / str(job_id)
+    run_dir.mkdir(parents=True)
+    save_verdict(run_dir, {"kind": "too_small", "warning": WARNING})  # what llm.train leaves in the run directory
+    assert dict(report_card(api_settings, model_id, session))["learning watch"] == WARNING
 
 
 def range_test_metrics(job_id: int) -> list[Metric]:

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Dataset, Job, JobEvent, JobStatus, LabelingProject, Metric, Model
 from db.settings import Settings, safe_join
+from llm.learning_watch import read_warning
 from llm.tokenizer import BUILTIN_TOKENIZERS
 from web.services.common import NotFound, enum_value, reading
 from worker.kinds import get_spec
@@ -178,7 +179,7 @@ def report_card(settings: Settings, model_id: int, session: Session | None = Non
 
 def _job_rows(settings: Settings, session: Session, job: Job) -> list[tuple[str, str]]:
     """The report-card rows the job's kind declares (worker/kinds/<kind>/card.py): its final metrics, then what
-    its run directory reports."""
+    its run directory reports, and the not-learning warning when its run had one."""
     spec = get_spec(job.kind)
     if spec is None:
         return []
@@ -186,6 +187,9 @@ def _job_rows(settings: Settings, session: Session, job: Job) -> list[tuple[str,
     rows = [(row.label, row.shown(metrics[row.metric])) for row in spec.report_card if row.metric in metrics]
     if spec.run_report is not None and job.run_dir:
         rows += spec.run_report(safe_join(settings.data_dir, job.run_dir))
+    warning = read_warning(safe_join(settings.data_dir, job.run_dir)) if job.run_dir else None
+    if warning:  # the loop's not-learning watch (llm/learning_watch.py) said so: the model may not be worth much
+        rows.append(("learning watch", warning))
     return rows
 
 
