@@ -146,8 +146,10 @@ class Prober:
     def _run(self) -> None:
         try:
             from llm.device import pick_device
+            from llm.threads import apply_thread_budget
             from llm.throughput import device_name
 
+            apply_thread_budget(log=None)  # the torch threads a job of this worker gets (worker.runtime.runner)
             device = pick_device(self.device)
             path = cache_path(self.data_dir, device_name(device))
             self.probes = load_probes(path)
