@@ -34,9 +34,9 @@ its own advice); `max_rise` catches the runs whose loss does climb.
 `--lr-find` (same day): the range test's candidates, each trained 200 steps at the defaults (loss of the first
 step -> mean of the last 5):
 
-    task                        range test                          min/10          steepest        minimum         min/100
-    pretrain (periodic stream)  stopped at step 88 (4x its best)    6.3e-3: 0.001   1.0e-2: 0.000   6.3e-2: 0.005   6.3e-4: 1.054
-    SFT all weights (chats)     reached 1.0 at step 100             2.4e-3: 0.011   7.6e-3: 0.000   2.4e-2: 0.000   2.4e-4: 7.294
+    task (range test)                          min/10         steepest       minimum        min/100
+    pretrain, periodic (4x its best, step 88)  6.3e-3: 0.001  1.0e-2: 0.000  6.3e-2: 0.005  6.3e-4: 1.054
+    SFT all weights, chats (reached 1.0)       2.4e-3: 0.011  7.6e-3: 0.000  2.4e-2: 0.000  2.4e-4: 7.294
 
 Both tasks are learnt by heart at any rate from the tenth of the minimum up, so they do not tell min/10 from the
 steepest point; they do say that a hundredth is too timid. The suggestion stays min/10 (llm/lr_find.py says why);

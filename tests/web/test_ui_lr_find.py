@@ -1,7 +1,7 @@
 """The Jobs tab without a browser, for the not-learning warning and the range test: a finished job whose run was
-not learning shows its warning as a notice (not an error), and its model's report card has it as a row; an `lr_find` job's chart is the loss against log10 of the
-learning rate with the smoothed curve and the suggestion's marker, and its card names the suggested rate; the
-Train tab offers the kind from its declaration."""
+not learning shows its warning as a notice (not an error), and its model's report card has it as a row; an
+`lr_find` job's chart is the loss against log10 of the learning rate with the smoothed curve and the suggestion's
+marker, and its card names the suggested rate; the Train tab offers the kind from its declaration."""
 
 from __future__ import annotations
 
