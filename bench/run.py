@@ -2,7 +2,7 @@
 
     python -m bench.run [--quick] [--budget-s S] [--only train,generate,prepare,sft,preference]
         (--only platform,labeling: the web-app benchmarks; --only defaults: the fine-tuning defaults' sweep,
-         bench/sweep_defaults.py, tens of minutes)
+         bench/sweep_defaults.py, tens of minutes; --only ddp: 1 vs 2 data-parallel ranks, bench/bench_ddp.py)
     workbench bench [--quick] [--budget-s S] [--only ...]
 
 Each benchmark is a module `bench.bench_<name>` with `run(quick: bool = False, budget_s=None) -> dict` of
@@ -32,7 +32,9 @@ import traceback
 from bench.common import add_budget_argument, print_figures
 
 BENCHMARKS = ("train", "generate", "prepare", "sft", "preference")  # what runs by default, in this order
-OPTIONAL = ("platform", "labeling", "defaults")  # only with --only (the web app's fixed loads; the defaults' sweep)
+# only with --only: the web app's fixed loads; the defaults' sweep; 1 vs 2 data-parallel ranks (torchrun, minutes)
+OPTIONAL = ("platform", "labeling", "defaults", "ddp")
+BUDGETED_OPTIONAL = ("ddp",)  # optional benchmarks whose run() takes a time budget too
 MODULES = {"defaults": "bench.sweep_defaults"}  # a benchmark whose module is not bench.bench_<name>
 NOTES = ("skipped", "emulated")  # {measurement: why} each benchmark may return; merged into one of each
 HEADLINE = ("train_vs_hf", "generate_vs_hf", "generate_samples_vs_hf", "prepare_vs_tiktoken",
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         try:
             module = importlib.import_module(MODULES.get(name, f"bench.bench_{name}"))
-            budget = {"budget_s": args.budget_s} if name in BENCHMARKS else {}
+            budget = {"budget_s": args.budget_s} if name in BENCHMARKS + BUDGETED_OPTIONAL else {}
             result = module.run(quick=args.quick, **budget)
         except Exception as exc:  # one broken benchmark must not hide the others' figures
             traceback.print_exc()

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from llm.atomic_files import atomic_write_text
+from llm.atomic_files import atomic_write_text, temporary_name
 from llm.model import GPT, GPTConfig
 from llm.tokenizer import Tokenizer, get_tokenizer
 
@@ -45,7 +45,7 @@ ARCHITECTURES = (GPT_ARCHITECTURE, ADAPTER_ARCHITECTURE, REWARD_ARCHITECTURE)
 
 def atomic_save_safetensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
     """`save_file` through a temporary file + rename, like `atomic_write_text`."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_name(path)
     save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)
 
