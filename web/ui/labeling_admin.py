@@ -275,10 +275,11 @@ def build(settings) -> LabelingAdmin:
         with gr.Row():
             pairing = gr.Radio([("every two answers of a prompt", "all"), ("n random pairs per prompt", "random")],
                                value="all", label="Pairing", elem_id="labeling-pairing")
-            per_prompt = gr.Number(value=3, precision=0, minimum=1, maximum=1000, label="Pairs per prompt (random)",
+            # No minimum/maximum on these: Gradio answers an out-of-range number with a toast naming no field; the
+            # service's check names it ("Not created — Overlap: overlap must be a whole number from 1 to 20").
+            per_prompt = gr.Number(value=3, precision=0, label="Pairs per prompt (random)",
                                    elem_id="labeling-per-prompt")
-            overlap = gr.Number(value=2, precision=0, minimum=1, maximum=20, label="Overlap (labels per pair)",
-                                elem_id="labeling-overlap")
+            overlap = gr.Number(value=2, precision=0, label="Overlap (labels per pair)", elem_id="labeling-overlap")
         with gr.Row():
             who_labels = gr.Radio([EVERYONE, CHOSEN], value=EVERYONE, label="Labelers", elem_id="labeling-who")
             labelers = gr.Dropdown(label="Chosen labelers", choices=[], multiselect=True, elem_id="labeling-labelers")
