@@ -2,6 +2,7 @@
 
     workbench lr-find pretrain --data PREPARED_DIR --out DIR [--preset tiny] [--batch-size 16 ...]
     workbench lr-find sft --model BASE_DIR --data chats.jsonl --out DIR [--method full ...]
+    workbench lr-find reward --model SFT_DIR --data pairs.jsonl --out DIR
 
 Prints the loss at every few rates, the curve in characters with the suggested rate marked, and the suggestion;
 writes DIR/lr_find.json and DIR/lr_find.png. The test's own settings (--start-lr, --end-lr, --steps, ...) and the
@@ -18,6 +19,7 @@ from llm.cli_common import add_data_dir
 from llm.lr_find import SET_BY_THE_TEST, LRFindConfig, loop_settings
 from llm.params import add_arguments, settings_of, values_from_arguments
 from llm.pretrain_config import PretrainConfig
+from llm.reward_config import REWARD_DEFAULTS, RewardConfig
 from llm.sft_config import SFT_DEFAULTS, SFTConfig
 from llm.train_config import TrainConfig
 
@@ -70,6 +72,19 @@ def _cmd_sft(args) -> None:
     show(document, out)
 
 
+def _cmd_reward(args) -> None:
+    from llm.lr_find import lr_find_reward
+
+    out = Path(args.out)
+    reward_config = RewardConfig(**values_from_arguments(args, settings_of(RewardConfig)))
+    given = values_from_arguments(args, loop_settings(REWARD_DEFAULTS.settings()))
+    loop = TrainConfig(**{**{k: v for k, v in REWARD_DEFAULTS.loop.items() if k not in SET_BY_THE_TEST}, **given})
+    document = lr_find_reward(args.model, args.data, out, reward_config=reward_config,
+                              config=LRFindConfig(**values_from_arguments(args, settings_of(LRFindConfig))),
+                              train_config=loop, data_dir=args.data_dir, log=_quiet)
+    show(document, out)
+
+
 def _quiet(line: str) -> None:
     """The loop's per-step lines are the table's rows: only its other lines (data, model) are shown."""
     if not line.startswith("step "):
@@ -77,10 +92,10 @@ def _quiet(line: str) -> None:
 
 
 def register_lr_find_command(add) -> None:
-    """Add `lr-find` (with `pretrain` and `sft` under it) with llm/cli.py's `add(name, help, func)`."""
+    """Add `lr-find` (with `pretrain`, `sft` and `reward` under it) with llm/cli.py's `add(name, help, func)`."""
     parser = add("lr-find", "Learning-rate range test: a short run with an exponentially rising rate; prints the "
                             "loss against the rate and suggests one.", None)
-    targets = parser.add_subparsers(dest="target", required=True, metavar="{pretrain,sft}")
+    targets = parser.add_subparsers(dest="target", required=True, metavar="{pretrain,sft,reward}")
 
     def target(name: str, help_text: str, func) -> argparse.ArgumentParser:
         sub = targets.add_parser(name, help=help_text, description=help_text)
@@ -102,4 +117,13 @@ def register_lr_find_command(add) -> None:
     add_arguments(p, settings_of(LRFindConfig))
     add_arguments(p, settings_of(SFTConfig))
     add_arguments(p, loop_settings(SFT_DEFAULTS.settings()))
+    add_data_dir(p)
+
+    p = target("reward", "The range test of training a reward model on preference pairs.", _cmd_reward)
+    p.add_argument("--model", required=True, help="base or SFT model directory to start from")
+    p.add_argument("--data", required=True, help="preference dataset (.jsonl), as `workbench reward` takes")
+    p.add_argument("--out", required=True, help="directory for lr_find.json and lr_find.png")
+    add_arguments(p, settings_of(LRFindConfig))
+    add_arguments(p, settings_of(RewardConfig))
+    add_arguments(p, loop_settings(REWARD_DEFAULTS.settings()))
     add_data_dir(p)

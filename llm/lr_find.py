@@ -19,7 +19,8 @@ bench/not_learning.py --lr-find trains each candidate (its docstring has the fig
     exponential_rates the rate of each step
     smooth / suggest  the analysis (plain Python: no torch)
     range_test        runs the test through a kind's training function (pretrain, SFT, reward, DPO)
-    lr_find_pretrain / lr_find_sft   the two ready-made ones
+    lr_find_pretrain / lr_find_sft / lr_find_reward   the ready-made ones (DPO's loss is not one to read this way:
+                      its watch_learning in llm/dpo.py says why)
     ascii_plot / save_plot           for the terminal and a PNG
 """
 
@@ -228,6 +229,21 @@ def lr_find_sft(base_model_dir: str | os.PathLike, data, out_dir: str | os.PathL
                    resume=False, **loop)
 
     return range_test(run, config or LRFindConfig(), train_config or TrainConfig(), out_dir, what="SFT",
+                      on_metrics=on_metrics, should_stop=should_stop, log=log)
+
+
+def lr_find_reward(base_model_dir: str | os.PathLike, data, out_dir: str | os.PathLike, *, reward_config=None,
+                   config: LRFindConfig | None = None, train_config: TrainConfig | None = None,
+                   data_dir: str | os.PathLike | None = None, on_metrics=None, should_stop=None,
+                   log: Callable[[str], None] = print) -> dict:
+    """The range test of training a reward model from the model in `base_model_dir` on preference pairs."""
+    from llm.reward import reward
+
+    def run(**loop) -> dict:
+        return reward(base_model_dir, data, loop.pop("out_dir"), reward_config=reward_config, data_dir=data_dir,
+                      resume=False, **loop)
+
+    return range_test(run, config or LRFindConfig(), train_config or TrainConfig(), out_dir, what="a reward model",
                       on_metrics=on_metrics, should_stop=should_stop, log=log)
 
 

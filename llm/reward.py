@@ -198,9 +198,10 @@ def reward(base_model_dir: str | os.PathLike, data: str | os.PathLike | list, ou
            reward_config: RewardConfig | None = None, train_config: TrainConfig | None = None,
            data_dir: str | os.PathLike | None = None, on_metrics: Callable[[dict], None] | None = None,
            should_stop: Callable[[], bool] | None = None, resume: bool = True,
-           log: Callable[[str], None] = print) -> dict:
+           lr_schedule: Callable[[int], float] | None = None, log: Callable[[str], None] = print) -> dict:
     """Train a reward model from the model in `base_model_dir` on preference pairs (a list in the normal form
-    of `llm.chat_data.read_preference`, or a preference dataset file).
+    of `llm.chat_data.read_preference`, or a preference dataset file). lr_schedule: the rate of each step instead
+    of the config's (the range test's: llm/lr_find.py).
 
     Returns {"stopped", "step", "loss", "val_accuracy", "val_loss", "pairs", "truncated", "dropped",
     "train_pairs", "val_pairs", "trainable_params", "total_params", "model_dir" (None when stopped),
@@ -240,7 +241,7 @@ def reward(base_model_dir: str | os.PathLike, data: str | os.PathLike | list, ou
     batches = PreferenceBatches(train_examples, config.batch_size, config.seed, tokenizer.eot_id)
     result = train(model, objective, batches, config, out_dir, on_metrics=on_metrics, should_stop=should_stop,
                    trainable_params=trainable, flops_per_token=flops_per_token, save_model_fn=save,
-                   resume=resume, log=log)
+                   resume=resume, lr_schedule=lr_schedule, log=log)
     summary = {"stopped": result["stopped"], "step": result["step"], "loss": result["loss"],
                "val_loss": result.get("val_loss"), "val_accuracy": result.get("val_accuracy"),
                "pairs": tokenized.pairs, "truncated": tokenized.truncated, "dropped": tokenized.dropped,

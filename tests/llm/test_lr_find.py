@@ -1,6 +1,7 @@
 """The learning-rate range test (llm/lr_find.py, `workbench lr-find`): the exponential rates, the analysis (centred
 smoothing, the suggestion, the stop on divergence), a real test on a tiny model whose curve has the expected shape
-(flat, falling, blowing up) and whose suggestion is sane, and the CLI on SFT (table, curve, PNG, suggestion)."""
+(flat, falling, blowing up) and whose suggestion is sane, and the CLI on SFT (table, curve, PNG, suggestion) and on
+a reward model."""
 
 from __future__ import annotations
 
@@ -137,3 +138,19 @@ def test_the_cli_range_test_of_sft_prints_the_curve_and_a_suggestion(base_dir, t
     assert document["what"] == "SFT" and len(document["points"]) >= 20
     assert f"--lr {document['suggested_lr']:.2g}" in printed and "suggested learning rate" in printed
     assert (out / "lr_find.png").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_cli_range_test_of_a_reward_model_suggests_a_rate(base_dir, tmp_path, capsys):
+    from llm.cli import main
+    from tests.support.records import preference_lines
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(line + "\n" for line in preference_lines(120)))
+    out = tmp_path / "lr-rm"
+    assert main(["lr-find", "reward", "--model", str(base_dir), "--data", str(pairs), "--out", str(out),
+                 "--steps", "30", "--batch-size", "4", "--block-size", "64", "--device", "cpu"]) == 0
+    document = json.loads((out / RESULT_FILE).read_text())
+    assert document["what"] == "a reward model" and document["points"][0]["loss"] == pytest.approx(0.69, abs=0.15)
+    assert document["suggested_lr"] is not None and "suggested learning rate" in capsys.readouterr().out
