@@ -1,6 +1,7 @@
 """Data-parallel training (llm/distributed.py): W ranks with grad_accum A train exactly as one process with grad_accum
-W×A on the same stream; a checkpoint written by 2 ranks resumes on 1; the stream is shared out without a gap or a
-repeat. The runs are the real command line under `torchrun --nproc_per_node=2` on the CPU (gloo)."""
+W×A on the same stream (pretraining, SFT, DPO, reward); a checkpoint written by 2 ranks resumes on 1; the stream is
+shared out without a gap or a repeat. The runs are the real command line under `torchrun --nproc_per_node=2` on
+the CPU (gloo)."""
 
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ def pretrain_args(prepared, out, max_steps: int, grad_accum: int) -> list[str]:
     return ["pretrain", "--data", str(prepared), "--out", str(out), "--preset", "tiny", "--block-size", "32",
             "--batch-size", "2", "--grad-accum", str(grad_accum), "--max-steps", str(max_steps), "--lr", "3e-3",
             "--warmup", "2", "--log-every", "1", "--eval-every", "0", "--checkpoint-every", "0",
-            "--eval-batches", "2", "--device", "cpu", "--compile", "off", "--data-dir", str(prepared.parent / "data")]
+            "--eval-batches", "2", "--device", "cpu", "--compile", "false", "--data-dir", str(prepared.parent / "data")]
 
 
 @pytest.mark.slow
@@ -171,11 +172,41 @@ def test_two_ranks_fine_tune_as_one_process_with_accumulation(data_dir, tmp_path
         return ["sft", "--model", str(base_dir), "--data", str(chats), "--out", str(out), "--method", "full",
                 "--batch-size", "2", "--grad-accum", str(grad_accum), "--max-steps", "5", "--lr", "1e-3",
                 "--warmup", "1", "--log-every", "1", "--eval-every", "0", "--checkpoint-every", "0",
-                "--eval-batches", "2", "--device", "cpu", "--compile", "off", "--data-dir", str(data_dir)]
+                "--eval-batches", "2", "--device", "cpu", "--compile", "false", "--data-dir", str(data_dir)]
 
     assert main(sft_args(tmp_path / "alone", 4)) == 0
     torchrun(sft_args(tmp_path / "ranks", 2), cwd=tmp_path)
     one, two = losses(tmp_path / "alone"), losses(tmp_path / "ranks")
     assert sorted(two) == [1, 2, 3, 4, 5]
     for step in range(1, 6):
+        assert abs(two[step] - one[step]) < LOSS_TOLERANCE, (step, two[step], one[step])
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.parametrize("command", ["dpo", "reward"])
+def test_two_ranks_train_on_preferences_as_one_process(command, data_dir, tmp_path):
+    # DPO's objective calls hidden_states, lm_head and peft's disable_adapter, not model(...); a reward model never
+    # uses the LM head: DDP must still average exactly what one process would have accumulated.
+    tokenizer = get_tokenizer("ddp-bpe", data_dir=data_dir)
+    torch.manual_seed(0)
+    base_dir = save_model(GPT(config_from_preset("tiny", tokenizer.vocab_size, block_size=64)), tmp_path / "base",
+                          "ddp-bpe", extra={"chat": True})
+    rng = np.random.default_rng(2)
+    words = "the quick brown fox jumps over a lazy dog".split()
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": " ".join(rng.choice(words, 5)), "chosen": "yes " + " ".join(
+        rng.choice(words, 4)), "rejected": "no " + " ".join(rng.choice(words, 3))}) + "\n" for _ in range(40)))
+
+    def args(out, grad_accum):
+        return [command, "--model", str(base_dir), "--data", str(pairs), "--out", str(out), "--method", "lora",
+                "--lora-dropout", "0", "--batch-size", "2", "--grad-accum", str(grad_accum), "--max-steps", "4",
+                "--log-every", "1", "--eval-every", "0", "--checkpoint-every", "0", "--device", "cpu",
+                "--compile", "false", "--data-dir", str(data_dir)]
+
+    assert main(args(tmp_path / "alone", 2)) == 0
+    torchrun(args(tmp_path / "ranks", 1), cwd=tmp_path)
+    one, two = losses(tmp_path / "alone"), losses(tmp_path / "ranks")
+    assert sorted(two) == [1, 2, 3, 4]
+    for step in two:
         assert abs(two[step] - one[step]) < LOSS_TOLERANCE, (step, two[step], one[step])
