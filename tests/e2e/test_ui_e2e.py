@@ -197,6 +197,11 @@ def test_upload_pretrain_jobs_chat(server, browser, tmp_path):
             timeout=30_000)
         page.locator("#ft-estimate-cards").wait_for(timeout=30_000)
         assert "TRAINABLE PARAMETERS" in text_of(page, "#ft-estimate").upper()
+        # The method "auto" would train every weight of this small model, and the estimate says so and why;
+        # this test goes on with a LoRA adapter, which the estimate then says was chosen.
+        assert "Method: all weights:" in text_of(page, "#ft-estimate"), text_of(page, "#ft-estimate")
+        choose(page, "ft-method", "lora")
+        page.locator("#ft-estimate").filter(has_text="LoRA adapter, as chosen").wait_for(timeout=30_000)
         fill_number(page, "ft-max-steps", 30)
         fill_number(page, "ft-batch-size", 8)
         fill_number(page, "ft-block-size", 64)
