@@ -16,8 +16,8 @@ import sys
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
-from llm.cli_common import (add_data_dir, add_fine_tuning_flags, add_training_flags, fine_tuning_settings,
-                            print_warnings, refuse_to_overwrite)
+from llm.cli_common import (add_data_dir, add_fine_tuning_flags, add_training_flags, another_rank,
+                            fine_tuning_settings, print_warnings, refuse_to_overwrite)
 from llm.cli_demo import register_demo_command
 from llm.cli_evaluate import register_evaluate_command
 from llm.cli_lr_find import register_lr_find_command
@@ -90,7 +90,7 @@ def _cmd_sft(args) -> None:
     refuse_to_overwrite(out, args.resume)
     sft_config, train_config = fine_tuning_settings(args, SFTConfig, SFT_DEFAULTS, sft_train_config)
     bar = tqdm(total=train_config.max_steps, initial=checkpoint_step(out) if args.resume else 0, desc="sft",
-               unit="step", dynamic_ncols=True)
+               unit="step", dynamic_ncols=True, disable=another_rank())
 
     def on_metrics(record: dict) -> None:
         bar.update(record["step"] - bar.n)
@@ -347,7 +347,7 @@ def run_command(args: argparse.Namespace) -> int:
     Under torchrun only rank 0 prints its results (the other ranks' stdout goes nowhere; their errors still
     reach stderr), and every rank leaves the process group at the end."""
     training = getattr(args, "command", None) in TRAINING_COMMANDS
-    quiet_rank = training and os.environ.get("RANK", "0") != "0"
+    quiet_rank = training and another_rank()
     try:
         with _stdout_silenced(quiet_rank):
             if training:

@@ -59,6 +59,11 @@ def fine_tuning_settings(args: argparse.Namespace, config_class: type, defaults,
     return config, train_config
 
 
+def another_rank() -> bool:
+    """Whether this process is a rank other than 0 of a `torchrun` run: it trains, but prints and shows nothing."""
+    return os.environ.get("RANK", "0") != "0"
+
+
 def refuse_to_overwrite(out: Path, resume: bool) -> None:
     if (out / "checkpoint").exists() and not resume:
         raise ValueError(f"{out} already holds a training checkpoint: pass --resume to continue it, "

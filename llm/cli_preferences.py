@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from llm.cli_common import (add_data_dir, add_fine_tuning_flags, fine_tuning_settings, print_warnings,
+from llm.cli_common import (add_data_dir, add_fine_tuning_flags, another_rank, fine_tuning_settings, print_warnings,
                             refuse_to_overwrite)
 from llm.dpo_config import DPO_DEFAULTS, DPOConfig
 from llm.reward_config import REWARD_DEFAULTS, RewardConfig
@@ -23,7 +23,8 @@ from llm.reward_config import REWARD_DEFAULTS, RewardConfig
 def _progress_bar(total: int, initial: int, name: str, keys: tuple[str, ...]):
     from tqdm import tqdm
 
-    bar = tqdm(total=total, initial=initial, desc=name, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=initial, desc=name, unit="step", dynamic_ncols=True,
+               disable=another_rank())  # one bar: rank 0's
 
     def on_metrics(record: dict) -> None:
         bar.update(record["step"] - bar.n)
