@@ -31,8 +31,9 @@ def rows(report: dict) -> list[tuple[str, str, str, str]]:
             measured, result = "loss after pretraining", (f"{figures['loss']:.2f} (val {figures['val_loss']})"
                                                           if figures.get("val_loss") else f"{figures['loss']:.2f}")
         elif name == "sft":
-            measured = "answers in the task's form, ended (held-out prompts)"
-            result = f"base {_percent(figures['base']['form_and_ended'])} → SFT {_percent(figures['sft']['form_and_ended'])}"
+            measured = "greedy answers in the task's form, ended (held-out prompts)"
+            result = (f"base {_percent(figures['base']['form_and_ended'])} → "
+                      f"SFT {_percent(figures['sft']['form_and_ended'])}")
         elif name == "candidates":
             measured = "answers sampled from the SFT model (share polite)"
             result = f"{figures['answers']} ({_percent(figures['preferred_share'])})"
@@ -43,13 +44,16 @@ def rows(report: dict) -> list[tuple[str, str, str, str]]:
             measured = "reward model: held-out pair accuracy (chance 50 %)"
             result = _percent(figures["held_out_accuracy"])
         elif name == "dpo":
-            measured = "answers in the form and polite (held-out prompts)"
+            measured = "sampled answers in the form and polite (held-out prompts)"
             best = figures["best_of"]
             result = (f"SFT {_percent(figures['sft']['share'])} → DPO {_percent(figures['dpo']['share'])}; "
                       f"SFT best-of-{best['n']} by reward {_percent(best['best'])}")
         elif name == "arena":
             measured = "arena ratings, votes by the rule (simulated)"
             result = ", ".join(f"{row['model']} {row['rating']:.0f}" for row in figures["leaderboard"])
+            dpo = figures["records"].get("dpo")
+            if dpo:
+                result += f" (DPO won {dpo['won']}, tied {dpo['tied']}, lost {dpo['lost']})"
         else:
             measured, result = "", ""
         found.append((name, measured, result, f"{_duration(stage['wall_s'])} (CPU {_duration(stage['cpu_s'])})"))

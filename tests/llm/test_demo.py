@@ -39,7 +39,7 @@ def test_the_rule_labels_a_pair_only_where_answers_differ_in_its_property():
 
 def test_at_scale_shrinks_data_and_steps_but_never_the_learning_rate():
     small = DemoConfig.at_scale(0.1)
-    assert small.pretrain_steps == 20 and small.sft_conversations == 80 and small.fine_tuning_share == 0.1
+    assert small.pretrain_steps == 200 and small.sft_conversations == 80 and small.fine_tuning_share == 0.1
     assert small.vocab_size == DemoConfig().vocab_size and small.threads == 1
     assert DemoConfig.at_scale(1) == DemoConfig()
     with pytest.raises(ValueError, match="scale"):
@@ -75,3 +75,43 @@ def test_the_demo_runs_every_stage_and_writes_its_report(tmp_path, monkeypatch, 
     # A second run into the same directory is refused before anything is overwritten.
     assert main(["demo", "--out", str(out), "--scale", "0.05"]) == 2
     assert "already holds a demo run" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def full_demo(tmp_path_factory) -> dict:
+    """The real demo, at the defaults (~1.5 minutes of CPU time; ~10 minutes wall on 2 busy shared cores)."""
+    report = demo.run_demo(tmp_path_factory.mktemp("demo") / "out")
+    return {stage["stage"]: stage["figures"] for stage in report["stages"]}
+
+
+@pytest.mark.slow
+def test_the_demo_at_the_defaults_sft_answers_in_the_form(full_demo):
+    base, sft = full_demo["sft"]["base"], full_demo["sft"]["sft"]
+    # The base model has read the words but never a chat: it never answers in the form. SFT at the defaults, on
+    # held-out prompts (nouns it never saw in a chat), greedy: nearly always; 0.8 leaves room for a fresh noun
+    # the 512-id BPE splits oddly.
+    assert base["form_and_ended"] <= 0.1, base
+    assert sft["form_and_ended"] >= 0.8, sft
+
+
+@pytest.mark.slow
+def test_the_demo_at_the_defaults_reward_model_ranks_held_out_pairs(full_demo):
+    # The rule is a closing phrase, three against three: a reward model that learned it ranks every clean pair
+    # right; 0.9 is the issue's bar (issue 18 item 3), for fresh nouns that confuse it.
+    assert full_demo["reward"]["held_out_accuracy"] >= 0.9
+
+
+@pytest.mark.slow
+def test_the_demo_at_the_defaults_dpo_and_best_of_n_raise_the_polite_share(full_demo):
+    figures = full_demo["dpo"]
+    sft, dpo, best = figures["sft"], figures["dpo"], figures["best_of"]
+    # 160 sampled answers measure a share to about +-4 points: +20 points (the issue's bar) is a real move.
+    assert dpo["share"] >= sft["share"] + 0.2, (sft, dpo)
+    assert dpo["ended"] >= 0.8  # still answering: DPO that leaves language is not a success
+    assert best["best"] >= best["first"] + 0.2, best
+
+
+@pytest.mark.slow
+def test_the_demo_at_the_defaults_arena_rates_dpo_above_sft(full_demo):
+    board = {row["model"]: row for row in full_demo["arena"]["leaderboard"]}
+    assert board["dpo"]["rating"] > board["sft"]["rating"]
