@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Callable
 
 from llm import synthetic_tasks as tasks
+from llm.demo_report import duration, stage_result, write_report
 from llm.synthetic_tasks import Family, Rule
 
 DEMO = Family(
@@ -135,31 +136,9 @@ class Stages:
                   "cpu_s": round(time.process_time() - cpu, 1), "figures": figures}
         self.done.append(record)
         total = time.perf_counter() - self.started
-        self.say(f"[{number}/{self.count}] {name}: {summary_line(name, figures)}  "
+        self.say(f"[{number}/{self.count}] {name}: {stage_result(name, figures)[1]}  "
                  f"({duration(record['wall_s'])}, {duration(total)} in all)")
         return figures
-
-
-def duration(seconds: float) -> str:
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
-
-
-def summary_line(stage: str, figures: dict) -> str:
-    """One line of a stage's figures, for the progress output."""
-    def percent(value) -> str:
-        return "-" if value is None else f"{100 * value:.0f} %"
-    if stage == "sft":
-        return (f"in the form and ended: base {percent(figures['base']['form_and_ended'])} -> SFT "
-                f"{percent(figures['sft']['form_and_ended'])}")
-    if stage == "reward":
-        return f"held-out pair accuracy {percent(figures['held_out_accuracy'])}"
-    if stage == "dpo":
-        return (f"polite share: SFT {percent(figures['sft']['share'])} -> DPO {percent(figures['dpo']['share'])}; "
-                f"best-of-{figures['best_of']['n']} on SFT {percent(figures['best_of']['best'])}")
-    if stage == "arena":
-        return "  ".join(f"{row['model']} {row['rating']:.0f}" for row in figures["leaderboard"])
-    return ", ".join(f"{key} {value}" for key, value in figures.items() if isinstance(value, (int, float, str)))
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -374,8 +353,6 @@ def run_demo(out: str | os.PathLike, config: DemoConfig | None = None,
     report = {"config": asdict(config), "family": DEMO.name, "rule": RULE, "labeler": LABELER,
               "stages": stages.done, "wall_s": round(time.perf_counter() - stages.started, 1),
               "cpu_s": round(sum(stage["cpu_s"] for stage in stages.done), 1), "checks": checks(stages.done)}
-    from llm.demo_report import write_report
-
     write_report(out, report)
     say(f"report: {out / 'report.md'}")
     return report

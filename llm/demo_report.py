@@ -14,50 +14,49 @@ def _percent(value) -> str:
     return "-" if value is None else f"{100 * value:.0f} %"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     minutes, rest = divmod(round(seconds), 60)
     return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
 
 
+def stage_result(name: str, figures: dict) -> tuple[str, str]:
+    """(what was measured, its result) of one stage: the progress line's and the table's words."""
+    if name == "tokenizer":
+        return "BPE vocabulary, bytes per token", (f"{figures['vocab_size']} ids, "
+                                                   f"{figures['bytes_per_token']:.2f} bytes/token")
+    if name == "pretrain":
+        return "loss after pretraining", (f"{figures['loss']:.2f} (val {figures['val_loss']})"
+                                          if figures.get("val_loss") else f"{figures['loss']:.2f}")
+    if name == "sft":
+        return ("greedy answers in the task's form, ended (held-out prompts)",
+                f"base {_percent(figures['base']['form_and_ended'])} → "
+                f"SFT {_percent(figures['sft']['form_and_ended'])}")
+    if name == "candidates":
+        return ("answers sampled from the SFT model (share polite)",
+                f"{figures['answers']} ({_percent(figures['preferred_share'])})")
+    if name == "labels":
+        return ("pairs labeled by the rule (simulated, not a person)",
+                f"{figures['pairs']} of {figures['prompts']} prompts")
+    if name == "reward":
+        return "reward model: held-out pair accuracy (chance 50 %)", _percent(figures["held_out_accuracy"])
+    if name == "dpo":
+        best = figures["best_of"]
+        return ("sampled answers in the form and polite (held-out prompts)",
+                f"SFT {_percent(figures['sft']['share'])} → DPO {_percent(figures['dpo']['share'])}; "
+                f"SFT best-of-{best['n']} by reward {_percent(best['best'])}")
+    if name == "arena":
+        result = ", ".join(f"{row['model']} {row['rating']:.0f}" for row in figures["leaderboard"])
+        dpo = figures["records"].get("dpo")
+        if dpo:
+            result += f" (DPO won {dpo['won']}, tied {dpo['tied']}, lost {dpo['lost']})"
+        return "arena ratings, votes by the rule (simulated)", result
+    return "", ", ".join(f"{key} {value}" for key, value in figures.items())
+
+
 def rows(report: dict) -> list[tuple[str, str, str, str]]:
     """(stage, what was measured, result, time) per stage."""
-    found = []
-    for stage in report["stages"]:
-        name, figures = stage["stage"], stage["figures"]
-        if name == "tokenizer":
-            measured, result = "BPE vocabulary, bytes per token", (f"{figures['vocab_size']} ids, "
-                                                                   f"{figures['bytes_per_token']:.2f} bytes/token")
-        elif name == "pretrain":
-            measured, result = "loss after pretraining", (f"{figures['loss']:.2f} (val {figures['val_loss']})"
-                                                          if figures.get("val_loss") else f"{figures['loss']:.2f}")
-        elif name == "sft":
-            measured = "greedy answers in the task's form, ended (held-out prompts)"
-            result = (f"base {_percent(figures['base']['form_and_ended'])} → "
-                      f"SFT {_percent(figures['sft']['form_and_ended'])}")
-        elif name == "candidates":
-            measured = "answers sampled from the SFT model (share polite)"
-            result = f"{figures['answers']} ({_percent(figures['preferred_share'])})"
-        elif name == "labels":
-            measured = "pairs labeled by the rule (simulated, not a person)"
-            result = f"{figures['pairs']} of {figures['prompts']} prompts"
-        elif name == "reward":
-            measured = "reward model: held-out pair accuracy (chance 50 %)"
-            result = _percent(figures["held_out_accuracy"])
-        elif name == "dpo":
-            measured = "sampled answers in the form and polite (held-out prompts)"
-            best = figures["best_of"]
-            result = (f"SFT {_percent(figures['sft']['share'])} → DPO {_percent(figures['dpo']['share'])}; "
-                      f"SFT best-of-{best['n']} by reward {_percent(best['best'])}")
-        elif name == "arena":
-            measured = "arena ratings, votes by the rule (simulated)"
-            result = ", ".join(f"{row['model']} {row['rating']:.0f}" for row in figures["leaderboard"])
-            dpo = figures["records"].get("dpo")
-            if dpo:
-                result += f" (DPO won {dpo['won']}, tied {dpo['tied']}, lost {dpo['lost']})"
-        else:
-            measured, result = "", ""
-        found.append((name, measured, result, f"{_duration(stage['wall_s'])} (CPU {_duration(stage['cpu_s'])})"))
-    return found
+    return [(stage["stage"], *stage_result(stage["stage"], stage["figures"]),
+             f"{duration(stage['wall_s'])} (CPU {duration(stage['cpu_s'])})") for stage in report["stages"]]
 
 
 def table(report: dict) -> str:
@@ -67,7 +66,7 @@ def table(report: dict) -> str:
     widths = [max(len(line[column]) for line in lines) for column in range(4)]
     text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
     text.insert(1, "  ".join("-" * width for width in widths))
-    text.append(f"total {_duration(report['wall_s'])} (CPU {_duration(report['cpu_s'])})")
+    text.append(f"total {duration(report['wall_s'])} (CPU {duration(report['cpu_s'])})")
     return "\n".join(text)
 
 
@@ -85,7 +84,7 @@ def markdown(report: dict) -> str:
              "the arena.", "",
              "| stage | measured | result | time |", "|---|---|---|---|"]
     lines += [f"| {' | '.join(row)} |" for row in rows(report)]
-    lines += ["", f"Total: {_duration(report['wall_s'])} wall, {_duration(report['cpu_s'])} CPU (user + sys of "
+    lines += ["", f"Total: {duration(report['wall_s'])} wall, {duration(report['cpu_s'])} CPU (user + sys of "
                   "all threads).", "", "## Each stage better than the one before", ""]
     lines += [f"- {'yes' if passed else '**no**'}: {said.get(name, name)}" for name, passed in checks.items()]
     examples = {stage["stage"]: stage["figures"] for stage in report["stages"]}
