@@ -16,8 +16,8 @@ kind's defaults except the rate, scored on held-out prompts with fresh vocabular
             stopped before any evaluation passed scores as "stopped".
 
 Why a trained 512-id tokenizer and not gpt2's 50,257: the vocabulary head of gpt2 is 3.2 M of the tiny preset's
-3.4 M parameters and most of its compute; with 512 ids the tiny model's step is ~20× cheaper, so the grid fits
-the CPU budget, and item 5 of issue 18 has the product propose such a tokenizer for these presets anyway.
+3.4 M parameters and most of its compute; with 512 ids the tiny model does ~20x fewer FLOPs per token (counted, not
+timed), so the grid fits the CPU budget, and item 5 of issue 18 has the product propose such a tokenizer for these presets anyway.
 A run's rate is given; everything else is the kind's default (steps, warmup, batch, LoRA rank) as a user gets.
 Runs are cached by name in the cache directory (a finished run is scored again, not retrained).
 """
@@ -51,11 +51,11 @@ GRID = {
     ("dpo", "full"): (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
     ("dpo", "lora"): (3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
 }
-# The small preset's runs cost ~15x the tiny one's on 2 shared cores (6-7 min an SFT run): two rates per kind, the
-# ones the tiny preset's best rate predicts for width 384 with power 1 (muP's 1 / width) and power 1/2, all weights
-# only (what `auto` picks below 200 M parameters), one reward rule.
+# The small preset's runs cost ~15-30x the tiny one's on 2 shared cores (5-9 min an SFT run): two rates per kind,
+# near what the tiny preset's best rate predicts for width 384 with power 1 (muP's 1 / width) and power 1/2, and a
+# third for SFT (3e-3: power 0); all weights only (what `auto` picks below 200 M parameters), one reward rule.
 SMALL_GRID = {
-    ("sft", "full"): (3e-4, 1e-3),
+    ("sft", "full"): (3e-4, 1e-3, 3e-3),
     ("reward", "full"): (1e-4, 3e-4),
     ("dpo", "full"): (1e-4, 3e-4),
 }

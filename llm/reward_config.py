@@ -25,8 +25,8 @@ class RewardConfig(SFTConfig):
 # paper notes), with batches of pairs (each pair is two sequences) and no weight decay (as SFT). The learning
 # rate per method at the reference width and its power of the width (llm/sft_config.py says why): placeholders
 # until the sweep (docs/defaults.md) measures them.
-REWARD_LORA_LR = WidthRule(at_reference=8.33e-5, power=1.0)
-REWARD_FULL_LR = WidthRule(at_reference=4.17e-5, power=1.0)
+REWARD_LORA_LR = WidthRule(at_reference=2.887e-4, power=0.5)
+REWARD_FULL_LR = WidthRule(at_reference=1.443e-4, power=0.5)
 REWARD_DEFAULTS = FineTuningDefaults(loop={"max_steps": 200, "batch_size": 8, "block_size": 256, "warmup": 10,
                                            "eval_every": 50, "checkpoint_every": 100, "weight_decay": 0.0},
                                      lora_lr=REWARD_LORA_LR, full_lr=REWARD_FULL_LR)

@@ -75,8 +75,8 @@ def run_settings(config: Config, train_config: TrainConfig | None, model_config:
 # with the model's width: adapters start at zero, so they take a larger rate than full fine-tuning, which moves
 # already-trained weights. Placeholders (the 7B recipes' numbers, muP's 1 / width) until the sweep
 # (bench/sweep_defaults.py, docs/defaults.md) measures them.
-SFT_LORA_LR = WidthRule(at_reference=2.5e-4, power=1.0)
-SFT_FULL_LR = WidthRule(at_reference=1.67e-4, power=1.0)
+SFT_LORA_LR = WidthRule(at_reference=8.66e-4, power=0.5)
+SFT_FULL_LR = WidthRule(at_reference=5.77e-4, power=0.5)
 SFT_DEFAULTS = FineTuningDefaults(loop={"max_steps": 200, "batch_size": 8, "block_size": 256, "warmup": 10,
                                         "eval_every": 50, "checkpoint_every": 100, "weight_decay": 0.0},
                                   lora_lr=SFT_LORA_LR, full_lr=SFT_FULL_LR)
