@@ -149,7 +149,8 @@ def test_sft_says_what_auto_picked_and_why_before_it_starts(tmp_path, capsys):
 # A training subcommand and its job kind: the kind's params that are not rows of the database or the run's name.
 KIND_OF_COMMAND = {"train-tokenizer": "train_tokenizer", "prepare": "prepare", "pretrain": "pretrain", "sft": "sft",
                    "reward": "reward", "dpo": "dpo"}
-ROWS_AND_NAMES = {"dataset_id", "model_id", "project_ids", "include_arena", "tokenizer"}
+ROWS_AND_NAMES = {"dataset_id", "model_id", "project_ids", "include_arena", "tokenizer",
+                  "new_tokenizer_vocab"}  # a pretrain job's first stage; on the command line: workbench train-tokenizer
 
 
 @pytest.mark.parametrize("command", KIND_OF_COMMAND)
