@@ -61,6 +61,9 @@ def test_tests_mirror_the_packages():
     assert not loose, f"put these in the folder of the package they test (tests/llm, tests/web, ...): {loose}"
     for package in ("llm", "jobs", "worker", "web", "e2e"):
         assert any((REPO / "tests" / package).glob("test_*.py")), package
+    # The folders are not packages (pytest imports a test file by its name): two files of one name collide.
+    names = sorted(path.name for path in (REPO / "tests").rglob("test_*.py"))
+    assert len(names) == len(set(names)), [name for name in set(names) if names.count(name) > 1]
 
 
 def test_llm_imports_nothing_of_the_platform():
