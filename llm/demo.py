@@ -113,11 +113,19 @@ class DemoConfig:
 
 # ----------------------------------------------------------------------------- stages and their times
 
-class Stages:
-    """Numbered progress lines with each stage's wall and CPU time (user + sys of this process, all threads)."""
+class DemoStopped(Exception):
+    """Raised between stages when the caller asked the demo to stop (a job's cancel)."""
 
-    def __init__(self, count: int, out: Path, say: Callable[[str], None]):
+
+class Stages:
+    """Numbered progress lines with each stage's wall and CPU time (user + sys of this process, all threads);
+    between stages, `should_stop` is asked and `on_progress(stages done, stages)` told."""
+
+    def __init__(self, count: int, out: Path, say: Callable[[str], None],
+                 should_stop: Callable[[], bool] = lambda: False,
+                 on_progress: Callable[[int, int], None] = lambda done, total: None):
         self.count, self.out, self.say = count, out, say
+        self.should_stop, self.on_progress = should_stop, on_progress
         self.done: list[dict] = []
         self.started = time.perf_counter()
         (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -125,6 +133,8 @@ class Stages:
     def run(self, name: str, what: str, action: Callable[[Callable[[str], None]], dict]) -> dict:
         """Run `action(log)` (its log goes to out/logs/<name>.log) and return its figures."""
         number = len(self.done) + 1
+        if self.should_stop():
+            raise DemoStopped(f"stopped before stage {number} of {self.count} ({name})")
         self.say(f"[{number}/{self.count}] {name}: {what} ...")
         wall, cpu = time.perf_counter(), time.process_time()
         with open(self.out / "logs" / f"{name}.log", "w") as log_file:
@@ -138,6 +148,7 @@ class Stages:
         total = time.perf_counter() - self.started
         self.say(f"[{number}/{self.count}] {name}: {stage_result(name, figures)[1]}  "
                  f"({duration(record['wall_s'])}, {duration(total)} in all)")
+        self.on_progress(number, self.count)
         return figures
 
 
@@ -214,8 +225,10 @@ def _share(model_dir: Path, prompts: list[list[dict]], config: DemoConfig, greed
 
 
 def run_demo(out: str | os.PathLike, config: DemoConfig | None = None,
-             say: Callable[[str], None] = print) -> dict:
-    """Run the loop into `out` (which must not hold an earlier demo) and return the report."""
+             say: Callable[[str], None] = print, should_stop: Callable[[], bool] = lambda: False,
+             on_progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+    """Run the loop into `out` (which must not hold an earlier demo) and return the report. `should_stop` is asked
+    between stages (DemoStopped is raised when it says yes); `on_progress(stages done, stages)` after each."""
     from llm.threads import set_threads
 
     config = config or DemoConfig()
@@ -227,7 +240,7 @@ def run_demo(out: str | os.PathLike, config: DemoConfig | None = None,
     # thread only waits on the first. Measured on 2 busy cores: sampling 35x and pretraining 2.5x the CPU time
     # with 2 threads as with 1. One thread also leaves the other core to the rest of the machine.
     say(set_threads(config.threads, "the demo's tiny model gains nothing from more").describe())
-    stages = Stages(8, out, say)
+    stages = Stages(8, out, say, should_stop, on_progress)
     held_out = [pair["prompt"] for pair in tasks.preference_pairs(config.held_out_prompts, config.seed + 1, DEMO,
                                                                   RULE, held_out=True)]
     say(f"the labeler in this demo is a rule, not a person: {LABELER}")

@@ -29,8 +29,9 @@ import pandas as pd
 
 from web.ui import current_user, db_session, error_text
 from worker.kinds import get_spec
-from web.ui.plots import (JOBS_TABLE_CSS, elapsed_seconds, eta_seconds, events_html, format_metric, human_duration,
-                          job_name, job_title, jobs_table_html, line_plot_value, message_html, metrics_frame,
+from web.ui.plots import (JOBS_TABLE_CSS, NO_JOBS, elapsed_seconds, eta_seconds, events_html, format_metric,
+                          human_duration, job_name, job_title, jobs_table_html, line_plot_value, message_html,
+                          metrics_frame,
                           metrics_frame_along, metrics_signature, progress_bar_html, runs_frame, series_colours,
                           stat_cards_html, status_badge_html, thin_curves)
 
@@ -56,7 +57,6 @@ element.addEventListener('click', (event) => {
   if (link) { event.preventDefault(); trigger('click', {model_id: parseInt(link.dataset.openModel, 10)}); }
 });
 """
-NO_JOBS = "No jobs yet — train a model in Train."
 
 # "Compare runs": how many jobs one chart overlays, and the curve it opens on.
 MAX_COMPARED_RUNS = 8

@@ -454,11 +454,15 @@ def job_row(job: Any) -> dict[str, Any]:
     }
 
 
+# What an empty workbench says, in the queue and the job detail.
+NO_JOBS = ("No jobs yet — train a model in Train, or start with Train ▸ Demo: the whole loop on generated data in "
+           "a few minutes.")
+
+
 def jobs_table_html(jobs: Sequence[Any], selected_id: int | None = None) -> str:
     """The job queue as an HTML table with progress bars; rows carry data-job for click-to-select."""
     if not jobs:
-        return ('<div class="wb-empty" style="padding:18px;text-align:center;opacity:.7">'
-                'No jobs yet — train a model in Train.</div>')
+        return f'<div class="wb-empty" style="padding:18px;text-align:center;opacity:.7">{NO_JOBS}</div>'
     head = ("<thead><tr><th>#</th><th>name</th><th>kind</th><th>status</th><th style='width:30%'>progress</th>"
             "<th>owner</th><th>created</th><th>elapsed</th></tr></thead>")
     body = []
