@@ -23,8 +23,8 @@ class RewardConfig(SFTConfig):
 
 # Reward models are trained briefly (one or two passes over the pairs; longer overfits, as the InstructGPT
 # paper notes), with batches of pairs (each pair is two sequences) and no weight decay (as SFT). The learning
-# rate per method at the reference width and its power of the width (llm/sft_config.py says why): placeholders
-# until the sweep (docs/defaults.md) measures them.
+# rate per method at the reference width and its power of the width (llm/sft_config.py says why), from the
+# sweep (docs/defaults.md).
 REWARD_LORA_LR = WidthRule(at_reference=2.887e-4, power=0.5)
 REWARD_FULL_LR = WidthRule(at_reference=1.443e-4, power=0.5)
 REWARD_DEFAULTS = FineTuningDefaults(loop={"max_steps": 200, "batch_size": 8, "block_size": 256, "warmup": 10,

@@ -73,8 +73,8 @@ def run_settings(config: Config, train_config: TrainConfig | None, model_config:
 # pretraining. Evaluations and checkpoints a few times per run, since runs are short.
 # The learning rate, per method, at the reference width (llm.train_config.REFERENCE_WIDTH) and how it scales
 # with the model's width: adapters start at zero, so they take a larger rate than full fine-tuning, which moves
-# already-trained weights. Placeholders (the 7B recipes' numbers, muP's 1 / width) until the sweep
-# (bench/sweep_defaults.py, docs/defaults.md) measures them.
+# already-trained weights. Measured by the sweep (bench/sweep_defaults.py) at widths 64 and 384, all weights;
+# docs/defaults.md has the table, the fit and what was extrapolated (LoRA above width 64, gpt2-124m).
 SFT_LORA_LR = WidthRule(at_reference=8.66e-4, power=0.5)
 SFT_FULL_LR = WidthRule(at_reference=5.77e-4, power=0.5)
 SFT_DEFAULTS = FineTuningDefaults(loop={"max_steps": 200, "batch_size": 8, "block_size": 256, "warmup": 10,
