@@ -6,10 +6,10 @@ model learned is checked by tests/llm/test_demo.py)."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
 
-from db.models import Job, JobLog, JobStatus
+from db.models import Job, JobStatus
 from tests.conftest import StopOnQuestion
+from tests.support.jobs import claim, log_lines
 from worker.jobs import lifecycle as jobs
 from worker.jobs.params import JobParamsError
 from worker.kinds.demo import handler as demo_handler
@@ -17,16 +17,6 @@ from worker.runtime.runner import _make_context, execute_job
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
               pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]
-
-
-def claim(session, job_id: int) -> int:
-    claimed = jobs.claim_next_job(session, "test-host")
-    assert claimed.id == job_id
-    return claimed.attempts
-
-
-def log_lines(session, job_id: int) -> list[str]:
-    return list(session.scalars(select(JobLog.line).where(JobLog.job_id == job_id).order_by(JobLog.id)))
 
 
 def test_the_demo_is_checked_against_its_declaration(workbench_env, session):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
-from db.models import Dataset, DatasetKind, Job, JobLog, JobStatus, Metric, Model, ModelKind
+from db.models import Dataset, DatasetKind, Job, JobStatus, Metric, Model, ModelKind
 from llm.checkpoint import save_model
 from llm.evaluate import evaluate
 from llm.evaluate_config import EvaluateConfig
@@ -19,6 +19,7 @@ from llm.model import GPT, config_from_preset
 from llm.multiple_choice import evaluate_benchmark
 from llm.tokenizer import get_tokenizer
 from tests.conftest import StopOnQuestion
+from tests.support.jobs import claim, log_lines
 from web.services.common import NotFound, PermissionDenied
 from web.services.compare import compare_models
 from web.ui.compare_view import comparison_table_html, curves_figure, evaluation_figure
@@ -72,16 +73,6 @@ def add_benchmark(session, settings) -> Dataset:
 def add_corpus(session, settings) -> Dataset:
     documents = [f"Document {i}: the cat sat on the mat and looked at {i} birds in the garden." for i in range(80)]
     return add_dataset(session, settings, DatasetKind.text, "\n\n".join(documents), "corpus.txt")
-
-
-def claim(session, job_id: int) -> int:
-    claimed = jobs.claim_next_job(session, "test-host")
-    assert claimed.id == job_id
-    return claimed.attempts
-
-
-def log_lines(session, job_id: int) -> list[str]:
-    return list(session.scalars(select(JobLog.line).where(JobLog.job_id == job_id).order_by(JobLog.id)))
 
 
 def metrics_by_step(session, job_id: int) -> dict[int, dict[str, float]]:

@@ -24,6 +24,7 @@ from llm.checkpoint import load_model, save_model
 from llm.model import GPT, config_from_preset
 from llm.tokenizer import get_tokenizer
 from tests.conftest import StopOnQuestion
+from tests.support.jobs import claim
 from tests.support.records import add_base_model, add_dataset, chat_lines
 from worker.jobs import lifecycle as jobs
 from worker.jobs.params import JobParamsError
@@ -53,12 +54,6 @@ def completions_per_prompt(session, job_id: int) -> Counter:
 def answers(session, job_id: int) -> dict:
     rows = session.scalars(select(Completion).where(Completion.job_id == job_id))
     return {(c.prompt_id, c.model_id, c.seed, c.sampling["sample_index"]): (c.text, c.token_count) for c in rows}
-
-
-def claim(session, job_id: int) -> int:
-    claimed = jobs.claim_next_job(session, "test-host")
-    assert claimed.id == job_id
-    return claimed.attempts
 
 
 def add_base_model_copy(session, settings):

@@ -22,9 +22,10 @@ from sqlalchemy.orm import Session
 
 from db.models import Dataset, DatasetKind, Job, JobLog, JobStatus, utcnow
 from db.session import SessionLocal
+from tests.support.jobs import log_lines
 from worker.jobs import lifecycle as jobs
-from worker.runtime.heartbeat import JobHeartbeat
 from worker.jobs.lifecycle import JobParamsError, JobStateError
+from worker.runtime.heartbeat import JobHeartbeat
 from worker.runtime.reaper import MAX_LOST_ATTEMPTS, reap_stale_jobs
 
 
@@ -43,10 +44,6 @@ def job_count(session: Session) -> int:
 def make_job(session: Session, dataset: Dataset, priority: int = 0, **params) -> Job:
     return jobs.create_job(session, "pretrain", {"dataset_id": dataset.id, "max_steps": 10, **params},
                            priority=priority)
-
-
-def log_lines(session: Session, job_id: int) -> list[str]:
-    return list(session.scalars(select(JobLog.line).where(JobLog.job_id == job_id).order_by(JobLog.id)))
 
 
 # ----------------------------------------------------------------------------- validation

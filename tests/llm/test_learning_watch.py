@@ -5,7 +5,6 @@ directory, a healthy run and the range test's own schedule do not; the CLI says 
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -13,12 +12,12 @@ import pytest
 import torch
 
 from llm.dataloader import BatchSampler, TokenData
-from llm.learning_watch import WATCH_FILE, LearningWatch, read_warning
+from llm.learning_watch import LearningWatch, WATCH_FILE, read_warning
 from llm.model import GPT, config_from_preset
 from llm.pretrain import NextTokenObjective
 from llm.train import TrainConfig, train
+from tests.support.token_streams import VOCAB
 
-VOCAB, PERIOD = 512, 61
 
 
 def records(losses, every=10, accuracy=None):
@@ -76,19 +75,6 @@ def test_nan_is_not_counted_and_a_warming_run_is_judged_after_twice_its_warmup()
 
 
 # ----------------------------------------------------------------------------- in the loop
-
-@pytest.fixture
-def periodic_data(tmp_path):
-    """A prepared directory whose token stream repeats a fixed sequence of 61 distinct ids."""
-    cycle = np.random.default_rng(0).permutation(VOCAB)[:PERIOD]
-    stream = np.tile(cycle, 60).astype(np.uint16)
-    directory = tmp_path / "prepared"
-    directory.mkdir()
-    stream.tofile(directory / "train.bin")
-    stream[:500].tofile(directory / "val.bin")
-    (directory / "stats.json").write_text(json.dumps({"tokenizer": "synthetic", "dtype": "uint16",
-                                                      "vocab_size": VOCAB}))
-    return directory
 
 
 def run_at(prepared, out_dir, lr, resume=True, **loop):

@@ -18,8 +18,8 @@ from llm.lr_find import (RESULT_FILE, SCRATCH_DIR, Divergence, LRFindConfig, asc
 from llm.model import GPT, config_from_preset
 from llm.pretrain import NextTokenObjective
 from llm.train import TrainConfig, train
+from tests.support.token_streams import VOCAB, write_periodic_data
 
-VOCAB, PERIOD = 512, 61
 
 
 def test_the_rates_rise_exponentially_from_start_to_end():
@@ -73,16 +73,8 @@ def test_the_test_stops_when_the_smoothed_loss_passes_four_times_its_best_or_is_
 
 @pytest.fixture
 def periodic_data(tmp_path):
-    """A prepared directory whose token stream repeats a fixed sequence of 61 distinct ids."""
-    cycle = np.random.default_rng(0).permutation(VOCAB)[:PERIOD]
-    stream = np.tile(cycle, 200).astype(np.uint16)
-    directory = tmp_path / "prepared"
-    directory.mkdir()
-    stream.tofile(directory / "train.bin")
-    stream[:500].tofile(directory / "val.bin")
-    (directory / "stats.json").write_text(json.dumps({"tokenizer": "synthetic", "dtype": "uint16",
-                                                      "vocab_size": VOCAB}))
-    return directory
+    """The loop tests' periodic stream (tests/support/token_streams.py), long enough for a 100-step range test."""
+    return write_periodic_data(tmp_path / "prepared", repeats=200)
 
 
 @pytest.mark.slow

@@ -19,26 +19,11 @@ from llm.model import GPT, config_from_preset
 from llm.pretrain import NextTokenObjective, pretrain
 from llm.tokenizer import train_tokenizer
 from llm.train import (TrainConfig, format_progress, lr_at, make_optimizer, MetricsLog, train)
+from tests.support.token_streams import VOCAB
 
-VOCAB = 512
-PERIOD = 61  # a prime, so windows start at every phase of the cycle
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture
-def periodic_data(tmp_path):
-    """A prepared directory whose token stream repeats a fixed sequence of 61 distinct ids."""
-    cycle = np.random.default_rng(0).permutation(VOCAB)[:PERIOD]
-    stream = np.tile(cycle, 60).astype(np.uint16)
-    directory = tmp_path / "prepared"
-    directory.mkdir()
-    stream.tofile(directory / "train.bin")
-    stream[:500].tofile(directory / "val.bin")
-    (directory / "stats.json").write_text(json.dumps({"tokenizer": "synthetic", "dtype": "uint16",
-                                                      "vocab_size": VOCAB}))
-    return directory
 
 
 def make_run(prepared, *, model_seed=0, sampler_seed=1, dropout=0.0, **overrides):

@@ -4,10 +4,9 @@ the real heartbeat and worker are covered by test_worker_integration.py."""
 
 import random
 
-from sqlalchemy import select
-
-from db.models import Dataset, DatasetKind, JobLog
+from db.models import Dataset, DatasetKind
 from tests.conftest import StopOnQuestion
+from tests.support.jobs import log_lines
 from worker.jobs import lifecycle as jobs
 from worker.jobs.context import prepared_dir_for
 from worker.kinds.prepare import handler as prepare
@@ -35,10 +34,6 @@ def add_corpus_dataset(session, settings, documents: int) -> Dataset:
 def context_for(session, settings, kind, params, heartbeat):
     job = jobs.create_job(session, kind, params)
     return _make_context(session, job.id, 1, settings, heartbeat)
-
-
-def log_lines(session, job_id):
-    return list(session.scalars(select(JobLog.line).where(JobLog.job_id == job_id)))
 
 
 def test_cancelled_prepare_job_stops_and_leaves_no_token_files(workbench_env, session):
