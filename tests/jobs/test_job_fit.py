@@ -19,14 +19,15 @@ import pytest
 from sqlalchemy import func, select
 
 from db.models import Dataset, DatasetKind, Job, Model, ModelKind
+from db.settings import get_settings
 from llm.memory import human_gb, training_memory
 from llm.train_config import TrainConfig, fit_schedule_to_steps, schedule_problems
-from db.settings import get_settings
 from tests.conftest import TRAINER
+from tests.support.records import add_chat_dataset_row, add_model_row
 from worker.jobs import lifecycle as jobs
-from worker.jobs.presence import WorkerPresence, seen_workers
 from worker.jobs.context import prepared_dir_for
 from worker.jobs.lifecycle import JobParamsError
+from worker.jobs.presence import WorkerPresence, seen_workers
 
 MACHINE_RAM = human_gb(psutil.virtual_memory().total)
 
@@ -34,24 +35,6 @@ MACHINE_RAM = human_gb(psutil.virtual_memory().total)
 def add_text_dataset(session, stats: dict | None = None, name: str = "corpus") -> Dataset:
     row = Dataset(name=name, kind=DatasetKind.text, format="txt", path="datasets/x/corpus.txt",
                   original_filename="corpus.txt", size_bytes=10, stats=stats if stats is not None else {})
-    session.add(row)
-    session.commit()
-    return row
-
-
-def add_model_row(session, n_layer: int, n_embd: int, vocab_size: int = 50304, block_size: int = 64) -> Model:
-    """A Model row whose config says its shape (the check reads the row, never the weights)."""
-    row = Model(name=f"model-{n_layer}x{n_embd}", kind=ModelKind.base, tokenizer="gpt2", path="models/m",
-                config={"n_layer": n_layer, "n_head": max(1, n_embd // 64), "n_embd": n_embd,
-                        "vocab_size": vocab_size, "block_size": block_size, "dropout": 0.0})
-    session.add(row)
-    session.commit()
-    return row
-
-
-def add_chat_dataset(session) -> Dataset:
-    row = Dataset(name="chats", kind=DatasetKind.chat, format="jsonl", path="datasets/c/chats.jsonl",
-                  original_filename="chats.jsonl", size_bytes=10, stats={"conversations": 3})
     session.add(row)
     session.commit()
     return row
@@ -105,7 +88,7 @@ def test_a_run_that_fits_is_accepted(workbench_env, job_queue, session):
 
 
 def test_sft_memory_counts_the_adapter_or_every_weight(workbench_env, session):
-    chat = add_chat_dataset(session)
+    chat = add_chat_dataset_row(session)
     huge = add_model_row(session, n_layer=96, n_embd=8192)
     lora = refused(session, "sft", {"model_id": huge.id, "dataset_id": chat.id, "device": "cpu"})
     assert lora.field == "model_id" and "choose a smaller model" in lora.message, str(lora)
@@ -207,7 +190,7 @@ def test_a_gpu_job_is_compared_with_the_workers_gpu_and_auto_follows_them(workbe
 def preview_and_submit_params(session, kind: str) -> dict:
     if kind == "pretrain":
         return {"dataset_id": add_text_dataset(session).id, **MID_SIZED, "device": "cpu"}
-    return {"model_id": add_model_row(session, n_layer=2, n_embd=64).id, "dataset_id": add_chat_dataset(session).id,
+    return {"model_id": add_model_row(session, n_layer=2, n_embd=64).id, "dataset_id": add_chat_dataset_row(session).id,
             **MID_SIZED, "device": "cpu"}
 
 
@@ -300,7 +283,7 @@ def test_a_warmup_as_long_as_the_run_is_refused(workbench_env, session):
 def test_a_short_sft_run_scales_its_own_defaults(workbench_env, session):
     from llm.sft_config import SFT_DEFAULTS
 
-    chat = add_chat_dataset(session)
+    chat = add_chat_dataset_row(session)
     model = add_model_row(session, n_layer=2, n_embd=64)
     job = jobs.create_job(session, "sft", {"model_id": model.id, "dataset_id": chat.id, "max_steps": 20})
     share = 20 / SFT_DEFAULTS.loop["max_steps"]
@@ -339,7 +322,7 @@ def test_prepared_token_counts_are_exact(workbench_env, session):
 
 
 def test_a_model_row_without_its_shape_is_not_estimated(workbench_env, session):
-    chat = add_chat_dataset(session)
+    chat = add_chat_dataset_row(session)
     shapeless = Model(name="by hand", kind=ModelKind.base, tokenizer="gpt2", config={}, path="models/h")
     session.add(shapeless)
     session.commit()

@@ -161,3 +161,24 @@ def upload(client: TestClient, content: bytes | str, filename: str = "corpus.txt
 def pretrain_params(dataset_id: int, **overrides) -> dict:
     return {"dataset_id": dataset_id, "tokenizer": "gpt2", "preset": "tiny", "max_steps": 5,
             "batch_size": 2, "block_size": 32, **overrides}
+
+
+def add_model_row(session, n_layer: int, n_embd: int, vocab_size: int = 50304, block_size: int = 64,
+                  kind: ModelKind = ModelKind.base) -> Model:
+    """A Model row whose config says its shape, with no weights behind it (the submit checks and the forms read
+    the row, never the weights)."""
+    row = Model(name=f"model-{n_layer}x{n_embd}", kind=kind, tokenizer="gpt2", path="models/m",
+                config={"n_layer": n_layer, "n_head": max(1, n_embd // 64), "n_embd": n_embd,
+                        "vocab_size": vocab_size, "block_size": block_size, "dropout": 0.0})
+    session.add(row)
+    session.commit()
+    return row
+
+
+def add_chat_dataset_row(session) -> Dataset:
+    """A chat Dataset row with no file behind it (for checks that read the row only)."""
+    row = Dataset(name="chats", kind=DatasetKind.chat, format="jsonl", path="datasets/c/chats.jsonl",
+                  original_filename="chats.jsonl", size_bytes=10, stats={"conversations": 3})
+    session.add(row)
+    session.commit()
+    return row

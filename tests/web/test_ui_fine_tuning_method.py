@@ -6,32 +6,15 @@ from __future__ import annotations
 
 import html
 
-from db.models import Dataset, DatasetKind, Model, ModelKind
+from db.models import ModelKind
 from llm.dpo_config import DPO_DEFAULTS
 from llm.reward_config import REWARD_DEFAULTS
 from llm.sft_config import SFT_DEFAULTS
+from tests.support.records import add_chat_dataset_row, add_model_row
 from web import services
 from web.ui.train_tab import estimate_html
 from worker.kinds.dpo.form import PANEL as DPO_PANEL
 from worker.kinds.reward.form import PANEL as REWARD_PANEL
-
-
-def add_model_row(session, n_layer: int, n_embd: int, vocab_size: int = 50_257) -> Model:
-    """A Model row whose config says its shape (the forms read the row, never the weights)."""
-    row = Model(name=f"model-{n_layer}x{n_embd}", kind=ModelKind.sft, tokenizer="gpt2", path="models/m",
-                config={"n_layer": n_layer, "n_head": max(1, n_embd // 64), "n_embd": n_embd,
-                        "vocab_size": vocab_size, "block_size": 64, "dropout": 0.0})
-    session.add(row)
-    session.commit()
-    return row
-
-
-def add_chat_dataset(session) -> Dataset:
-    row = Dataset(name="chats", kind=DatasetKind.chat, format="jsonl", path="datasets/c/chats.jsonl",
-                  original_filename="chats.jsonl", size_bytes=10, stats={"conversations": 3})
-    session.add(row)
-    session.commit()
-    return row
 
 
 def shown(markup: str) -> str:
@@ -39,8 +22,9 @@ def shown(markup: str) -> str:
 
 
 def test_the_fine_tune_estimate_says_what_auto_picks_and_the_learning_rate(workbench_env, session):
-    tiny, medium = add_model_row(session, 2, 64), add_model_row(session, 24, 1024)
-    chat = add_chat_dataset(session)
+    tiny = add_model_row(session, 2, 64, vocab_size=50_257, kind=ModelKind.sft)
+    medium = add_model_row(session, 24, 1024, vocab_size=50_257, kind=ModelKind.sft)
+    chat = add_chat_dataset_row(session)
     small_run = services.estimate_run("sft", {"model_id": tiny.id, "dataset_id": chat.id, "device": "cpu"})
     assert small_run["method"] == "full" and small_run["trainable_params"] == small_run["params_total"]
     rate = SFT_DEFAULTS.full_lr.at(64)
@@ -60,7 +44,7 @@ def test_the_fine_tune_estimate_says_what_auto_picks_and_the_learning_rate(workb
 
 
 def test_the_reward_and_dpo_panels_say_the_method_beside_the_pairs(workbench_env, session):
-    tiny = add_model_row(session, 2, 64)
+    tiny = add_model_row(session, 2, 64, vocab_size=50_257, kind=ModelKind.sft)
     assert "Method" not in REWARD_PANEL.render(workbench_env, {})  # no model chosen yet: nothing to say
     reward = shown(REWARD_PANEL.render(workbench_env, {"model_id": tiny.id}))
     assert "Choose where the pairs come from" in reward  # the pair counts are still there
