@@ -147,7 +147,8 @@ def test_a_killed_worker_is_replaced_and_its_job_resumes(platform: Platform):
     lines = platform.logs(job_id)
     assert any(line.startswith("worker lost:") and "exited (its process is gone)" in line for line in lines), lines
     assert f"resuming from the checkpoint at step {checkpoint_at_kill}" in lines, lines
-    assert [event["action"] for event in job["events"]][:2] == ["submitted", "requeued"], job["events"]
+    # The submit records its estimate (the pretrain kind has one), then the reaper's requeue.
+    assert [event["action"] for event in job["events"]][:3] == ["submitted", "estimated", "requeued"], job["events"]
     steps = sorted(m["step"] for m in platform.client.get(f"/api/jobs/{job_id}/metrics").json() if m["name"] == "loss")
     assert steps == list(range(1, max_steps + 1))  # every step once: nothing lost, nothing trained twice
 
