@@ -25,13 +25,13 @@ from llm.cli_preferences import register_preference_commands
 from llm.params import add_arguments, settings_of, values_from_arguments
 from llm.prepare_config import PrepareConfig
 from llm.pretrain_config import PretrainConfig
-from llm.sft_config import SFT_DEFAULTS, SFTConfig
+from llm.sft_config import SFT_DEFAULTS, SFTConfig, sft_train_config
 from llm.tokenizer_config import TokenizerConfig
 from llm.train_config import TrainConfig
 
 
 def _cmd_tokenizers(args) -> None:
-    from llm.tokenizer import list_tokenizers
+    from llm.tokenizer import list_tokenizers  # tiktoken: loaded by the command that needs it (module docstring)
 
     for entry in list_tokenizers(args.data_dir):
         where = f"  {entry['path']}" if "path" in entry else ""
@@ -83,7 +83,6 @@ def _cmd_sft(args) -> None:
     from tqdm import tqdm
 
     from llm.sft import sft
-    from llm.sft_config import sft_train_config
     from llm.train import checkpoint_step
 
     out = Path(args.out)
