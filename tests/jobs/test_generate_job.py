@@ -15,14 +15,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 from sqlalchemy import func, select
 
-from db.models import Completion, DatasetKind, Job, JobStatus, Metric, Model, ModelKind, Prompt
+from db.models import Completion, DatasetKind, Job, JobStatus, Metric, Prompt
 from llm.candidates import MAX_SEED, regenerate
-from llm.checkpoint import load_model, save_model
-from llm.model import GPT, config_from_preset
-from llm.tokenizer import get_tokenizer
+from llm.checkpoint import load_model
 from tests.conftest import StopOnQuestion
 from tests.support.jobs import claim
 from tests.support.records import add_base_model, add_dataset, chat_lines
@@ -54,18 +51,6 @@ def completions_per_prompt(session, job_id: int) -> Counter:
 def answers(session, job_id: int) -> dict:
     rows = session.scalars(select(Completion).where(Completion.job_id == job_id))
     return {(c.prompt_id, c.model_id, c.seed, c.sampling["sample_index"]): (c.text, c.token_count) for c in rows}
-
-
-def add_base_model_copy(session, settings):
-    """A second model row (other weights) for model B."""
-    torch.manual_seed(1)
-    model = GPT(config_from_preset("tiny", get_tokenizer("gpt2").vocab_size, block_size=64))
-    save_model(model, settings.data_dir / "models" / "other", "gpt2")
-    row = Model(name="tiny-other", kind=ModelKind.base, tokenizer="gpt2", config=model.config.to_dict(),
-                path="models/other")
-    session.add(row)
-    session.commit()
-    return row
 
 
 def test_generate_params_are_checked_against_the_declaration(workbench_env, session):
@@ -100,7 +85,7 @@ def test_generate_params_are_checked_against_the_declaration(workbench_env, sess
 
 def test_a_generate_job_stores_k_reproducible_completions_per_prompt(workbench_env, session, one_torch_thread):
     base = add_base_model(session, workbench_env)
-    other = add_base_model_copy(session, workbench_env)
+    other = add_base_model(session, workbench_env, "other", seed=1)
     prompts = add_dataset(session, workbench_env, DatasetKind.prompts, prompt_lines(), "prompts")
     params = generate_params(base.id, prompts.id, k=3, model_id_b=other.id, temperature=0.9, temperature_b=1.3)
     job = jobs.create_job(session, "generate", params)
