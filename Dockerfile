@@ -8,6 +8,9 @@ ARG TORCH_INDEX=""
 ENV PYTHONUNBUFFERED=1 \
     WORKBENCH_DATA_DIR=/data
 
+# libmagic1: python-magic, which datatrove's WARC reader uses for records without a payload type (workbench clean).
+RUN apt-get update && apt-get install -y --no-install-recommends libmagic1 && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY llm ./llm
