@@ -115,6 +115,7 @@ class DatasetKind(str, enum.Enum):
     preference = "preference"  # prompt / chosen / rejected
     prompts = "prompts"        # prompts to generate candidates for
     benchmark = "benchmark"    # multiple-choice questions (question, choices, answer) to evaluate models on
+    feedback = "feedback"      # single answers marked good or bad (prompt / completion / label): KTO's data
 
 
 # Each kind as the Datasets tab offers it (it lists DatasetKind, so a new kind shows there with its entry here):
@@ -129,6 +130,8 @@ DATASET_KIND_HELP = {
     DatasetKind.prompts: ("prompts to generate answers for", "txt one per line, or jsonl with a `prompt`"),
     DatasetKind.benchmark: ("multiple-choice questions to evaluate models on", "jsonl: `question`, `choices` (a list), "
                             "`answer` (the right choice's index), optional `context`"),
+    DatasetKind.feedback: ("answers marked good or bad, for KTO", "jsonl (TRL's unpaired format): `prompt`, "
+                           "`completion`, `label` (true: good, false: bad), as strings or message lists"),
 }
 
 
@@ -149,6 +152,7 @@ class ModelKind(str, enum.Enum):
     sft = "sft"
     reward = "reward"
     dpo = "dpo"
+    kto = "kto"    # a policy tuned on unpaired feedback (worker/kinds/kto); chats like sft and dpo models
 
 
 class User(Base):
@@ -428,3 +432,30 @@ class ArenaBattle(Base):
     right_completion_id: Mapped[int] = mapped_column(ForeignKey("completions.id"))  # shown as model B
     comparison_id: Mapped[Optional[int]] = mapped_column(ForeignKey("comparisons.id"), unique=True)  # the vote
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def answer_key_sha256(model_id: int | None, messages: list[dict[str, Any]], answer: str) -> str:
+    """What makes two thumbs about the same answer: SHA-256 of the model, the conversation it answered and the
+    answer (canonical JSON). A person's thumb on an answer is one row, changed or taken back, never two."""
+    canonical = json.dumps([model_id, messages, answer], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class AnswerFeedback(Base):
+    """A thumb up (label True: a good answer) or down on one answer a model gave in the Chat tab: unpaired
+    feedback that KTO trains on (worker/kinds/kto). One per (user, answer): giving it again changes it, undo
+    deletes it. Ids are never reused (SQLite AUTOINCREMENT), so a job's record of the rows it used stays true."""
+
+    __tablename__ = "answer_feedback"
+    __table_args__ = (UniqueConstraint("user_id", "answer_sha256"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    model_id: Mapped[Optional[int]] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"), index=True)
+    # The conversation the model answered ([{role, content}], ending with the user's turn) and its answer.
+    messages: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    answer: Mapped[str] = mapped_column(Text)
+    label: Mapped[bool] = mapped_column(Boolean)  # True: thumbs up
+    answer_sha256: Mapped[str] = mapped_column(String(64))  # answer_key_sha256(model_id, messages, answer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -19,6 +19,7 @@ Formats accepted (JSON Lines unless said otherwise):
               either form; an explicit HH prompt may end with the empty "\\n\\nAssistant:" cue
   prompts     .txt one prompt per non-empty line; .jsonl {"prompt": str | messages}
   benchmark   {"question", "choices", "answer", "context"?} (other keys, such as an id, are ignored)
+  feedback    TRL's unpaired preference format {"prompt", "completion", "label"}, as strings or message lists
 
 A line that cannot be read raises `DataFormatError(file, line, field, problem)`; nothing is returned
 half-way. Lines are read one at a time; a line longer than MAX_LINE_BYTES or nested deeper than
@@ -40,7 +41,8 @@ MAX_LINE_BYTES = 1 << 20   # 1 MiB: a conversation, not a book
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 HH_PROMPT_CUE = re.compile(r"\n\nAssistant:\s*$")
-EXTENSIONS = {"chat": (".jsonl",), "preference": (".jsonl",), "prompts": (".txt", ".jsonl"), "benchmark": (".jsonl",)}
+EXTENSIONS = {"chat": (".jsonl",), "preference": (".jsonl",), "prompts": (".txt", ".jsonl"), "benchmark": (".jsonl",),
+              "feedback": (".jsonl",)}
 
 
 class DataFormatError(ValueError):
@@ -344,9 +346,30 @@ def read_benchmark(path: str | Path, display_name: str | None = None) -> list[di
     return _read(path, display_name, "benchmark", _benchmark_record)
 
 
+# ----------------------------------------------------------------------------- feedback (unpaired)
+
+def _feedback_record(record: dict) -> dict:
+    missing = [key for key in ("prompt", "completion", "label") if key not in record]
+    if missing:
+        raise _Bad(None, f"expected prompt, completion and label (TRL's unpaired format); missing "
+                         f"{', '.join(missing)}")
+    label = record["label"]
+    if not isinstance(label, bool):
+        raise _Bad("label", f"must be true (a good answer) or false (a bad one), got {label!r}")
+    return {"prompt": _as_prompt(record["prompt"], "prompt"),
+            "completion": _as_answer(record["completion"], "completion"), "label": label}
+
+
+def read_feedback(path: str | Path, display_name: str | None = None) -> list[dict]:
+    """Every answer marked good or bad of an unpaired .jsonl in the normal form; DataFormatError on the first
+    bad line."""
+    return _read(path, display_name, "feedback", _feedback_record)
+
+
 # ----------------------------------------------------------------------------- dispatch
 
-READERS = {"chat": read_chat, "preference": read_preference, "prompts": read_prompts, "benchmark": read_benchmark}
+READERS = {"chat": read_chat, "preference": read_preference, "prompts": read_prompts, "benchmark": read_benchmark,
+           "feedback": read_feedback}
 
 
 def _read(path: str | Path, display_name: str | None, kind: str, parse) -> list:
@@ -364,7 +387,7 @@ def _read(path: str | Path, display_name: str | None, kind: str, parse) -> list:
 
 
 def read_dataset(kind: str, path: str | Path, display_name: str | None = None) -> list:
-    """The items of a dataset of `kind` (chat, preference, prompts, benchmark) in their normal form."""
+    """The items of a dataset of `kind` (chat, preference, prompts, benchmark, feedback) in their normal form."""
     path = Path(path)
     name = display_name or path.name
     if kind not in READERS:

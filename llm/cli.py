@@ -18,6 +18,7 @@ from pathlib import Path
 
 from llm.cli_common import (add_data_dir, add_fine_tuning_flags, add_training_flags, another_rank,
                             fine_tuning_settings, print_warnings, refuse_to_overwrite)
+from llm.cli_clean import register_clean_command
 from llm.cli_demo import register_demo_command
 from llm.cli_evaluate import register_evaluate_command
 from llm.cli_grpo import register_grpo_command
@@ -281,6 +282,7 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
 
     register_preference_commands(add)
     register_grpo_command(add)
+    register_clean_command(add)
     register_lr_find_command(add)
 
     p = add("eval", "Validation loss, perplexity and bits per byte of a model on prepared data.", _cmd_eval)
@@ -330,7 +332,7 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
 
 # Commands that train through llm/train.py: they take their share of the cores (llm/threads.py) and run under
 # `torchrun --nproc_per_node=N -m llm <command> ...` as N data-parallel ranks (llm/distributed.py).
-TRAINING_COMMANDS = frozenset({"pretrain", "sft", "reward", "dpo", "grpo", "lr-find"})
+TRAINING_COMMANDS = frozenset({"pretrain", "sft", "reward", "dpo", "kto", "grpo", "lr-find"})
 
 
 @contextmanager

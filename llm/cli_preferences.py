@@ -1,11 +1,12 @@
-"""The CLI's preference commands: `reward`, `score` and `dpo` (added to the same parser by llm/cli.py).
+"""The CLI's preference commands: `reward`, `score`, `dpo` and `kto` (added to the same parser by llm/cli.py).
 
     workbench reward --model SFT_OR_BASE_DIR --data pairs.jsonl --out runs/rm [--method auto|lora|full]
     workbench score  --model runs/rm --data pairs.jsonl
     workbench dpo    --model SFT_DIR --data pairs.jsonl --out runs/dpo [--beta 0.1 --loss-type sigmoid|ipo|hinge]
+    workbench kto    --model SFT_DIR --data feedback.jsonl --out runs/kto [--beta 0.1 --desirable-weight 1.0 ...]
 
 --data is a preference dataset in any format the Datasets tab accepts (prompt/chosen/rejected, conversational
-or not, HH-RLHF transcripts). Training flags come from the config dataclasses' declarations, like `sft`'s.
+or not, HH-RLHF transcripts); for `kto`, unpaired feedback (TRL's prompt / completion / label). Training flags come from the config dataclasses' declarations, like `sft`'s.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Callable
 from llm.cli_common import (add_data_dir, add_fine_tuning_flags, another_rank, fine_tuning_settings, print_warnings,
                             refuse_to_overwrite)
 from llm.dpo_config import DPO_DEFAULTS, DPOConfig
+from llm.kto_config import KTO_DEFAULTS, KTOConfig
 from llm.reward_config import REWARD_DEFAULTS, RewardConfig
 
 
@@ -74,6 +76,17 @@ def _cmd_dpo(args) -> None:
            ("loss", "rewards/margins", "rewards/accuracies"))
 
 
+def _cmd_kto(args) -> None:
+    from llm.kto import kto
+    from llm.kto_config import kto_train_config
+
+    def run(model, data, out, config, train_config, on_metrics, write):
+        return kto(model, data, out, kto_config=config, train_config=train_config, data_dir=args.data_dir,
+                   on_metrics=on_metrics, resume=args.resume, log=write)
+
+    _train(args, "kto", KTOConfig, KTO_DEFAULTS, kto_train_config, run, ("loss", "rewards/margins", "kl"))
+
+
 def _cmd_score(args) -> None:
     from llm.reward import score
 
@@ -89,7 +102,7 @@ def _cmd_score(args) -> None:
 
 
 def register_preference_commands(add) -> None:
-    """Add `reward`, `score` and `dpo` with llm/cli.py's `add(name, help, func)`."""
+    """Add `reward`, `score`, `dpo` and `kto` with llm/cli.py's `add(name, help, func)`."""
     def training_flags(parser, config_class, defaults) -> None:
         add_fine_tuning_flags(parser, config_class, defaults.settings())
 
@@ -111,3 +124,10 @@ def register_preference_commands(add) -> None:
     p.add_argument("--data", required=True, help="preference dataset (.jsonl: prompt / chosen / rejected)")
     p.add_argument("--out", required=True, help="run directory; becomes the adapter (or model) directory")
     training_flags(p, DPOConfig, DPO_DEFAULTS)
+
+    p = add("kto", "Kahneman-Tversky Optimization of a chat model on unpaired feedback: answers marked good or bad "
+                   "(all weights or LoRA: --method).", _cmd_kto)
+    p.add_argument("--model", required=True, help="SFT (or base) model directory: the policy and its reference")
+    p.add_argument("--data", required=True, help="feedback dataset (.jsonl: prompt / completion / label true|false)")
+    p.add_argument("--out", required=True, help="run directory; becomes the adapter (or model) directory")
+    training_flags(p, KTOConfig, KTO_DEFAULTS)

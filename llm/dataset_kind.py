@@ -24,6 +24,7 @@ WHAT_IT_HOLDS = {
     "preference": "chosen and rejected answers",
     "prompts": "prompts without answers",
     "benchmark": "questions with choices and an answer",
+    "feedback": "single answers marked good or bad (label true / false)",
     "text": 'documents in a "text" field',
 }
 
@@ -33,6 +34,8 @@ def kind_of_record(record: dict) -> str | None:
     keys = set(record)
     if {"chosen", "rejected"} <= keys:
         return "preference"  # before chat: a pair has a prompt too
+    if {"prompt", "completion", "label"} <= keys:
+        return "feedback"  # before chat: an unpaired answer has a prompt and a completion too
     if {"question", "choices", "answer"} <= keys:
         return "benchmark"
     if keys & {"messages", "conversations"} or {"instruction", "output"} <= keys or {"prompt", "completion"} <= keys:
@@ -84,7 +87,7 @@ def _look(path: Path) -> str | None:
 
 
 def looks_like(path: str | os.PathLike) -> str | None:
-    """"chat", "preference", "prompts", "benchmark" or "text" when the file's first lines all say the same (JSON
+    """"chat", "preference", "prompts", "benchmark", "feedback" or "text" when the file's first lines all say the same (JSON
     objects of one kind's format, or no JSON at all: plain text), else None."""
     kind = _look(Path(path))
     return "text" if kind == "plain" else kind

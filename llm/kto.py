@@ -36,7 +36,6 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from llm.atomic_files import atomic_write_text
 from llm.checkpoint import ADAPTER_ARCHITECTURE, GPT_ARCHITECTURE, load_weights, save_model

@@ -69,13 +69,14 @@ def unpair(pairs: Sequence[dict]) -> list[dict]:
 
 def read_feedback_items(data: str | os.PathLike | Sequence[dict]) -> list[dict]:
     """Items in the normal form {"prompt", "completion", "label"} from a list of them (or of preference pairs,
-    unpaired), or from a feedback dataset file (TRL's unpaired format)."""
+    unpaired), or from a file: a feedback dataset (TRL's unpaired format), or a preference one, unpaired."""
     if isinstance(data, (list, tuple)):
         items = list(data)
         return unpair(items) if items and "chosen" in items[0] else items
-    from llm.chat_data import read_feedback
+    from llm.chat_data import read_feedback, read_preference
+    from llm.dataset_kind import looks_like
 
-    return read_feedback(data)
+    return unpair(read_preference(data)) if looks_like(data) == "preference" else read_feedback(data)
 
 
 def class_counts(items: Sequence[dict]) -> tuple[int, int]:

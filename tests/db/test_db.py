@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 import db.users
 from db.migrate import current_revision, downgrade, head_revision, is_up_to_date, upgrade
 from db.models import (
+    AnswerFeedback,
     ArenaBattle,
     Base,
     Comparison,
@@ -103,7 +104,7 @@ def _new_job(session: Session, **fields: Any) -> Job:
 def test_upgrade_from_empty_matches_the_models(empty_database_url: str) -> None:
     assert current_revision(empty_database_url) is None
     upgrade(empty_database_url)
-    assert current_revision(empty_database_url) == head_revision() == "0010"
+    assert current_revision(empty_database_url) == head_revision() == "0012"
     assert is_up_to_date(empty_database_url)
 
     engine = create_workbench_engine(empty_database_url)
@@ -680,6 +681,34 @@ def test_0008_gives_every_labeling_project_its_own_answer_key(empty_database_url
         after["labeling_projects"] = [tuple(row[:-1]) for row in after["labeling_projects"]]
         assert after == {name: [tuple(row) for row in rows] for name, rows in before.items()}
         downgrade(empty_database_url, "0007")  # and back: the keys go, every row stays
+        assert _every_row(engine) == before
+
+
+def test_0012_adds_answer_feedback_feedback_datasets_and_kto_models_keeping_every_row(
+        empty_database_url: str) -> None:
+    with _database_at(empty_database_url, "0007") as (engine, tables):  # 0004's rows, carried to 0011
+        upgrade(empty_database_url, "0011")
+        before = _every_row(engine)
+        upgrade(empty_database_url, "0012")
+        after = _every_row(engine)
+        assert after.pop("answer_feedback") == [] and after == before
+        with SessionLocal(empty_database_url) as fresh:
+            thumb = dict(user_id=1, model_id=1, messages=[{"role": "user", "content": "hi"}], answer="hello",
+                         answer_sha256="a" * 64)
+            fresh.add_all([AnswerFeedback(**thumb, label=True),
+                           Model(id=100, name="k", kind=ModelKind.kto, tokenizer="gpt2", path="p"),
+                           Dataset(id=100, name="f", kind=DatasetKind.feedback, format="jsonl", path="p",
+                                   original_filename="f.jsonl", size_bytes=1)])
+            fresh.commit()
+            fresh.add(AnswerFeedback(**thumb, label=False))  # one thumb per (user, answer), by the database too
+            with pytest.raises(IntegrityError):
+                fresh.commit()
+        with pytest.raises(RuntimeError, match="1 feedback dataset.* and 1 KTO model"):
+            downgrade(empty_database_url, "0011")
+        with engine.begin() as connection:
+            connection.execute(text("DELETE FROM models WHERE kind = 'kto'"))
+            connection.execute(text("DELETE FROM datasets WHERE kind = 'feedback'"))
+        downgrade(empty_database_url, "0011")  # and back: the thumbs go, every other row stays
         assert _every_row(engine) == before
 
 
