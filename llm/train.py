@@ -39,6 +39,8 @@ from llm import distributed
 from llm.atomic_files import atomic_write_text
 from llm.device import autocast_context, mfu, peak_flops, pick_device, resolve_dtype
 from llm.learning_watch import LearningWatch, clear_verdict, save_verdict
+from llm.sharding import (as_full, full_optimizer_state, full_tensors, shard_optimizer_state_like,
+                          shard_weights_like)
 from llm.threads import thread_note
 from llm.train_config import TrainConfig  # re-exported: `from llm.train import TrainConfig` keeps working
 
@@ -241,16 +243,22 @@ def _restore_rng_states(states: dict) -> None:
 
 def save_checkpoint(out_dir: Path, model: nn.Module, params: list[nn.Parameter],
                     optimizer: torch.optim.Optimizer, batches: BatchSource, step: int,
-                    tokens_seen: int, config: TrainConfig, device: torch.device) -> Path:
-    """Write the resumable state to `checkpoint.tmp/`, then swap it in with renames."""
+                    tokens_seen: int, config: TrainConfig, device: torch.device, write: bool = True) -> Path:
+    """Write the resumable state to `checkpoint.tmp/`, then swap it in with renames.
+
+    Weights and optimizer state are written in full, as a single process holds them, also from a sharded (FSDP)
+    run: there every rank calls this (gathering is a collective) and only the one with `write` writes."""
     final = out_dir / CHECKPOINT_DIR
+    tensors = full_tensors(_trainable_state(model, params))
+    optimizer_state = full_optimizer_state(optimizer)
+    if not write:
+        return final
     tmp = out_dir / (CHECKPOINT_DIR + ".tmp")
     old = out_dir / (CHECKPOINT_DIR + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    tensors = {name: t.detach().cpu().contiguous() for name, t in _trainable_state(model, params).items()}
     save_file(tensors, str(tmp / "weights.safetensors"))
-    torch.save({"step": step, "tokens_seen": tokens_seen, "optimizer": optimizer.state_dict(),
+    torch.save({"step": step, "tokens_seen": tokens_seen, "optimizer": optimizer_state,
                 "batches": batches.state_dict(), "rng": _rng_states(device)}, tmp / "state.pt")
     (tmp / "checkpoint.json").write_text(json.dumps({"step": step, "config": asdict(config)}, indent=2))
     if final.exists():
@@ -263,11 +271,12 @@ def save_checkpoint(out_dir: Path, model: nn.Module, params: list[nn.Parameter],
 
 def load_checkpoint(path: Path, model: nn.Module, params: list[nn.Parameter],
                     optimizer: torch.optim.Optimizer, batches: BatchSource) -> dict:
-    """Restore weights, optimizer, RNGs and data position; returns {"step", "tokens_seen"}."""
+    """Restore weights, optimizer, RNGs and data position; returns {"step", "tokens_seen"}. A sharded (FSDP)
+    model takes its slices of the full state the checkpoint holds."""
     tensors = load_file(str(path / "weights.safetensors"), device="cpu")
     expected = _trainable_state(model, params).keys()
     try:
-        _, unexpected = model.load_state_dict(tensors, strict=False)
+        _, unexpected = model.load_state_dict(shard_weights_like(tensors, model), strict=False)
     except RuntimeError as error:  # shape mismatch: another preset, another vocabulary
         raise ValueError(f"the checkpoint in {path} was written for a different model ({error}); "
                          f"start fresh with resume=False or use another output directory") from error
@@ -276,7 +285,8 @@ def load_checkpoint(path: Path, model: nn.Module, params: list[nn.Parameter],
         raise ValueError(f"the checkpoint in {path} does not match this model: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}; start fresh with resume=False or another output directory")
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
+    # Moves the moments to the parameters' device (a sharded run's: this rank's slices of them).
+    optimizer.load_state_dict(shard_optimizer_state_like(state["optimizer"], optimizer))
     batches.load_state_dict(state["batches"])
     _restore_rng_states(state["rng"])
     return {"step": int(state["step"]), "tokens_seen": int(state["tokens_seen"])}
@@ -318,10 +328,19 @@ def train(model: nn.Module, objective: Objective, batches: BatchSource, config: 
         log, on_metrics = (lambda line: None), None
     precision = resolve_dtype(device, config.dtype)
     seed_everything(config.seed)
-    model.to(device)
     model.train()
     params = list(trainable_params) if trainable_params is not None else [
         p for p in model.parameters() if p.requires_grad]
+    sharding = None
+    if config.parallelism == "fsdp" and ranks.active:
+        # Each rank keeps a slice of every weight (llm/sharding.py); the optimizer sees the slices.
+        from llm.sharding import FullSharding
+
+        sharding = FullSharding(model, objective, params, ranks, device,
+                                compile_blocks=should_compile(config, device))
+        params = sharding.params
+    else:
+        model.to(device)
     optimizer = make_optimizer(params, config, device)
     metrics = MetricsLog(out_dir / METRICS_FILE) if ranks.is_main else NoMetrics()
     evaluate = getattr(objective, "evaluate", None)
@@ -351,8 +370,13 @@ def train(model: nn.Module, objective: Objective, batches: BatchSource, config: 
         if watch.observe(earlier):
             save_verdict(out_dir, watch.verdict)
 
-    forward_model = torch.compile(model) if should_compile(config, device) else model
-    loss_of = distributed.loss_function(forward_model, objective, ranks, device)
+    if sharding is not None:  # its blocks are compiled one by one where compile is on
+        loss_of = sharding.loss_function()
+        log(f"fully sharded (FSDP): each of {ranks.world_size} ranks keeps 1/{ranks.world_size} of the weights, "
+            "gradients and optimizer state")
+    else:
+        forward_model = torch.compile(model) if should_compile(config, device) else model
+        loss_of = distributed.loss_function(forward_model, objective, ranks, device)
     if flops_per_token is None and hasattr(model, "flops_per_token"):
         flops_per_token = model.flops_per_token(config.block_size)
     peak = (config.peak_flops or peak_flops(device)) * ranks.world_size if flops_per_token else None
@@ -366,8 +390,15 @@ def train(model: nn.Module, objective: Objective, batches: BatchSource, config: 
     log(thread_note())
 
     def run_evaluation() -> dict:
+        if sharding is not None:  # a sharded model runs on every rank at once; rank 0 keeps the figures
+            with sharding.gathered_root():
+                results = evaluate_model()
+            return results if ranks.is_main else {}
         if not ranks.is_main:  # rank 0 evaluates the raw model alone; the others wait in the next all-reduce
             return {}
+        return evaluate_model()
+
+    def evaluate_model() -> dict:
         model.eval()
         with torch.no_grad(), autocast_context(device, precision):
             results = {key: _as_float(value) for key, value in evaluate(model).items()}
@@ -375,8 +406,9 @@ def train(model: nn.Module, objective: Objective, batches: BatchSource, config: 
         return results
 
     def save(step_: int) -> None:
-        if ranks.is_main:
-            save_checkpoint(out_dir, model, params, optimizer, batches, step_, tokens_seen, config, device)
+        if ranks.is_main or sharding is not None:  # gathering a sharded model takes every rank
+            save_checkpoint(out_dir, model, params, optimizer, batches, step_, tokens_seen, config, device,
+                            write=ranks.is_main)
 
     last_loss: torch.Tensor | None = None
     eval_metrics: dict = {}
@@ -405,6 +437,7 @@ def train(model: nn.Module, objective: Objective, batches: BatchSource, config: 
         interval_tokens += step_tokens
         tokens_seen += step_tokens
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip) if config.grad_clip > 0 else None
+        grad_norm = as_full(grad_norm)  # FSDP's norm is a sharded tensor: every rank gathers it at once
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -460,7 +493,11 @@ def train(model: nn.Module, objective: Objective, batches: BatchSource, config: 
         eval_metrics = run_evaluation() if evaluate is not None else {}
     else:
         final_loss = last_loss.item()
-    if save_model_fn is not None and ranks.is_main:
+    if save_model_fn is not None and sharding is not None:
+        full_model = sharding.full_model()  # every rank gathers; rank 0 gets the plain model
+        if ranks.is_main:
+            save_model_fn(full_model, out_dir)
+    elif save_model_fn is not None and ranks.is_main:
         save_model_fn(model, out_dir)
     ranks.barrier()  # every rank returns once the model is written
     return {"stopped": False, "step": step, "loss": final_loss, "tokens_seen": tokens_seen,

@@ -15,6 +15,10 @@ from llm.memory import gpt_parameter_count
 from llm.params import Setting, setting, settings_of
 
 
+# How the ranks of a multi-device run share the work (llm/distributed.py: DDP, llm/sharding.py: FSDP).
+PARALLELISM = ("ddp", "fsdp")
+
+
 @dataclass
 class TrainConfig:
     max_steps: int = setting(1000, minimum=1, maximum=10_000_000, help="optimizer steps")
@@ -46,6 +50,10 @@ class TrainConfig:
                                   help="torch.compile: auto = on CUDA only (on the CPU it costs more than it saves)")
     dtype: str = setting("auto", choices=("auto", "float32", "bfloat16"), advanced=True,
                          help="autocast dtype: auto = bf16 on CUDA, float32 on the CPU")
+    parallelism: str = setting("ddp", choices=PARALLELISM, advanced=True,
+                               help="with several devices (torchrun): ddp = a whole copy of the model per device; "
+                                    "fsdp = each device keeps a share of the weights, gradients and optimizer "
+                                    "state, for a model that does not fit one device (all weights only, no LoRA)")
     peak_flops: float | None = None  # FLOP/s for MFU; None = the GPU's data sheet or a measured matmul
 
     def __post_init__(self):
@@ -171,6 +179,7 @@ class FineTuningDefaults:
         """These defaults, then whatever the caller gave (values of None count as not given); the learning rate,
         unless given, the method's at the model's width."""
         given = {key: value for key, value in given.items() if value is not None}
+        check_parallelism(method, given.get("parallelism", self.loop.get("parallelism", "ddp")))
         return TrainConfig(**{**self.loop, **given, "lr": self.learning_rate(method, given.get("lr"), n_embd)})
 
     def settings(self) -> dict[str, Setting]:
@@ -180,6 +189,15 @@ class FineTuningDefaults:
                     for name, spec in settings_of(TrainConfig).items()}
         declared["lr"] = replace(declared["lr"], default=None, help=LR_HELP)
         return declared
+
+
+def check_parallelism(method: str, parallelism: str | None) -> None:
+    """Refuse LoRA with FSDP (ValueError, a sentence a person reads): an adapter is a sliver of the model, which
+    DDP already fits, and sharding frozen base weights beside it is not supported."""
+    if parallelism == "fsdp" and method == "lora":
+        raise ValueError("parallelism fsdp trains all weights: a LoRA adapter is not sharded. Use method full "
+                         "(FSDP splits the weights, gradients and optimizer state across the devices) or "
+                         "parallelism ddp with LoRA")
 
 
 LR_HELP = "peak learning rate; empty: chosen from the model's width (see docs/defaults.md)"

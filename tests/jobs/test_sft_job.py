@@ -34,6 +34,8 @@ def test_sft_params_are_checked_against_the_declaration(workbench_env, session):
         (sft_params(base.id, chat.id, lora_r=0), "lora_r", "positive whole number"),
         (sft_params(base.id, chat.id, lora_targets="everything"), "lora_targets", "one of"),
         (sft_params(base.id, chat.id, preset="tiny"), "preset", "unknown parameter"),
+        # LoRA with FSDP (llm/sharding.py) is refused at submit, also when "auto" stands for LoRA.
+        (sft_params(base.id, chat.id, method="lora", parallelism="fsdp"), "parallelism", "trains all weights"),
     ]
     for params, field, words in cases:
         with pytest.raises(JobParamsError) as caught:

@@ -6,9 +6,6 @@ the CPU (gloo)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,6 +18,7 @@ from llm.dataloader import BatchSampler, TokenData
 from llm.distributed import RankShard, Ranks, ranks_from_environment, shard
 from llm.model import GPT, config_from_preset
 from llm.tokenizer import get_tokenizer
+from tests.support.torchrun_runs import losses, make_data_dir, make_prepared, pretrain_args, torchrun
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -75,52 +73,14 @@ def test_a_half_set_environment_is_refused_by_name(monkeypatch):
 
 # ----------------------------------------------------------------------------- the real runs
 
-def write_corpus(path, num_documents=150):
-    rng = np.random.default_rng(0)
-    words = "the quick brown fox jumps over a lazy dog while small models learn to count tokens".split()
-    path.write_text("\n\n".join(" ".join(rng.choice(words, rng.integers(20, 60))) for _ in range(num_documents)))
-
-
-def torchrun(args: list[str], cwd, ranks: int = 2) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc_per_node=ranks -m llm ...` (a free port of its own), one thread per rank."""
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-               "-m", "llm", *args]
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
-def losses(run_dir) -> dict[int, float]:
-    return {record["step"]: record["loss"]
-            for record in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
-
-
 @pytest.fixture
 def data_dir(tmp_path):
-    """A data directory with a small trained tokenizer (a 50k-id head would be most of each step's work)."""
-    corpus = tmp_path / "corpus.txt"
-    write_corpus(corpus)
-    directory = tmp_path / "data"
-    assert main(["train-tokenizer", "--data", str(corpus), "--vocab-size", "300",
-                 "--out", str(directory / "tokenizers" / "ddp-bpe")]) == 0
-    return directory
+    return make_data_dir(tmp_path)
 
 
 @pytest.fixture
 def prepared(data_dir, tmp_path):
-    directory = tmp_path / "prepared"
-    assert main(["prepare", "--data", str(tmp_path / "corpus.txt"), "--tokenizer", "ddp-bpe", "--data-dir",
-                 str(data_dir), "--out", str(directory), "--val-fraction", "0.1"]) == 0
-    return directory
-
-
-def pretrain_args(prepared, out, max_steps: int, grad_accum: int) -> list[str]:
-    return ["pretrain", "--data", str(prepared), "--out", str(out), "--preset", "tiny", "--block-size", "32",
-            "--batch-size", "2", "--grad-accum", str(grad_accum), "--max-steps", str(max_steps), "--lr", "3e-3",
-            "--warmup", "2", "--log-every", "1", "--eval-every", "0", "--checkpoint-every", "0",
-            "--eval-batches", "2", "--device", "cpu", "--compile", "false", "--data-dir", str(prepared.parent / "data")]
+    return make_prepared(data_dir, tmp_path)
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from llm.params import Setting, settings_of
-from llm.train_config import FineTuningDefaults, MethodChoice, choose_method
+from llm.train_config import FineTuningDefaults, MethodChoice, check_parallelism, choose_method
 
 
 class JobParamsError(ValueError):
@@ -93,6 +93,10 @@ def resolve_fine_tuning(params: dict[str, Any], defaults: FineTuningDefaults,
     the method's rule gives at the model's width unless one was given; written into `params`, so the stored row
     (and the job log) says what runs and why."""
     choice = choose_method(params["method"], model_config)
+    try:  # LoRA with FSDP is refused here, at submit, with the method "auto" stands for
+        check_parallelism(choice.method, params.get("parallelism"))
+    except ValueError as error:
+        raise JobParamsError("parallelism", str(error)) from None
     params["method"], params["method_reason"] = choice.method, choice.reason
     params["lr"] = defaults.learning_rate(choice.method, params.get("lr"), (model_config or {}).get("n_embd"))
     return choice
