@@ -1,7 +1,7 @@
 """The `workbench` console script: the llm subcommands plus `serve` and `worker`.
 
     workbench serve [--host 127.0.0.1] [--port 7860] [--data-dir DIR] [--no-worker]
-    workbench worker [--queues default] [--concurrency N] [--pool prefork|solo|threads]
+    workbench worker [--queues default] [--gpus 0,1,2,3 | --processes N] [--concurrency N] [--pool prefork|solo|threads]
     workbench bench [--quick] [--only train,generate,...]
     workbench sweep [--presets tiny,small] [--kinds sft_full,...]   (the fine-tuning defaults' sweep)
     workbench users list | add NAME --role R | set-role NAME R | disable NAME | enable NAME
@@ -33,8 +33,8 @@ def _cmd_worker(args: argparse.Namespace) -> None:
     from db.settings import get_settings
     from worker.runtime.main import run_worker
 
-    # Options left out keep run_worker's defaults (solo pool, one slot: what a GPU worker needs).
-    options = {"concurrency": args.concurrency, "pool": args.pool}
+    # Options left out keep run_worker's defaults (the GPUs it sees, else one CPU slot; one job per slot).
+    options = {"concurrency": args.concurrency, "pool": args.pool, "gpus": args.gpus, "processes": args.processes}
     queues = args.queues.split(",") if args.queues else list(get_settings().worker_queues)
     run_worker(queues=queues, loglevel=args.loglevel, **{k: v for k, v in options.items() if v is not None})
 
@@ -166,14 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_cmd_serve)
 
     text = ("Run a job worker that takes jobs from the broker (WORKBENCH_BROKER_URL) and writes results to "
-            "the database (WORKBENCH_DATABASE_URL). Start one per GPU with --pool solo.")
+            "the database (WORKBENCH_DATABASE_URL). It gives jobs its GPUs (--gpus, default every GPU it sees) or, "
+            "without a GPU, --processes N CPU slots; a job asking for `devices: N` runs when N are free, and "
+            "one-device jobs run side by side, one per device.")
     worker = subparsers.add_parser("worker", help="run a job worker", description=text)
     worker.add_argument("--queues", help="comma-separated queues to consume (default $WORKBENCH_WORKER_QUEUES "
                                          "or 'default')")
-    worker.add_argument("--concurrency", type=int, help="jobs at once (default 1)")
+    from worker.jobs.devices import add_device_arguments  # no torch, no Celery: --help stays fast
+
+    add_device_arguments(worker)
+    worker.add_argument("--concurrency", type=int, help="jobs at once (default: one per device slot)")
     worker.add_argument("--pool", choices=["prefork", "solo", "threads"],
-                        help="Celery pool (default solo: one job in the worker process, what a GPU needs; "
-                             "prefork with --concurrency N for CPU-only jobs)")
+                        help="Celery pool (default: solo for one job at a time, in the worker process; prefork, "
+                             "one process per job, for more)")
     worker.add_argument("--loglevel", default="info", help="debug | info | warning | error")
     worker.add_argument("--data-dir", help="data directory (default $WORKBENCH_DATA_DIR)")
     worker.set_defaults(func=_cmd_worker)

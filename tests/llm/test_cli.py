@@ -158,13 +158,14 @@ def test_each_training_command_offers_its_kinds_settings_with_the_same_rules(com
     """Every setting a job kind declares is a flag of its subcommand (both derive from the llm config dataclasses),
     and a number out of the kind's bounds is refused by the command in the same words."""
     from llm.cli import build_parser
-    from worker.jobs.params import JobParamsError, check_params
+    from worker.jobs.params import PLACEMENT_PARAMS, JobParamsError, check_params
     from worker.kinds import KINDS
 
     spec = KINDS[KIND_OF_COMMAND[command]]
     subcommand = build_parser()._subparsers._group_actions[0].choices[command]
     flags = {action.dest for action in subcommand._actions}
-    declared = {name for name in spec.params if name not in ROWS_AND_NAMES}
+    # devices and nodes place a job on the queue's workers; on the command line, torchrun's --nproc-per-node and --nnodes.
+    declared = {name for name in spec.params if name not in ROWS_AND_NAMES and name not in PLACEMENT_PARAMS}
     if command != "train-tokenizer":
         declared.discard("name")  # the model a run makes is named by its --out directory
     assert declared <= flags, declared - flags

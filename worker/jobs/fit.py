@@ -27,6 +27,7 @@ from llm.memory import MemoryEstimate, human_gb
 from llm.params import Setting
 from llm.train_config import SCHEDULE_FIELDS, fit_schedule_to_steps, schedule_problems
 from worker.jobs.messages import broker_url_of, job_queue_of
+from worker.jobs.devices import devices_refusal, requested_devices, waiting_note, worker_slots
 from worker.jobs.params import JobParamsError
 from worker.jobs.presence import seen_workers
 
@@ -89,27 +90,43 @@ def gpu_index(params: dict[str, Any] | None) -> int:
 
 def worker_memory(device: str, params: dict[str, Any] | None = None,
                   settings: Settings | None = None) -> tuple[int, str]:
-    """(bytes a worker has for a job on `device`, where that figure comes from).
+    """(bytes a worker has for one process of a job on `device`, where that figure comes from).
 
     The largest live worker's figure (its RAM, or the GPU the job asks for) when workers reported theirs:
     any worker may take the job. Else this machine's. Totals, not what is free now: a job that fits the
     machine waits for the one running before it.
+
+    A job on `devices` N > 1 runs N processes, each with the whole model (data parallel): per device. Only the
+    workers with N device slots count; on GPUs the figure is each one's smallest GPU (a rank may get any), on the
+    CPU its RAM divided by N (the processes share it).
     """
     settings = settings or get_settings()
     workers = live_worker_capacities(settings)
     index = gpu_index(params)
-    if device == "cuda":
+    count = requested_devices(params)
+    if count > 1:
+        workers = [worker for worker in workers if len(worker_slots(worker)) >= count]
+    if device == "cuda" and count > 1:
+        figures = [(min(gpus), worker) for worker in workers if (gpus := worker["capacity"].get("gpu_memory_bytes"))]
+        what = "smallest GPU"
+    elif device == "cuda":
         figures = [(gpus[index], worker) for worker in workers
                    if len(gpus := worker["capacity"].get("gpu_memory_bytes") or []) > index]
         what = f"GPU {index}" if index else "GPU"
+    elif count > 1:
+        figures = [(worker["capacity"]["ram_bytes"] // count, worker) for worker in workers
+                   if isinstance(worker["capacity"].get("ram_bytes"), int)]
+        what = f"RAM per process (its RAM ÷ {count} processes)"
     else:
         figures = [(worker["capacity"]["ram_bytes"], worker) for worker in workers
                    if isinstance(worker["capacity"].get("ram_bytes"), int)]
         what = "RAM"
     if figures:
         available, largest = max(figures, key=lambda figure: figure[0])
-        count = f"{len(workers)} live worker{'s' if len(workers) > 1 else ''}"
-        return available, f"the {what} of worker {largest['node']}, the largest of {count}"
+        listed = f"{len(workers)} live worker{'s' if len(workers) > 1 else ''}"
+        if count > 1:
+            listed += f" with {count} devices"
+        return available, f"the {what} of worker {largest['node']}, the largest of {listed}"
     if device == "cuda":
         import torch
 
@@ -117,6 +134,8 @@ def worker_memory(device: str, params: dict[str, Any] | None = None,
             return torch.cuda.get_device_properties(index).total_memory, LOCAL_MEMORY_SOURCE["cuda"]
     import psutil
 
+    if count > 1:
+        return psutil.virtual_memory().total // count, f"{LOCAL_MEMORY_SOURCE['cpu']}, shared by {count} processes"
     return psutil.virtual_memory().total, LOCAL_MEMORY_SOURCE["cpu"]
 
 
@@ -146,11 +165,29 @@ def check_memory(estimate: RunEstimate | None, params: dict[str, Any], settings:
     else:
         field_name, hint = estimate.model_field, estimate.model_hint
     memory_kind = "GPU memory" if estimate.device_type == "cuda" else "RAM"
+    if requested_devices(params) > 1:
+        memory_kind += " per device"
     raise JobParamsError(field_name, f"this run needs about {human_gb(memory.total)} of {memory_kind} "
                                      f"(batch_size {params['batch_size']} × block_size {params['block_size']}: "
                                      f"{human_gb(memory.per_batch)}; the model and its optimizer: "
                                      f"{human_gb(memory.total - memory.per_batch)}); the workers have "
                                      f"{human_gb(available)} ({source}): {hint}")
+
+
+# ----------------------------------------------------------------------------- devices
+
+def check_devices(params: dict[str, Any], settings: Settings) -> str | None:
+    """A job's `devices` against the live workers' slots: JobParamsError("devices") when every live worker has
+    fewer ("4 asked, the largest worker has 2 (workbench-1@a)"). Returns what the job will wait for when no
+    worker is alive to say (a job on more than one device), else None."""
+    asked = requested_devices(params)
+    if asked == 1:  # every worker has a slot
+        return None
+    workers = live_worker_capacities(settings)
+    refusal = devices_refusal(asked, workers)
+    if refusal is not None:
+        raise JobParamsError("devices", refusal)
+    return waiting_note(asked) if not workers else None
 
 
 # ----------------------------------------------------------------------------- schedule

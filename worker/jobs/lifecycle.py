@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -35,7 +36,8 @@ from db.models import Dataset, Job, JobEvent, JobLog, JobStatus, Model, utcnow
 from db.settings import get_settings
 from llm.tokenizer import tokenizer_names
 from llm.train_config import SCHEDULE_FIELDS
-from worker.jobs.fit import RunEstimate
+from worker.jobs import devices as device_slots
+from worker.jobs.fit import RunEstimate, check_devices
 from worker.kinds import KINDS, JobKindSpec, get_spec
 from worker.jobs.messages import send_run_job
 from worker.jobs.params import JobParamsError, check_params
@@ -69,20 +71,22 @@ def validate_params(session: Session, kind: str, params: dict[str, Any] | None) 
 
 
 def _validated(session: Session, kind: str, params: dict[str, Any] | None
-               ) -> tuple[dict[str, Any], dict[str, tuple[Any, Any]]]:
+               ) -> tuple[dict[str, Any], dict[str, tuple[Any, Any]], str | None]:
     """`validate_params`'s answer, and the step-counted settings the kind's checks fitted to the run ({name:
     (value given or defaulted, value stored)}: `worker.jobs.fit.check_schedule` shrinks a warmup, eval_every or
-    checkpoint_every equal to its default with a run shorter than the default one, whether or not it was typed)."""
+    checkpoint_every equal to its default with a run shorter than the default one, whether or not it was typed), and
+    what the job will wait for when no live worker can say whether it has its devices (`fit.check_devices`)."""
     spec = _check_kind(kind)
     normalized = check_params(spec.kind, spec.params, params)
     settings = get_settings()
     _check_references(session, spec, normalized, settings)
+    waiting = check_devices(normalized, settings)  # before the memory check: a job no worker can take is said first
     before = dict(normalized)
     if spec.check is not None:
         spec.check(session, normalized, settings)
     fitted = {name: (before[name], normalized[name]) for name in SCHEDULE_FIELDS
               if name in before and normalized.get(name) != before[name]}
-    return normalized, fitted
+    return normalized, fitted, waiting
 
 
 def preview(session: Session, kind: str,
@@ -99,6 +103,7 @@ def preview(session: Session, kind: str,
         return normalized, None
     settings = get_settings()
     _check_references(session, spec, normalized, settings)
+    check_devices(normalized, settings)
     return normalized, spec.estimate(session, normalized, settings)
 
 
@@ -137,8 +142,9 @@ def create_job(session: Session, kind: str, params: dict[str, Any] | None,
     if not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
         raise JobParamsError("priority", f"must be between {PRIORITY_RANGE[0]} and {PRIORITY_RANGE[1]}")
     kind = str(_check_kind(kind).kind)  # the registry's name, stored as a plain string
-    normalized, fitted = _validated(session, kind, params)
+    normalized, fitted, waiting = _validated(session, kind, params)
     job = Job(kind=kind, status=JobStatus.queued, params=normalized, priority=priority,
+              devices=device_slots.requested_devices(normalized),
               owner_id=owner_id, dataset_id=normalized.get("dataset_id"),
               input_model_id=normalized.get("model_id"), progress=0.0, attempts=0,
               cancel_requested=False)
@@ -157,6 +163,9 @@ def create_job(session: Session, kind: str, params: dict[str, Any] | None,
                 "(send other values to keep yours)")
         session.add(JobLog(job_id=job.id, line=note))
         record_event(session, job.id, "adjusted", None, note)
+    if waiting:  # no worker alive to say whether it has the devices: queued, and what it waits for is said
+        session.add(JobLog(job_id=job.id, line=waiting))
+        record_event(session, job.id, "waiting", None, waiting)
     session.commit()
     return job
 
@@ -249,7 +258,7 @@ def resume_job(session: Session, job_id: int, by_user_id: int | None = None) -> 
     resumed = session.execute(
         update(Job).where(Job.id == job_id, Job.status.in_([JobStatus.cancelled, JobStatus.failed]))
         .values(status=JobStatus.queued, cancel_requested=False, error=None, finished_at=None,
-                worker_host=None, heartbeat_at=None)
+                worker_host=None, heartbeat_at=None, assigned_devices=None)
     ).rowcount
     if not resumed:
         session.rollback()
@@ -287,7 +296,7 @@ def requeue_orphans(session: Session | None = None, reason: str = "the app start
 # ----------------------------------------------------------------------------- claim
 
 def claim_next_job(session: Session, worker_host: str | None = None,
-                   kinds: tuple[str, ...] | None = None) -> Job | None:
+                   kinds: tuple[str, ...] | None = None, slots: Sequence[str] | None = None) -> Job | None:
     """Atomically take the best queued job (priority desc, then id asc) and mark it running.
 
     Returns the claimed job (status running, attempts incremented: the caller's fencing token), or
@@ -296,10 +305,19 @@ def claim_next_job(session: Session, worker_host: str | None = None,
         without waiting on each other;
       - SQLite (FOR UPDATE is ignored): the UPDATE re-checks status = 'queued' and its rowcount tells
         whether we won; a lost race moves on to the next candidate, a locked database is retried.
+
+    `slots`: the worker's device slots (`worker.jobs.devices`; a worker passes `declared_slots()`). Then only a
+    job whose `devices` fit the slots its running jobs leave free is taken (the best of those: a smaller job
+    goes ahead of a larger one that must wait for slots), and the slots it gets are recorded in its
+    `assigned_devices`. The worker's processes pick one at a time (`devices.slot_lock`). Without `slots` (the
+    job-layer tests, which play several workers with one name) no slot is counted, as before slots existed.
     """
     for attempt in range(CLAIM_ATTEMPTS):
         try:
-            return _try_claim(session, worker_host, kinds)
+            if slots is None:
+                return _try_claim(session, worker_host, kinds)
+            with device_slots.slot_lock(device_slots.node_of(worker_host or "")):
+                return _try_claim(session, worker_host, kinds, slots)
         except OperationalError as error:
             # SQLite: "database is locked" when another writer holds the lock past busy_timeout, or
             # a read transaction could not be upgraded. Start a fresh transaction and try again.
@@ -311,12 +329,32 @@ def claim_next_job(session: Session, worker_host: str | None = None,
     return None
 
 
-def _try_claim(session: Session, worker_host: str | None, kinds: tuple[str, ...] | None) -> Job | None:
+def _running_on(worker_host: str | None):
+    """The condition "a running job of this worker" (any of its processes: worker_host is `<node>:<pid>`)."""
+    node = device_slots.node_of(worker_host or "")
+    return (Job.status == JobStatus.running) & Job.worker_host.startswith(node + ":", autoescape=True)
+
+
+def held_slots(session: Session, worker_host: str | None) -> list[tuple[int, list[str] | None]]:
+    """(job id, its assigned slots) of each running job of the worker `worker_host` belongs to."""
+    return [(job_id, assigned) for job_id, assigned in
+            session.execute(select(Job.id, Job.assigned_devices).where(_running_on(worker_host)).order_by(Job.id))]
+
+
+def _try_claim(session: Session, worker_host: str | None, kinds: tuple[str, ...] | None,
+               slots: Sequence[str] | None = None) -> Job | None:
     # PostgreSQL: lock exactly the best row, so a concurrent claimer skips to the next-best one
     # (locking several would make it skip those too and take a lower-priority job).
     # SQLite: no row locks; look at a few candidates so a lost race can move on to the next.
     on_postgresql = session.get_bind().dialect.name == "postgresql"
     query = select(Job.id).where(Job.status == JobStatus.queued)
+    free: list[str] | None = None
+    if slots is not None:
+        free = device_slots.free_slots(slots, (assigned for _, assigned in held_slots(session, worker_host)))
+        if not free:
+            session.commit()
+            return None
+        query = query.where(Job.devices <= len(free))
     if kinds:
         query = query.where(Job.kind.in_(kinds))
     query = (query.order_by(Job.priority.desc(), Job.id).limit(1 if on_postgresql else 5)
@@ -324,19 +362,39 @@ def _try_claim(session: Session, worker_host: str | None, kinds: tuple[str, ...]
     candidates = list(session.scalars(query))
     for job_id in candidates:
         now = utcnow()
+        values: dict[str, Any] = {}
+        if free is not None:
+            values["assigned_devices"] = device_slots.pick_slots(free, session.scalar(
+                select(Job.devices).where(Job.id == job_id)) or 1)
         won = session.execute(
             update(Job).where(Job.id == job_id, Job.status == JobStatus.queued)
             .values(status=JobStatus.running, attempts=Job.attempts + 1, started_at=now,
                     heartbeat_at=now, finished_at=None, error=None, worker_host=worker_host,
-                    cancel_requested=False)
+                    cancel_requested=False, **values)
         ).rowcount
         if won:
             job = _get_job(session, job_id)
-            add_log(session, job_id, f"started on {worker_host or 'a worker'} (attempt {job.attempts})")
+            on = f" on {', '.join(values['assigned_devices'])}" if values else ""
+            add_log(session, job_id, f"started on {worker_host or 'a worker'}{on} (attempt {job.attempts})")
             session.commit()
             return job
     session.commit()  # release FOR UPDATE locks on rows we looked at but did not take
     return None
+
+
+def waiting_for_slots(session: Session, worker_host: str | None, slots: Sequence[str],
+                      kinds: tuple[str, ...] | None = None) -> str | None:
+    """After a claim found nothing for this worker: "busy" when a queued job fits its `slots` but not the ones
+    free now (a slot frees when one of its jobs ends), "elsewhere" when queued jobs remain that ask for more
+    slots than it has (another worker's), None when nothing is queued."""
+    query = select(func.max(Job.devices), func.min(Job.devices)).where(Job.status == JobStatus.queued)
+    if kinds:
+        query = query.where(Job.kind.in_(kinds))
+    largest, smallest = session.execute(query).one()
+    session.commit()
+    if largest is None:
+        return None
+    return "busy" if smallest <= len(slots) else "elsewhere"
 
 
 # ----------------------------------------------------------------------------- finishing (fenced)

@@ -11,6 +11,7 @@ from typing import Any
 
 from llm.params import Setting, settings_of
 from llm.train_config import FineTuningDefaults, MethodChoice, check_parallelism, choose_method
+from worker.jobs.devices import MAX_SLOTS
 
 
 class JobParamsError(ValueError):
@@ -77,13 +78,28 @@ def with_defaults(declared: dict[str, Setting], defaults: dict[str, Any]) -> dic
             for name, spec in declared.items()}
 
 
+# ----------------------------------------------------------------------------- where a training job runs
+
+# Every training kind's placement (pretrain, SFT, reward, DPO; the RL kinds too): spread into its PARAMS. Not llm
+# settings: the queue reads them (`worker.jobs.devices`), the worker's launcher starts that many processes.
+PLACEMENT_PARAMS = {
+    "devices": Setting("int", default=1, minimum=1, maximum=MAX_SLOTS, advanced=True, label="devices",
+                       help="GPUs (or CPU processes) the job runs on, one training process each, on one worker: "
+                            "a worker runs it when that many of its devices are free; more than 1 trains "
+                            "data-parallel (each device holds the whole model)"),
+    "nodes": Setting("int", default=1, minimum=1, maximum=MAX_SLOTS, advanced=True, label="nodes",
+                     help="workers (machines) the job spans, each giving it `devices` devices"),
+}
+
+
 # ----------------------------------------------------------------------------- kinds that fine-tune (SFT, reward, DPO)
 
 def fine_tuning_loop_params(defaults: FineTuningDefaults) -> dict[str, Setting]:
     """The loop's settings for a kind that starts from trained weights (`FineTuningDefaults.settings`, as its CLI
     flags), with the device left to the worker. The learning rate is left empty; the kind's check fills it in
-    (`resolve_fine_tuning`: it depends on the method and the model's width), so the stored row says what runs."""
-    return with_defaults(defaults.settings(), {"device": None})
+    (`resolve_fine_tuning`: it depends on the method and the model's width), so the stored row says what runs. With
+    the placement (`PLACEMENT_PARAMS`): every kind that fine-tunes has it."""
+    return {**with_defaults(defaults.settings(), {"device": None}), **PLACEMENT_PARAMS}
 
 
 def resolve_fine_tuning(params: dict[str, Any], defaults: FineTuningDefaults,

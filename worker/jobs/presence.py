@@ -11,7 +11,9 @@ migration; a restarted Redis is refilled by the next beats.
 
 Each record also carries the worker's capacity (`worker_capacity`: its machine's total RAM and each
 visible GPU's total memory), which the submit-time fit check (`worker.jobs.fit`) compares a job's
-memory estimate with, instead of the web machine's.
+memory estimate with, instead of the web machine's, and its device slots (`worker.jobs.devices`: "0,1" GPUs or
+"cpu0" process slots), which the submit check compares a job's `devices` with and /api/health shows beside the
+running jobs that hold them (the database says which).
 """
 
 from __future__ import annotations
@@ -70,9 +72,10 @@ class WorkerPresence:
     `interval_s` (a daemon thread) until `stop()`."""
 
     def __init__(self, broker_url: str, node_name: str, queues: tuple[str, ...], interval_s: float,
-                 stale_after_seconds: float, capacity: dict | None = None):
+                 stale_after_seconds: float, capacity: dict | None = None, devices: list[str] | None = None):
         self.broker_url = broker_url
         self.capacity = capacity
+        self.devices = devices
         self.node_name = node_name
         self.queues = tuple(queues)
         self.interval_s = interval_s
@@ -95,7 +98,8 @@ class WorkerPresence:
         """Store one presence record per queue; False (logged) when the broker is unreachable."""
         record = json.dumps({"node": self.node_name, "pid": os.getpid(), "host": socket.gethostname(),
                              "queues": list(self.queues), "started_at": self.started_at,
-                             "capacity": self.capacity, "last_heartbeat": datetime.now(timezone.utc).isoformat()})
+                             "capacity": self.capacity, "devices": self.devices,
+                             "last_heartbeat": datetime.now(timezone.utc).isoformat()})
         client = redis_client(self.broker_url)
         try:
             for queue in self.queues:
@@ -126,7 +130,8 @@ def seen_workers(broker_url: str, queue: str, stale_after_seconds: float) -> lis
 
     Each: node, host, pid, started_at, last_heartbeat (ISO), seconds_since (float), alive (a beat
     within `stale_after_seconds`), capacity (`worker_capacity`'s dict, None when the worker did not
-    report one). Raises when the broker is unreachable.
+    report one), devices (its device slots, None from a worker of before them). Raises when the broker is
+    unreachable.
     """
     client = redis_client(broker_url)
     try:
@@ -148,7 +153,7 @@ def seen_workers(broker_url: str, queue: str, stale_after_seconds: float) -> lis
         workers.append({"node": record.get("node"), "host": record.get("host"), "pid": record.get("pid"),
                         "started_at": record.get("started_at"), "last_heartbeat": record["last_heartbeat"],
                         "seconds_since": round(since, 1), "alive": since <= stale_after_seconds,
-                        "capacity": record.get("capacity")})
+                        "capacity": record.get("capacity"), "devices": record.get("devices")})
     workers.sort(key=lambda worker: worker["seconds_since"])
     return workers
 

@@ -34,8 +34,19 @@ from worker.jobs.presence import stamp_job_beat
 
 logger = logging.getLogger(__name__)
 
-# Set when this worker process is shutting down (Celery's worker_shutting_down signal).
+# Set when this worker process is shutting down (Celery's worker_shutting_down signal). A prefork worker shares
+# it with its pool children (`share_shutdown_flag`), so the signal, which Celery sends in the parent, reaches them.
 _worker_shutdown = threading.Event()
+_jobs_running = 0  # JobHeartbeats active in this process (a prefork child's SIGTERM handler asks, see tasks.py)
+
+
+def share_shutdown_flag() -> None:
+    """Make the shutdown flag one that processes forked from now on share (call in a prefork worker's parent,
+    before its pool starts): setting it in the parent stops the jobs its children run."""
+    import multiprocessing
+
+    global _worker_shutdown
+    _worker_shutdown = multiprocessing.get_context("fork").Event()
 
 
 def request_worker_shutdown() -> None:
@@ -45,6 +56,11 @@ def request_worker_shutdown() -> None:
 
 def worker_shutdown_requested() -> bool:
     return _worker_shutdown.is_set()
+
+
+def job_running() -> bool:
+    """Whether a job runs in this process now (between its heartbeat's start and stop)."""
+    return _jobs_running > 0
 
 
 class JobHeartbeat:
@@ -91,11 +107,15 @@ class JobHeartbeat:
     # -- lifecycle
 
     def start(self) -> "JobHeartbeat":
+        global _jobs_running
         self.beat()  # pick up a cancel that arrived between the claim and now
         self._thread.start()
+        _jobs_running += 1
         return self
 
     def stop(self) -> None:
+        global _jobs_running
+        _jobs_running = max(0, _jobs_running - 1)
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=max(5.0, 2 * self.interval_s))

@@ -29,7 +29,9 @@ import logging
 import os
 import socket
 import sys
+import time
 import traceback
+from dataclasses import replace
 
 from sqlalchemy.orm import Session
 
@@ -37,9 +39,11 @@ from db.models import Dataset, Job, JobStatus, Model
 from db.session import with_retries
 from db.settings import Settings, get_settings, safe_join
 from llm.threads import apply_thread_budget
+from worker.jobs import devices
 from worker.jobs import lifecycle as jobs
 from worker.jobs.context import JobContext, Outcome
 from worker.jobs.messages import broker_url_of, job_queue_of
+from worker.runtime import launcher
 from worker.runtime.heartbeat import JobHeartbeat
 from worker.kinds import get_spec
 from worker.jobs.progress_writer import DirectWriter, ProgressWriter
@@ -48,6 +52,7 @@ from worker.jobs.throughput import DEVICE_USE
 logger = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 2000
+SLOT_POLL_S = 1.0  # how often a message whose jobs wait for this worker's device slots looks again
 
 
 def default_worker_host() -> str:
@@ -75,21 +80,45 @@ def readable_error(error: BaseException) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 1] + "…"
 
 
+class NoSlotsHere(Exception):
+    """The message cannot be used by this worker now: the queued jobs need more device slots than it has (they
+    are another worker's), or it is shutting down while they wait for its slots. The task hands the message back
+    to the broker for a little later (`worker.runtime.tasks.run_job`)."""
+
+
 def run_next_job(worker_host: str | None = None, message_job_id: int | None = None,
-                 settings: Settings | None = None) -> int | None:
-    """Claim the best queued job and run it; return its id, or None when nothing was queued."""
+                 settings: Settings | None = None, slots: list[str] | None = None) -> int | None:
+    """Claim the best queued job that fits this worker's free device slots and run it; return its id, or None
+    when nothing was queued.
+
+    `slots`: the worker's device slots (default `devices.declared_slots()`, one CPU slot where none were
+    declared). While the queued jobs fit the worker but not the slots its other jobs leave free, wait for a slot
+    (polling every SLOT_POLL_S; a smaller job that fits is taken meanwhile); raise NoSlotsHere when they need
+    more slots than this worker has, or when it is shutting down.
+    """
     from db.session import session_scope
+
+    from worker.runtime.heartbeat import worker_shutdown_requested
 
     settings = settings or get_settings()
     worker_host = worker_host or default_worker_host()
-    with session_scope(settings.database_url) as session:
-        job = jobs.claim_next_job(session, worker_host)
-        claimed = (job.id, job.attempts) if job is not None else None
-    if claimed is None:
-        # Normal: the message's job was cancelled, or another worker took it, or this is a
-        # duplicate (requeue_orphans, a redelivery after the visibility timeout).
-        logger.info("message for job %s: no queued job left; nothing to do", message_job_id)
-        return None
+    slots = list(slots or devices.declared_slots())
+    while True:
+        with session_scope(settings.database_url) as session:
+            job = jobs.claim_next_job(session, worker_host, slots=slots)
+            claimed = (job.id, job.attempts) if job is not None else None
+            waiting = jobs.waiting_for_slots(session, worker_host, slots) if claimed is None else None
+        if claimed is not None:
+            break
+        if waiting is None:
+            # Normal: the message's job was cancelled, or another worker took it, or this is a
+            # duplicate (requeue_orphans, a redelivery after the visibility timeout).
+            logger.info("message for job %s: no queued job left; nothing to do", message_job_id)
+            return None
+        if waiting == "elsewhere" or worker_shutdown_requested():
+            raise NoSlotsHere(f"queued jobs need more device slots than {len(slots)}" if waiting == "elsewhere"
+                              else "the worker is shutting down")
+        time.sleep(SLOT_POLL_S)
     job_id, attempt = claimed
     if message_job_id is not None and message_job_id != job_id:
         logger.info("message for job %s runs job %s (higher priority or older)", message_job_id, job_id)
@@ -109,6 +138,8 @@ def execute_job(job_id: int, attempt: int, settings: Settings | None = None) -> 
     try:
         with JobHeartbeat(job_id, attempt, settings.heartbeat_seconds, settings.database_url,
                           broker_url_of(settings), job_queue_of(settings), settings.stale_after_seconds) as heartbeat:
+            if launcher.launches(session, job_id):  # several processes: torchrun's ranks (launcher.py)
+                return launcher.run_job_ranks(session, job_id, attempt, settings, heartbeat)
             writer = ProgressWriter(job_id, attempt, settings.database_url).start()
             try:
                 try:
@@ -141,12 +172,20 @@ def _make_context(session: Session, job_id: int, attempt: int, settings: Setting
                   heartbeat: JobHeartbeat, writer: ProgressWriter | None = None) -> JobContext:
     """The handler's context; without `writer`, progress is written synchronously (DirectWriter)."""
     job = session.get(Job, job_id)
+    # A job on one GPU slot of a worker with several runs on that GPU (unless it pins cuda:N or the CPU).
+    slots = devices.assigned_devices(job)
+    params = dict(job.params or {})
+    if params.get("device") is not None:
+        params["device"] = devices.job_device(params["device"], slots)
+    device = devices.job_device(settings.device, slots)
+    if device != settings.device:
+        settings = replace(settings, device=device)
     dataset = session.get(Dataset, job.dataset_id) if job.dataset_id is not None else None
     input_model = session.get(Model, job.input_model_id) if job.input_model_id is not None else None
     run_dir = safe_join(settings.data_dir, job.run_dir or f"runs/{job_id}")
     run_dir.mkdir(parents=True, exist_ok=True)
     session.commit()  # end the read transaction: SQLite writers elsewhere must not wait on us
-    return JobContext(job_id=job_id, attempt=attempt, kind=job.kind, params=dict(job.params or {}),
+    return JobContext(job_id=job_id, attempt=attempt, kind=job.kind, params=params,
                       owner_id=job.owner_id, dataset=dataset, input_model=input_model, run_dir=run_dir, settings=settings,
                       session=session, heartbeat=heartbeat,
                       writer=writer or DirectWriter(job_id, attempt, settings.database_url))

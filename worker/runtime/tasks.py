@@ -20,7 +20,7 @@ import logging
 from billiard.einfo import ExceptionWithTraceback
 from billiard.exceptions import WorkerLostError
 from celery import Task
-from celery.signals import worker_shutting_down
+from celery.signals import worker_process_init, worker_shutting_down
 from celery.worker.request import Request
 
 from worker.jobs.messages import CLAIM_MAX_RETRIES, CLAIM_RETRY_DELAY_S, RUN_JOB_TASK
@@ -79,13 +79,15 @@ def run_job(self, job_id: int) -> int | None:
     # Imported here so the web process, which only sends this task, never imports torch.
     from sqlalchemy.exc import OperationalError
 
-    from worker.runtime.runner import run_next_job
-
-    from worker.runtime.runner import job_worker_host
+    from worker.runtime.runner import NoSlotsHere, job_worker_host, run_next_job
 
     worker_host = job_worker_host(self.request.hostname) if self.request.hostname else None
     try:
         return run_next_job(worker_host=worker_host, message_job_id=job_id)
+    except NoSlotsHere as reason:
+        # The message is for a worker with more (or free) device slots: back to the broker, for any worker.
+        logger.info("message for job %s handed back for %ss: %s", job_id, CLAIM_RETRY_DELAY_S, reason)
+        raise self.retry(countdown=CLAIM_RETRY_DELAY_S, max_retries=None)
     except OperationalError as error:
         # Only the claim can raise this (a job's own errors are recorded on the job): the database
         # is unreachable. Acknowledging now would lose the message, so Celery re-sends it later.
@@ -96,13 +98,33 @@ def run_job(self, job_id: int) -> int | None:
 
 @worker_shutting_down.connect
 def _stop_running_job_on_worker_shutdown(sig=None, how=None, exitcode=None, **kwargs) -> None:
-    """On a warm shutdown (SIGTERM, Ctrl+C) ask the running job to checkpoint and stop.
+    """On a warm shutdown (SIGTERM, Ctrl+C) ask the running jobs to checkpoint and stop.
 
-    Celery sends this signal from the worker's MainProcess; with the solo pool (what GPU workers
-    use) the job runs there too, so the flag reaches it and the job goes back to the queue with a
-    fresh checkpoint instead of the worker waiting for a training run to finish. With the prefork
-    pool the child keeps running to the end (a warm shutdown's usual meaning).
+    Celery sends this signal from the worker's MainProcess; with the solo pool the job runs there
+    too, and a prefork worker shares the flag with its children (`heartbeat.share_shutdown_flag`), so
+    the flag reaches every job and each goes back to the queue with a fresh checkpoint instead of the
+    worker waiting for training runs to finish.
     """
     from worker.runtime import heartbeat
 
     heartbeat.request_worker_shutdown()
+
+
+@worker_process_init.connect
+def _checkpoint_on_sigterm_in_pool_child(**kwargs) -> None:
+    """A prefork child that gets SIGTERM itself (`workbench serve` and the tests end a worker's whole process
+    group) while it runs a job asks the job to checkpoint and stop, as the parent's warm shutdown does; an idle
+    child ends at once, as Celery's default would."""
+    import os
+    import signal
+
+    from worker.runtime import heartbeat
+
+    def on_sigterm(signum, frame):
+        if heartbeat.job_running():
+            heartbeat.request_worker_shutdown()
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)

@@ -13,7 +13,7 @@ from llm.params import Setting, settings_of
 from llm.pretrain_config import PretrainConfig
 from llm.train_config import TrainConfig
 from worker.jobs.fit import check_memory, check_schedule, check_text_dataset_fits_block
-from worker.jobs.params import JobParamsError, with_defaults
+from worker.jobs.params import PLACEMENT_PARAMS, JobParamsError, with_defaults
 from worker.jobs.spec import DATASET_ID, MODEL_NAME, TOKENIZER, JobKindSpec, TrainFormNames
 from worker.kinds.pretrain.card import METRIC_CARDS, PLOTS, REPORT_CARD
 from worker.kinds.pretrain.estimate import estimate
@@ -32,6 +32,7 @@ PARAMS = {
     **settings_of(PretrainConfig),  # the preset and the shape a run may change
     # The device is left to the worker unless the job pins one.
     **with_defaults(settings_of(TrainConfig), {"device": None}),
+    **PLACEMENT_PARAMS,  # devices, nodes: where it runs (the queue and the worker's launcher read them)
 }
 
 
