@@ -43,7 +43,6 @@ from worker.jobs import devices
 from worker.jobs import lifecycle as jobs
 from worker.jobs.context import JobContext, Outcome
 from worker.jobs.messages import broker_url_of, job_queue_of
-from worker.runtime import launcher
 from worker.runtime.heartbeat import JobHeartbeat
 from worker.kinds import get_spec
 from worker.jobs.progress_writer import DirectWriter, ProgressWriter
@@ -138,8 +137,6 @@ def execute_job(job_id: int, attempt: int, settings: Settings | None = None) -> 
     try:
         with JobHeartbeat(job_id, attempt, settings.heartbeat_seconds, settings.database_url,
                           broker_url_of(settings), job_queue_of(settings), settings.stale_after_seconds) as heartbeat:
-            if launcher.launches(session, job_id):  # several processes: torchrun's ranks (launcher.py)
-                return launcher.run_job_ranks(session, job_id, attempt, settings, heartbeat)
             writer = ProgressWriter(job_id, attempt, settings.database_url).start()
             try:
                 try:
