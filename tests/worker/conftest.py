@@ -45,10 +45,11 @@ def broker(request, workbench_env, tmp_path) -> Iterator[str]:
 @pytest.fixture
 def start_worker(tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
     """A function that starts `python -m worker.runtime.main` with the current WORKBENCH_* environment
-    (plus overrides); every worker it started is stopped at teardown (SIGTERM, then SIGKILL)."""
+    (plus overrides as keywords, its own options as arguments: `start("--processes", "2")`); every worker it
+    started is stopped at teardown (SIGTERM, then SIGKILL)."""
     started: list[WorkerProcess] = []
 
-    def start(**env_overrides: str) -> WorkerProcess:
+    def start(*arguments: str, **env_overrides: str) -> WorkerProcess:
         env = {**os.environ, **env_overrides,
                "PYTHONUNBUFFERED": "1",
                # Two shared cores: one torch thread per worker keeps the suite polite.
@@ -56,7 +57,7 @@ def start_worker(tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
         log_path = tmp_path / f"worker-{len(started)}.log"
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
-                [sys.executable, "-m", "worker.runtime.main", "--loglevel", "info"],
+                [sys.executable, "-m", "worker.runtime.main", "--loglevel", "info", *arguments],
                 cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group, so teardown can end all of it
             )

@@ -3,7 +3,8 @@
 `run_next_job()` is what the `run_job` task does: claim the best queued job, then
 `execute_job()` it:
 
-  1. start a `JobHeartbeat` (heartbeats + cancel flag; see heartbeat.py);
+  1. start a `JobHeartbeat` (heartbeats + cancel flag; see heartbeat.py); a job on several processes
+     (devices > 1) goes to `launcher.run_job_ranks` instead of 2., whose ranks run the same handler;
   2. run the handler its kind declares (`worker/kinds/`) with a `JobContext` whose callbacks queue
      Metric rows, `jobs.progress` and JobLog lines for a background writer (progress_writer.py),
      flushed when the handler returns;
@@ -43,6 +44,7 @@ from worker.jobs import devices
 from worker.jobs import lifecycle as jobs
 from worker.jobs.context import JobContext, Outcome
 from worker.jobs.messages import broker_url_of, job_queue_of
+from worker.runtime import launcher
 from worker.runtime.heartbeat import JobHeartbeat
 from worker.kinds import get_spec
 from worker.jobs.progress_writer import DirectWriter, ProgressWriter
@@ -137,6 +139,8 @@ def execute_job(job_id: int, attempt: int, settings: Settings | None = None) -> 
     try:
         with JobHeartbeat(job_id, attempt, settings.heartbeat_seconds, settings.database_url,
                           broker_url_of(settings), job_queue_of(settings), settings.stale_after_seconds) as heartbeat:
+            if launcher.launches(session, job_id):  # several processes: torchrun's ranks (launcher.py)
+                return launcher.run_job_ranks(session, job_id, attempt, settings, heartbeat)
             writer = ProgressWriter(job_id, attempt, settings.database_url).start()
             try:
                 try:
