@@ -237,6 +237,11 @@ class Job(Base):
     # False when resuming cannot help (the kernel killed it for memory, its settings cannot work):
     # the UI then offers no Resume, only a new job with other settings.
     resumable: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Device slots (worker/jobs/devices.py): how many the job asks of one worker (its `devices` param, 1 for kinds
+    # without one; a column so the claim filters in SQL), and which its latest claim gave it: CUDA devices as
+    # CUDA_VISIBLE_DEVICES names them ("0", "1"), or CPU process slots ("cpu0"). None: claimed before 0011.
+    devices: Mapped[int] = mapped_column(default=1)
+    assigned_devices: Mapped[Optional[list[str]]] = mapped_column(JSON)
 
     dataset: Mapped[Optional[Dataset]] = relationship()
     input_model: Mapped[Optional[Model]] = relationship(foreign_keys=[input_model_id])
