@@ -75,7 +75,7 @@ def _filter_pipeline(config: CleanConfig, dirs: dict[str, Path]) -> list:
     english = language == "en"
     filters: list[tuple[str, object]] = []
     if config.url_filter:
-        domains = parse_domains(SHIPPED_BLOCKLIST.read_text()) + parse_domains(config.blocked_domains)
+        domains = parse_domains(SHIPPED_BLOCKLIST.read_text()) + parse_domains(config.blocked_domains or "")
         filters.append(("url", UrlBlockFilter(domains, use_integrated_lists=config.fineweb_url_blocklist,
                                               exclusion_writer=removed("url"))))
     if config.extract_html:

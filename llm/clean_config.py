@@ -34,7 +34,7 @@ STEPS = (
 class CleanConfig:
     # URL block list
     url_filter: bool = setting(True, help="remove pages whose URL is on the block list (pages without a URL pass)")
-    blocked_domains: str = setting("", max_length=200_000, help="more domains to block, separated by spaces, "
+    blocked_domains: str | None = setting(None, type="str", max_length=200_000, help="more domains to block, separated by spaces, "
                                    "commas or new lines (added to the list shipped with the workbench)")
     fineweb_url_blocklist: bool = setting(False, advanced=True,
                                           help="also use FineWeb's full UT1 block list shipped inside datatrove "

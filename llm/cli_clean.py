@@ -21,7 +21,7 @@ def _cmd_clean(args) -> None:
     values = values_from_arguments(args, settings_of(CleanConfig))
     if args.blocked_domains_file:
         extra = Path(args.blocked_domains_file).read_text(encoding="utf-8")
-        values["blocked_domains"] = (values.get("blocked_domains", "") + "\n" + extra).strip()
+        values["blocked_domains"] = ((values.get("blocked_domains") or "") + "\n" + extra).strip()
     config = CleanConfig(**values)
     bar = tqdm(total=1000, desc="clean", unit="‰", file=sys.stderr, leave=True)
 
