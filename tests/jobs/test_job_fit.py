@@ -102,6 +102,29 @@ def test_sft_memory_counts_the_adapter_or_every_weight(workbench_env, session):
     assert jobs.create_job(session, "sft", {"model_id": small.id, "dataset_id": chat.id, "device": "cpu"}).id
 
 
+def test_preference_memory_counts_both_answers_and_what_the_head_computes(workbench_env, session):
+    """A pair is two sequences in one forward; a reward model's head gives one number a position, a DPO policy's a
+    vocabulary's worth (its log-probs), so at the same shape DPO holds far more logits. Each refuses what cannot fit
+    on the field to change."""
+    from web import services
+
+    pairs = add_pairs_dataset(session)
+    small = add_model_row(session, n_layer=2, n_embd=64)
+    params = {"model_id": small.id, "dataset_id": pairs.id, **MID_SIZED, "device": "cpu"}
+    sft = services.estimate_run("sft", {**params, "dataset_id": add_chat_dataset_row(session).id})
+    reward, dpo = services.estimate_run("reward", params), services.estimate_run("dpo", params)
+    assert reward["tokens_per_step"] == dpo["tokens_per_step"] == 2 * sft["tokens_per_step"]
+    assert sft["memory_bytes"] < dpo["memory_bytes"] and reward["memory_bytes"] < dpo["memory_bytes"]
+    assert "est_seconds" in reward and "est_seconds" in dpo
+
+    huge, gpt2_sized = add_model_row(session, n_layer=96, n_embd=8192), add_model_row(session, n_layer=12, n_embd=768)
+    for kind in ("reward", "dpo"):
+        lora = refused(session, kind, {"model_id": huge.id, "dataset_id": pairs.id, "device": "cpu"})
+        assert lora.field == "model_id" and "choose a smaller model" in lora.message, str(lora)
+        batch = refused(session, kind, {**params, "model_id": gpt2_sized.id, "batch_size": 4096})
+        assert batch.field == "batch_size" and "GB" in batch.message, str(batch)
+
+
 def test_the_api_refuses_a_run_too_big_with_the_field(client, session):
     dataset = add_text_dataset(session)
     response = client.post("/api/jobs", auth=TRAINER, json={"kind": "pretrain", "params": {
@@ -187,14 +210,23 @@ def test_a_gpu_job_is_compared_with_the_workers_gpu_and_auto_follows_them(workbe
 
 # ----------------------------------------------------------------------------- the form's preview
 
+def add_pairs_dataset(session) -> Dataset:
+    row = Dataset(name="pairs", kind=DatasetKind.preference, format="jsonl", path="datasets/p/pairs.jsonl",
+                  original_filename="pairs.jsonl", size_bytes=10, stats={"pairs": 3})
+    session.add(row)
+    session.commit()
+    return row
+
+
 def preview_and_submit_params(session, kind: str) -> dict:
     if kind == "pretrain":
         return {"dataset_id": add_text_dataset(session).id, **MID_SIZED, "device": "cpu"}
-    return {"model_id": add_model_row(session, n_layer=2, n_embd=64).id, "dataset_id": add_chat_dataset_row(session).id,
+    dataset = add_pairs_dataset(session) if kind in ("reward", "dpo") else add_chat_dataset_row(session)
+    return {"model_id": add_model_row(session, n_layer=2, n_embd=64).id, "dataset_id": dataset.id,
             **MID_SIZED, "device": "cpu"}
 
 
-@pytest.mark.parametrize("kind", ["pretrain", "sft"])
+@pytest.mark.parametrize("kind", ["pretrain", "sft", "reward", "dpo"])
 def test_the_forms_preview_shows_the_figure_the_submit_check_compares(workbench_env, job_queue, session, kind):
     """The Train form's memory figure is the kind's own estimate: a worker with exactly that much takes the job,
     one with a byte less refuses it, and the preview names that worker's figure."""
@@ -331,10 +363,7 @@ def test_a_model_row_without_its_shape_is_not_estimated(workbench_env, session):
 
 @pytest.mark.parametrize("kind", ["reward", "dpo"])
 def test_preference_runs_get_the_same_schedule_rules(workbench_env, session, kind):
-    pairs = Dataset(name="pairs", kind=DatasetKind.preference, format="jsonl", path="datasets/p/pairs.jsonl",
-                    original_filename="pairs.jsonl", size_bytes=10, stats={"pairs": 3})
-    session.add(pairs)
-    session.commit()
+    pairs = add_pairs_dataset(session)
     model = add_model_row(session, n_layer=2, n_embd=64)
     params = {"model_id": model.id, "dataset_id": pairs.id, "max_steps": 20}
     job = jobs.create_job(session, kind, params)

@@ -10,6 +10,7 @@ from db.models import DatasetKind, ModelKind
 from llm.dpo_config import DPO_DEFAULTS, DPOConfig
 from worker.jobs.spec import JobKindSpec, TrainFormNames
 from worker.kinds.dpo.card import METRIC_CARDS, PLOTS, REPORT_CARD, run_report
+from worker.kinds.dpo.estimate import estimate
 from worker.kinds.dpo.handler import run
 from worker.kinds.reward.spec import preference_check, preference_params
 
@@ -21,7 +22,7 @@ SPEC = JobKindSpec(
                 "relative to where the model started. Both rewards often fall; what matters is their margin.",
     params=PARAMS, handler=run, dataset_kinds=(DatasetKind.preference,),
     model_kinds=(ModelKind.sft, ModelKind.base, ModelKind.dpo), produces=ModelKind.dpo,
-    check=preference_check(PARAMS, DPO_DEFAULTS),
+    check=preference_check(PARAMS, DPO_DEFAULTS, estimate), estimate=estimate,
     metric_cards=METRIC_CARDS, plots=PLOTS, report_card=REPORT_CARD, run_report=run_report,
     form_fields=("model_id", "dataset_id", "project_ids", "include_arena", "beta", "loss_type", "method", "lora_r",
                  "max_steps", "batch_size", "block_size", "lr", "eval_every", "seed", "name"),

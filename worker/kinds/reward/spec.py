@@ -8,7 +8,7 @@ Model of kind reward whose parent is the model it started from. The DPO kind tak
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy.orm import Session
 
@@ -17,11 +17,12 @@ from db.settings import Settings
 from llm.params import Setting, settings_of
 from llm.reward_config import REWARD_DEFAULTS, RewardConfig
 from llm.train_config import FineTuningDefaults
-from worker.jobs.fit import check_schedule
+from worker.jobs.fit import RunEstimate, check_memory, check_schedule
 from worker.jobs.params import JobParamsError, fine_tuning_loop_params, resolve_fine_tuning
 from worker.jobs.preference_pairs import parse_project_ids
 from worker.jobs.spec import MODEL_ID, MODEL_NAME, JobKindSpec, TrainFormNames
 from worker.kinds.reward.card import METRIC_CARDS, PLOTS, REPORT_CARD, run_report
+from worker.kinds.reward.estimate import estimate
 from worker.kinds.reward.handler import run
 
 # Where the pairs come from; at least one must be given (checked in `check_pair_sources`). Shared with DPO.
@@ -33,6 +34,9 @@ PAIR_SOURCES = {
     "include_arena": Setting("bool", default=False, label="arena votes",
                              help="also use every arena vote that has a winner"),
 }
+
+
+Estimate = Callable[[Session, dict[str, Any], Settings], RunEstimate | None]
 
 
 def check_pair_sources(session: Session, params: dict[str, Any]) -> None:
@@ -61,13 +65,14 @@ def preference_params(config_class: type, defaults: FineTuningDefaults) -> dict[
     }
 
 
-def preference_check(declared: dict[str, Setting], defaults: FineTuningDefaults):
+def preference_check(declared: dict[str, Setting], defaults: FineTuningDefaults, estimate: Estimate):
     """The `check` of such a kind: pair sources, the method and learning rate resolved on the model (so the row
-    says what runs), schedule."""
+    says what runs), schedule, and whether the run fits the workers (its kind's `estimate`)."""
     def check(session: Session, params: dict[str, Any], settings: Settings) -> None:
         check_pair_sources(session, params)
         resolve_fine_tuning(params, defaults, session.get(Model, params["model_id"]).config)
         check_schedule(params, declared)
+        check_memory(estimate(session, params, settings), params, settings, declared=declared)
 
     return check
 
@@ -80,7 +85,7 @@ SPEC = JobKindSpec(
                 "hidden state that ranks the chosen answer above the rejected one.",
     params=PARAMS, handler=run, dataset_kinds=(DatasetKind.preference,),
     model_kinds=(ModelKind.base, ModelKind.sft), produces=ModelKind.reward,
-    check=preference_check(PARAMS, REWARD_DEFAULTS),
+    check=preference_check(PARAMS, REWARD_DEFAULTS, estimate), estimate=estimate,
     metric_cards=METRIC_CARDS, plots=PLOTS, report_card=REPORT_CARD, run_report=run_report,
     form_fields=("model_id", "dataset_id", "project_ids", "include_arena", "method", "lora_r", "max_steps",
                  "batch_size", "block_size", "lr", "eval_every", "seed", "name"),
