@@ -220,3 +220,16 @@ def test_the_memory_check_is_per_device(workbench_env, job_queue, session):
         assert worker_memory("cpu", {"devices": 1}, get_settings())[0] == 10**12
     finally:
         worker.stop()
+
+
+def test_a_job_resumes_on_another_number_of_devices(workbench_env, session):
+    dataset = _corpus(session, workbench_env)
+    job_id = _job(session, dataset.id, 2)
+    jobs.request_cancel(session, job_id)
+    resumed = jobs.resume_job(session, job_id, devices=1)
+    assert (resumed.status, resumed.devices, resumed.params["devices"]) == (JobStatus.queued, 1, 1)
+    assert log_lines(session, job_id)[-1].startswith("resumed on 1 device: queued again")
+    jobs.request_cancel(session, job_id)
+    with pytest.raises(JobParamsError, match="must be at most 64"):
+        jobs.resume_job(session, job_id, devices=65)
+    assert jobs.resume_job(session, job_id).devices == 1  # without devices: as it was
