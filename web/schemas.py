@@ -394,3 +394,39 @@ class LeaderboardRow(BaseModel):
     lower: float | None = Field(description="95 % bootstrap interval")
     upper: float | None
     votes: int
+
+
+class ChatMessageIn(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=100_000)
+
+
+class FeedbackGive(BaseModel):
+    model_id: RowId = Field(description="the chat model that wrote the answer")
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=200,
+                                          description="the conversation it answered, ending with the user's turn")
+    answer: str = Field(min_length=1, max_length=100_000, description="the model's answer")
+    label: bool = Field(strict=True, description="true: thumbs up (a good answer), false: thumbs down")
+
+
+class FeedbackOut(BaseModel):
+    id: int
+    label: bool
+    created: bool = Field(description="false when you had a thumb on this answer already (changed, or the same)")
+    changed: bool = Field(description="true when this turned your earlier thumb the other way")
+
+
+class FeedbackRow(BaseModel):
+    id: int
+    user_id: int
+    model_id: int | None = Field(description="null once the model is deleted: the thumb stays")
+    messages: list[dict[str, Any]]
+    answer: str
+    label: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class FeedbackUndone(BaseModel):
+    id: int
+    undone: bool
