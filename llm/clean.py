@@ -65,7 +65,6 @@ def _filter_pipeline(config: CleanConfig, dirs: dict[str, Path]) -> list:
     from datatrove.pipeline.writers import JsonlWriter
 
     from llm.clean_blocks import HtmlExtractor, KeptSample, Meter, UrlBlockFilter, Watch, parse_domains
-    from llm.clean_blocks import SHIPPED_BLOCKLIST
     from llm.language_filter import LanguageFilter
 
     def removed(step: str) -> JsonlWriter:
@@ -75,8 +74,8 @@ def _filter_pipeline(config: CleanConfig, dirs: dict[str, Path]) -> list:
     english = language == "en"
     filters: list[tuple[str, object]] = []
     if config.url_filter:
-        domains = parse_domains(SHIPPED_BLOCKLIST.read_text()) + parse_domains(config.blocked_domains or "")
-        filters.append(("url", UrlBlockFilter(domains, use_integrated_lists=config.fineweb_url_blocklist,
+        filters.append(("url", UrlBlockFilter(parse_domains(config.blocked_domains or ""),
+                                              use_integrated_lists=config.fineweb_url_blocklist,
                                               exclusion_writer=removed("url"))))
     if config.extract_html:
         filters.append(("extract", HtmlExtractor(config.extraction_timeout, exclusion_writer=removed("extract"))))

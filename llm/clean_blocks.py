@@ -5,7 +5,7 @@
                  complete, so a resumed run does it again)
   Meter          counts the documents and UTF-8 bytes that reach it: the report's "in/out" per step
   KeptSample     writes the first few documents that passed a step: the report's kept examples
-  UrlBlockFilter datatrove's URLFilter, offline (tldextract's bundled suffix list, never a download) and letting
+  UrlBlockFilter datatrove's URLFilter with our shipped list (llm/data/url_blocklist.txt) and the user's domains, offline (tldextract's bundled suffix list, never a download) and letting
                  pages without a URL through (plain text has none) instead of failing an assertion
   HtmlExtractor  datatrove's Trafilatura extractor for documents read as HTML only (plain text passes), which
                  writes what it removes (nothing extracted, timed out, extractor error) like a filter does
@@ -130,6 +130,7 @@ class UrlBlockFilter(URLFilter):
             with open(os.path.join(ASSETS_PATH, name)) as handle:
                 return [line.strip() for line in handle if line.strip()]
 
+        domains = parse_domains(SHIPPED_BLOCKLIST.read_text(encoding="utf-8")) + list(domains)
         super().__init__(extra_domains=domains,
                          banned_words=None if use_integrated_lists else words("banned_words.txt"),
                          banned_subwords=None if use_integrated_lists else words("banned_subwords.txt"),
