@@ -37,6 +37,12 @@ class SeenWorkerOut(BaseModel):
     capacity: dict | None = Field(default=None, examples=[{"ram_bytes": 25769803776, "gpu_memory_bytes": []}],
                                   description="what its machine has for a job (total RAM, memory per visible GPU); "
                                               "the submit-time fit check compares estimates with the largest")
+    devices: list[str] | None = Field(default=None, examples=[["0", "1"]],
+                                      description="its device slots: GPUs as CUDA_VISIBLE_DEVICES names them, or "
+                                                  "CPU process slots cpu0, cpu1, ...")
+    device_jobs: dict[str, int | None] | None = Field(default=None, examples=[{"0": 12, "1": None}],
+                                                      description="each slot: the id of the running job holding it, "
+                                                                  "null when free")
 
 
 class HealthOut(BaseModel):
@@ -100,6 +106,8 @@ class JobOut(BaseModel):
     attempts: int
     cancel_requested: bool
     resumable: bool = Field(True, description="false when resuming cannot help (e.g. killed for memory)")
+    devices: int = Field(1, description="device slots the job asks of one worker (its devices param)")
+    assigned_devices: list[str] | None = Field(None, description="the slots its latest claim gave it (GPUs or cpuN)")
     dataset_id: int | None
     input_model_id: int | None
     output_model_id: int | None

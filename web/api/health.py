@@ -5,7 +5,8 @@ Without credentials (or with a user who is not an admin) the answer is `{"status
 HTTP Basic credentials get the parts below.
 
 Parts: the database (SELECT 1), the broker (Redis PING), the workers consuming the job queue (their
-presence beats in the broker, see `worker.jobs.presence.WorkerPresence`) and, under `workbench serve`,
+presence beats in the broker, see `worker.jobs.presence.WorkerPresence`, each with its device slots and the
+running job holding each slot) and, under `workbench serve`,
 the processes it supervises (`app.state.supervisor`, see `worker.runtime.supervisor`). 200 when every part is
 up, 503 (same body) when one is down, each part saying why.
 
@@ -81,6 +82,17 @@ def check_workers(settings: Settings, supervised_worker: bool) -> tuple[str, lis
     return "none seen", workers
 
 
+def with_device_jobs(settings: Settings, workers: list[dict]) -> list[dict]:
+    """Each worker with its device slots and the running job holding each (`web.services.with_device_jobs`)."""
+    from web.services import with_device_jobs as join
+
+    try:
+        with SessionLocal(settings.database_url) as session:
+            return join(session, workers)
+    except Exception:  # the database answered a moment ago; without it the workers are shown as beaten
+        return workers
+
+
 def _is_admin(request: Request, settings: Settings, credentials: HTTPBasicCredentials | None) -> bool:
     """Whether the caller sent an admin's right credentials (throttled like every login; a database that
     cannot be reached makes everybody an outsider, who still learns the platform is down)."""
@@ -107,6 +119,7 @@ def health(request: Request,
     database = check_database(settings)
     broker = check_broker(settings)
     workers, seen = check_workers(settings, supervised_worker="worker" in processes)
+    seen = with_device_jobs(settings, seen) if database == OK else seen
     body = {"database": database, "broker": broker, "workers": workers, "seen_workers": seen,
             "processes": processes}
     up = (database == OK and broker == OK and not workers.startswith("down")

@@ -8,6 +8,7 @@
     compare    models side by side: their evaluations and training curves
     estimates  size, memory and time of a run before it is submitted (the kind's own estimate)
     users      user management for admins: add, change role, disable, reset password
+    workers    the job workers' device slots and the running jobs holding them
 
 Both front ends call these functions, so a rule (who may upload, what an upload must look like, when
 a job is sent to the queue) is written once. Sessions: functions that change things take an open
@@ -34,3 +35,4 @@ from web.services.models import (CHAT_MODEL_KINDS, delete_model, get_model, impo
                                  list_models_with_sizes, model_dependents, model_dir, model_to_dict, model_zip,
                                  rename_model)
 from web.services.users import add_user, change_user, find_user, list_users, reset_password, user_to_dict
+from web.services.workers import with_device_jobs, worker_devices

@@ -44,6 +44,8 @@ def _job_summary(job: Job, owner_name: str | None = None) -> dict:
         "attempts": job.attempts,
         "cancel_requested": job.cancel_requested,
         "resumable": job.resumable,
+        "devices": job.devices,
+        "assigned_devices": job.assigned_devices,
         "dataset_id": job.dataset_id,
         "input_model_id": job.input_model_id,
         "output_model_id": job.output_model_id,

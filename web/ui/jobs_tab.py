@@ -28,6 +28,7 @@ import gradio as gr
 import pandas as pd
 
 from web.ui import current_user, db_session, error_text
+from web.ui.devices_view import job_devices_text, workers_html
 from worker.kinds import get_spec
 from web.ui.plots import (JOBS_TABLE_CSS, NO_JOBS, elapsed_seconds, eta_seconds, events_html, format_metric,
                           human_duration, job_name, job_title, jobs_table_html, line_plot_value, message_html,
@@ -93,6 +94,8 @@ def detail_header_html(detail: dict) -> str:
         bits.append(f"attempt {detail['attempts']}")
     if detail.get("worker_host"):
         bits.append(f"on {html.escape(str(detail['worker_host']))}")
+    if devices := job_devices_text(detail):
+        bits.append(devices)
     if detail.get("cancel_requested") and status == "running":
         bits.append("<b>stopping…</b>")
     if detail.get("output_model_id"):
@@ -353,6 +356,7 @@ def build(settings) -> JobsTab:
             return nothing()  # a labeler: the tab is hidden and the services would refuse
         with db_session(settings) as session:
             jobs = services.list_jobs(limit=QUEUE_LIMIT, session=session, viewer=user)
+            workers = services.worker_devices(session, settings)  # their device slots, under the queue
             ids = [j["id"] for j in jobs]
             if selected_id is not None:
                 try:
@@ -380,7 +384,7 @@ def build(settings) -> JobsTab:
                 new_logs = services.job_logs(selected_id, after_id=after, session=session, viewer=user)
 
         out: dict[str, Any] = {part: gr.skip() for part in parts}
-        queue_html = jobs_table_html(jobs, selected_id)
+        queue_html = jobs_table_html(jobs, selected_id) + workers_html(workers)
         if queue_html != seen_state.get("queue"):
             out["queue"] = queue_html
             seen_state["queue"] = queue_html

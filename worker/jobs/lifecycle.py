@@ -352,16 +352,12 @@ def claim_next_job(session: Session, worker_host: str | None = None,
     return None
 
 
-def _running_on(worker_host: str | None):
-    """The condition "a running job of this worker" (any of its processes: worker_host is `<node>:<pid>`)."""
-    node = device_slots.node_of(worker_host or "")
-    return (Job.status == JobStatus.running) & Job.worker_host.startswith(node + ":", autoescape=True)
-
-
-def held_slots(session: Session, worker_host: str | None) -> list[tuple[int, list[str] | None]]:
-    """(job id, its assigned slots) of each running job of the worker `worker_host` belongs to."""
+def held_slots(session: Session, node: str) -> list[tuple[int, list[str] | None]]:
+    """(job id, its assigned slots) of each running job of the worker (Celery node) `node`, whichever of its
+    processes runs it (a job's worker_host is `<node>:<pid>`)."""
+    running_here = (Job.status == JobStatus.running) & Job.worker_host.startswith(node + ":", autoescape=True)
     return [(job_id, assigned) for job_id, assigned in
-            session.execute(select(Job.id, Job.assigned_devices).where(_running_on(worker_host)).order_by(Job.id))]
+            session.execute(select(Job.id, Job.assigned_devices).where(running_here).order_by(Job.id))]
 
 
 def _try_claim(session: Session, worker_host: str | None, kinds: tuple[str, ...] | None,
@@ -373,7 +369,8 @@ def _try_claim(session: Session, worker_host: str | None, kinds: tuple[str, ...]
     query = select(Job.id).where(Job.status == JobStatus.queued)
     free: list[str] | None = None
     if slots is not None:
-        free = device_slots.free_slots(slots, (assigned for _, assigned in held_slots(session, worker_host)))
+        held = held_slots(session, device_slots.node_of(worker_host or ""))
+        free = device_slots.free_slots(slots, (assigned for _, assigned in held))
         if not free:
             session.commit()
             return None
