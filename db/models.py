@@ -153,6 +153,7 @@ class ModelKind(str, enum.Enum):
     reward = "reward"
     dpo = "dpo"
     kto = "kto"    # a policy tuned on unpaired feedback (worker/kinds/kto); chats like sft and dpo models
+    grpo = "grpo"  # a policy tuned by GRPO on its own scored answers (worker/kinds/grpo); chats like sft models
 
 
 class User(Base):

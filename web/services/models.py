@@ -29,7 +29,7 @@ from worker.jobs.references import models_named
 log = logging.getLogger(__name__)
 
 # Models trained on the chat template (the others complete documents): the ones labelers may see.
-CHAT_MODEL_KINDS = (ModelKind.sft, ModelKind.dpo, ModelKind.kto)
+CHAT_MODEL_KINDS = (ModelKind.sft, ModelKind.dpo, ModelKind.kto, ModelKind.grpo)
 
 
 def model_to_dict(model: Model) -> dict:
