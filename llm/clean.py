@@ -262,11 +262,12 @@ def _concatenate(output_dir: Path, target: Path) -> tuple[int, int]:
 
 def clean(inputs: list[Path] | Path, out_dir: Path, config: CleanConfig | None = None, *, workers: int | None = None,
           on_progress: ProgressCallback | None = None, should_stop: Callable[[], bool] | None = None,
-          say: Callable[[str], None] = print) -> dict:
+          say: Callable[[str], None] = print, shard_bytes: int | None = None) -> dict:
     """Clean `inputs` into `out_dir`/clean.jsonl with its report (`out_dir`/report.json); returns the report.
 
     Raises `CleanStoppedRun` when `should_stop` said so (call again to resume), `NoDocuments` when the inputs hold
-    nothing readable, `NothingLeft` when every document was removed (the report is written first).
+    nothing readable, `NothingLeft` when every document was removed (the report is written first). `shard_bytes`
+    overrides the size the inputs are cut into (default: about four shards per worker).
     """
     from llm.clean_report import build_report
     from llm.threads import thread_budget
@@ -293,7 +294,7 @@ def clean(inputs: list[Path] | Path, out_dir: Path, config: CleanConfig | None =
             monitor.enter("read", 0)
             shutil.rmtree(dirs["shards"], ignore_errors=True)
             t = time.perf_counter()
-            summary = read_inputs(inputs, dirs["shards"], shard_bytes=shard_size_for(inputs, workers),
+            summary = read_inputs(inputs, dirs["shards"], shard_bytes=shard_bytes or shard_size_for(inputs, workers),
                                   max_document_bytes=config.max_document_bytes,
                                   examples_per_reason=config.examples_per_reason)
             timings["read"] = time.perf_counter() - t

@@ -182,7 +182,9 @@ class _Reader:
     def read_warc(self, path: Path, source: str) -> None:
         from datatrove.pipeline.readers import WarcReader
 
-        reader = WarcReader(str(path.parent))
+        # compression=None: warcio reads gzip members itself. Through fsspec's gzip (datatrove's "infer") a WARC
+        # cut off in its last member yielded no record at all, silently; warcio keeps the records before the cut.
+        reader = WarcReader(str(path.parent), compression=None)
         for number, document in enumerate(reader.read_file(path.name)):
             self.keep(source, number, document.text, "html", document.metadata.get("url"))
 
