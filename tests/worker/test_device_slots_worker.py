@@ -1,23 +1,27 @@
 """A real worker with two device slots (`python -m worker.runtime.main --processes 2`: the prefork pool, one child per
 slot) over the Redis on 127.0.0.1:6379 and a SQLite database: two 1-device jobs run side by side, each on its own slot
-in its own process, and the worker's presence says what it has."""
+in its own process; a warm shutdown of the worker (SIGTERM to its main process) reaches both jobs in the children,
+which checkpoint and go back to the queue; a second 2-slot worker finishes both from their checkpoints."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
 
 from db.models import JobStatus
-from tests.support.worker_processes import TINY_RUN, job_snapshot, wait_for, wait_for_status
+from tests.support.worker_processes import (TINY_RUN, checkpoint_step, job_log, job_snapshot, loss_steps, wait_for,
+                                            wait_for_status)
 from worker.jobs import lifecycle as jobs
 
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_two_one_device_jobs_run_side_by_side_on_a_two_slot_worker(workbench_env, job_queue, session, dataset,
-                                                                   small_tokenizer, start_worker):
+def test_two_one_device_jobs_run_side_by_side_and_survive_a_warm_shutdown(workbench_env, job_queue, session, dataset,
+                                                                          small_tokenizer, start_worker):
     from db.settings import get_settings
     from worker.jobs.presence import seen_workers
 
@@ -30,20 +34,36 @@ def test_two_one_device_jobs_run_side_by_side_on_a_two_slot_worker(workbench_env
     assert seen[0]["devices"] == ["cpu0", "cpu1"]
 
     started = time.monotonic()
-    run = {**TINY_RUN, "tokenizer": small_tokenizer, "dataset_id": dataset.id, "max_steps": 60, "log_every": 10,
+    run = {**TINY_RUN, "tokenizer": small_tokenizer, "dataset_id": dataset.id, "max_steps": 150, "log_every": 5,
            "eval_every": 0, "checkpoint_every": 0}
-    first = jobs.submit_job(session, "pretrain", {**run, "name": "first"})
-    second = jobs.submit_job(session, "pretrain", {**run, "name": "second", "seed": 7})
-    # Both run at once: the second is claimed while the first is still running.
-    wait_for(lambda: all(job_snapshot(session, job_id).status == JobStatus.running for job_id in (first.id, second.id)),
-             120, "both jobs to run at once", session, first.id, [worker])
+    ids = [jobs.submit_job(session, "pretrain", {**run, "name": name, "seed": seed}).id
+           for name, seed in (("first", 1), ("second", 2))]
+    # Both run at once, on different slots, in different processes of the one worker.
+    wait_for(lambda: all(loss_steps(session, job_id) for job_id in ids), 120, "both jobs to train at once",
+             session, ids[0], [worker])
     both_running = time.monotonic() - started
-    done = [wait_for_status(session, job_id, {JobStatus.succeeded, JobStatus.failed}, 240, [worker])
-            for job_id in (first.id, second.id)]
+    running = [job_snapshot(session, job_id) for job_id in ids]
+    assert [job.status for job in running] == [JobStatus.running] * 2
+    assert sorted(slot for job in running for slot in job.assigned_devices) == ["cpu0", "cpu1"]
+    hosts = {job.worker_host for job in running}
+    assert len(hosts) == 2 and len({host.rsplit(":", 1)[0] for host in hosts}) == 1
+
+    # A warm shutdown (SIGTERM to the main process only): the flag reaches the jobs in both children.
+    os.kill(worker.pid, signal.SIGTERM)
+    requeued = [wait_for_status(session, job_id, {JobStatus.queued, JobStatus.failed, JobStatus.succeeded}, 60, [])
+                for job_id in ids]
+    assert [job.status for job in requeued] == [JobStatus.queued] * 2, [job.error for job in requeued]
+    stopped_at = [checkpoint_step(workbench_env.data_dir / job.run_dir) for job in requeued]
+    assert all(step and step < 150 for step in stopped_at), stopped_at
+    assert worker.process.wait(timeout=30) == 0
+
+    second = start_worker("--processes", "2")
+    done = [wait_for_status(session, job_id, {JobStatus.succeeded, JobStatus.failed}, 240, [second]) for job_id in ids]
     assert [job.status for job in done] == [JobStatus.succeeded] * 2, [job.error for job in done]
-    assert sorted(slot for job in done for slot in job.assigned_devices) == ["cpu0", "cpu1"]
-    hosts = {job.worker_host for job in done}
-    assert len(hosts) == 2 and len({host.rsplit(":", 1)[0] for host in hosts}) == 1  # two processes, one worker
+    assert [job.attempts for job in done] == [2, 2]
+    for job, step in zip(done, stopped_at):
+        assert f"resuming from the checkpoint at step {step}" in job_log(session, job.id)
     a, b = done
-    assert a.started_at < b.finished_at and b.started_at < a.finished_at  # their runs overlapped
-    print(f"both running {both_running:.1f}s after submit; both done in {time.monotonic() - started:.1f}s")
+    assert a.started_at < b.finished_at and b.started_at < a.finished_at  # the second worker ran them side by side too
+    print(f"both training {both_running:.1f}s after submit; stopped at steps {stopped_at} by the warm shutdown; "
+          f"both done {time.monotonic() - started:.1f}s after submit")
