@@ -129,13 +129,14 @@ def make_batch(preset: str, batch: int, seq: int, seed: int = 1234) -> tuple[tor
     return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
 
 
-def make_step(variant: Variant, preset: str, batch: int, seq: int):
-    """(step function returning the loss tensor, model) for one variant."""
-    model = build_model(variant.impl, preset)
+def make_step(variant: Variant, preset: str, batch: int, seq: int, device: str = "cpu"):
+    """(step function returning the loss tensor, model) for one variant, on `device` (bench/gpu_check.py: CUDA)."""
+    model = build_model(variant.impl, preset).to(device)
     optimizer = make_optimizer(model, variant.opt)
     forward = torch.compile(model) if variant.compile else model
-    x, y = make_batch(preset, batch, seq)
+    x, y = (tensor.to(device) for tensor in make_batch(preset, batch, seq))
     bf16 = variant.dtype == "bf16"
+    device_type = torch.device(device).type
 
     if variant.impl == "ours":
         def loss_fn():
@@ -149,7 +150,7 @@ def make_step(variant: Variant, preset: str, batch: int, seq: int):
             return forward(input_ids=x, labels=y, shift_labels=y).loss
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        with torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
             loss = loss_fn()
         loss.backward()
         optimizer.step()
