@@ -226,9 +226,11 @@ def _share(model_dir: Path, prompts: list[list[dict]], config: DemoConfig, greed
 
 def run_demo(out: str | os.PathLike, config: DemoConfig | None = None,
              say: Callable[[str], None] = print, should_stop: Callable[[], bool] = lambda: False,
-             on_progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+             on_progress: Callable[[int, int], None] = lambda done, total: None,
+             tokenizer_name: str = "demo") -> dict:
     """Run the loop into `out` (which must not hold an earlier demo) and return the report. `should_stop` is asked
-    between stages (DemoStopped is raised when it says yes); `on_progress(stages done, stages)` after each."""
+    between stages (DemoStopped is raised when it says yes); `on_progress(stages done, stages)` after each.
+    `tokenizer_name` names the BPE it trains (a job names it after itself, so `publish` can register it)."""
     from llm.threads import set_threads
 
     config = config or DemoConfig()
@@ -251,7 +253,8 @@ def run_demo(out: str | os.PathLike, config: DemoConfig | None = None,
         from llm.tokenizer import train_tokenizer
 
         prose = tasks.write_prose(out / "data" / "prose.txt", config.prose_documents, config.seed, DEMO)
-        tokenizer = train_tokenizer(iter_documents(prose), config.vocab_size, out / "tokenizer", name="demo")
+        tokenizer = train_tokenizer(iter_documents(prose), config.vocab_size, out / "tokenizer",
+                                    name=tokenizer_name)
         stats = prepare(prose, str(out / "tokenizer"), out / "prepared")
         log(json.dumps(stats))
         return {"documents": stats["documents"], "vocab_size": tokenizer.vocab_size, "tokens": stats["tokens"],
@@ -369,6 +372,38 @@ def run_demo(out: str | os.PathLike, config: DemoConfig | None = None,
     write_report(out, report)
     say(f"report: {out / 'report.md'}")
     return report
+
+
+# The models a finished demo leaves, in the order they were made: (its directory under the demo's `out`, the
+# directory of the model it was trained from). The demo job registers each as a Model row with that parent.
+MODELS = (("base", None), ("sft", "base"), ("reward", "sft"), ("dpo", "sft"))
+
+
+def publish(out: str | os.PathLike, tokenizers_dir: str | os.PathLike) -> str:
+    """Make a finished demo's models usable outside it: copy its tokenizer into `tokenizers_dir` (where trained
+    tokenizers are looked up by name) and point the models' config.json at that name instead of the demo's own
+    copy. Returns the tokenizer's name. Idempotent: a second call finds everything in place."""
+    import shutil
+
+    from llm.atomic_files import atomic_write_text
+    from llm.checkpoint import CONFIG_FILE, read_config
+    from llm.tokenizer import load_trained_tokenizer
+
+    out = Path(out)
+    name = load_trained_tokenizer(out / "tokenizer").name
+    target = Path(tokenizers_dir) / name
+    if not (target / "tokenizer.json").is_file():
+        staging = target.with_name(f"{name}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(out / "tokenizer", staging)
+        staging.rename(target)
+    elif (target / "tokenizer.tiktoken").read_bytes() != (out / "tokenizer" / "tokenizer.tiktoken").read_bytes():
+        raise ValueError(f"a different tokenizer named {name!r} already exists in {tokenizers_dir}")
+    for directory, _ in MODELS:
+        config = read_config(out / directory)
+        if config["tokenizer"] != name:
+            atomic_write_text(out / directory / CONFIG_FILE, json.dumps({**config, "tokenizer": name}, indent=2))
+    return name
 
 
 def checks(done: list[dict]) -> dict:

@@ -1,13 +1,15 @@
 """The `demo` kind through the real job layer and runner: validated against its declaration, stopped between
 stages, started again from scratch by a resumed attempt and run to success, with its stages as the progress, its
 table in the log and its claims in the summary (the real demo, about two minutes of CPU time; what each stage's
-model learned is checked by tests/llm/test_demo.py)."""
+model learned is checked by tests/llm/test_demo.py), and its models registered with their lineage."""
 
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
 
-from db.models import Job, JobStatus
+from db.models import Job, JobStatus, Model
+from llm.checkpoint import load_model
 from tests.conftest import StopOnQuestion
 from tests.support.jobs import claim, log_lines
 from worker.jobs import lifecycle as jobs
@@ -40,7 +42,16 @@ def test_a_demo_job_stops_between_stages_and_a_resumed_attempt_runs_it_all(workb
     session.expire_all()
     finished = session.get(Job, job.id)
     lines = log_lines(session, job.id)
-    assert finished.progress == 1.0 and finished.output_model_id is None
+    assert finished.progress == 1.0
+    # Its models are registered with their lineage (DPO, the last, is the job's output) and load by the tokenizer's
+    # registered name, as the chat and the arena load them.
+    models = {model.kind.value: model for model in session.scalars(select(Model).where(Model.job_id == job.id))}
+    assert set(models) == {"base", "sft", "reward", "dpo"} and finished.output_model_id == models["dpo"].id
+    assert models["base"].parent_model_id is None and models["sft"].parent_model_id == models["base"].id
+    assert models["reward"].parent_model_id == models["sft"].id == models["dpo"].parent_model_id
+    assert {model.tokenizer for model in models.values()} == {f"demo-job{job.id}"}
+    _, tokenizer = load_model(workbench_env.data_dir / models["dpo"].path, data_dir=workbench_env.data_dir)
+    assert tokenizer.name == f"demo-job{job.id}"
     assert "the demo starts again from its first stage" in "\n".join(lines)
     assert any("labeler in this demo is a rule, not a person" in line for line in lines)
     assert any(line.startswith("[8/8] arena:") for line in lines) and any(line.startswith("total ") for line in lines)

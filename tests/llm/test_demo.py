@@ -10,11 +10,14 @@ test_the_demo_at_the_defaults_improves_at_every_stage (slow): the real demo, its
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from llm import demo
+from llm.checkpoint import load_model, read_config
 from llm.cli import main
+from llm.tokenizer import tokenizers_dir
 from llm.demo import DemoConfig, arena_vote, rule_label
 
 STAGES = ["tokenizer", "pretrain", "sft", "candidates", "labels", "reward", "dpo", "arena"]
@@ -75,6 +78,21 @@ def test_the_demo_runs_every_stage_and_writes_its_report(tmp_path, monkeypatch, 
     # A second run into the same directory is refused before anything is overwritten.
     assert main(["demo", "--out", str(out), "--scale", "0.05"]) == 2
     assert "already holds a demo run" in capsys.readouterr().err
+
+    # Published, its models name the tokenizer registered beside the workbench's trained ones, and load from there
+    # with the demo's own copy gone; a second publish changes nothing, a different tokenizer of that name is refused.
+    data_dir = tmp_path / "data"
+    assert demo.publish(out, tokenizers_dir(data_dir)) == "demo"
+    shutil.rmtree(out / "tokenizer")
+    for model, _ in demo.MODELS:
+        assert read_config(out / model)["tokenizer"] == "demo"
+    policy, tokenizer = load_model(out / "dpo", data_dir=data_dir)
+    assert tokenizer.name == "demo" and policy.config.vocab_size >= tokenizer.vocab_size
+    shutil.copytree(tokenizers_dir(data_dir) / "demo", out / "tokenizer")
+    assert demo.publish(out, tokenizers_dir(data_dir)) == "demo"
+    (tokenizers_dir(data_dir) / "demo" / "tokenizer.tiktoken").write_text("")
+    with pytest.raises(ValueError, match="a different tokenizer named 'demo' already exists"):
+        demo.publish(out, tokenizers_dir(data_dir))
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """The `demo` kind's declaration: the whole loop (tokenizer → pretrain → SFT → candidates → labels by a rule →
 reward model → DPO → arena) on generated data at the defaults, in about two minutes of CPU time, ending on a report
-that shows each stage's model doing better than the one before. It needs no dataset or model and makes no model
-row: what it shows is the report (`llm/demo.py`; the same as `workbench demo`)."""
+that shows each stage's model doing better than the one before (`llm/demo.py`; the same as `workbench demo`). It
+needs no dataset or model. It makes four models, not one (base, SFT, reward, DPO: the handler registers them with
+their lineage), so it declares no single `produces`."""
 
 from __future__ import annotations
 
@@ -23,5 +24,6 @@ SPEC = JobKindSpec(
                         intro="New here? This runs the whole loop on generated data, at the defaults, in a few "
                               "minutes: a tokenizer, a tiny base model, SFT, candidate answers, labels by a **rule** "
                               "(not a person), a reward model, DPO and an arena. Its log in **Jobs** ends with a "
-                              "table of what each stage's model does better than the one before."),
+                              "table of what each stage's model does better than the one before; its four models then "
+                              "appear in **Models**, **Chat** and the arena."),
 )
