@@ -36,7 +36,7 @@ from web.services.common import Conflict, InvalidInput, NotFound, reading
 from web.services.labeling import check_time_spent
 from web.services.models import blind_model_name
 
-ARENA_KINDS = (ModelKind.sft, ModelKind.dpo, ModelKind.grpo)
+ARENA_KINDS = (ModelKind.sft, ModelKind.dpo, ModelKind.kto, ModelKind.grpo)
 MAX_PROMPT_CHARS = 20_000
 
 

@@ -19,12 +19,12 @@ reads `KINDS`.
 
 from __future__ import annotations
 
-from worker.kinds import (clean, demo, dpo, evaluate, generate, grpo, lr_find, pretrain, prepare, reward, sft,
+from worker.kinds import (clean, demo, dpo, evaluate, generate, grpo, kto, lr_find, pretrain, prepare, reward, sft,
                           train_tokenizer)
 from worker.jobs.spec import JobKindSpec, Plot
 
 _DECLARED = (clean.SPEC, prepare.SPEC, train_tokenizer.SPEC, pretrain.SPEC, sft.SPEC, generate.SPEC, reward.SPEC,
-             dpo.SPEC, grpo.SPEC, evaluate.SPEC, lr_find.SPEC, demo.SPEC)
+             dpo.SPEC, kto.SPEC, grpo.SPEC, evaluate.SPEC, lr_find.SPEC, demo.SPEC)
 
 KINDS: dict[str, JobKindSpec] = {spec.kind: spec for spec in _DECLARED}
 

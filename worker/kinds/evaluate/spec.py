@@ -17,7 +17,8 @@ from worker.jobs.spec import DATASET_ID, JobKindSpec
 from worker.kinds.evaluate.card import METRIC_CARDS
 from worker.kinds.evaluate.handler import run
 
-MODEL_KINDS = (ModelKind.base, ModelKind.sft, ModelKind.dpo, ModelKind.grpo)  # models that predict tokens (not reward models)
+# Models that predict tokens (not reward models).
+MODEL_KINDS = (ModelKind.base, ModelKind.sft, ModelKind.dpo, ModelKind.kto, ModelKind.grpo)
 MAX_MODELS = 16
 
 PARAMS = {

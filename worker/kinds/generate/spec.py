@@ -18,7 +18,8 @@ from worker.jobs.spec import MODEL_ID, JobKindSpec, TrainFormNames
 from worker.kinds.generate.card import METRIC_CARDS, PLOTS
 from worker.kinds.generate.handler import greedy, run, slots
 
-MODEL_KINDS = (ModelKind.base, ModelKind.sft, ModelKind.dpo, ModelKind.grpo)  # models that write answers (not reward models)
+# Models that write answers (not reward models).
+MODEL_KINDS = (ModelKind.base, ModelKind.sft, ModelKind.dpo, ModelKind.kto, ModelKind.grpo)
 
 PARAMS = {
     "dataset_id": Setting("int", required=True, minimum=1, label="prompts dataset",
