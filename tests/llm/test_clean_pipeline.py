@@ -16,6 +16,8 @@ from llm.clean import CleanConfig, CleanStoppedRun, NoDocuments, clean
 from llm.clean_report import report_markdown
 from llm.synthetic_web import COOKIE, FOOTER, article_html, english_text, foreign_text, near_duplicate, spam_text
 
+pytestmark = pytest.mark.slow  # whole pipeline runs (spaCy's tokenizer loads in a few seconds)
+
 
 def write_warc(path, pages: list[tuple[str, str]], truncate_at: float | None = None) -> None:
     """A WARC of HTML responses (warcio), optionally cut off at a share of its bytes."""

@@ -81,15 +81,13 @@ def run(ctx: JobContext) -> Outcome:
         existing = session.scalars(select(Dataset).where(Dataset.content_sha256 == sha,
                                                          Dataset.kind == DatasetKind.text)).first()
         if existing is not None:
-            ctx.log(f"the clean corpus is the same file as dataset {existing.id}: not stored twice")
-            return {}
+            return {}  # the same corpus is already a dataset (the same raw data cleaned again): not stored twice
         dataset = Dataset(name=name, kind=DatasetKind.text, format="jsonl",
                           path=clean_file.relative_to(ctx.data_dir).as_posix(), original_filename=DATASET_FILE,
                           size_bytes=clean_file.stat().st_size, stats=stats, owner_id=ctx.owner_id,
                           content_sha256=sha)
         session.add(dataset)
         session.flush()
-        ctx.log(f"the clean corpus is dataset {dataset.id} ({name!r}); its report: {stats['clean_report']}")
         return {}
 
     return Outcome(summary=report["summary"], finalize=finalize)
