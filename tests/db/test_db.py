@@ -104,7 +104,7 @@ def _new_job(session: Session, **fields: Any) -> Job:
 def test_upgrade_from_empty_matches_the_models(empty_database_url: str) -> None:
     assert current_revision(empty_database_url) is None
     upgrade(empty_database_url)
-    assert current_revision(empty_database_url) == head_revision() == "0012"
+    assert current_revision(empty_database_url) == head_revision() == "0015"
     assert is_up_to_date(empty_database_url)
 
     engine = create_workbench_engine(empty_database_url)

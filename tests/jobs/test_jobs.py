@@ -122,7 +122,7 @@ def test_dataset_kind_and_priority_are_validated(workbench_env, session):
         ("pretrain", {"dataset_id": 9999}, 0, "dataset_id", "no dataset with id 9999"),
         ("pretrain", {"dataset_id": chat.id}, 0, "dataset_id", "needs a text dataset"),
         ("pretrain", {"dataset_id": chat.id}, 1000, "priority", "between -100 and 100"),
-        ("fly", {}, 0, "kind", "unknown job kind 'fly'; choose one of prepare, train_tokenizer, pretrain"),
+        ("fly", {}, 0, "kind", "unknown job kind 'fly'; choose one of clean, prepare, train_tokenizer, pretrain"),
     ]
     for kind, params, priority, field, words in cases:
         with pytest.raises(JobParamsError) as caught:
