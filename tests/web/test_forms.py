@@ -267,6 +267,36 @@ def test_a_wrong_value_is_said_under_its_field_with_its_label_and_bound(workbenc
     assert session.scalar(select(func.count()).select_from(Job)) == 0
 
 
+def test_a_refusal_only_the_server_makes_is_said_under_the_field_it_names(workbench_env, session, job_queue):
+    """The kind's own checks (a warmup as long as the run, a batch too big for the workers) run in the validator
+    too, so their refusal is said under the field they name, with its label, and nothing is queued; a form that
+    submit would take is marked clean."""
+    from web.ui import train_tab
+
+    dataset = add_text_dataset(session)
+    with gr.Blocks() as blocks:
+        tab = train_tab.build(workbench_env, PRETRAIN)
+    submit, _ = submit_parts(blocks)
+    values = {component: getattr(component, "value", None) for component in submit.inputs}
+    values[tab.inputs["dataset_id"]] = dataset.id
+    values[tab.inputs["max_steps"]], values[tab.inputs["warmup"]] = 10, 20
+    marks = submit.validator(values)
+    wrong = {name: marks[component]["message"] for name, component in tab.inputs.items()
+             if not marks[component]["is_valid"]}
+    assert list(wrong) == ["warmup"] and wrong["warmup"].startswith("Warmup: ") and "never decays" in wrong["warmup"]
+
+    values[tab.inputs["warmup"]] = 2
+    values[tab.inputs["batch_size"]], values[tab.inputs["block_size"]] = 4096, 8192
+    marks = submit.validator(values)
+    wrong = {name: marks[component]["message"] for name, component in tab.inputs.items()
+             if not marks[component]["is_valid"]}
+    assert list(wrong) in (["batch_size"], ["block_size"]) and "needs about" in next(iter(wrong.values()))
+
+    values[tab.inputs["batch_size"]], values[tab.inputs["block_size"]] = 8, 64
+    assert all(mark["is_valid"] for mark in submit.validator(values).values())
+    assert session.scalar(select(func.count()).select_from(Job)) == 0
+
+
 def test_a_required_setting_left_empty_is_marked_as_required():
     errors = job_form.field_errors(KINDS["train_tokenizer"], {"dataset_id": 1, "name": "bpe"})
     assert errors == {"vocab_size": "Vocab size: is required"}

@@ -28,7 +28,7 @@ from web.services.common import (Conflict, InvalidInput, NotFound, PermissionDen
 from web.services.datasets import (ALLOWED_EXTENSIONS, DatasetDependents, StoredUpload, check_upload_size,
                                    dataset_dependents, dataset_to_dict, delete_dataset, get_dataset, length_histogram,
                                    list_datasets, rename_dataset, store_dataset_upload, upload_extension)
-from web.services.estimates import ASSUMED_UTILISATION, estimate_peak_flops, estimate_run
+from web.services.estimates import ASSUMED_UTILISATION, check_run, estimate_peak_flops, estimate_run
 from web.services.jobs import (cancel_job, delete_job, get_job_detail, job_dependents, job_events, job_kinds, job_logs,
                                job_metrics, latest_metrics, list_jobs, rename_job, resume_job, step_reached, submit_job)
 from web.services.models import (CHAT_MODEL_KINDS, delete_model, get_model, import_model, importable_models, list_models,

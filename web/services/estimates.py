@@ -16,6 +16,21 @@ from web.services.common import InvalidInput, reading
 from worker.jobs.throughput import ASSUMED_UTILISATION, estimate_peak_flops  # noqa: F401  (web.services exports)
 
 
+def check_run(kind: str, params: dict, session: Session | None = None) -> None:
+    """Every check submitting a job of `kind` with `params` makes (declared bounds, the dataset and models it
+    names, the kind's own cross-field checks: schedule, memory, devices), storing nothing: what a Train form asks
+    before it submits, so a refusal is said under the field it names. InvalidInput names that param."""
+    from worker.jobs.lifecycle import JobParamsError, validate_params
+
+    if not isinstance(params, dict):
+        raise InvalidInput("params must be an object of parameter names to values", field="params")
+    try:
+        with reading(session) as s:
+            validate_params(s, kind, params)
+    except JobParamsError as error:
+        raise InvalidInput(f"{error.field}: {error.message}", field=error.field) from None
+
+
 def estimate_run(kind: str, params: dict, session: Session | None = None) -> dict | None:
     """The kind's estimate of a job with `params` (what a Train form holds so far), or None when the kind has
     none or the params leave nothing to estimate from (e.g. a model row without its shape).

@@ -123,6 +123,25 @@ def field_errors(spec: JobKindSpec, params: dict[str, Any], missing: dict[str, s
     return errors
 
 
+def refusal_under_field(settings, spec: JobKindSpec, params: dict[str, Any], shown: tuple[str, ...]) -> dict[str, str]:
+    """{param: the refusal} when submit would refuse `params` on a param the form shows (the server's own checks:
+    a schedule that does not fit, a run too big for the workers, a model of the wrong kind), so it is said under
+    that field like a bound; {} when submit would take them or refuses on something the form has no field for
+    (then submit says it under its button)."""
+    from web import services
+    from web.ui import db_session
+
+    try:
+        with db_session(settings) as session:
+            services.check_run(str(spec.kind), params, session=session)
+    except services.InvalidInput as refusal:
+        if refusal.field in shown:
+            prefix = f"{refusal.field}: "
+            message = refusal.message[len(prefix):] if refusal.message.startswith(prefix) else refusal.message
+            return {refusal.field: f"{label_of(refusal.field, spec.params[refusal.field])}: {message}"}
+    return {}
+
+
 def _number_or_text(text: str) -> Any:
     """A typed number as int or float; anything else stays text, for the service to name as wrong."""
     try:

@@ -364,8 +364,9 @@ def build(settings, spec: JobKindSpec) -> TrainTab:
     def check_fields(values: dict) -> dict:
         """Gradio's validator (run before `do_submit`, which runs only if every field passes): each input gets
         its own error, shown under it, or none (which clears the one a previous submit left)."""
-        errors = job_form.field_errors(spec, params_of([values[component] for component in inputs]),
-                                       missing_sentences)
+        params = params_of([values[component] for component in inputs])
+        errors = job_form.field_errors(spec, params, missing_sentences) or job_form.refusal_under_field(
+            settings, spec, params, tuple(components))
         return {component: gr.validate(name not in errors, errors.get(name, ""))
                 for name, component in components.items()}
 
