@@ -289,6 +289,26 @@ class JobLog(Base):
     line: Mapped[str] = mapped_column(Text)
 
 
+class JobNode(Base):
+    """One worker taking part in one attempt of a job that runs on several machines (`nodes` > 1, issue 20 item 4;
+    worker/runtime/rendezvous.py). Node 0 is the worker that claimed the job: it hosts torchrun's c10d rendezvous
+    and publishes its `endpoint` here; the others join by adding their row. A row's heartbeat says its worker
+    still lives; (job, attempt, node_rank) is unique, so two workers never take the same place."""
+
+    __tablename__ = "job_nodes"
+    __table_args__ = (UniqueConstraint("job_id", "attempt", "node_rank"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int]
+    node_rank: Mapped[int]
+    worker_host: Mapped[str] = mapped_column(String(255))  # `<Celery node name>:<pid>`, as Job.worker_host
+    endpoint: Mapped[Optional[str]] = mapped_column(String(255))  # node 0's "host:port" of the rendezvous
+    joined_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+    left_at: Mapped[Optional[datetime]] = mapped_column()  # its torchrun exited (whatever the outcome)
+
+
 def prompt_key_sha256(text: str, messages: list[dict[str, Any]] | None) -> str:
     """What makes two prompts the same one: SHA-256 of the text and the conversation (canonical JSON).
     A hash, because a unique index cannot hold long texts (PostgreSQL's btree entries stop at ~2.7 KB)."""

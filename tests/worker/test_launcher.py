@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from db.models import Job, JobStatus, Metric, Model
-from tests.support.processes import alive, command_line, descendants
-from tests.support.worker_processes import (TINY_RUN, WorkerProcess, checkpoint_step, job_log, job_snapshot,
+from tests.support.job_ranks import rank_pids, torchrun_pids, wait_gone
+from tests.support.worker_processes import (TINY_RUN, checkpoint_step, job_log, job_snapshot,
                                             loss_steps, wait_for, wait_for_status)
 from worker.jobs import lifecycle as jobs
-from worker.jobs.params import JobParamsError
 
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
@@ -34,52 +31,7 @@ FAST_BEATS = {"WORKBENCH_HEARTBEAT_SECONDS": "0.5", "WORKBENCH_STALE_AFTER_SECON
 
 
 def submit_on_devices(session, params: dict, devices: int) -> Job:
-    """Submit a job asking for `devices` processes. Until the `devices` param is declared (issue 20 item 3) the
-    row is given it after the submit, before any worker runs."""
-    try:
-        return jobs.submit_job(session, "pretrain", {**params, "devices": devices})
-    except JobParamsError as error:
-        if error.field != "devices":
-            raise
-    job = jobs.submit_job(session, "pretrain", params)
-    set_devices(session, job.id, devices)
-    return job
-
-
-def set_devices(session, job_id: int, devices: int) -> None:
-    """Ask for another number of devices (a stopped job resumed on more or fewer processes)."""
-    job = session.get(Job, job_id, populate_existing=True)
-    job.params = {**job.params, "devices": devices}
-    if hasattr(job, "devices"):  # the claim's column (migration 0011)
-        job.devices = devices
-    session.commit()
-
-
-def rank_pids(worker: WorkerProcess) -> dict[int, int]:
-    """{rank: pid} of the worker's torchrun ranks (read from each one's RANK)."""
-    found = {}
-    for pid in descendants(worker.pid):
-        if "worker.runtime.rank_entry" not in command_line(pid):
-            continue
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        rank = next((int(item[5:]) for item in environ if item.startswith(b"RANK=")), None)
-        if rank is not None:
-            found[rank] = pid
-    return found
-
-
-def torchrun_pids(worker: WorkerProcess) -> set[int]:
-    return {pid for pid in descendants(worker.pid) if "torch.distributed.run" in command_line(pid)}
-
-
-def wait_gone(pids, timeout: float = 30.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
-        time.sleep(0.2)
-    return [pid for pid in pids if alive(pid)]
+    return jobs.submit_job(session, "pretrain", {**params, "devices": devices})
 
 
 def run_params(small_tokenizer: str, dataset, **overrides) -> dict:
@@ -155,8 +107,7 @@ def test_a_killed_rank_fails_the_attempt_and_the_job_resumes_on_one_process(
     assert checkpoint_at_kill < max_steps, "the run finished before the kill; raise max_steps"
     assert any("the end of torchrun's output" in line for line in job_log(session, job.id))
 
-    set_devices(session, job.id, 1)  # the 2-rank checkpoint resumes on one process
-    jobs.resume_job(session, job.id)
+    jobs.resume_job(session, job.id, devices=1)  # the 2-rank checkpoint resumes on one process
     done = wait_for_status(session, job.id, {JobStatus.succeeded, JobStatus.failed}, 240, [worker])
     assert done.status == JobStatus.succeeded, done.error
     lines = job_log(session, job.id)

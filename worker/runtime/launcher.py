@@ -58,16 +58,22 @@ from db.session import with_retries
 from db.settings import Settings
 from llm.threads import JOB_PROCESSES_ENV
 from worker.jobs import lifecycle as jobs
+from worker.runtime import rendezvous
+from worker.runtime.outcomes import record_failure, requeue
 
 logger = logging.getLogger(__name__)
 
 CONTROL_DIR_ENV = "WORKBENCH_LAUNCH_DIR"     # where a rank finds the stop file and leaves its error
 LAUNCHER_PID_ENV = "WORKBENCH_LAUNCHER_PID"  # the worker process that launched the ranks
 STOP_FILE = "stop"
+STARTED_FILE = "started"  # written by a node's first rank: torchrun started the ranks, the rendezvous is over
 TORCHRUN_LOG = "torchrun.log"
 POLL_S = 0.2
 TERMINATE_GRACE_S = 30.0  # after SIGTERM, how long torchrun has to end its ranks before SIGKILL
 LOG_TAIL_CHARS = 6000
+# What a rank's error says when it is only the consequence of a peer that went away (gloo, NCCL, the c10d store).
+PEER_LOST_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL", "DistNetworkError",
+                   "DistStoreError", "timed out", "Timed out")
 
 
 # ----------------------------------------------------------------------------- how many processes
@@ -91,9 +97,9 @@ def job_processes(job: Job) -> int:
 
 
 def launches(session: Session, job_id: int) -> bool:
-    """Does the job run on several processes (torchrun) rather than in the worker's own process?"""
+    """Does the job run on several processes or machines (torchrun) rather than in the worker's own process?"""
     job = session.get(Job, job_id)
-    many = job is not None and job_processes(job) > 1
+    many = job is not None and (job_processes(job) > 1 or rendezvous.job_nodes(job) > 1)
     session.commit()  # no read transaction held while the job runs
     return many
 
@@ -113,18 +119,21 @@ def cuda_devices(devices: list[str] | None) -> str | None:
 # ----------------------------------------------------------------------------- the torchrun command
 
 def torchrun_command(job_id: int, attempt: int, processes: int, *, nodes: int = 1,
-                     endpoint: str = "127.0.0.1:0", run_id: str | None = None,
-                     join_timeout_s: float | None = None, local_address: str | None = None) -> list[str]:
+                     endpoint: str = "127.0.0.1:0", join_timeout_s: float | None = None,
+                     is_host: bool | None = None, local_address: str | None = None) -> list[str]:
     """The `torchrun` command line that runs the job's ranks (`python -m torch.distributed.run`, which is what
-    the `torchrun` script runs, with this interpreter). One machine: a c10d rendezvous on a free local port."""
+    the `torchrun` script runs, with this interpreter). One machine: a c10d rendezvous on a free local port;
+    several: the endpoint node 0 published, hosted by node 0's agent (`is_host`; rendezvous.py)."""
     command = [sys.executable, "-m", "torch.distributed.run",
                f"--nnodes={nodes}", f"--nproc-per-node={processes}",
                "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
-               f"--rdzv-id={run_id or f'job-{job_id}-attempt-{attempt}'}",
+               f"--rdzv-id=job-{job_id}-attempt-{attempt}",  # the same on every node of the attempt
                "--max-restarts=0",  # a failed rank fails the attempt; the job resumes from its checkpoint
                "--monitor-interval=0.2"]
-    if join_timeout_s is not None:
-        command.append(f"--rdzv-conf=join_timeout={int(join_timeout_s)}")
+    conf = ([f"join_timeout={max(1, int(join_timeout_s))}"] if join_timeout_s is not None else []) + (
+        [f"is_host={int(is_host)}"] if is_host is not None else [])
+    if conf:
+        command.append("--rdzv-conf=" + ",".join(conf))
     if local_address:
         command.append(f"--local-addr={local_address}")
     return command + ["-m", "worker.runtime.rank_entry", str(job_id), str(attempt)]
@@ -230,51 +239,184 @@ def failure_message(returncode: int, output: str, control_dir: Path, world_size:
 
 def run_job_ranks(session: Session, job_id: int, attempt: int, settings: Settings, heartbeat) -> JobStatus | None:
     """Run attempt `attempt` of the job on its ranks under torchrun and return the status recorded (None when
-    the job is no longer this attempt's). `heartbeat` is the runner's running JobHeartbeat."""
+    the job is no longer this attempt's). `heartbeat` is the runner's running JobHeartbeat. A job on several
+    nodes: this worker is node 0, which publishes the rendezvous and calls the others (rendezvous.py)."""
     from worker.jobs.throughput import DEVICE_USE
 
     job = session.get(Job, job_id)
-    processes, devices = job_processes(job), job_devices(job)
+    processes, devices, nodes = job_processes(job), job_devices(job), rendezvous.job_nodes(job)
+    worker_host = job.worker_host or ""
     session.commit()
     control_dir = Path(tempfile.mkdtemp(prefix=f"workbench-job-{job_id}-attempt-{attempt}-"))
     try:
-        command = torchrun_command(job_id, attempt, processes)
         env = rank_environment(processes, control_dir, devices)
-        jobs.add_log(session, job_id, f"launching {processes} processes with torchrun (data parallel"
-                                      + (f" on devices {', '.join(devices)})" if devices else ")"))
+        on_devices = f" on devices {', '.join(devices)}" if devices else ""
+        watch = None
+        if nodes == 1:
+            command = torchrun_command(job_id, attempt, processes)
+            jobs.add_log(session, job_id, f"launching {processes} processes with torchrun (data parallel{on_devices})")
+        else:
+            place = rendezvous.publish(session, job_id, attempt, worker_host)
+            timeout = rendezvous.rendezvous_timeout_s()
+            command = torchrun_command(job_id, attempt, processes, nodes=nodes, endpoint=place.endpoint,
+                                       join_timeout_s=timeout, is_host=True, local_address=rendezvous.node_address())
+            jobs.add_log(session, job_id, f"node 0 of {nodes}: {processes} processes here{on_devices}; waiting up to "
+                                          f"{timeout:g} s for {nodes - 1} more worker{'s' if nodes > 2 else ''} with "
+                                          f"{processes} free device{'s' if processes > 1 else ''} each to join the "
+                                          f"rendezvous at {place.endpoint}")
+            watch = NodeWatch(session, place, settings, control_dir)
         session.commit()
+        for _ in range(nodes - 1):
+            jobs.enqueue(job_id)  # one message per other node: the workers that take them join (rendezvous.py)
         with DEVICE_USE.job():  # this worker's throughput probe waits while the ranks use the device
-            returncode, output = supervise(command, env, control_dir, heartbeat)
-        return _settle(session, job_id, attempt, returncode, output, control_dir, processes)
+            returncode, output, aborted = supervise(command, env, control_dir, heartbeat, watch)
+        if aborted is not None:  # a node left during the rendezvous: nothing ran, the job goes back to the queue
+            requeued = requeue(session, job_id, attempt, f"{aborted}; nothing ran yet, so the job was requeued")
+            return JobStatus.queued if requeued else None
+        return _settle(session, job_id, attempt, returncode, output, control_dir, processes * nodes, watch)
     except Exception as error:  # torchrun could not start, the database went away: the attempt fails
-        from worker.runtime.runner import _record_failure
-
         session.rollback()
-        return _record_failure(session, job_id, attempt, error)
+        return record_failure(session, job_id, attempt, error)
     except BaseException:  # the worker itself is going down: the ranks were ended, the job goes back
-        from worker.runtime.runner import _requeue
-
         session.rollback()
-        _requeue(session, job_id, attempt, "the worker stopped; the job was requeued")
+        requeue(session, job_id, attempt, "the worker stopped; the job was requeued")
         raise
     finally:
         shutil.rmtree(control_dir, ignore_errors=True)
 
 
-def supervise(command: list[str], env: dict[str, str], control_dir: Path, heartbeat) -> tuple[int, str]:
-    """Start torchrun, pass a stop on to the ranks, wait for it; (its exit code, its output)."""
+def follow_waiting_job(worker_host: str, message_job_id: int | None, settings) -> int | None:
+    """If the message's job is a multi-node job waiting for workers, join it and run this node's ranks until they
+    end; returns the job's id, or None when the message is for something else (the caller claims as usual)."""
+    from db.session import SessionLocal
+
+    if message_job_id is None:
+        return None
+    session = SessionLocal(settings.database_url)
+    try:
+        place = rendezvous.join(session, message_job_id, worker_host)
+        if place is False:
+            # This worker already is one of the job's nodes (another of its slots took the message): hand the
+            # message on, a moment later, to a worker that is not.
+            time.sleep(rendezvous.BUSY_RESEND_S)
+            jobs.enqueue(message_job_id)
+            return message_job_id
+        if place is None:
+            return None
+        jobs.add_log(session, place.job_id, f"node {place.node_rank} of {place.nodes} joined: {worker_host}")
+        session.commit()
+        run_follower_ranks(session, place, settings)
+        return place.job_id
+    finally:
+        session.close()
+
+
+def run_follower_ranks(session: Session, place, settings: Settings) -> int:
+    """Run this worker's ranks of a multi-node job it joined (follow_waiting_job); they write nothing
+    and this worker records nothing on the job but a log line when its torchrun failed. Returns the exit code."""
+    job = session.get(Job, place.job_id)
+    processes = job_processes(job)
+    session.commit()
+    devices = follower_devices(processes)
+    control_dir = Path(tempfile.mkdtemp(prefix=f"workbench-job-{place.job_id}-attempt-{place.attempt}-"))
+    try:
+        command = torchrun_command(place.job_id, place.attempt, processes, nodes=place.nodes, endpoint=place.endpoint,
+                                   join_timeout_s=rendezvous.rendezvous_timeout_s(), is_host=False,
+                                   local_address=rendezvous.node_address())
+        env = rank_environment(processes, control_dir, devices)
+        returncode, output, aborted = supervise(command, env, control_dir, None,
+                                                NodeWatch(session, place, settings, control_dir))
+        rendezvous.leave(session, place)
+        if returncode != 0 and aborted is None:
+            cause = root_cause(output)
+            what = (f"rank {cause.rank} (pid {cause.pid}) exited with "
+                    + (_signal_name(cause.exitcode) if cause.exitcode < 0 else f"code {cause.exitcode}")
+                    if cause else f"torchrun exited with code {returncode}")
+            jobs.add_log(session, place.job_id, f"node {place.node_rank} of {place.nodes}: {what}")
+            session.commit()
+        return returncode
+    finally:
+        shutil.rmtree(control_dir, ignore_errors=True)
+
+
+def follower_devices(processes: int) -> list[str] | None:
+    """A follower's devices: the first `processes` of its worker's declared slots (one job at a time)."""
+    try:
+        from worker.jobs.devices import declared_slots
+    except ImportError:
+        return None
+    slots = declared_slots()
+    return slots[:processes] if len(slots) >= processes else None
+
+
+class NodeWatch:
+    """Called by `supervise` every poll on a multi-node job: beats this node's row; on node 0, ends the launch
+    when a follower stops beating before the ranks started (the job is then requeued); on a follower, ends it
+    when the job is no longer in the attempt it joined (node 0 died and the reaper took the job back)."""
+
+    def __init__(self, session: Session, place, settings: Settings, control_dir: Path):
+        self.session, self.place, self.control_dir = session, place, control_dir
+        self.interval_s = settings.heartbeat_seconds
+        self.stale_s = settings.stale_after_seconds
+        self._next = 0.0
+
+    def started(self) -> bool:
+        return (self.control_dir / STARTED_FILE).exists()
+
+    def __call__(self) -> str | None:
+        now = time.monotonic()
+        if now < self._next:
+            return None
+        self._next = now + self.interval_s
+        try:
+            rendezvous.beat(self.session, self.place)
+            if self.place.node_rank > 0:
+                return None if rendezvous.still_ours(self.session, self.place) else (
+                    "the job is no longer in the attempt this node joined")
+            if self.started():
+                return None
+            silent = rendezvous.silent_nodes(rendezvous.members(self.session, self.place.job_id, self.place.attempt),
+                                             self.stale_s)
+        except Exception as error:  # a database hiccup: the next beat tries again
+            self.session.rollback()
+            logger.warning("job %s: node %s could not beat: %s", self.place.job_id, self.place.node_rank, error)
+            return None
+        if silent:
+            row = silent[0]
+            return f"node {row.node_rank} ({row.worker_host}) stopped during the rendezvous"
+        return None
+
+    def lost_nodes(self, wait_s: float) -> list:
+        """Followers that stopped beating (or whose torchrun exited), waiting up to `wait_s` for one to show."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            rows = rendezvous.members(self.session, self.place.job_id, self.place.attempt)
+            silent = rendezvous.silent_nodes(rows, self.stale_s)
+            if silent or time.monotonic() >= deadline:
+                return silent
+            time.sleep(POLL_S)
+
+
+def supervise(command: list[str], env: dict[str, str], control_dir: Path, heartbeat=None,
+              on_tick=None) -> tuple[int, str, str | None]:
+    """Start torchrun, pass a stop on to the ranks, wait for it: (its exit code, its output, why it was ended
+    early: what `on_tick` returned, None when it ran its course). `heartbeat`: the job's (None: no stop here)."""
     log_path = control_dir / TORCHRUN_LOG
     _load_libc()  # here, in the worker: the forked child must only call it
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
                                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_child_setup)
     logger.info("torchrun (pid %s): %s", process.pid, " ".join(command))
-    stop_written = False
+    stop_written, aborted = False, None
     try:
         while process.poll() is None:
-            if not stop_written and heartbeat.should_stop():
+            if not stop_written and heartbeat is not None and heartbeat.should_stop():
                 write_stop(control_dir, heartbeat.stop_reason or "cancelled")
                 stop_written = True
+            aborted = on_tick() if on_tick is not None else None
+            if aborted is not None:
+                logger.warning("ending torchrun (pid %s): %s", process.pid, aborted)
+                break
             time.sleep(POLL_S)
     except BaseException:
         # The worker itself is going down (cold shutdown, SystemExit): the ranks go with it, now.
@@ -282,7 +424,7 @@ def supervise(command: list[str], env: dict[str, str], control_dir: Path, heartb
         raise
     finally:
         terminate(process)  # nothing of the group is left, whatever happened
-    return process.returncode, log_path.read_text(errors="replace")
+    return process.returncode, log_path.read_text(errors="replace"), aborted
 
 
 def write_stop(control_dir: Path, reason: str) -> None:
@@ -311,7 +453,7 @@ def terminate(process: subprocess.Popen) -> None:
 
 
 def _settle(session: Session, job_id: int, attempt: int, returncode: int, output: str, control_dir: Path,
-            world_size: int) -> JobStatus | None:
+            world_size: int, watch: NodeWatch | None = None) -> JobStatus | None:
     """After torchrun: the outcome rank 0 recorded, or a failure recorded here when none was."""
     session.rollback()
     job = session.get(Job, job_id, populate_existing=True)
@@ -325,6 +467,8 @@ def _settle(session: Session, job_id: int, attempt: int, returncode: int, output
         return None
     if returncode == 0:
         message = "the ranks finished without recording an outcome (see the job log for torchrun's output)"
+    elif watch is not None:
+        message = node_failure_message(returncode, output, control_dir, world_size, watch)
     else:
         message = failure_message(returncode, output, control_dir, world_size)
     tail = output[-LOG_TAIL_CHARS:]
@@ -333,3 +477,26 @@ def _settle(session: Session, job_id: int, attempt: int, returncode: int, output
         session, job_id, attempt, JobStatus.failed, error=message,
         log_line=f"failed: {message}\n--- the end of torchrun's output ---\n{tail}"), session)
     return JobStatus.failed if recorded else None
+
+
+def node_failure_message(returncode: int, output: str, control_dir: Path, world_size: int, watch: NodeWatch) -> str:
+    """Why a multi-node launch failed, seen from node 0: too few workers came, or a node stopped, or a rank."""
+    place = watch.place
+    if not watch.started():
+        joined = rendezvous.count_joined(watch.session, place.job_id, place.attempt)
+        if "RendezvousTimeoutError" in output or joined < place.nodes:
+            return (f"not enough workers came: {joined} of the {place.nodes} nodes this job needs joined the "
+                    f"rendezvous within {rendezvous.rendezvous_timeout_s():g} s (each node is a worker with "
+                    f"{world_size // place.nodes} free device{'s' if world_size // place.nodes > 1 else ''}, on "
+                    f"this database and broker); resume it when they are running")
+        return f"torchrun failed before the ranks started (exit code {returncode}; see the job log)"
+    own = failure_message(returncode, output, control_dir, world_size)
+    cause = root_cause(output)
+    if cause is not None and cause.exitcode > 0 and not any(sign in own for sign in PEER_LOST_SIGNS):
+        return own  # a rank here failed of its own accord (bad data, out of memory): not another node's doing
+    lost = watch.lost_nodes(wait_s=watch.stale_s + watch.interval_s)
+    if lost:
+        row = lost[0]
+        return (f"node {row.node_rank} of {place.nodes} ({row.worker_host}) stopped during training; "
+                f"the checkpoint is kept, resume to continue")
+    return own

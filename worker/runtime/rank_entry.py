@@ -41,7 +41,7 @@ from db.settings import get_settings
 from llm.distributed import ranks_from_environment
 from llm.threads import apply_thread_budget
 from worker.jobs.progress_writer import ProgressWriter
-from worker.runtime.launcher import (CONTROL_DIR_ENV, LAUNCHER_PID_ENV, STOP_FILE, die_with_parent,
+from worker.runtime.launcher import (CONTROL_DIR_ENV, LAUNCHER_PID_ENV, STARTED_FILE, STOP_FILE, die_with_parent,
                                      rank_error_path)
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,15 @@ class RankStop:
     def stop_reason(self) -> str | None:
         return self._reason
 
+    def agreed_elsewhere(self, session, job_id: int) -> None:
+        """The ranks stopped because a rank on another machine was told to (only its worker knows why): a cancel
+        when the job's cancel was requested, else that worker is going away, so the job goes back to the queue."""
+        from db.models import Job
+
+        cancel_requested = session.get(Job, job_id, populate_existing=True).cancel_requested
+        session.commit()
+        self._reason = "cancelled" if cancel_requested else "shutdown"
+
 
 def _alive(pid: int) -> bool:
     try:
@@ -107,7 +116,7 @@ def _alive(pid: int) -> bool:
 
 
 def _write_error(control_dir: Path, rank: int, error: BaseException) -> None:
-    from worker.runtime.runner import readable_error
+    from worker.runtime.outcomes import readable_error
 
     path = rank_error_path(control_dir, rank)
     temporary = path.with_suffix(".tmp")
@@ -120,11 +129,14 @@ def run_rank(job_id: int, attempt: int) -> JobStatus | None:
     """Run this rank's share of attempt `attempt` of job `job_id`; rank 0 returns the status it recorded."""
     from db.session import SessionLocal
     from worker.kinds import get_spec
-    from worker.runtime.runner import _make_context, _record_outcome
+    from worker.runtime.outcomes import record_outcome
+    from worker.runtime.runner import _make_context
 
     control_dir = Path(os.environ[CONTROL_DIR_ENV])
     launcher = os.environ.get(LAUNCHER_PID_ENV)
     ranks = ranks_from_environment()
+    if ranks.local_rank == 0:  # torchrun starts ranks once the rendezvous is complete: tell this node's worker
+        (control_dir / STARTED_FILE).touch()
     settings = get_settings()
     stop = RankStop(control_dir, int(launcher) if launcher else None)
     session = SessionLocal(settings.database_url)
@@ -143,7 +155,9 @@ def run_rank(job_id: int, attempt: int) -> JobStatus | None:
             writer.close()  # rank 0's records go in before anything else is recorded
         if not ranks.is_main:
             return None
-        return _record_outcome(session, job_id, attempt, stop, outcome)
+        if outcome.stopped and stop.stop_reason is None:
+            stop.agreed_elsewhere(session, job_id)
+        return record_outcome(session, job_id, attempt, stop, outcome)
     except BaseException as error:
         session.rollback()
         _write_error(control_dir, ranks.rank, error)

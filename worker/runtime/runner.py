@@ -4,7 +4,8 @@
 `execute_job()` it:
 
   1. start a `JobHeartbeat` (heartbeats + cancel flag; see heartbeat.py); a job on several processes
-     (devices > 1) goes to `launcher.run_job_ranks` instead of 2., whose ranks run the same handler;
+     (devices > 1) goes to `launcher.run_job_ranks` instead of 2., whose ranks run the same handler
+     (nodes > 1: this worker is node 0; a message for such a job makes its other workers join it first);
   2. run the handler its kind declares (`worker/kinds/`) with a `JobContext` whose callbacks queue
      Metric rows, `jobs.progress` and JobLog lines for a background writer (progress_writer.py),
      flushed when the handler returns;
@@ -31,20 +32,19 @@ import os
 import socket
 import sys
 import time
-import traceback
 from dataclasses import replace
 
 from sqlalchemy.orm import Session
 
 from db.models import Dataset, Job, JobStatus, Model
-from db.session import with_retries
 from db.settings import Settings, get_settings, safe_join
 from llm.threads import apply_thread_budget
 from worker.jobs import devices
 from worker.jobs import lifecycle as jobs
-from worker.jobs.context import JobContext, Outcome
+from worker.jobs.context import JobContext
 from worker.jobs.messages import broker_url_of, job_queue_of
 from worker.runtime import launcher
+from worker.runtime.outcomes import record_failure, record_outcome, requeue
 from worker.runtime.heartbeat import JobHeartbeat
 from worker.kinds import get_spec
 from worker.jobs.progress_writer import DirectWriter, ProgressWriter
@@ -52,7 +52,6 @@ from worker.jobs.throughput import DEVICE_USE
 
 logger = logging.getLogger(__name__)
 
-MAX_ERROR_CHARS = 2000
 SLOT_POLL_S = 1.0  # how often a message whose jobs wait for this worker's device slots looks again
 
 
@@ -70,16 +69,6 @@ def job_worker_host(node_name: str, pid: int | None = None) -> str:
 
 
 # ----------------------------------------------------------------------------- running a job
-
-def readable_error(error: BaseException) -> str:
-    """The message a person sees in the Jobs tab: no traceback, the type only when it helps."""
-    message = str(error).strip()
-    if isinstance(error, (ValueError, OSError, FloatingPointError)) and message:
-        text = message  # llm raises these with sentences meant for people
-    else:
-        text = f"{type(error).__name__}: {message}" if message else type(error).__name__
-    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 1] + "…"
-
 
 class NoSlotsHere(Exception):
     """The message cannot be used by this worker now: the queued jobs need more device slots than it has (they
@@ -104,6 +93,10 @@ def run_next_job(worker_host: str | None = None, message_job_id: int | None = No
     settings = settings or get_settings()
     worker_host = worker_host or default_worker_host()
     slots = list(slots or devices.declared_slots())
+    # The message of a job on several machines that still waits for workers: this one joins it (rendezvous.py).
+    followed = launcher.follow_waiting_job(worker_host, message_job_id, settings)
+    if followed is not None:
+        return followed
     while True:
         with session_scope(settings.database_url) as session:
             job = jobs.claim_next_job(session, worker_host, slots=slots)
@@ -157,13 +150,13 @@ def execute_job(job_id: int, attempt: int, settings: Settings | None = None) -> 
                     writer.close()
             except Exception as error:
                 session.rollback()
-                return _record_failure(session, job_id, attempt, error)
+                return record_failure(session, job_id, attempt, error)
             except BaseException:
                 # The worker itself is going down (cold shutdown, SystemExit): hand the job back.
                 session.rollback()
-                _requeue(session, job_id, attempt, "the worker stopped; the job was requeued")
+                requeue(session, job_id, attempt, "the worker stopped; the job was requeued")
                 raise
-            return _record_outcome(session, job_id, attempt, heartbeat, outcome)
+            return record_outcome(session, job_id, attempt, heartbeat, outcome)
     finally:
         session.close()
         _release_memory()
@@ -190,56 +183,6 @@ def _make_context(session: Session, job_id: int, attempt: int, settings: Setting
                       owner_id=job.owner_id, dataset=dataset, input_model=input_model, run_dir=run_dir, settings=settings,
                       session=session, heartbeat=heartbeat,
                       writer=writer or DirectWriter(job_id, attempt, settings.database_url))
-
-
-def _record_failure(session: Session, job_id: int, attempt: int, error: Exception) -> JobStatus | None:
-    message = readable_error(error)
-    logger.warning("job %s failed: %s", job_id, message)
-    trace = "".join(traceback.format_exception(error))
-    recorded = with_retries(lambda: jobs.finish_job(
-        session, job_id, attempt, JobStatus.failed, error=message, log_line=f"failed: {message}\n{trace}"), session)
-    return JobStatus.failed if recorded else None
-
-
-def _requeue(session: Session, job_id: int, attempt: int, note: str) -> bool:
-    try:
-        requeued = jobs.finish_job(session, job_id, attempt, JobStatus.queued, log_line=note, event="requeued")
-    except Exception:  # the database may be gone too; the reaper will requeue it later
-        logger.exception("could not requeue job %s", job_id)
-        return False
-    if requeued:
-        jobs.enqueue(job_id)
-    return requeued
-
-
-def _record_outcome(session: Session, job_id: int, attempt: int, heartbeat: JobHeartbeat,
-                    outcome: Outcome) -> JobStatus | None:
-    if outcome.stopped:
-        reason = heartbeat.stop_reason
-        if reason == "lost":
-            logger.warning("job %s attempt %s was taken over by another worker; leaving it", job_id, attempt)
-            return None
-        if reason == "shutdown":
-            requeued = _requeue(session, job_id, attempt,
-                                f"{outcome.summary}; the worker is shutting down, so the job was requeued")
-            return JobStatus.queued if requeued else None
-        recorded = with_retries(lambda: jobs.finish_job(
-            session, job_id, attempt, JobStatus.cancelled,
-            log_line=f"cancelled: {outcome.summary}; the checkpoint is kept, resume to continue"), session)
-        return JobStatus.cancelled if recorded else None
-
-    def record_success() -> bool:
-        extra = outcome.finalize(session) if outcome.finalize is not None else {}
-        # finish_job rolls back (dropping a Model row added by finalize) if the job is no longer ours.
-        return jobs.finish_job(session, job_id, attempt, JobStatus.succeeded, extra_values=extra,
-                               log_line=f"succeeded: {outcome.summary}" if outcome.summary else "succeeded")
-
-    try:
-        recorded = with_retries(record_success, session)
-    except Exception as error:  # e.g. the model directory is unreadable
-        session.rollback()
-        return _record_failure(session, job_id, attempt, error)
-    return JobStatus.succeeded if recorded else None
 
 
 def _release_memory() -> None:

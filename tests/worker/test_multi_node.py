@@ -1,0 +1,92 @@
+"""One job on two machines, tested on one: two real workers (`python -m worker.runtime.main`) are its two nodes
+(worker/runtime/rendezvous.py), over the Redis on 127.0.0.1:6379 (a queue of the test's own) and SQLite, CPU gloo,
+each node 1 process; the rendezvous endpoint goes through the database. Killing one node's worker during
+training fails the attempt naming that node, nothing is left running, and the job, resumed with a new worker
+beside the survivor, continues from its checkpoint to one model with each metric once. A job whose second worker
+never comes fails after the rendezvous timeout saying so.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from sqlalchemy import select
+
+from db.models import JobNode, JobStatus, Metric, Model
+from tests.support.job_ranks import rank_pids, torchrun_pids, wait_gone
+from tests.support.worker_processes import (TINY_RUN, checkpoint_step, job_log, job_snapshot, loss_steps, wait_for,
+                                            wait_for_status)
+from worker.jobs import lifecycle as jobs
+
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
+
+NODE = {"WORKBENCH_HEARTBEAT_SECONDS": "0.5", "WORKBENCH_STALE_AFTER_SECONDS": "4",
+        "WORKBENCH_NODE_ADDRESS": "127.0.0.1", "WORKBENCH_RENDEZVOUS_TIMEOUT_S": "60"}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("broker", ["redis6379"], indirect=True)
+def test_a_job_on_two_workers_survives_losing_one_and_resumes_to_one_model(
+        broker, workbench_env, session, dataset, small_tokenizer, start_worker):
+    workers = [start_worker(**NODE), start_worker(**NODE)]
+    max_steps = 150
+    job = jobs.submit_job(session, "pretrain", {"dataset_id": dataset.id, **TINY_RUN, "tokenizer": small_tokenizer,
+                                                "log_every": 1, "eval_every": 0, "max_steps": max_steps,
+                                                "checkpoint_every": 10, "nodes": 2})
+    run_dir = workbench_env.data_dir / f"runs/{job.id}"
+    wait_for(lambda: (checkpoint_step(run_dir) or 0) >= 10 or job_snapshot(session, job.id).status.finished, 180,
+             "a checkpoint", session, job.id, workers)
+    running = job_snapshot(session, job.id)
+    assert running.status == JobStatus.running, running.error
+    leader = next(worker for worker in workers if f"workbench-{worker.pid}@" in running.worker_host)
+    follower = next(worker for worker in workers if worker is not leader)
+    session.rollback()
+    nodes = session.scalars(select(JobNode).where(JobNode.job_id == job.id).order_by(JobNode.node_rank)).all()
+    assert [(node.node_rank, node.attempt) for node in nodes] == [(0, 1), (1, 1)]
+    assert nodes[0].endpoint.startswith("127.0.0.1:") and f"workbench-{follower.pid}@" in nodes[1].worker_host
+    ranks = {**rank_pids(leader), **rank_pids(follower)}
+    assert sorted(ranks) == [0, 1], ranks  # one global rank on each node
+    processes = [*ranks.values(), *torchrun_pids(leader), *torchrun_pids(follower)]
+
+    follower.kill_hard()
+    failed = wait_for_status(session, job.id, {JobStatus.failed, JobStatus.succeeded, JobStatus.cancelled}, 90,
+                             [leader])
+    assert failed.status == JobStatus.failed, job_log(session, job.id)
+    assert failed.error.startswith(f"node 1 of 2 (workbench-{follower.pid}@") and "stopped during training" in \
+        failed.error, failed.error
+    assert wait_gone(processes) == []  # no rank of either node is left
+    checkpoint_at_kill = checkpoint_step(run_dir)
+    assert checkpoint_at_kill < max_steps, "the run finished before the kill; raise max_steps"
+
+    replacement = start_worker(**NODE)
+    jobs.resume_job(session, job.id)
+    done = wait_for_status(session, job.id, {JobStatus.succeeded, JobStatus.failed}, 240, [leader, replacement])
+    assert done.status == JobStatus.succeeded, done.error
+    assert done.attempts == 2
+    lines = job_log(session, job.id)
+    assert f"resuming from the checkpoint at step {checkpoint_at_kill}" in lines
+    assert sum(line.startswith("node 1 of 2 joined: ") for line in lines) == 2
+    assert loss_steps(session, job.id) == list(range(1, max_steps + 1))
+    session.rollback()
+    rows = session.execute(select(Metric.name, Metric.step).where(Metric.job_id == job.id)).all()
+    assert max(Counter(rows).values()) == 1
+    assert len(session.scalars(select(Model).where(Model.job_id == job.id)).all()) == 1
+    assert leader.process.poll() is None and replacement.process.poll() is None
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("broker", ["redis6379"], indirect=True)
+def test_a_job_whose_second_worker_never_comes_fails_after_the_rendezvous_timeout(
+        broker, workbench_env, session, dataset, small_tokenizer, start_worker):
+    worker = start_worker(**{**NODE, "WORKBENCH_RENDEZVOUS_TIMEOUT_S": "5"})
+    job = jobs.submit_job(session, "pretrain", {"dataset_id": dataset.id, **TINY_RUN, "tokenizer": small_tokenizer,
+                                                "max_steps": 5, "nodes": 2})
+    wait_for(lambda: any("waiting up to 5 s for 1 more worker" in line for line in job_log(session, job.id)), 60,
+             "the wait to be said", session, job.id, [worker])
+    failed = wait_for_status(session, job.id, {JobStatus.failed, JobStatus.succeeded}, 90, [worker])
+    assert failed.status == JobStatus.failed
+    assert failed.error.startswith("not enough workers came: 1 of the 2 nodes this job needs joined the rendezvous "
+                                   "within 5 s"), failed.error
+    assert loss_steps(session, job.id) == []
+    assert worker.process.poll() is None
