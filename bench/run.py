@@ -34,13 +34,15 @@ from bench.common import add_budget_argument, print_figures
 
 BENCHMARKS = ("train", "generate", "prepare", "sft", "preference")  # what runs by default, in this order
 # only with --only: the web app's fixed loads; the defaults' sweep; 1 vs 2 data-parallel ranks (torchrun, minutes);
-# the thread budget beside chat (minutes: it starts processes)
-OPTIONAL = ("platform", "labeling", "defaults", "ddp", "threads")
-BUDGETED_OPTIONAL = ("ddp", "threads")  # optional benchmarks whose run() takes a time budget too
+# the thread budget beside chat (minutes: it starts processes); GRPO vs TRL GRPOTrainer (bench/bench_grpo.py:
+# minutes, TRL samples slowly; its grpo_vs_trl is a headline)
+OPTIONAL = ("platform", "labeling", "defaults", "ddp", "threads", "grpo")
+BUDGETED_OPTIONAL = ("ddp", "threads", "grpo")  # optional benchmarks whose run() takes a time budget too
 MODULES = {"defaults": "bench.sweep_defaults"}  # a benchmark whose module is not bench.bench_<name>
 NOTES = ("skipped", "emulated")  # {measurement: why} each benchmark may return; merged into one of each
 HEADLINE = ("train_vs_hf", "generate_vs_hf", "generate_samples_vs_hf", "prepare_vs_tiktoken",
-            "train_flops_vs_matmul_peak", "sft_lora_vs_trl", "sft_full_vs_trl", "dpo_vs_trl", "reward_vs_trl")
+            "train_flops_vs_matmul_peak", "sft_lora_vs_trl", "sft_full_vs_trl", "dpo_vs_trl", "reward_vs_trl",
+            "grpo_vs_trl")
 
 
 def _scalar(value):
