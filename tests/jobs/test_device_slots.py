@@ -160,13 +160,14 @@ def test_every_training_kind_declares_devices_and_nodes_once():
 
 # ----------------------------------------------------------------------------- submit (live workers in Redis)
 
-def _worker(node: str, slots: list[str]):
+def _worker(node: str, slots: list[str], gpu_memory_bytes: list[int] | None = None):
     from db.settings import get_settings
     from worker.jobs.presence import WorkerPresence
 
     settings = get_settings()
     presence = WorkerPresence(settings.broker_url, node, settings.worker_queues, settings.heartbeat_seconds,
-                              settings.stale_after_seconds, capacity={"ram_bytes": 10**12, "gpu_memory_bytes": []},
+                              settings.stale_after_seconds,
+                              capacity={"ram_bytes": 10**12, "gpu_memory_bytes": gpu_memory_bytes or []},
                               devices=slots)
     assert presence.beat()
     return presence
@@ -208,7 +209,8 @@ def test_with_no_worker_alive_the_job_is_queued_saying_what_it_waits_for(workben
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_memory_check_is_per_device(workbench_env, job_queue, session):
-    """Data-parallel: each of N processes holds the whole model, so N CPU processes share the worker's RAM."""
+    """Data-parallel: each of N processes holds the whole model, so N CPU processes share the worker's RAM, and N
+    GPUs are compared by the smallest of a worker that has N."""
     from db.settings import get_settings
     from worker.jobs.fit import worker_memory
 
@@ -220,6 +222,17 @@ def test_the_memory_check_is_per_device(workbench_env, job_queue, session):
         assert worker_memory("cpu", {"devices": 1}, get_settings())[0] == 10**12
     finally:
         worker.stop()
+    gpus = _worker("worker-g", ["0", "1"], gpu_memory_bytes=[3 << 30, 2 << 30])
+    one_gpu = _worker("worker-h", ["0"], gpu_memory_bytes=[80 << 30])
+    try:
+        # Two devices: only a worker with two counts, and a rank may get its smaller GPU.
+        available, source = worker_memory("cuda", {"devices": 2}, get_settings())
+        assert (available, source) == (2 << 30, "the smallest GPU of worker worker-g, the largest of 1 live worker "
+                                                "with 2 devices")
+        assert worker_memory("cuda", {"devices": 1}, get_settings())[0] == 80 << 30  # as before: GPU 0 of any
+    finally:
+        gpus.stop()
+        one_gpu.stop()
 
 
 def test_a_job_resumes_on_another_number_of_devices(workbench_env, session):
