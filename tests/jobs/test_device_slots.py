@@ -54,6 +54,23 @@ def test_the_worker_layout_keeps_one_slot_solo_and_runs_one_job_per_slot_otherwi
         worker_layout(processes=2, pool="solo")
 
 
+@pytest.mark.subprocess
+def test_a_worker_refuses_gpus_that_torch_does_not_see():
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.worker_processes import REPO_ROOT
+
+    if devices.visible_gpus():
+        pytest.skip("this machine has GPUs: the refusal is for GPUs that are not there")
+    env = {**os.environ, "WORKBENCH_BROKER_URL": "redis://127.0.0.1:1/0"}  # refused before any broker is asked
+    done = subprocess.run([sys.executable, "-m", "worker.runtime.main", "--gpus", "0,1"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "workbench worker: --gpus 0,1: PyTorch sees 0 of these GPUs" in done.stderr
+
+
 def test_free_slots_and_picking_them():
     declared = ["0", "1", "2", "3"]
     assert devices.free_slots(declared, []) == declared

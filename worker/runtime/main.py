@@ -125,6 +125,11 @@ def run_worker(queues: str | Iterable[str] = "default", concurrency: int | None 
     gpu_slots = devices.cuda_visible_devices(slots)
     if gpu_slots:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_slots
+        seen = devices.visible_gpus()  # through NVML: CUDA stays uninitialised here
+        if len(seen) < len(slots):
+            raise SystemExit(f"workbench worker: --gpus {gpu_slots}: PyTorch sees {len(seen)} of these GPUs on this "
+                             "machine (nvidia-smi -L lists them; a CPU build of torch sees none); on a machine "
+                             "without a GPU use --processes N")
     if pool == "prefork":
         share_shutdown_flag()  # a warm shutdown reaches the jobs in the children (before they are forked)
     configure(app, settings)
