@@ -263,3 +263,30 @@ def test_a_job_resumes_on_another_number_of_devices(workbench_env, session):
     with pytest.raises(JobParamsError, match="must be at most 64"):
         jobs.resume_job(session, job_id, devices=65)
     assert jobs.resume_job(session, job_id).devices == 1  # without devices: as it was
+
+
+def test_a_big_job_that_waited_long_enough_reserves_the_worker(workbench_env, session):
+    """Backfilling stops once the big job has waited RESERVE_AFTER_S: the slots that free up stay free for it, and
+    only jobs ahead of it in the queue may still take one."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from db.models import Job, utcnow
+
+    dataset = _corpus(session, workbench_env)
+    slots, host = ["cpu0", "cpu1"], "workbench-1@box"
+    first = _job(session, dataset.id, 1)
+    assert jobs.claim_next_job(session, f"{host}:1", slots=slots).id == first  # one slot busy
+    big = _job(session, dataset.id, 2)
+    small = _job(session, dataset.id, 1)
+    session.execute(update(Job).where(Job.id == big)
+                    .values(created_at=utcnow() - timedelta(seconds=jobs.RESERVE_AFTER_S + 1)))
+    session.commit()
+    assert jobs.claim_next_job(session, f"{host}:2", slots=slots) is None  # cpu1 stays free for the big job
+    urgent = _job(session, dataset.id, 1, priority=9)  # ahead of the big job: still runs
+    assert jobs.claim_next_job(session, f"{host}:2", slots=slots).id == urgent
+    for job_id in (first, urgent):
+        assert jobs.finish_job(session, job_id, 1, JobStatus.succeeded)
+    assert jobs.claim_next_job(session, f"{host}:2", slots=slots).id == big
+    assert jobs.claim_next_job(session, "workbench-2@box:1", slots=slots).id == small  # another worker's slots

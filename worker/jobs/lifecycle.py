@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -48,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 PRIORITY_RANGE = (-100, 100)
 CLAIM_ATTEMPTS = 10  # SQLite may report "database is locked" when two claims collide; retry.
+# A job waiting this long for more device slots than are free stops smaller jobs behind it from taking the worker's
+# slots as they free up (`_reserving_job`): backfilling never starves it for longer.
+RESERVE_AFTER_S = 600.0
 
 
 class JobStateError(ValueError):
@@ -331,7 +335,8 @@ def claim_next_job(session: Session, worker_host: str | None = None,
 
     `slots`: the worker's device slots (`worker.jobs.devices`; a worker passes `declared_slots()`). Then only a
     job whose `devices` fit the slots its running jobs leave free is taken (the best of those: a smaller job
-    goes ahead of a larger one that must wait for slots), and the slots it gets are recorded in its
+    goes ahead of a larger one that must wait for slots, until that one has waited RESERVE_AFTER_S), and the slots
+    it gets are recorded in its
     `assigned_devices`. The worker's processes pick one at a time (`devices.slot_lock`). Without `slots` (the
     job-layer tests, which play several workers with one name) no slot is counted, as before slots existed.
     """
@@ -360,6 +365,20 @@ def held_slots(session: Session, node: str) -> list[tuple[int, list[str] | None]
             session.execute(select(Job.id, Job.assigned_devices).where(running_here).order_by(Job.id))]
 
 
+def _reserving_job(session: Session, slots: Sequence[str], free: int,
+                   kinds: tuple[str, ...] | None) -> tuple[int, int] | None:
+    """(priority, id) of the first queued job in queue order that fits this worker's slots but not the `free` ones
+    and has waited RESERVE_AFTER_S: it reserves the worker (smaller jobs behind it no longer take the slots that
+    free up, so it gets its N at last instead of waiting for ever behind 1-device jobs); None when there is none."""
+    cutoff = utcnow() - timedelta(seconds=RESERVE_AFTER_S)
+    query = select(Job.priority, Job.id).where(Job.status == JobStatus.queued, Job.devices > free,
+                                               Job.devices <= len(slots), Job.created_at < cutoff)
+    if kinds:
+        query = query.where(Job.kind.in_(kinds))
+    row = session.execute(query.order_by(Job.priority.desc(), Job.id).limit(1)).first()
+    return (row.priority, row.id) if row is not None else None
+
+
 def _try_claim(session: Session, worker_host: str | None, kinds: tuple[str, ...] | None,
                slots: Sequence[str] | None = None) -> Job | None:
     # PostgreSQL: lock exactly the best row, so a concurrent claimer skips to the next-best one
@@ -375,6 +394,10 @@ def _try_claim(session: Session, worker_host: str | None, kinds: tuple[str, ...]
             session.commit()
             return None
         query = query.where(Job.devices <= len(free))
+        reserved = _reserving_job(session, slots, len(free), kinds)
+        if reserved is not None:  # only jobs ahead of it may take this worker's slots now
+            priority, reserved_id = reserved
+            query = query.where((Job.priority > priority) | ((Job.priority == priority) & (Job.id < reserved_id)))
     if kinds:
         query = query.where(Job.kind.in_(kinds))
     query = (query.order_by(Job.priority.desc(), Job.id).limit(1 if on_postgresql else 5)
