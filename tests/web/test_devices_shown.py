@@ -1,6 +1,6 @@
 """Device slots where people see them (issue 20 item 3): /api/health lists each worker's slots and the running job
-holding each (its presence in the real Redis, the job in the database), /api/jobs gives a job's devices, and the
-Jobs tab's header and worker lines say the same."""
+holding each (its presence in the real Redis, the job in the database), /api/jobs gives a job's devices (and resumes
+it on another number), and the Jobs tab's header and worker lines say the same."""
 
 from __future__ import annotations
 
@@ -32,6 +32,12 @@ def test_health_and_the_job_show_which_job_holds_which_device(job_queue, client,
         assert seen["device_jobs"] == {"0": None, "1": running}
         job = client.get(f"/api/jobs/{running}", auth=TRAINER).json()
         assert (job["devices"], job["assigned_devices"]) == (1, ["1"])
+        # Resume a cancelled 2-device job on 1 device, or refuse more than the live worker has.
+        stopped = make_job(session, users["trainer"], JobStatus.cancelled, devices=2)
+        refused = client.post(f"/api/jobs/{stopped}/resume", params={"devices": 4}, auth=TRAINER)
+        assert refused.status_code == 422 and "4 asked, the largest worker has 2 (workbench-9@gpubox)" in refused.text
+        resumed = client.post(f"/api/jobs/{stopped}/resume", params={"devices": 1}, auth=TRAINER).json()
+        assert (resumed["status"], resumed["devices"], resumed["params"]["devices"]) == ("queued", 1, 1)
     finally:
         worker.stop()
 

@@ -67,10 +67,14 @@ def cancel_job(job_id: JobId, user: WriterUser, session: DbSession) -> Any:
 
 
 @router.post("/jobs/{job_id}/resume", response_model=JobDetailOut,
-             responses={409: {"model": ErrorOut, "description": "the job is not failed or cancelled"}})
-def resume_job(job_id: JobId, user: WriterUser, session: DbSession) -> Any:
-    """Queue a failed or cancelled job again, to continue from its last checkpoint."""
-    return services.resume_job(session, job_id, user)
+             responses={409: {"model": ErrorOut, "description": "the job is not failed or cancelled"},
+                        422: {"model": ErrorOut, "description": "devices: more than any live worker has"}})
+def resume_job(job_id: JobId, user: WriterUser, session: DbSession,
+               devices: Annotated[int | None, Query(ge=1, le=64, description="resume on this many devices (a "
+                                                     "training job: its checkpoint resumes at another world size)")]
+               = None) -> Any:
+    """Queue a failed or cancelled job again, to continue from its last checkpoint (on `devices` devices)."""
+    return services.resume_job(session, job_id, user, devices=devices)
 
 
 @router.patch("/jobs/{job_id}", response_model=JobDetailOut,

@@ -214,18 +214,24 @@ def cancel_job(session: Session, job_id: int, user: User | int | str | None = No
     return _change_job_state(session, job_id, user, request_cancel)
 
 
-def resume_job(session: Session, job_id: int, user: User | int | str | None = None) -> dict:
-    """Queue a failed or cancelled job again (and enqueue it); it continues from its last checkpoint.
+def resume_job(session: Session, job_id: int, user: User | int | str | None = None,
+               devices: int | None = None) -> dict:
+    """Queue a failed or cancelled job again (and enqueue it); it continues from its last checkpoint, on
+    `devices` devices when given (a training job's checkpoint resumes at another world size).
 
     A job marked not resumable (killed for memory, settings that cannot work) is refused: running it
     again would fail the same way."""
-    from worker.jobs.lifecycle import resume_job as queue_again
+    from worker.jobs.lifecycle import JobParamsError, resume_job as queue_again
 
     def resume_if_resumable(session: Session, job_id: int, by_user_id: int | None = None):
         if not _get_job(session, job_id).resumable:
             raise Conflict(f"job {job_id} cannot be resumed: it would fail the same way again (see its error); "
                            "submit a new job with other settings instead")
-        return queue_again(session, job_id, by_user_id=by_user_id)
+        try:
+            return queue_again(session, job_id, by_user_id=by_user_id, devices=devices)
+        except JobParamsError as error:
+            session.rollback()
+            raise InvalidInput(f"{error.field}: {error.message}", field=error.field) from error
 
     return _change_job_state(session, job_id, user, resume_if_resumable)
 
