@@ -3,7 +3,8 @@
     python -m bench.run [--quick] [--budget-s S] [--only train,generate,prepare,sft,preference]
         (--only platform,labeling: the web-app benchmarks; --only defaults: the fine-tuning defaults' sweep,
          bench/sweep_defaults.py, tens of minutes; --only ddp: 1 vs 2 data-parallel ranks, bench/bench_ddp.py;
-         --only threads: tiny pretraining alone and beside chat, with and without the thread budget)
+         --only threads: tiny pretraining alone and beside chat, with and without the thread budget;
+         --only clean: the clean pipeline on a generated web corpus and its MinHash step vs datasketch)
     workbench bench [--quick] [--budget-s S] [--only ...]
 
 Each benchmark is a module `bench.bench_<name>` with `run(quick: bool = False, budget_s=None) -> dict` of
@@ -34,9 +35,9 @@ from bench.common import add_budget_argument, print_figures
 
 BENCHMARKS = ("train", "generate", "prepare", "sft", "preference")  # what runs by default, in this order
 # only with --only: the web app's fixed loads; the defaults' sweep; 1 vs 2 data-parallel ranks (torchrun, minutes);
-# the thread budget beside chat (minutes: it starts processes); GRPO vs TRL GRPOTrainer (bench/bench_grpo.py:
-# minutes, TRL samples slowly; its grpo_vs_trl is a headline)
-OPTIONAL = ("platform", "labeling", "defaults", "ddp", "threads", "grpo")
+# the thread budget beside chat (minutes: it starts processes); the clean pipeline and its MinHash vs datasketch;
+# GRPO vs TRL GRPOTrainer (bench/bench_grpo.py: minutes, TRL samples slowly; its grpo_vs_trl is a headline)
+OPTIONAL = ("platform", "labeling", "defaults", "ddp", "threads", "clean", "grpo")
 BUDGETED_OPTIONAL = ("ddp", "threads", "grpo")  # optional benchmarks whose run() takes a time budget too
 MODULES = {"defaults": "bench.sweep_defaults"}  # a benchmark whose module is not bench.bench_<name>
 NOTES = ("skipped", "emulated")  # {measurement: why} each benchmark may return; merged into one of each

@@ -116,6 +116,7 @@ class DatasetKind(str, enum.Enum):
     prompts = "prompts"        # prompts to generate candidates for
     benchmark = "benchmark"    # multiple-choice questions (question, choices, answer) to evaluate models on
     feedback = "feedback"      # single answers marked good or bad (prompt / completion / label): KTO's data
+    raw = "raw"                # raw web data (HTML, WARC, JSONL with html/text) for the clean job (migration 0014)
 
 
 # Each kind as the Datasets tab offers it (it lists DatasetKind, so a new kind shows there with its entry here):
@@ -130,6 +131,9 @@ DATASET_KIND_HELP = {
     DatasetKind.prompts: ("prompts to generate answers for", "txt one per line, or jsonl with a `prompt`"),
     DatasetKind.benchmark: ("multiple-choice questions to evaluate models on", "jsonl: `question`, `choices` (a list), "
                             "`answer` (the right choice's index), optional `context`"),
+    DatasetKind.raw: ("raw web data to clean (Train ▸ Clean) into a text dataset", "html/htm (a page), warc or warc.gz, "
+                      "jsonl or jsonl.gz with an `html` or `text` field (and an optional `url`), txt; cleaned FineWeb's "
+                      "way: URL block list, HTML → text, language, quality rules, near-duplicates, PII"),
     DatasetKind.feedback: ("answers marked good or bad, for KTO", "jsonl (TRL's unpaired format): `prompt`, "
                            "`completion`, `label` (true: good, false: bad), as strings or message lists"),
 }

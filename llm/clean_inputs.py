@@ -295,3 +295,55 @@ def shard_size_for(inputs: list[Path], workers: int) -> int:
     """Bytes per shard: about four shards per worker, between 1 MB and 64 MB."""
     total = sum(os.path.getsize(p) for p in input_files(inputs))
     return int(min(64 << 20, max(1 << 20, total // max(1, 4 * workers))))
+
+
+RAW_EXTENSIONS = ("html", "htm", "warc", "warc.gz", "arc", "arc.gz", "jsonl", "jsonl.gz", "json.gz", "txt", "txt.gz",
+                  "text")
+
+
+def raw_extension(filename: str) -> str | None:
+    """The extension a raw upload is stored under ("warc.gz", "html", ...), the whole suffix `input_format` reads,
+    or None when the name has none of them."""
+    name = filename.lower()
+    for extension in sorted(RAW_EXTENSIONS, key=len, reverse=True):
+        if name.endswith("." + extension):
+            return extension
+    return None
+
+
+class _Enough(BaseException):  # not an Exception: the reader's own error handling lets it through
+    pass
+
+
+class _Sample:
+    """A shard writer stand-in that keeps the first few records and then stops the reading."""
+
+    def __init__(self, limit: int):
+        self.limit, self.records = limit, []
+
+    def write(self, record: dict) -> None:
+        self.records.append(record)
+        if len(self.records) >= self.limit:
+            raise _Enough
+
+
+def inspect_raw(path: Path, documents: int = 5, max_document_bytes: int = 2_000_000) -> dict:
+    """What an uploaded raw file holds, from its first documents: its format and a preview of each (the start of
+    its text or HTML); NoDocuments when none can be read (a binary file, an empty one, lines of no format)."""
+    path = Path(path)
+    fmt = input_format(path)
+    if fmt is None:
+        raise NoDocuments(f"{path.name}: not a format clean reads (.{', .'.join(RAW_EXTENSIONS)})")
+    sample, summary = _Sample(documents), InputSummary()
+    reader = _Reader(sample, summary, max_document_bytes, 1)  # type: ignore[arg-type]
+    try:
+        reader.read(path, fmt)
+    except _Enough:
+        pass
+    problems = [item["problem"] for item in summary.files if item["problem"]]
+    if not sample.records:
+        raise NoDocuments(f"no document could be read from it ({'; '.join(problems) or 'nothing in it'}"
+                          f"{'; removed: ' + str(summary.removed) if summary.removed else ''})")
+    return {"format": fmt, "documents_sampled": len(sample.records),
+            "html_sampled": sum(record["format"] == "html" for record in sample.records),
+            "preview": [record["text"][:300] for record in sample.records]}

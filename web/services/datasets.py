@@ -86,6 +86,28 @@ def upload_extension(original_filename: str) -> str:
     return extension
 
 
+def raw_upload_extension(original_filename: str) -> str:
+    """The whole suffix a raw web-data upload is stored under ("warc.gz", "html", ...; llm.clean_inputs reads the
+    format from it), else InvalidInput naming the ones it takes."""
+    from llm.clean_inputs import RAW_EXTENSIONS, raw_extension
+
+    extension = raw_extension(display_filename(original_filename))
+    if extension is None:
+        raise InvalidInput(f"file {display_filename(original_filename)!r}: raw web data is one of "
+                           f"{', '.join('.' + e for e in RAW_EXTENSIONS)}", field="file")
+    return extension
+
+
+def _raw_stats(path: Path, original_filename: str) -> dict:
+    """Validate raw web data by reading its first documents (llm.clean_inputs.inspect_raw)."""
+    from llm.clean_inputs import NoDocuments, inspect_raw
+
+    try:
+        return inspect_raw(path)
+    except NoDocuments as error:
+        raise InvalidInput(f"{original_filename}: {error}", field="file") from error
+
+
 def dataset_name(typed: str | None, filename: str) -> str:
     """The dataset's name: the one typed (refused when over 200 characters, or holding a control or bidirectional
     control character), else the file's stem (cleaned: display_filename) shortened to 200 characters."""
@@ -174,7 +196,7 @@ def store_dataset_upload(session: Session, settings: Settings, source_path: str 
     require(owner, Action.write)
     kind = parse_enum(DatasetKind, kind, "kind")
     display_name = display_filename(original_filename)
-    extension = upload_extension(display_name)
+    extension = raw_upload_extension(display_name) if kind == DatasetKind.raw else upload_extension(display_name)
     name = dataset_name(name, display_name)
     size = os.path.getsize(source_path)
     check_upload_size(size, settings)
@@ -209,6 +231,8 @@ def _store_new_dataset(session: Session, settings: Settings, source_path: str | 
         try:
             if kind == DatasetKind.text:
                 stats = _corpus_stats(stored, display_name)
+            elif kind == DatasetKind.raw:
+                stats = {**_raw_stats(stored, display_name), "bytes": size}
             else:
                 stats = {**_conversation_stats(stored, kind, display_name), "bytes": size}
         except InvalidInput as error:

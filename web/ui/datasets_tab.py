@@ -22,6 +22,7 @@ import pandas as pd
 
 from db.models import DATASET_KIND_HELP, DatasetKind
 from web.ui import can_write, current_user, db_session, error_text
+from web.ui import clean_report_view
 from llm.stats import COUNT_NAME
 from web.ui.plots import (CONVERSATION_KINDS, dataset_stat_cards, field, histogram_figure, human_bytes,
                           message_html, stat_cards_html, token_histograms_figure)
@@ -29,7 +30,7 @@ from web.ui.plots import (CONVERSATION_KINDS, dataset_stat_cards, field, histogr
 KINDS = [kind.value for kind in DatasetKind]
 TABLE_COLUMNS = ["id", "name", "kind", "format", "documents", "size", "file", "created"]
 PREVIEW_COLUMNS = ["#", "characters", "text"]  # a conversation's text is its rendered chat template
-FILE_TYPES = [".txt", ".jsonl", ".csv", ".parquet"]
+FILE_TYPES = [".txt", ".jsonl", ".csv", ".parquet", ".html", ".htm", ".warc", ".gz"]  # the last four: raw web data
 
 
 def kind_help(kind: DatasetKind) -> str:
@@ -264,6 +265,21 @@ def build(settings) -> DatasetsTab:
 
     table.select(select_row, [table], [picker], api_visibility="private")
     picker.change(show, [picker], summary, api_visibility="private")
+
+    # A dataset the clean job made shows its report below (web/ui/clean_report_view.py).
+    report_view = clean_report_view.build()
+
+    def show_report(dataset_id, request: gr.Request = None):
+        if not dataset_id or not may_read(settings, request):
+            return clean_report_view.report_outputs(None, None)
+        try:
+            with db_session(settings) as session:
+                dataset = services.get_dataset(int(dataset_id), session=session)
+        except (services.ServiceError, ValueError, TypeError):
+            dataset = None
+        return clean_report_view.report_outputs(dataset, settings.data_dir)
+
+    picker.change(show_report, [picker], report_view.outputs, api_visibility="private")
 
     def do_rename(dataset_id, name_value, request: gr.Request):
         user = current_user(settings, request)
