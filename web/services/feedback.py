@@ -3,6 +3,7 @@
 
     give_feedback(session, user, model_id, messages, answer, label) -> {id, label, created, changed}
     undo_feedback(session, user, feedback_id)                       -> {id, undone}
+    take_back_feedback(session, user, model_id, messages, answer)   -> {id, undone} (the Chat tab's undo)
     list_feedback(user, model_id=None, everyone=False)              -> rows (your own; a trainer's `everyone`: all)
     export_feedback(user, model_ids=None)                           -> TRL unpaired JSONL text
     feedback_items(session, model_ids=None)                         -> KTO items with their row ids (lineage)
@@ -98,6 +99,18 @@ def undo_feedback(session: Session, user: User, feedback_id: int) -> dict:
     session.delete(row)
     session.commit()
     return {"id": feedback_id, "undone": True}
+
+
+def take_back_feedback(session: Session, user: User, model_id: int, messages: Any, answer: str) -> dict:
+    """Take back `user`'s thumb on this answer, named by what it was given on (the Chat tab knows no row id); a
+    thumb that is not there is nothing to take back: {"id": None, "undone": False}."""
+    require(user, Action.chat)
+    key = answer_key_sha256(model_id, _checked_messages(messages), answer)
+    row = session.scalar(select(AnswerFeedback).where(AnswerFeedback.user_id == user.id,
+                                                      AnswerFeedback.answer_sha256 == key))
+    if row is None:
+        return {"id": None, "undone": False}
+    return undo_feedback(session, user, row.id)
 
 
 def list_feedback(user: User, model_id: int | None = None, everyone: bool = False,

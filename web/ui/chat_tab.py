@@ -16,6 +16,11 @@ What a "reply" is depends on the model:
 Labelers are offered the chat models only, and not by name while labelers are kept blind
 (`services.list_models(viewer=...)`, WORKBENCH_BLIND_LABELERS). The Jobs tab's
 "→ model #n" link opens this tab with model n selected (`ChatTab.show_model`).
+
+👍 / 👎 under a chat model's answer store a thumb on it with the model that wrote it and the conversation it
+answered (web/services/feedback.py: one per person and answer; the other thumb changes it, clicking the same one
+again takes it back): the unpaired feedback the KTO job kind learns from. Each answer remembers its model
+(`answer_models`), so switching models mid-conversation does not misfile a thumb.
 """
 
 from __future__ import annotations
@@ -139,6 +144,35 @@ def best_of_answers(settings, cache, history: list[dict], model_id, reward_model
     return candidates[0].text, listing
 
 
+def thumb_answer(settings, history: list[dict] | None, models: dict | None, index: int, liked: Any,
+                 viewer: dict | None) -> str:
+    """Store, change or take back `viewer`'s thumb on the answer at `index` of the conversation (liked True: 👍,
+    False: 👎, anything else: Gradio's "clicked again", take it back); `models` says which model wrote each answer."""
+    from web import services
+    from web.services import feedback
+
+    history = [{"role": m.get("role"), "content": content_text(m.get("content"))} for m in (history or [])]
+    model_id = (models or {}).get(index, (models or {}).get(str(index)))
+    if model_id is None or not 0 < index < len(history) or history[index]["role"] != "assistant":
+        return message_html("Thumbs go on a chat model's answers.", "info")
+    if viewer is None:
+        return message_html("Thumbs are stored per person: log in to give them.", "info")
+    conversation = [m for m in history[:index] if m["role"] in ("system", "user", "assistant")]
+    answer = history[index]["content"]
+    try:
+        with db_session(settings) as session:
+            user = services.resolve_user(session, int(viewer["id"]))
+            if liked in (True, False):
+                feedback.give_feedback(session, user, int(model_id), conversation, answer, bool(liked))
+                said = "👍 saved" if liked else "👎 saved"
+            else:
+                feedback.take_back_feedback(session, user, int(model_id), conversation, answer)
+                said = "thumb taken back"
+    except Exception as error:  # a model deleted meanwhile, a role that may not: say so
+        return message_html(error_text(error), "error")
+    return f'<div style="font-size:12px;opacity:.7">{html.escape(said)} (model #{int(model_id)})</div>'
+
+
 @dataclass
 class ChatTab:
     settings: Any
@@ -200,7 +234,7 @@ def build(settings) -> ChatTab:
             chatbot = gr.Chatbot(label="Conversation", height=430, elem_id="chat-bot", buttons=["copy"],
                                  placeholder="A base model continues whatever you type as a document: "
                                              "try the first sentence of a paragraph.",
-                                 feedback_options=None)
+                                 feedback_options=("Like", "Dislike"))
             with gr.Row():
                 prompt = gr.Textbox(show_label=False, placeholder="Type a message and press Enter", scale=6,
                                     elem_id="chat-input", lines=1, max_lines=6, autofocus=False)
@@ -231,6 +265,7 @@ def build(settings) -> ChatTab:
                                 info="N > 1: a reward model picks the best (chat models)", elem_id="chat-best-of")
             reward_model = gr.Dropdown(label="Reward model", choices=[], elem_id="chat-reward-model")
     candidates = gr.HTML(elem_id="chat-best-of-list")
+    answer_models = gr.State({})  # assistant message index -> the chat model that wrote it
 
     def add_user_message(message: str, history: list[dict] | None):
         history = list(history or [])
@@ -320,17 +355,34 @@ def build(settings) -> ChatTab:
         history.append({"role": "assistant", "content": best})
         yield history, "", listing
 
+    def remember_model(history: list[dict] | None, model_id, models: dict | None) -> dict:
+        """The model of the newest answer (a model's answer, not a warning), for its thumb."""
+        models = dict(models or {})
+        history = list(history or [])
+        if history and history[-1].get("role") == "assistant" and model_id is not None:
+            if not content_text(history[-1].get("content")).startswith("⚠️"):
+                models[len(history) - 1] = int(model_id)
+        return models
+
+    def thumb(history: list[dict] | None, models: dict | None, data: gr.LikeData, request: gr.Request = None) -> str:
+        index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
+        return thumb_answer(settings, history, models, int(index), data.liked, current_user(settings, request))
+
     sampling = [model, temperature, top_k, top_p, max_tokens, seed, stop_at_end, system_prompt, best_of, reward_model]
     submit_event = prompt.submit(add_user_message, [prompt, chatbot], [prompt, chatbot], queue=False,
                                  api_visibility="private").then(
         respond, [chatbot] + sampling, [chatbot, speed, candidates], concurrency_limit=2, concurrency_id="chat",
-        show_progress="hidden", api_visibility="private")
+        show_progress="hidden", api_visibility="private").then(
+        remember_model, [chatbot, model, answer_models], [answer_models], queue=False, api_visibility="private")
     send_event = send.click(add_user_message, [prompt, chatbot], [prompt, chatbot], queue=False,
                             api_visibility="private").then(
         respond, [chatbot] + sampling, [chatbot, speed, candidates], concurrency_limit=2, concurrency_id="chat",
-        show_progress="hidden", api_visibility="private")
+        show_progress="hidden", api_visibility="private").then(
+        remember_model, [chatbot, model, answer_models], [answer_models], queue=False, api_visibility="private")
     stop.click(None, None, None, cancels=[submit_event, send_event])
-    clear.click(lambda: ([], "", ""), None, [chatbot, speed, candidates], queue=False, api_visibility="private")
+    clear.click(lambda: ([], "", "", {}), None, [chatbot, speed, candidates, answer_models], queue=False,
+                api_visibility="private")
+    chatbot.like(thumb, [chatbot, answer_models], [speed], queue=False, api_visibility="private")
 
     tab = ChatTab(settings=settings, model=model, info=info, reward_model=reward_model)
 
