@@ -174,6 +174,11 @@ def _make_context(session: Session, job_id: int, attempt: int, settings: Setting
     device = devices.job_device(settings.device, slots)
     if device != settings.device:
         settings = replace(settings, device=device)
+        # Torch's current device too (per process, or per thread in a threads pool): what asks for "the current
+        # device" (memory stats, empty_cache) then stays on this GPU instead of opening a context on GPU 0.
+        import torch
+
+        torch.cuda.set_device(torch.device(device))
     dataset = session.get(Dataset, job.dataset_id) if job.dataset_id is not None else None
     input_model = session.get(Model, job.input_model_id) if job.input_model_id is not None else None
     run_dir = safe_join(settings.data_dir, job.run_dir or f"runs/{job_id}")
