@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from bench.sweep_grpo import verifier_scores
 from llm import synthetic_tasks as tasks
 from llm.cli import main
 
@@ -34,11 +33,6 @@ PRESETS = ("tiny",) + (("small",) if os.environ.get("WORKBENCH_TEST_SMALL_PRESET
 # "A few hundred steps" of pretraining on the prose: its shape is given (it is not a fine-tuning default), the same
 # as the sweep's bases (bench/sweep_defaults.py PRETRAIN); the tiny preset's takes 7 s on a quiet machine.
 PRETRAIN_FLAGS = ["--max-steps", "200", "--batch-size", "8", "--block-size", "128", "--warmup", "30"]
-# GRPO's format verifier on the test family: one sentence of lower-case words closed by one of the polite rule's
-# phrases. Looser than the sweep's (bench/sweep_grpo.py sentence_pattern: the family's own sentence shapes), because
-# the SFT start at the defaults writes few well-formed sentences of this family (5-10 % of samples): with the strict
-# shape no answer of a group passes, every group scores the same and GRPO has nothing to learn from.
-POLITE_SENTENCE = r"[A-Z][a-z ,]*, (?:" + "|".join(tasks.get_rule(FAMILY, RULE).preferred) + r")\."
 
 
 def timed(what: str, preset: str, action):
@@ -97,36 +91,9 @@ class Loop:
             "reward", "reward", self.policy, tasks.preference_pairs(400, seed=104, family=FAMILY, rule=RULE)))
 
     @property
-    def grpo(self) -> Path:
-        """GRPO at the defaults against the format verifier "one sentence closing with a polite phrase"."""
-        return self._once("grpo (format verifier)", lambda: self._grpo("grpo", "--verifier", "format", "--pattern",
-                                                                        POLITE_SENTENCE))
-
-    @property
-    def rlhf(self) -> Path:
-        """GRPO at the defaults against the reward model (RLHF): no verifier, the reward model's score alone."""
-        return self._once("grpo (reward model)", lambda: self._grpo("rlhf", "--reward-model", self.reward))
-
-    def _grpo(self, name: str, *flags) -> Path:
-        prompts = [{"prompt": pair["prompt"]} for pair in tasks.preference_pairs(400, seed=112, family=FAMILY,
-                                                                                 rule=RULE)]
-        data = tasks.write_jsonl(self.root / f"{name}-prompts.jsonl", prompts)
-        cli("grpo", "--model", self.policy, "--data", data, "--out", self.root / name, *flags)  # no --lr, --max-steps
-        return self.root / name
-
-    @property
     def dpo(self) -> Path:
         return self._once("dpo", lambda: self._fine_tune(
             "dpo", "dpo", self.policy, tasks.preference_pairs(400, seed=105, family=FAMILY, rule=RULE)))
-
-    @property
-    def kto(self) -> Path:
-        """KTO from unpaired thumbs (TRL's prompt / completion / label): no prompt has both a good and a bad answer
-        (the first 200 pairs give their chosen answer as good, the other 200 their rejected one as bad)."""
-        pairs = tasks.preference_pairs(400, seed=110, family=FAMILY, rule=RULE)
-        feedback = ([{"prompt": p["prompt"], "completion": p["chosen"], "label": True} for p in pairs[:200]]
-                    + [{"prompt": p["prompt"], "completion": p["rejected"], "label": False} for p in pairs[200:]])
-        return self._once("kto", lambda: self._fine_tune("kto", "kto", self.policy, feedback))
 
     @property
     def kto(self) -> Path:
@@ -195,24 +162,9 @@ def test_kto_at_the_defaults_from_unpaired_feedback_raises_the_preferred_share(l
     after = property_share(loop.kto, prompts, FAMILY, RULE)
     print(f"[{loop.preset}] kto: polite share {before['share']:.2f} -> {after['share']:.2f}, "
           f"ended {after['ended']:.2f}, e.g. {after['examples']}")
-    # +20 points, DPO's bar and for the same reasons (a start near half, 160 samples measure a share to about +-4
-    # points): KTO sees each prompt with one answer only, half the signal of a pair, yet the rule is one closing
-    # phrase, which the good answers raise and the bad ones lower directly.
-    assert after["share"] >= before["share"] + 0.2
-    assert after["ended"] >= 0.8  # still answering, and closing its turn
-
-
-def test_kto_at_the_defaults_from_unpaired_feedback_raises_the_preferred_share(loop):
-    from llm.synthetic_scores import property_share
-
-    prompts = held_out_prompts(111)
-    before = property_share(loop.policy, prompts, FAMILY, RULE)
-    after = property_share(loop.kto, prompts, FAMILY, RULE)
-    print(f"[{loop.preset}] kto: polite share {before['share']:.2f} -> {after['share']:.2f}, "
-          f"ended {after['ended']:.2f}, e.g. {after['examples']}")
-    # +20 points, DPO's bar and for the same reasons (160 samples measure a share to about +-4 points, so 20 points
-    # is a real move): KTO sees each prompt with one answer only, half the signal of a pair, yet the rule is one
-    # closing phrase, which the good answers raise and the bad ones lower directly. Measured: 0.08 -> 0.53 (tiny).
+    # +20 points, DPO's bar and for the same reason (160 samples measure a share to about +-4 points, so 20 points is
+    # a real move): KTO sees each prompt with one answer only, half the signal of a pair, yet the rule is one closing
+    # phrase, which the good answers raise and the bad ones lower directly. Measured on tiny: 0.08 -> 0.53.
     assert after["share"] >= before["share"] + 0.2
     assert after["ended"] >= 0.8  # still answering, and closing its turn
 
@@ -229,28 +181,3 @@ def test_best_of_8_with_the_reward_model_raises_the_preferred_share(loop):
     # sample (~50 %) leaves room for a 40-prompt measure's noise (+-8 points). (The property alone: best-of-N
     # picks among the policy's answers and cannot mend a garbled one; the well-formed shares are printed.)
     assert shares["best"] >= shares["first"] + 0.2
-
-
-def test_grpo_at_the_defaults_raises_the_verifier_pass_rate(loop):
-    prompts = held_out_prompts(113)
-    before = verifier_scores(loop.policy, prompts, POLITE_SENTENCE, FAMILY, RULE)
-    after = verifier_scores(loop.grpo, prompts, POLITE_SENTENCE, FAMILY, RULE)
-    print(f"[{loop.preset}] grpo: verifier pass rate {before['pass_rate']:.2f} -> {after['pass_rate']:.2f}, "
-          f"well-formed {before['well_formed']:.2f} -> {after['well_formed']:.2f}, ended {after['ended']:.2f}, "
-          f"e.g. {after['examples']}")
-    # +20 points, DPO's bar and for the same reasons: the start closes politely about half the time (trained on half
-    # and half), 160 samples (40 unseen prompts x 4) measure a share to about +-4 points, so 20 points is a real move.
-    assert after["pass_rate"] >= before["pass_rate"] + 0.2
-    assert after["ended"] >= 0.8  # still answering, and closing its turn
-
-
-def test_grpo_against_the_reward_model_at_the_defaults_raises_the_preferred_share(loop):
-    prompts = held_out_prompts(114)
-    before = verifier_scores(loop.policy, prompts, POLITE_SENTENCE, FAMILY, RULE)
-    after = verifier_scores(loop.rlhf, prompts, POLITE_SENTENCE, FAMILY, RULE)
-    print(f"[{loop.preset}] grpo with the reward model: polite share {before['property']:.2f} -> "
-          f"{after['property']:.2f}, well-formed {after['well_formed']:.2f}, ended {after['ended']:.2f}, "
-          f"e.g. {after['examples']}")
-    # The same bar on the property the reward model learned (a polite closing, in a well-formed sentence): RLHF.
-    assert after["property"] >= before["property"] + 0.2
-    assert after["ended"] >= 0.8
