@@ -31,7 +31,7 @@ def raw_lines() -> list[str]:
 
 
 def test_a_clean_job_stops_resumes_and_makes_a_text_dataset_with_its_lineage_and_report(workbench_env, session):
-    raw = add_dataset(session, workbench_env, DatasetKind.text, raw_lines(), "crawl")
+    raw = add_dataset(session, workbench_env, DatasetKind.raw, raw_lines(), "crawl")
     job = jobs.create_job(session, "clean", {"dataset_id": raw.id, "minhash_buckets": 4})
     first = claim(session, job.id)
     outcome = clean_handler.run(_make_context(session, job.id, first, workbench_env, StopOnQuestion(1)))
@@ -58,3 +58,18 @@ def test_a_clean_job_stops_resumes_and_makes_a_text_dataset_with_its_lineage_and
 
     stats = prepare(workbench_env.data_dir / clean.path, "gpt2", workbench_env.data_dir / "prepared")
     assert stats["documents"] == 4 and stats["tokens"] > 1000
+
+    # Lineage: a model pretrained on the clean dataset shows raw → clean job → clean dataset → its job → model.
+    from db.models import Model, ModelKind
+    from web.services.lineage import model_lineage
+
+    pretrain = Job(kind="pretrain", status=JobStatus.succeeded, params={"dataset_id": clean.id}, dataset_id=clean.id)
+    session.add(pretrain)
+    session.flush()
+    model = Model(name="base", kind=ModelKind.base, tokenizer="gpt2", config={}, path="models/base", job_id=pretrain.id)
+    session.add(model)
+    session.commit()
+    graph = model_lineage(workbench_env, model.id, session=session)
+    edges = {(edge["from"], edge["to"]) for edge in graph["edges"]}
+    assert {(f"dataset:{raw.id}", f"job:{job.id}"), (f"job:{job.id}", f"dataset:{clean.id}"),
+            (f"dataset:{clean.id}", f"job:{pretrain.id}"), (f"job:{pretrain.id}", f"model:{model.id}")} <= edges

@@ -106,7 +106,8 @@ def model_lineage(settings: Settings, model_id: int, session: Session | None = N
 
 def _add_job(session: Session, job: Job, add, edges: list[tuple[str, str]]) -> str:
     """The job's node, with the dataset it read: a deleted one stays in the graph, marked deleted (the job keeps
-    its id in its params and the deletion's event keeps its name)."""
+    its id in its params and the deletion's event keeps its name); a dataset the clean job made, with that job and
+    the raw dataset it read."""
     job_key = add(f"job:{job.id}", type="job", label=f"job #{job.id} {enum_value(job.kind)}", job_id=job.id)
     dataset_id = job.dataset_id or (job.params or {}).get("dataset_id")
     if isinstance(dataset_id, int):
@@ -114,6 +115,11 @@ def _add_job(session: Session, job: Job, add, edges: list[tuple[str, str]]) -> s
         if dataset is not None:
             key = add(f"dataset:{dataset.id}", type="dataset", label=f"{dataset.name} ({enum_value(dataset.kind)})",
                       dataset_id=dataset.id)
+            # A dataset the clean job made: raw data -> clean job -> this dataset (its stats say which job).
+            maker_id = ((dataset.stats or {}).get("cleaned_from") or {}).get("job_id")
+            maker = session.get(Job, maker_id) if isinstance(maker_id, int) and maker_id != job.id else None
+            if maker is not None:
+                edges.append((_add_job(session, maker, add, edges), key))
         else:
             name = _deleted_dataset_name(session, job.id, dataset_id)
             key = add(f"dataset:{dataset_id}", type="dataset", deleted=True, dataset_id=dataset_id,
