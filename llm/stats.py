@@ -1,5 +1,5 @@
-"""Summaries of datasets for the upload page: length histograms, and what a chat, preference, prompt or
-benchmark dataset holds (how many items, turns or choices, tokens per role or part, a rendered preview)."""
+"""Summaries of datasets for the upload page: length histograms, and what a chat, preference, prompt, benchmark or
+feedback dataset holds (how many items, turns or choices, tokens per role or part, a rendered preview)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ HISTOGRAM_MAX_BINS = 24   # log2 bins: from 1 to 16 M fits in 24
 TOKENIZE_THREADS = 8      # at most this many threads count tokens (one chunk of texts each)
 PREVIEW_CHARS = 1000      # each previewed item is cut to this many characters
 # Which part of an item a dataset's headline histogram counts, per kind.
-MAIN_PART = {"chat": "assistant", "preference": "chosen", "prompts": "user", "benchmark": "question"}
-COUNT_NAME = {"chat": "conversations", "preference": "pairs", "prompts": "prompts", "benchmark": "questions"}
+MAIN_PART = {"chat": "assistant", "preference": "chosen", "prompts": "user", "benchmark": "question",
+             "feedback": "completion"}
+COUNT_NAME = {"chat": "conversations", "preference": "pairs", "prompts": "prompts", "benchmark": "questions",
+              "feedback": "answers"}
 
 
 def length_histogram(lengths: list[int]) -> dict:
@@ -61,6 +63,8 @@ def _parts(kind: str, item) -> dict[str, list[dict]]:
     """The messages of an item grouped into the parts whose tokens are counted."""
     if kind == "preference":
         return {"prompt": item["prompt"], "chosen": item["chosen"], "rejected": item["rejected"]}
+    if kind == "feedback":
+        return {"prompt": item["prompt"], "completion": item["completion"]}
     if kind == "benchmark":
         return {"question": [{"content": item["context"]}, {"content": item["question"]}],
                 "choices": [{"content": choice} for choice in item["choices"]]}
@@ -74,6 +78,9 @@ def _preview(kind: str, item) -> str:
     if kind == "preference":
         text = (render_text(item["prompt"]) + "\n— chosen —\n" + render_text(item["chosen"])
                 + "\n— rejected —\n" + render_text(item["rejected"]))
+    elif kind == "feedback":
+        verdict = "good" if item["label"] else "bad"
+        text = render_text(item["prompt"]) + f"\n— {verdict} —\n" + render_text(item["completion"])
     elif kind == "benchmark":  # the right answer marked with a check mark
         text = "\n".join([item["context"], item["question"]] if item["context"] else [item["question"]]) + "\n" + \
             "\n".join(f"{'✓' if index == item['answer'] else ' '} {index}. {choice}"
@@ -117,6 +124,9 @@ def inspect_dataset(kind: str, path: str | Path, tokenizer: Tokenizer, display_n
     }
     if kind in ("chat", "prompts"):
         stats["turns_histogram"] = length_histogram([len(item) for item in items])
+    elif kind == "feedback":  # KTO needs both; the Train form and the submit check say so too
+        stats["good"] = sum(1 for item in items if item["label"])
+        stats["bad"] = len(items) - stats["good"]
     elif kind == "benchmark":
         stats["choices_histogram"] = length_histogram([len(item["choices"]) for item in items])
     return stats
