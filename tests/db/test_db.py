@@ -600,11 +600,14 @@ def test_0005_keeps_every_row_and_lets_any_job_kind_in(empty_database_url: str) 
         upgrade(empty_database_url, "0005")
         assert _every_row(engine) == before
         with SessionLocal(empty_database_url) as fresh:
-            assert [job.kind for job in fresh.scalars(select(Job).order_by(Job.id))] == list(JOB_KINDS_AT_0004)
+            # Columns, not Job rows: the model has columns later migrations add (0011's devices).
+            assert list(fresh.scalars(select(Job.kind).order_by(Job.id))) == list(JOB_KINDS_AT_0004)
             # Explicit ids: rows inserted with theirs did not move PostgreSQL's sequences.
-            fresh.add_all([Job(id=100, kind="clean"), Dataset(id=100, name="b", kind=DatasetKind.benchmark,
-                                                              format="jsonl", path="p", original_filename="b.jsonl",
-                                                              size_bytes=1)])
+            fresh.execute(text("INSERT INTO jobs (id, kind, status, params, priority, progress, created_at, attempts, "
+                               "cancel_requested, resumable) VALUES (100, 'clean', 'queued', '{}', 0, 0, "
+                               "CURRENT_TIMESTAMP, 0, false, true)"))
+            fresh.add(Dataset(id=100, name="b", kind=DatasetKind.benchmark, format="jsonl", path="p",
+                              original_filename="b.jsonl", size_bytes=1))
             fresh.commit()
         with pytest.raises(RuntimeError, match="1 job.* and 1 benchmark dataset"):
             downgrade(empty_database_url, "0004")
