@@ -10,8 +10,8 @@ Ray executors when a corpus outgrows one machine (docs/clean.md).
     read      inputs → work/shards/NNNNN.jsonl                        (ours; skipped when work/input.json exists)
     filter    shards → URL → trafilatura → language → Gopher repetition → Gopher quality → C4 → FineWeb
               → work/filtered/                                         (tasks = shards)
-    minhash   signatures (tasks = filtered files) → buckets (tasks = buckets) → clusters (1 task)
-    finish    filtered → MinHash filter → PII → work/output/         (tasks = filtered files)
+    minhash   signatures (tasks = shards) → buckets (tasks = buckets) → clusters (1 task)
+    finish    filtered → MinHash filter → PII → work/output/         (tasks = shards)
     then      work/output → <out>/clean.jsonl (`text`, `id`, `url`), <out>/report.json (`llm.clean_report`)
 
 Resume: each stage's executor logs to work/logs/<stage>/ and writes datatrove's completion markers there, so a run
@@ -260,6 +260,24 @@ def _concatenate(output_dir: Path, target: Path) -> tuple[int, int]:
     return documents, size
 
 
+def read_stage(inputs: list[Path], out_dir: Path, config: CleanConfig, *, shard_bytes: int) -> InputSummary:
+    """The first stage: `inputs` → `out_dir`/work/shards/, its summary in work/input.json (which marks it done)."""
+    dirs = _workdirs(Path(out_dir))
+    shutil.rmtree(dirs["shards"], ignore_errors=True)
+    summary = read_inputs([Path(p) for p in inputs], dirs["shards"], shard_bytes=shard_bytes,
+                          max_document_bytes=config.max_document_bytes, examples_per_reason=config.examples_per_reason)
+    (dirs["work"] / "input.json").write_text(json.dumps(summary.to_dict()))
+    return summary
+
+
+def datatrove_stages(config: CleanConfig, out_dir: Path, tasks: int) -> list[tuple[str, list, int]]:
+    """Every stage after reading, as (name, datatrove steps, tasks), for any datatrove executor: `clean` runs them
+    on `LocalPipelineExecutor`; docs/clean.md runs them on Slurm. `tasks`: the number of shards (each document
+    stage reads the files of its rank; the MinHash buckets stage has one task per bucket)."""
+    dirs = _workdirs(Path(out_dir))
+    return [("filter", _filter_pipeline(config, dirs), tasks), *_stages(config, dirs, tasks)]
+
+
 def clean(inputs: list[Path] | Path, out_dir: Path, config: CleanConfig | None = None, *, workers: int | None = None,
           on_progress: ProgressCallback | None = None, should_stop: Callable[[], bool] | None = None,
           say: Callable[[str], None] = print, shard_bytes: int | None = None) -> dict:
@@ -292,13 +310,9 @@ def clean(inputs: list[Path] | Path, out_dir: Path, config: CleanConfig | None =
             say(f"read: done before ({summary.kept:,} documents in {len(summary.shards)} shards)")
         else:
             monitor.enter("read", 0)
-            shutil.rmtree(dirs["shards"], ignore_errors=True)
             t = time.perf_counter()
-            summary = read_inputs(inputs, dirs["shards"], shard_bytes=shard_bytes or shard_size_for(inputs, workers),
-                                  max_document_bytes=config.max_document_bytes,
-                                  examples_per_reason=config.examples_per_reason)
+            summary = read_stage(inputs, out_dir, config, shard_bytes=shard_bytes or shard_size_for(inputs, workers))
             timings["read"] = time.perf_counter() - t
-            summary_file.write_text(json.dumps(summary.to_dict()))
             say(f"read: {summary.kept:,} documents ({summary.kept_bytes / 1e6:,.1f} MB) into "
                 f"{len(summary.shards)} shards; removed while reading: {summary.removed or 'none'}")
         timings["filter"] = _run_stage("filter", _filter_pipeline(config, dirs), len(summary.shards), workers,
@@ -306,7 +320,7 @@ def clean(inputs: list[Path] | Path, out_dir: Path, config: CleanConfig | None =
         filtered = sorted(dirs["filtered"].glob("*.jsonl"))
         left = sum(1 for path in filtered for _ in open(path, "rb"))
         if filtered:
-            for name, steps, tasks in _stages(config, dirs, len(filtered)):
+            for name, steps, tasks in _stages(config, dirs, len(summary.shards)):  # as datatrove_stages
                 total = left if name in ("signatures", "finish") else 0
                 timings[name] = _run_stage(name, steps, tasks, workers, dirs, monitor, total, say)
         dirs["output"].mkdir(parents=True, exist_ok=True)
@@ -328,4 +342,5 @@ def clean(inputs: list[Path] | Path, out_dir: Path, config: CleanConfig | None =
     return report
 
 
-__all__ = ["CleanConfig", "CleanStoppedRun", "NoDocuments", "NothingLeft", "clean", "DATASET_FILE", "REPORT_FILE"]
+__all__ = ["CleanConfig", "CleanStoppedRun", "NoDocuments", "NothingLeft", "clean", "datatrove_stages", "read_stage",
+           "DATASET_FILE", "REPORT_FILE"]

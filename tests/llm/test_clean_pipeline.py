@@ -183,3 +183,23 @@ def test_a_stop_request_stops_the_run_and_a_new_run_finishes_it(tmp_path):
     assert not (tmp_path / "out" / "clean.jsonl").exists()
     report = clean([tmp_path / "a.txt"], tmp_path / "out", workers=1, say=lambda line: None)
     assert report["output"]["documents"] == 3
+
+
+def test_the_stages_run_on_an_executor_of_ones_own_and_clean_then_only_assembles(tmp_path):
+    """What docs/clean.md does on Slurm, here on datatrove's local executor: read_stage, every datatrove_stages
+    stage, then `clean` on the same folder finds every task complete and writes the corpus and the report."""
+    from datatrove.executor import LocalPipelineExecutor
+
+    from llm.clean import datatrove_stages, read_stage
+
+    rng = random.Random(6)
+    (tmp_path / "a.txt").write_text("\n\n".join(english_text(rng, 24) for _ in range(4)))
+    out, config = tmp_path / "out", CleanConfig()
+    summary = read_stage([tmp_path / "a.txt"], out, config, shard_bytes=4000)
+    for name, steps, tasks in datatrove_stages(config, out, len(summary.shards)):
+        LocalPipelineExecutor(pipeline=steps, tasks=tasks, workers=1, logging_dir=str(out / "work" / "logs" / name)).run()
+    lines: list[str] = []
+    report = clean([tmp_path / "a.txt"], out, config, workers=1, say=lines.append)
+    assert report["output"]["documents"] == 4
+    assert any(line.startswith("read: done before") for line in lines)
+    assert f"filter: {len(summary.shards)} tasks ({len(summary.shards)} already done, skipped)" in lines
