@@ -4,7 +4,8 @@
         (--only platform,labeling: the web-app benchmarks; --only defaults: the fine-tuning defaults' sweep,
          bench/sweep_defaults.py, tens of minutes; --only ddp: 1 vs 2 data-parallel ranks, bench/bench_ddp.py;
          --only threads: tiny pretraining alone and beside chat, with and without the thread budget;
-         --only clean: the clean pipeline on a generated web corpus and its MinHash step vs datasketch)
+         --only clean: the clean pipeline on a generated web corpus and its MinHash step vs datasketch;
+         --only kto: KTO vs TRL's KTOTrainer, bench/bench_kto.py)
     workbench bench [--quick] [--budget-s S] [--only ...]
 
 Each benchmark is a module `bench.bench_<name>` with `run(quick: bool = False, budget_s=None) -> dict` of
@@ -37,13 +38,13 @@ BENCHMARKS = ("train", "generate", "prepare", "sft", "preference")  # what runs 
 # only with --only: the web app's fixed loads; the defaults' sweep; 1 vs 2 data-parallel ranks (torchrun, minutes);
 # the thread budget beside chat (minutes: it starts processes); the clean pipeline and its MinHash vs datasketch;
 # GRPO vs TRL GRPOTrainer (bench/bench_grpo.py: minutes, TRL samples slowly; its grpo_vs_trl is a headline)
-OPTIONAL = ("platform", "labeling", "defaults", "ddp", "threads", "clean", "grpo")
-BUDGETED_OPTIONAL = ("ddp", "threads", "grpo")  # optional benchmarks whose run() takes a time budget too
+OPTIONAL = ("platform", "labeling", "defaults", "ddp", "threads", "clean", "grpo", "kto")
+BUDGETED_OPTIONAL = ("ddp", "threads", "grpo", "kto")  # optional benchmarks whose run() takes a time budget too
 MODULES = {"defaults": "bench.sweep_defaults"}  # a benchmark whose module is not bench.bench_<name>
 NOTES = ("skipped", "emulated")  # {measurement: why} each benchmark may return; merged into one of each
 HEADLINE = ("train_vs_hf", "generate_vs_hf", "generate_samples_vs_hf", "prepare_vs_tiktoken",
             "train_flops_vs_matmul_peak", "sft_lora_vs_trl", "sft_full_vs_trl", "dpo_vs_trl", "reward_vs_trl",
-            "grpo_vs_trl")
+            "grpo_vs_trl", "kto_vs_trl")
 
 
 def _scalar(value):
