@@ -49,7 +49,11 @@ DPO_LORA_LR = WidthRule(at_reference=2.5e-4, power=1.0)
 DPO_FULL_LR = WidthRule(at_reference=8.33e-5, power=1.0)
 DPO_DEFAULTS = FineTuningDefaults(loop={"max_steps": 200, "batch_size": 8, "block_size": 256, "warmup": 10,
                                         "eval_every": 50, "checkpoint_every": 100, "weight_decay": 0.0},
-                                  lora_lr=DPO_LORA_LR, full_lr=DPO_FULL_LR)
+                                  lora_lr=DPO_LORA_LR, full_lr=DPO_FULL_LR,
+                                  # Rank 0 alone samples the watch's answers and keeps the last good weights
+                                  # (llm/degeneration.py): a sharded model cannot run or be read on one rank.
+                                  no_fsdp="DPO's degeneration watch samples answers from and keeps weights of the "
+                                          "whole model on one rank")
 
 
 def dpo_train_config(config: DPOConfig, n_embd: int | None = None, **given) -> TrainConfig:

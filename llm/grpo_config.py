@@ -80,7 +80,11 @@ GRPO_FULL_LR = WidthRule(at_reference=8.33e-5, power=1.0)
 GRPO_DEFAULTS = FineTuningDefaults(loop={"max_steps": 60, "batch_size": 4, "block_size": 256, "warmup": 5,
                                          "eval_every": 20, "checkpoint_every": 20, "weight_decay": 0.0,
                                          "log_every": 1, "eval_batches": 1},
-                                   lora_lr=GRPO_LORA_LR, full_lr=GRPO_FULL_LR)
+                                   lora_lr=GRPO_LORA_LR, full_lr=GRPO_FULL_LR,
+                                   # Sharded ranks must run the same forwards in step; sampled answers end at
+                                   # different lengths on different ranks.
+                                   no_fsdp="GRPO samples answers of different lengths on each rank, and sharded "
+                                           "ranks must run every forward together")
 
 
 def grpo_train_config(config: GRPOConfig, n_embd: int | None = None, **given) -> TrainConfig:

@@ -53,7 +53,7 @@ class TrainConfig:
     parallelism: str = setting("ddp", choices=PARALLELISM, advanced=True,
                                help="with several devices (torchrun): ddp = a whole copy of the model per device; "
                                     "fsdp = each device keeps a share of the weights, gradients and optimizer "
-                                    "state, for a model that does not fit one device (all weights only, no LoRA)")
+                                    "state, for a model that does not fit one device (all weights only: no LoRA, no DPO or GRPO)")
     peak_flops: float | None = None  # FLOP/s for MFU; None = the GPU's data sheet or a measured matmul
 
     def __post_init__(self):
@@ -165,6 +165,8 @@ class FineTuningDefaults:
     loop: dict
     lora_lr: WidthRule
     full_lr: WidthRule
+    # Why the kind refuses parallelism fsdp, when it does (a sentence); empty: FSDP allowed (`check_parallelism`).
+    no_fsdp: str = ""
 
     def learning_rate(self, method: str, given: float | None = None, n_embd: int | None = None) -> float:
         """The rate a run uses: the one given, else the method's rule at the model's width."""
@@ -179,7 +181,7 @@ class FineTuningDefaults:
         """These defaults, then whatever the caller gave (values of None count as not given); the learning rate,
         unless given, the method's at the model's width."""
         given = {key: value for key, value in given.items() if value is not None}
-        check_parallelism(method, given.get("parallelism", self.loop.get("parallelism", "ddp")))
+        check_parallelism(method, given.get("parallelism", self.loop.get("parallelism", "ddp")), self.no_fsdp)
         return TrainConfig(**{**self.loop, **given, "lr": self.learning_rate(method, given.get("lr"), n_embd)})
 
     def settings(self) -> dict[str, Setting]:
@@ -191,9 +193,12 @@ class FineTuningDefaults:
         return declared
 
 
-def check_parallelism(method: str, parallelism: str | None) -> None:
-    """Refuse LoRA with FSDP (ValueError, a sentence a person reads): an adapter is a sliver of the model, which
-    DDP already fits, and sharding frozen base weights beside it is not supported."""
+def check_parallelism(method: str, parallelism: str | None, no_fsdp: str = "") -> None:
+    """Refuse what FSDP does not run (ValueError, a sentence a person reads): LoRA (an adapter is a sliver of the
+    model, which DDP already fits, and sharding frozen base weights beside it is not supported), and the kinds
+    whose defaults say why not (`FineTuningDefaults.no_fsdp`)."""
+    if parallelism == "fsdp" and no_fsdp:
+        raise ValueError(f"parallelism fsdp is not supported here: {no_fsdp}. Use parallelism ddp")
     if parallelism == "fsdp" and method == "lora":
         raise ValueError("parallelism fsdp trains all weights: a LoRA adapter is not sharded. Use method full "
                          "(FSDP splits the weights, gradients and optimizer state across the devices) or "

@@ -110,7 +110,7 @@ def resolve_fine_tuning(params: dict[str, Any], defaults: FineTuningDefaults,
     (and the job log) says what runs and why."""
     choice = choose_method(params["method"], model_config)
     try:  # LoRA with FSDP is refused here, at submit, with the method "auto" stands for
-        check_parallelism(choice.method, params.get("parallelism"))
+        check_parallelism(choice.method, params.get("parallelism"), defaults.no_fsdp)
     except ValueError as error:
         raise JobParamsError("parallelism", str(error)) from None
     params["method"], params["method_reason"] = choice.method, choice.reason
