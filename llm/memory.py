@@ -70,19 +70,39 @@ def lora_trainable_params(config: dict, rank: int, targets: str) -> int:
 
 def training_memory(*, total_params: int, trainable_params: int, n_layer: int, n_embd: int, vocab_size: int,
                     batch_size: int, length: int, device_type: str = "cpu", dtype: str | None = None,
-                    activation_bytes: int | None = None) -> MemoryEstimate:
-    """Peak memory of one training step (see the module docstring); `length` is the tokens per sequence,
-    `device_type` "cpu" or "cuda", `dtype` the job's autocast setting (None or "auto": the device's default;
-    `activation_bytes` overrides what it implies)."""
+                    activation_bytes: int | None = None, shards: int = 1,
+                    gathered_params: int = 0) -> MemoryEstimate:
+    """Peak memory of one training step on one device (see the module docstring); `length` is the tokens per
+    sequence, `device_type` "cpu" or "cuda", `dtype` the job's autocast setting (None or "auto": the device's
+    default; `activation_bytes` overrides what it implies).
+
+    `shards`: the ranks a fully sharded (FSDP) run splits the weights, gradients and moments over (llm/sharding.py);
+    each device keeps 1/shards of them plus `gathered_params` in full (`fsdp_gathered_params`: the units gathered
+    while they run) and their gradients before the reduce-scatter."""
     tokens = batch_size * length
     if activation_bytes is None:
         activation_bytes = activation_bytes_for(device_type, dtype)
+    shards = max(1, shards)
+    gathered = gathered_params if shards > 1 else 0
     return MemoryEstimate(
-        weights=4 * total_params,
-        training=12 * trainable_params,
+        weights=4 * (-(-total_params // shards) + gathered),
+        training=12 * -(-trainable_params // shards) + 4 * gathered,
         activations=activation_bytes * tokens * n_layer * n_embd * ACTIVATION_VALUES_PER_LAYER,
         logits=(8 if device_type == "cuda" else 4) * tokens * vocab_size,
     )
+
+
+def fsdp_gathered_params(n_embd: int, vocab_size: int, block_size: int = 0) -> int:
+    """Parameters an FSDP rank holds in full at the peak: the root unit (token and position embeddings; the head
+    is tied to the token embedding) for the whole step, and one transformer block (12 n^2)."""
+    return vocab_size * n_embd + block_size * n_embd + 12 * n_embd * n_embd
+
+
+def fsdp_shards(params: dict) -> int:
+    """The ranks a job's weights are split over: devices x nodes under parallelism fsdp, else 1 (each holds all)."""
+    if params.get("parallelism") != "fsdp":
+        return 1
+    return max(1, int(params.get("devices") or 1)) * max(1, int(params.get("nodes") or 1))
 
 
 def activation_bytes_for(device_type: str, dtype: str | None) -> int:

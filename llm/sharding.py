@@ -9,10 +9,15 @@ average of its own slice. Each transformer block is one unit of sharding; the ro
 (`ObjectiveStep`, as for DDP), which holds the rest (embeddings, final norm, head): whatever the objective calls
 (`model(...)`, `hidden_states`, `lm_head`) runs with those weights gathered.
 
-Everything else is the data-parallel loop's: the same sharded stream, `no_sync`'s counterpart
-(`set_requires_gradient_sync(False)` for all micro-batches but the last: gradients accumulate unsharded and are
-reduce-scattered once a step), the same agreement on loss, tokens and stopping. So W ranks with grad_accum A
-still train as one process with grad_accum W×A (tests/llm/test_fsdp.py).
+Everything else is the data-parallel loop's: the same sharded stream, the same agreement on loss, tokens and
+stopping. Unlike DDP, every micro-batch's gradients are reduce-scattered (DDP all-reduces once a step): FSDP's
+`no_sync` would hold whole unsharded gradients between micro-batches, the memory sharding exists to save; the
+price is one reduce-scatter per micro-batch. The sum is the same, so W ranks with grad_accum A still train as one
+process with grad_accum W×A (tests/llm/test_fsdp.py).
+
+Memory per rank (llm/memory.py `training_memory(shards=W, gathered_params=...)`, which the jobs' fit check uses):
+1/W of the weights and of the gradients and AdamW moments, plus the units gathered in full while they run: the
+root (embeddings and head, for the whole forward and backward) and a block.
 
 What is written stays the format every other run writes: rank 0 writes the checkpoint's weights and the
 optimizer's state *gathered in full* (`full_tensors`, `full_optimizer_state`: a collective, every rank takes
@@ -157,11 +162,12 @@ class FullSharding:
         self.params = [by_name[name] for name in wanted]
 
     def loss_function(self) -> Callable[[Any, bool], tuple[torch.Tensor, dict]]:
-        """`loss_of(batch, sync)` as `distributed.loss_function` gives it: gradients are reduce-scattered in the
-        backward of a forward with sync=True (the last micro-batch of a step) and accumulate until then."""
+        """`loss_of(batch, sync)` as `distributed.loss_function` gives it; each micro-batch's gradients are
+        reduce-scattered (averaged over ranks) and summed into this rank's slices."""
 
         def loss_of(batch: Any, sync: bool) -> tuple[torch.Tensor, dict]:
-            self.step.set_requires_gradient_sync(sync)
+            # Every micro-batch's gradients are reduce-scattered, `sync` or not: skipping it (FSDP's no_sync)
+            # would keep whole unsharded gradients between micro-batches, the memory sharding is there to save.
             return self.step(batch)
 
         return loss_of

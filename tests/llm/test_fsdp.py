@@ -24,6 +24,7 @@ from llm.checkpoint import save_model
 from llm.cli import main
 from llm.model import GPT, config_from_preset
 from llm.dpo_config import DPO_DEFAULTS
+from llm.memory import fsdp_gathered_params, fsdp_shards, gpt_parameter_count, training_memory
 from llm.grpo_config import GRPO_DEFAULTS
 from llm.reward_config import REWARD_DEFAULTS
 from llm.sft_config import SFT_DEFAULTS
@@ -46,6 +47,20 @@ def test_lora_with_fsdp_is_refused_when_the_run_is_configured():
         with pytest.raises(ValueError, match=f"fsdp is not supported here: .*{why}"):
             defaults.train_config("full", parallelism="fsdp")
     assert REWARD_DEFAULTS.train_config("full", parallelism="fsdp").parallelism == "fsdp"
+
+
+def test_the_memory_estimate_splits_what_fsdp_splits():
+    shape = dict(n_layer=12, n_embd=768, vocab_size=50304, batch_size=8, length=1024, device_type="cuda")
+    total = gpt_parameter_count(12, 768, 50304, 1024)
+    whole = training_memory(total_params=total, trainable_params=total, **shape)
+    gathered = fsdp_gathered_params(768, 50304, 1024)
+    quarter = training_memory(total_params=total, trainable_params=total, shards=4, gathered_params=gathered, **shape)
+    # Weights, gradients and moments: a quarter each, plus the root and a block in full with their gradients.
+    assert quarter.weights + quarter.training == pytest.approx(16 * total / 4 + 8 * gathered, rel=1e-6)
+    assert quarter.weights + quarter.training < 0.45 * (whole.weights + whole.training)
+    assert quarter.activations == whole.activations and quarter.logits == whole.logits  # per rank, as before
+    assert fsdp_shards({"parallelism": "fsdp", "devices": 2, "nodes": 2}) == 4
+    assert fsdp_shards({"parallelism": "ddp", "devices": 4}) == fsdp_shards({}) == 1
 
 
 @pytest.mark.slow

@@ -27,7 +27,8 @@ from sqlalchemy.orm import Session
 
 from db.models import Model
 from db.settings import Settings
-from llm.memory import gpt_parameter_count, lora_trainable_params, training_memory
+from llm.memory import (fsdp_gathered_params, fsdp_shards, gpt_parameter_count, lora_trainable_params,
+                        training_memory)
 from llm.throughput import ProbeShape
 from llm.train_config import FineTuningDefaults, choose_method
 from worker.jobs.fit import RunEstimate, device_type
@@ -76,7 +77,8 @@ def fine_tuning_estimate(session: Session, params: dict[str, Any], settings: Set
     device = device_type(params, settings)
     memory = training_memory(total_params=total, trainable_params=trainable, n_layer=n_layer, n_embd=n_embd,
                              vocab_size=head, batch_size=sequences, length=length,
-                             device_type=device, dtype=params.get("dtype"))
+                             device_type=device, dtype=params.get("dtype"), shards=fsdp_shards(params),
+                             gathered_params=fsdp_gathered_params(n_embd, vocab, model_config.get("block_size", 0)))
     tokens_per_step = sequences * length * params["grad_accum"]
     flops_per_token = (6 if full else 4) + (2 if work.reference_forward and not full else 0)
     trains_all = full and memory.training > memory.weights

@@ -13,7 +13,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from db.settings import Settings
-from llm.memory import gpt_parameter_count, training_flops_per_token, training_memory
+from llm.memory import (fsdp_gathered_params, fsdp_shards, gpt_parameter_count, training_flops_per_token,
+                        training_memory)
 from llm.pretrain_config import SHAPE_FIELDS
 from llm.throughput import ProbeShape, fitting_vocab_size
 from worker.jobs.fit import RunEstimate, device_type
@@ -53,7 +54,8 @@ def estimate(session: Session, params: dict[str, Any], settings: Settings) -> Ru
     device = device_type(params, settings)
     memory = training_memory(total_params=total, trainable_params=total, n_layer=n_layer, n_embd=n_embd,
                              vocab_size=vocab, batch_size=params["batch_size"], length=block_size,
-                             device_type=device, dtype=params.get("dtype"))
+                             device_type=device, dtype=params.get("dtype"), shards=fsdp_shards(params),
+                             gathered_params=fsdp_gathered_params(n_embd, vocab, block_size))
     matmul_params = total - block_size * n_embd  # the position embedding costs no matmul
     flops_per_token = training_flops_per_token(matmul_params, n_layer, n_embd, block_size)
     tokens_per_step = params["batch_size"] * block_size * params["grad_accum"]
