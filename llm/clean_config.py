@@ -38,7 +38,8 @@ class CleanConfig:
                                    "commas or new lines (added to the list shipped with the workbench)")
     fineweb_url_blocklist: bool = setting(False, advanced=True,
                                           help="also use FineWeb's full UT1 block list shipped inside datatrove "
-                                               "(millions of domains: about a minute and 1 GB more to load)")
+                                               "(4.6 million domains: about 15 s and 0.5 GB more per worker to "
+                                               "load; 119 MB extracted to the Hugging Face cache)")
     # HTML / WARC -> text
     extract_html: bool = setting(True, help="extract the main text of HTML pages with trafilatura (precision "
                                             "mode): menus, cookie banners and footers go")
