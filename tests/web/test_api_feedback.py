@@ -8,7 +8,7 @@ import json
 
 from db.models import AnswerFeedback, ModelKind
 from tests.conftest import ADMIN, LABELER, TRAINER
-from tests.support.records import add_model_row
+from tests.support.records import add_model_row, upload
 
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
 
@@ -61,7 +61,7 @@ def test_bad_thumbs_are_refused_naming_the_field(client, session, api_settings):
     assert refused.status_code == 422 and refused.json()["detail"][0]["loc"][-1] == "answer"
 
 
-def test_the_export_is_trl_unpaired_jsonl_and_the_items_kto_reads(client, session, api_settings, tmp_path):
+def test_the_export_is_trl_unpaired_jsonl_and_the_items_kto_reads(client, session, api_settings):
     model = add_model_row(session, 2, 64, kind=ModelKind.sft)
     other = add_model_row(session, 2, 64, kind=ModelKind.sft)
     client.put("/api/feedback", auth=LABELER, json=thumb(model.id, True))
@@ -76,12 +76,14 @@ def test_the_export_is_trl_unpaired_jsonl_and_the_items_kto_reads(client, sessio
                      {"prompt": CONVERSATION, "completion": [{"role": "assistant", "content": "Seven."}],
                       "label": False}]
 
-    # Imported back as a feedback dataset: the reader takes TRL's format as it is.
-    from llm.chat_data import read_dataset
-
-    path = tmp_path / "feedback.jsonl"
-    path.write_text(export.text)
-    assert read_dataset("feedback", path) == lines
+    # Imported back as a feedback dataset (TRL's format as it is), with its good and bad answers counted; a bad line
+    # is refused naming its line and field.
+    stored = upload(client, export.text, "feedback.jsonl", name="thumbs", kind="feedback")
+    assert stored.status_code == 201, stored.text
+    assert (stored.json()["kind"], stored.json()["stats"]["good"], stored.json()["stats"]["bad"]) == ("feedback", 1, 1)
+    refused = upload(client, export.text + '{"prompt": "Hi", "completion": "Yo", "label": "no"}\n', "bad.jsonl",
+                     name="bad", kind="feedback")
+    assert refused.status_code == 422 and "line 3" in refused.text and "label" in refused.text
 
     from web.services.feedback import feedback_items
 

@@ -372,13 +372,14 @@ def build(settings) -> ChatTab:
     submit_event = prompt.submit(add_user_message, [prompt, chatbot], [prompt, chatbot], queue=False,
                                  api_visibility="private").then(
         respond, [chatbot] + sampling, [chatbot, speed, candidates], concurrency_limit=2, concurrency_id="chat",
-        show_progress="hidden", api_visibility="private").then(
-        remember_model, [chatbot, model, answer_models], [answer_models], queue=False, api_visibility="private")
+        show_progress="hidden", api_visibility="private")
     send_event = send.click(add_user_message, [prompt, chatbot], [prompt, chatbot], queue=False,
                             api_visibility="private").then(
         respond, [chatbot] + sampling, [chatbot, speed, candidates], concurrency_limit=2, concurrency_id="chat",
-        show_progress="hidden", api_visibility="private").then(
-        remember_model, [chatbot, model, answer_models], [answer_models], queue=False, api_visibility="private")
+        show_progress="hidden", api_visibility="private")
+    for answered in (submit_event, send_event):  # the answer's model, for its thumb (the stop button cancels these)
+        answered.then(remember_model, [chatbot, model, answer_models], [answer_models], queue=False,
+                      api_visibility="private")
     stop.click(None, None, None, cancels=[submit_event, send_event])
     clear.click(lambda: ([], "", "", {}), None, [chatbot, speed, candidates, answer_models], queue=False,
                 api_visibility="private")
