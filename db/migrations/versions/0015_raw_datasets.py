@@ -1,13 +1,11 @@
 """Raw web data as a dataset kind: datasets.kind gains "raw" (HTML pages, WARC, JSONL with html/text), the input of
 the clean job (issue 22).
 
-Revision ID: 0014
-Revises: 0015
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-07
 
-Written by hand like 0012 and 0015: constraint names follow db.models.NAMING_CONVENTION. 0014 was reserved for issue
-22; 0015 (GRPO models) landed first and chained to 0013, so this one chains to 0015, the highest revision existing
-when it was written (the numbers are names, the chain is the order).
+Written by hand like 0012 and 0014: constraint names follow db.models.NAMING_CONVENTION.
 """
 
 from __future__ import annotations
@@ -17,8 +15,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0014"
-down_revision: str | None = "0015"
+revision: str = "0015"
+down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

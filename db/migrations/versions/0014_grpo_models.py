@@ -1,12 +1,10 @@
 """GRPO models: models.kind gains "grpo" (the policies the grpo job kind produces).
 
-Revision ID: 0015
+Revision ID: 0014
 Revises: 0013
 Create Date: 2026-12-07
 
-Issue 21 (GRPO). Written by hand like 0012: constraint names follow db.models.NAMING_CONVENTION. Chained to the
-highest revision existing when it was written (0013; 0014 is reserved for issue 22's clean, if it needs one: then
-this one's down_revision becomes "0014").
+Issue 21 (GRPO). Written by hand like 0012: constraint names follow db.models.NAMING_CONVENTION.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0015"
+revision: str = "0014"
 down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
