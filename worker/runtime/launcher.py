@@ -57,6 +57,7 @@ from db.models import Job, JobStatus
 from db.session import with_retries
 from db.settings import Settings
 from llm.threads import JOB_PROCESSES_ENV
+from worker.jobs import devices as device_slots
 from worker.jobs import lifecycle as jobs
 from worker.runtime import rendezvous
 from worker.runtime.outcomes import record_failure, requeue
@@ -78,22 +79,15 @@ PEER_LOST_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Bro
 
 # ----------------------------------------------------------------------------- how many processes
 
-def job_devices(job: Job) -> list[str] | None:
-    """The devices the queue gave the job (worker.jobs.devices, issue 20 item 3), or None where it gave none."""
-    try:
-        from worker.jobs.devices import assigned_devices
-    except ImportError:  # the allocation is not there yet: the job's declared count decides
-        return None
-    devices = assigned_devices(job)
-    return list(devices) if devices else None
+def job_devices(job: Job) -> list[str]:
+    """The device slots the queue gave the job (worker.jobs.devices; its `devices` count of the worker's first
+    slots for a row that recorded none)."""
+    return device_slots.assigned_devices(job)
 
 
 def job_processes(job: Job) -> int:
-    """How many ranks run the job on this machine: its assigned devices, else its `devices` param (default 1)."""
-    devices = job_devices(job)
-    if devices:
-        return len(devices)
-    return max(1, int((job.params or {}).get("devices", 1) or 1))
+    """How many ranks run the job on this machine: its device slots (its `devices`, default 1)."""
+    return max(1, len(job_devices(job)))
 
 
 def launches(session: Session, job_id: int) -> bool:
@@ -107,13 +101,7 @@ def launches(session: Session, job_id: int) -> bool:
 def cuda_devices(devices: list[str] | None) -> str | None:
     """CUDA_VISIBLE_DEVICES for the job's devices when they are GPUs ("0,3", or their UUIDs); None for CPU slots
     ("cpu0") or none at all."""
-    if not devices:
-        return None
-    try:
-        from worker.jobs.devices import cuda_visible_devices
-    except ImportError:
-        return None
-    return cuda_visible_devices(devices)
+    return device_slots.cuda_visible_devices(devices) if devices else None
 
 
 # ----------------------------------------------------------------------------- the torchrun command
@@ -285,19 +273,22 @@ def run_job_ranks(session: Session, job_id: int, attempt: int, settings: Setting
         shutil.rmtree(control_dir, ignore_errors=True)
 
 
-def follow_waiting_job(worker_host: str, message_job_id: int | None, settings) -> int | None:
+def follow_waiting_job(worker_host: str, message_job_id: int | None, settings,
+                       slots: list[str] | None = None) -> int | None:
     """If the message's job is a multi-node job waiting for workers, join it and run this node's ranks until they
-    end; returns the job's id, or None when the message is for something else (the caller claims as usual)."""
+    end; returns the job's id, or None when the message is for something else (the caller claims as usual).
+    `slots`: this worker's device slots; it joins only with the job's `devices` of them free."""
     from db.session import SessionLocal
 
     if message_job_id is None:
         return None
     session = SessionLocal(settings.database_url)
     try:
-        place = rendezvous.join(session, message_job_id, worker_host)
+        free = free_slots_here(session, worker_host, slots)
+        place = rendezvous.join(session, message_job_id, worker_host, free_devices=None if free is None else len(free))
         if place is False:
-            # This worker already is one of the job's nodes (another of its slots took the message): hand the
-            # message on, a moment later, to a worker that is not.
+            # This worker is already one of the job's nodes, or has too few free slots now: hand the message on, a
+            # moment later, to another worker (torchrun's join timeout bounds how long this goes on).
             time.sleep(rendezvous.BUSY_RESEND_S)
             jobs.enqueue(message_job_id)
             return message_job_id
@@ -305,19 +296,29 @@ def follow_waiting_job(worker_host: str, message_job_id: int | None, settings) -
             return None
         jobs.add_log(session, place.job_id, f"node {place.node_rank} of {place.nodes} joined: {worker_host}")
         session.commit()
-        run_follower_ranks(session, place, settings)
+        run_follower_ranks(session, place, settings, free)
         return place.job_id
     finally:
         session.close()
 
 
-def run_follower_ranks(session: Session, place, settings: Settings) -> int:
-    """Run this worker's ranks of a multi-node job it joined (follow_waiting_job); they write nothing
-    and this worker records nothing on the job but a log line when its torchrun failed. Returns the exit code."""
+def free_slots_here(session: Session, worker_host: str, slots: list[str] | None) -> list[str] | None:
+    """The slots of this worker that no running job holds (worker.jobs.devices); None when it declared none."""
+    if not slots:
+        return None
+    held = jobs.held_slots(session, device_slots.node_of(worker_host))
+    session.commit()
+    return device_slots.free_slots(slots, (assigned for _, assigned in held))
+
+
+def run_follower_ranks(session: Session, place, settings: Settings, free: list[str] | None = None) -> int:
+    """Run this worker's ranks of a multi-node job it joined (follow_waiting_job) on the first of its `free` slots;
+    they write nothing and this worker records nothing on the job but a log line when its torchrun failed.
+    Returns torchrun's exit code."""
     job = session.get(Job, place.job_id)
     processes = job_processes(job)
     session.commit()
-    devices = follower_devices(processes)
+    devices = free[:processes] if free and len(free) >= processes else None
     control_dir = Path(tempfile.mkdtemp(prefix=f"workbench-job-{place.job_id}-attempt-{place.attempt}-"))
     try:
         command = torchrun_command(place.job_id, place.attempt, processes, nodes=place.nodes, endpoint=place.endpoint,
@@ -337,16 +338,6 @@ def run_follower_ranks(session: Session, place, settings: Settings) -> int:
         return returncode
     finally:
         shutil.rmtree(control_dir, ignore_errors=True)
-
-
-def follower_devices(processes: int) -> list[str] | None:
-    """A follower's devices: the first `processes` of its worker's declared slots (one job at a time)."""
-    try:
-        from worker.jobs.devices import declared_slots
-    except ImportError:
-        return None
-    slots = declared_slots()
-    return slots[:processes] if len(slots) >= processes else None
 
 
 class NodeWatch:

@@ -132,14 +132,18 @@ def silent_nodes(rows: list[JobNode], stale_after_s: float) -> list[JobNode]:
 
 # ----------------------------------------------------------------------------- a follower
 
-def join(session: Session, job_id: int, worker_host: str) -> Place | None | bool:
+def join(session: Session, job_id: int, worker_host: str, free_devices: int | None = None) -> Place | None | bool:
     """Take the next free place in the job's current attempt: the Place; None when the job waits for no worker
-    (finished, not multi-node, full); False when it waits but this worker already takes part in it."""
+    (finished, not multi-node, full); False when it waits but this worker already takes part in it or has fewer
+    than the job's devices free (`free_devices`; None: not counted)."""
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.status != JobStatus.running or job_nodes(job) < 2:
         session.commit()
         return None
     nodes, attempt = job_nodes(job), job.attempts
+    if free_devices is not None and free_devices < max(1, job.devices or 1):
+        session.commit()
+        return False
     for _ in range(nodes):
         rows = members(session, job_id, attempt)
         leader = next((row for row in rows if row.node_rank == 0), None)

@@ -94,7 +94,7 @@ def run_next_job(worker_host: str | None = None, message_job_id: int | None = No
     worker_host = worker_host or default_worker_host()
     slots = list(slots or devices.declared_slots())
     # The message of a job on several machines that still waits for workers: this one joins it (rendezvous.py).
-    followed = launcher.follow_waiting_job(worker_host, message_job_id, settings)
+    followed = launcher.follow_waiting_job(worker_host, message_job_id, settings, slots)
     if followed is not None:
         return followed
     while True:
