@@ -154,9 +154,11 @@ class FullSharding:
         # Block by block, then the root: fully_shard moves each rank's slices to the mesh's device, so the full
         # model never has to fit one GPU.
         for block in _blocks(model):
-            fully_shard(block, mesh=mesh)
             if compile_blocks:
-                block.compile()
+                # The block's computation compiled, FSDP's gather and free around it left eager (torchtitan's
+                # pattern), and the parameters' names unchanged (no `_orig_mod.`): checkpoints stay the same.
+                block.forward = torch.compile(block.forward)
+            fully_shard(block, mesh=mesh)
         self.step = fully_shard(ObjectiveStep(model, objective), mesh=mesh)
         by_name = dict(model.named_parameters())
         self.params = [by_name[name] for name in wanted]
