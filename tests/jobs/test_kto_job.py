@@ -114,3 +114,11 @@ def test_a_kto_job_snapshots_thumbs_and_labels_once_resumes_and_records_a_kto_mo
 
     rows = dict(run_report(run_dir))
     assert rows["feedback from thumbs"] == "2 good, 1 bad" and "KTO held-out reward margin (good - bad)" in rows
+    # Lineage: the thumbs and the labeling project that trained it; its report card says what went in.
+    from web.services.lineage import model_lineage, report_card
+
+    graph = model_lineage(workbench_env, model.id, session=session)
+    thumbs = next(node for node in graph["nodes"] if node["id"] == "thumbs")
+    assert thumbs["answers"] == {job.id: 3} and f"project:{project.id}" in {node["id"] for node in graph["nodes"]}
+    assert {"from": "thumbs", "to": f"job:{job.id}"} in graph["edges"]
+    assert ("feedback from label", "1 good, 3 bad") in report_card(workbench_env, model.id, session=session)

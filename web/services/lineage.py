@@ -3,6 +3,7 @@
     model_lineage(model_id)   {"nodes": [...], "edges": [...]}: dataset → job → model → child models, for the
                               model's ancestors and descendants, with the labeling projects and arena votes
                               that trained each reward / DPO model (read from the run's pairs_sources.json),
+                              and the labeling projects and chat thumbs of each KTO model (feedback_sources.json),
                               the trained tokenizer a job used and the train_tokenizer job (and its data) that
                               made it; a deleted dataset stays, marked deleted (`deleted: True`)
     report_card(model_id)     kind, tokenizer, shape and parameters, the rows the kind of job that made it
@@ -40,10 +41,14 @@ def _model(session: Session, model_id: int) -> Model:
 
 
 def _pair_sources(settings: Settings, job: Job) -> dict:
+    """What a preference job recorded of its data: pairs_sources.json (reward, DPO) or feedback_sources.json (KTO)."""
     if not job.run_dir:
         return {}
-    path = safe_join(settings.data_dir, job.run_dir) / "pairs_sources.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    for name in ("pairs_sources.json", "feedback_sources.json"):
+        path = safe_join(settings.data_dir, job.run_dir) / name
+        if path.is_file():
+            return json.loads(path.read_text())
+    return {}
 
 
 def model_lineage(settings: Settings, model_id: int, session: Session | None = None) -> dict:
@@ -93,6 +98,10 @@ def model_lineage(settings: Settings, model_id: int, session: Session | None = N
             if arena_votes:
                 edges.append((add("arena", type="arena", label="arena votes"), job_key))
                 nodes["arena"].setdefault("votes", {})[job.id] = arena_votes
+            thumbs = (sources.get("counts") or {}).get("thumbs")
+            if thumbs:
+                edges.append((add("thumbs", type="arena", label="chat thumbs"), job_key))
+                nodes["thumbs"].setdefault("answers", {})[job.id] = thumbs["good"] + thumbs["bad"]
             tokenizer = (job.params or {}).get("tokenizer")
             if tokenizer and tokenizer not in BUILTIN_TOKENIZERS:  # trained here: by a train_tokenizer job
                 tokenizer_key = add(f"tokenizer:{tokenizer}", type="tokenizer", label=f"tokenizer {tokenizer}",
