@@ -10,7 +10,8 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from db.models import AnswerFeedback, Comparison, DatasetKind, Job, JobStatus, LabelingPair, Metric, Model, ModelKind
+from db.models import (AnswerFeedback, Comparison, Dataset, DatasetKind, Job, JobStatus, LabelingPair, Metric, Model,
+                       ModelKind)
 from llm.preference_labels import Label
 from tests.conftest import StopOnQuestion
 from tests.support.records import add_base_model, add_dataset, labeled_project, preference_lines
@@ -70,6 +71,13 @@ def test_sources_and_classes_are_checked_at_submit(workbench_env, session):
     assert session.scalar(select(func.count()).select_from(Job)) == 0
     job = jobs.create_job(session, "kto", run_params(base.id, dataset_id=mixed.id))
     assert job.params["method"] == "full" and job.params["lr"] > 0  # "auto" resolved on the tiny base
+    # The upload's counts are read, not the file again (this row has no file at all).
+    counted = Dataset(name="counted", kind=DatasetKind.feedback, format="jsonl", path="datasets/none.jsonl",
+                      original_filename="c.jsonl", size_bytes=1, stats={"answers": 5, "good": 0, "bad": 5})
+    session.add(counted)
+    session.commit()
+    with pytest.raises(JobParamsError, match="0 good and 5 bad"):
+        jobs.create_job(session, "kto", run_params(base.id, dataset_id=counted.id))
     # A preference dataset is unpaired: its chosen answers good, its rejected ones bad.
     pairs = add_dataset(session, workbench_env, DatasetKind.preference, preference_lines(4), "pairs")
     assert jobs.create_job(session, "kto", run_params(base.id, dataset_id=pairs.id)).kind == "kto"

@@ -54,6 +54,16 @@ def _ids(params: dict[str, Any], name: str) -> list[int]:
     return ids
 
 
+def dataset_counts(dataset: Dataset | None) -> tuple[int, int] | None:
+    """(good, bad) answers of a dataset as its upload counted them (llm/stats.py), or None when it did not."""
+    stats = (dataset.stats or {}) if dataset is not None else {}
+    if dataset is not None and dataset.kind == DatasetKind.feedback and isinstance(stats.get("good"), int):
+        return stats["good"], stats.get("bad", 0)
+    if dataset is not None and dataset.kind == DatasetKind.preference and isinstance(stats.get("pairs"), int):
+        return stats["pairs"], stats["pairs"]  # unpaired: each pair gives one good and one bad answer
+    return None
+
+
 def check_sources(session: Session, params: dict[str, Any], settings: Settings) -> None:
     """The sources exist, at least one is chosen, and together they give good and bad answers (gathered as the
     job would gather them if it started now)."""
@@ -67,11 +77,15 @@ def check_sources(session: Session, params: dict[str, Any], settings: Settings) 
         raise JobParamsError("dataset_id", "choose where the answers come from: a feedback dataset, chat thumbs or "
                                            "labeling projects")
     dataset = session.get(Dataset, params["dataset_id"]) if params.get("dataset_id") is not None else None
+    counted = dataset_counts(dataset)  # from the upload's statistics: a big file is not read again at submit
     try:
-        items = gather_examples(session, dataset_file=safe_join(settings.data_dir, dataset.path) if dataset else None,
+        items = gather_examples(session, dataset_file=safe_join(settings.data_dir, dataset.path)
+                                if dataset is not None and counted is None else None,
                                 dataset_kind=dataset.kind.value if dataset else None, **sources(params))
     except (ValueError, OSError) as error:
         raise JobParamsError("dataset_id", f"cannot read the answers: {error}") from None
+    good, bad = counted or (0, 0)
+    items += [{"label": True}] * good + [{"label": False}] * bad
     problem = class_problem(items)
     if problem:
         field = "dataset_id" if dataset else ("include_thumbs" if params.get("include_thumbs") else "project_ids")
