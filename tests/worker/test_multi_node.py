@@ -81,6 +81,7 @@ def test_a_job_on_two_workers_survives_losing_one_and_resumes_to_one_model(
     assert max(Counter(rows).values()) == 1
     assert len(session.scalars(select(Model).where(Model.job_id == job.id)).all()) == 1
     assert leader.process.poll() is None and replacement.process.poll() is None
+    assert wait_gone(torchrun_pids(leader) | torchrun_pids(replacement)) == []  # both launches ended with the job
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

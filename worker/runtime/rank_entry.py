@@ -38,7 +38,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from db.models import JobStatus
 from db.settings import get_settings
-from llm.distributed import ranks_from_environment
+from llm.distributed import leave, ranks_from_environment
 from llm.threads import apply_thread_budget
 from worker.jobs.progress_writer import ProgressWriter
 from worker.runtime.launcher import (CONTROL_DIR_ENV, LAUNCHER_PID_ENV, STARTED_FILE, STOP_FILE, die_with_parent,
@@ -177,6 +177,12 @@ def main(argv: list[str] | None = None) -> None:
     if launcher and os.getppid() == 1:  # torchrun died before the line above: do not start at all
         raise SystemExit("torchrun is gone")
     run_rank(int(argv[0]), int(argv[1]))
+    # Done and recorded (rank 0's writer closed, its session too): leave the process group together and exit now,
+    # without the interpreter's slow teardown of torch's threads; torchrun then sees every rank finished at once.
+    leave()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
