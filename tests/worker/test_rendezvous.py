@@ -121,3 +121,26 @@ def test_the_torchrun_command_of_one_machine_and_of_a_node():
                                      local_address="10.0.0.6")
     assert {"--nnodes=2", "--rdzv-endpoint=10.0.0.5:29400", "--rdzv-conf=join_timeout=60,is_host=0",
             "--local-addr=10.0.0.6"} <= set(node)
+
+
+def test_each_rank_gets_its_share_of_the_cores_and_its_own_gpu(workbench_env, monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    from llm.threads import JOB_PROCESSES_ENV
+    from worker.jobs.devices import DEVICES_ENV
+    from worker.runtime.rank_entry import rank_settings
+
+    monkeypatch.setenv(JOB_PROCESSES_ENV, "1")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    gpus = launcher.rank_environment(2, tmp_path, ["4", "5"])
+    assert (gpus[JOB_PROCESSES_ENV], gpus["CUDA_VISIBLE_DEVICES"], gpus[DEVICES_ENV]) == ("2", "4,5", "4,5")
+    assert gpus[launcher.CONTROL_DIR_ENV] == str(tmp_path)
+    cpus = launcher.rank_environment(2, tmp_path, ["cpu0", "cpu1"])
+    assert "CUDA_VISIBLE_DEVICES" not in cpus and cpus[DEVICES_ENV] == "cpu0,cpu1"
+
+    auto = replace(workbench_env, device="auto")
+    monkeypatch.setenv(DEVICES_ENV, "4,5")  # what a rank of the job on GPUs 4 and 5 sees
+    assert rank_settings(auto, 1).device == "cuda:1"  # its own GPU: visible GPU 1 is GPU 5
+    assert rank_settings(replace(workbench_env, device="cpu"), 1).device == "cpu"  # a pinned device stays
+    monkeypatch.setenv(DEVICES_ENV, "cpu0,cpu1")
+    assert rank_settings(auto, 1).device == "auto"

@@ -140,6 +140,8 @@ def rank_environment(processes: int, control_dir: Path, devices: list[str] | Non
     visible = cuda_devices(devices)
     if visible is not None:
         env["CUDA_VISIBLE_DEVICES"] = visible
+    if devices:  # inside the ranks the job's slots are all there is: slot i is cuda:i (rank_entry.rank_settings)
+        env[device_slots.DEVICES_ENV] = device_slots.format_slots(devices)
     return env
 
 

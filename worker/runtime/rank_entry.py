@@ -125,6 +125,20 @@ def _write_error(control_dir: Path, rank: int, error: BaseException) -> None:
     temporary.replace(path)
 
 
+def rank_settings(settings, local_rank: int):
+    """The worker's settings as this rank uses them: on GPU slots, unless the worker pins a device, this rank's own
+    GPU (the launcher narrowed CUDA_VISIBLE_DEVICES to the job's slots, so local rank r is cuda:r), so that no rank
+    opens a context on another rank's GPU; on CPU slots, the settings as they are."""
+    from dataclasses import replace
+
+    from worker.jobs import devices
+
+    slots = devices.declared_slots()  # the job's slots (launcher.rank_environment)
+    if slots and devices.is_gpu(slots[0]) and str(settings.device or "auto").lower() in ("auto", "cuda"):
+        return replace(settings, device=f"cuda:{local_rank}")
+    return settings
+
+
 def run_rank(job_id: int, attempt: int) -> JobStatus | None:
     """Run this rank's share of attempt `attempt` of job `job_id`; rank 0 returns the status it recorded."""
     from db.session import SessionLocal
@@ -137,7 +151,7 @@ def run_rank(job_id: int, attempt: int) -> JobStatus | None:
     ranks = ranks_from_environment()
     if ranks.local_rank == 0:  # torchrun starts ranks once the rendezvous is complete: tell this node's worker
         (control_dir / STARTED_FILE).touch()
-    settings = get_settings()
+    settings = rank_settings(get_settings(), ranks.local_rank)
     stop = RankStop(control_dir, int(launcher) if launcher else None)
     session = SessionLocal(settings.database_url)
     writer = ProgressWriter(job_id, attempt, settings.database_url).start() if ranks.is_main else SilentWriter()
