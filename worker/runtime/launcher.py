@@ -1,4 +1,4 @@
-"""Run one job on several processes: the worker starts `torchrun` as a subprocess and watches it.
+"""Run one job on several processes (or machines): the worker starts `torchrun` as a subprocess and watches it.
 
     worker (execute_job) ──Popen, own session──> torchrun ──> rank 0 .. rank N-1
        │ heartbeat + cancel flag, as for any job            python -m worker.runtime.rank_entry <job> <attempt>
@@ -32,7 +32,12 @@ launcher terminates torchrun, which terminates its ranks.
 
 Each rank's torch threads: WORKBENCH_JOB_PROCESSES becomes the number of job processes on this machine with
 this job's ranks counted (llm/threads.py divides the cores by it). CUDA_VISIBLE_DEVICES is narrowed to the
-job's devices when they are GPU indices; rank r then uses visible GPU LOCAL_RANK (llm/distributed.py).
+job's GPU slots (worker.jobs.devices); rank r then uses visible GPU LOCAL_RANK (llm/distributed.py,
+rank_entry.rank_settings).
+
+Several machines (`nodes` > 1): this worker is node 0 (`run_job_ranks`) or joined as a follower
+(`follow_waiting_job`, called first by the runner for every message); the rendezvous, its timeout and what a
+node lost means are rendezvous.py's docstring. `NodeWatch` beats this node's row while its torchrun runs.
 """
 
 from __future__ import annotations
