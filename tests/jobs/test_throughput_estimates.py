@@ -103,6 +103,28 @@ def test_jobs_share_the_device_and_a_probe_waits_for_them_and_holds_new_ones():
     assert not starter.is_alive()
 
 
+def test_a_job_waiting_for_a_probe_goes_before_the_next_probe():
+    """A worker probes its standard shapes one after another at its start: a job that arrives during one probe runs
+    when that probe ends, not after all of them (it waited minutes for the small preset's probes in a browser test)."""
+    import threading
+
+    use, events = throughput.DeviceUse(), []
+
+    def run_job():
+        with use.job():
+            events.append("job")
+
+    with use.probe():
+        job = threading.Thread(target=run_job)
+        job.start()
+        job.join(timeout=0.2)
+        assert job.is_alive() and events == []  # it waits for the probe in progress
+    with use.probe():  # the prober's next shape, asked for at once
+        events.append("probe")
+    job.join(timeout=5)
+    assert events == ["job", "probe"]
+
+
 def test_a_submit_records_its_estimate_and_the_card_compares_it_with_the_time_taken(workbench_env, session,
                                                                                      monkeypatch):
     from web.services.jobs import get_job_detail

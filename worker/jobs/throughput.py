@@ -41,17 +41,23 @@ GPT2_VOCAB = 50_304  # GPT-2's 50,257 tokens and our chat specials, padded to 64
 
 class DeviceUse:
     """Jobs and probes take turns on this worker's device: any number of jobs at once (a threads pool runs
-    several), a probe only when none runs, and no job starts while a probe runs (it waits a few seconds)."""
+    several), a probe only when none runs or waits, and no job starts while a probe runs (it waits for that one
+    probe, never for the next: the prober's next probe waits behind a job that is waiting)."""
 
     def __init__(self):
         self._condition = threading.Condition()
         self._jobs = 0
+        self._jobs_waiting = 0
         self._probing = False
 
     @contextmanager
     def job(self):
         with self._condition:
-            self._condition.wait_for(lambda: not self._probing)
+            self._jobs_waiting += 1
+            try:
+                self._condition.wait_for(lambda: not self._probing)
+            finally:
+                self._jobs_waiting -= 1
             self._jobs += 1
         try:
             yield
@@ -63,7 +69,7 @@ class DeviceUse:
     @contextmanager
     def probe(self):
         with self._condition:
-            self._condition.wait_for(lambda: self._jobs == 0)
+            self._condition.wait_for(lambda: self._jobs == 0 and self._jobs_waiting == 0)
             self._probing = True
         try:
             yield
