@@ -86,7 +86,7 @@ PLACEMENT_PARAMS = {
     "devices": Setting("int", default=1, minimum=1, maximum=MAX_SLOTS, advanced=True, label="devices",
                        help="GPUs (or CPU processes) the job runs on, one training process each, on one worker: "
                             "a worker runs it when that many of its devices are free; more than 1 trains "
-                            "data-parallel (each device holds the whole model)"),
+                            "data-parallel (each device holds the whole model; 1/N of it with parallelism fsdp)"),
     "nodes": Setting("int", default=1, minimum=1, maximum=MAX_SLOTS, advanced=True, label="nodes",
                      help="workers (machines) the job spans, each giving it `devices` devices"),
 }
