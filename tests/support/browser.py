@@ -1,10 +1,12 @@
 """The browser tests' helpers: `workbench serve` in a subprocess for a module's tests (`Server`), the
-Chromium they drive, the test data they upload, and page helpers (open a tab, fill a number, wait for a job)."""
+Chromium they drive, the test data they upload, and page helpers (open a tab, fill a number, pick in a dropdown,
+upload a dataset, submit a Train form and wait for its job)."""
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -142,6 +144,43 @@ def choose(page, elem_id: str, option: str, exact: bool = True) -> None:
     """Pick `option` (or the first option containing it, with exact=False) in a Gradio dropdown."""
     page.locator(f"#{elem_id} input").first.click()
     page.get_by_role("option", name=option, exact=exact).first.click()
+
+
+def pick(page, elem_id: str, option: str) -> None:
+    """Choose the first option containing `option` in a dropdown and make sure it stays chosen: opening a tab
+    refreshes its dropdowns, and under load that answer can land after a pick made right away."""
+    page.wait_for_timeout(1500)
+    for _ in range(3):
+        choose(page, elem_id, option, exact=False)
+        page.wait_for_timeout(500)
+        if option in (page.locator(f"#{elem_id} input").first.input_value() or ""):
+            return
+    raise AssertionError(f"{option!r} did not stay chosen in #{elem_id}")
+
+
+def upload_dataset(page, path: Path, name: str, kind: str) -> None:
+    """Upload `path` in the Datasets tab as a dataset `name` of `kind`; the upload must be stored."""
+    open_tab(page, "Datasets")
+    field = page.locator("#ds-file")
+    if field.locator("input[type=file]").count() == 0:  # the previous upload's file is still shown
+        field.get_by_role("button", name="Clear").first.click()
+    field.locator("input[type=file]").set_input_files(str(path))
+    page.locator("#ds-name input, #ds-name textarea").first.fill(name)
+    choose(page, "ds-kind", kind)
+    page.locator("#ds-upload").click()
+    page.locator("#ds-message").filter(has_text=f"“{name}”").wait_for(timeout=60_000)
+    assert page.locator("#ds-message .wb-msg-ok").count() == 1, text_of(page, "#ds-message")
+
+
+def submit_and_wait(page, server, prefix: str) -> int:
+    """Submit a Train form; the page moves to Jobs, where the job must succeed. Returns its id."""
+    page.locator(f"#{prefix}-submit").click()
+    result = page.locator(f"#{prefix}-result .wb-msg-ok")
+    result.wait_for(state="attached", timeout=60_000)
+    job_id = int(re.search(r"Job #(\d+)", result.text_content()).group(1))
+    page.get_by_role("tab", name="Jobs", exact=True).and_(page.locator("[aria-selected=true]")).wait_for()
+    wait_for_job(page, server, job_id)
+    return job_id
 
 
 def wait_for_job(page, server, job_id: int) -> None:
