@@ -116,7 +116,7 @@ class DatasetKind(str, enum.Enum):
     prompts = "prompts"        # prompts to generate candidates for
     benchmark = "benchmark"    # multiple-choice questions (question, choices, answer) to evaluate models on
     feedback = "feedback"      # single answers marked good or bad (prompt / completion / label): KTO's data
-    raw = "raw"                # raw web data (HTML, WARC, JSONL with html/text) for the clean job (migration 0014)
+    raw = "raw"                # raw web data (HTML, WARC, JSONL with html/text) for the clean job (migration 0015)
 
 
 # Each kind as the Datasets tab offers it (it lists DatasetKind, so a new kind shows there with its entry here):
