@@ -31,12 +31,13 @@ import torch.nn as nn
 from llm.chat import has_chat_template
 from llm.chat_batches import (IGNORE_INDEX, ConversationBatches, Example, iterate_batches, read_conversations,
                               split_examples, tokenize_conversations)
-from llm.checkpoint import ADAPTER_ARCHITECTURE, GPT_ARCHITECTURE, load_weights, read_config, save_model
+from llm.checkpoint import ADAPTER_ARCHITECTURE, GPT_ARCHITECTURE, load_weights, read_config
 from llm.lora import trainable_parameter_count
 from llm.model import GPT
 from llm.sft_config import SFTConfig, run_settings, sft_train_config
 from llm.tokenizer import get_tokenizer
 from llm.train import METRICS_FILE, MetricsLog, TrainConfig, train
+from llm.tuned_policy import save_tuned
 
 # Keys of the base's config.json that describe the base itself, not facts a fine-tune inherits
 # (hf_vocab_size and preset are inherited: the export needs the first, people read the second).
@@ -171,21 +172,15 @@ def sft(base_model_dir: str | os.PathLike, data: str | os.PathLike | list, out_d
                       / sum(len(inputs) for inputs, _ in train_examples))
     flops_per_token = training_flops_per_token(model, max_length, sft_config.full, answered_share)
     torch.manual_seed(config.seed)  # the same seed gives the same adapter initialisation
-    if sft_config.full:
-        architecture = GPT_ARCHITECTURE
+    architecture = GPT_ARCHITECTURE if sft_config.full else ADAPTER_ARCHITECTURE
+    if not sft_config.full:
+        from llm.lora import apply_lora  # peft is imported only for LoRA runs
 
-        def save(trained: nn.Module, directory: Path) -> None:
-            for name in ("adapter_config.json", "adapter_model.safetensors"):  # an earlier LoRA run's
-                (directory / name).unlink(missing_ok=True)
-            save_model(trained, directory, tokenizer_name, extra=extra)
-    else:
-        from llm.lora import apply_lora, save_adapter  # peft is imported only for LoRA runs
-
-        architecture = ADAPTER_ARCHITECTURE
         model = apply_lora(model, sft_config)
 
-        def save(trained: nn.Module, directory: Path) -> None:
-            save_adapter(trained, directory, base_model_dir, tokenizer_name, extra=extra)
+    def save(trained: nn.Module, directory: Path) -> None:
+        save_tuned(trained, directory, full=sft_config.full, start_dir=base_model_dir, tokenizer_name=tokenizer_name,
+                   extra=extra)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     trainable_count, total_count = trainable_parameter_count(model)
