@@ -22,14 +22,18 @@ reference, by method (as `llm.dpo`):
   lora   the same network with the adapter switched off, under no_grad, all 2B rows in one forward.
   full   the log-probs of both rows of every example computed once before training by the untouched network and
          kept with the run (reference_logps.json), so training runs one model.
-The output is what SFT writes (an adapter of the policy, or a full model), chat-ready; kto_report.json holds the
-held-out figures.
+Every evaluation is watched as DPO's are (llm/degeneration.py): the good answers' log-probability per token against
+the start, the KL to the start on answers the policy samples to fixed prompts, and whether those answers collapse;
+with `stop_on_degeneration` (the default) a flag stops the run and keeps the weights of the last evaluation that
+passed. The output is what SFT writes (an adapter of the policy, or a full model), chat-ready; kto_report.json holds
+the held-out figures and the watch's record.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -39,6 +43,8 @@ import torch.nn as nn
 
 from llm.atomic_files import atomic_write_text
 from llm.checkpoint import ADAPTER_ARCHITECTURE, GPT_ARCHITECTURE, load_weights, save_model
+from llm.degeneration import DegenerationBounds, DegenerationGuard, SampleWatch
+from llm.dpo import watched_prompts
 from llm.kto_batches import (FeedbackBatches, FeedbackExample, class_counts, iterate_feedback_batches,
                              read_feedback_items, tokenize_feedback)
 from llm.kto_config import KTO_LOSSES, KTOConfig, kto_train_config
@@ -46,10 +52,17 @@ from llm.lora import trainable_parameter_count
 from llm.preference_losses import sequence_logps
 from llm.sft import chat_base, inherited_config, training_flops_per_token
 from llm.sft_config import run_settings
-from llm.train import TrainConfig, train
+from llm.train import TrainConfig, checkpoint_step, train
 
 REFERENCE_FILE = "reference_logps.json"
 REPORT_FILE = "kto_report.json"
+# What each evaluation gives the degeneration watch: record name -> the watch's name (llm/degeneration.py).
+EVALUATION_FIGURES = {"val_loss": "loss", "val_rewards/margins": "margin",
+                      "val_logps/chosen_per_token": "chosen_logp_per_token",
+                      "val_reference_logps/chosen_per_token": "start_chosen_logp_per_token"}
+# The sampled answers' signals in the metrics, named apart from "kl", KTO's own reference point (TRL's name).
+WATCH_METRICS = {"kl_per_token": "val_samples/kl_per_token", "same_answer_share": "val_samples/same_answer_share",
+                 "distinct_2": "val_samples/distinct_2"}
 
 
 def kto_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, labels: torch.Tensor,
@@ -96,10 +109,11 @@ class KTOObjective:
     watch_learning = False
 
     def __init__(self, config: KTOConfig, eval_examples: Sequence[FeedbackExample], batch_size: int,
-                 eval_batches: int, pad_id: int):
+                 eval_batches: int, pad_id: int, watch: Callable[[nn.Module], dict] | None = None):
         self.config = config
         self.eval_examples = list(eval_examples)
         self.batch_size, self.eval_batches, self.pad_id = batch_size, eval_batches, pad_id
+        self.watch = watch
         if not self.eval_examples:
             self.evaluate = None
 
@@ -115,6 +129,10 @@ class KTOObjective:
             return sequence_logps(model, batch["inputs"][:rows], batch["targets"][:rows])[0]
 
     def _loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        return self._scored(model, batch)[:2]
+
+    def _scored(self, model: nn.Module, batch: dict):
+        """(loss, metrics, the examples' policy log-probs, their reference's, answer tokens)."""
         size = batch["label"].numel()
         policy, counts = sequence_logps(model, batch["inputs"][:size], batch["targets"][:size])
         reference = self._reference(model, batch, 2 * size if self.uses_kl else size)
@@ -124,8 +142,9 @@ class KTOObjective:
                 kl_policy = sequence_logps(model, batch["inputs"][size:], batch["targets"][size:])[0]
             kl_reference = reference[size:]
         c = self.config
-        return kto_loss(policy, reference[:size], batch["label"], kl_policy, kl_reference, c.beta, c.desirable_weight,
-                        c.undesirable_weight, c.loss_type, answer_tokens=counts)
+        loss, metrics = kto_loss(policy, reference[:size], batch["label"], kl_policy, kl_reference, c.beta,
+                                 c.desirable_weight, c.undesirable_weight, c.loss_type, answer_tokens=counts)
+        return loss, metrics, policy, reference[:size], counts
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         return self._loss(model, batch)
@@ -138,10 +157,16 @@ class KTOObjective:
         device = next(model.parameters()).device
         sums = {"loss": 0.0, "kl": 0.0, "rewards/chosen": 0.0, "rewards/rejected": 0.0}
         examples = batches = good = bad = 0
+        good_logps = good_reference = good_tokens = 0.0  # per token over every good answer, for the watch
         for batch in iterate_feedback_batches(self.eval_examples, self.batch_size, self.pad_id, self.eval_batches):
-            batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
-            loss, metrics = self._loss(model, batch)
-            size, good_here = batch["label"].numel(), int(batch["label"].sum())
+            batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value
+                     for key, value in batch.items()}
+            loss, metrics, policy, reference, counts = self._scored(model, batch)
+            labels = batch["label"]
+            good_logps += float(policy[labels].sum())
+            good_reference += float(reference[labels].sum())
+            good_tokens += float(counts[labels].sum())
+            size, good_here = labels.numel(), int(labels.sum())
             sums["loss"] += float(loss) * size
             sums["kl"] += float(metrics["kl"])
             sums["rewards/chosen"] += float(metrics["rewards/chosen"]) * good_here
@@ -151,6 +176,11 @@ class KTOObjective:
                   "val_rewards/chosen": sums["rewards/chosen"] / max(good, 1),
                   "val_rewards/rejected": sums["rewards/rejected"] / max(bad, 1)}
         result["val_rewards/margins"] = result["val_rewards/chosen"] - result["val_rewards/rejected"]
+        if good_tokens:
+            result["val_logps/chosen_per_token"] = good_logps / good_tokens
+            result["val_reference_logps/chosen_per_token"] = good_reference / good_tokens
+        if self.watch is not None:
+            result.update(self.watch(model))
         return result
 
 
@@ -177,8 +207,10 @@ def weight_advice(desirable: int, undesirable: int, config: KTOConfig) -> str | 
     (desirable_weight x good within 1 to 1.33 x undesirable_weight x bad: the KTO paper's Eq. 8)."""
     if desirable == undesirable or not desirable or not undesirable:
         return None
-    low, high = undesirable * config.undesirable_weight / desirable, 1.33 * undesirable * config.undesirable_weight / desirable
-    low_u, high_u = desirable * config.desirable_weight / undesirable / 1.33, desirable * config.desirable_weight / undesirable
+    low = undesirable * config.undesirable_weight / desirable
+    high = 1.33 * low
+    high_u = desirable * config.desirable_weight / undesirable
+    low_u = high_u / 1.33
     if low <= config.desirable_weight <= high or low_u <= config.undesirable_weight <= high_u:
         return None
     return (f"{desirable:,} good and {undesirable:,} bad answers: set desirable_weight in [{low:.2f}, {high:.2f}] or "
@@ -189,16 +221,19 @@ def kto(policy_model_dir: str | os.PathLike, data: str | os.PathLike | list, out
         kto_config: KTOConfig | None = None, train_config: TrainConfig | None = None,
         data_dir: str | os.PathLike | None = None, on_metrics: Callable[[dict], None] | None = None,
         should_stop: Callable[[], bool] | None = None, resume: bool = True,
-        log: Callable[[str], None] = print) -> dict:
+        bounds: DegenerationBounds | None = None, log: Callable[[str], None] = print) -> dict:
     """Train the model in `policy_model_dir` with KTO on unpaired feedback (a list of {"prompt", "completion",
     "label"} items or of preference pairs, which are unpaired; or a feedback dataset file).
 
     Returns {"stopped", "step", "loss", "val_loss", "val_rewards/margins", "val_kl", "examples", "desirable",
     "undesirable", "truncated", "dropped", "train_examples", "val_examples", "trainable_params", "total_params",
-    "model_dir" (None when stopped), "architecture", "weight_advice"}.
-    Raises ValueError when the data has no example of one class (KTO needs both).
+    "model_dir" (None when stopped), "architecture", "weight_advice", "degeneration" (a sentence when the watch
+    flagged the run, else None), "kept_step"}.
+    Raises ValueError when the data has no example of one class (KTO needs both), `llm.degeneration.Degenerated`
+    when a flag stops the run before any evaluation passed.
     """
     kto_config = kto_config or KTOConfig()
+    bounds = bounds or DegenerationBounds()
     policy_model_dir, out_dir = Path(policy_model_dir), Path(out_dir)
     base_config, tokenizer_name, tokenizer = chat_base(policy_model_dir, out_dir, data_dir)
     kto_config, config = run_settings(kto_config, train_config, base_config["model"], kto_train_config, log)
@@ -216,7 +251,9 @@ def kto(policy_model_dir: str | os.PathLike, data: str | os.PathLike | list, out
     tokenized = tokenize_feedback(tokenizer, items, max_length, config.seed)
     from llm.chat_batches import split_examples
 
-    train_examples, val_examples = split_examples(tokenized.examples, kto_config.val_fraction, config.seed)
+    train_part, val_part = split_examples(list(zip(tokenized.kept, tokenized.examples)), kto_config.val_fraction,
+                                          config.seed)
+    train_examples, val_examples = [e for _, e in train_part], [e for _, e in val_part]
     log(f"{tokenized.items:,} answers ({desirable:,} good, {undesirable:,} bad): {tokenized.truncated:,} truncated "
         f"to {max_length + 1} tokens, {tokenized.dropped:,} dropped, {len(train_examples):,} for training, "
         f"{len(val_examples):,} held out")
@@ -238,13 +275,31 @@ def kto(policy_model_dir: str | os.PathLike, data: str | os.PathLike | list, out
             train_examples = precompute_reference(model, train_examples, config.batch_size, tokenizer.eot_id)
             val_examples = precompute_reference(model, val_examples, config.batch_size, tokenizer.eot_id)
             out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(reference_file, json.dumps({
-                "train": [e.reference_logps for e in train_examples], "val": [e.reference_logps for e in val_examples]}))
+            atomic_write_text(reference_file, json.dumps({"train": [e.reference_logps for e in train_examples],
+                                                          "val": [e.reference_logps for e in val_examples]}))
+        # The watch's KL and the start's answers need the reference's next-token distributions on answers sampled
+        # during the run: a frozen copy of the starting weights (no gradients, no optimizer state), as DPO's.
+        reference_model = load_weights(policy_model_dir).eval().requires_grad_(False)
+
+        def policy_of(trained: nn.Module) -> nn.Module:
+            return trained
+
+        @contextmanager
+        def reference():
+            yield reference_model.to(next(model.parameters()).device)
     else:
         from llm.lora import apply_lora, save_adapter  # peft is imported only for LoRA runs
 
         architecture = ADAPTER_ARCHITECTURE
         model = apply_lora(model, kto_config)
+
+        def policy_of(trained: nn.Module) -> nn.Module:
+            return trained.get_base_model()  # peft injects the adapters into the GPT's own layers
+
+        @contextmanager
+        def reference():
+            with model.disable_adapter():
+                yield model.get_base_model()
     trainable = [p for p in model.parameters() if p.requires_grad]
     trainable_count, total_count = trainable_parameter_count(model)
     log(f"{'full' if kto_config.full else f'LoRA r={kto_config.lora_r} on {kto_config.lora_targets}'} KTO "
@@ -262,21 +317,58 @@ def kto(policy_model_dir: str | os.PathLike, data: str | os.PathLike | list, out
 
     held_out = bool(val_examples)
     eval_examples = val_examples or train_examples[:config.batch_size * config.eval_batches]
-    objective = KTOObjective(kto_config, eval_examples, config.batch_size, config.eval_batches, tokenizer.eot_id)
-    batches = FeedbackBatches(train_examples, config.batch_size, config.seed, tokenizer.eot_id)
-    result = train(model, objective, batches, config, out_dir, on_metrics=on_metrics, should_stop=should_stop,
-                   trainable_params=trainable, flops_per_token=flops_per_token, save_model_fn=save, resume=resume,
-                   log=log)
-    if result["stopped"]:
+    # The degeneration watch (llm/degeneration.py), wired as DPO's: fixed prompts, the held-out answers' first.
+    watch = SampleWatch(tokenizer, watched_prompts(items, (val_part, train_part), bounds.prompts), bounds, config.seed)
+    advice = f"What to change: lower the learning rate (now {config.lr:g}) or raise beta (now {kto_config.beta:g})"
+    guard = DegenerationGuard(out_dir, out_dir / REPORT_FILE, bounds, watch, kto_config.stop_on_degeneration, advice,
+                              log, resume_step=checkpoint_step(out_dir) if resume else None)
+    measured: dict = {}
+
+    def watch_signals(trained: nn.Module) -> dict:
+        guard.observe_start(reference)
+        measured.clear()
+        measured.update(watch.measure(policy_of(trained), reference))
+        return {metric: measured[name] for name, metric in WATCH_METRICS.items() if measured.get(name) is not None}
+
+    def on_record(record: dict) -> None:
+        if measured:  # an evaluation step: check it before anyone reads its metrics
+            signals = {**measured, **{name: record.get(key) for key, name in EVALUATION_FIGURES.items()}}
+            measured.clear()
+            record["degeneration_problems"] = len(guard.observe(record["step"], signals, model))
+        if on_metrics is not None:
+            on_metrics(record)
+
+    objective = KTOObjective(kto_config, eval_examples, config.batch_size, config.eval_batches, tokenizer.eot_id,
+                             watch=watch_signals)
+    if guard.stopped:  # an earlier attempt stopped on a flag: its kept weights are the result
+        log(f"this run stopped on a degeneration flag at step {guard.report['flag']['step']}; keeping its result")
+        result = {"stopped": False, "step": guard.report["flag"]["step"], "loss": None}
+    else:
+        batches = FeedbackBatches(train_examples, config.batch_size, config.seed, tokenizer.eot_id)
+        result = train(model, objective, batches, config, out_dir, on_metrics=on_record,
+                       should_stop=lambda: guard.should_stop() or (should_stop is not None and should_stop()),
+                       trainable_params=trainable, flops_per_token=flops_per_token, save_model_fn=save,
+                       resume=resume, log=log)
+    if guard.stopped:
+        kept = guard.restore(model)
+        save(model, out_dir)
+        log(f"kept the weights of step {kept}, the last evaluation that passed, as the result")
+    elif result["stopped"]:
         return {"stopped": True, "step": result["step"], "loss": result["loss"], "model_dir": None,
                 "architecture": architecture}
-    report = {"val_loss": result.get("val_loss"), "val_rewards/chosen": result.get("val_rewards/chosen"),
-              "val_rewards/rejected": result.get("val_rewards/rejected"),
-              "val_rewards/margins": result.get("val_rewards/margins"), "val_kl": result.get("val_kl"),
-              "held_out": held_out, "examples": tokenized.items, "desirable": desirable, "undesirable": undesirable,
-              "train_examples": len(train_examples), "val_examples": len(val_examples), "weight_advice": advice,
-              "kto": asdict(kto_config)}
-    atomic_write_text(out_dir / REPORT_FILE, json.dumps(report, indent=2))
-    return {"stopped": False, "step": result["step"], "loss": result["loss"], **report,
+    # The figures of the weights kept: the last evaluation's, or the last one that passed when a flag stopped it.
+    kept_step = guard.report["kept_step"] if guard.stopped else None
+    final = next((e for e in reversed(guard.report["evaluations"]) if kept_step is None or e["step"] == kept_step), {})
+    closing = {"val_loss": final.get("loss"), "val_rewards/margins": final.get("margin"),
+               "kl_per_token": final.get("kl_per_token"), "samples": final.get("samples"),
+               "val_rewards/chosen": None if guard.stopped else result.get("val_rewards/chosen"),
+               "val_rewards/rejected": None if guard.stopped else result.get("val_rewards/rejected"),
+               "val_kl": None if guard.stopped else result.get("val_kl"), "held_out": held_out,
+               "examples": tokenized.items, "desirable": desirable, "undesirable": undesirable,
+               "train_examples": len(train_examples), "val_examples": len(val_examples),
+               "weight_advice": weight_advice(desirable, undesirable, kto_config), "degeneration": guard.summary(),
+               "kto": asdict(kto_config)}
+    guard.save(**closing)
+    return {"stopped": False, "step": result["step"], "loss": result["loss"], **closing, "kept_step": kept_step,
             "truncated": tokenized.truncated, "dropped": tokenized.dropped, "trainable_params": trainable_count,
             "total_params": total_count, "model_dir": str(out_dir), "architecture": architecture}

@@ -36,6 +36,11 @@ class KTOConfig(SFTConfig):
     loss_type: str = setting("kto", choices=KTO_LOSSES, label="loss",
                              help="kto (the paper's, with the KL reference point estimated from mismatched "
                                   "prompt-answer pairs of each batch) or apo_zero_unpaired (no KL term)")
+    stop_on_degeneration: bool = setting(
+        True, advanced=True, label="stop on degeneration",
+        help="at each evaluation, check that the good answers stay likely, the KL to the start stays within budget "
+             "and sampled answers do not collapse (llm/degeneration.py, DPO's watch); when one fails, stop and keep "
+             "the weights of the last evaluation that passed. Off: only warn")
 
 
 # KTO's updates are DPO's in size: both push a log-ratio to the reference through a sigmoid with the same beta, so

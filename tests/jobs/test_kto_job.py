@@ -115,13 +115,17 @@ def test_a_kto_job_snapshots_thumbs_and_labels_once_resumes_and_records_a_kto_mo
     assert model.kind == ModelKind.kto and model.parent_model_id == base.id and model.name == "tiny-kto"
     names = set(session.scalars(select(Metric.name).where(Metric.job_id == job.id)))
     assert {"loss", "kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected",
-            "val_loss", "val_rewards/margins", "val_kl"} <= names
+            "val_loss", "val_rewards/margins", "val_kl",
+            # the degeneration watch (llm/degeneration.py), at every evaluation, as DPO's (the good answers' log-p per
+            # token too, when the held-out answers hold a good one: here the one held out may be bad)
+            "val_samples/kl_per_token", "degeneration_problems"} <= names
     steps = sorted(set(session.scalars(select(Metric.step).where(Metric.job_id == job.id, Metric.name == "loss"))))
     assert steps == [1, 2, 3, 4]  # steps 1-2 from the first attempt, 3-4 resumed, none twice
     from worker.kinds.kto.card import run_report
 
     rows = dict(run_report(run_dir))
     assert rows["feedback from thumbs"] == "2 good, 1 bad" and "KTO held-out reward margin (good - bad)" in rows
+    assert rows["degeneration watch"].startswith("no problem in")
     # Lineage: the thumbs and the labeling project that trained it; its report card says what went in.
     from web.services.lineage import model_lineage, report_card
 

@@ -1,5 +1,6 @@
-"""What the `kto` kind shows: its cards and curves in the Jobs tab (TRL's metric names), and the report-card rows of
-its policy, read from the run's kto_report.json (llm/kto.py) and feedback_sources.json (which feedback went in)."""
+"""What the `kto` kind shows: its cards and curves in the Jobs tab (TRL's metric names, and the degeneration watch's
+signals as DPO's), and the report-card rows of its policy, read from the run's kto_report.json (llm/kto.py: held-out
+figures, the watch's verdict, a few sampled answers) and feedback_sources.json (which feedback went in)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,18 @@ from pathlib import Path
 from worker.jobs.spec import LOSS_PLOT, SPEED_CARDS, TOKENS_ROW, Plot
 
 METRIC_CARDS = (("step", "step"), ("loss", "loss"), ("rewards/margins", "reward margin"), ("kl", "KL estimate"),
-                ("val_rewards/margins", "val margin")) + SPEED_CARDS
+                ("val_rewards/margins", "val margin"),
+                ("val_samples/kl_per_token", "KL / token (sampled)")) + SPEED_CARDS
 # Good answers' rewards should rise and bad ones' fall; the KL is the reference point both are measured against.
 PLOTS = (LOSS_PLOT, Plot("Rewards (beta x log-ratio to the start)", {
     "rewards/chosen": "good answers", "rewards/rejected": "bad answers", "kl": "KL estimate",
-    "val_rewards/chosen": "good (held out)", "val_rewards/rejected": "bad (held out)"}))
+    "val_rewards/chosen": "good (held out)", "val_rewards/rejected": "bad (held out)"}),
+    # What the margin hides (the degeneration watch, llm/degeneration.py): the good answers against the start.
+    Plot("Drift from the start (per token)", {
+        "val_logps/chosen_per_token": "good answers' log-p", "val_reference_logps/chosen_per_token": "at the start",
+        "val_samples/kl_per_token": "KL (sampled answers)"}))
 REPORT_CARD = (TOKENS_ROW,)
+SAMPLES_SHOWN = 3
 
 
 def run_report(run_dir: Path) -> list[tuple[str, str]]:
@@ -35,6 +42,16 @@ def run_report(run_dir: Path) -> list[tuple[str, str]]:
         rows.append((f"KTO {held} reward margin (good - bad)", f"{report['val_rewards/margins']:+.3f}"))
     if report.get("val_kl") is not None:
         rows.append(("KL estimate (mismatched answers)", f"{report['val_kl']:.3f} nats per answer"))
+    if report.get("kl_per_token") is not None:
+        rows.append(("KL from the policy it started from (sampled answers)",
+                     f"{report['kl_per_token']:.3f} nats per token"))
+    evaluations = report.get("evaluations") or []
+    if report.get("flag"):
+        rows.append(("degeneration watch", report.get("degeneration") or f"flagged at step {report['flag']['step']}"))
+    elif evaluations:
+        rows.append(("degeneration watch", f"no problem in {len(evaluations)} evaluations"))
     if report.get("weight_advice"):
         rows.append(("class weights", report["weight_advice"]))
+    for sample in (report.get("samples") or [])[:SAMPLES_SHOWN]:
+        rows.append((f"sample: {sample['prompt'][:80]}", sample["answer"][:200] or "(empty answer)"))
     return rows

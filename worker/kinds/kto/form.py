@@ -21,7 +21,8 @@ def count_examples(settings, params: dict[str, Any]) -> str:
     try:
         with db_session(settings) as session:
             dataset = session.get(Dataset, int(params["dataset_id"])) if params.get("dataset_id") else None
-            items = gather_examples(session, dataset_file=safe_join(settings.data_dir, dataset.path) if dataset else None,
+            dataset_file = safe_join(settings.data_dir, dataset.path) if dataset else None
+            items = gather_examples(session, dataset_file=dataset_file,
                                     dataset_kind=dataset.kind.value if dataset else None, **sources(params))
     except Exception as error:  # a missing file, a bad id: say so, never break the form
         return message_html(f"Could not count the answers: {error_text(error)}", "warn")

@@ -49,5 +49,7 @@ def run(ctx: JobContext) -> Outcome:
         outcome.summary += f"; {held} reward margin (good - bad) {facts['val_rewards/margins']:+.3f}"
         if facts.get("val_kl") is not None:
             outcome.summary += f", KL estimate {facts['val_kl']:.3f}"
-    add_warning(ctx, outcome, facts.get("weight_advice"))
+    # The run is kept, but the watch flagged it or the classes' weights look off: said in the log, summary, notice.
+    warnings = [w for w in (facts.get("degeneration"), facts.get("weight_advice")) if w]
+    add_warning(ctx, outcome, "; ".join(warnings) or None)
     return outcome
