@@ -311,6 +311,9 @@ class JobNode(Base):
     joined_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
     left_at: Mapped[Optional[datetime]] = mapped_column()  # its torchrun exited (whatever the outcome)
+    # A follower's device slots on its worker (migration 0016): held (`held_slots`) until it leaves. Node 0's are
+    # the job's `assigned_devices`; None on node 0's row and on a follower of a worker that declared no slots.
+    devices: Mapped[Optional[list[str]]] = mapped_column(JSON)
 
 
 def prompt_key_sha256(text: str, messages: list[dict[str, Any]] | None) -> str:

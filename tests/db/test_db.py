@@ -38,6 +38,7 @@ from db.models import (
     DatasetKind,
     Job,
     JobLog,
+    JobNode,
     JobStatus,
     Metric,
     Model,
@@ -104,7 +105,7 @@ def _new_job(session: Session, **fields: Any) -> Job:
 def test_upgrade_from_empty_matches_the_models(empty_database_url: str) -> None:
     assert current_revision(empty_database_url) is None
     upgrade(empty_database_url)
-    assert current_revision(empty_database_url) == head_revision() == "0015"
+    assert current_revision(empty_database_url) == head_revision() == "0016"
     assert is_up_to_date(empty_database_url)
 
     engine = create_workbench_engine(empty_database_url)
@@ -712,6 +713,27 @@ def test_0012_adds_answer_feedback_feedback_datasets_and_kto_models_keeping_ever
             connection.execute(text("DELETE FROM models WHERE kind = 'kto'"))
             connection.execute(text("DELETE FROM datasets WHERE kind = 'feedback'"))
         downgrade(empty_database_url, "0011")  # and back: the thumbs go, every other row stays
+        assert _every_row(engine) == before
+
+
+def test_0016_gives_job_nodes_their_devices_keeping_every_row(empty_database_url: str) -> None:
+    with _database_at(empty_database_url, "0007") as (engine, tables):  # 0004's rows, carried to 0015
+        upgrade(empty_database_url, "0015")
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO job_nodes (id, job_id, attempt, node_rank, worker_host, endpoint, "
+                                    "joined_at, heartbeat_at) VALUES (1, 1, 1, 1, 'workbench-2@b:2', NULL, "
+                                    "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))  # a follower of before
+        before = _every_row(engine)
+        upgrade(empty_database_url, "0016")
+        after = _every_row(engine)
+        assert [tuple(row[:-1]) for row in after.pop("job_nodes")] == [tuple(row) for row in before["job_nodes"]]
+        assert after == {name: rows for name, rows in before.items() if name != "job_nodes"}
+        with engine.begin() as connection:
+            assert connection.execute(text("SELECT devices FROM job_nodes")).scalar_one() is None
+            connection.execute(text("""UPDATE job_nodes SET devices = '["cpu0", "cpu1"]'"""))
+        with SessionLocal(empty_database_url) as fresh:
+            assert fresh.get(JobNode, 1).devices == ["cpu0", "cpu1"]
+        downgrade(empty_database_url, "0015")  # and back: the column goes, every row stays
         assert _every_row(engine) == before
 
 

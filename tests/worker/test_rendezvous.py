@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from db.models import Job, JobNode, JobStatus, utcnow
+from worker.jobs import lifecycle as jobs
 from worker.runtime import launcher, rendezvous
 
 # What torchrun printed when rank 1 of 2 was killed (torch 2.13, CPU), trimmed.
@@ -72,13 +73,39 @@ def test_each_place_is_taken_once_and_a_worker_never_takes_two(workbench_env, se
 def test_a_worker_joins_only_with_the_jobs_devices_free_and_only_a_running_job(workbench_env, session, on_localhost):
     job = running_job(session, nodes=2, devices=2)
     rendezvous.publish(session, job.id, 1, "workbench-1@a:1")
-    assert rendezvous.join(session, job.id, "workbench-2@b:2", free_devices=1) is False  # passed on to another
-    assert rendezvous.join(session, job.id, "workbench-2@b:2", free_devices=2).node_rank == 1
+    assert rendezvous.join(session, job.id, "workbench-2@b:2", free_slots=["cpu1"]) is False  # passed on to another
+    place = rendezvous.join(session, job.id, "workbench-2@b:2", free_slots=["cpu1", "cpu2", "cpu3"])
+    assert (place.node_rank, place.devices) == (1, ("cpu1", "cpu2"))
     single = running_job(session, nodes=1)
     assert rendezvous.join(session, single.id, "workbench-2@b:2") is None  # not a multi-node job
     job.status = JobStatus.failed
     session.commit()
     assert rendezvous.join(session, job.id, "workbench-3@c:3") is None
+
+
+def test_a_followers_slots_are_held_so_another_process_of_its_worker_claims_only_the_others(
+        workbench_env, session, on_localhost):
+    job = running_job(session, nodes=2)  # 1 device per node; node 0 is workbench-1@a
+    rendezvous.publish(session, job.id, 1, "workbench-1@a:1")
+    slots = ["cpu0", "cpu1"]
+    place = launcher.take_place(session, job.id, "workbench-2@b:2", slots)  # a 2-slot worker follows
+    assert place.devices == ("cpu0",) and session.get(JobNode, place.row_id).devices == ["cpu0"]
+    assert jobs.held_slots(session, "workbench-2@b") == [(job.id, ["cpu0"])]
+    assert jobs.held_slots(session, "workbench-1@a") == [(job.id, None)]  # node 0 holds the job's own slots
+    assert launcher.free_slots_here(session, "workbench-2@b:3", slots) == ["cpu1"]
+
+    # Another process of the same worker claims: a 2-device job does not fit, a 1-device one gets cpu1 only.
+    wide = Job(kind="pretrain", status=JobStatus.queued, params={"devices": 2}, devices=2, priority=5)
+    narrow = Job(kind="pretrain", status=JobStatus.queued, params={}, devices=1)
+    session.add_all([wide, narrow])
+    session.commit()
+    claimed = jobs.claim_next_job(session, "workbench-2@b:3", slots=slots)
+    assert (claimed.id, claimed.assigned_devices) == (narrow.id, ["cpu1"])
+    assert jobs.claim_next_job(session, "workbench-2@b:4", slots=slots) is None
+    assert jobs.held_slots(session, "workbench-2@b") == [(job.id, ["cpu0"]), (narrow.id, ["cpu1"])]
+
+    rendezvous.leave(session, place)  # its torchrun exited: the slot is free again
+    assert jobs.held_slots(session, "workbench-2@b") == [(narrow.id, ["cpu1"])]
 
 
 def test_node_zero_gives_up_on_a_follower_that_stops_beating_before_the_ranks_start(workbench_env, session,

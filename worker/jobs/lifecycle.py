@@ -33,7 +33,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from db.models import Dataset, Job, JobEvent, JobLog, JobStatus, Model, utcnow
+from db.models import Dataset, Job, JobEvent, JobLog, JobNode, JobStatus, Model, utcnow
 from db.settings import get_settings
 from llm.tokenizer import tokenizer_names
 from llm.train_config import SCHEDULE_FIELDS
@@ -358,11 +358,17 @@ def claim_next_job(session: Session, worker_host: str | None = None,
 
 
 def held_slots(session: Session, node: str) -> list[tuple[int, list[str] | None]]:
-    """(job id, its assigned slots) of each running job of the worker (Celery node) `node`, whichever of its
-    processes runs it (a job's worker_host is `<node>:<pid>`)."""
+    """(job id, its slots on this worker) of each running job the worker (Celery node) `node` takes part in,
+    whichever of its processes runs it (a worker_host is `<node>:<pid>`), in job id order: the jobs it claimed
+    (their `assigned_devices`) and the multi-node jobs it follows (the `devices` of its open JobNode row in the
+    job's current attempt; rendezvous.join records them)."""
     running_here = (Job.status == JobStatus.running) & Job.worker_host.startswith(node + ":", autoescape=True)
-    return [(job_id, assigned) for job_id, assigned in
-            session.execute(select(Job.id, Job.assigned_devices).where(running_here).order_by(Job.id))]
+    claimed = session.execute(select(Job.id, Job.assigned_devices).where(running_here)).all()
+    following = session.execute(
+        select(JobNode.job_id, JobNode.devices).join(Job, Job.id == JobNode.job_id)
+        .where(JobNode.node_rank > 0, JobNode.left_at.is_(None), JobNode.attempt == Job.attempts,
+               Job.status == JobStatus.running, JobNode.worker_host.startswith(node + ":", autoescape=True))).all()
+    return sorted(((job_id, slots) for job_id, slots in [*claimed, *following]), key=lambda row: row[0])
 
 
 def _reserving_job(session: Session, slots: Sequence[str], free: int,

@@ -291,8 +291,7 @@ def follow_waiting_job(worker_host: str, message_job_id: int | None, settings,
         return None
     session = SessionLocal(settings.database_url)
     try:
-        free = free_slots_here(session, worker_host, slots)
-        place = rendezvous.join(session, message_job_id, worker_host, free_devices=None if free is None else len(free))
+        place = take_place(session, message_job_id, worker_host, slots)
         if place is False:
             # This worker is already one of the job's nodes, or has too few free slots now: hand the message on, a
             # moment later, to another worker (torchrun's join timeout bounds how long this goes on).
@@ -303,10 +302,20 @@ def follow_waiting_job(worker_host: str, message_job_id: int | None, settings,
             return None
         jobs.add_log(session, place.job_id, f"node {place.node_rank} of {place.nodes} joined: {worker_host}")
         session.commit()
-        run_follower_ranks(session, place, settings, free)
+        run_follower_ranks(session, place, settings)
         return place.job_id
     finally:
         session.close()
+
+
+def take_place(session: Session, job_id: int, worker_host: str, slots: list[str] | None):
+    """rendezvous.join with this worker's free slots, picked and recorded on its JobNode row under the worker's slot
+    lock (worker.jobs.devices.slot_lock, as a claim picks them), so another process of the same worker never claims
+    a job onto the slots this follower's ranks take (held_slots counts the row until it is left)."""
+    if not slots:
+        return rendezvous.join(session, job_id, worker_host)
+    with device_slots.slot_lock(device_slots.node_of(worker_host)):
+        return rendezvous.join(session, job_id, worker_host, free_slots=free_slots_here(session, worker_host, slots))
 
 
 def free_slots_here(session: Session, worker_host: str, slots: list[str] | None) -> list[str] | None:
@@ -318,14 +327,14 @@ def free_slots_here(session: Session, worker_host: str, slots: list[str] | None)
     return device_slots.free_slots(slots, (assigned for _, assigned in held))
 
 
-def run_follower_ranks(session: Session, place, settings: Settings, free: list[str] | None = None) -> int:
-    """Run this worker's ranks of a multi-node job it joined (follow_waiting_job) on the first of its `free` slots;
-    they write nothing and this worker records nothing on the job but a log line when its torchrun failed.
-    Returns torchrun's exit code."""
+def run_follower_ranks(session: Session, place, settings: Settings) -> int:
+    """Run this worker's ranks of a multi-node job it joined (follow_waiting_job) on the slots its place took
+    (`place.devices`); they write nothing and this worker records nothing on the job but a log line when its
+    torchrun failed. Returns torchrun's exit code."""
     job = session.get(Job, place.job_id)
     processes = job_processes(job)
     session.commit()
-    devices = free[:processes] if free and len(free) >= processes else None
+    devices = list(place.devices[:processes]) if place.devices and len(place.devices) >= processes else None
     control_dir = Path(tempfile.mkdtemp(prefix=f"workbench-job-{place.job_id}-attempt-{place.attempt}-"))
     try:
         command = torchrun_command(place.job_id, place.attempt, processes, nodes=place.nodes, endpoint=place.endpoint,

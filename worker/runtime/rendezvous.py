@@ -8,7 +8,9 @@ endpoint is published through the database (`job_nodes`, migration 0013); nobody
          as for any job on several processes (launcher.py), its heartbeat fenced by the attempt as ever.
     node k (a follower): a worker whose run_job message names a running job that still waits for nodes
       1. adds its JobNode row at the next place: (job, attempt, node_rank) is unique, so two workers racing for
-         one place never both get it (the loser looks again);
+         one place never both get it (the loser looks again); the row records the device slots its ranks take
+         (the first of its worker's free ones, picked under the worker's slot lock as a claim picks them), so the
+         worker's other processes count them as held until the row is left;
       2. starts torchrun with the published endpoint and its own ranks, which write nothing (only global rank 0,
          on the leader, writes), and beats its row while they run.
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -41,7 +44,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import Job, JobNode, JobStatus, utcnow
-from worker.jobs.devices import node_of
+from worker.jobs.devices import node_of, pick_slots
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class Place:
     nodes: int
     endpoint: str
     row_id: int
+    devices: tuple[str, ...] | None = None  # a follower's slots on its worker (node 0's: the job's assigned_devices)
 
 
 def job_nodes(job: Job) -> int:
@@ -132,16 +136,20 @@ def silent_nodes(rows: list[JobNode], stale_after_s: float) -> list[JobNode]:
 
 # ----------------------------------------------------------------------------- a follower
 
-def join(session: Session, job_id: int, worker_host: str, free_devices: int | None = None) -> Place | None | bool:
-    """Take the next free place in the job's current attempt: the Place; None when the job waits for no worker
-    (finished, not multi-node, full); False when it waits but this worker already takes part in it or has fewer
-    than the job's devices free (`free_devices`; None: not counted)."""
+def join(session: Session, job_id: int, worker_host: str,
+         free_slots: Sequence[str] | None = None) -> Place | None | bool:
+    """Take the next free place in the job's current attempt: the Place, whose row records the first of this
+    worker's `free_slots` the job's `devices` take (None: the worker declared no slots, nothing counted or
+    recorded); None when the job waits for no worker (finished, not multi-node, full); False when it waits but this
+    worker already takes part in it or has fewer than the job's devices free. The caller holds the worker's slot
+    lock (launcher.take_place), so no other of its processes picks the same free slots meanwhile."""
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.status != JobStatus.running or job_nodes(job) < 2:
         session.commit()
         return None
     nodes, attempt = job_nodes(job), job.attempts
-    if free_devices is not None and free_devices < max(1, job.devices or 1):
+    devices = None if free_slots is None else pick_slots(free_slots, max(1, job.devices or 1))
+    if free_slots is not None and devices is None:
         session.commit()
         return False
     for _ in range(nodes):
@@ -152,14 +160,15 @@ def join(session: Session, job_id: int, worker_host: str, free_devices: int | No
         if any(node_of(row.worker_host) == node_of(worker_host) for row in rows):
             return False
         place = max(row.node_rank for row in rows) + 1
-        row = JobNode(job_id=job_id, attempt=attempt, node_rank=place, worker_host=worker_host)
+        row = JobNode(job_id=job_id, attempt=attempt, node_rank=place, worker_host=worker_host, devices=devices)
         session.add(row)
         try:
             session.commit()
         except IntegrityError:  # another worker took this place a moment before us: look again
             session.rollback()
             continue
-        return Place(job_id, attempt, place, nodes, leader.endpoint, row.id)
+        return Place(job_id, attempt, place, nodes, leader.endpoint, row.id,
+                     None if devices is None else tuple(devices))
     return None
 
 
