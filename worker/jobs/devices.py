@@ -11,7 +11,8 @@ NVML show, counted without initialising CUDA) or `--processes N` (default 1 on a
 passes them to its pool processes in WORKBENCH_WORKER_DEVICES (`declared_slots`). A job asks for `devices: N`
 (`worker.jobs.params.PLACEMENT_PARAMS`); the claim (`worker.jobs.lifecycle.claim_next_job`) takes it only when
 N of the worker's slots are free, and records which in `jobs.assigned_devices`. Which slots are held is read
-from the database (running jobs whose worker_host is one of this worker's processes, `held_slots`), so it stays
+from the database (running jobs whose worker_host is one of this worker's processes, and the multi-node jobs it
+follows as a node k > 0, whose slots its `job_nodes` row records: `held_slots`), so it stays
 right whatever process or thread ran them; the worker's processes pick under one file lock (`slot_lock`).
 
 The pure functions here (parse, free, pick) have no database and no torch; `visible_gpus` imports torch only
