@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -42,7 +41,7 @@ import torch
 import torch.nn as nn
 
 from llm.atomic_files import atomic_write_text
-from llm.checkpoint import ADAPTER_ARCHITECTURE, GPT_ARCHITECTURE, load_weights, save_model
+from llm.checkpoint import load_weights
 from llm.degeneration import DegenerationBounds, DegenerationGuard, SampleWatch
 from llm.dpo import watched_prompts
 from llm.kto_batches import (FeedbackBatches, FeedbackExample, class_counts, iterate_feedback_batches,
@@ -53,6 +52,7 @@ from llm.preference_losses import sequence_logps
 from llm.sft import chat_base, inherited_config, training_flops_per_token
 from llm.sft_config import run_settings
 from llm.train import TrainConfig, checkpoint_step, train
+from llm.tuned_policy import start_policy
 
 REFERENCE_FILE = "reference_logps.json"
 REPORT_FILE = "kto_report.json"
@@ -264,7 +264,6 @@ def kto(policy_model_dir: str | os.PathLike, data: str | os.PathLike | list, out
     flops_per_token = training_flops_per_token(model, max_length, kto_config.full, answered_share=0.5)
     torch.manual_seed(config.seed)
     if kto_config.full:
-        architecture = GPT_ARCHITECTURE
         reference_file = out_dir / REFERENCE_FILE
         if reference_file.is_file():  # a resumed run: the untouched model's, kept from the start
             stored = json.loads(reference_file.read_text())
@@ -277,43 +276,16 @@ def kto(policy_model_dir: str | os.PathLike, data: str | os.PathLike | list, out
             out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(reference_file, json.dumps({"train": [e.reference_logps for e in train_examples],
                                                           "val": [e.reference_logps for e in val_examples]}))
-        # The watch's KL and the start's answers need the reference's next-token distributions on answers sampled
-        # during the run: a frozen copy of the starting weights (no gradients, no optimizer state), as DPO's.
-        reference_model = load_weights(policy_model_dir).eval().requires_grad_(False)
-
-        def policy_of(trained: nn.Module) -> nn.Module:
-            return trained
-
-        @contextmanager
-        def reference():
-            yield reference_model.to(next(model.parameters()).device)
-    else:
-        from llm.lora import apply_lora, save_adapter  # peft is imported only for LoRA runs
-
-        architecture = ADAPTER_ARCHITECTURE
-        model = apply_lora(model, kto_config)
-
-        def policy_of(trained: nn.Module) -> nn.Module:
-            return trained.get_base_model()  # peft injects the adapters into the GPT's own layers
-
-        @contextmanager
-        def reference():
-            with model.disable_adapter():
-                yield model.get_base_model()
+    # The loss reads the precomputed log-probs (all weights) or the adapter-off network (LoRA); the watch's KL and the
+    # start's answers need the reference's next-token distributions on sampled answers: `policy.reference()`, as DPO's.
+    policy = start_policy(model, policy_model_dir, kto_config, tokenizer_name,
+                          extra={**inherited_config(policy_model_dir), "chat": True, "kto": asdict(kto_config)})
+    model = policy.model
     trainable = [p for p in model.parameters() if p.requires_grad]
     trainable_count, total_count = trainable_parameter_count(model)
     log(f"{'full' if kto_config.full else f'LoRA r={kto_config.lora_r} on {kto_config.lora_targets}'} KTO "
         f"({kto_config.loss_type}, beta {kto_config.beta}, weights {kto_config.desirable_weight:g} good / "
         f"{kto_config.undesirable_weight:g} bad): {trainable_count:,} trainable parameters of {total_count:,}")
-    extra = {**inherited_config(policy_model_dir), "chat": True, "kto": asdict(kto_config)}
-
-    def save(trained: nn.Module, directory: Path) -> None:
-        if kto_config.full:
-            for name in ("adapter_config.json", "adapter_model.safetensors"):
-                (directory / name).unlink(missing_ok=True)
-            save_model(trained, directory, tokenizer_name, extra=extra)
-        else:
-            save_adapter(trained, directory, policy_model_dir, tokenizer_name, extra=extra)
 
     held_out = bool(val_examples)
     eval_examples = val_examples or train_examples[:config.batch_size * config.eval_batches]
@@ -325,9 +297,9 @@ def kto(policy_model_dir: str | os.PathLike, data: str | os.PathLike | list, out
     measured: dict = {}
 
     def watch_signals(trained: nn.Module) -> dict:
-        guard.observe_start(reference)
+        guard.observe_start(policy.reference)
         measured.clear()
-        measured.update(watch.measure(policy_of(trained), reference))
+        measured.update(watch.measure(policy.policy_of(trained), policy.reference))
         return {metric: measured[name] for name, metric in WATCH_METRICS.items() if measured.get(name) is not None}
 
     def on_record(record: dict) -> None:
@@ -347,15 +319,15 @@ def kto(policy_model_dir: str | os.PathLike, data: str | os.PathLike | list, out
         batches = FeedbackBatches(train_examples, config.batch_size, config.seed, tokenizer.eot_id)
         result = train(model, objective, batches, config, out_dir, on_metrics=on_record,
                        should_stop=lambda: guard.should_stop() or (should_stop is not None and should_stop()),
-                       trainable_params=trainable, flops_per_token=flops_per_token, save_model_fn=save,
+                       trainable_params=trainable, flops_per_token=flops_per_token, save_model_fn=policy.save,
                        resume=resume, log=log)
     if guard.stopped:
         kept = guard.restore(model)
-        save(model, out_dir)
+        policy.save(model, out_dir)
         log(f"kept the weights of step {kept}, the last evaluation that passed, as the result")
     elif result["stopped"]:
         return {"stopped": True, "step": result["step"], "loss": result["loss"], "model_dir": None,
-                "architecture": architecture}
+                "architecture": policy.architecture}
     # The figures of the weights kept: the last evaluation's, or the last one that passed when a flag stopped it.
     kept_step = guard.report["kept_step"] if guard.stopped else None
     final = next((e for e in reversed(guard.report["evaluations"]) if kept_step is None or e["step"] == kept_step), {})
@@ -371,4 +343,4 @@ def kto(policy_model_dir: str | os.PathLike, data: str | os.PathLike | list, out
     guard.save(**closing)
     return {"stopped": False, "step": result["step"], "loss": result["loss"], **closing, "kept_step": kept_step,
             "truncated": tokenized.truncated, "dropped": tokenized.dropped, "trainable_params": trainable_count,
-            "total_params": total_count, "model_dir": str(out_dir), "architecture": architecture}
+            "total_params": total_count, "model_dir": str(out_dir), "architecture": policy.architecture}

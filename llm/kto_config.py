@@ -50,7 +50,11 @@ KTO_LORA_LR = DPO_LORA_LR
 KTO_FULL_LR = DPO_FULL_LR
 KTO_DEFAULTS = FineTuningDefaults(loop={"max_steps": 200, "batch_size": 8, "block_size": 256, "warmup": 10,
                                         "eval_every": 50, "checkpoint_every": 100, "weight_decay": 0.0},
-                                  lora_lr=KTO_LORA_LR, full_lr=KTO_FULL_LR)
+                                  lora_lr=KTO_LORA_LR, full_lr=KTO_FULL_LR,
+                                  # As DPO's: rank 0 alone samples the degeneration watch's answers and keeps the
+                                  # last good weights (llm/degeneration.py), which a sharded model cannot give it.
+                                  no_fsdp="KTO's degeneration watch samples answers from and keeps weights of the "
+                                          "whole model on one rank")
 
 
 def kto_train_config(config: KTOConfig, n_embd: int | None = None, **given) -> TrainConfig:

@@ -26,6 +26,7 @@ from llm.model import GPT, config_from_preset
 from llm.dpo_config import DPO_DEFAULTS
 from llm.memory import fsdp_gathered_params, fsdp_shards, gpt_parameter_count, training_memory
 from llm.grpo_config import GRPO_DEFAULTS
+from llm.kto_config import KTO_DEFAULTS
 from llm.reward_config import REWARD_DEFAULTS
 from llm.sft_config import SFT_DEFAULTS
 from llm.tokenizer import get_tokenizer
@@ -43,7 +44,8 @@ def test_lora_with_fsdp_is_refused_when_the_run_is_configured():
     assert SFT_DEFAULTS.train_config("full", parallelism="fsdp").parallelism == "fsdp"
     assert SFT_DEFAULTS.train_config("lora").parallelism == "ddp"
     # Kinds whose rank 0 runs the model alone or whose ranks sample answers of their own lengths refuse FSDP.
-    for defaults, why in ((DPO_DEFAULTS, "degeneration watch"), (GRPO_DEFAULTS, "different lengths")):
+    for defaults, why in ((DPO_DEFAULTS, "degeneration watch"), (KTO_DEFAULTS, "degeneration watch"),
+                          (GRPO_DEFAULTS, "different lengths")):
         with pytest.raises(ValueError, match=f"fsdp is not supported here: .*{why}"):
             defaults.train_config("full", parallelism="fsdp")
     assert REWARD_DEFAULTS.train_config("full", parallelism="fsdp").parallelism == "fsdp"
