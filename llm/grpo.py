@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -43,7 +42,7 @@ import torch.nn as nn
 from llm.atomic_files import atomic_write_text
 from llm.chat import end_of_turn_id
 from llm.chat_batches import IGNORE_INDEX, ConversationBatches
-from llm.checkpoint import ADAPTER_ARCHITECTURE, GPT_ARCHITECTURE, load_weights, read_config, save_model
+from llm.checkpoint import load_weights, read_config
 from llm.device import pick_device
 from llm.generate import SamplingSettings, _undecodable_ids, chat_prompt, generate_tokens
 from llm.grpo_config import GRPOConfig, grpo_train_config
@@ -53,6 +52,7 @@ from llm.model import target_log_probs
 from llm.sft import chat_base, inherited_config, training_flops_per_token
 from llm.sft_config import run_settings
 from llm.train import TrainConfig, checkpoint_step, train
+from llm.tuned_policy import start_policy
 from llm.verifiers import Verifier, length_penalty
 
 REPORT_FILE = "grpo_report.json"
@@ -397,7 +397,6 @@ def grpo(policy_model_dir: str | os.PathLike, data: str | os.PathLike | list, ou
         f" tokens), {len(train_examples):,} to practise on, {len(val_examples):,} held out")
     if not train_examples:
         raise ValueError("no prompt leaves room for an answer; raise block_size or lower max_completion_length")
-    device_of = lambda model: next(model.parameters()).device  # noqa: E731
     reward_model = None
     if reward_model_dir is not None:
         from llm.reward import load_reward_model
@@ -411,50 +410,22 @@ def grpo(policy_model_dir: str | os.PathLike, data: str | os.PathLike | list, ou
     answer_share = grpo_config.max_completion_length / max_length
     flops_per_token = training_flops_per_token(model, max_length, grpo_config.full, answered_share=answer_share)
     torch.manual_seed(config.seed)
-    if grpo_config.full:
-        architecture = GPT_ARCHITECTURE
-        reference_model = load_weights(policy_model_dir).eval().requires_grad_(False)
-
-        def policy_of(trained: nn.Module) -> nn.Module:
-            return trained
-
-        @contextmanager
-        def reference():
-            yield reference_model.to(device_of(model))
-    else:
-        from llm.lora import apply_lora, save_adapter  # peft is imported only for LoRA runs
-
-        architecture = ADAPTER_ARCHITECTURE
-        model = apply_lora(model, grpo_config)
-
-        def policy_of(trained: nn.Module) -> nn.Module:
-            return trained.get_base_model()  # peft injects the adapters into the GPT's own layers
-
-        @contextmanager
-        def reference():
-            with model.disable_adapter():
-                yield model.get_base_model()
+    # The KL reference: a frozen copy of the start (all weights) or the adapter switched off (LoRA), as DPO's.
+    policy = start_policy(model, policy_model_dir, grpo_config, tokenizer_name,
+                          extra={**inherited_config(policy_model_dir), "chat": True, "grpo": asdict(grpo_config)})
+    model = policy.model
     trainable = [p for p in model.parameters() if p.requires_grad]
     trainable_count, total_count = trainable_parameter_count(model)
     log(f"{'full' if grpo_config.full else f'LoRA r={grpo_config.lora_r} on {grpo_config.lora_targets}'} GRPO "
         f"({grpo_config.loss_type}, G {grpo_config.num_generations}, beta {grpo_config.beta:g}, rewards: "
         f"{', '.join(rewards.names)}): {trainable_count:,} trainable parameters of {total_count:,}")
 
-    extra = {**inherited_config(policy_model_dir), "chat": True, "grpo": asdict(grpo_config)}
-
-    def save(trained: nn.Module, directory: Path) -> None:
-        if grpo_config.full:
-            for name in ("adapter_config.json", "adapter_model.safetensors"):
-                (directory / name).unlink(missing_ok=True)
-            save_model(trained, directory, tokenizer_name, extra=extra)
-        else:
-            save_adapter(trained, directory, policy_model_dir, tokenizer_name, extra=extra)
-
     held_out = bool(val_examples)
     eval_examples = (val_examples or train_examples)[:grpo_config.eval_prompts]
     if not held_out:
         log("no prompts held out: evaluations answer training prompts")
-    objective = GRPOObjective(grpo_config, tokenizer, rewards, eval_examples, config.seed, policy_of, reference)
+    objective = GRPOObjective(grpo_config, tokenizer, rewards, eval_examples, config.seed, policy.policy_of,
+                              policy.reference)
 
     # The report: every evaluation's figures and answers table; a resumed run keeps those before its checkpoint.
     report_path = out_dir / REPORT_FILE
@@ -476,14 +447,14 @@ def grpo(policy_model_dir: str | os.PathLike, data: str | os.PathLike | list, ou
 
     batches = PromptBatches(train_examples, config.batch_size, config.seed)
     result = train(model, objective, batches, config, out_dir, on_metrics=on_record, should_stop=should_stop,
-                   trainable_params=trainable, flops_per_token=flops_per_token, save_model_fn=save, resume=resume,
+                   trainable_params=trainable, flops_per_token=flops_per_token, save_model_fn=policy.save, resume=resume,
                    log=log)
     if result["stopped"]:
         return {"stopped": True, "step": result["step"], "loss": result["loss"], "model_dir": None,
-                "architecture": architecture}
+                "architecture": policy.architecture}
     final = evaluations[-1] if evaluations else {}
     return {"stopped": False, "step": result["step"], "loss": result["loss"], "val_reward": final.get("val_reward"),
             "val_pass_rate": final.get("val_pass_rate"), "val_kl": final.get("val_kl"), "prompts": len(records),
             "dropped": dropped, "train_prompts": len(train_examples), "val_prompts": len(val_examples),
             "held_out": held_out, "trainable_params": trainable_count, "total_params": total_count,
-            "model_dir": str(out_dir), "architecture": architecture, "samples": final.get("samples")}
+            "model_dir": str(out_dir), "architecture": policy.architecture, "samples": final.get("samples")}
