@@ -45,8 +45,9 @@ from llm.preference_batches import (PairExample, PreferenceBatches, iterate_pair
 from llm.preference_losses import chosen_nll, dpo_loss, sequence_logps
 from llm.sft import chat_base, inherited_config, training_flops_per_token
 from llm.sft_config import run_settings
-from llm.train import TrainConfig, checkpoint_step, train
+from llm.train import TrainConfig, checkpoint_step
 from llm.tuned_policy import start_policy
+from llm.watched_training import train_watched
 
 REFERENCE_FILE = "reference_logps.json"
 REPORT_FILE = "dpo_report.json"
@@ -234,39 +235,17 @@ def dpo(policy_model_dir: str | os.PathLike, data: str | os.PathLike | list, out
     guard = DegenerationGuard(out_dir, out_dir / REPORT_FILE, bounds, watch, dpo_config.stop_on_degeneration,
                               degeneration_advice(dpo_config, config.lr), log,
                               resume_step=checkpoint_step(out_dir) if resume else None)
-    measured: dict = {}
 
-    def watch_signals(trained: nn.Module) -> dict:
-        """At each evaluation (eval mode, no gradients): the start's answers once, then the policy's."""
-        guard.observe_start(policy.reference)
-        measured.clear()
-        measured.update(watch.measure(policy.policy_of(trained), policy.reference))
-        return {metric: measured[name] for name, metric in WATCH_METRICS.items() if measured.get(name) is not None}
+    def objective_of(watch_signals):
+        return DPOObjective(dpo_config, eval_examples, config.batch_size, config.eval_batches, tokenizer.eot_id,
+                            watch=watch_signals)
 
-    def on_record(record: dict) -> None:
-        if measured:  # an evaluation step: check it before anyone reads its metrics
-            signals = {**measured, **{name: record.get(key) for key, name in EVALUATION_FIGURES.items()}}
-            measured.clear()
-            record["degeneration_problems"] = len(guard.observe(record["step"], signals, model))
-        if on_metrics is not None:
-            on_metrics(record)
-
-    objective = DPOObjective(dpo_config, eval_examples, config.batch_size, config.eval_batches, tokenizer.eot_id,
-                             watch=watch_signals)
-    if guard.stopped:  # an earlier attempt stopped on a flag: its kept weights are the result
-        log(f"this run stopped on a degeneration flag at step {guard.report['flag']['step']}; keeping its result")
-        result = {"stopped": False, "step": guard.report["flag"]["step"], "loss": None}
-    else:
-        batches = PreferenceBatches(train_examples, config.batch_size, config.seed, tokenizer.eot_id)
-        result = train(model, objective, batches, config, out_dir, on_metrics=on_record,
-                       should_stop=lambda: guard.should_stop() or (should_stop is not None and should_stop()),
-                       trainable_params=trainable, flops_per_token=flops_per_token, save_model_fn=policy.save,
-                       resume=resume, log=log)
-    if guard.stopped:
-        kept = guard.restore(model)
-        policy.save(model, out_dir)
-        log(f"kept the weights of step {kept}, the last evaluation that passed, as the result")
-    elif result["stopped"]:
+    batches = PreferenceBatches(train_examples, config.batch_size, config.seed, tokenizer.eot_id)
+    result = train_watched(model, objective_of, batches, config, out_dir, policy=policy, guard=guard, watch=watch,
+                           watch_metrics=WATCH_METRICS, evaluation_figures=EVALUATION_FIGURES,
+                           trainable_params=trainable, flops_per_token=flops_per_token, resume=resume,
+                           on_metrics=on_metrics, should_stop=should_stop, log=log)
+    if result["stopped"] and not guard.stopped:
         return {"stopped": True, "step": result["step"], "loss": result["loss"], "model_dir": None,
                 "architecture": policy.architecture}
 
