@@ -12,7 +12,8 @@ Same work on both sides:
 - the objective: TRL's defaults on both: loss dapo, beta 0 (no reference pass), epsilon 0.2, one update per batch;
   LoRA r 16, alpha 32, dropout 0.05 on c_attn, c_proj and c_fc; fused AdamW, constant lr 1e-5, clipping at 1.0.
 
-Ours prefills each prompt once and decodes its G answers together from a copy of that KV cache; TRL's generation
+Ours prefills the step's prompts together (left-padded) and decodes all B x G answers together, each from a copy
+of its prompt's KV cache, through the LoRA adapter merged into the weights; TRL's generation
 (`transformers.generate` on the B x G left-padded rows) prefills every row. What is timed is each side's own training
 loop, one optimizer step at a time, the two loops interleaved step by step (`bench.bench_sft.SteppedLoop`), medians.
 samples/s = answers per step / step seconds. Peak memory: VmHWM of a fresh subprocess per loop (3 steps), as

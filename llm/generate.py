@@ -3,7 +3,8 @@
 The decoding loop (`generate_tokens`) prefills the prompt once with batch 1, then copies that cache
 for `num_samples` completions and decodes them together: one forward pass per step for all samples.
 This is what makes "K candidates per prompt" (chat arena, labeling) cheap: the prompt is never
-recomputed per candidate.
+recomputed per candidate. `generate_batch_tokens` does the same for several prompts at once (GRPO's
+step): one prefill of the prompts left-padded to the longest, each prompt's cache copied to its samples.
 
 Randomness: sample i draws from its own `torch.Generator` seeded with `sample_seed(seed, i)`
 (sample 0 uses `seed` itself). So the same settings give the same texts, and completion i of a
@@ -64,9 +65,10 @@ def sample_seed(seed: int, index: int) -> int:
 
 
 def make_generators(settings: SamplingSettings, num_samples: int,
-                    device: torch.device | str = "cpu") -> list[torch.Generator]:
-    """One generator per sample, so each sample's randomness is independent of the batch it runs in."""
-    seed = settings.seed if settings.seed is not None else secrets.randbits(63)
+                    device: torch.device | str = "cpu", seed: int | None = None) -> list[torch.Generator]:
+    """One generator per sample, so each sample's randomness is independent of the batch it runs in.
+    `seed` overrides the settings' (the seed of one prompt of several sampled together)."""
+    seed = seed if seed is not None else settings.seed if settings.seed is not None else secrets.randbits(63)
     return [torch.Generator(device=device).manual_seed(sample_seed(seed, i)) for i in range(num_samples)]
 
 
@@ -128,9 +130,6 @@ def fit_to_context(prompt_ids: Sequence[int], max_new_tokens: int, block_size: i
     return list(prompt_ids[-keep:]), max_new_tokens
 
 
-# As a decorator on a generator function, inference_mode is entered and left around each step, so it
-# never leaks into the caller's code between two yields (a `with` block around the loop would).
-@torch.inference_mode()
 def generate_tokens(model: nn.Module, prompt_ids: Sequence[int], settings: SamplingSettings,
                     num_samples: int = 1, stop_ids: Iterable[int] | None = None,
                     vocab_size: int | None = None,
@@ -144,13 +143,40 @@ def generate_tokens(model: nn.Module, prompt_ids: Sequence[int], settings: Sampl
     """
     if not prompt_ids:
         raise ValueError("generate_tokens needs at least one prompt token (use <|endoftext|> to start a document)")
+    return generate_batch_tokens(model, [prompt_ids], [settings.seed], settings, num_samples, stop_ids, vocab_size,
+                                 banned_ids)
+
+
+# As a decorator on a generator function, inference_mode is entered and left around each step, so it
+# never leaks into the caller's code between two yields (a `with` block around the loop would).
+@torch.inference_mode()
+def generate_batch_tokens(model: nn.Module, prompts: Sequence[Sequence[int]], seeds: Sequence[int | None],
+                          settings: SamplingSettings, num_samples: int = 1, stop_ids: Iterable[int] | None = None,
+                          vocab_size: int | None = None,
+                          banned_ids: Iterable[int] | None = None) -> Iterator[torch.Tensor]:
+    """`generate_tokens` for several prompts at once: each step yields (len(prompts) x num_samples,) ids, prompt
+    p's samples at rows p x num_samples ... Prompt p's samples draw from the generators of a run seeded
+    `seeds[p]` (None: the settings' seed, or a fresh one), so each is what that prompt sampled alone would give
+    (up to the rounding of a batched forward).
+
+    The prompts are prefilled together, left-padded to the longest (`KVCache.pad_left`: per-row positions, no
+    attention to padding), each prompt's cache is copied to its samples, and all samples decode together.
+    """
+    if not prompts or any(len(ids) == 0 for ids in prompts):
+        raise ValueError("generate_tokens needs at least one prompt token (use <|endoftext|> to start a document)")
+    if len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    prompt_ids, max_new_tokens = fit_to_context(prompt_ids, settings.max_new_tokens, model.config.block_size)
+    fitted = [fit_to_context(ids, settings.max_new_tokens, model.config.block_size) for ids in prompts]
+    max_new_tokens = fitted[0][1]
     if max_new_tokens == 0:
         return
+    prompts = [ids for ids, _ in fitted]
+    longest = max(len(ids) for ids in prompts)
+    rows = len(prompts) * num_samples
     device = next(model.parameters()).device
-    generators = make_generators(settings, num_samples, device)
+    generators = [generator for seed in seeds for generator in make_generators(settings, num_samples, device, seed)]
     stop = torch.tensor(sorted(set(stop_ids or ())), dtype=torch.long, device=device)
     check_stop = stop.numel() > 0
     banned = torch.tensor(sorted(set(banned_ids or ())), dtype=torch.long, device=device)
@@ -163,15 +189,19 @@ def generate_tokens(model: nn.Module, prompt_ids: Sequence[int], settings: Sampl
     model.eval()  # no dropout while sampling; restored when the generator ends or is closed
     try:
         # The last new token is never fed back, so the cache needs prompt + new - 1 positions.
-        cache = model.new_kv_cache(1, len(prompt_ids) + max_new_tokens - 1)
-        prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-        # Prefill once, with batch 1; only the last position's logits are needed (skips a (P, vocab) matmul).
+        cache = model.new_kv_cache(len(prompts), longest + max_new_tokens - 1)
+        padding = [longest - len(ids) for ids in prompts]
+        cache.pad_left(padding)
+        # Padding slots hold the first token (any id does: no real query attends to them).
+        prompt = torch.tensor([[ids[0]] * pad + ids for ids, pad in zip(prompts, padding)], dtype=torch.long,
+                              device=device)
+        # Prefill once per prompt; only the last position's logits are needed (skips a (P, vocab) matmul).
         logits, _ = model(prompt, kv_cache=cache, last_logits_only=True)
         last_logits = next_token_logits(logits)
         if num_samples > 1:
-            cache.expand(num_samples)               # every sample continues from the same prompt
-            last_logits = last_logits.expand(num_samples, -1)
-        finished = torch.zeros(num_samples, dtype=torch.bool, device=device)
+            cache.expand(rows)                      # every sample continues from its prompt
+            last_logits = last_logits.repeat_interleave(num_samples, dim=0)
+        finished = torch.zeros(rows, dtype=torch.bool, device=device)
         for step in range(max_new_tokens):
             next_ids = sample_next(last_logits, settings, generators)
             if check_stop:
@@ -184,7 +214,7 @@ def generate_tokens(model: nn.Module, prompt_ids: Sequence[int], settings: Sampl
             if step == max_new_tokens - 1 or (check_stop and bool(finished.all())):
                 return
             # Finished samples are fed too: dropping rows would mean re-packing the cache each time.
-            logits, _ = model(next_ids.view(num_samples, 1), kv_cache=cache, last_logits_only=True)
+            logits, _ = model(next_ids.view(rows, 1), kv_cache=cache, last_logits_only=True)
             last_logits = next_token_logits(logits)
     finally:
         model.train(was_training)

@@ -5,8 +5,9 @@ llm/verifiers.py), and the policy is pushed toward the answers that scored above
     grpo(policy_model_dir, prompts, out_dir, grpo_config=..., train_config=..., reward_model_dir=None) -> result
 
 One step, on the one training loop (`llm.train.train`; batch_size = prompts per step):
-  1. sample   G answers per prompt from the policy: the prompt is prefilled once and its KV cache copied to the G
-              answers, which decode together (`llm.generate.generate_tokens`); an answer ends at <|im_end|> (kept:
+  1. sample   G answers per prompt from the policy: the step's prompts are prefilled together (left-padded) and each
+              one's KV cache copied to its G answers; all answers decode together
+              (`llm.generate.generate_batch_tokens`); an answer ends at <|im_end|> (kept:
               the model must learn to stop) or at max_completion_length (counted as clipped)
   2. score    reward = verifier_weight x verifier + reward_model_weight x reward model - length penalty
   3. advantage  A = (r - mean of the group's r) / (std of the group's r + 1e-4); scale_rewards "batch" divides by
@@ -44,10 +45,10 @@ from llm.chat import end_of_turn_id
 from llm.chat_batches import IGNORE_INDEX, ConversationBatches
 from llm.checkpoint import load_weights, read_config
 from llm.device import pick_device
-from llm.generate import SamplingSettings, _undecodable_ids, chat_prompt, generate_tokens
+from llm.generate import SamplingSettings, _undecodable_ids, chat_prompt, generate_batch_tokens
 from llm.grpo_config import GRPOConfig, grpo_train_config
 from llm.grpo_data import read_prompt_records
-from llm.lora import trainable_parameter_count
+from llm.lora import adapters_merged, trainable_parameter_count
 from llm.model import target_log_probs
 from llm.sft import chat_base, inherited_config, training_flops_per_token
 from llm.sft_config import run_settings
@@ -221,17 +222,28 @@ class Rewards:
 def sample_answers(model: nn.Module, tokenizer, example: PromptExample, count: int, config: GRPOConfig, seed: int,
                    stops: set[int], banned: list[int]) -> list[Answer]:
     """`count` answers to one prompt sharing one prefill (llm/generate.py), sampled at the config's temperature."""
+    return sample_groups(model, tokenizer, [example], count, config, [seed], stops, banned)[0]
+
+
+def sample_groups(model: nn.Module, tokenizer, examples: Sequence[PromptExample], count: int, config: GRPOConfig,
+                  seeds: Sequence[int], stops: set[int], banned: list[int]) -> list[list[Answer]]:
+    """`count` answers to each prompt, all sampled together (`llm.generate.generate_batch_tokens`: one left-padded
+    prefill of the prompts, each prompt's cache copied to its answers, one forward per token for all answers);
+    prompt p's answers draw from the generators seeded `seeds[p]`, so they are what it sampled alone would give."""
     settings = SamplingSettings(max_new_tokens=config.max_completion_length, temperature=config.temperature,
-                                seed=seed, stop_at_end_of_text=False)
-    rows: list[list[int]] = [[] for _ in range(count)]
-    done = [False] * count
-    for step in generate_tokens(model, example.ids, settings, count, stops, tokenizer.vocab_size, banned):
+                                stop_at_end_of_text=False)
+    total = len(examples) * count
+    rows: list[list[int]] = [[] for _ in range(total)]
+    done = [False] * total
+    for step in generate_batch_tokens(model, [example.ids for example in examples], list(seeds), settings, count,
+                                      stops, tokenizer.vocab_size, banned):
         for index, token in enumerate(step.tolist()):
             if not done[index] and token >= 0:
                 rows[index].append(token)
                 done[index] = token in stops
-    return [Answer(row, tokenizer.decode([t for t in row if t not in stops]), not finished)
-            for row, finished in zip(rows, done)]
+    answers = [Answer(row, tokenizer.decode([t for t in row if t not in stops]), not finished)
+               for row, finished in zip(rows, done)]
+    return [answers[start:start + count] for start in range(0, total, count)]
 
 
 def _spread(values: Sequence[float]) -> float:
@@ -260,9 +272,10 @@ class GRPOObjective:
         policy = self.policy_of(model)
         group = self.config.num_generations
         answers, rewards, parts = [], [], {name: [] for name in self.rewards.names}
-        for index, example in enumerate(examples):
-            group_answers = sample_answers(policy, self.tokenizer, example, group, self.config,
-                                           seed * 1009 + index, self.stops, self.banned)
+        with adapters_merged(policy):  # LoRA: sample through merged weights, one matmul per layer
+            groups = sample_groups(policy, self.tokenizer, examples, group, self.config,
+                                   [seed * 1009 + index for index in range(len(examples))], self.stops, self.banned)
+        for example, group_answers in zip(examples, groups):
             totals, by_part = self.rewards.score(example.messages, example.answer, group_answers)
             answers += group_answers
             rewards += totals

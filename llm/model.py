@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -210,7 +211,12 @@ class KVCache:
     """Preallocated keys/values for every layer: (layers, batch, heads, max_len, head_dim).
 
     Writing into a fixed buffer avoids the re-allocation that concatenating caches costs each step.
-    `expand(n)` turns a batch-1 cache (one prefilled prompt) into n copies for sampling n completions.
+    `expand(n)` turns a batch-b cache (b prefilled prompts) into n rows, each prompt's row copied n / b times
+    in a row, for sampling n / b completions of each prompt.
+
+    Prompts of different lengths share a cache left-padded: `padding` (B,) counts each row's padding slots.
+    The model then gives each row its own positions (a token's position is its slot minus the row's padding)
+    and no query attends to a padding slot (a padding query attends to itself alone, so it stays finite).
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype):
@@ -219,6 +225,8 @@ class KVCache:
         self.keys = torch.empty(shape, device=device, dtype=dtype)
         self.values = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0  # positions filled so far
+        self.padding: torch.Tensor | None = None  # (B,) left-padding slots per row; None = no row is padded
+        self._mask: tuple[int, int, torch.Tensor] | None = None  # (length, T, mask) of the current forward
 
     @property
     def max_len(self) -> int:
@@ -235,9 +243,49 @@ class KVCache:
     def advance(self, steps: int) -> None:
         self.length += steps
 
+    def pad_left(self, padding: Sequence[int]) -> None:
+        """Declare each row's left padding before the prefill (all zero: nothing is padded, nothing changes)."""
+        if len(padding) != self.keys.shape[1]:
+            raise ValueError(f"{len(padding)} paddings for a cache of {self.keys.shape[1]} rows")
+        self.padding = torch.tensor(padding, dtype=torch.long, device=self.keys.device) if any(padding) else None
+        self._mask = None
+
+    def positions(self, T: int) -> torch.Tensor:
+        """The positions of the next T tokens: (T,), or (B, T) when rows are padded."""
+        positions = torch.arange(self.length, self.length + T, device=self.keys.device)
+        if self.padding is None:
+            return positions
+        return (positions.unsqueeze(0) - self.padding.unsqueeze(1)).clamp(min=0)
+
+    def attention_mask(self, T: int) -> torch.Tensor | None:
+        """(B, 1, T, length + T) keys each of the next T queries may see when rows are padded, else None.
+        Made once per forward (every layer asks at the same length)."""
+        if self.padding is None:
+            return None
+        if self._mask is not None and self._mask[:2] == (self.length, T):
+            return self._mask[2]
+        device = self.keys.device
+        queries = torch.arange(self.length, self.length + T, device=device).view(1, T, 1)
+        keys = torch.arange(self.length + T, device=device).view(1, 1, -1)
+        real = keys >= self.padding.view(-1, 1, 1)
+        mask = ((keys <= queries) & real) | (keys == queries)
+        mask = mask.unsqueeze(1)
+        self._mask = (self.length, T, mask)
+        return mask
+
     def expand(self, batch_size: int) -> None:
-        self.keys = self.keys.expand(-1, batch_size, -1, -1, -1).contiguous()
-        self.values = self.values.expand(-1, batch_size, -1, -1, -1).contiguous()
+        rows = self.keys.shape[1]
+        if batch_size % rows:
+            raise ValueError(f"cannot expand a cache of {rows} rows to {batch_size}")
+        if rows == 1:
+            self.keys = self.keys.expand(-1, batch_size, -1, -1, -1).contiguous()
+            self.values = self.values.expand(-1, batch_size, -1, -1, -1).contiguous()
+        else:
+            self.keys = self.keys.repeat_interleave(batch_size // rows, dim=1)
+            self.values = self.values.repeat_interleave(batch_size // rows, dim=1)
+        if self.padding is not None:
+            self.padding = self.padding.repeat_interleave(batch_size // rows)
+        self._mask = None
 
 
 class CausalSelfAttention(nn.Module):
@@ -260,12 +308,14 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                dropout_p=self.dropout if self.training else 0.0)
             return self.c_proj(y.transpose(1, 2).reshape(B, 1, C))
-        past = 0
+        past, padded = 0, None
         if kv_cache is not None:
-            past = kv_cache.length
+            past, padded = kv_cache.length, kv_cache.attention_mask(T)
             k, v = kv_cache.update(layer, k, v)
         dropout = self.dropout if self.training else 0.0
-        if past == 0:
+        if padded is not None:  # rows of prompts of different lengths, left-padded (see KVCache)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=padded, dropout_p=dropout)
+        elif past == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         elif T == 1:  # one new token attends to everything before it: no mask needed
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
@@ -348,7 +398,7 @@ class GPT(nn.Module):
         start = kv_cache.length if kv_cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
-        positions = torch.arange(start, start + T, device=idx.device)
+        positions = kv_cache.positions(T) if kv_cache is not None else torch.arange(T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(positions))
         for layer, block in enumerate(self.blocks):
             x = block(x, kv_cache, layer, last if layer == len(self.blocks) - 1 else None)

@@ -1,5 +1,6 @@
 """GRPO (llm/grpo.py) in pieces: advantages within groups, each loss type's aggregation, the answers' log-probs
-against a plain forward, the G answers of a prompt sharing one prefill, and a run interrupted and resumed equal to
+against a plain forward, the G answers of a prompt sharing one prefill, a step's prompts sampled together as each
+alone, sampling through merged LoRA adapters restoring the weights exactly, and a run interrupted and resumed equal to
 the uninterrupted one. Parity with TRL: test_grpo_parity.py; learning at the defaults: test_defaults_learn.py."""
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from llm.generate import chat_prompt
-from llm.grpo import (AGGREGATIONS, PromptExample, answer_logps, group_advantages, grpo, grpo_loss, sample_answers)
+from llm.grpo import (AGGREGATIONS, PromptExample, answer_logps, group_advantages, grpo, grpo_loss, sample_answers,
+                      sample_groups)
 from llm.grpo_config import GRPOConfig, grpo_train_config
 from llm.model import GPT, config_from_preset
 from llm.tokenizer import get_tokenizer
@@ -85,6 +87,48 @@ def test_the_answers_of_a_prompt_share_one_prefill_and_are_reproducible(tiny):
     assert calls[0] == (1, len(ids)) and all(shape == (4, 1) for shape in calls[1:])  # one prefill, then 4 rows
     again = sample_answers(model, tokenizer, example, 4, config, 3, stops, [])
     assert [a.ids for a in answers] == [a.ids for a in again] and len({tuple(a.ids) for a in answers}) > 1
+
+
+def test_the_prompts_of_a_step_sampled_together_answer_as_each_sampled_alone(tiny):
+    model, tokenizer = tiny
+    contents = ["Say something.", "Name three colours of the rainbow, please.", "Hi"]
+    conversations = [[{"role": "user", "content": content}] for content in contents]
+    examples = [PromptExample(messages, chat_prompt(tokenizer, messages)[0], None) for messages in conversations]
+    stops = chat_prompt(tokenizer, examples[0].messages)[1]
+    config = GRPOConfig(max_completion_length=8)
+    calls = []
+    hook = model.register_forward_hook(lambda module, args, output: calls.append(args[0].shape))
+    try:
+        together = sample_groups(model, tokenizer, examples, 4, config, [3, 4, 5], stops, [])
+    finally:
+        hook.remove()
+    longest = max(len(example.ids) for example in examples)
+    assert calls[0] == (3, longest) and all(shape == (12, 1) for shape in calls[1:])  # one left-padded prefill
+    alone = [sample_answers(model, tokenizer, example, 4, config, seed, stops, [])
+             for example, seed in zip(examples, [3, 4, 5])]
+    assert [[a.ids for a in group] for group in together] == [[a.ids for a in group] for group in alone]
+
+
+def test_sampling_through_merged_adapters_leaves_the_weights_as_they_were(tiny):
+    import copy
+
+    from llm.lora import adapters_merged, apply_lora
+
+    policy = apply_lora(copy.deepcopy(tiny[0]), GRPOConfig(method="lora", lora_dropout=0.0)).eval()
+    with torch.no_grad():
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.1)
+    model = policy.get_base_model()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    idx = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        adapted, _ = model(idx)
+        with adapters_merged(model):
+            merged, _ = model(idx)
+        after, _ = model(idx)
+    assert torch.allclose(merged, adapted, atol=1e-5) and torch.equal(after, adapted)
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
 
 
 def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_one(base_dir, tmp_path):
