@@ -94,8 +94,8 @@ def build_report(out_dir: Path, config: CleanConfig, summary: InputSummary, *, w
     start = counted.get("input", {"documents_out": summary.kept, "bytes_out": summary.kept_bytes})
     documents, size = start["documents_out"], start["bytes_out"]
     steps = []
-    funnel = [{"step": "read", "documents": summary.documents, "bytes": summary.bytes},
-              {"step": "readable", "documents": documents, "bytes": size}]
+    funnel = [{"step": "read", "title": "Documents read", "documents": summary.documents, "bytes": summary.bytes},
+              {"step": "readable", "title": "Readable (not malformed)", "documents": documents, "bytes": size}]
     for switch, name, title in STEPS:
         enabled = config.step_enabled(switch)
         record = counted.get(name)
@@ -113,7 +113,7 @@ def build_report(out_dir: Path, config: CleanConfig, summary: InputSummary, *, w
         if name == "pii":
             entry["documents_changed"] = record["changed"]
         documents, size = record["documents_out"], record["bytes_out"]
-        funnel.append({"step": name, "documents": documents, "bytes": size})
+        funnel.append({"step": name, "title": title, "documents": documents, "bytes": size})
         steps.append(entry)
     reasons = [{"step": "read", "reason": reason, "documents": count} for reason, count in summary.removed.items()]
     reasons += [{"step": entry["step"], "reason": reason, "documents": count}

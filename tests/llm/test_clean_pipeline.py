@@ -129,6 +129,8 @@ def test_the_report_adds_up_and_has_examples_and_reasons(cleaned):
     assert report["output"]["documents"] == len(texts) == steps[-1]["documents_out"]
     assert [entry["documents"] for entry in report["funnel"]] == sorted(
         (entry["documents"] for entry in report["funnel"]), reverse=True)
+    # The chart names its bars as the table names its rows.
+    assert [entry["title"] for entry in report["funnel"][2:]] == [step["title"] for step in steps if step["ran"]]
     language = next(step for step in steps if step["step"] == "language")
     assert language["removed_examples"][0]["language"].startswith("fr")
     assert language["kept_examples"] and report["top_reasons"]

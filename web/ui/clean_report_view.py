@@ -45,7 +45,7 @@ def funnel_figure(report: dict):
     funnel = report.get("funnel") or []
     fig = Figure(figsize=(7.0, 0.35 * len(funnel) + 1.0), dpi=100, layout="constrained")
     ax = fig.add_subplot()
-    names = [entry["step"] for entry in funnel][::-1]
+    names = [entry.get("title") or entry["step"] for entry in funnel][::-1]  # reports before titles: the step
     counts = [entry["documents"] for entry in funnel][::-1]
     bars = ax.barh(range(len(names)), counts, color="#6366f1")
     ax.set_yticks(range(len(names)), names)
