@@ -196,6 +196,7 @@ def test_best_of_8_with_the_reward_model_raises_the_preferred_share(loop):
     # picks among the policy's answers and cannot mend a garbled one; the well-formed shares are printed.)
     assert shares["best"] >= shares["first"] + 0.2
 
+
 def test_grpo_at_the_defaults_raises_the_verifier_pass_rate(loop):
     from bench.sweep_grpo import verifier_scores
 
