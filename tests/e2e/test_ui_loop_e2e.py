@@ -10,53 +10,16 @@ test_dpo.py and test_sft.py.
 
 from __future__ import annotations
 
-import re
 import time
 
 import pytest
 
-from tests.support.browser import (choose, fill_number, log_in, make_corpus, open_tab, text_of, wait_for_job,
-                                   write_chat_data)
+from tests.support.browser import (choose, fill_number, log_in, make_corpus, open_tab, pick, submit_and_wait,
+                                   text_of, upload_dataset, write_chat_data)
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 PROMPTS = ["Where is the old miller?", "Where is the baker?", "Where is the little dog?"]
-
-
-def upload(page, path, name: str, kind: str) -> None:
-    open_tab(page, "Datasets")
-    field = page.locator("#ds-file")
-    if field.locator("input[type=file]").count() == 0:  # the previous upload's file is still shown
-        field.get_by_role("button", name="Clear").first.click()
-    field.locator("input[type=file]").set_input_files(str(path))
-    page.locator("#ds-name input, #ds-name textarea").first.fill(name)
-    choose(page, "ds-kind", kind)
-    page.locator("#ds-upload").click()
-    page.locator("#ds-message").filter(has_text=f"“{name}”").wait_for(timeout=60_000)
-    assert page.locator("#ds-message .wb-msg-ok").count() == 1, text_of(page, "#ds-message")
-
-
-def submit_and_wait(page, server, prefix: str) -> int:
-    """Submit a Train form; the page moves to Jobs, where the job must succeed. Returns its id."""
-    page.locator(f"#{prefix}-submit").click()
-    result = page.locator(f"#{prefix}-result .wb-msg-ok")
-    result.wait_for(state="attached", timeout=30_000)
-    job_id = int(re.search(r"Job #(\d+)", result.text_content()).group(1))
-    page.get_by_role("tab", name="Jobs", exact=True).and_(page.locator("[aria-selected=true]")).wait_for()
-    wait_for_job(page, server, job_id)
-    return job_id
-
-
-def pick(page, elem_id: str, option: str) -> None:
-    """Choose `option` in a dropdown and make sure it stays chosen: opening a tab refreshes its dropdowns, and
-    under load that answer can land after a pick made right away."""
-    page.wait_for_timeout(1500)
-    for _ in range(3):
-        choose(page, elem_id, option, exact=False)
-        page.wait_for_timeout(500)
-        if option in (page.locator(f"#{elem_id} input").first.input_value() or ""):
-            return
-    raise AssertionError(f"{option!r} did not stay chosen in #{elem_id}")
 
 
 def small_run(page, prefix: str, steps: int, name: str | None = None) -> None:
@@ -79,9 +42,9 @@ def test_the_whole_loop(server, browser, tmp_path):
         make_corpus(corpus)
         write_chat_data(chats)
         prompts.write_text("\n".join(PROMPTS) + "\n")
-        upload(page, corpus, "loop corpus", "text")
-        upload(page, chats, "loop chats", "chat")
-        upload(page, prompts, "loop prompts", "prompts")
+        upload_dataset(page, corpus, "loop corpus", "text")
+        upload_dataset(page, chats, "loop chats", "chat")
+        upload_dataset(page, prompts, "loop prompts", "prompts")
 
         # --- pretrain, then fine-tune on the chats
         open_tab(page, "Train")
