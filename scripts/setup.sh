@@ -35,4 +35,11 @@ else
     echo "==> installing the app and its dependencies into .venv (pip install -e .)"
     "${PIP[@]}" -e .
 fi
+# The WARC reader of `workbench clean` (datatrove, through python-magic) needs the OS's libmagic.
+if ! ldconfig -p 2>/dev/null | grep -q "libmagic.so.1"; then
+    echo "==> installing Debian's libmagic1 (WARC files in workbench clean)"
+    SUDO=""; [[ $(id -u) != 0 ]] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libmagic1 >/dev/null
+fi
 echo "setup done: $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')"
