@@ -64,6 +64,8 @@ def _filter_pipeline(config: CleanConfig, dirs: dict[str, Path]) -> list:
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 
+    # Lazy, like the datatrove imports above: clean_blocks and language_filter import datatrove and the language
+    # model at their top, which `workbench clean --help` and the job registry should not pay for.
     from llm.clean_blocks import HtmlExtractor, KeptSample, Meter, UrlBlockFilter, Watch, parse_domains
     from llm.language_filter import LanguageFilter
 

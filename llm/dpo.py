@@ -35,7 +35,6 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from llm.atomic_files import atomic_write_text
 from llm.checkpoint import load_weights
 from llm.dpo_config import DPOConfig, dpo_train_config
 from llm.degeneration import DegenerationBounds, DegenerationGuard, SampleWatch
@@ -46,10 +45,9 @@ from llm.preference_losses import chosen_nll, dpo_loss, sequence_logps
 from llm.sft import chat_base, inherited_config, training_flops_per_token
 from llm.sft_config import run_settings
 from llm.train import TrainConfig, checkpoint_step
-from llm.tuned_policy import start_policy
+from llm.tuned_policy import start_policy, with_stored_reference
 from llm.watched_training import train_watched
 
-REFERENCE_FILE = "reference_logps.json"
 REPORT_FILE = "dpo_report.json"
 
 
@@ -201,18 +199,9 @@ def dpo(policy_model_dir: str | os.PathLike, data: str | os.PathLike | list, out
     flops_per_token = training_flops_per_token(model, max_length, dpo_config.full, answered_share=0.5)
     torch.manual_seed(config.seed)
     if dpo_config.full:
-        reference_file = out_dir / REFERENCE_FILE
-        if reference_file.is_file():  # a resumed run: the reference is the untouched model's, kept from the start
-            stored = json.loads(reference_file.read_text())
-            train_examples = [replace(e, reference_logps=tuple(r)) for e, r in zip(train_examples, stored["train"])]
-            val_examples = [replace(e, reference_logps=tuple(r)) for e, r in zip(val_examples, stored["val"])]
-        else:
-            log("computing the reference log-probabilities once (full DPO keeps no second model for them)")
-            train_examples = precompute_reference(model, train_examples, config.batch_size, tokenizer.eot_id)
-            val_examples = precompute_reference(model, val_examples, config.batch_size, tokenizer.eot_id)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(reference_file, json.dumps({
-                "train": [e.reference_logps for e in train_examples], "val": [e.reference_logps for e in val_examples]}))
+        train_examples, val_examples = with_stored_reference(
+            out_dir, train_examples, val_examples,
+            lambda examples: precompute_reference(model, examples, config.batch_size, tokenizer.eot_id), log)
     # The loss reads the precomputed log-probs (all weights) or the adapter-off network (LoRA); the watch's KL and the
     # start's answers need the reference's next-token distributions on answers sampled during the run, which the
     # policy's `reference()` gives either way (all weights: a frozen copy of the starting weights).

@@ -31,7 +31,6 @@ the held-out figures and the watch's record.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -40,7 +39,6 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from llm.atomic_files import atomic_write_text
 from llm.checkpoint import load_weights
 from llm.degeneration import DegenerationBounds, DegenerationGuard, SampleWatch
 from llm.dpo import watched_prompts
@@ -52,10 +50,9 @@ from llm.preference_losses import sequence_logps
 from llm.sft import chat_base, inherited_config, training_flops_per_token
 from llm.sft_config import run_settings
 from llm.train import TrainConfig, checkpoint_step
-from llm.tuned_policy import start_policy
+from llm.tuned_policy import start_policy, with_stored_reference
 from llm.watched_training import train_watched
 
-REFERENCE_FILE = "reference_logps.json"
 REPORT_FILE = "kto_report.json"
 # What each evaluation gives the degeneration watch: record name -> the watch's name (llm/degeneration.py).
 EVALUATION_FIGURES = {"val_loss": "loss", "val_rewards/margins": "margin",
@@ -265,18 +262,9 @@ def kto(policy_model_dir: str | os.PathLike, data: str | os.PathLike | list, out
     flops_per_token = training_flops_per_token(model, max_length, kto_config.full, answered_share=0.5)
     torch.manual_seed(config.seed)
     if kto_config.full:
-        reference_file = out_dir / REFERENCE_FILE
-        if reference_file.is_file():  # a resumed run: the untouched model's, kept from the start
-            stored = json.loads(reference_file.read_text())
-            train_examples = [replace(e, reference_logps=tuple(r)) for e, r in zip(train_examples, stored["train"])]
-            val_examples = [replace(e, reference_logps=tuple(r)) for e, r in zip(val_examples, stored["val"])]
-        else:
-            log("computing the reference log-probabilities once (full KTO keeps no second model for them)")
-            train_examples = precompute_reference(model, train_examples, config.batch_size, tokenizer.eot_id)
-            val_examples = precompute_reference(model, val_examples, config.batch_size, tokenizer.eot_id)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(reference_file, json.dumps({"train": [e.reference_logps for e in train_examples],
-                                                          "val": [e.reference_logps for e in val_examples]}))
+        train_examples, val_examples = with_stored_reference(
+            out_dir, train_examples, val_examples,
+            lambda examples: precompute_reference(model, examples, config.batch_size, tokenizer.eot_id), log)
     # The loss reads the precomputed log-probs (all weights) or the adapter-off network (LoRA); the watch's KL and the
     # start's answers need the reference's next-token distributions on sampled answers: `policy.reference()`, as DPO's.
     policy = start_policy(model, policy_model_dir, kto_config, tokenizer_name,

@@ -17,15 +17,20 @@ its `lora_r`, `lora_alpha`, `lora_targets` shape the adapter (`llm.lora.apply_lo
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch.nn as nn
 
+from llm.atomic_files import atomic_write_text
 from llm.checkpoint import ADAPTER_ARCHITECTURE, GPT_ARCHITECTURE, load_weights, save_model
+
+# A run with all weights keeps its reference's log-probs here, computed once before training (no second model).
+REFERENCE_FILE = "reference_logps.json"
 
 # What a LoRA run writes (peft's format); a full run into the same directory removes an earlier LoRA run's.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -86,3 +91,21 @@ def start_policy(model: nn.Module, start_dir: str | os.PathLike, config: Any, to
     from llm.lora import apply_lora  # peft is imported only for LoRA runs
 
     return TunedPolicy(apply_lora(model, config), False, Path(start_dir), tokenizer_name, extra)
+
+
+def with_stored_reference(out_dir: Path, train: Sequence, val: Sequence, compute: Callable[[Sequence], list],
+                          log: Callable[[str], None]) -> tuple[list, list]:
+    """The training and validation examples with their reference log-probs (`reference_logps`) attached: read from
+    the run's REFERENCE_FILE when an earlier attempt wrote it (a resumed run keeps the untouched model's), else
+    computed by `compute(examples)` (the untrained model, before anything trains it) and written there."""
+    path = Path(out_dir) / REFERENCE_FILE
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        return ([replace(e, reference_logps=tuple(r)) for e, r in zip(train, stored["train"])],
+                [replace(e, reference_logps=tuple(r)) for e, r in zip(val, stored["val"])])
+    log("computing the reference log-probabilities once (a run with all weights keeps no second model for them)")
+    train, val = compute(train), compute(val)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"train": [e.reference_logps for e in train],
+                                        "val": [e.reference_logps for e in val]}))
+    return train, val

@@ -14,7 +14,8 @@ import torch
 
 from llm.chat import end_of_turn_id
 from llm.checkpoint import load_model, read_architecture
-from llm.dpo import REFERENCE_FILE, dpo
+from llm.dpo import dpo
+from llm.tuned_policy import REFERENCE_FILE
 from llm.dpo_config import DPOConfig, dpo_train_config
 from llm.generate import SamplingSettings, chat_prompt, generate_tokens
 from tests.support.polite import HELD_OUT, is_polite, polite_pairs, quiet, train_mixed_sft
