@@ -1,8 +1,9 @@
 """One job on two machines, tested on one: two real workers (`python -m worker.runtime.main`) are its two nodes
 (worker/runtime/rendezvous.py), over the Redis on 127.0.0.1:6379 (a queue of the test's own) and SQLite, CPU gloo,
 each node 1 process; the rendezvous endpoint goes through the database. Killing one node's worker during
-training fails the attempt naming that node, nothing is left running, and the job, resumed with a new worker
-beside the survivor, continues from its checkpoint to one model with each metric once. A job whose second worker
+training (the follower's, or the leader's, which hosts the rendezvous store and writes the checkpoints) fails the
+attempt naming that node, nothing is left running, and the job, resumed with a new worker beside the survivor,
+continues from its checkpoint to one model with each metric once. A job whose second worker
 never comes fails after the rendezvous timeout saying so.
 """
 
@@ -28,10 +29,11 @@ NODE = {"WORKBENCH_HEARTBEAT_SECONDS": "0.5", "WORKBENCH_STALE_AFTER_SECONDS": "
         "WORKBENCH_JOB_PROCESSES": "2"}
 
 
+@pytest.mark.parametrize("lost", ["follower", "leader"])
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("broker", ["redis6379"], indirect=True)
 def test_a_job_on_two_workers_survives_losing_one_and_resumes_to_one_model(
-        broker, workbench_env, session, dataset, small_tokenizer, start_worker):
+        lost, broker, workbench_env, session, dataset, small_tokenizer, start_worker):
     started = time.monotonic()
     workers = [start_worker(**NODE), start_worker(**NODE)]
     max_steps = 150
@@ -54,25 +56,37 @@ def test_a_job_on_two_workers_survives_losing_one_and_resumes_to_one_model(
     processes = [*ranks.values(), *torchrun_pids(leader), *torchrun_pids(follower)]
 
     print(f"checkpoint at step 10 on two nodes {time.monotonic() - started:.1f} s after the workers started")
-    follower.kill_hard()
-    killed = time.monotonic()
-    failed = wait_for_status(session, job.id, {JobStatus.failed, JobStatus.succeeded, JobStatus.cancelled}, 90,
-                             [leader])
-    assert failed.status == JobStatus.failed, job_log(session, job.id)
-    assert failed.error.startswith(f"node 1 of 2 (workbench-{follower.pid}@") and "stopped during training" in \
-        failed.error, failed.error
-    print(f"failed {time.monotonic() - killed:.1f} s after the kill")
-    assert wait_gone(processes) == []  # no rank of either node is left
-    checkpoint_at_kill = checkpoint_step(run_dir)
-    assert checkpoint_at_kill < max_steps, "the run finished before the kill; raise max_steps"
-
-    replacement = start_worker(**NODE)
-    jobs.resume_job(session, job.id)
+    if lost == "follower":
+        # The leader sees its rank's partner go: the attempt fails naming the lost node, and a person resumes it.
+        follower.kill_hard()
+        killed = time.monotonic()
+        failed = wait_for_status(session, job.id, {JobStatus.failed, JobStatus.succeeded, JobStatus.cancelled}, 90,
+                                 [leader])
+        assert failed.status == JobStatus.failed, job_log(session, job.id)
+        assert failed.error.startswith(f"node 1 of 2 (workbench-{follower.pid}@") and "stopped during training" in \
+            failed.error, failed.error
+        print(f"failed {time.monotonic() - killed:.1f} s after the kill")
+        assert wait_gone(processes) == []  # no rank of either node is left
+        checkpoint_at_kill = checkpoint_step(run_dir)
+        assert checkpoint_at_kill < max_steps, "the run finished before the kill; raise max_steps"
+        survivor, replacement = leader, start_worker(**NODE)
+        jobs.resume_job(session, job.id)
+    else:
+        # The leader's worker goes with the rendezvous store and the job's records: the follower's rank fails,
+        # the reaper (in the surviving worker) sees the leader's heartbeat stop and requeues the job, which the
+        # two live workers then run from the last checkpoint, with nobody resuming it by hand.
+        leader.kill_hard()
+        assert wait_gone(processes) == []  # no rank of the first attempt is left on either node
+        checkpoint_at_kill = checkpoint_step(run_dir)  # only the leader's rank 0 wrote them, and it is gone
+        assert checkpoint_at_kill < max_steps, "the run finished before the kill; raise max_steps"
+        survivor, replacement = follower, start_worker(**NODE)
     resumed = time.monotonic()
-    done = wait_for_status(session, job.id, {JobStatus.succeeded, JobStatus.failed}, 240, [leader, replacement])
+    done = wait_for_status(session, job.id, {JobStatus.succeeded, JobStatus.failed}, 240, [survivor, replacement])
     print(f"resumed on two nodes and succeeded in {time.monotonic() - resumed:.1f} s")
-    assert done.attempts == 2
+    assert done.status == JobStatus.succeeded and done.attempts == 2, job_log(session, job.id)
     lines = job_log(session, job.id)
+    if lost == "leader":
+        assert any(line.startswith(f"worker lost: workbench-{leader.pid}@") and "requeued" in line for line in lines)
     assert f"resuming from the checkpoint at step {checkpoint_at_kill}" in lines
     assert sum(line.startswith("node 1 of 2 joined: ") for line in lines) == 2
     assert loss_steps(session, job.id) == list(range(1, max_steps + 1))
@@ -80,8 +94,8 @@ def test_a_job_on_two_workers_survives_losing_one_and_resumes_to_one_model(
     rows = session.execute(select(Metric.name, Metric.step).where(Metric.job_id == job.id)).all()
     assert max(Counter(rows).values()) == 1
     assert len(session.scalars(select(Model).where(Model.job_id == job.id)).all()) == 1
-    assert leader.process.poll() is None and replacement.process.poll() is None
-    assert wait_gone(torchrun_pids(leader) | torchrun_pids(replacement)) == []  # both launches ended with the job
+    assert survivor.process.poll() is None and replacement.process.poll() is None
+    assert wait_gone(torchrun_pids(survivor) | torchrun_pids(replacement)) == []  # both launches ended with the job
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
