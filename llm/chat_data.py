@@ -17,7 +17,8 @@ Formats accepted (JSON Lines unless said otherwise):
               prompt is the shared leading messages), as strings or message lists; HH-RLHF
               transcripts ("\\n\\nHuman: … \\n\\nAssistant: …", leading blank lines optional) in
               either form; an explicit HH prompt may end with the empty "\\n\\nAssistant:" cue
-  prompts     .txt one prompt per non-empty line; .jsonl {"prompt": str | messages}
+  prompts     .txt one prompt per non-empty line; .jsonl {"prompt": str | messages} or {"messages": messages
+              ending with a user turn}, optionally with an "answer" (GRPO's reference, llm/grpo_data.py)
   benchmark   {"question", "choices", "answer", "context"?} (other keys, such as an id, are ignored)
   feedback    TRL's unpaired preference format {"prompt", "completion", "label"}, as strings or message lists
 
@@ -299,13 +300,16 @@ def read_preference(path: str | Path, display_name: str | None = None) -> list[d
 # ----------------------------------------------------------------------------- prompts
 
 def _prompt_record(record: dict) -> list[dict]:
-    if "prompt" not in record:
-        raise _Bad(None, f"expected a prompt field; keys: {', '.join(sorted(record)) or 'none'}")
-    return _as_prompt(record["prompt"], "prompt")
+    # `messages` ending with a user turn is how OpenAI-style prompt files (GSM8K-like sets with an `answer`) write
+    # a prompt; other keys (an `answer` for GRPO's verifiers, an id) are the reader of the job's concern.
+    for field in ("prompt", "messages"):
+        if field in record:
+            return _as_prompt(record[field], field)
+    raise _Bad(None, f"expected a prompt (or messages) field; keys: {', '.join(sorted(record)) or 'none'}")
 
 
 def read_prompts(path: str | Path, display_name: str | None = None) -> list[list[dict]]:
-    """Every prompt as a conversation ending with a user turn (.txt: one per line; .jsonl: prompt field)."""
+    """Every prompt as a conversation ending with a user turn (.txt: one per line; .jsonl: prompt or messages)."""
     path = Path(path)
     name = display_name or path.name
     if path.suffix.lower() == ".txt":

@@ -22,7 +22,7 @@ MAX_SAMPLE_LINE_BYTES = 1 << 20  # a longer line is not read whole (the readers 
 WHAT_IT_HOLDS = {
     "chat": "conversations",
     "preference": "chosen and rejected answers",
-    "prompts": "prompts without answers",
+    "prompts": "prompts, optionally with a reference answer",
     "benchmark": "questions with choices and an answer",
     "feedback": "single answers marked good or bad (label true / false)",
     "text": 'documents in a "text" field',
@@ -38,6 +38,8 @@ def kind_of_record(record: dict) -> str | None:
         return "feedback"  # before chat: an unpaired answer has a prompt and a completion too
     if {"question", "choices", "answer"} <= keys:
         return "benchmark"
+    if "answer" in keys and keys & {"prompt", "messages"}:
+        return "prompts"  # before chat: prompts with reference answers (GRPO's), in either prompt form
     if keys & {"messages", "conversations"} or {"instruction", "output"} <= keys or {"prompt", "completion"} <= keys:
         return "chat"
     if "prompt" in keys:

@@ -124,7 +124,18 @@ def test_prompt_files_that_hold_nothing_or_the_wrong_thing_are_refused(tmp_path)
     error = error_of("prompts", tmp_path / "p.csv")
     assert ".txt or .jsonl" in error.problem and error.file == "mine.jsonl"
     error = error_of("prompts", write_lines(tmp_path / "p.jsonl", [{"prompt": "a"}, {"question": "b"}]))
-    assert error.line == 2 and "expected a prompt field" in error.problem and "question" in error.problem
+    assert error.line == 2 and "expected a prompt (or messages) field" in error.problem and "question" in error.problem
+    ended_by_the_assistant = {"messages": [USER, GOOD], "answer": "4"}
+    error = error_of("prompts", write_lines(tmp_path / "m.jsonl", [{"messages": [USER]}, ended_by_the_assistant]))
+    assert (error.line, error.field) == (2, "messages") and "end with a user message" in error.problem
+
+
+def test_prompts_with_reference_answers_read_in_either_prompt_form(tmp_path):
+    # GSM8K-like files, as GRPO's verifiers use them: OpenAI messages or a plain prompt, each with an answer.
+    system = {"role": "system", "content": "Be brief."}
+    path = write_lines(tmp_path / "math.jsonl", [{"messages": [system, USER], "answer": "4"},
+                                                 {"prompt": "Hi", "answer": "5", "id": 7}])
+    assert read_prompts(path) == [[system, USER], [USER]]
 
 
 def test_token_counts_match_encoding_each_text(gpt2):

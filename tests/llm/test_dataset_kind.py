@@ -27,6 +27,8 @@ CHAT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "c
     ({"prompt": "Hi", "chosen": "Hello.", "rejected": "Go away."}, "preference"),
     ({"chosen": "\n\nHuman: Hi\n\nAssistant: Hello.", "rejected": "\n\nHuman: Hi\n\nAssistant: No."}, "preference"),
     ({"prompt": "Write a poem."}, "prompts"),
+    ({"prompt": "2 + 2?", "answer": "4"}, "prompts"),  # GRPO's prompts with reference answers
+    ({"messages": [{"role": "user", "content": "2 + 2?"}], "answer": "4"}, "prompts"),
     ({"question": "2 + 3?", "choices": ["5", "6"], "answer": 0}, "benchmark"),
     ({"text": "Once upon a time."}, "text"),
     ({"title": "no kind has this"}, None),

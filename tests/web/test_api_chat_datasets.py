@@ -108,3 +108,19 @@ def test_a_file_of_another_kind_is_told_which_kind_it_looks_like(client, session
     assert response.json()["note"] == ("this looks like a chat dataset (conversations): save it as .jsonl and upload "
                                        "it as kind chat")
     assert upload(client, [chat], "chat").json()["note"] == ""
+
+
+def test_prompts_with_reference_answers_upload_as_prompts_in_either_prompt_form(client, session, api_settings):
+    """GRPO's data (issue 21): a GSM8K-like file of OpenAI `messages` ending with the question, each with its
+    `answer`, is a prompts dataset; sent as chat it is refused with that hint (it has no assistant turn)."""
+    lines = [{"messages": [{"role": "system", "content": "Answer with a number."},
+                           {"role": "user", "content": f"What is {n} plus {n}?"}], "answer": str(2 * n)}
+             for n in range(6)]
+    refused = upload(client, lines, "chat", filename="math.jsonl")
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["msg"].endswith("this looks like a prompts dataset (prompts, optionally with a "
+                                                       "reference answer): upload it as kind prompts")
+    assert datasets_stored(session, api_settings) == (0, [])
+    stored = upload(client, lines, "prompts", filename="math.jsonl")
+    assert stored.status_code == 201, stored.text
+    assert stored.json()["note"] == ""
