@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from llm.chat import ROLES
-from llm.text_files import MAX_JSON_DEPTH, JsonLineError, TextFileProblem, check_text_file, parse_json_line
+from llm.text_files import JsonLineError, TextFileProblem, check_text_file, parse_json_line
 
 MAX_LINE_BYTES = 1 << 20   # 1 MiB: a conversation, not a book
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
