@@ -160,6 +160,13 @@ class ModelKind(str, enum.Enum):
     grpo = "grpo"  # a policy tuned by GRPO on its own scored answers (worker/kinds/grpo); chats like sft models
 
 
+# The assistant models: they chat, enter the arena, get thumbs, and preference training (DPO, KTO, GRPO) continues
+# from any of them. A new policy-training kind adds its ModelKind here and every one of those places takes it.
+CHAT_MODEL_KINDS = (ModelKind.sft, ModelKind.dpo, ModelKind.kto, ModelKind.grpo)
+# The models that write text: a base model or any chat model (generate, evaluate, and where tuning can start).
+LANGUAGE_MODEL_KINDS = (ModelKind.base, *CHAT_MODEL_KINDS)
+
+
 class User(Base):
     __tablename__ = "users"
 

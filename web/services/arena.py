@@ -27,7 +27,7 @@ from typing import Any, Sequence
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from db.models import SQL_INTEGER_MAX, ArenaBattle, Comparison, Completion, Model, ModelKind, Prompt, User
+from db.models import CHAT_MODEL_KINDS, SQL_INTEGER_MAX, ArenaBattle, Comparison, Completion, Model, Prompt, User
 from llm.preference_labels import VOTES, Choice, Label
 from llm.ratings import head_to_head, records
 from llm.ratings import leaderboard as rate
@@ -36,7 +36,7 @@ from web.services.common import Conflict, InvalidInput, NotFound, reading
 from web.services.labeling import check_time_spent
 from web.services.models import blind_model_name
 
-ARENA_KINDS = (ModelKind.sft, ModelKind.dpo, ModelKind.kto, ModelKind.grpo)
+ARENA_KINDS = CHAT_MODEL_KINDS
 MAX_PROMPT_CHARS = 20_000
 
 

@@ -19,7 +19,7 @@ import logging
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Completion, Job, Model, ModelKind, User
+from db.models import CHAT_MODEL_KINDS, Completion, Job, Model, ModelKind, User
 from db.settings import Settings, safe_join
 from web.services.access import Action, can, require, require_owner, resolve_user, sees_model_names
 from web.services.common import (Conflict, InvalidInput, NotFound, enum_value, parse_enum, reading,
@@ -29,7 +29,6 @@ from worker.jobs.references import models_named
 log = logging.getLogger(__name__)
 
 # Models trained on the chat template (the others complete documents): the ones labelers may see.
-CHAT_MODEL_KINDS = (ModelKind.sft, ModelKind.dpo, ModelKind.kto, ModelKind.grpo)
 
 
 def model_to_dict(model: Model) -> dict:

@@ -6,7 +6,7 @@ output is a chat model of kind dpo whose parent is the policy it started from (a
 
 from __future__ import annotations
 
-from db.models import DatasetKind, ModelKind
+from db.models import LANGUAGE_MODEL_KINDS, DatasetKind, ModelKind
 from llm.dpo_config import DPO_DEFAULTS, DPOConfig
 from worker.jobs.spec import JobKindSpec, TrainFormNames
 from worker.kinds.dpo.card import METRIC_CARDS, PLOTS, REPORT_CARD, run_report
@@ -21,7 +21,7 @@ SPEC = JobKindSpec(
     description="Direct Preference Optimization: make the chosen answers more likely than the rejected ones, "
                 "relative to where the model started. Both rewards often fall; what matters is their margin.",
     params=PARAMS, handler=run, dataset_kinds=(DatasetKind.preference,),
-    model_kinds=(ModelKind.sft, ModelKind.base, ModelKind.dpo), produces=ModelKind.dpo,
+    model_kinds=LANGUAGE_MODEL_KINDS, produces=ModelKind.dpo,
     check=preference_check(PARAMS, DPO_DEFAULTS, estimate), estimate=estimate,
     metric_cards=METRIC_CARDS, plots=PLOTS, report_card=REPORT_CARD, run_report=run_report,
     form_fields=("model_id", "dataset_id", "project_ids", "include_arena", "beta", "loss_type", "method", "lora_r",

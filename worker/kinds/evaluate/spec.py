@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.models import SQL_INTEGER_MAX, Dataset, DatasetKind, Model, ModelKind
+from db.models import LANGUAGE_MODEL_KINDS, SQL_INTEGER_MAX, Dataset, DatasetKind, Model
 from db.settings import Settings
 from llm.evaluate_config import EvaluateConfig
 from llm.params import Setting, settings_of
@@ -18,7 +18,7 @@ from worker.kinds.evaluate.card import METRIC_CARDS
 from worker.kinds.evaluate.handler import run
 
 # Models that predict tokens (not reward models).
-MODEL_KINDS = (ModelKind.base, ModelKind.sft, ModelKind.dpo, ModelKind.kto, ModelKind.grpo)
+MODEL_KINDS = LANGUAGE_MODEL_KINDS
 MAX_MODELS = 16
 
 PARAMS = {

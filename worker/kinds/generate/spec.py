@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.models import DatasetKind, Model, ModelKind
+from db.models import LANGUAGE_MODEL_KINDS, DatasetKind, Model
 from db.settings import Settings
 from llm.candidates import MAX_CANDIDATES, MAX_SEED
 from llm.params import Setting
@@ -19,7 +19,7 @@ from worker.kinds.generate.card import METRIC_CARDS, PLOTS
 from worker.kinds.generate.handler import greedy, run, slots
 
 # Models that write answers (not reward models).
-MODEL_KINDS = (ModelKind.base, ModelKind.sft, ModelKind.dpo, ModelKind.kto, ModelKind.grpo)
+MODEL_KINDS = LANGUAGE_MODEL_KINDS
 
 PARAMS = {
     "dataset_id": Setting("int", required=True, minimum=1, label="prompts dataset",

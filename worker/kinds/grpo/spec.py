@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.models import Dataset, DatasetKind, Model, ModelKind
+from db.models import LANGUAGE_MODEL_KINDS, Dataset, DatasetKind, Model, ModelKind
 from db.settings import Settings, safe_join
 from llm.chat_data import DataFormatError
 from llm.grpo_config import GRPO_DEFAULTS, GRPOConfig
@@ -94,7 +94,7 @@ SPEC = JobKindSpec(
     description="Reinforcement learning on the model's own answers: it answers each prompt G times, a verifier or a "
                 "reward model scores the answers, and it learns from those that beat their group.",
     params=PARAMS, handler=run, dataset_kinds=(DatasetKind.prompts,),
-    model_kinds=(ModelKind.sft, ModelKind.base, ModelKind.dpo, ModelKind.kto, ModelKind.grpo),
+    model_kinds=LANGUAGE_MODEL_KINDS,
     produces=ModelKind.grpo, check=check, estimate=estimate,
     metric_cards=METRIC_CARDS, plots=PLOTS, report_card=REPORT_CARD, run_report=run_report,
     form_fields=("model_id", "dataset_id", "verifier", "pattern", "reward_model_id", "num_generations",

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.models import Dataset, DatasetKind, LabelingProject, Model, ModelKind
+from db.models import LANGUAGE_MODEL_KINDS, Dataset, DatasetKind, LabelingProject, Model, ModelKind
 from db.settings import Settings, safe_join
 from llm.kto_config import KTO_DEFAULTS, KTOConfig
 from llm.params import Setting, settings_of
@@ -107,7 +107,7 @@ SPEC = JobKindSpec(
     description="Kahneman-Tversky Optimization: make answers people marked good more likely and those marked bad "
                 "less, relative to where the model started. Learns from single thumbs, no pairs needed.",
     params=PARAMS, handler=run, dataset_kinds=(DatasetKind.feedback, DatasetKind.preference),
-    model_kinds=(ModelKind.sft, ModelKind.base, ModelKind.dpo, ModelKind.kto), produces=ModelKind.kto,
+    model_kinds=LANGUAGE_MODEL_KINDS, produces=ModelKind.kto,
     check=check, estimate=estimate,
     metric_cards=METRIC_CARDS, plots=PLOTS, report_card=REPORT_CARD, run_report=run_report,
     form_fields=("model_id", "dataset_id", "include_thumbs", "thumbs_model_ids", "project_ids", "beta",
