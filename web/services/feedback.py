@@ -6,6 +6,7 @@
     take_back_feedback(session, user, model_id, messages, answer)   -> {id, undone} (the Chat tab's undo)
     list_feedback(user, model_id=None, everyone=False)              -> rows (your own; a trainer's `everyone`: all)
     export_feedback(user, model_ids=None)                           -> TRL unpaired JSONL text
+    feedback_counts(user)                                           -> per model: good, bad, people, last given
     feedback_items(session, model_ids=None)                         -> KTO items with their row ids (lineage)
 
 One row per (user, answer) (`db.models.answer_key_sha256`: the model, the conversation and the answer): giving the
@@ -19,14 +20,13 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import case, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import AnswerFeedback, Model, User, answer_key_sha256
+from db.models import CHAT_MODEL_KINDS, AnswerFeedback, Model, User, answer_key_sha256
 from web.services.access import Action, can, require
 from web.services.common import InvalidInput, NotFound, reading
-from web.services.models import CHAT_MODEL_KINDS
 
 MAX_MESSAGES = 200
 MAX_TEXT_CHARS = 100_000  # a conversation's message or an answer: far past any model's context here
@@ -148,6 +148,21 @@ def export_feedback(user: User, model_ids: Sequence[int] | None = None, session:
         items = feedback_items(s, model_ids)
     return "".join(json.dumps({key: item[key] for key in ("prompt", "completion", "label")}, ensure_ascii=False) + "\n"
                    for item in items)
+
+
+def feedback_counts(user: User, session: Session | None = None) -> list[dict]:
+    """Per model that has thumbs, most thumbs first: {model_id, model, good, bad, people, last} (the training
+    team's: it counts everyone's thumbs)."""
+    require(user, Action.read_training)
+    good = func.sum(case((AnswerFeedback.label.is_(True), 1), else_=0))
+    with reading(session) as s:
+        rows = s.execute(
+            select(Model.id, Model.name, func.count(AnswerFeedback.id), good,
+                   func.count(func.distinct(AnswerFeedback.user_id)), func.max(AnswerFeedback.updated_at))
+            .join(Model, Model.id == AnswerFeedback.model_id)
+            .group_by(Model.id, Model.name).order_by(func.count(AnswerFeedback.id).desc(), Model.id)).all()
+    return [{"model_id": model_id, "model": name, "good": int(good_count), "bad": int(total - good_count),
+             "people": people, "last": last} for model_id, name, total, good_count, people, last in rows]
 
 
 def can_export(user: User | dict | None) -> bool:

@@ -7,6 +7,8 @@
                             guidelines, watch agreement and the answers labelers disagree on, export
     Candidates              (the training team only, web/ui/candidates_browser.py) every prompt generate jobs
                             answered with its answers, their models and settings; search and filters
+    Chat thumbs             (the training team only, web/ui/thumbs_view.py) the 👍 / 👎 given in the Chat tab per
+                            model, and their export in TRL's unpaired format
 
 The queue, the overlap and the labels' storage are `web.services.labeling`'s (the REST API calls the same
 functions). What the page shows of a pair — its id, which answer is on the left, when it was shown and an
@@ -176,6 +178,8 @@ class LabelTab:
     manage_page: gr.Tab
     candidates: Any = None             # the Candidates sub-tab (web/ui/candidates_browser.py)
     candidates_page: gr.Tab | None = None
+    thumbs: Any = None                 # the Chat thumbs sub-tab (web/ui/thumbs_view.py)
+    thumbs_page: gr.Tab | None = None
 
     # SCREEN: shown, guidelines, progress, prompt, answer A, answer B, status, note, 5 choice buttons, undo
 
@@ -294,8 +298,9 @@ class LabelTab:
         manager = can(current_user(self.settings, request), Action.manage_labeling)
         return gr.Tab(visible=manager)
 
-    def candidates_shown(self, request: gr.Request | None = None):
-        """The Candidates sub-tab, for the training team: candidates name their models (labelers label blind)."""
+    def training_team_shown(self, request: gr.Request | None = None):
+        """A sub-tab for the training team only (Candidates, Chat thumbs): they name their models, and labelers
+        label blind."""
         from web.services import Action, can
 
         return gr.Tab(visible=can(current_user(self.settings, request), Action.read_training))
@@ -307,12 +312,14 @@ class LabelTab:
         for opened in (page, self.work_page):
             opened.select(self.refresh, [self.project], [self.project], queue=False, **private)
         self.admin.wire(blocks, self.manage_page, self.work_page)
-        blocks.load(self.candidates_shown, None, [self.candidates_page], queue=False, **private)
+        for team_page in (self.candidates_page, self.thumbs_page):
+            blocks.load(self.training_team_shown, None, [team_page], queue=False, **private)
         self.candidates.wire(self.candidates_page)
+        self.thumbs.wire(self.thumbs_page)
 
 
 def build(settings) -> LabelTab:
-    from web.ui import candidates_browser, labeling_admin
+    from web.ui import candidates_browser, labeling_admin, thumbs_view
 
     with gr.Tabs(elem_id="label-subtabs", selected="label-work"):
         with gr.Tab("Label", id="label-work", elem_id="tab-label-work") as work_page:
@@ -346,10 +353,14 @@ def build(settings) -> LabelTab:
         with gr.Tab("Candidates", id="label-candidates", elem_id="tab-label-candidates",
                     visible=False) as candidates_page:  # shown on load to the training team
             candidates = candidates_browser.build(settings)
+        with gr.Tab("Chat thumbs", id="label-thumbs", elem_id="tab-label-thumbs",
+                    visible=False) as thumbs_page:  # shown on load to the training team
+            thumbs = thumbs_view.build(settings)
 
     screen = [shown, guidelines, progress, prompt, left, right, status, note, *buttons, undo]
     tab = LabelTab(settings=settings, project=project, screen=screen, admin=admin, work_page=work_page,
-                   manage_page=manage_page, candidates=candidates, candidates_page=candidates_page)
+                   manage_page=manage_page, candidates=candidates, candidates_page=candidates_page, thumbs=thumbs,
+                   thumbs_page=thumbs_page)
     private = {"api_visibility": "private"}
     project.change(tab.open_project, [project], screen, **private)
 
