@@ -21,7 +21,7 @@ root (embeddings and head, for the whole forward and backward) and a block.
 
 What is written stays the format every other run writes: rank 0 writes the checkpoint's weights and the
 optimizer's state *gathered in full* (`full_tensors`, `full_optimizer_state`: a collective, every rank takes
-part, rank 0 keeps the result), keyed as a single process keys them. So a sharded run resumes on any number of
+part, tensor by tensor; only rank 0 keeps the results, the others drop each as it arrives), keyed as a single process keys them. So a sharded run resumes on any number of
 ranks, with or without sharding, and the final model file is the same safetensors file; it is written from a
 plain copy of the model (`full_model`) that rank 0 fills with the gathered weights.
 
@@ -53,14 +53,22 @@ def as_full(value: Any) -> Any:
     return value.full_tensor() if _is_sharded(value) else value
 
 
-def full_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`{name: tensor}` on the CPU, sharded ones gathered in full (collective when any is sharded)."""
-    return {name: as_full(tensor).detach().cpu().contiguous() for name, tensor in tensors.items()}
+def full_tensors(tensors: dict[str, torch.Tensor], keep: bool = True) -> dict[str, torch.Tensor]:
+    """`{name: tensor}` on the CPU, sharded ones gathered in full (collective when any is sharded). A rank that
+    does not write them passes `keep=False`: it takes part in each gather and drops the result at once, so it
+    holds one gathered tensor at a time instead of a second copy of the whole model ({} is returned)."""
+    full = {}
+    for name, tensor in tensors.items():
+        gathered = as_full(tensor)
+        if keep:
+            full[name] = gathered.detach().cpu().contiguous()
+    return full
 
 
-def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+def full_optimizer_state(optimizer: torch.optim.Optimizer, keep: bool = True) -> dict:
     """`optimizer.state_dict()` with every sharded moment gathered in full: the state a single process keeps,
-    keyed by parameter index, so it loads into any run of the same model (collective under FSDP)."""
+    keyed by parameter index, so it loads into any run of the same model (collective under FSDP). With
+    `keep=False` (a rank that does not write it) each gathered moment is dropped as soon as it is gathered."""
 
     def gathered(value: Any) -> Any:
         if isinstance(value, dict):
@@ -68,7 +76,8 @@ def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
         if isinstance(value, list):
             return [gathered(item) for item in value]
         if isinstance(value, torch.Tensor):
-            return as_full(value).detach().cpu()
+            full = as_full(value)
+            return full.detach().cpu() if keep else None
         return value
 
     return gathered(optimizer.state_dict())
@@ -187,10 +196,10 @@ class FullSharding:
     def full_model(self) -> nn.Module | None:
         """On rank 0, a plain CPU copy of the model holding the trained weights in full (what `save_model_fn`
         writes); None on the other ranks. A collective: every rank calls it."""
-        weights = full_tensors(dict(self.model.named_parameters()))
-        buffers = {name: buffer.detach().cpu() for name, buffer in self.model.named_buffers()}
+        weights = full_tensors(dict(self.model.named_parameters()), keep=self.skeleton is not None)
         if self.skeleton is None:
             return None
+        buffers = {name: buffer.detach().cpu() for name, buffer in self.model.named_buffers()}
         skeleton = self.skeleton
         canonical = {id(p): name for name, p in skeleton.named_parameters()}
         filled: dict[int, nn.Parameter] = {}

@@ -249,8 +249,8 @@ def save_checkpoint(out_dir: Path, model: nn.Module, params: list[nn.Parameter],
     Weights and optimizer state are written in full, as a single process holds them, also from a sharded (FSDP)
     run: there every rank calls this (gathering is a collective) and only the one with `write` writes."""
     final = out_dir / CHECKPOINT_DIR
-    tensors = full_tensors(_trainable_state(model, params))
-    optimizer_state = full_optimizer_state(optimizer)
+    tensors = full_tensors(_trainable_state(model, params), keep=write)
+    optimizer_state = full_optimizer_state(optimizer, keep=write)
     if not write:
         return final
     tmp = out_dir / (CHECKPOINT_DIR + ".tmp")
