@@ -263,6 +263,15 @@ def test_a_job_resumes_on_another_number_of_devices(workbench_env, session):
     with pytest.raises(JobParamsError, match="must be at most 64"):
         jobs.resume_job(session, job_id, devices=65)
     assert jobs.resume_job(session, job_id).devices == 1  # without devices: as it was
+    # Several machines down to one (the one left when another is gone): nodes, alone or with devices.
+    jobs.request_cancel(session, job_id)
+    resumed = jobs.resume_job(session, job_id, nodes=1, devices=2)
+    assert (resumed.devices, resumed.params["devices"], resumed.params["nodes"]) == (2, 2, 1)
+    assert log_lines(session, job_id)[-1].startswith("resumed on 2 devices and 1 worker: queued again")
+    jobs.request_cancel(session, job_id)
+    with pytest.raises(JobParamsError) as refused:
+        jobs.resume_job(session, job_id, nodes=0)
+    assert refused.value.field == "nodes" and "positive whole number, got 0" in refused.value.message
 
 
 def test_a_big_job_that_waited_long_enough_reserves_the_worker(workbench_env, session):

@@ -13,6 +13,7 @@ from web import services
 from web.api.errors import ERROR_RESPONSES
 from web.api.ids import SQL_INTEGER_MAX, JobId, bounded_query
 from web.auth import CurrentUser, WriterUser, get_app_settings, get_db_session
+from worker.jobs.devices import MAX_SLOTS
 from web.schemas import (ErrorOut, JobDetailOut, JobKindOut, JobOut, JobSubmit, LogLineOut, MetricOut, NameChange,
                          PretrainEstimateOut)
 
@@ -70,11 +71,14 @@ def cancel_job(job_id: JobId, user: WriterUser, session: DbSession) -> Any:
              responses={409: {"model": ErrorOut, "description": "the job is not failed or cancelled"},
                         422: {"model": ErrorOut, "description": "devices: more than any live worker has"}})
 def resume_job(job_id: JobId, user: WriterUser, session: DbSession,
-               devices: Annotated[int | None, Query(ge=1, le=64, description="resume on this many devices (a "
-                                                     "training job: its checkpoint resumes at another world size)")]
-               = None) -> Any:
-    """Queue a failed or cancelled job again, to continue from its last checkpoint (on `devices` devices)."""
-    return services.resume_job(session, job_id, user, devices=devices)
+               devices: Annotated[int | None, Query(ge=1, le=MAX_SLOTS, description="resume on this many devices per "
+                                                     "worker (a training job: its checkpoint resumes at another "
+                                                     "world size)")] = None,
+               nodes: Annotated[int | None, Query(ge=1, le=MAX_SLOTS, description="resume on this many workers "
+                                                  "(machines), e.g. the one left when another is gone")] = None) -> Any:
+    """Queue a failed or cancelled job again, to continue from its last checkpoint (on `devices` devices per
+    worker, on `nodes` workers)."""
+    return services.resume_job(session, job_id, user, devices=devices, nodes=nodes)
 
 
 @router.patch("/jobs/{job_id}", response_model=JobDetailOut,

@@ -215,9 +215,10 @@ def cancel_job(session: Session, job_id: int, user: User | int | str | None = No
 
 
 def resume_job(session: Session, job_id: int, user: User | int | str | None = None,
-               devices: int | None = None) -> dict:
+               devices: int | None = None, nodes: int | None = None) -> dict:
     """Queue a failed or cancelled job again (and enqueue it); it continues from its last checkpoint, on
-    `devices` devices when given (a training job's checkpoint resumes at another world size).
+    `devices` devices per worker and `nodes` workers when given (a training job's checkpoint resumes at another
+    world size).
 
     A job marked not resumable (killed for memory, settings that cannot work) is refused: running it
     again would fail the same way."""
@@ -228,7 +229,7 @@ def resume_job(session: Session, job_id: int, user: User | int | str | None = No
             raise Conflict(f"job {job_id} cannot be resumed: it would fail the same way again (see its error); "
                            "submit a new job with other settings instead")
         try:
-            return queue_again(session, job_id, by_user_id=by_user_id, devices=devices)
+            return queue_again(session, job_id, by_user_id=by_user_id, devices=devices, nodes=nodes)
         except JobParamsError as error:
             session.rollback()
             raise InvalidInput(f"{error.field}: {error.message}", field=error.field) from error

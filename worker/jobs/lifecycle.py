@@ -254,16 +254,16 @@ def request_cancel(session: Session, job_id: int, by_user_id: int | None = None)
     raise JobStateError(f"job {job_id} is already {job.status.value}; only queued or running jobs can be cancelled")
 
 
-def resume_job(session: Session, job_id: int, by_user_id: int | None = None, devices: int | None = None) -> Job:
+def resume_job(session: Session, job_id: int, by_user_id: int | None = None, devices: int | None = None,
+               nodes: int | None = None) -> Job:
     """Put a cancelled or failed job back in the queue and enqueue it.
 
-    Its run directory is kept, so a training job continues from its last checkpoint. `devices`: resume it on
-    that many devices instead (a kind that declares `devices`; checked like a submit's): its checkpoint resumes
-    at another world size.
+    Its run directory is kept, so a training job continues from its last checkpoint. `devices` / `nodes`: resume
+    it on that many devices per worker / workers instead (a kind that declares them; checked like a submit's), e.g.
+    on the machine that is left when one of two is gone: its checkpoint resumes at another world size.
     """
-    values: dict[str, Any] = {}
-    if devices is not None:
-        values = _devices_changed(session, job_id, devices)
+    asked = {name: value for name, value in (("devices", devices), ("nodes", nodes)) if value is not None}
+    values = _placement_changed(session, job_id, asked) if asked else {}
     resumed = session.execute(
         update(Job).where(Job.id == job_id, Job.status.in_([JobStatus.cancelled, JobStatus.failed]))
         .values(status=JobStatus.queued, cancel_requested=False, error=None, finished_at=None,
@@ -273,7 +273,8 @@ def resume_job(session: Session, job_id: int, by_user_id: int | None = None, dev
         session.rollback()
         job = _get_job(session, job_id)
         raise JobStateError(f"job {job_id} is {job.status.value}; only cancelled or failed jobs can be resumed")
-    on = f" on {devices} device{'s' if devices != 1 else ''}" if devices is not None else ""
+    on = " on " + " and ".join(f"{count} {'device' if name == 'devices' else 'worker'}{'s' if count != 1 else ''}"
+                               for name, count in asked.items()) if asked else ""
     add_log(session, job_id, f"resumed{_user_name(session, by_user_id)}{on}: queued again (training continues "
                              "from its last checkpoint)")
     record_event(session, job_id, "resumed", by_user_id)
@@ -282,21 +283,23 @@ def resume_job(session: Session, job_id: int, by_user_id: int | None = None, dev
     return _get_job(session, job_id)
 
 
-def _devices_changed(session: Session, job_id: int, devices: int) -> dict[str, Any]:
-    """The row's new `devices` and params for a resume on `devices` devices; JobParamsError("devices") when the
-    kind has no such setting, the number is out of its bounds, or no live worker has that many."""
+def _placement_changed(session: Session, job_id: int, asked: dict[str, int]) -> dict[str, Any]:
+    """The row's new params (and `devices` column) for a resume with other placement (`devices`, `nodes`:
+    `PLACEMENT_PARAMS`); JobParamsError(name) when the kind has no such setting, the number is out of its bounds,
+    or no live worker has that many devices."""
     job = _get_job(session, job_id)
     spec = get_spec(job.kind)
-    if spec is None or "devices" not in spec.params:
-        raise JobParamsError("devices", f"a {job.kind} job runs on one device")
-    try:
-        count = spec.params["devices"].check("devices", devices)
-    except ValueError as error:
-        raise JobParamsError("devices", str(error)) from None
-    params = {**(job.params or {}), "devices": count}
+    params = dict(job.params or {})
+    for name, value in asked.items():
+        if spec is None or name not in spec.params:
+            raise JobParamsError(name, f"a {job.kind} job runs on one {'device' if name == 'devices' else 'worker'}")
+        try:
+            params[name] = spec.params[name].check(name, value)
+        except ValueError as error:
+            raise JobParamsError(name, str(error)) from None
     check_devices(params, get_settings())
     session.rollback()  # end the read: the conditional UPDATE decides
-    return {"devices": count, "params": params}
+    return {"params": params, **({"devices": params["devices"]} if "devices" in asked else {})}
 
 
 def requeue_orphans(session: Session | None = None, reason: str = "the app started") -> list[int]:
