@@ -1,5 +1,5 @@
 """Data-parallel training (llm/distributed.py): W ranks with grad_accum A train exactly as one process with grad_accum
-W×A on the same stream (pretraining, SFT, DPO, reward); a checkpoint written by 2 ranks resumes on 1; the stream is
+W×A on the same stream (pretraining, SFT, DPO, reward, KTO, GRPO); a checkpoint written by 2 ranks resumes on 1; the stream is
 shared out without a gap or a repeat. The runs are the real command line under `torchrun --nproc_per_node=2` on
 the CPU (gloo)."""
 
@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from llm.chat_batches import ConversationBatches
 from llm.checkpoint import save_model
@@ -144,7 +145,7 @@ def test_two_ranks_fine_tune_as_one_process_with_accumulation(data_dir, tmp_path
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-@pytest.mark.parametrize("command", ["dpo", "reward"])
+@pytest.mark.parametrize("command", ["dpo", "reward", "kto"])
 def test_two_ranks_train_on_preferences_as_one_process(command, data_dir, tmp_path):
     # DPO's objective calls hidden_states, lm_head and peft's disable_adapter, not model(...); a reward model never
     # uses the LM head: DDP must still average exactly what one process would have accumulated.
@@ -170,3 +171,42 @@ def test_two_ranks_train_on_preferences_as_one_process(command, data_dir, tmp_pa
     assert sorted(two) == [1, 2, 3, 4]
     for step in two:
         assert abs(two[step] - one[step]) < LOSS_TOLERANCE, (step, two[step], one[step])
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_two_ranks_run_grpo_as_one_process(data_dir, tmp_path):
+    # GRPO samples its own answers: each prompt's from a generator seeded for that prompt, so rank r sampling its
+    # share of the step's prompts gives the answers one process gives them, and the update is averaged as DPO's.
+    tokenizer = get_tokenizer("ddp-bpe", data_dir=data_dir)
+    torch.manual_seed(0)
+    base_dir = save_model(GPT(config_from_preset("tiny", tokenizer.vocab_size, block_size=64)), tmp_path / "base",
+                          "ddp-bpe", extra={"chat": True})
+    rng = np.random.default_rng(3)
+    words = "the quick brown fox jumps over a lazy dog".split()
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": " ".join(rng.choice(words, 5)), "answer": str(rng.choice(words))})
+                               + "\n" for _ in range(16)))
+
+    def args(out, grad_accum):
+        return ["grpo", "--model", str(base_dir), "--data", str(prompts), "--out", str(out), "--method", "lora",
+                "--lora-dropout", "0", "--verifier", "contains", "--num-generations", "4",
+                "--max-completion-length", "8", "--eval-prompts", "1", "--batch-size", "2", "--grad-accum",
+                str(grad_accum), "--max-steps", "3", "--log-every", "1", "--eval-every", "0", "--checkpoint-every",
+                "0", "--device", "cpu", "--compile", "false", "--data-dir", str(data_dir)]
+
+    assert main(args(tmp_path / "alone", 2)) == 0
+    torchrun(args(tmp_path / "ranks", 1), cwd=tmp_path)
+    # The loss of a GRPO step taken on the policy that sampled is 0 (ratio 1, advantages centred in each group),
+    # so the check is on what the step does: the same rewards and answer lengths, the same all-reduced gradient
+    # norm, and the same adapter at the end.
+    watched = ("loss", "grad_norm", "reward", "reward_std", "completions/mean_length")
+    one, two = ({row["step"]: row for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                 if "grad_norm" in row} for run in (tmp_path / "alone", tmp_path / "ranks"))
+    assert sorted(two) == [1, 2, 3] and all(one[step]["reward_std"] > 0 for step in one)  # groups that teach
+    for step in two:
+        for name in watched:
+            assert abs(two[step][name] - one[step][name]) < LOSS_TOLERANCE, (step, name, two[step], one[step])
+    alone, ranks = (load_file(str(run / "adapter_model.safetensors")) for run in (tmp_path / "alone", tmp_path / "ranks"))
+    assert alone.keys() == ranks.keys()
+    assert max((alone[name] - ranks[name]).abs().max().item() for name in alone) < LOSS_TOLERANCE
