@@ -272,7 +272,7 @@ def test_the_label_screen_counts_skips_apart_shows_text_as_text_and_fits_a_phone
 
 def test_the_training_team_browses_candidates_and_labelers_do_not_see_them(server, browser, team):
     """Item 15: Label ▸ Candidates lists each prompt with its answers, their models and settings; a search keeps
-    the prompts that have the words and marks them."""
+    the prompts that have the words and marks them. Label ▸ Chat thumbs is the training team's too."""
     context = browser.new_context(viewport={"width": 1440, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(60_000)
@@ -293,6 +293,8 @@ def test_the_training_team_browses_candidates_and_labelers_do_not_see_them(serve
     page.locator("#candidates-page").filter(has_text="prompts 1–1 of 1").wait_for()
     assert page.locator("#candidates-cards mark").first.inner_text() == "(0)"
     page.screenshot(path=str(server.data_dir.parent / "candidates.png"), full_page=True)
+    page.get_by_role("tab", name="Chat thumbs").click()  # the thumbs sub-tab is the training team's too
+    page.locator("#thumbs-message").filter(has_text="No thumbs yet").wait_for()
     context.close()
 
     labeler = browser.new_context(viewport={"width": 1440, "height": 1000})
@@ -301,6 +303,7 @@ def test_the_training_team_browses_candidates_and_labelers_do_not_see_them(serve
     open_tab(page, "Label")
     page.locator("#label-project").wait_for()
     assert page.get_by_role("tab", name="Candidates").count() == 0
+    assert page.get_by_role("tab", name="Chat thumbs").count() == 0
     labeler.close()
 
 
