@@ -74,5 +74,5 @@ class LanguageFilter(BaseFilter):
         if score >= self.threshold:
             return True
         if best[0] != self.language and best[1] >= self.threshold:
-            return False, f"language {best[0]}"
+            return False, f"{best[0]}, not {self.language}"  # shown under the step: "language: fr, not en"
         return False, "language score below threshold"

@@ -93,10 +93,10 @@ def test_raw_html_is_cleaned_reported_prepared_and_pretrained_on(server, browser
         table.filter(has_text="Cleaned from dataset").wait_for()
         report = table.inner_text()
         assert f"“{RAW_NAME}” by job #{clean_job}" in report, report
-        for shown in ("language fr", "url: domain", "minhash: near-duplicate", "Top reasons for removal"):
+        for shown in ("language: fr, not en", "url: domain", "minhash: near-duplicate", "Top reasons for removal"):
             assert shown.lower() in report.lower(), (shown, report)
         page.locator("#ds-clean-funnel [data-testid=matplotlib] img").wait_for()  # the funnel chart
-        french = examples_of(page, "language fr")
+        french = examples_of(page, "fr, not en")
         assert "journal.example.fr" in french and "removed" in french, french
         page.locator("#ds-clean-report").screenshot(path=str(server.data_dir.parent / "clean-report.png"))
         timings["report"] = time.monotonic() - step

@@ -49,7 +49,7 @@ def test_a_clean_job_stops_resumes_and_makes_a_text_dataset_with_its_lineage_and
     assert clean.stats["cleaned_from"] == {"dataset_id": raw.id, "dataset_name": "crawl", "job_id": job.id}
     assert clean.stats["documents"] == 4
     report = json.loads((workbench_env.data_dir / clean.stats["clean_report"]).read_text())
-    assert {step["step"]: step["removed"] for step in report["steps"]}["language"] == {"language de": 1}
+    assert {step["step"]: step["removed"] for step in report["steps"]}["language"] == {"de, not en": 1}
     text = (workbench_env.data_dir / clean.path).read_text()
     assert "someone@somewhere.com" not in text and "cookies" not in text
 

@@ -36,14 +36,14 @@ def reason(block, text: str, **metadata) -> str:
 def test_language_filter_keeps_english_and_removes_other_languages_with_their_name():
     english = LanguageFilter("en", 0.65)
     assert passes(english, PROSE)
-    assert reason(english, foreign_text(random.Random(1), "fr")) == "language fr"
-    assert reason(english, foreign_text(random.Random(1), "de")) == "language de"
+    assert reason(english, foreign_text(random.Random(1), "fr")) == "fr, not en"
+    assert reason(english, foreign_text(random.Random(1), "de")) == "de, not en"
     # A page in no clear language (a menu) is under the threshold for every language.
     assert reason(english, "Home\nNews\nLogin\n42\nShop") == "language score below threshold"
     # Keeping French instead: the French page passes, the English one does not.
     french = LanguageFilter("fr", 0.65)
     assert passes(french, foreign_text(random.Random(1), "fr"))
-    assert reason(french, PROSE) == "language en"
+    assert reason(french, PROSE) == "en, not fr"
     assert identify("Der Ausschuss trifft sich am nächsten Dienstag.")[0] == "de"
 
 

@@ -93,7 +93,7 @@ def test_clean_keeps_distinct_english_pages_and_removes_near_duplicates_language
     assert kept(articles[2]) == 0  # on the shipped block list
     steps = {step["step"]: step for step in report["steps"]}
     assert steps["minhash"]["removed"] == {"near-duplicate": 1}
-    assert steps["language"]["removed"].get("language fr") == 1
+    assert steps["language"]["removed"].get("fr, not en") == 1
     assert steps["url"]["removed"] == {"domain": 1}
     assert sum(steps["gopher_repetition"]["removed"].values()) >= 1  # the spam page
     # HTML boilerplate is gone, PII replaced.

@@ -66,8 +66,8 @@ def test_a_cleaned_dataset_shows_its_funnel_table_and_examples_with_reasons(api_
     assert box.visible is True
     assert "Cleaned from dataset #3 “crawl” by job #7" in table and "| language identification | 4 | 1 |" in table
     assert funnel is not None and report["output"]["documents"] == 3
-    assert reason.value == "language|removed|language fr"
-    assert list(examples["reason"]) == ["language fr"] and any(word in examples["text"][0] for word in ("Le", "La"))
+    assert reason.value == "language|removed|fr, not en"
+    assert list(examples["reason"]) == ["fr, not en"] and any(word in examples["text"][0] for word in ("Le", "La"))
     kept = clean_report_view.examples_frame(report, "language|kept|kept")
     assert len(kept) == 3 and set(kept["removed or kept"]) == {"kept"}
     # Any other dataset: no report.
