@@ -16,6 +16,7 @@ near-duplicate step against `datasketch` on the same documents with the same par
              ratio datasketch / datatrove (> 1: datatrove faster), the pairs each finds against the planted ones.
 
 The machine's load average is reported with the figures: on the shared 2-core machine wall times move with it.
+Peak memory on a large input, over the whole process tree and per stage: bench/clean_memory.py.
 Run: `python -m bench.bench_clean [--quick]` or `python -m bench.run --only clean`.
 """
 
