@@ -10,6 +10,7 @@ One step, on the one training loop (`llm.train.train`; batch_size = prompts per 
               (`llm.generate.generate_batch_tokens`); an answer ends at <|im_end|> (kept:
               the model must learn to stop) or at max_completion_length (counted as clipped)
   2. score    reward = verifier_weight x verifier + reward_model_weight x reward model - length penalty
+              - missing_eos_penalty for an answer cut at the length limit (TRL's name)
   3. advantage  A = (r - mean of the group's r) / (std of the group's r + 1e-4); scale_rewards "batch" divides by
               the batch's std, "none" not at all (TRL's scale_rewards; std with Bessel's correction, as TRL's)
   4. loss     per answer token t: ratio = pi(t) / pi_old(t) (1 at the sampling policy: one update per batch, TRL's
@@ -187,19 +188,23 @@ class PromptBatches(ConversationBatches):
 
 class Rewards:
     """The reward of an answer: verifier_weight x verifier (0 or 1) + reward_model_weight x the reward model's score
-    - the length penalty. `score` gives the totals and each part by name (TRL's rewards/<name>/mean)."""
+    - the length penalty - missing_eos_penalty if it was cut at the length limit before ending its turn (a reward
+    model scores the text as if it had ended). `score` gives the totals and each part by name (TRL's
+    rewards/<name>/mean)."""
 
     def __init__(self, config: GRPOConfig, tokenizer, reward_model: nn.Module | None = None):
         self.config, self.tokenizer, self.reward_model = config, tokenizer, reward_model
         self.verifier = Verifier(config.verifier, config.pattern, config.tolerance, config.json_keys)
         self.length_active = config.length_target > 0 and config.length_penalty > 0
+        self.unfinished_active = config.missing_eos_penalty > 0
         if not self.verifier.active and reward_model is None:
             raise ValueError("verifier: choose a verifier or a reward model: GRPO needs something to score answers")
 
     @property
     def names(self) -> list[str]:
         return ([self.config.verifier] if self.verifier.active else []) + (
-            ["reward_model"] if self.reward_model is not None else []) + (["length"] if self.length_active else [])
+            ["reward_model"] if self.reward_model is not None else []) + (["length"] if self.length_active else []) + (
+            ["missing_eos"] if self.unfinished_active else [])
 
     def score(self, messages: list, reference: str | None, answers: Sequence[Answer]) -> tuple[list[float], dict]:
         parts: dict[str, list[float]] = {}
@@ -216,6 +221,9 @@ class Rewards:
             parts["length"] = [-length_penalty(len(a.ids), self.config.length_target, self.config.length_penalty)
                                for a in answers]
             totals = [t + s for t, s in zip(totals, parts["length"])]
+        if self.unfinished_active:
+            parts["missing_eos"] = [-self.config.missing_eos_penalty * a.clipped for a in answers]
+            totals = [t + s for t, s in zip(totals, parts["missing_eos"])]
         return totals, parts
 
 
