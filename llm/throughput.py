@@ -2,7 +2,9 @@
 throughput fitted from probes, so an estimate says what a run will take instead of guessing a share of peak.
 
     probe(shape, device)        -> Probe: the median seconds of a training step (forward, backward, AdamW) and of
-                                   an evaluation batch (forward only), timed on random tokens of that shape
+                                   an evaluation batch (forward only), timed on random tokens of that shape; a
+                                   fine-tuning step as it runs (the head on the answers' share of positions, a
+                                   reward model's scalar head, the sequences a step passes forward only)
     ThroughputModel.fit(probes) -> seconds per step from its FLOPs and logits, by least squares over the probes
                                    one device made (for a shape nobody probed yet)
     run_seconds(...)            -> a whole run: steps, evaluations (`eval_batches` forward passes each)
@@ -38,41 +40,57 @@ class ProbeShape:
     block_size: int               # tokens per sequence of the run (not the model's longest context)
     dtype: str = "float32"        # the autocast dtype the run resolves to: float32 or bfloat16
     lora_rank: int = 0            # 0: every weight is trained
+    # What a fine-tuning step computes beyond a pretraining one (worker/jobs/fine_tuning_estimate.py):
+    head_positions: float = 1.0   # share of each sequence's positions the vocabulary head runs at (SFT, DPO and KTO
+                                  # score the answers' tokens only: GPT.forward's target_logits_only)
+    scalar_head: bool = False     # a reward model: a scalar head at each row's last position (llm.reward.RewardModel),
+                                  # no vocabulary head
+    forward_sequences: int = 0    # sequences a step also passes forward without gradients (a LoRA run's reference,
+                                  # the adapter off; KTO's mismatched answers)
 
     @property
     def key(self) -> str:
-        """A stable text key, for caches and presence records: "L2-H2-E64-V50304-B16-T128-float32-all"."""
+        """A stable text key, for caches and presence records: "L2-H2-E64-V50304-B16-T128-float32-all", with
+        "-head0.45", "-scalar" or "-fwd16" after it for a fine-tuning step."""
         trained = f"lora{self.lora_rank}" if self.lora_rank else "all"
+        extra = "-scalar" if self.scalar_head else f"-head{self.head_positions:g}" if self.head_positions < 1 else ""
+        extra += f"-fwd{self.forward_sequences}" if self.forward_sequences else ""
         return (f"L{self.n_layer}-H{self.n_head}-E{self.n_embd}-V{self.vocab_size}-B{self.batch_size}"
-                f"-T{self.block_size}-{self.dtype}-{trained}")
+                f"-T{self.block_size}-{self.dtype}-{trained}{extra}")
 
     @property
     def tokens_per_step(self) -> int:
         return self.batch_size * self.block_size
 
     @property
-    def logits_per_step(self) -> int:
-        return self.tokens_per_step * self.vocab_size
+    def scored_positions(self) -> float:
+        """The share of positions the vocabulary head runs at (0 with a scalar head)."""
+        return 0.0 if self.scalar_head else self.head_positions
 
     @property
-    def matmul_params(self) -> int:
-        """Parameters the matmuls use: 12 n^2 per block and the (tied) vocabulary head."""
-        return 12 * self.n_layer * self.n_embd ** 2 + self.vocab_size * self.n_embd
+    def logits_per_step(self) -> float:
+        return (self.batch_size + self.forward_sequences) * self.block_size * self.scored_positions * self.vocab_size
+
+    @property
+    def matmul_params(self) -> float:
+        """Parameters the matmuls use per token: 12 n^2 per block and the (tied) vocabulary head, at the share of
+        positions it runs at."""
+        return 12 * self.n_layer * self.n_embd ** 2 + self.vocab_size * self.n_embd * self.scored_positions
 
     @property
     def head_share(self) -> float:
         """The vocabulary head's share of a training step's FLOPs (the rest: the blocks and attention)."""
-        head = 6 * self.vocab_size * self.n_embd
+        head = 6 * self.vocab_size * self.n_embd * self.scored_positions
         return head / training_flops_per_token(self.matmul_params, self.n_layer, self.n_embd, self.block_size)
 
     @property
     def flops_per_step(self) -> float:
         """Training FLOPs of one micro-batch: 6N + attention (PaLM), 4N for LoRA (no weight gradients of the
-        frozen matrices; the adapters' own FLOPs are a few percent)."""
+        frozen matrices; the adapters' own FLOPs are a few percent), and a third of 6N + attention for each
+        sequence passed forward without gradients."""
         per_token = training_flops_per_token(self.matmul_params, self.n_layer, self.n_embd, self.block_size)
-        if self.lora_rank:
-            per_token -= 2 * self.matmul_params
-        return per_token * self.tokens_per_step
+        trained = per_token - (2 * self.matmul_params if self.lora_rank else 0)
+        return (trained * self.batch_size + per_token / 3 * self.forward_sequences) * self.block_size
 
 
 @dataclass(frozen=True)
@@ -81,15 +99,19 @@ class Probe:
     step_seconds: float           # median seconds of one training step of one micro-batch
     eval_batch_seconds: float     # median seconds of one evaluation batch (forward, no gradients)
     device_name: str              # "cpu (2 threads)", "NVIDIA H100 80GB HBM3"
+    sample_token_seconds: float = 0.0  # seconds to sample one token of one answer (KV cache), as the degeneration
+                                       # watch samples; 0: not measured (a reward model's shape, an older probe)
 
     def to_dict(self) -> dict:
         return {"shape": asdict(self.shape), "step_seconds": self.step_seconds,
-                "eval_batch_seconds": self.eval_batch_seconds, "device_name": self.device_name}
+                "eval_batch_seconds": self.eval_batch_seconds, "device_name": self.device_name,
+                "sample_token_seconds": self.sample_token_seconds}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Probe":
         return cls(shape=ProbeShape(**data["shape"]), step_seconds=float(data["step_seconds"]),
-                   eval_batch_seconds=float(data["eval_batch_seconds"]), device_name=str(data["device_name"]))
+                   eval_batch_seconds=float(data["eval_batch_seconds"]), device_name=str(data["device_name"]),
+                   sample_token_seconds=float(data.get("sample_token_seconds", 0.0)))
 
 
 def device_name(device) -> str:
@@ -119,31 +141,52 @@ def probe(shape: ProbeShape, device="cpu", steps: int = PROBE_STEPS) -> Probe:
         torch.manual_seed(0)
         config = GPTConfig(vocab_size=shape.vocab_size, block_size=shape.block_size, n_layer=shape.n_layer,
                            n_head=shape.n_head, n_embd=shape.n_embd)
-        model = GPT(config).to(device)
+        model = gpt = GPT(config)
+        if shape.scalar_head:
+            from llm.reward import RewardModel
+
+            model = RewardModel(model)
+        model = model.to(device)
         if shape.lora_rank:
             from llm.lora import apply_lora
             from llm.sft_config import SFTConfig
 
-            model = apply_lora(model, SFTConfig(lora_r=shape.lora_rank))
+            model = apply_lora(model, SFTConfig(lora_r=shape.lora_rank),
+                               modules_to_save=["score"] if shape.scalar_head else None)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(params, TrainConfig(device=device.type), device)
-        tokens = torch.randint(0, shape.vocab_size, (shape.batch_size, shape.block_size + 1), generator=generator)
-        inputs, targets = tokens[:, :-1].to(device), tokens[:, 1:].to(device)
+        rows = shape.batch_size + shape.forward_sequences
+        tokens = torch.randint(0, shape.vocab_size, (rows, shape.block_size + 1), generator=generator)
+        inputs, targets = tokens[:, :-1].to(device), tokens[:, 1:].clone().to(device)
+        if shape.head_positions < 1:  # the head scores the last share of each row's positions (an answer's place)
+            unscored = round(shape.block_size * (1 - shape.head_positions))
+            targets[:, :unscored] = -100
+        last = torch.full((rows,), shape.block_size - 1, device=device)
 
         def synchronize():
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
 
+        def forward(start: int, stop: int) -> torch.Tensor:
+            if shape.scalar_head:
+                return model(inputs[start:stop], last[start:stop]).sum()
+            return model(inputs[start:stop], targets[start:stop], target_logits_only=shape.head_positions < 1)[1]
+
         def train_step():
             with autocast_context(device, shape.dtype):
-                _, loss = model(inputs, targets)
+                loss = forward(0, shape.batch_size)
+                if shape.forward_sequences:
+                    with torch.no_grad():
+                        forward(shape.batch_size, rows)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
         def eval_batch():
             with torch.no_grad(), autocast_context(device, shape.dtype):
-                model(inputs, targets)
+                forward(0, shape.batch_size)
+                if shape.forward_sequences:
+                    forward(shape.batch_size, rows)
 
         timings = {}
         for name, work in (("step", train_step), ("eval", eval_batch)):
@@ -155,8 +198,30 @@ def probe(shape: ProbeShape, device="cpu", steps: int = PROBE_STEPS) -> Probe:
                 synchronize()
                 seconds.append(time.perf_counter() - started)
             timings[name] = statistics.median(seconds[1:])
+        sample_token_seconds = 0.0 if shape.scalar_head else sampling_seconds(gpt, shape, synchronize)
     return Probe(shape=shape, step_seconds=timings["step"], eval_batch_seconds=timings["eval"],
-                 device_name=device_name(device))
+                 device_name=device_name(device), sample_token_seconds=sample_token_seconds)
+
+
+SAMPLED_TOKENS = 16  # tokens of the answer a probe samples (after a warm-up answer of a few)
+
+
+def sampling_seconds(gpt, shape: ProbeShape, synchronize) -> float:
+    """Seconds per token of one answer sampled with the KV cache (llm.generate), as the degeneration watch samples
+    its fixed prompts one at a time: a token's forward is small, so its time is mostly per-call overhead, which a
+    training step's probe does not show."""
+    from llm.generate import SamplingSettings, generate_tokens
+
+    gpt.eval()
+    prompt = [0] * min(16, shape.block_size // 2)
+    tokens = min(SAMPLED_TOKENS, shape.block_size - len(prompt))
+    for count in (2, tokens):  # the first answer warms up (the cache's allocation, kernel choice)
+        synchronize()
+        started = time.perf_counter()
+        for _ in generate_tokens(gpt, prompt, SamplingSettings(max_new_tokens=count, temperature=1.0, seed=0)):
+            pass
+        synchronize()
+    return (time.perf_counter() - started) / tokens
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,9 @@ class RunEstimate:
     model_hint: str                  # what to do then
     figures: dict[str, Any] = field(default_factory=dict)  # parameter counts, tokens per step, ...
     shape: Any = None                # llm.throughput.ProbeShape of one micro-batch step: what its time is read for
+    once_forward_batches: float = 0  # batches of that shape passed forward once before training (a full DPO or KTO
+                                     # run's reference log-probs): each an evaluation batch's time
+    watch_tokens: int = 0            # answer tokens a degeneration watch samples at the start and at each evaluation
 
 
 # Used only when no live worker has reported its capacity (none started yet, or the broker cannot be read):

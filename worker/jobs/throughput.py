@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import statistics
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -238,6 +239,7 @@ class StepTime:
     eval_batch_seconds: float     # one evaluation batch
     source: str                   # "measured", "fitted" or "assumed"
     basis: str                    # in words, for the form: what it was measured on / fitted from / assumed
+    sample_token_seconds: float = 0.0  # one token of a sampled answer (0: not known)
 
 
 def published_probes(workers: list[dict], device_type: str) -> list[tuple[str, list[Probe]]]:
@@ -265,15 +267,20 @@ def step_time(shape: ProbeShape, device_type: str, workers: list[dict], assumed_
     if exact:
         node, probe = max(exact, key=lambda found: found[1].step_seconds)
         return StepTime(probe.step_seconds, probe.eval_batch_seconds, "measured",
-                        f"a step of this shape measured on {probe.device_name} (worker {node})")
+                        f"a step of this shape measured on {probe.device_name} (worker {node})",
+                        probe.sample_token_seconds)
     fitted = [(node, probes[0].device_name, model) for node, probes in published
               if (model := ThroughputModel.fit(probes)) is not None]
     if fitted:
         node, name, model = max(fitted, key=lambda found: found[2].step_seconds(shape))
         seconds = model.step_seconds(shape)
+        sampled = [probe.sample_token_seconds for found, probes in published if found == node for probe in probes
+                   if probe.sample_token_seconds and probe.shape.n_layer == shape.n_layer
+                   and probe.shape.n_embd == shape.n_embd]
         return StepTime(seconds, seconds * model.eval_share, "fitted",
                         f"fitted from {model.probes} probes of other shapes on {name} (worker {node}); "
-                        "this shape is measured when the worker is idle")
+                        "this shape is measured when the worker is idle",
+                        statistics.median(sampled) if sampled else 0.0)
     utilisation = ASSUMED_UTILISATION[device_type]
     seconds = shape.flops_per_step / (assumed_peak_flops() * utilisation)
     return StepTime(seconds, seconds / 3, "assumed",
@@ -323,16 +330,23 @@ def run_time(run, params: dict[str, Any], settings) -> dict[str, Any]:
     timing = step_time(run.shape, run.device_type, workers, lambda: estimate_peak_flops(run.device_type))
     if timing.source != "measured" and published_probes(workers, run.device_type):
         request_probe(broker_url_of(settings), job_queue_of(settings), run.shape)
-    return time_figures(run.shape, params, timing)
+    return time_figures(run.shape, params, timing, once_forward_batches=run.once_forward_batches,
+                        watch_tokens=run.watch_tokens)
 
 
-def time_figures(shape: ProbeShape, params: dict[str, Any], timing: StepTime) -> dict[str, Any]:
-    """The figures an estimate shows for the time: est_seconds (training and evaluation), per step, and how."""
-    from llm.throughput import run_seconds
+def time_figures(shape: ProbeShape, params: dict[str, Any], timing: StepTime, once_forward_batches: float = 0,
+                 watch_tokens: int = 0) -> dict[str, Any]:
+    """The figures an estimate shows for the time: est_seconds (training, evaluation, what the run passes forward
+    once before training, and the answers a degeneration watch samples at the start and at each evaluation), per
+    step, and how."""
+    from llm.throughput import evaluation_count, run_seconds
 
     seconds = run_seconds(timing.step_seconds, timing.eval_batch_seconds, max_steps=params["max_steps"],
                           grad_accum=params.get("grad_accum") or 1, eval_every=params.get("eval_every") or 0,
                           eval_batches=params.get("eval_batches") or 20)
+    seconds += once_forward_batches * timing.eval_batch_seconds
+    watches = evaluation_count(params["max_steps"], params.get("eval_every") or 0) + 1
+    seconds += watches * watch_tokens * timing.sample_token_seconds
     return {"est_seconds": seconds, "step_seconds": timing.step_seconds, "time_source": timing.source,
             "time_basis": timing.basis, "head_share": shape.head_share, "probe_shape": shape.key}
 

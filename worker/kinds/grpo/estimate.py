@@ -1,8 +1,8 @@
 """The `grpo` kind's estimate: a run's trainable parameters, FLOPs and peak memory before it is queued.
 
 The one function the Train form's preview and the submit check (spec.py's `check`) both call. A prompt is G
-sequences (its answers) in one forward, and a LoRA run also scores them with the adapter switched off for the KL
-(`worker.jobs.fine_tuning_estimate`). Sampling the answers is not in the figure: like data loading for the other
+sequences (its answers) in one forward, and with beta > 0 the reference (the adapter off, or a frozen copy of the start
+with all weights) scores them for the KL (`worker.jobs.fine_tuning_estimate`). Sampling the answers is not in the figure: like data loading for the other
 kinds, it adds time, not memory (the KV cache of G answers is far below the training step's activations).
 """
 
@@ -19,5 +19,9 @@ from worker.jobs.fit import RunEstimate
 
 
 def estimate(session: Session, params: dict[str, Any], settings: Settings) -> RunEstimate | None:
-    work = StepWork(sequences_per_example=params["num_generations"], reference_forward=params.get("beta", 0) > 0)
+    # The KL's reference (beta > 0): the adapter off (LoRA) or a frozen copy of the start (all weights), both a
+    # forward without gradients of the G answers each step.
+    reference = params["num_generations"] if params.get("beta", 0) > 0 else 0
+    work = StepWork(sequences_per_example=params["num_generations"], lora_forward_sequences=reference,
+                    full_forward_sequences=reference)
     return fine_tuning_estimate(session, params, settings, GRPO_DEFAULTS, work)

@@ -1,9 +1,9 @@
 """The `kto` kind's estimate: a run's trainable parameters, FLOPs and peak memory before it is queued.
 
-The one function the Train form's preview and the submit check both call. A KTO step is DPO's in shape: each example
-is two sequences (its answer with gradients, another answer to its prompt for the KL estimate, without) and a LoRA run
-also runs the reference (the adapter off), so DPO's step work is used (`worker.jobs.fine_tuning_estimate`). It errs
-high on memory: the mismatched rows keep no activations for a backward pass.
+The one function the Train form's preview and the submit check both call. A KTO example is one trained sequence (its
+answer); with the loss "kto" a second, another prompt's answer (the KL reference point), goes forward without
+gradients. The reference is the adapter off (LoRA: a forward without gradients of both rows each step) or computed once
+before training (all weights), as DPO's (`worker.jobs.fine_tuning_estimate`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,16 @@ from sqlalchemy.orm import Session
 
 from db.settings import Settings
 from llm.kto_config import KTO_DEFAULTS
-from worker.jobs.fine_tuning_estimate import DPO_WORK, fine_tuning_estimate
+from worker.jobs.fine_tuning_estimate import StepWork, fine_tuning_estimate
 from worker.jobs.fit import RunEstimate
 
-KTO_WORK = DPO_WORK
+
+def kto_work(loss_type: str) -> StepWork:
+    """The loss "kto" adds the mismatched row (forward only, and to the reference); "apo_zero" has none."""
+    rows = 2 if loss_type == "kto" else 1
+    return StepWork(sequences_per_example=1, lora_forward_sequences=rows + rows - 1, full_forward_sequences=rows - 1,
+                    stored_reference_sequences=rows, watched=True)
 
 
 def estimate(session: Session, params: dict[str, Any], settings: Settings) -> RunEstimate | None:
-    return fine_tuning_estimate(session, params, settings, KTO_DEFAULTS, KTO_WORK)
+    return fine_tuning_estimate(session, params, settings, KTO_DEFAULTS, kto_work(params.get("loss_type", "kto")))
