@@ -105,6 +105,39 @@ class Loop:
         return self._once("grpo (format verifier)", build)
 
     @property
+    def own_answer_reward(self) -> Path:
+        """A reward model of the rule as a labeling loop makes one: the preference stage's start answers 400 training
+        prompts 4 times at temperature 1 (GRPO's sampling), a rule labels them (a simulated labeler: a well-formed
+        answer with the polite closing beats any other, garbled ones included) and `workbench reward` trains on the
+        pairs at its defaults. (The `reward` model above saw only well-formed pairs: it ranks the garbled answers the
+        tiny policy writes unreliably, docs/defaults.md "GRPO against a reward model".)"""
+        from bench.sweep_grpo import rule_pairs, sampled_answers
+
+        def build():
+            prompts = [pair["prompt"] for pair in tasks.preference_pairs(400, seed=114, family=FAMILY, rule=RULE)]
+            answers = sampled_answers(self.policy, prompts, 4, seed=115)
+            return self._fine_tune("reward", "own-answer-reward", self.policy,
+                                   rule_pairs(prompts, answers, FAMILY, RULE, seed=115))
+        return self._once("reward model on the policy's own answers", build)
+
+    @property
+    def rlhf(self) -> Path:
+        """GRPO from the preference stage's start against `own_answer_reward` plus the format verifier of the family's
+        sentence shapes (the form, not the preference), at the defaults but beta 0.5 and the verifier's weight 5
+        (docs/defaults.md "GRPO against a reward model": with the reward model alone it moved 4 points)."""
+        from bench.sweep_grpo import shape_pattern
+
+        def build():
+            prompts = [{"prompt": pair["prompt"]}
+                       for pair in tasks.preference_pairs(400, seed=116, family=FAMILY, rule=RULE)]
+            data = tasks.write_jsonl(self.root / "rlhf-prompts.jsonl", prompts)
+            cli("grpo", "--model", self.policy, "--data", data, "--out", self.root / "rlhf",
+                "--reward-model", self.own_answer_reward, "--verifier", "format", "--pattern", shape_pattern(FAMILY),
+                "--verifier-weight", 5, "--beta", 0.5)  # no --lr, --max-steps, --method
+            return self.root / "rlhf"
+        return self._once("grpo (reward model + format verifier)", build)
+
+    @property
     def dpo(self) -> Path:
         return self._once("dpo", lambda: self._fine_tune(
             "dpo", "dpo", self.policy, tasks.preference_pairs(400, seed=105, family=FAMILY, rule=RULE)))
@@ -210,4 +243,23 @@ def test_grpo_at_the_defaults_raises_the_verifier_pass_rate(loop):
     # prompts x 8): the standard error of the difference of two such shares is about 3.2 points, so 10 is 3 of them.
     # (Measured: 73 % -> 86 %. A first bound of +15 on 160 samples was set before measuring and missed, at +12.5.)
     assert after["pass_rate"] >= before["pass_rate"] + 0.10
+    assert after["ended"] >= 0.8  # still answering, and closing its turn
+
+
+def test_grpo_against_a_reward_model_and_a_format_verifier_raises_the_preferred_share(loop):
+    from bench.sweep_grpo import verifier_scores
+
+    prompts = held_out_prompts(117)
+    before = verifier_scores(loop.policy, prompts, None, FAMILY, RULE, samples=8)
+    after = verifier_scores(loop.rlhf, prompts, None, FAMILY, RULE, samples=8)
+    print(f"[{loop.preset}] rlhf: well-formed polite share {before['property']:.3f} -> {after['property']:.3f}, "
+          f"well-formed {before['well_formed']:.3f} -> {after['well_formed']:.3f}, ended {after['ended']:.2f}, "
+          f"e.g. {after['examples']}")
+    # Sampled at temperature 1 (GRPO's sampling), 320 answers (40 unseen prompts x 8) each side. The start writes a
+    # well-formed polite answer about 1 time in 14 (7.2 %): a share near 7 % is known to +-1.4 points, one near 19 %
+    # to +-2.2, so their difference to about +-2.6; +10 points is nearly 4 of those (answers to one prompt are alike,
+    # so the true spread is somewhat larger). The bound was set before the first RLHF run on this family; the setting
+    # was found on it in 4 runs (the reward model alone +4.1, with the verifier at weight 1 +7.8, at weight 5 and
+    # beta 0 collapsed to 0 %, at weight 5 and beta 0.5 +11.9): docs/defaults.md "GRPO against a reward model".
+    assert after["property"] >= before["property"] + 0.10
     assert after["ended"] >= 0.8  # still answering, and closing its turn
