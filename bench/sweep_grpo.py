@@ -237,7 +237,7 @@ RLHF_GRID = (("pairs", 0.0, None, {}), ("own", 0.0, None, {}),
              ("own", 0.0, None, {"missing_eos_penalty": 10.0, "verifier_weight": 5.0}),
              ("own", 0.5, None, {"missing_eos_penalty": 10.0}),
              ("own", 0.5, None, {}),
-             ("own", 0.5, None, {"verifier_weight": 1.0}))
+             ("own", 0.5, None, {"verifier_weight": 1.0}), ("own", 0.5, None, {"verifier_weight": 5.0}))
 RLHF_CANDIDATES = 4  # answers of the start per training prompt for the labeler (`rule_pairs`)
 RLHF_SAMPLES = 8  # answers per held-out prompt when measuring: 320 samples measure a share to about +-2.5 points
 
