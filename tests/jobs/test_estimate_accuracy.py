@@ -195,3 +195,25 @@ def test_the_estimate_is_within_30_percent_of_the_job(case, workbench_env, sessi
           f"{', '.join(f'{e:+.0%}' for e in raw_errors)}); the old guess's "
           f"{', '.join(f'{e:+.0%}' for e in old_errors)}")
     assert abs(error) <= BOUND, (case.name, errors)
+
+
+def test_a_fine_tuning_step_is_shaped_by_its_dataset():
+    """Quick: the sequences are the dataset's longest (capped at block_size), the head scores the mean answer's share
+    of them, and a step's shape keys apart from pretraining's only where it differs."""
+    from llm.throughput import ProbeShape
+    from worker.jobs.fine_tuning_estimate import dataset_sequences
+
+    chat = {"kind": "chat", "items": 10, "tokens_by_part": {"user": 100, "assistant": 250},
+            "token_histograms": {"user": {"max": 14}, "assistant": {"max": 40}}, "turns_histogram": {"mean": 2, "max": 2}}
+    sequences = dataset_sequences(chat, 256)
+    assert sequences.length == 14 + 40 + 2 * 5 - 1 and sequences.examples == 10
+    assert sequences.head_positions == 0.45  # (25 + 1) / 63, rounded up to a twentieth
+    # Cut at 32 tokens, a conversation keeps its 19-token prompt and 13 of its answer's 26: 13 / 32, rounded up.
+    assert dataset_sequences(chat, 32).length == 32 and dataset_sequences(chat, 32).head_positions == 0.45
+    assert dataset_sequences(None, 256).length == 256 and dataset_sequences({}, 256).head_positions == 1.0
+    pretrain = ProbeShape(2, 2, 64, 50304, 8, 64)
+    assert pretrain.key == "L2-H2-E64-V50304-B8-T64-float32-all"
+    answers = ProbeShape(2, 2, 64, 50304, 8, 64, head_positions=0.45, forward_sequences=16, lora_rank=16)
+    assert answers.key.endswith("-lora16-head0.45-fwd16")
+    assert ProbeShape(2, 2, 64, 50304, 16, 64, scalar_head=True).logits_per_step == 0
+    assert answers.head_share < pretrain.head_share
