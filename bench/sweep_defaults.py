@@ -53,11 +53,16 @@ GRID = {
 }
 # The small preset's runs cost ~15-30x the tiny one's on 2 shared cores (5-9 min an SFT run): two rates per kind,
 # near what the tiny preset's best rate predicts for width 384 with power 1 (muP's 1 / width) and power 1/2, and a
-# third for SFT (3e-3: power 0); all weights only (what `auto` picks below 200 M parameters), one reward rule.
+# third for SFT (3e-3: power 0); one reward rule.
 SMALL_GRID = {
     ("sft", "full"): (3e-4, 1e-3, 3e-3),
     ("reward", "full"): (1e-4, 3e-4),
     ("dpo", "full"): (1e-4, 3e-4),
+    # LoRA (what a user gets by choosing it; `auto` never picks it below 200 M parameters): two rates bracketing
+    # what the width rule predicts for width 384 (SFT 1.2e-3, reward 4.1e-4, DPO 5e-4), to check the rule there.
+    ("sft", "lora"): (1e-3, 3e-3),
+    ("reward", "lora"): (3e-4, 1e-3),
+    ("dpo", "lora"): (3e-4, 1e-3),
 }
 KINDS = tuple(f"{kind}_{method}" for kind, method in GRID)
 TRAIN_CHATS, TRAIN_PAIRS, HELD_OUT = 800, 400, 40
