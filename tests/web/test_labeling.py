@@ -180,7 +180,7 @@ def test_concurrent_labelers_never_exceed_the_overlap(session, team, database_ur
     assert not errors, errors
     session.expire_all()
     counts = session.execute(select(Comparison.pair_id, func.count(Comparison.id)).group_by(Comparison.pair_id)).all()
-    assert len(counts) == 12 and all(count == 2 for _, count in counts)  # every pair exactly at its overlap
+    assert len(counts) == 12 and all(count == 2 for _, count in counts), sorted(counts)  # each exactly at its overlap
     assert all(pair.label_count == 2 for pair in session.scalars(select(LabelingPair)))
 
 
