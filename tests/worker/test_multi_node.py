@@ -102,7 +102,8 @@ def test_a_job_on_two_workers_survives_losing_one_and_resumes_to_one_model(
     assert max(Counter(rows).values()) == 1
     assert len(session.scalars(select(Model).where(Model.job_id == job.id)).all()) == 1
     assert all(worker.process.poll() is None for worker in alive)
-    assert wait_gone(set().union(*(torchrun_pids(worker) for worker in alive))) == []  # launches ended with the job
+    left = wait_gone(set().union(*(torchrun_pids(worker) for worker in alive)))
+    assert left == [], (left, [line for line in job_log(session, job.id) if "node" in line or "attempt" in line])  # launches ended with the job
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
