@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from db.models import DatasetKind, Job, JobStatus, Model, ModelKind
+from db.models import DatasetKind, Job, JobStatus
 from llm.device import measure_matmul_peak_flops
-from tests.support.records import add_dataset
+from tests.support.records import add_base_model, add_dataset
 from worker.jobs import lifecycle as jobs
 
 RUNS = 3
@@ -107,24 +107,6 @@ def conversation_dataset(session, settings, kind: DatasetKind):
     return row
 
 
-def base_model(session, settings, preset: str) -> Model:
-    """A base model of `preset` with GPT-2's vocabulary and FINE_TUNING_CONTEXT, saved as a pretrain job saves it."""
-    import torch
-
-    from llm.checkpoint import save_model
-    from llm.model import GPT, config_from_preset
-    from llm.tokenizer import get_tokenizer
-
-    torch.manual_seed(0)
-    model = GPT(config_from_preset(preset, get_tokenizer("gpt2").vocab_size, block_size=FINE_TUNING_CONTEXT))
-    save_model(model, settings.data_dir / "models" / preset, "gpt2")
-    row = Model(name=f"{preset}-base", kind=ModelKind.base, tokenizer="gpt2", config=model.config.to_dict(),
-                path=f"models/{preset}")
-    session.add(row)
-    session.commit()
-    return row
-
-
 WATCHED = ("dpo", "kto")  # kinds watched for degeneration at each evaluation (llm/degeneration.py)
 DATASET_KIND = {"sft": DatasetKind.chat, "reward": DatasetKind.preference, "dpo": DatasetKind.preference,
                 "kto": DatasetKind.feedback}
@@ -136,7 +118,7 @@ def job_params(case: Case, session, settings) -> dict:
         return {"dataset_id": words_dataset(session, settings).id, "preset": case.preset, "max_steps": case.steps,
                 "eval_batches": 2}
     dataset = conversation_dataset(session, settings, DATASET_KIND[case.kind])
-    params = {"model_id": base_model(session, settings, case.preset).id, "dataset_id": dataset.id,
+    params = {"model_id": add_base_model(session, settings, preset=case.preset, block_size=FINE_TUNING_CONTEXT).id, "dataset_id": dataset.id,
               "method": case.method, "max_steps": case.steps, "eval_batches": 2, "device": "cpu"}
     if case.kind in WATCHED:  # one evaluation, at the end: each samples the watch's 8 answers of 32 tokens
         params["eval_every"] = case.steps

@@ -22,16 +22,18 @@ from web.services.labeling import answer_id, create_project
 from worker.jobs.lifecycle import record_event
 
 
-def add_base_model(session, settings, name: str = "base", seed: int = 0) -> Model:
-    """A tiny GPT-2-vocabulary base model (weights from `seed`) saved under models/<name>, row "tiny-<name>"."""
+def add_base_model(session, settings, name: str = "base", seed: int = 0, preset: str = "tiny",
+                   block_size: int = 64) -> Model:
+    """A GPT-2-vocabulary base model of `preset` (weights from `seed`) saved under models/<name>, row
+    "<preset>-<name>"."""
     from llm.checkpoint import save_model
     from llm.model import GPT, config_from_preset
     from llm.tokenizer import get_tokenizer
 
     torch.manual_seed(seed)
-    model = GPT(config_from_preset("tiny", get_tokenizer("gpt2").vocab_size, block_size=64))
+    model = GPT(config_from_preset(preset, get_tokenizer("gpt2").vocab_size, block_size=block_size))
     save_model(model, settings.data_dir / "models" / name, "gpt2")
-    row = Model(name=f"tiny-{name}", kind=ModelKind.base, tokenizer="gpt2", config=model.config.to_dict(),
+    row = Model(name=f"{preset}-{name}", kind=ModelKind.base, tokenizer="gpt2", config=model.config.to_dict(),
                 path=f"models/{name}")
     session.add(row)
     session.commit()
