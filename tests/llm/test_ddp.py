@@ -114,13 +114,18 @@ def test_two_ranks_pretrain_as_one_process_with_accumulation_and_resume_on_one(p
         assert abs(resumed[step] - one[step]) < LOSS_TOLERANCE, (step, resumed[step], one[step])
 
 
+def tiny_base(data_dir, tmp_path, extra=None):
+    """The fine-tuning runs' start: a tiny GPT (seed 0) on the test's trained BPE, saved under tmp_path/base."""
+    tokenizer = get_tokenizer("ddp-bpe", data_dir=data_dir)
+    torch.manual_seed(0)
+    return save_model(GPT(config_from_preset("tiny", tokenizer.vocab_size, block_size=64)), tmp_path / "base",
+                      "ddp-bpe", extra=extra)
+
+
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_two_ranks_fine_tune_as_one_process_with_accumulation(data_dir, tmp_path):
-    tokenizer = get_tokenizer("ddp-bpe", data_dir=data_dir)
-    torch.manual_seed(0)
-    base_dir = save_model(GPT(config_from_preset("tiny", tokenizer.vocab_size, block_size=64)), tmp_path / "base",
-                          "ddp-bpe")
+    base_dir = tiny_base(data_dir, tmp_path)
     rng = np.random.default_rng(1)
     colours, animals = ["red", "green", "blue", "gold"], ["cat", "dog", "owl", "fox", "bear"]
     chats = tmp_path / "chat.jsonl"
@@ -149,10 +154,7 @@ def test_two_ranks_fine_tune_as_one_process_with_accumulation(data_dir, tmp_path
 def test_two_ranks_train_on_preferences_as_one_process(command, data_dir, tmp_path):
     # DPO's objective calls hidden_states, lm_head and peft's disable_adapter, not model(...); a reward model never
     # uses the LM head: DDP must still average exactly what one process would have accumulated.
-    tokenizer = get_tokenizer("ddp-bpe", data_dir=data_dir)
-    torch.manual_seed(0)
-    base_dir = save_model(GPT(config_from_preset("tiny", tokenizer.vocab_size, block_size=64)), tmp_path / "base",
-                          "ddp-bpe", extra={"chat": True})
+    base_dir = tiny_base(data_dir, tmp_path, extra={"chat": True})
     rng = np.random.default_rng(2)
     words = "the quick brown fox jumps over a lazy dog".split()
     pairs = tmp_path / "pairs.jsonl"
@@ -178,10 +180,7 @@ def test_two_ranks_train_on_preferences_as_one_process(command, data_dir, tmp_pa
 def test_two_ranks_run_grpo_as_one_process(data_dir, tmp_path):
     # GRPO samples its own answers: each prompt's from a generator seeded for that prompt, so rank r sampling its
     # share of the step's prompts gives the answers one process gives them, and the update is averaged as DPO's.
-    tokenizer = get_tokenizer("ddp-bpe", data_dir=data_dir)
-    torch.manual_seed(0)
-    base_dir = save_model(GPT(config_from_preset("tiny", tokenizer.vocab_size, block_size=64)), tmp_path / "base",
-                          "ddp-bpe", extra={"chat": True})
+    base_dir = tiny_base(data_dir, tmp_path, extra={"chat": True})
     rng = np.random.default_rng(3)
     words = "the quick brown fox jumps over a lazy dog".split()
     prompts = tmp_path / "prompts.jsonl"
