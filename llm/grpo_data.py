@@ -15,17 +15,12 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from llm.chat_data import DataFormatError, _as_prompt, _Bad, _records, read_prompts
+from llm.chat_data import DataFormatError, _Bad, _prompt_record, _records, read_prompts
 from llm.verifiers import needs_reference, reference_problem
 
 
 def _record(record: dict, verifier: str) -> dict:
-    if "prompt" in record:
-        prompt = _as_prompt(record["prompt"], "prompt")
-    elif "messages" in record:
-        prompt = _as_prompt(record["messages"], "messages")
-    else:
-        raise _Bad(None, f"expected a prompt (or messages) field; keys: {', '.join(sorted(record)) or 'none'}")
+    prompt = _prompt_record(record)  # a prompts dataset's line: prompt or messages, as its upload reads it
     answer = record.get("answer")
     problem = reference_problem(verifier, answer)
     if problem is not None:
