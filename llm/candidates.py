@@ -94,7 +94,7 @@ def candidates(model: "nn.Module", tokenizer, prompt: str | Sequence[dict], sett
 def regenerate(model: "nn.Module", tokenizer, prompt: str | Sequence[dict], sampling: dict[str, Any], seed: int, *,
                alone: bool = True) -> Candidate:
     """The candidate stored with `sampling` and `seed`, generated again (see the module docstring)."""
-    from llm.generate import SamplingSettings, chat_prompt, generate_ids, sample_seed
+    from llm.generate import SamplingSettings, chat_prompt, generate_ids, sample_seed  # lazy: torch, see candidates()
 
     _check_seed(seed)
     missing = [name for name in (*SETTING_FIELDS, "sample_index", "samples") if name not in sampling]
