@@ -118,7 +118,8 @@ def job_params(case: Case, session, settings) -> dict:
         return {"dataset_id": words_dataset(session, settings).id, "preset": case.preset, "max_steps": case.steps,
                 "eval_batches": 2}
     dataset = conversation_dataset(session, settings, DATASET_KIND[case.kind])
-    params = {"model_id": add_base_model(session, settings, preset=case.preset, block_size=FINE_TUNING_CONTEXT).id, "dataset_id": dataset.id,
+    base = add_base_model(session, settings, preset=case.preset, block_size=FINE_TUNING_CONTEXT)
+    params = {"model_id": base.id, "dataset_id": dataset.id,
               "method": case.method, "max_steps": case.steps, "eval_batches": 2, "device": "cpu"}
     if case.kind in WATCHED:  # one evaluation, at the end: each samples the watch's 8 answers of 32 tokens
         params["eval_every"] = case.steps

@@ -206,6 +206,7 @@ def test_two_ranks_run_grpo_as_one_process(data_dir, tmp_path):
     for step in two:
         for name in watched:
             assert abs(two[step][name] - one[step][name]) < LOSS_TOLERANCE, (step, name, two[step], one[step])
-    alone, ranks = (load_file(str(run / "adapter_model.safetensors")) for run in (tmp_path / "alone", tmp_path / "ranks"))
+    alone, ranks = (load_file(str(run / "adapter_model.safetensors"))
+                    for run in (tmp_path / "alone", tmp_path / "ranks"))
     assert alone.keys() == ranks.keys()
     assert max((alone[name] - ranks[name]).abs().max().item() for name in alone) < LOSS_TOLERANCE

@@ -103,7 +103,8 @@ def test_a_job_on_two_workers_survives_losing_one_and_resumes_to_one_model(
     assert len(session.scalars(select(Model).where(Model.job_id == job.id)).all()) == 1
     assert all(worker.process.poll() is None for worker in alive)
     left = wait_gone(set().union(*(torchrun_pids(worker) for worker in alive)))
-    assert left == [], (left, [line for line in job_log(session, job.id) if "node" in line or "attempt" in line])  # launches ended with the job
+    # The launches ended with the job (on failure: which pids are left, and the job's node lines).
+    assert left == [], (left, [line for line in job_log(session, job.id) if "node" in line or "attempt" in line])
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
