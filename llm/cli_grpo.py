@@ -2,7 +2,7 @@
 
     workbench grpo --model SFT_DIR --data prompts.jsonl --out runs/grpo --verifier format --pattern 'Answer: \\w+\\.'
     workbench grpo --model SFT_DIR --data prompts.jsonl --out runs/rlhf --reward-model runs/rm
-                   [--num-generations 8 --loss-type dapo|grpo|dr_grpo|bnpo --beta 0.0 --length-target 40 ...]
+                   [--num-generations 8 --loss-type dapo|grpo|dr_grpo|bnpo --beta 0.5 --length-target 40 ...]
 
 --data is a prompts dataset: JSONL with `prompt` (or `messages`) and, for the exact / numeric / contains verifiers,
 `answer`; or .txt, one prompt a line (no answers). Training flags come from GRPOConfig's declarations and the loop's

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -47,7 +47,7 @@ from llm.chat_batches import IGNORE_INDEX, ConversationBatches
 from llm.checkpoint import load_weights, read_config
 from llm.device import pick_device
 from llm.generate import SamplingSettings, _undecodable_ids, chat_prompt, generate_batch_tokens
-from llm.grpo_config import GRPOConfig, grpo_train_config
+from llm.grpo_config import GRPOConfig, grpo_train_config, resolved_beta
 from llm.grpo_data import read_prompt_records
 from llm.lora import adapters_merged, trainable_parameter_count
 from llm.model import target_log_probs
@@ -107,7 +107,7 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, reference_logps: tor
     clipped = torch.clamp(ratio, 1 - config.epsilon, 1 + high)
     per_token = -torch.min(ratio * advantages, clipped * advantages)
     metrics = {}
-    if config.beta != 0.0:
+    if config.beta:  # 0 (or unresolved): no KL term
         difference = reference_logps - logps
         kl = torch.exp(difference) - difference - 1
         per_token = per_token + config.beta * kl
@@ -309,7 +309,7 @@ class GRPOObjective:
         advantages, same = group_advantages(reward_tensor, self.config.num_generations, self.config.scale_rewards)
         rows, starts = self._logps(model, examples, answers)
         logps, mask = answer_logps(model, rows, starts, self.tokenizer.eot_id, self.config.temperature)
-        reference = self._reference_logps(model, rows, starts) if self.config.beta != 0.0 else None
+        reference = self._reference_logps(model, rows, starts) if self.config.beta else None
         loss, metrics = grpo_loss(logps, logps.detach(), reference, advantages, mask, self.config)
         lengths = [len(answer.ids) for answer in answers]
         batch["tokens"] = sum(len(row) for row in rows)
@@ -404,6 +404,7 @@ def grpo(policy_model_dir: str | os.PathLike, data: str | os.PathLike | list, ou
     "architecture", "samples" (the last evaluation's answers with their rewards)}.
     """
     grpo_config = grpo_config or GRPOConfig()
+    grpo_config = replace(grpo_config, beta=resolved_beta(grpo_config.beta, reward_model_dir is not None))
     policy_model_dir, out_dir = Path(policy_model_dir), Path(out_dir)
     base_config, tokenizer_name, tokenizer = chat_base(policy_model_dir, out_dir, data_dir)
     grpo_config, config = run_settings(grpo_config, train_config, base_config["model"], grpo_train_config, log)

@@ -21,6 +21,18 @@ GRPO_LOSSES = ("dapo", "grpo", "dr_grpo", "bnpo")
 SCALE_REWARDS = ("group", "batch", "none")  # TRL's scale_rewards: divide the advantages by the group's / batch's std
 # The built-in verifiers (llm/verifiers.py): each scores an answer from 0 to 1; "none": no verifier (a reward model).
 VERIFIERS = ("none", "exact", "numeric", "regex", "contains", "json", "format")
+# The KL weight when none is given, by what scores the answers (resolved_beta). A verifier cannot be fooled, so no
+# KL is needed (TRL's 0); a reward model can, and at 0 GRPO found its adversarial answers within 20 steps (answers
+# that never end, run-ons of the words it likes), where 0.5 kept the policy where the reward model was trained.
+BETA_WITH_VERIFIERS_ONLY = 0.0
+BETA_WITH_A_REWARD_MODEL = 0.5
+
+
+def resolved_beta(beta: float | None, scored_by_a_reward_model: bool) -> float:
+    """The KL weight a run uses: the one given, else the default for what scores its answers."""
+    if beta is not None:
+        return beta
+    return BETA_WITH_A_REWARD_MODEL if scored_by_a_reward_model else BETA_WITH_VERIFIERS_ONLY
 
 
 @dataclass
@@ -39,10 +51,12 @@ class GRPOConfig(SFTConfig):
     loss_type: str = setting("dapo", choices=GRPO_LOSSES, label="loss",
                              help="dapo (TRL's default: token-level over the batch), grpo (per answer, then averaged), "
                                   "dr_grpo (over answers x length limit), bnpo (token-level per micro-batch)")
-    beta: float = setting(0.0, minimum=0, maximum=10, label="KL weight (beta)",
-                          help="weight of the KL penalty to the starting model (0, TRL's default: none; the KL is "
-                               "still measured at each evaluation). With a reward model, 0.5 was measured to keep the "
-                               "policy from its adversarial answers where 0 did not (docs/defaults.md, GRPO)")
+    beta: float | None = setting(None, type="float", minimum=0, maximum=10, label="KL weight (beta)",
+                                 help=f"weight of the KL penalty to the starting model; empty: "
+                                      f"{BETA_WITH_A_REWARD_MODEL:g} when a reward model scores the answers (at 0 the "
+                                      f"policy learned the reward model's adversarial answers: docs/defaults.md, "
+                                      f"GRPO), {BETA_WITH_VERIFIERS_ONLY:g} with verifiers alone (TRL's default; the "
+                                      f"KL is still measured at each evaluation)")
     epsilon: float = setting(0.2, minimum=0, maximum=1, exclusive_minimum=True, advanced=True,
                              help="clipping range of the probability ratio (below 1)")
     epsilon_high: float | None = setting(None, type="float", minimum=0, maximum=10, exclusive_minimum=True,

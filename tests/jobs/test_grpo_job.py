@@ -1,7 +1,8 @@
 """The `grpo` job kind in the worker: bad input refused at submit, each naming its field and why (a prompts line
 without the answer the verifier needs, a pattern that does not compile or could run away, G < 2, a reward model of
-another tokenizer, nothing to score with); a run through the real runner records a grpo Model with its parent, TRL's
-metric names and the answers table; a killed attempt resumes from its checkpoint. Learning: test_defaults_learn.py."""
+another tokenizer, nothing to score with), and an empty beta resolved by what scores the answers; a run through the
+real runner records a grpo Model with its parent, TRL's metric names and the answers table; a killed attempt resumes
+from its checkpoint. Learning: test_defaults_learn.py."""
 
 from __future__ import annotations
 
@@ -55,6 +56,17 @@ def test_bad_input_is_refused_at_submit_with_the_field_and_the_reason(workbench_
     # A prompts file without answers is fine for a verifier that needs none.
     job = jobs.create_job(session, "grpo", run_params(base.id, missing.id, verifier="regex", pattern=r"\d"))
     assert job.params["method"] == "full" and job.params["lr"] > 0
+    # An empty beta is the default for what scores the answers, stored with the job: 0 for a verifier alone, 0.5 when
+    # a reward model scores them (llm/grpo_config.py's resolved_beta); a beta given stays.
+    assert job.params["beta"] == 0.0
+    same_tokens = Model(name="rm2", kind=ModelKind.reward, tokenizer=base.tokenizer, config=base.config,
+                        path="models/rm2")
+    session.add(same_tokens)
+    session.commit()
+    rlhf = jobs.create_job(session, "grpo", run_params(base.id, prompts.id, verifier="none",
+                                                       reward_model_id=same_tokens.id))
+    given = jobs.create_job(session, "grpo", run_params(base.id, prompts.id, reward_model_id=same_tokens.id, beta=0.1))
+    assert (rlhf.params["beta"], given.params["beta"]) == (0.5, 0.1)
 
 
 def test_a_grpo_job_runs_through_the_runner_and_resumes_after_a_kill(workbench_env, session):

@@ -123,8 +123,9 @@ class Loop:
     @property
     def rlhf(self) -> Path:
         """GRPO from the preference stage's start against `own_answer_reward` plus the format verifier of the family's
-        sentence shapes (the form, not the preference), at the defaults but beta 0.5 and the verifier's weight 5
-        (docs/defaults.md "GRPO against a reward model": with the reward model alone it moved 4 points)."""
+        sentence shapes (the form, not the preference), at the defaults (beta: 0.5, the default with a reward model)
+        but the verifier's weight 5 (docs/defaults.md "GRPO against a reward model": with the reward model alone it
+        moved 4 points)."""
         from bench.sweep_grpo import shape_pattern
 
         def build():
@@ -133,7 +134,7 @@ class Loop:
             data = tasks.write_jsonl(self.root / "rlhf-prompts.jsonl", prompts)
             cli("grpo", "--model", self.policy, "--data", data, "--out", self.root / "rlhf",
                 "--reward-model", self.own_answer_reward, "--verifier", "format", "--pattern", shape_pattern(FAMILY),
-                "--verifier-weight", 5, "--beta", 0.5)  # no --lr, --max-steps, --method
+                "--verifier-weight", 5)  # no --lr, --max-steps, --method, --beta
             return self.root / "rlhf"
         return self._once("grpo (reward model + format verifier)", build)
 
@@ -258,8 +259,9 @@ def test_grpo_against_a_reward_model_and_a_format_verifier_raises_the_preferred_
     # Sampled at temperature 1 (GRPO's sampling), 320 answers (40 unseen prompts x 8) each side. The start writes a
     # well-formed polite answer about 1 time in 14 (7.2 %): a share near 7 % is known to +-1.4 points, one near 19 %
     # to +-2.2, so their difference to about +-2.6; +10 points is nearly 4 of those (answers to one prompt are alike,
-    # so the true spread is somewhat larger). The bound was set before the first RLHF run on this family; the setting
-    # was found on it in 4 runs (the reward model alone +4.1, with the verifier at weight 1 +7.8, at weight 5 and
-    # beta 0 collapsed to 0 %, at weight 5 and beta 0.5 +11.9): docs/defaults.md "GRPO against a reward model".
+    # so the true spread is somewhat larger). The bound was set before the first RLHF run on this family; the
+    # verifier's weight was found on it in 4 runs (the reward model alone +4.1, with the verifier at weight 1 +7.8, at
+    # weight 5 and beta 0 collapsed to 0 %, at weight 5 and beta 0.5 +11.9); beta 0.5 is the default with a reward
+    # model, set from the sweep's family: docs/defaults.md "GRPO against a reward model".
     assert after["property"] >= before["property"] + 0.10
     assert after["ended"] >= 0.8  # still answering, and closing its turn

@@ -178,6 +178,8 @@ def test_concurrent_labelers_never_exceed_the_overlap(session, team, database_ur
     for thread in threads:
         thread.join(timeout=120)
     assert not errors, errors
+    # A labeler still running would leave its pair short below: say so instead (a lock wait, not the guard).
+    assert not [thread.name for thread in threads if thread.is_alive()], "labelers still running after 120 s"
     session.expire_all()
     counts = session.execute(select(Comparison.pair_id, func.count(Comparison.id)).group_by(Comparison.pair_id)).all()
     assert len(counts) == 12 and all(count == 2 for _, count in counts), sorted(counts)  # each exactly at its overlap

@@ -1,10 +1,14 @@
 """The pieces of a launch that need no process (worker/runtime/rendezvous.py, launcher.py): places in a multi-node
 job's rendezvous are taken once each, node 0 gives up on a follower that stops beating before the ranks start,
-torchrun's root cause becomes a sentence naming the rank, and the torchrun command a node runs."""
+a follower lets its ranks finish a job that ended, a torchrun left at its exit barrier is ended, torchrun's root
+cause becomes a sentence naming the rank, and the torchrun command a node runs."""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
+import time
 from datetime import timedelta
 
 import pytest
@@ -124,6 +128,45 @@ def test_node_zero_gives_up_on_a_follower_that_stops_beating_before_the_ranks_st
     watch._next = 0.0
     assert watch() is None
     assert [row.node_rank for row in watch.lost_nodes(wait_s=0)] == [1]
+
+
+def test_a_follower_lets_its_ranks_finish_a_job_that_ended_and_ends_its_launch_when_node_zero_is_lost(
+        workbench_env, session, on_localhost, tmp_path):
+    job = running_job(session, nodes=2)
+    rendezvous.publish(session, job.id, 1, "workbench-1@a:1")
+    follower = rendezvous.join(session, job.id, "workbench-2@b:2")
+    watch = launcher.NodeWatch(session, follower, workbench_env, tmp_path)
+    assert watch() is None
+    # Rank 0 recorded success: this node's ranks are ending on their own, and their torchrun must reach the exit
+    # barrier that node 0's torchrun waits at (ending it here kept node 0's worker for 300 s).
+    job.status = JobStatus.succeeded
+    session.commit()
+    watch._next = 0.0
+    assert watch() is None
+    watch._next, watch._finished_at = 0.0, watch._finished_at - workbench_env.stale_after_seconds - 1
+    assert watch() == "the job ended but this node's ranks did not"
+    # Node 0 was lost and the reaper put the job back in the queue: this attempt is over here at once.
+    job.status, job.attempts = JobStatus.queued, 1
+    session.commit()
+    watch._next, watch._finished_at = 0.0, None
+    assert watch() == "the job is no longer in the attempt this node joined"
+
+
+def test_a_torchrun_left_waiting_at_its_exit_barrier_after_its_ranks_finished_is_ended_as_a_success(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(launcher, "EXIT_BARRIER_GRACE_S", 0.5)
+    # A stand-in for torchrun that waits 3 s and exits 7: while one of its two ranks runs, it is left alone.
+    waiter = [sys.executable, "-c", "import time, sys; time.sleep(3); sys.exit(7)"]
+    launcher.rank_finished_path(tmp_path, 0).touch()
+    started = time.monotonic()
+    assert launcher.supervise(waiter, dict(os.environ), tmp_path, local_ranks=2)[0] == 7
+    assert time.monotonic() - started >= 3
+    # Both ranks finished: after the grace it is ended, and the launch counts as having exited 0.
+    launcher.rank_finished_path(tmp_path, 1).touch()
+    started = time.monotonic()
+    returncode, _, aborted = launcher.supervise(waiter, dict(os.environ), tmp_path, local_ranks=2)
+    assert (returncode, aborted) == (0, None)
+    assert time.monotonic() - started < 2.5
 
 
 def test_torchruns_root_cause_becomes_a_sentence_naming_the_rank(tmp_path):

@@ -73,9 +73,14 @@ CONTROL_DIR_ENV = "WORKBENCH_LAUNCH_DIR"     # where a rank finds the stop file 
 LAUNCHER_PID_ENV = "WORKBENCH_LAUNCHER_PID"  # the worker process that launched the ranks
 STOP_FILE = "stop"
 STARTED_FILE = "started"  # written by a node's first rank: torchrun started the ranks, the rendezvous is over
+FINISHED_FILE = "finished-{local_rank}"  # written by each rank that returned (rank 0: after recording the outcome)
 TORCHRUN_LOG = "torchrun.log"
 POLL_S = 0.2
 TERMINATE_GRACE_S = 30.0  # after SIGTERM, how long torchrun has to end its ranks before SIGKILL
+# After this node's ranks all finished, how long torchrun may wait at its exit barrier for the other nodes' torchrun
+# (its own limit is 300 s, not settable from the command line): a node whose launch was ended early would
+# otherwise keep this worker, and its devices, for five minutes after the job ended.
+EXIT_BARRIER_GRACE_S = 10.0
 LOG_TAIL_CHARS = 6000
 # What a rank's error says when it is only the consequence of a peer that went away (gloo, NCCL, the c10d store).
 PEER_LOST_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL", "DistNetworkError",
@@ -208,6 +213,10 @@ def _signal_name(exitcode: int) -> str:
         return f"signal {-exitcode}"
 
 
+def rank_finished_path(control_dir: Path, local_rank: int) -> Path:
+    return control_dir / FINISHED_FILE.format(local_rank=local_rank)
+
+
 def rank_error_path(control_dir: Path, rank: int) -> Path:
     return control_dir / f"rank-{rank}-error.json"
 
@@ -264,7 +273,7 @@ def run_job_ranks(session: Session, job_id: int, attempt: int, settings: Setting
         for _ in range(nodes - 1):
             jobs.enqueue(job_id)  # one message per other node: the workers that take them join (rendezvous.py)
         with DEVICE_USE.job():  # this worker's throughput probe waits while the ranks use the device
-            returncode, output, aborted = supervise(command, env, control_dir, heartbeat, watch)
+            returncode, output, aborted = supervise(command, env, control_dir, processes, heartbeat, watch)
         if aborted is not None:  # a node left during the rendezvous: nothing ran, the job goes back to the queue
             requeued = requeue(session, job_id, attempt, f"{aborted}; nothing ran yet, so the job was requeued")
             return JobStatus.queued if requeued else None
@@ -341,7 +350,7 @@ def run_follower_ranks(session: Session, place, settings: Settings) -> int:
                                    join_timeout_s=rendezvous.rendezvous_timeout_s(), is_host=False,
                                    local_address=rendezvous.node_address())
         env = rank_environment(processes, control_dir, devices)
-        returncode, output, aborted = supervise(command, env, control_dir, None,
+        returncode, output, aborted = supervise(command, env, control_dir, processes, None,
                                                 NodeWatch(session, place, settings, control_dir))
         rendezvous.leave(session, place)
         if returncode != 0 and aborted is None:
@@ -359,13 +368,15 @@ def run_follower_ranks(session: Session, place, settings: Settings) -> int:
 class NodeWatch:
     """Called by `supervise` every poll on a multi-node job: beats this node's row; on node 0, ends the launch
     when a follower stops beating before the ranks started (the job is then requeued); on a follower, ends it
-    when the job is no longer in the attempt it joined (node 0 died and the reaper took the job back)."""
+    when the job is no longer in the attempt it joined (node 0 died and the reaper took the job back), or when
+    the job ended and this node's ranks are still running a while later (_follower_verdict)."""
 
     def __init__(self, session: Session, place, settings: Settings, control_dir: Path):
         self.session, self.place, self.control_dir = session, place, control_dir
         self.interval_s = settings.heartbeat_seconds
         self.stale_s = settings.stale_after_seconds
         self._next = 0.0
+        self._finished_at: float | None = None
 
     def started(self) -> bool:
         return (self.control_dir / STARTED_FILE).exists()
@@ -378,8 +389,7 @@ class NodeWatch:
         try:
             rendezvous.beat(self.session, self.place)
             if self.place.node_rank > 0:
-                return None if rendezvous.still_ours(self.session, self.place) else (
-                    "the job is no longer in the attempt this node joined")
+                return self._follower_verdict(now)
             if self.started():
                 return None
             silent = rendezvous.silent_nodes(rendezvous.members(self.session, self.place.job_id, self.place.attempt),
@@ -393,6 +403,20 @@ class NodeWatch:
             return f"node {row.node_rank} ({row.worker_host}) stopped during the rendezvous"
         return None
 
+    def _follower_verdict(self, now: float) -> str | None:
+        """A follower's launch ends when node 0 was lost (the attempt is gone), or when the job ended in this
+        attempt but the ranks here are still running `stale_s` later (node 0's ranks are gone: nothing will end a
+        collective they wait in). A job that just ended leaves them be: they are ending on their own, and their
+        torchrun must reach the exit barrier node 0's torchrun waits at."""
+        state = rendezvous.attempt_state(self.session, self.place)
+        if state == "gone":
+            return "the job is no longer in the attempt this node joined"
+        if state == "running":
+            self._finished_at = None
+            return None
+        self._finished_at = self._finished_at or now
+        return "the job ended but this node's ranks did not" if now - self._finished_at > self.stale_s else None
+
     def lost_nodes(self, wait_s: float) -> list:
         """Followers that stopped beating (or whose torchrun exited), waiting up to `wait_s` for one to show."""
         deadline = time.monotonic() + wait_s
@@ -404,17 +428,19 @@ class NodeWatch:
             time.sleep(POLL_S)
 
 
-def supervise(command: list[str], env: dict[str, str], control_dir: Path, heartbeat=None,
+def supervise(command: list[str], env: dict[str, str], control_dir: Path, local_ranks: int, heartbeat=None,
               on_tick=None) -> tuple[int, str, str | None]:
     """Start torchrun, pass a stop on to the ranks, wait for it: (its exit code, its output, why it was ended
-    early: what `on_tick` returned, None when it ran its course). `heartbeat`: the job's (None: no stop here)."""
+    early: what `on_tick` returned, None when it ran its course). `heartbeat`: the job's (None: no stop here).
+    A torchrun whose `local_ranks` ranks all finished but which still waits at its exit barrier after
+    EXIT_BARRIER_GRACE_S is ended, and counts as having exited 0: the ranks' work is done."""
     log_path = control_dir / TORCHRUN_LOG
     _load_libc()  # here, in the worker: the forked child must only call it
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
                                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_child_setup)
     logger.info("torchrun (pid %s): %s", process.pid, " ".join(command))
-    stop_written, aborted = False, None
+    stop_written, aborted, finished_at, lingered = False, None, None, False
     try:
         while process.poll() is None:
             if not stop_written and heartbeat is not None and heartbeat.should_stop():
@@ -424,6 +450,14 @@ def supervise(command: list[str], env: dict[str, str], control_dir: Path, heartb
             if aborted is not None:
                 logger.warning("ending torchrun (pid %s): %s", process.pid, aborted)
                 break
+            if finished_at is None:
+                if all(rank_finished_path(control_dir, rank).exists() for rank in range(local_ranks)):
+                    finished_at = time.monotonic()
+            elif time.monotonic() - finished_at > EXIT_BARRIER_GRACE_S:
+                logger.warning("ending torchrun (pid %s): its ranks finished %g s ago and it still waits for another "
+                               "node at its exit barrier", process.pid, EXIT_BARRIER_GRACE_S)
+                lingered = True
+                break
             time.sleep(POLL_S)
     except BaseException:
         # The worker itself is going down (cold shutdown, SystemExit): the ranks go with it, now.
@@ -431,7 +465,8 @@ def supervise(command: list[str], env: dict[str, str], control_dir: Path, heartb
         raise
     finally:
         terminate(process)  # nothing of the group is left, whatever happened
-    return process.returncode, log_path.read_text(errors="replace"), aborted
+    returncode = 0 if lingered else process.returncode
+    return returncode, log_path.read_text(errors="replace"), aborted
 
 
 def write_stop(control_dir: Path, reason: str) -> None:

@@ -42,7 +42,7 @@ from llm.distributed import leave, ranks_from_environment
 from llm.threads import apply_thread_budget
 from worker.jobs.progress_writer import ProgressWriter
 from worker.runtime.launcher import (CONTROL_DIR_ENV, LAUNCHER_PID_ENV, STARTED_FILE, STOP_FILE, die_with_parent,
-                                     rank_error_path)
+                                     rank_error_path, rank_finished_path)
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     # Done and recorded (rank 0's writer closed, its session too): leave the process group together and exit now,
     # without the interpreter's slow teardown of torch's threads; torchrun then sees every rank finished at once.
     leave()
+    if os.environ.get(CONTROL_DIR_ENV):  # this node's worker ends a torchrun left waiting on another node's
+        rank_finished_path(Path(os.environ[CONTROL_DIR_ENV]), int(os.environ.get("LOCAL_RANK", "0"))).touch()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -172,11 +172,15 @@ def join(session: Session, job_id: int, worker_host: str,
     return None
 
 
-def still_ours(session: Session, place: Place) -> bool:
-    """Is the job still running the attempt this follower joined?"""
+def attempt_state(session: Session, place: Place) -> str:
+    """Where the attempt this follower joined stands: "running"; "finished" (rank 0 recorded its outcome: the
+    ranks here are ending on their own and their torchrun must reach torchrun's exit barrier, or node 0's waits
+    there for it); "gone" (the job went back to the queue, or on to another attempt: node 0 was lost)."""
     row = session.execute(select(Job.status, Job.attempts).where(Job.id == place.job_id)).first()
     session.commit()
-    return row is not None and row.status == JobStatus.running and row.attempts == place.attempt
+    if row is None or row.attempts != place.attempt or row.status == JobStatus.queued:
+        return "gone"
+    return "running" if row.status == JobStatus.running else "finished"
 
 
 def count_joined(session: Session, job_id: int, attempt: int) -> int:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from db.models import LANGUAGE_MODEL_KINDS, Dataset, DatasetKind, Model, ModelKind
 from db.settings import Settings, safe_join
 from llm.chat_data import DataFormatError
-from llm.grpo_config import GRPO_DEFAULTS, GRPOConfig
+from llm.grpo_config import GRPO_DEFAULTS, GRPOConfig, resolved_beta
 from llm.grpo_data import read_prompt_records
 from llm.params import Setting, settings_of
 from llm.verifiers import NEEDS_PATTERN, PatternProblem, check_pattern
@@ -85,6 +85,8 @@ def check(session: Session, params: dict[str, Any], settings: Settings) -> None:
         raise JobParamsError("max_completion_length", f"{params['max_completion_length']} tokens leave no room for a "
                                                       f"prompt in {context} (block_size and the model's context)")
     check_rewards(session, params, settings, policy)
+    # Empty beta: the default for what scores the answers, written into the stored params (the job log says it).
+    params["beta"] = resolved_beta(params.get("beta"), params.get("reward_model_id") is not None)
     check_schedule(params, PARAMS)
     check_memory(estimate(session, params, settings), params, settings, declared=PARAMS)
 
