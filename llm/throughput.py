@@ -126,7 +126,7 @@ def device_name(device) -> str:
 
 def probe(shape: ProbeShape, device="cpu", steps: int = PROBE_STEPS) -> Probe:
     """Time real training steps of `shape` on `device`: the GPT of llm/model.py on random tokens, the loop's own
-    AdamW (llm.train.make_optimizer) and autocast; one warm-up step (kernel choice, allocator, thread pool), then
+    AdamW (llm.train.make_optimizer), gradient clipping and autocast; one warm-up step (kernel choice, allocator, thread pool), then
     the median of `steps`. Its RNG is its own, so a run seeded just before is not moved."""
     import torch
 
@@ -179,6 +179,9 @@ def probe(shape: ProbeShape, device="cpu", steps: int = PROBE_STEPS) -> Probe:
                     with torch.no_grad():
                         forward(shape.batch_size, rows)
             loss.backward()
+            # The loop clips every step (TrainConfig.grad_clip, on by default): a pass over every gradient, which on
+            # a reward model's step (no vocabulary head) is about a quarter of it.
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 

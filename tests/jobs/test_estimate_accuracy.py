@@ -1,7 +1,8 @@
 """The time a submit estimates is within ±30 % of what the job then takes, on the presets people start from (tiny
 and small, GPT-2's vocabulary, the forms' batch; short runs), on this machine: pretraining, and each fine-tuning kind
-whose estimate reads a probe of its step and holds (SFT, DPO: `CASES` says why these) on the tiny preset, with the forms'
-schedule shrunk to the run (DPO and KTO evaluate once, at the end: each evaluation samples answers to watch them).
+whose estimate reads a probe of its step and holds (SFT, DPO, reward: `CASES` says why these) on the tiny preset,
+with the forms' schedule shrunk to the run (DPO and KTO evaluate once, at the end: each evaluation samples answers
+to watch them).
 
 The job runs as a worker runs it (`create_job` records the estimate, `execute_job` runs it: tokenizing, building
 the model, training, evaluating, saving), and the estimate reads a probe (`llm.throughput.probe`, what a worker's
@@ -58,12 +59,13 @@ CASES = [
     # answers (SFT), the reference computed once before training and the degeneration watch's sampling (DPO with
     # all weights). SFT with all weights, DPO with LoRA and KTO with LoRA (forward-only rows, the reference with the
     # adapter off) were measured with this test too (docs/estimates.md) but cost CI minutes more than its budget:
-    # add Case("kto", "tiny", 4, "lora") etc. to measure them again. Reward is left out because it does not hold:
-    # on a quiet machine its estimate read -69 % (4 steps) and -51 % (40 steps), about -28 % a step plus a fixed
-    # cost the estimate leaves out (docs/estimates.md).
+    # add Case("kto", "tiny", 4, "lora") etc. to measure them again.
     # SFT runs 40 steps: at 4 its jobs took 0.5 s, where start-up noise alone moved the median past ±30 % in 2 of 4
     # quiet runs; at 40 (about 3 s) three runs gave +1, -10 and -4 %.
-    Case("sft", "tiny", 40, "lora"), Case("dpo", "tiny", 4, "full"),
+    # Reward (the scalar head at each row's last position) runs its form's 200 steps: its step is so light (14 ms
+    # here) that the job's fixed costs the estimate leaves out (loading the model twice, saving it, ~0.5 s on tiny)
+    # were half of a 40-step job (docs/estimates.md).
+    Case("sft", "tiny", 40, "lora"), Case("dpo", "tiny", 4, "full"), Case("reward", "tiny", 200, "full"),
 ]
 
 
