@@ -186,6 +186,25 @@ def test_concurrent_labelers_never_exceed_the_overlap(session, team, database_ur
     assert all(pair.label_count == 2 for pair in session.scalars(select(LabelingPair)))
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_pair_locked_a_moment_by_another_labelers_request_is_still_handed_out(session, team, database_url):
+    """PostgreSQL's take passes by a pair another request holds locked while it takes it (skip_locked); the labeler
+    asking then must not be told that nothing is left (they would stop labeling), but get it once it is free."""
+    job = make_generate_job(session, prompts=1, answers=2)  # one pair
+    project = create_project(session, team["tina"], name="p", source_job_ids=[job.id], overlap=1)
+    pair_id = session.scalar(select(LabelingPair.id).where(LabelingPair.project_id == project.id))
+    other = SessionLocal(database_url)
+    other.execute(select(LabelingPair.id).where(LabelingPair.id == pair_id).with_for_update())
+    release = threading.Timer(0.2, other.rollback)  # that request ends without keeping the pair
+    release.start()
+    try:
+        shown = next_pair(session, team["lea"], project.id)
+    finally:
+        release.join()
+        other.close()
+    assert shown is not None and shown["pair_id"] == pair_id
+
+
 def test_agreement_consensus_and_exports_follow_the_labels(session, team):
     job = make_generate_job(session, prompts=3, answers=2)  # 3 pairs
     project = create_project(session, team["tina"], name="p", source_job_ids=[job.id], overlap=2)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import random
+import time
 from datetime import datetime, timedelta, timezone
 from itertools import combinations
 from typing import Any
@@ -46,6 +47,8 @@ from web.services.access import ALLOWED_ROLES, Action, can, require, require_own
 from web.services.common import Conflict, InvalidInput, NotFound, PermissionDenied, reading, refuse_unprintable
 
 ASSIGNMENT_MINUTES = 10          # how long a handed-out pair holds its overlap slot
+LOCKED_PAIR_WAITS = 10           # times a request waits for pairs other requests hold locked while they take them
+LOCKED_PAIR_WAIT_S = 0.05        # (a take commits in milliseconds)
 ANSWER_ID_CHARS = 20             # hex digits of an answer's id on a labeler's screen (80 bits)
 MAX_OVERLAP = 20
 MAX_CO_OWNERS = 20
@@ -336,17 +339,24 @@ def next_pair(session: Session, who, project_id: int) -> dict | None:
         session.delete(held)
         session.flush()
     skipped: list[int] = []
-    for _ in range(20):  # a lost race for a last slot moves on to the next pair
+    waits = 0
+    for _ in range(20 + LOCKED_PAIR_WAITS):  # a lost race for a last slot moves on to the next pair
         swapped = random.random() < 0.5
+        free = {"project_id": project.id, "overlap": project.overlap, "user_id": user.id, "now": now,
+                "skipped": skipped}
         try:
             taken = session.execute(queries.TAKE_A_FREE_PAIR, {
-                "project_id": project.id, "overlap": project.overlap, "user_id": user.id, "now": now,
-                "swapped": swapped, "expires_at": now + timedelta(minutes=ASSIGNMENT_MINUTES),
-                "skipped": skipped}).first()
+                **free, "swapped": swapped, "expires_at": now + timedelta(minutes=ASSIGNMENT_MINUTES)}).first()
         except IntegrityError:  # the same labeler asking twice at once: take what the other request took
             session.rollback()
             return next_pair(session, user, project_id)
         if taken is None:
+            # None is "nothing left" only when no free pair was passed by for being locked a moment by another
+            # labeler's request (PostgreSQL): a labeler told so while pairs still wait for them stops labeling.
+            if waits < LOCKED_PAIR_WAITS and session.scalar(queries.A_FREE_PAIR_IS_LEFT, free):
+                waits += 1
+                time.sleep(LOCKED_PAIR_WAIT_S)
+                continue
             break
         assignment_id, pair_id = taken
         # Of the live holders of this pair, the earliest (overlap - label_count) keep it. This statement sees

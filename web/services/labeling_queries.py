@@ -59,6 +59,14 @@ TAKE_A_FREE_PAIR = (
         .with_for_update(of=LabelingPair, skip_locked=True))
     .returning(LabelingAssignment.id, LabelingAssignment.pair_id))
 
+# Whether a pair TAKE_A_FREE_PAIR could take is left, locks aside: on PostgreSQL it passes by pairs another labeler's
+# request holds locked for the moment of its own take (skip_locked), so finding none there does not mean none is
+# left.   project_id, overlap, user_id, now, skipped
+A_FREE_PAIR_IS_LEFT = select(exists().where(
+    LabelingPair.project_id == bindparam("project_id"), LabelingPair.label_count < bindparam("overlap"),
+    LabelingPair.label_count + _live_holds < bindparam("overlap"), ~_labeled_by_this_labeler,
+    LabelingPair.id.notin_(bindparam("skipped", expanding=True))))
+
 # Giving a hold back.   assignment_id
 DROP_HOLD = delete(LabelingAssignment.__table__).where(LabelingAssignment.id == bindparam("assignment_id"))
 
