@@ -39,6 +39,9 @@ def ask_and_watch_stream(page, question: str) -> tuple[list[int], str]:
 
 # ----------------------------------------------------------------------------- the flow
 
+# 5-9 minutes on a loaded 2-core machine (520 s in one full run): the default 600 s limit would end a slow run, not
+# a hung one.
+@pytest.mark.timeout(1200)
 def test_upload_pretrain_jobs_chat(server, browser, tmp_path):
     timings: dict[str, float] = {}
     t0 = time.monotonic()

@@ -30,6 +30,9 @@ def small_run(page, prefix: str, steps: int, name: str | None = None) -> None:
         page.locator(f"#{prefix}-name input, #{prefix}-name textarea").first.fill(name)
 
 
+# 5-9 minutes on a loaded 2-core machine (520 s in one full run): the default 600 s limit would end a slow run, not
+# a hung one.
+@pytest.mark.timeout(1200)
 def test_the_whole_loop(server, browser, tmp_path):
     timings: dict[str, float] = {}
     t0 = time.monotonic()
