@@ -126,8 +126,8 @@ def device_name(device) -> str:
 
 def probe(shape: ProbeShape, device="cpu", steps: int = PROBE_STEPS) -> Probe:
     """Time real training steps of `shape` on `device`: the GPT of llm/model.py on random tokens, the loop's own
-    AdamW (llm.train.make_optimizer), gradient clipping and autocast; one warm-up step (kernel choice, allocator, thread pool), then
-    the median of `steps`. Its RNG is its own, so a run seeded just before is not moved."""
+    AdamW (llm.train.make_optimizer), gradient clipping and autocast; one warm-up step (kernel choice, allocator,
+    thread pool), then the median of `steps`. Its RNG is its own, so a run seeded just before is not moved."""
     import torch
 
     from llm.device import autocast_context

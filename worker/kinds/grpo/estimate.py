@@ -3,7 +3,8 @@
 The one function the Train form's preview and the submit check (spec.py's `check`) both call. A prompt is G
 sequences (its answers) in one forward, and with beta > 0 the reference (the adapter off, or a frozen copy of the
 start with all weights) scores them for the KL (`worker.jobs.fine_tuning_estimate`). Sampling the answers is not in
-the figure: like data loading for the other kinds, it adds time, not memory (the KV cache of G answers is far below the training step's activations).
+the figure: like data loading for the other kinds, it adds time, not memory (the KV cache of G answers is far below
+the training step's activations). Beta left empty is the default for what scores the answers (`resolved_beta`).
 """
 
 from __future__ import annotations
