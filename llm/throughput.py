@@ -154,7 +154,8 @@ def probe(shape: ProbeShape, device="cpu", steps: int = PROBE_STEPS) -> Probe:
             model = apply_lora(model, SFTConfig(lora_r=shape.lora_rank),
                                modules_to_save=["score"] if shape.scalar_head else None)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = make_optimizer(params, TrainConfig(device=device.type), device)
+        loop = TrainConfig(device=device.type)  # the loop's defaults: its optimizer and its gradient clipping
+        optimizer = make_optimizer(params, loop, device)
         rows = shape.batch_size + shape.forward_sequences
         tokens = torch.randint(0, shape.vocab_size, (rows, shape.block_size + 1), generator=generator)
         inputs, targets = tokens[:, :-1].to(device), tokens[:, 1:].clone().to(device)
@@ -179,9 +180,10 @@ def probe(shape: ProbeShape, device="cpu", steps: int = PROBE_STEPS) -> Probe:
                     with torch.no_grad():
                         forward(shape.batch_size, rows)
             loss.backward()
-            # The loop clips every step (TrainConfig.grad_clip, on by default): a pass over every gradient, which on
-            # a reward model's step (no vocabulary head) is about a quarter of it.
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            # The loop clips every step (grad_clip is on by default): a pass over every gradient, which on a reward
+            # model's step (no vocabulary head) is about a quarter of it.
+            if loop.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, loop.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 

@@ -339,11 +339,10 @@ def next_pair(session: Session, who, project_id: int) -> dict | None:
         session.delete(held)
         session.flush()
     skipped: list[int] = []
+    free = {"project_id": project.id, "overlap": project.overlap, "user_id": user.id, "now": now, "skipped": skipped}
     waits = 0
     for _ in range(20 + LOCKED_PAIR_WAITS):  # a lost race for a last slot moves on to the next pair
         swapped = random.random() < 0.5
-        free = {"project_id": project.id, "overlap": project.overlap, "user_id": user.id, "now": now,
-                "skipped": skipped}
         try:
             taken = session.execute(queries.TAKE_A_FREE_PAIR, {
                 **free, "swapped": swapped, "expires_at": now + timedelta(minutes=ASSIGNMENT_MINUTES)}).first()
