@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from bench.clean_memory import TreeSampler, write_input
+from bench.clean_memory import TreeSampler, measure, write_input
 
 
 def test_text_input_reaches_the_size_and_gives_every_stage_work(tmp_path):
@@ -47,3 +47,20 @@ def test_sampler_counts_a_childs_memory_in_the_tree(tmp_path):
     assert figures["peak_tree_rss_mb"] > figures["peak_largest_process_rss_mb"]
     assert figures["per_stage_mb"]["filter"]["largest_process_rss"] >= 80
     assert figures["vm_hwm_mb"][0][0] >= 80
+
+
+def test_no_filters_sends_every_document_to_the_minhash_stages(tmp_path):
+    # `--no-filters` measures the MinHash and PII stages at the input's whole size: nothing may be removed before them
+    # (the French, spam and menu records the filters would take reach MinHash), and they must still do their work.
+    corpus = tmp_path / "texts.jsonl"
+    _, documents = write_input(corpus, 0.3)
+    figures = measure(corpus, tmp_path / "out", workers=1, interval=0.1, filters=False)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    removed_by = {step["step"]: sum(step["removed"].values()) for step in report["steps"] if step["removed"]}
+    assert list(removed_by) == ["minhash"] and removed_by["minhash"] > 0    # the near-duplicate copies, nothing else
+    assert [step["step"] for step in report["steps"] if step["ran"]] == ["minhash", "pii"]
+    assert figures["documents_in"] == documents
+    assert figures["documents_out"] == documents - removed_by["minhash"]
+    kept = (tmp_path / "out" / "clean.jsonl").read_text()
+    assert " le " in kept or " der " in kept                                # what the language step would remove
+    assert set(figures["per_stage_mb"]) >= {"signatures", "finish"}          # the sampler saw the MinHash stages
