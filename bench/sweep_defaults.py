@@ -59,10 +59,11 @@ SMALL_GRID = {
     ("reward", "full"): (1e-4, 3e-4),
     ("dpo", "full"): (1e-4, 3e-4),
     # LoRA (what a user gets by choosing it; `auto` never picks it below 200 M parameters): two rates bracketing
-    # what the width rule predicts for width 384 (SFT 1.2e-3, reward 4.1e-4, DPO 5e-4), to check the rule there.
+    # what the width rule predicts for width 384 (SFT 1.2e-3, reward 4.1e-4, DPO 5e-4), to check the rule there;
+    # DPO's third, 3e-3, looks for the cliff its rate sits below on the tiny preset.
     ("sft", "lora"): (1e-3, 3e-3),
     ("reward", "lora"): (3e-4, 1e-3),
-    ("dpo", "lora"): (3e-4, 1e-3),
+    ("dpo", "lora"): (3e-4, 1e-3, 3e-3),
 }
 KINDS = tuple(f"{kind}_{method}" for kind, method in GRID)
 TRAIN_CHATS, TRAIN_PAIRS, HELD_OUT = 800, 400, 40

@@ -54,6 +54,7 @@ class Loop:
     def __init__(self, preset: str, root: Path):
         self.preset, self.root = preset, root
         self._built: dict[str, Path] = {}
+        self.first_round_pairs: list[dict] = []  # the labels of the preference stage's start's answers
 
     def _once(self, name: str, build) -> Path:
         if name not in self._built:
@@ -104,39 +105,49 @@ class Loop:
             return self.root / "grpo"
         return self._once("grpo (format verifier)", build)
 
-    @property
-    def own_answer_reward(self) -> Path:
-        """A reward model of the rule as a labeling loop makes one: the preference stage's start answers 400 training
-        prompts 4 times at temperature 1 (GRPO's sampling), a rule labels them (a simulated labeler: a well-formed
-        answer with the polite closing beats any other, garbled ones included) and `workbench reward` trains on the
-        pairs at its defaults. (The `reward` model above saw only well-formed pairs: it ranks the garbled answers the
-        tiny policy writes unreliably, docs/defaults.md "GRPO against a reward model".)"""
+    def _labeled_own_answers(self, model: Path, seed: int) -> list[dict]:
+        """A labeling round as a team runs one: `model` answers 400 training prompts 4 times at temperature 1 (GRPO's
+        sampling) and a rule labels them (a simulated labeler: a well-formed answer with the polite closing beats any
+        other, garbled ones included)."""
         from bench.sweep_grpo import rule_pairs, sampled_answers
 
+        prompts = [pair["prompt"] for pair in tasks.preference_pairs(400, seed=seed, family=FAMILY, rule=RULE)]
+        return rule_pairs(prompts, sampled_answers(model, prompts, 4, seed=seed + 1), FAMILY, RULE, seed=seed + 1)
+
+    @property
+    def own_answer_reward(self) -> Path:
+        """A reward model of the rule as a labeling loop makes one: `workbench reward` at its defaults on the preference
+        stage's start's own answers, labeled. (The `reward` model above saw only well-formed pairs: it ranks the
+        garbled answers the tiny policy writes unreliably, docs/defaults.md "GRPO against a reward model".)"""
         def build():
-            prompts = [pair["prompt"] for pair in tasks.preference_pairs(400, seed=114, family=FAMILY, rule=RULE)]
-            answers = sampled_answers(self.policy, prompts, 4, seed=115)
-            return self._fine_tune("reward", "own-answer-reward", self.policy,
-                                   rule_pairs(prompts, answers, FAMILY, RULE, seed=115))
+            self.first_round_pairs = self._labeled_own_answers(self.policy, seed=114)
+            return self._fine_tune("reward", "own-answer-reward", self.policy, self.first_round_pairs)
         return self._once("reward model on the policy's own answers", build)
+
+    def _rlhf(self, name: str, start: Path, reward_model: Path) -> Path:
+        prompts = [{"prompt": pair["prompt"]}
+                   for pair in tasks.preference_pairs(400, seed=116, family=FAMILY, rule=RULE)]
+        data = tasks.write_jsonl(self.root / "rlhf-prompts.jsonl", prompts)
+        cli("grpo", "--model", start, "--data", data, "--out", self.root / name, "--reward-model", reward_model)
+        return self.root / name  # no --lr, --max-steps, --method, --beta (0.5: the default with a reward model)
 
     @property
     def rlhf(self) -> Path:
-        """GRPO from the preference stage's start against `own_answer_reward` plus the format verifier of the family's
-        sentence shapes (the form, not the preference), at the defaults (beta: 0.5, the default with a reward model)
-        but the verifier's weight 5 (docs/defaults.md "GRPO against a reward model": with the reward model alone it
-        moved 4 points)."""
-        from bench.sweep_grpo import shape_pattern
+        """GRPO at the defaults from the preference stage's start against `own_answer_reward` alone: the first round."""
+        return self._once("grpo against the reward model (round 1)",
+                          lambda: self._rlhf("rlhf", self.policy, self.own_answer_reward))
 
+    @property
+    def rlhf_second_round(self) -> Path:
+        """The loop's second round, as InstructGPT and Llama 2 iterate: the first round's policy answers fresh
+        training prompts, they are labeled, `workbench reward` trains at its defaults on both rounds' pairs, and GRPO
+        goes on from the first round's policy against that reward model."""
         def build():
-            prompts = [{"prompt": pair["prompt"]}
-                       for pair in tasks.preference_pairs(400, seed=116, family=FAMILY, rule=RULE)]
-            data = tasks.write_jsonl(self.root / "rlhf-prompts.jsonl", prompts)
-            cli("grpo", "--model", self.policy, "--data", data, "--out", self.root / "rlhf",
-                "--reward-model", self.own_answer_reward, "--verifier", "format", "--pattern", shape_pattern(FAMILY),
-                "--verifier-weight", 5)  # no --lr, --max-steps, --method, --beta
-            return self.root / "rlhf"
-        return self._once("grpo (reward model + format verifier)", build)
+            start = self.rlhf  # builds the first round (and its pairs) if no test did yet
+            pairs = self.first_round_pairs + self._labeled_own_answers(start, seed=118)
+            reward = self._fine_tune("reward", "second-round-reward", self.policy, pairs)
+            return self._rlhf("rlhf-second-round", start, reward)
+        return self._once("a second round: labels of round 1's answers, reward model, grpo", build)
 
     @property
     def dpo(self) -> Path:
@@ -247,21 +258,21 @@ def test_grpo_at_the_defaults_raises_the_verifier_pass_rate(loop):
     assert after["ended"] >= 0.8  # still answering, and closing its turn
 
 
-def test_grpo_against_a_reward_model_and_a_format_verifier_raises_the_preferred_share(loop):
+def test_rlhf_against_a_reward_model_alone_raises_the_preferred_share_in_two_rounds(loop):
     from bench.sweep_grpo import verifier_scores
 
     prompts = held_out_prompts(117)
     before = verifier_scores(loop.policy, prompts, None, FAMILY, RULE, samples=8)
-    after = verifier_scores(loop.rlhf, prompts, None, FAMILY, RULE, samples=8)
-    print(f"[{loop.preset}] rlhf: well-formed polite share {before['property']:.3f} -> {after['property']:.3f}, "
-          f"well-formed {before['well_formed']:.3f} -> {after['well_formed']:.3f}, ended {after['ended']:.2f}, "
-          f"e.g. {after['examples']}")
+    after = verifier_scores(loop.rlhf_second_round, prompts, None, FAMILY, RULE, samples=8)
+    print(f"[{loop.preset}] rlhf, two rounds: well-formed polite share {before['property']:.3f} -> "
+          f"{after['property']:.3f}, well-formed {before['well_formed']:.3f} -> {after['well_formed']:.3f}, "
+          f"ended {after['ended']:.2f}, e.g. {after['examples']}")
     # Sampled at temperature 1 (GRPO's sampling), 320 answers (40 unseen prompts x 8) each side. The start writes a
-    # well-formed polite answer about 1 time in 14 (7.2 %): a share near 7 % is known to +-1.4 points, one near 19 %
-    # to +-2.2, so their difference to about +-2.6; +10 points is nearly 4 of those (answers to one prompt are alike,
-    # so the true spread is somewhat larger). The bound was set before the first RLHF run on this family; the
-    # verifier's weight was found on it in 4 runs (the reward model alone +4.1, with the verifier at weight 1 +7.8, at
-    # weight 5 and beta 0 collapsed to 0 %, at weight 5 and beta 0.5 +11.9); beta 0.5 is the default with a reward
-    # model, set from the sweep's family: docs/defaults.md "GRPO against a reward model".
+    # well-formed polite answer about 1 time in 14 (7.2 %): a share near 7 % is known to +-1.4 points, one near 20 %
+    # to +-2.3, so their difference to about +-2.7; +10 points is nearly 4 of those (answers to one prompt are alike,
+    # so the true spread is somewhat larger). The bound was set before the first RLHF run on this family. One round
+    # moved the share 4 points (7.2 -> 11.3 %: the start writes a well-formed answer only 1 time in 6, so most groups
+    # hold no preferred answer); labels of that round's own answers and a second round took it to 22.8 %
+    # (docs/defaults.md "GRPO against a reward model").
     assert after["property"] >= before["property"] + 0.10
     assert after["ended"] >= 0.8  # still answering, and closing its turn
