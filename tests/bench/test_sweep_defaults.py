@@ -24,3 +24,20 @@ def test_a_stopped_run_never_wins_and_rules_are_averaged():
     assert best["tiny/reward/full"]["lr"] == pytest.approx(1e-3)  # mean 0.8 beats mean 0.75
     text = table(rows)
     assert "0.001: +0.40  0.003: stopped" in text and "| tiny | reward | full | b | 0.0001: 0.50  0.001: 0.80 |" in text
+
+
+def test_the_reference_width_runs_check_the_rate_a_user_gets_there():
+    # gpt2-124m runs each kind and method once, at the rate its form gives a 768-wide model with no rate given: what
+    # the width rules extrapolate to, checked where they are written.
+    from bench.sweep_defaults import WIDTH, reference_width_grid
+    from llm.dpo_config import DPOConfig, dpo_train_config
+    from llm.reward_config import RewardConfig, reward_train_config
+    from llm.sft_config import SFTConfig, sft_train_config
+
+    builders = {"sft": (SFTConfig, sft_train_config), "reward": (RewardConfig, reward_train_config),
+                "dpo": (DPOConfig, dpo_train_config)}
+    grid = reference_width_grid()
+    assert set(grid) == {(kind, method) for kind in builders for method in ("full", "lora")}
+    for (kind, method), rates in grid.items():
+        config_class, train_config = builders[kind]
+        assert rates == (train_config(config_class(method=method), WIDTH["gpt2-124m"]).lr,), (kind, method)
