@@ -68,8 +68,9 @@ SMALL_GRID = {
 
 
 def reference_width_grid() -> dict:
-    """gpt2-124m (width 768, the reference the rules are written at): each rule's own rate, once. A check that what
-    the rules extrapolate to learns there, not a fit: a run costs 5-10x the small preset's on 2 cores."""
+    """gpt2-124m (width 768, the reference the rules are written at): each rule's own rate and, for all weights (what
+    `auto` picks there), a factor 3 on either side. A check that what the rules extrapolate to learns there and is not
+    at an edge, not a fit: a run costs 5-10x the small preset's on 2 cores."""
     from llm.dpo_config import DPO_FULL_LR, DPO_LORA_LR
     from llm.reward_config import REWARD_FULL_LR, REWARD_LORA_LR
     from llm.sft_config import SFT_FULL_LR, SFT_LORA_LR
@@ -77,7 +78,8 @@ def reference_width_grid() -> dict:
     width = WIDTH["gpt2-124m"]
     rules = {("sft", "full"): SFT_FULL_LR, ("reward", "full"): REWARD_FULL_LR, ("dpo", "full"): DPO_FULL_LR,
              ("sft", "lora"): SFT_LORA_LR, ("reward", "lora"): REWARD_LORA_LR, ("dpo", "lora"): DPO_LORA_LR}
-    return {kind_method: (rule.at(width),) for kind_method, rule in rules.items()}
+    return {(kind, method): ((rule.at(width) / 3, rule.at(width), rule.at(width) * 3) if method == "full"
+                             else (rule.at(width),)) for (kind, method), rule in rules.items()}
 
 
 KINDS = tuple(f"{kind}_{method}" for kind, method in GRID)
