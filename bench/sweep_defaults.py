@@ -1,7 +1,7 @@
 """The sweep the fine-tuning defaults are fitted on: learning rates × preset × kind on synthetic tasks.
 
     python -m bench.run --only defaults            (workbench bench --only defaults)
-    python -m bench.sweep_defaults [--presets tiny,small] [--kinds sft_full,...] [--json-out FILE]
+    python -m bench.sweep_defaults [--presets tiny,small,gpt2-124m] [--kinds sft_full,...] [--json-out FILE]
 
 For each preset, a base model is pretrained briefly on the "sweep" family's prose (llm/synthetic_tasks.py) with
 a small trained BPE, as a team's first loop would, and cached on disk (`SWEEP_CACHE`, default
@@ -17,7 +17,9 @@ kind's defaults except the rate, scored on held-out prompts with fresh vocabular
 
 Why a trained 512-id tokenizer and not gpt2's 50,257: the vocabulary head of gpt2 is 3.2 M of the tiny preset's
 3.4 M parameters and most of its compute; with 512 ids the tiny model does ~20x fewer FLOPs per token (counted, not
-timed), so the grid fits the CPU budget, and item 5 of issue 18 has the product propose such a tokenizer for these presets anyway.
+timed), so the grid fits the CPU budget, and item 5 of issue 18 has the product propose such a tokenizer for these
+presets anyway. gpt2-124m (`--presets gpt2-124m`, not in the default list: 3-9 min a run here) runs each rule's own
+rate, and a factor 3 on either side for all weights: a check at the width the rules are written at, not a fit.
 A run's rate is given; everything else is the kind's default (steps, warmup, batch, LoRA rank) as a user gets.
 Runs are cached by name in the cache directory (a finished run is scored again, not retrained).
 """
