@@ -190,17 +190,16 @@ class TreeSampler:
 
 # ---------------------------------------------------------------------------- the pipeline, in a fresh process
 
-# The filter stage's steps: `--no-filters` switches them off so every document reaches the MinHash and PII stages.
-FILTER_SWITCHES = ("url_filter", "extract_html", "language_filter", "gopher_repetition", "gopher_quality", "c4_rules",
-                   "fineweb_rules")
-
-
 def _pipeline(corpus: str, out: str, workers: int, filters: bool = True) -> None:
-    """In the child: clean `corpus`, printing each of the pipeline's lines (for the stage) and the report's counts."""
+    """In the child: clean `corpus`, printing each of the pipeline's lines (for the stage) and the report's counts.
+    Without `filters`, every step before MinHash is switched off, so every document reaches the MinHash and PII
+    stages."""
     from llm.clean import clean
-    from llm.clean_config import CleanConfig
+    from llm.clean_config import STEPS, CleanConfig
 
-    config = CleanConfig() if filters else CleanConfig(**{switch: False for switch in FILTER_SWITCHES})
+    config = CleanConfig()
+    if not filters:
+        config = CleanConfig(**{switch: False for switch, name, _ in STEPS if name not in ("minhash", "pii")})
 
     def say(line: str) -> None:
         print(SAY + line, flush=True)

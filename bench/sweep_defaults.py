@@ -80,8 +80,11 @@ def reference_width_grid() -> dict:
     width = WIDTH["gpt2-124m"]
     rules = {("sft", "full"): SFT_FULL_LR, ("reward", "full"): REWARD_FULL_LR, ("dpo", "full"): DPO_FULL_LR,
              ("sft", "lora"): SFT_LORA_LR, ("reward", "lora"): REWARD_LORA_LR, ("dpo", "lora"): DPO_LORA_LR}
-    return {(kind, method): ((rule.at(width) / 3, rule.at(width), rule.at(width) * 3) if method == "full"
-                             else (rule.at(width),)) for (kind, method), rule in rules.items()}
+    grid = {}
+    for (kind, method), rule in rules.items():
+        rate = rule.at(width)
+        grid[(kind, method)] = (rate / 3, rate, rate * 3) if method == "full" else (rate,)
+    return grid
 
 
 KINDS = tuple(f"{kind}_{method}" for kind, method in GRID)
@@ -180,9 +183,9 @@ def sweep_preset(preset: str, kinds: list[str], root: Path = SWEEP_CACHE, log=pr
         rows.append(row)
         log(json.dumps(row))
 
+    grid = SMALL_GRID if preset == "small" else reference_width_grid() if preset == "gpt2-124m" else GRID
     for kind_method in kinds:
         kind, method = kind_method.split("_")
-        grid = {"small": SMALL_GRID, "gpt2-124m": reference_width_grid()}.get(preset, GRID)
         if (kind, method) not in grid:
             log(f"{preset}: {kind_method} is not swept on this preset")
             continue
